@@ -1,0 +1,33 @@
+/*
+ * Small file-system helpers for the operator's command and the daemons:
+ * directories with a given mode, and files created whole or not at all.
+ */
+#ifndef SM_FSUTIL_H
+#define SM_FSUTIL_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/*
+ * Creates `path` and any missing parents (parents get 0755, the last
+ * component `mode`). An existing directory is left as it is (it may be an
+ * operator's, such as /etc/ssl/private); a non-directory in the way is
+ * ENG_EEXIST. Returns 0 or a negative eng_err code with a malloc'd sentence
+ * in *err_r.
+ */
+int sm_fs_mkdir_p(const char *path, mode_t mode, char **err_r);
+
+/*
+ * Creates `path` holding exactly data[0..len) with `mode`, durably and
+ * atomically: the bytes go to a temporary file in the same directory, which
+ * is fsync'd and then linked to `path`, so a crash leaves either no file or
+ * the whole file. An existing file is never replaced: that is ENG_EEXIST.
+ * Returns 0 or a negative eng_err code with a malloc'd sentence in *err_r.
+ */
+int sm_fs_create_file(const char *path, const void *data, size_t len, mode_t mode,
+		      char **err_r);
+
+/* 1 if path exists (any type), 0 if it does not, negative on other errors. */
+int sm_fs_exists(const char *path);
+
+#endif
