@@ -1,0 +1,1146 @@
+/*
+ * Appending and reading messages; content rows, chunks, deduplication.
+ *
+ * Content is stored once per alias: a content row per distinct SHA-256 of
+ * the raw message, with a reference count (one per message row), the MIME
+ * tree and the top-level header stored at append time, the summary
+ * columns for sort/search/thread, an FTS4 row (docid = content id) and
+ * the raw bytes in zstd-compressed chunks of ENG_CHUNK_BYTES.
+ *
+ * An append streams: chunks are written as the bytes arrive, inside the
+ * append's transaction, under a placeholder content row with a random
+ * hash. At commit the real hash is known: if that content exists already
+ * the placeholder and its chunks are dropped and the existing row gains a
+ * reference; otherwise the placeholder becomes the row. Either way, until
+ * COMMIT nothing of it is visible, and a crash rolls it all back.
+ */
+#include "store_private.h"
+#include "eng_error.h"
+#include "keys.h"
+#include "spool.h"
+
+#include <limits.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zstd.h>
+
+#define IDEMPOTENCY_KEY_MAX 128
+/* Header bytes kept in memory during an append to fill content.header. */
+#define HEADER_CAPTURE_MAX (256u * 1024)
+
+struct eng_append {
+	eng_store *st;
+	int64_t mailbox_id;
+	uint32_t flags;
+	char **keywords;
+	size_t n_keywords;
+	int64_t internal_date;
+	char *idempotency_key;
+	char *spool_id;
+	/* A retry of an append already done: swallow bytes, answer the UID. */
+	bool duplicate;
+	uint32_t dup_uid;
+	uint64_t dup_modseq;
+	int failed;                 /* first error; only abort is left */
+	int64_t content_id;         /* the placeholder row */
+	uint64_t size;
+	uint32_t chunks;
+	unsigned char *chunk;       /* ENG_CHUNK_BYTES */
+	size_t chunk_len;
+	eng_buf zbuf;
+	eng_buf header;             /* the first HEADER_CAPTURE_MAX bytes */
+	crypto_hash_sha256_state sha;
+	eng_mime_parser *parser;
+};
+
+struct eng_message {
+	eng_store *st;
+	int64_t content_id;
+	uint64_t size;
+	uint32_t chunks;
+	void *mime_blob;
+	size_t mime_len;
+	eng_mime_part *mime;
+	void *header;
+	size_t header_len;
+	int64_t cached_seq;         /* -1: nothing cached */
+	eng_buf cache;
+};
+
+/* ---- keywords ---- */
+
+static bool keyword_ok(const char *kw)
+{
+	size_t len = strlen(kw);
+
+	if (len == 0 || len > ENG_KEYWORD_MAX || kw[0] == '\\')
+		return false;
+	/* IMAP atom characters only: no specials, no controls, no 8-bit. */
+	for (const unsigned char *p = (const unsigned char *)kw; *p; p++) {
+		if (*p <= 0x20 || *p >= 0x7f || strchr("(){%*\"\\]", *p) != NULL)
+			return false;
+	}
+	return true;
+}
+
+int store_keyword_id(eng_store *st, const char *name, bool create,
+		     int64_t *id_r)
+{
+	int err;
+	sqlite3_stmt *stmt;
+	int rc;
+
+	if (!keyword_ok(name))
+		return ENG_EINVAL;
+	stmt = store_prepare(st, "SELECT id FROM keyword WHERE name = ?", &err);
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW)
+		*id_r = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	if (rc != SQLITE_DONE)
+		return store_err(st, rc, "keyword");
+	if (!create)
+		return ENG_ENOTFOUND;
+	stmt = store_prepare(st, "INSERT INTO keyword (name) VALUES (?)", &err);
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
+	if ((err = store_step_done(st, stmt)) != 0)
+		return err;
+	*id_r = sqlite3_last_insert_rowid(st->db);
+	return 0;
+}
+
+int store_set_keywords(eng_store *st, int64_t message_rowid,
+		       const char *const *keywords, size_t n)
+{
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"DELETE FROM message_keyword WHERE message_id = ?", &err);
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, message_rowid);
+	if ((err = store_step_done(st, stmt)) != 0)
+		return err;
+	for (size_t i = 0; i < n; i++) {
+		int64_t kw;
+
+		if ((err = store_keyword_id(st, keywords[i], true, &kw)) != 0)
+			return err;
+		stmt = store_prepare(st, "INSERT OR IGNORE INTO message_keyword "
+				     "(message_id, keyword_id) VALUES (?, ?)",
+				     &err);
+		if (stmt == NULL)
+			return err;
+		sqlite3_bind_int64(stmt, 1, message_rowid);
+		sqlite3_bind_int64(stmt, 2, kw);
+		if ((err = store_step_done(st, stmt)) != 0)
+			return err;
+	}
+	return 0;
+}
+
+int store_load_keywords(eng_store *st, int64_t message_rowid, eng_msg *msg)
+{
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"SELECT k.name FROM message_keyword mk JOIN keyword k "
+		"ON k.id = mk.keyword_id WHERE mk.message_id = ? ORDER BY k.id",
+		&err);
+	size_t n = 0;
+	int rc;
+
+	msg->keywords = NULL;
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, message_rowid);
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		msg->keywords = eng_realloc(msg->keywords,
+					    (n + 2) * sizeof(char *));
+		msg->keywords[n++] = eng_strdup(
+			(const char *)sqlite3_column_text(stmt, 0));
+		msg->keywords[n] = NULL;
+	}
+	sqlite3_finalize(stmt);
+	return rc == SQLITE_DONE ? 0 : store_err(st, rc, "keywords");
+}
+
+void eng_msg_clear(eng_msg *msg)
+{
+	if (msg->keywords != NULL) {
+		for (char **k = msg->keywords; *k != NULL; k++)
+			free(*k);
+		free(msg->keywords);
+	}
+	msg->keywords = NULL;
+}
+
+/* ---- content ---- */
+
+static int delete_content_rows(eng_store *st, int64_t content_id)
+{
+	static const char *const sqls[] = {
+		"DELETE FROM chunk WHERE content_id = ?",
+		"DELETE FROM fts WHERE docid = ?",
+		"DELETE FROM content WHERE id = ?",
+	};
+	int err;
+
+	for (size_t i = 0; i < sizeof(sqls) / sizeof(sqls[0]); i++) {
+		sqlite3_stmt *stmt = store_prepare(st, sqls[i], &err);
+
+		if (stmt == NULL)
+			return err;
+		sqlite3_bind_int64(stmt, 1, content_id);
+		if ((err = store_step_done(st, stmt)) != 0)
+			return err;
+	}
+	return 0;
+}
+
+int store_content_unref(eng_store *st, int64_t content_id)
+{
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"UPDATE content SET refs = refs - 1 WHERE id = ?", &err);
+	int rc;
+	int64_t refs;
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, content_id);
+	if ((err = store_step_done(st, stmt)) != 0)
+		return err;
+	stmt = store_prepare(st, "SELECT refs FROM content WHERE id = ?", &err);
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, content_id);
+	rc = sqlite3_step(stmt);
+	refs = rc == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : -1;
+	sqlite3_finalize(stmt);
+	if (rc != SQLITE_ROW)
+		return rc == SQLITE_DONE ? ENG_ECORRUPT :
+			store_err(st, rc, "unref");
+	return refs > 0 ? 0 : delete_content_rows(st, content_id);
+}
+
+static int content_ref(eng_store *st, int64_t content_id)
+{
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"UPDATE content SET refs = refs + 1 WHERE id = ?", &err);
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, content_id);
+	return store_step_done(st, stmt);
+}
+
+/* ---- append ---- */
+
+static void append_free(eng_append *ap)
+{
+	for (size_t i = 0; i < ap->n_keywords; i++)
+		free(ap->keywords[i]);
+	free(ap->keywords);
+	free(ap->idempotency_key);
+	free(ap->spool_id);
+	free(ap->chunk);
+	eng_buf_free(&ap->zbuf);
+	eng_buf_free(&ap->header);
+	eng_mime_parser_free(&ap->parser);
+	sodium_memzero(&ap->sha, sizeof(ap->sha));
+	free(ap);
+}
+
+static int idempotency_lookup(eng_store *st, const char *key,
+			      uint32_t *uid_r, uint64_t *modseq_r)
+{
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"SELECT uid, modseq FROM idempotency WHERE key = ?", &err);
+	int rc;
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_text(stmt, 1, key, -1, SQLITE_STATIC);
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW) {
+		*uid_r = (uint32_t)sqlite3_column_int64(stmt, 0);
+		*modseq_r = (uint64_t)sqlite3_column_int64(stmt, 1);
+	}
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? ENG_ENOTFOUND : store_err(st, rc, "idem");
+}
+
+static int append_begin(eng_store *st, int64_t mailbox_id,
+			const eng_append_opts *opts, const char *spool_id,
+			eng_append **ap_r)
+{
+	eng_append *ap;
+	uint8_t placeholder[32];
+	sqlite3_stmt *stmt;
+	bool noselect = false;
+	int err;
+
+	*ap_r = NULL;
+	if (opts != NULL) {
+		if (opts->flags & ~(uint32_t)ENG_F_ALL ||
+		    opts->n_keywords > ENG_KEYWORDS_PER_MESSAGE ||
+		    (opts->idempotency_key != NULL &&
+		     (strlen(opts->idempotency_key) == 0 ||
+		      strlen(opts->idempotency_key) > IDEMPOTENCY_KEY_MAX)))
+			return ENG_EINVAL;
+		for (size_t i = 0; i < opts->n_keywords; i++) {
+			if (!keyword_ok(opts->keywords[i]))
+				return ENG_EINVAL;
+		}
+	}
+	ap = eng_calloc(1, sizeof(*ap));
+	ap->st = st;
+	ap->mailbox_id = mailbox_id;
+	if (opts != NULL) {
+		ap->flags = opts->flags;
+		ap->internal_date = opts->internal_date;
+		if (opts->n_keywords > 0) {
+			ap->keywords = eng_calloc(opts->n_keywords, sizeof(char *));
+			for (size_t i = 0; i < opts->n_keywords; i++)
+				ap->keywords[i] = eng_strdup(opts->keywords[i]);
+			ap->n_keywords = opts->n_keywords;
+		}
+		if (opts->idempotency_key != NULL)
+			ap->idempotency_key = eng_strdup(opts->idempotency_key);
+	}
+	if (ap->internal_date == 0)
+		ap->internal_date = (int64_t)time(NULL);
+	if (spool_id != NULL)
+		ap->spool_id = eng_strdup(spool_id);
+
+	if ((err = eng_store_tx_begin(st)) != 0) {
+		append_free(ap);
+		return err;
+	}
+	if (ap->idempotency_key != NULL) {
+		err = idempotency_lookup(st, ap->idempotency_key, &ap->dup_uid,
+					 &ap->dup_modseq);
+		if (err == 0) {
+			ap->duplicate = true;
+			*ap_r = ap;
+			return 0;
+		}
+		if (err != ENG_ENOTFOUND)
+			goto fail;
+	}
+	/* The mailbox must exist and be selectable. */
+	{
+		int64_t check_id = 0;
+		sqlite3_stmt *q = store_prepare(st, "SELECT noselect FROM "
+						"mailbox WHERE id = ?", &err);
+		int rc;
+
+		if (q == NULL)
+			goto fail;
+		sqlite3_bind_int64(q, 1, mailbox_id);
+		rc = sqlite3_step(q);
+		if (rc == SQLITE_ROW) {
+			noselect = sqlite3_column_int(q, 0) != 0;
+			check_id = mailbox_id;
+		}
+		sqlite3_finalize(q);
+		if (rc != SQLITE_ROW) {
+			err = rc == SQLITE_DONE ? ENG_ENOTFOUND :
+				store_err(st, rc, "append");
+			goto fail;
+		}
+		if (noselect || check_id == 0) {
+			err = ENG_EPERM;
+			goto fail;
+		}
+	}
+	randombytes_buf(placeholder, sizeof(placeholder));
+	stmt = store_prepare(st, "INSERT INTO content (sha256, size, refs, "
+			     "chunks, mime, header) VALUES (?, 0, 0, 0, "
+			     "x'', x'')", &err);
+	if (stmt == NULL)
+		goto fail;
+	sqlite3_bind_blob(stmt, 1, placeholder, sizeof(placeholder),
+			  SQLITE_TRANSIENT);
+	if ((err = store_step_done(st, stmt)) != 0)
+		goto fail;
+	ap->content_id = sqlite3_last_insert_rowid(st->db);
+	ap->chunk = eng_malloc(ENG_CHUNK_BYTES);
+	crypto_hash_sha256_init(&ap->sha);
+	ap->parser = eng_mime_parser_new(&st->opt.mime_limits);
+	*ap_r = ap;
+	return 0;
+fail:
+	eng_store_tx_rollback(st);
+	append_free(ap);
+	return err;
+}
+
+int eng_append_begin(eng_store *st, int64_t mailbox_id,
+		     const eng_append_opts *opts, eng_append **ap_r)
+{
+	return append_begin(st, mailbox_id, opts, NULL, ap_r);
+}
+
+static int flush_chunk(eng_append *ap)
+{
+	eng_store *st = ap->st;
+	size_t bound = ZSTD_compressBound(ap->chunk_len);
+	size_t zlen;
+	sqlite3_stmt *stmt;
+	int err;
+
+	if (ap->chunk_len == 0)
+		return 0;
+	eng_buf_reset(&ap->zbuf);
+	eng_buf_reserve(&ap->zbuf, bound);
+	zlen = ZSTD_compress(ap->zbuf.data, bound, ap->chunk, ap->chunk_len,
+			     st->opt.zstd_level);
+	if (ZSTD_isError(zlen)) {
+		eng_log(ENG_LOG_ERROR, "zstd: %s", ZSTD_getErrorName(zlen));
+		return ENG_EIO;
+	}
+	stmt = store_prepare(st, "INSERT INTO chunk (content_id, seq, raw_len, "
+			     "data) VALUES (?, ?, ?, ?)", &err);
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, ap->content_id);
+	sqlite3_bind_int64(stmt, 2, ap->chunks);
+	sqlite3_bind_int64(stmt, 3, (int64_t)ap->chunk_len);
+	sqlite3_bind_blob(stmt, 4, ap->zbuf.data, (int)zlen, SQLITE_STATIC);
+	if ((err = store_step_done(st, stmt)) != 0)
+		return err;
+	ap->chunks++;
+	ap->chunk_len = 0;
+	return 0;
+}
+
+int eng_append_write(eng_append *ap, const void *data, size_t len)
+{
+	const unsigned char *p = data;
+
+	if (ap->failed != 0)
+		return ap->failed;
+	if (ap->duplicate)
+		return 0;
+	if (len > ap->st->opt.max_message_bytes - ap->size) {
+		ap->failed = ENG_ELIMIT;
+		return ap->failed;
+	}
+	ap->size += len;
+	crypto_hash_sha256_update(&ap->sha, p, len);
+	eng_mime_parser_feed(ap->parser, p, len);
+	if (ap->header.len < HEADER_CAPTURE_MAX) {
+		size_t n = HEADER_CAPTURE_MAX - ap->header.len;
+
+		eng_buf_append(&ap->header, p, n < len ? n : len);
+	}
+	while (len > 0) {
+		size_t n = ENG_CHUNK_BYTES - ap->chunk_len;
+
+		if (n > len)
+			n = len;
+		memcpy(ap->chunk + ap->chunk_len, p, n);
+		ap->chunk_len += n;
+		p += n;
+		len -= n;
+		if (ap->chunk_len == ENG_CHUNK_BYTES) {
+			int err = flush_chunk(ap);
+
+			if (err != 0) {
+				ap->failed = err;
+				return err;
+			}
+		}
+	}
+	return 0;
+}
+
+static int find_content(eng_store *st, const uint8_t *sha, int64_t *id_r)
+{
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"SELECT id FROM content WHERE sha256 = ?", &err);
+	int rc;
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_blob(stmt, 1, sha, 32, SQLITE_STATIC);
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW)
+		*id_r = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? ENG_ENOTFOUND : store_err(st, rc, "content");
+}
+
+static void bind_text_or_null(sqlite3_stmt *stmt, int i, const char *s)
+{
+	if (s != NULL)
+		sqlite3_bind_text(stmt, i, s, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(stmt, i);
+}
+
+/* Turns the placeholder into the content row for this message. */
+static int fill_content(eng_append *ap, const uint8_t *sha,
+			const eng_mime_part *root, const eng_mime_summary *sum)
+{
+	eng_store *st = ap->st;
+	eng_buf mime = ENG_BUF_INIT;
+	size_t header_len = root->body_off < ap->header.len ?
+		(size_t)root->body_off : ap->header.len;
+	sqlite3_stmt *stmt;
+	int err;
+
+	eng_mime_encode(root, &mime);
+	stmt = store_prepare(st, "UPDATE content SET sha256 = ?, size = ?, "
+		"refs = 1, chunks = ?, mime = ?, header = ?, subject = ?, "
+		"base_subject = ?, from_addr = ?, from_display = ?, "
+		"to_addr = ?, to_display = ?, cc_addr = ?, sent_date = ?, "
+		"message_id = ?, preview = ? WHERE id = ?", &err);
+	if (stmt == NULL) {
+		eng_buf_free(&mime);
+		return err;
+	}
+	sqlite3_bind_blob(stmt, 1, sha, 32, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 2, (int64_t)ap->size);
+	sqlite3_bind_int64(stmt, 3, ap->chunks);
+	sqlite3_bind_blob(stmt, 4, mime.data, (int)mime.len, SQLITE_STATIC);
+	sqlite3_bind_blob(stmt, 5, ap->header.data != NULL ? ap->header.data :
+			  "", (int)header_len, SQLITE_STATIC);
+	bind_text_or_null(stmt, 6, sum->subject);
+	bind_text_or_null(stmt, 7, sum->base_subject);
+	bind_text_or_null(stmt, 8, sum->from_addr);
+	bind_text_or_null(stmt, 9, sum->from_display);
+	bind_text_or_null(stmt, 10, sum->to_addr);
+	bind_text_or_null(stmt, 11, sum->to_display);
+	bind_text_or_null(stmt, 12, sum->cc_addr);
+	if (sum->sent_date != INT64_MIN)
+		sqlite3_bind_int64(stmt, 13, sum->sent_date);
+	else
+		sqlite3_bind_null(stmt, 13);
+	bind_text_or_null(stmt, 14, sum->message_id);
+	bind_text_or_null(stmt, 15, sum->preview);
+	sqlite3_bind_int64(stmt, 16, ap->content_id);
+	err = store_step_done(st, stmt);
+	eng_buf_free(&mime);
+	if (err != 0)
+		return err;
+	stmt = store_prepare(st, "INSERT INTO fts (docid, header, body) "
+			     "VALUES (?, ?, ?)", &err);
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, ap->content_id);
+	sqlite3_bind_text(stmt, 2, sum->header_text.data != NULL ?
+			  sum->header_text.data : "", (int)sum->header_text.len,
+			  SQLITE_STATIC);
+	sqlite3_bind_text(stmt, 3, sum->body_text.data != NULL ?
+			  sum->body_text.data : "", (int)sum->body_text.len,
+			  SQLITE_STATIC);
+	return store_step_done(st, stmt);
+}
+
+static int thread_lookup(eng_store *st, const char *msgid, int64_t *thread_r)
+{
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"SELECT thread_id FROM thread_ref WHERE msgid = ?", &err);
+	int rc;
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_text(stmt, 1, msgid, -1, SQLITE_STATIC);
+	rc = sqlite3_step(stmt);
+	if (rc == SQLITE_ROW)
+		*thread_r = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	if (rc == SQLITE_ROW)
+		return 0;
+	return rc == SQLITE_DONE ? ENG_ENOTFOUND : store_err(st, rc, "thread");
+}
+
+/*
+ * A thread id per message: the thread of the oldest referenced message
+ * we know (References, In-Reply-To, or another copy of this Message-ID),
+ * else, for a reply or forward ("Re:" stripped), the latest thread with
+ * the same base subject, else a new thread. Every id it mentions is
+ * recorded, so a reply that arrives before its parent still joins later.
+ */
+static int assign_thread(eng_store *st, const eng_mime_summary *sum,
+			 int64_t *thread_r)
+{
+	int64_t thread = 0;
+	int err;
+
+	for (size_t i = 0; i < sum->n_references && thread == 0; i++) {
+		err = thread_lookup(st, sum->references[i], &thread);
+		if (err != 0 && err != ENG_ENOTFOUND)
+			return err;
+	}
+	if (thread == 0 && sum->message_id != NULL) {
+		err = thread_lookup(st, sum->message_id, &thread);
+		if (err != 0 && err != ENG_ENOTFOUND)
+			return err;
+	}
+	if (thread == 0 && sum->subject != NULL && sum->base_subject != NULL &&
+	    sum->base_subject[0] != '\0' &&
+	    strcmp(sum->subject, sum->base_subject) != 0) {
+		sqlite3_stmt *stmt = store_prepare(st,
+			"SELECT m.thread_id FROM content c JOIN message m "
+			"ON m.content_id = c.id WHERE c.base_subject = ? "
+			"ORDER BY m.id DESC LIMIT 1", &err);
+		int rc;
+
+		if (stmt == NULL)
+			return err;
+		sqlite3_bind_text(stmt, 1, sum->base_subject, -1, SQLITE_STATIC);
+		rc = sqlite3_step(stmt);
+		if (rc == SQLITE_ROW)
+			thread = sqlite3_column_int64(stmt, 0);
+		sqlite3_finalize(stmt);
+		if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+			return store_err(st, rc, "thread subject");
+	}
+	if (thread == 0) {
+		if ((err = store_meta_get_int(st, "next_thread", &thread)) != 0 ||
+		    (err = store_meta_set_int(st, "next_thread", thread + 1)) != 0)
+			return err;
+	}
+	for (size_t i = 0; i <= sum->n_references; i++) {
+		const char *id = i < sum->n_references ? sum->references[i] :
+			sum->message_id;
+		sqlite3_stmt *stmt;
+
+		if (id == NULL)
+			continue;
+		stmt = store_prepare(st, "INSERT OR IGNORE INTO thread_ref "
+				     "(msgid, thread_id) VALUES (?, ?)", &err);
+		if (stmt == NULL)
+			return err;
+		sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(stmt, 2, thread);
+		if ((err = store_step_done(st, stmt)) != 0)
+			return err;
+	}
+	*thread_r = thread;
+	return 0;
+}
+
+static int check_quota(eng_store *st, uint64_t size)
+{
+	uint64_t used, limit;
+	int err = eng_quota_get(st, &used, &limit, NULL);
+
+	if (err != 0)
+		return err;
+	return limit != 0 && used + size > limit ? ENG_EQUOTA : 0;
+}
+
+static int insert_message(eng_append *ap, int64_t content_id, int64_t thread,
+			  uint32_t *uid_r, uint64_t *modseq_r)
+{
+	eng_store *st = ap->st;
+	uint32_t uid;
+	uint64_t modseq;
+	sqlite3_stmt *stmt;
+	int err;
+
+	if ((err = store_mailbox_next_uid(st, ap->mailbox_id, &uid)) != 0 ||
+	    (err = store_tx_modseq(st, &modseq)) != 0)
+		return err;
+	stmt = store_prepare(st, "INSERT INTO message (mailbox_id, uid, modseq, "
+			     "flags, internal_date, save_date, size, content_id, "
+			     "thread_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+			     &err);
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, ap->mailbox_id);
+	sqlite3_bind_int64(stmt, 2, uid);
+	sqlite3_bind_int64(stmt, 3, (int64_t)modseq);
+	sqlite3_bind_int64(stmt, 4, ap->flags);
+	sqlite3_bind_int64(stmt, 5, ap->internal_date);
+	sqlite3_bind_int64(stmt, 6, (int64_t)time(NULL));
+	sqlite3_bind_int64(stmt, 7, (int64_t)ap->size);
+	sqlite3_bind_int64(stmt, 8, content_id);
+	sqlite3_bind_int64(stmt, 9, thread);
+	if ((err = store_step_done(st, stmt)) != 0)
+		return err;
+	if (ap->n_keywords > 0 &&
+	    (err = store_set_keywords(st, sqlite3_last_insert_rowid(st->db),
+				      (const char *const *)ap->keywords,
+				      ap->n_keywords)) != 0)
+		return err;
+	if ((err = store_mailbox_account(st, ap->mailbox_id, 1,
+					 (ap->flags & ENG_F_SEEN) ? 0 : 1,
+					 (ap->flags & ENG_F_DELETED) ? 1 : 0,
+					 (int64_t)ap->size, modseq)) != 0)
+		return err;
+	*uid_r = uid;
+	*modseq_r = modseq;
+	return 0;
+}
+
+static int record_keys(eng_append *ap, uint32_t uid, uint64_t modseq)
+{
+	eng_store *st = ap->st;
+	sqlite3_stmt *stmt;
+	int err;
+
+	if (ap->idempotency_key != NULL) {
+		stmt = store_prepare(st, "INSERT INTO idempotency (key, "
+				     "mailbox_id, uid, modseq, created) "
+				     "VALUES (?, ?, ?, ?, ?)", &err);
+		if (stmt == NULL)
+			return err;
+		sqlite3_bind_text(stmt, 1, ap->idempotency_key, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(stmt, 2, ap->mailbox_id);
+		sqlite3_bind_int64(stmt, 3, uid);
+		sqlite3_bind_int64(stmt, 4, (int64_t)modseq);
+		sqlite3_bind_int64(stmt, 5, (int64_t)time(NULL));
+		if ((err = store_step_done(st, stmt)) != 0)
+			return err;
+	}
+	if (ap->spool_id != NULL) {
+		stmt = store_prepare(st, "INSERT INTO spool_applied (id, applied) "
+				     "VALUES (?, ?)", &err);
+		if (stmt == NULL)
+			return err;
+		sqlite3_bind_text(stmt, 1, ap->spool_id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(stmt, 2, (int64_t)time(NULL));
+		if ((err = store_step_done(st, stmt)) != 0)
+			return err;
+	}
+	return 0;
+}
+
+static int append_finish(eng_append *ap, uint32_t *uid_r, uint64_t *modseq_r)
+{
+	eng_store *st = ap->st;
+	uint8_t sha[32];
+	eng_mime_part *root = NULL;
+	eng_mime_summary sum;
+	int64_t content_id, thread;
+	int err;
+
+	memset(&sum, 0, sizeof(sum));
+	if ((err = flush_chunk(ap)) != 0)
+		return err;
+	crypto_hash_sha256_final(&ap->sha, sha);
+	eng_mime_parser_finish(ap->parser, &root, &sum);
+	/* Mail from the spool was accepted already: never refuse it here. */
+	if (ap->spool_id == NULL && (err = check_quota(st, ap->size)) != 0)
+		goto out;
+	err = find_content(st, sha, &content_id);
+	if (err == 0) {
+		/* Seen before: share it, drop what we wrote. */
+		if ((err = delete_content_rows(st, ap->content_id)) != 0 ||
+		    (err = content_ref(st, content_id)) != 0)
+			goto out;
+	} else if (err == ENG_ENOTFOUND) {
+		content_id = ap->content_id;
+		if ((err = fill_content(ap, sha, root, &sum)) != 0)
+			goto out;
+	} else {
+		goto out;
+	}
+	if ((err = assign_thread(st, &sum, &thread)) != 0 ||
+	    (err = insert_message(ap, content_id, thread, uid_r, modseq_r)) != 0 ||
+	    (err = record_keys(ap, *uid_r, *modseq_r)) != 0)
+		goto out;
+out:
+	eng_mime_part_free(&root);
+	eng_mime_summary_clear(&sum);
+	return err;
+}
+
+int eng_append_commit(eng_append **app, uint32_t *uid_r, uint64_t *modseq_r)
+{
+	eng_append *ap = *app;
+	eng_store *st;
+	uint32_t uid = 0;
+	uint64_t modseq = 0;
+	int err;
+
+	*app = NULL;
+	if (ap == NULL)
+		return ENG_EINVAL;
+	st = ap->st;
+	if (ap->failed != 0) {
+		err = ap->failed;
+	} else if (ap->duplicate) {
+		uid = ap->dup_uid;
+		modseq = ap->dup_modseq;
+		err = 0;
+	} else {
+		err = append_finish(ap, &uid, &modseq);
+	}
+	if (err == 0)
+		err = eng_store_tx_commit(st);
+	if (err != 0)
+		eng_store_tx_rollback(st);
+	append_free(ap);
+	if (err == 0) {
+		if (uid_r != NULL)
+			*uid_r = uid;
+		if (modseq_r != NULL)
+			*modseq_r = modseq;
+	}
+	return err;
+}
+
+void eng_append_abort(eng_append **app)
+{
+	eng_append *ap = *app;
+
+	if (ap == NULL)
+		return;
+	*app = NULL;
+	eng_store_tx_rollback(ap->st);
+	append_free(ap);
+}
+
+int eng_append_message(eng_store *st, int64_t mailbox_id, const void *data,
+		       size_t len, const eng_append_opts *opts,
+		       uint32_t *uid_r, uint64_t *modseq_r)
+{
+	eng_append *ap;
+	int err = eng_append_begin(st, mailbox_id, opts, &ap);
+
+	if (err != 0)
+		return err;
+	if ((err = eng_append_write(ap, data, len)) != 0) {
+		eng_append_abort(&ap);
+		return err;
+	}
+	return eng_append_commit(&ap, uid_r, modseq_r);
+}
+
+/* ---- the spool ---- */
+
+static int spool_applied(eng_store *st, const char *id, bool *yes_r)
+{
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"SELECT 1 FROM spool_applied WHERE id = ?", &err);
+	int rc;
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(stmt);
+	sqlite3_finalize(stmt);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+		return store_err(st, rc, "spool");
+	*yes_r = rc == SQLITE_ROW;
+	return 0;
+}
+
+static int drain_one(eng_store *st, int64_t inbox, const char *dir,
+		     const char *id, const uint8_t *sk, uint32_t *uid_r,
+		     uint64_t *modseq_r)
+{
+	eng_spool_reader *r;
+	eng_append *ap;
+	eng_append_opts opts;
+	char buf[65536];
+	long n;
+	int err;
+
+	memset(&opts, 0, sizeof(opts));
+	if ((err = eng_spool_reader_open(dir, id, sk, &r)) != 0)
+		return err;
+	eng_spool_reader_meta(r, &opts.internal_date, &opts.flags);
+	opts.flags &= ENG_F_ALL;
+	if ((err = append_begin(st, inbox, &opts, id, &ap)) != 0) {
+		eng_spool_reader_free(&r);
+		return err;
+	}
+	while ((n = eng_spool_read(r, buf, sizeof(buf))) > 0) {
+		if ((err = eng_append_write(ap, buf, (size_t)n)) != 0)
+			break;
+	}
+	eng_spool_reader_free(&r);
+	sodium_memzero(buf, sizeof(buf));
+	if (n < 0 || err != 0) {
+		eng_append_abort(&ap);
+		return n < 0 ? (int)n : err;
+	}
+	return eng_append_commit(&ap, uid_r, modseq_r);
+}
+
+int eng_store_drain_spool(eng_store *st, const char *spool_dir,
+			  const uint8_t *sk, eng_drain_cb *cb, void *ctx,
+			  size_t *n_r)
+{
+	char (*ids)[ENG_SPOOL_ID_LEN + 1] = NULL;
+	size_t n_ids = 0, delivered = 0;
+	int64_t inbox;
+	int err;
+
+	if (n_r != NULL)
+		*n_r = 0;
+	if ((err = store_mailbox_id(st, "INBOX", &inbox, NULL)) != 0)
+		return err;
+	if ((err = eng_spool_list(spool_dir, &ids, &n_ids)) != 0)
+		return err == ENG_ENOTFOUND ? 0 : err;
+	for (size_t i = 0; i < n_ids; i++) {
+		bool done = false;
+		uint32_t uid;
+		uint64_t modseq;
+
+		if ((err = spool_applied(st, ids[i], &done)) != 0)
+			break;
+		if (!done) {
+			err = drain_one(st, inbox, spool_dir, ids[i], sk, &uid,
+					&modseq);
+			if (err == ENG_ECORRUPT || err == ENG_EAUTH) {
+				/* Leave it for the operator; never drop mail. */
+				eng_log(ENG_LOG_ERROR, "spool entry %s cannot "
+					"be opened: %s; left in place", ids[i],
+					eng_strerror(err));
+				err = 0;
+				continue;
+			}
+			if (err != 0)
+				break;
+			delivered++;
+			if (cb != NULL)
+				cb(ctx, "INBOX", uid, modseq);
+		}
+		/* Committed: now the file may go. */
+		if ((err = eng_spool_remove(spool_dir, ids[i])) != 0)
+			break;
+	}
+	free(ids);
+	if (n_r != NULL)
+		*n_r = delivered;
+	return err;
+}
+
+/* ---- reading ---- */
+
+int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
+		     eng_message **m_r)
+{
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"SELECT c.id, c.size, c.chunks, c.mime, c.header FROM message m "
+		"JOIN content c ON c.id = m.content_id "
+		"WHERE m.mailbox_id = ? AND m.uid = ?", &err);
+	eng_message *m;
+	int rc;
+
+	*m_r = NULL;
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, mailbox_id);
+	sqlite3_bind_int64(stmt, 2, uid);
+	rc = sqlite3_step(stmt);
+	if (rc != SQLITE_ROW) {
+		sqlite3_finalize(stmt);
+		return rc == SQLITE_DONE ? ENG_ENOTFOUND :
+			store_err(st, rc, "open message");
+	}
+	m = eng_calloc(1, sizeof(*m));
+	m->st = st;
+	m->content_id = sqlite3_column_int64(stmt, 0);
+	m->size = (uint64_t)sqlite3_column_int64(stmt, 1);
+	m->chunks = (uint32_t)sqlite3_column_int64(stmt, 2);
+	m->mime_len = (size_t)sqlite3_column_bytes(stmt, 3);
+	m->mime_blob = eng_malloc(m->mime_len);
+	if (m->mime_len > 0)
+		memcpy(m->mime_blob, sqlite3_column_blob(stmt, 3), m->mime_len);
+	m->header_len = (size_t)sqlite3_column_bytes(stmt, 4);
+	m->header = eng_malloc(m->header_len);
+	if (m->header_len > 0)
+		memcpy(m->header, sqlite3_column_blob(stmt, 4), m->header_len);
+	m->cached_seq = -1;
+	sqlite3_finalize(stmt);
+	*m_r = m;
+	return 0;
+}
+
+void eng_message_close(eng_message **mp)
+{
+	eng_message *m = *mp;
+
+	if (m == NULL)
+		return;
+	*mp = NULL;
+	eng_mime_part_free(&m->mime);
+	free(m->mime_blob);
+	free(m->header);
+	eng_buf_free(&m->cache);
+	free(m);
+}
+
+uint64_t eng_message_size(const eng_message *m)
+{
+	return m->size;
+}
+
+int eng_message_mime(eng_message *m, const eng_mime_part **root_r)
+{
+	int err;
+
+	if (m->mime == NULL) {
+		err = eng_mime_decode(m->mime_blob, m->mime_len, m->size,
+				      &m->mime);
+		if (err != 0) {
+			eng_log(ENG_LOG_ERROR, "stored MIME structure of content "
+				"%lld is damaged", (long long)m->content_id);
+			return ENG_ECORRUPT;
+		}
+	}
+	*root_r = m->mime;
+	return 0;
+}
+
+void eng_message_header(const eng_message *m, const void **data_r,
+			size_t *len_r)
+{
+	*data_r = m->header;
+	*len_r = m->header_len;
+}
+
+static int load_chunk(eng_message *m, int64_t seq)
+{
+	eng_store *st = m->st;
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"SELECT raw_len, data FROM chunk WHERE content_id = ? AND seq = ?",
+		&err);
+	int rc;
+	size_t raw_len, got;
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, m->content_id);
+	sqlite3_bind_int64(stmt, 2, seq);
+	rc = sqlite3_step(stmt);
+	if (rc != SQLITE_ROW) {
+		sqlite3_finalize(stmt);
+		return rc == SQLITE_DONE ? ENG_ECORRUPT :
+			store_err(st, rc, "chunk");
+	}
+	raw_len = (size_t)sqlite3_column_int64(stmt, 0);
+	if (raw_len > ENG_CHUNK_BYTES) {
+		sqlite3_finalize(stmt);
+		return ENG_ECORRUPT;
+	}
+	eng_buf_reset(&m->cache);
+	eng_buf_reserve(&m->cache, raw_len);
+	got = ZSTD_decompress(m->cache.data, raw_len,
+			      sqlite3_column_blob(stmt, 1),
+			      (size_t)sqlite3_column_bytes(stmt, 1));
+	sqlite3_finalize(stmt);
+	if (ZSTD_isError(got) || got != raw_len) {
+		m->cached_seq = -1;
+		return ENG_ECORRUPT;
+	}
+	m->cache.len = raw_len;
+	m->cached_seq = seq;
+	return 0;
+}
+
+long eng_message_read(eng_message *m, uint64_t offset, void *buf, size_t len)
+{
+	unsigned char *out = buf;
+	size_t done = 0;
+
+	if (len > LONG_MAX)
+		len = LONG_MAX;
+	while (done < len && offset < m->size) {
+		int64_t seq = (int64_t)(offset / ENG_CHUNK_BYTES);
+		size_t in_chunk = (size_t)(offset % ENG_CHUNK_BYTES);
+		size_t n;
+		int err;
+
+		if (seq != m->cached_seq && (err = load_chunk(m, seq)) != 0)
+			return err;
+		if (in_chunk >= m->cache.len)
+			return ENG_ECORRUPT;
+		n = m->cache.len - in_chunk;
+		if (n > len - done)
+			n = len - done;
+		memcpy(out + done, m->cache.data + in_chunk, n);
+		done += n;
+		offset += n;
+	}
+	return (long)done;
+}
+
+int eng_message_section(eng_message *m, const char *section,
+			uint64_t *offset_r, uint64_t *len_r)
+{
+	const eng_mime_part *root, *part;
+	const char *last;
+	char *nums;
+	size_t numlen;
+	int err;
+
+	if ((err = eng_message_mime(m, &root)) != 0)
+		return err;
+	if (section == NULL || *section == '\0') {
+		*offset_r = 0;
+		*len_r = m->size;
+		return 0;
+	}
+	/* Split "1.2.TEXT" into the part number "1.2" and the text "TEXT". */
+	last = strrchr(section, '.');
+	last = last != NULL ? last + 1 : section;
+	if (*last >= '0' && *last <= '9') {
+		numlen = strlen(section);
+		last = "";
+	} else {
+		numlen = last == section ? 0 : (size_t)(last - section - 1);
+	}
+	nums = eng_strndup(section, numlen);
+	part = numlen == 0 ? root : eng_mime_find_part(root, nums);
+	free(nums);
+	if (part == NULL)
+		return ENG_ENOTFOUND;
+	if (*last == '\0') {
+		*offset_r = part->body_off;
+		*len_r = part->body_end - part->body_off;
+		return 0;
+	}
+	if (strcasecmp(last, "MIME") == 0) {
+		if (numlen == 0)
+			return ENG_EINVAL;
+		*offset_r = part->header_off;
+		*len_r = part->body_off - part->header_off;
+		return 0;
+	}
+	/* HEADER and TEXT of a part are those of its embedded message. */
+	if (numlen != 0) {
+		if (part->message == NULL)
+			return ENG_ENOTFOUND;
+		part = part->message;
+	}
+	if (strcasecmp(last, "HEADER") == 0) {
+		*offset_r = part->header_off;
+		*len_r = part->body_off - part->header_off;
+	} else if (strcasecmp(last, "TEXT") == 0) {
+		*offset_r = part->body_off;
+		*len_r = part->body_end - part->body_off;
+	} else {
+		return ENG_EINVAL;
+	}
+	return 0;
+}

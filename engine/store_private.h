@@ -1,0 +1,69 @@
+/*
+ * What only engine/ may touch of an open store: the SQLite handle, the
+ * transaction state and the statement helpers shared by store.c,
+ * mailbox.c, message.c, flags.c and search.c.
+ */
+#ifndef ENG_STORE_PRIVATE_H
+#define ENG_STORE_PRIVATE_H
+
+#include <sqlite3.h>
+
+#include "store.h"
+
+#define ENG_SCHEMA_VERSION 1
+/* Raw bytes per content chunk; each chunk is compressed on its own so that
+ * a byte-range read decompresses only what it needs. */
+#define ENG_CHUNK_BYTES (256u * 1024)
+
+struct eng_store {
+	sqlite3 *db;
+	char *path;
+	eng_store_options opt;
+	int tx_depth;
+	uint64_t tx_modseq;         /* 0 until the transaction needs one */
+	bool broken;                /* I/O error or full disk seen */
+};
+
+/* Maps a SQLite result code to an engine error (and marks I/O trouble). */
+int store_err(eng_store *st, int rc, const char *what);
+
+/* Prepares sql; on failure logs and returns NULL with *err_r set. */
+sqlite3_stmt *store_prepare(eng_store *st, const char *sql, int *err_r);
+/* Runs a statement without results. */
+int store_exec(eng_store *st, const char *sql);
+/* Steps a statement that must be done (no rows); finalizes it. */
+int store_step_done(eng_store *st, sqlite3_stmt *stmt);
+
+/* Integers in the meta table; ENG_ENOTFOUND for a missing key. */
+int store_meta_get_int(eng_store *st, const char *key, int64_t *value_r);
+int store_meta_set_int(eng_store *st, const char *key, int64_t value);
+
+/* The MODSEQ of the current transaction (allocated on first call). */
+int store_tx_modseq(eng_store *st, uint64_t *modseq_r);
+
+/* Mailbox id by name; ENG_ENOTFOUND if missing. */
+int store_mailbox_id(eng_store *st, const char *name, int64_t *id_r,
+		     bool *noselect_r);
+/* Adds deltas to a mailbox's counters and raises its HIGHESTMODSEQ. */
+int store_mailbox_account(eng_store *st, int64_t mailbox_id,
+			  int64_t d_messages, int64_t d_unseen,
+			  int64_t d_deleted, int64_t d_size, uint64_t modseq);
+/* Takes the next UID of a mailbox (bumps UIDNEXT). */
+int store_mailbox_next_uid(eng_store *st, int64_t mailbox_id, uint32_t *uid_r);
+
+/* Looks up or creates keyword ids (IMAP keywords are case-insensitive). */
+int store_keyword_id(eng_store *st, const char *name, bool create,
+		     int64_t *id_r);
+int store_set_keywords(eng_store *st, int64_t message_rowid,
+		       const char *const *keywords, size_t n);
+/* Loads a message's keywords into msg->keywords. */
+int store_load_keywords(eng_store *st, int64_t message_rowid, eng_msg *msg);
+
+/* Drops one reference to a content row; deletes it (and its chunks and
+ * search text) at zero. */
+int store_content_unref(eng_store *st, int64_t content_id);
+
+/* Appends "AND (...)" limiting column `uid` to set; binds nothing. */
+void store_uidset_sql(const eng_uidset *set, eng_buf *sql);
+
+#endif
