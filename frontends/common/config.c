@@ -317,6 +317,8 @@ static char *path_join(const char *base, const char *rel)
 
 	if (rel[0] == '/' || blen == 0 || strcmp(base, ".") == 0)
 		return eng_strdup(rel);
+	if (strcmp(rel, ".") == 0)
+		return eng_strdup(base);
 	while (blen > 1 && base[blen - 1] == '/')
 		blen--;
 	if (asprintf(&out, "%.*s%s%s", (int)blen, base,
@@ -365,6 +367,9 @@ static void apply_defaults_and_resolve(const struct parser *p, sm_config *cfg)
 	free(cfg->data_dir);
 	cfg->data_dir = dd;
 	free(dir);
+	/* "/srv/mail/" and "/srv/mail" are one directory: keep one spelling */
+	for (size_t n = strlen(dd); n > 1 && dd[n - 1] == '/'; n--)
+		dd[n - 1] = '\0';
 
 	for (size_t i = 0; i < N_KEYS; i++) {
 		char **str = (char **)((char *)cfg + keys[i].offset);
