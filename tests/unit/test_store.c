@@ -1,0 +1,783 @@
+/*
+ * The mailbox store: mailboxes, append, fetch, flags, copy/move, expunge,
+ * changes since MODSEQ, quota, dedup, sections and the invariants listed
+ * at the top of engine/store.c.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eng_error.h"
+#include "keys.h"
+#include "store.h"
+#include "store_private.h"
+#include "testutil.h"
+
+struct fixture {
+	char *dir;
+	char *path;
+	uint8_t key[32];
+	eng_store *st;
+	int64_t inbox;
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	eng_store_options opt;
+
+	assert_int_equal(eng_crypto_init(), 0);
+	f->dir = tu_tmpdir();
+	assert_true(asprintf(&f->path, "%s/alias.db", f->dir) > 0);
+	randombytes_buf(f->key, sizeof(f->key));
+	eng_store_options_default(&opt);
+	opt.create = true;
+	assert_int_equal(eng_store_open(f->path, f->key, &opt, &f->st), 0);
+	{
+		eng_mailbox mb;
+
+		assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+		f->inbox = mb.id;
+		eng_mailbox_clear(&mb);
+	}
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	eng_store_close(&f->st);
+	tu_rmrf(f->dir);
+	free(f->dir);
+	free(f->path);
+	free(f);
+	return 0;
+}
+
+static int64_t sql_int(eng_store *st, const char *sql)
+{
+	sqlite3_stmt *stmt;
+	int64_t v = -1;
+
+	assert_int_equal(sqlite3_prepare_v2(st->db, sql, -1, &stmt, NULL),
+			 SQLITE_OK);
+	if (sqlite3_step(stmt) == SQLITE_ROW)
+		v = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	return v;
+}
+
+/* The invariants at the top of engine/store.c, checked with plain SQL. */
+static void check_invariants(eng_store *st)
+{
+	assert_int_equal(sql_int(st,
+		"SELECT count(*) FROM mailbox b WHERE b.messages != "
+		"(SELECT count(*) FROM message m WHERE m.mailbox_id = b.id) "
+		"OR b.unseen != (SELECT count(*) FROM message m WHERE "
+		"m.mailbox_id = b.id AND (m.flags & 1) = 0) "
+		"OR b.deleted != (SELECT count(*) FROM message m WHERE "
+		"m.mailbox_id = b.id AND (m.flags & 8) != 0) "
+		"OR b.size != (SELECT coalesce(sum(size), 0) FROM message m "
+		"WHERE m.mailbox_id = b.id)"), 0);
+	assert_int_equal(sql_int(st,
+		"SELECT count(*) FROM content c WHERE c.refs != "
+		"(SELECT count(*) FROM message m WHERE m.content_id = c.id) "
+		"OR c.refs <= 0"), 0);
+	assert_int_equal(sql_int(st,
+		"SELECT count(*) FROM mailbox b WHERE b.uidnext <= "
+		"(SELECT coalesce(max(uid), 0) FROM message m WHERE "
+		"m.mailbox_id = b.id)"), 0);
+	assert_int_equal(sql_int(st,
+		"SELECT count(*) FROM message WHERE modseq > "
+		"(SELECT value FROM meta WHERE key = 'modseq')"), 0);
+	assert_int_equal(sql_int(st,
+		"SELECT count(*) FROM chunk WHERE content_id NOT IN "
+		"(SELECT id FROM content)"), 0);
+	assert_int_equal(eng_store_check(st, NULL), 0);
+}
+
+static const char simple_msg[] =
+	"From: Alice <alice@example.org>\r\n"
+	"To: bob@example.net\r\n"
+	"Subject: Hello\r\n"
+	"Date: Tue, 24 Nov 2026 10:00:00 +0000\r\n"
+	"Message-ID: <m1@example.org>\r\n"
+	"\r\n"
+	"Hi Bob,\r\nhow are you?\r\n";
+
+static uint32_t append(struct fixture *f, int64_t mbox, const char *msg,
+		       uint32_t flags)
+{
+	eng_append_opts o = { .flags = flags };
+	uint32_t uid = 0;
+	uint64_t modseq = 0;
+
+	assert_int_equal(eng_append_message(f->st, mbox, msg, strlen(msg), &o,
+					    &uid, &modseq), 0);
+	assert_true(uid > 0);
+	assert_true(modseq > 1);
+	return uid;
+}
+
+static void test_defaults(void **state)
+{
+	struct fixture *f = *state;
+	eng_mailbox *list;
+	size_t n;
+	uint32_t su = 0;
+
+	assert_int_equal(eng_mailbox_list(f->st, &list, &n), 0);
+	assert_int_equal(n, 6);
+	for (size_t i = 0; i < n; i++) {
+		assert_true(list[i].subscribed);
+		assert_false(list[i].noselect);
+		assert_int_equal(list[i].uidnext, 1);
+		assert_true(list[i].uidvalidity > 0);
+		su |= list[i].special_use;
+		for (size_t j = 0; j < i; j++)
+			assert_int_not_equal(list[i].uidvalidity,
+					     list[j].uidvalidity);
+	}
+	assert_int_equal(su, ENG_SU_DRAFTS | ENG_SU_SENT | ENG_SU_TRASH |
+			 ENG_SU_JUNK | ENG_SU_ARCHIVE);
+	eng_mailbox_list_free(&list, n);
+	assert_int_equal(eng_store_schema_version(f->st), ENG_SCHEMA_VERSION);
+	check_invariants(f->st);
+}
+
+static void test_names(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const bad[] = {
+		"", "/a", "a/", "a//b", "a/../b", "..", ".", "tab\there",
+		"\xc3", "\xc0\x80", "\xed\xa0\x80", "bad\x7f",
+	};
+	char *canon;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(eng_mailbox_name_check(bad[i], &canon),
+				 ENG_EINVAL);
+		assert_int_equal(eng_mailbox_create(f->st, bad[i], 0, NULL),
+				 ENG_EINVAL);
+	}
+	assert_int_equal(eng_mailbox_name_check("inbox/Sub", &canon), 0);
+	assert_string_equal(canon, "INBOX/Sub");
+	free(canon);
+	assert_int_equal(eng_mailbox_create(f->st, "Inbox", 0, NULL), ENG_EEXIST);
+	assert_int_equal(eng_mailbox_create(f->st, "Ünïcødé/日本", 0, NULL), 0);
+	{
+		eng_mailbox mb;
+
+		assert_int_equal(eng_mailbox_get(f->st, "Ünïcødé", &mb), 0);
+		eng_mailbox_clear(&mb);
+		assert_int_equal(eng_mailbox_get(f->st, "Ünïcødé/日本", &mb), 0);
+		eng_mailbox_clear(&mb);
+	}
+}
+
+static void test_hierarchy(void **state)
+{
+	struct fixture *f = *state;
+	eng_mailbox mb;
+	int64_t id;
+	uint32_t uidvalidity;
+
+	assert_int_equal(eng_mailbox_create(f->st, "Work/Projects/A", 0, &id), 0);
+	append(f, id, simple_msg, 0);
+	assert_int_equal(eng_mailbox_get(f->st, "Work/Projects/A", &mb), 0);
+	uidvalidity = mb.uidvalidity;
+	assert_int_equal(mb.messages, 1);
+	eng_mailbox_clear(&mb);
+
+	/* Rename moves children along and keeps UIDVALIDITY and messages. */
+	assert_int_equal(eng_mailbox_rename(f->st, "Work", "Job"), 0);
+	assert_int_equal(eng_mailbox_get(f->st, "Work", &mb), ENG_ENOTFOUND);
+	assert_int_equal(eng_mailbox_get(f->st, "Job/Projects/A", &mb), 0);
+	assert_int_equal(mb.uidvalidity, uidvalidity);
+	assert_int_equal(mb.messages, 1);
+	eng_mailbox_clear(&mb);
+	assert_int_equal(eng_mailbox_rename(f->st, "Job", "Job/Sub"), ENG_EINVAL);
+	assert_int_equal(eng_mailbox_rename(f->st, "Job", "Sent"), ENG_EEXIST);
+	assert_int_equal(eng_mailbox_rename(f->st, "Nope", "X"), ENG_ENOTFOUND);
+
+	/* Delete of a parent leaves a \Noselect placeholder. */
+	assert_int_equal(eng_mailbox_delete(f->st, "Job/Projects"), 0);
+	assert_int_equal(eng_mailbox_get(f->st, "Job/Projects", &mb), 0);
+	assert_true(mb.noselect);
+	eng_mailbox_clear(&mb);
+	assert_int_equal(eng_mailbox_delete(f->st, "Job/Projects"), ENG_EPERM);
+	assert_int_equal(eng_mailbox_delete(f->st, "Job/Projects/A"), 0);
+	assert_int_equal(eng_mailbox_delete(f->st, "Job/Projects"), 0);
+	assert_int_equal(eng_mailbox_get(f->st, "Job/Projects", &mb),
+			 ENG_ENOTFOUND);
+	assert_int_equal(eng_mailbox_delete(f->st, "INBOX"), ENG_EPERM);
+	/* Re-created name gets a new UIDVALIDITY. */
+	assert_int_equal(eng_mailbox_create(f->st, "Job/Projects/A", 0, NULL), 0);
+	assert_int_equal(eng_mailbox_get(f->st, "Job/Projects/A", &mb), 0);
+	assert_true(mb.uidvalidity > uidvalidity);
+	assert_int_equal(mb.messages, 0);
+	eng_mailbox_clear(&mb);
+	check_invariants(f->st);
+}
+
+static void test_rename_inbox(void **state)
+{
+	struct fixture *f = *state;
+	eng_mailbox mb;
+
+	append(f, f->inbox, simple_msg, 0);
+	assert_int_equal(eng_mailbox_create(f->st, "INBOX/Child", 0, NULL), 0);
+	assert_int_equal(eng_mailbox_rename(f->st, "INBOX", "Old"), 0);
+	assert_int_equal(eng_mailbox_get(f->st, "Old", &mb), 0);
+	assert_int_equal(mb.messages, 1);
+	eng_mailbox_clear(&mb);
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 0);
+	assert_int_equal(mb.uidnext, 1);
+	eng_mailbox_clear(&mb);
+	/* Children of INBOX stay. */
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX/Child", &mb), 0);
+	eng_mailbox_clear(&mb);
+	check_invariants(f->st);
+}
+
+struct collect {
+	eng_msg msgs[64];
+	size_t n;
+};
+
+static int collect_cb(void *ctx, const eng_msg *msg)
+{
+	struct collect *c = ctx;
+	eng_msg *m = &c->msgs[c->n++];
+	size_t n = 0;
+
+	*m = *msg;
+	m->keywords = NULL;
+	while (msg->keywords != NULL && msg->keywords[n] != NULL)
+		n++;
+	if (n > 0) {
+		m->keywords = calloc(n + 1, sizeof(char *));
+		for (size_t i = 0; i < n; i++)
+			m->keywords[i] = strdup(msg->keywords[i]);
+	}
+	return 0;
+}
+
+static void collect_clear(struct collect *c)
+{
+	for (size_t i = 0; i < c->n; i++)
+		eng_msg_clear(&c->msgs[i]);
+	c->n = 0;
+}
+
+static void test_append_fetch_flags(void **state)
+{
+	struct fixture *f = *state;
+	const char *kws[] = { "$Label1", "work" };
+	eng_append_opts o = { .flags = ENG_F_FLAGGED, .keywords = kws,
+			      .n_keywords = 2, .internal_date = 1700000000 };
+	uint32_t uid1, uid2, uid3;
+	uint64_t ms1, ms2;
+	struct collect c = { .n = 0 };
+	eng_uidset set = { 0 };
+	eng_uidset failed = { 0 };
+	eng_mailbox mb;
+
+	assert_int_equal(eng_append_message(f->st, f->inbox, simple_msg,
+					    strlen(simple_msg), &o, &uid1,
+					    &ms1), 0);
+	uid2 = append(f, f->inbox, "Subject: two\r\n\r\nbody two\r\n", ENG_F_SEEN);
+	uid3 = append(f, f->inbox, "Subject: three\r\n\r\nbody three\r\n", 0);
+	assert_int_equal(uid1, 1);
+	assert_int_equal(uid2, 2);
+	assert_int_equal(uid3, 3);
+
+	assert_int_equal(eng_fetch_meta(f->st, f->inbox, NULL, 0, collect_cb,
+					&c), 0);
+	assert_int_equal(c.n, 3);
+	assert_int_equal(c.msgs[0].flags, ENG_F_FLAGGED);
+	assert_int_equal(c.msgs[0].internal_date, 1700000000);
+	assert_int_equal(c.msgs[0].size, strlen(simple_msg));
+	assert_non_null(c.msgs[0].keywords);
+	assert_string_equal(c.msgs[0].keywords[0], "$Label1");
+	assert_string_equal(c.msgs[0].keywords[1], "work");
+	assert_null(c.msgs[0].keywords[2]);
+	assert_int_equal(c.msgs[1].flags, ENG_F_SEEN);
+	collect_clear(&c);
+
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 3);
+	assert_int_equal(mb.unseen, 2);
+	assert_int_equal(mb.uidnext, 4);
+	ms2 = mb.highestmodseq;
+	eng_mailbox_clear(&mb);
+
+	/* STORE +FLAGS (\Seen \Deleted) on 1:2 changes both, bumps MODSEQ. */
+	eng_uidset_add(&set, 1, 2);
+	assert_int_equal(eng_store_flags(f->st, f->inbox, &set, ENG_STORE_ADD,
+					 ENG_F_SEEN | ENG_F_DELETED, NULL, 0, 0,
+					 NULL, collect_cb, &c), 0);
+	assert_int_equal(c.n, 2);
+	assert_true(c.msgs[0].modseq > ms2);
+	assert_int_equal(c.msgs[0].flags, ENG_F_FLAGGED | ENG_F_SEEN |
+			 ENG_F_DELETED);
+	assert_string_equal(c.msgs[0].keywords[1], "work");
+	collect_clear(&c);
+	/* The same again changes nothing and reports nothing. */
+	assert_int_equal(eng_store_flags(f->st, f->inbox, &set, ENG_STORE_ADD,
+					 ENG_F_SEEN, NULL, 0, 0, NULL,
+					 collect_cb, &c), 0);
+	assert_int_equal(c.n, 0);
+
+	/* UNCHANGEDSINCE: message 1 changed after ms1, so it fails. */
+	assert_int_equal(eng_store_flags(f->st, f->inbox, &set,
+					 ENG_STORE_REMOVE, ENG_F_FLAGGED, NULL,
+					 0, ms1, &failed, collect_cb, &c), 0);
+	assert_int_equal(c.n, 0);
+	assert_true(eng_uidset_contains(&failed, 1));
+	assert_true(eng_uidset_contains(&failed, 2));
+	eng_uidset_free(&failed);
+
+	/* Keywords: remove one (case-insensitive), add one. */
+	{
+		const char *rm[] = { "WORK" };
+		const char *add[] = { "$Junk", "$junk" };
+
+		assert_int_equal(eng_store_flags(f->st, f->inbox, &set,
+			ENG_STORE_REMOVE, 0, rm, 1, 0, NULL, NULL, NULL), 0);
+		assert_int_equal(eng_store_flags(f->st, f->inbox, &set,
+			ENG_STORE_ADD, 0, add, 2, 0, NULL, NULL, NULL), 0);
+		assert_int_equal(eng_fetch_meta(f->st, f->inbox, &set, 0,
+						collect_cb, &c), 0);
+		assert_int_equal(c.n, 2);
+		assert_string_equal(c.msgs[0].keywords[0], "$Label1");
+		assert_string_equal(c.msgs[0].keywords[1], "$Junk");
+		assert_null(c.msgs[0].keywords[2]);
+		assert_string_equal(c.msgs[1].keywords[0], "$Junk");
+		collect_clear(&c);
+	}
+	{
+		const char *badkw[] = { "bad word" };
+
+		assert_int_equal(eng_store_flags(f->st, f->inbox, &set,
+			ENG_STORE_ADD, 0, badkw, 1, 0, NULL, NULL, NULL),
+			ENG_EINVAL);
+		assert_int_equal(eng_store_flags(f->st, f->inbox, &set,
+			ENG_STORE_ADD, 1u << 9, NULL, 0, 0, NULL, NULL, NULL),
+			ENG_EINVAL);
+	}
+	eng_uidset_free(&set);
+
+	/* changedsince filter. */
+	assert_int_equal(eng_fetch_meta(f->st, f->inbox, NULL, ms2, collect_cb,
+					&c), 0);
+	assert_int_equal(c.n, 2);
+	collect_clear(&c);
+	check_invariants(f->st);
+}
+
+static void test_expunge_changes(void **state)
+{
+	struct fixture *f = *state;
+	eng_uidset set = { 0 };
+	uint32_t *uids, *vanished;
+	size_t n, nv;
+	uint64_t before;
+	struct collect c = { .n = 0 };
+	eng_mailbox mb;
+
+	for (int i = 0; i < 5; i++) {
+		char msg[128];
+
+		snprintf(msg, sizeof(msg), "Subject: m%d\r\n\r\nbody %d\r\n", i, i);
+		append(f, f->inbox, msg, i % 2 == 0 ? ENG_F_DELETED : 0);
+	}
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	before = mb.highestmodseq;
+	assert_int_equal(mb.deleted, 3);
+	eng_mailbox_clear(&mb);
+
+	/* UID EXPUNGE 1:3 removes only 1 and 3 (flagged \Deleted). */
+	eng_uidset_add(&set, 1, 3);
+	assert_int_equal(eng_expunge(f->st, f->inbox, &set, &uids, &n), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(uids[0], 1);
+	assert_int_equal(uids[1], 3);
+	free(uids);
+	eng_uidset_free(&set);
+	/* EXPUNGE removes the rest of the \Deleted ones. */
+	assert_int_equal(eng_expunge(f->st, f->inbox, NULL, &uids, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(uids[0], 5);
+	free(uids);
+
+	assert_int_equal(eng_changes_since(f->st, f->inbox, before, collect_cb,
+					   &c, &vanished, &nv), 0);
+	assert_int_equal(c.n, 0);
+	assert_int_equal(nv, 3);
+	assert_int_equal(vanished[0], 1);
+	assert_int_equal(vanished[1], 3);
+	assert_int_equal(vanished[2], 5);
+	free(vanished);
+
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 2);
+	assert_int_equal(mb.deleted, 0);
+	assert_true(mb.highestmodseq > before);
+	assert_int_equal(mb.uidnext, 6);
+	eng_mailbox_clear(&mb);
+	/* UIDs are never reused. */
+	assert_int_equal(append(f, f->inbox, simple_msg, 0), 6);
+	check_invariants(f->st);
+}
+
+static void test_copy_move_dedup(void **state)
+{
+	struct fixture *f = *state;
+	eng_mailbox arch;
+	eng_uidset set = { 0 };
+	uint32_t *src, *dst;
+	size_t n;
+	struct collect c = { .n = 0 };
+	int64_t trash;
+
+	append(f, f->inbox, simple_msg, 0);
+	append(f, f->inbox, simple_msg, ENG_F_SEEN);   /* same content */
+	append(f, f->inbox, "Subject: other\r\n\r\nx\r\n", 0);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content"), 2);
+	assert_int_equal(sql_int(f->st, "SELECT max(refs) FROM content"), 2);
+
+	assert_int_equal(eng_mailbox_get(f->st, "Archive", &arch), 0);
+	eng_uidset_add(&set, 1, 3);
+	assert_int_equal(eng_message_copy(f->st, f->inbox, &set, arch.id, false,
+					  &src, &dst, &n), 0);
+	assert_int_equal(n, 3);
+	assert_int_equal(src[0], 1);
+	assert_int_equal(dst[0], 1);
+	assert_int_equal(dst[2], 3);
+	free(src);
+	free(dst);
+	/* Copies share content. */
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content"), 2);
+	assert_int_equal(sql_int(f->st, "SELECT max(refs) FROM content"), 4);
+
+	assert_int_equal(eng_fetch_meta(f->st, arch.id, NULL, 0, collect_cb,
+					&c), 0);
+	assert_int_equal(c.n, 3);
+	assert_int_equal(c.msgs[1].flags, ENG_F_SEEN);
+	assert_int_equal(c.msgs[0].content_id, c.msgs[1].content_id);
+	collect_clear(&c);
+
+	/* MOVE to Trash: gone from INBOX, logged as expunged there. */
+	{
+		eng_mailbox mb;
+
+		assert_int_equal(eng_mailbox_get(f->st, "Trash", &mb), 0);
+		trash = mb.id;
+		eng_mailbox_clear(&mb);
+	}
+	assert_int_equal(eng_message_copy(f->st, f->inbox, &set, trash, true,
+					  NULL, NULL, &n), 0);
+	assert_int_equal(n, 3);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM message WHERE "
+				 "mailbox_id = (SELECT id FROM mailbox WHERE "
+				 "name = 'INBOX')"), 0);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM expunged"), 3);
+	assert_int_equal(eng_message_copy(f->st, trash, &set, trash, true,
+					  NULL, NULL, &n), ENG_EINVAL);
+
+	/* Deleting Archive and Trash drops every content row. */
+	eng_uidset_free(&set);
+	assert_int_equal(eng_mailbox_delete(f->st, "Archive"), 0);
+	assert_int_equal(eng_mailbox_delete(f->st, "Trash"), 0);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content"), 0);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM chunk"), 0);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM fts"), 0);
+	eng_mailbox_clear(&arch);
+	check_invariants(f->st);
+}
+
+/* A deterministic message of about size bytes, multipart with a large
+ * base64 attachment so that it spans several chunks. */
+static char *big_message(size_t size)
+{
+	char *msg = malloc(size + 1024);
+	size_t len;
+	uint32_t x = 12345;
+
+	len = (size_t)sprintf(msg,
+		"From: a@example.org\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
+		"Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
+		"--XX\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+		"--XX\r\nContent-Type: application/octet-stream\r\n"
+		"Content-Transfer-Encoding: base64\r\n\r\n");
+	while (len < size) {
+		for (int i = 0; i < 76; i++) {
+			x = x * 1103515245 + 12345;
+			msg[len++] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(x >> 16) & 63];
+		}
+		msg[len++] = '\r';
+		msg[len++] = '\n';
+	}
+	len += (size_t)sprintf(msg + len, "--XX--\r\n");
+	msg[len] = '\0';
+	return msg;
+}
+
+static void test_read_sections(void **state)
+{
+	struct fixture *f = *state;
+	char *msg = big_message(700 * 1024);
+	size_t len = strlen(msg);
+	eng_append *ap;
+	uint32_t uid;
+	eng_message *m;
+	char *back = malloc(len + 1);
+	uint64_t off, slen;
+	const void *hdr;
+	size_t hlen;
+
+	/* Streamed in odd pieces. */
+	assert_int_equal(eng_append_begin(f->st, f->inbox, NULL, &ap), 0);
+	for (size_t i = 0; i < len; i += 7777) {
+		size_t n = len - i < 7777 ? len - i : 7777;
+
+		assert_int_equal(eng_append_write(ap, msg + i, n), 0);
+	}
+	assert_int_equal(eng_append_commit(&ap, &uid, NULL), 0);
+	assert_null(ap);
+
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+	assert_int_equal(eng_message_size(m), len);
+	assert_int_equal(eng_message_read(m, 0, back, len + 100), (long)len);
+	assert_memory_equal(back, msg, len);
+	/* A range across the first chunk boundary. */
+	assert_int_equal(eng_message_read(m, ENG_CHUNK_BYTES - 10, back, 20), 20);
+	assert_memory_equal(back, msg + ENG_CHUNK_BYTES - 10, 20);
+	assert_int_equal(eng_message_read(m, len, back, 10), 0);
+
+	eng_message_header(m, &hdr, &hlen);
+	assert_true(hlen > 0);
+	assert_memory_equal(hdr, msg, hlen);
+	assert_memory_equal((const char *)hdr + hlen - 4, "\r\n\r\n", 4);
+
+	assert_int_equal(eng_message_section(m, "HEADER", &off, &slen), 0);
+	assert_int_equal(off, 0);
+	assert_int_equal(slen, hlen);
+	assert_int_equal(eng_message_section(m, "1", &off, &slen), 0);
+	assert_int_equal(eng_message_read(m, off, back, slen), (long)slen);
+	assert_memory_equal(back, "see attached", 12);
+	assert_int_equal(eng_message_section(m, "1.MIME", &off, &slen), 0);
+	assert_int_equal(eng_message_read(m, off, back, slen), (long)slen);
+	assert_memory_equal(back, "Content-Type: text/plain\r\n\r\n", slen);
+	assert_int_equal(eng_message_section(m, "2", &off, &slen), 0);
+	assert_true(slen > 600 * 1024);
+	assert_int_equal(eng_message_section(m, "3", &off, &slen), ENG_ENOTFOUND);
+	assert_int_equal(eng_message_section(m, "2.HEADER", &off, &slen),
+			 ENG_ENOTFOUND);
+	assert_int_equal(eng_message_section(m, "BOGUS", &off, &slen), ENG_EINVAL);
+	eng_message_close(&m);
+	assert_null(m);
+	assert_int_equal(eng_message_open(f->st, f->inbox, 999, &m),
+			 ENG_ENOTFOUND);
+	free(back);
+	free(msg);
+	check_invariants(f->st);
+}
+
+static void test_embedded_message_sections(void **state)
+{
+	struct fixture *f = *state;
+	static const char msg[] =
+		"Subject: fwd\r\nContent-Type: message/rfc822\r\n\r\n"
+		"Subject: inner\r\nFrom: x@y\r\n\r\ninner body\r\n";
+	uint32_t uid = append(f, f->inbox, msg, 0);
+	eng_message *m;
+	uint64_t off, len;
+	char buf[256];
+
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+	assert_int_equal(eng_message_section(m, "1.HEADER", &off, &len), 0);
+	assert_int_equal(eng_message_read(m, off, buf, len), (long)len);
+	assert_memory_equal(buf, "Subject: inner\r\nFrom: x@y\r\n\r\n", len);
+	assert_int_equal(eng_message_section(m, "1.TEXT", &off, &len), 0);
+	assert_int_equal(eng_message_read(m, off, buf, len), (long)len);
+	assert_memory_equal(buf, "inner body\r\n", len);
+	assert_int_equal(eng_message_section(m, "TEXT", &off, &len), 0);
+	assert_int_equal(len, strlen(msg) - (sizeof("Subject: fwd\r\nContent-Type: message/rfc822\r\n\r\n") - 1));
+	eng_message_close(&m);
+}
+
+static void test_idempotency_and_tx(void **state)
+{
+	struct fixture *f = *state;
+	eng_append_opts o = { .idempotency_key = "delivery-42" };
+	uint32_t uid1, uid2;
+	eng_mailbox mb;
+
+	assert_int_equal(eng_append_message(f->st, f->inbox, simple_msg,
+					    strlen(simple_msg), &o, &uid1, NULL), 0);
+	assert_int_equal(eng_append_message(f->st, f->inbox, simple_msg,
+					    strlen(simple_msg), &o, &uid2, NULL), 0);
+	assert_int_equal(uid1, uid2);
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 1);
+	eng_mailbox_clear(&mb);
+
+	/* A batch that is rolled back leaves nothing. */
+	assert_int_equal(eng_store_tx_begin(f->st), 0);
+	append(f, f->inbox, "Subject: a\r\n\r\na\r\n", 0);
+	append(f, f->inbox, "Subject: b\r\n\r\nb\r\n", 0);
+	eng_store_tx_rollback(f->st);
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 1);
+	assert_int_equal(mb.uidnext, 2);
+	eng_mailbox_clear(&mb);
+	/* A committed batch keeps both. */
+	assert_int_equal(eng_store_tx_begin(f->st), 0);
+	append(f, f->inbox, "Subject: a\r\n\r\na\r\n", 0);
+	append(f, f->inbox, "Subject: b\r\n\r\nb\r\n", 0);
+	assert_int_equal(eng_store_tx_commit(f->st), 0);
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 3);
+	eng_mailbox_clear(&mb);
+
+	/* An aborted streaming append leaves nothing either. */
+	{
+		eng_append *ap;
+
+		assert_int_equal(eng_append_begin(f->st, f->inbox, NULL, &ap), 0);
+		assert_int_equal(eng_append_write(ap, simple_msg, 20), 0);
+		eng_append_abort(&ap);
+		assert_null(ap);
+	}
+	assert_int_equal(eng_append_message(f->st, 99999, simple_msg, 10, NULL,
+					    &uid1, NULL), ENG_ENOTFOUND);
+	check_invariants(f->st);
+}
+
+static void test_quota_and_limits(void **state)
+{
+	struct fixture *f = *state;
+	uint64_t used, limit, count;
+	uint32_t uid;
+
+	append(f, f->inbox, simple_msg, 0);
+	assert_int_equal(eng_quota_get(f->st, &used, &limit, &count), 0);
+	assert_int_equal(used, strlen(simple_msg));
+	assert_int_equal(limit, 0);
+	assert_int_equal(count, 1);
+	assert_int_equal(eng_quota_set(f->st, used + 10), 0);
+	assert_int_equal(eng_append_message(f->st, f->inbox, simple_msg,
+					    strlen(simple_msg), NULL, &uid,
+					    NULL), ENG_EQUOTA);
+	assert_int_equal(eng_quota_set(f->st, 0), 0);
+	append(f, f->inbox, simple_msg, 0);
+
+	/* Past max_message_bytes. */
+	{
+		eng_store *st2;
+		eng_store_options opt;
+		eng_append *ap;
+		char buf[4096];
+
+		eng_store_close(&f->st);
+		eng_store_options_default(&opt);
+		opt.max_message_bytes = 10000;
+		assert_int_equal(eng_store_open(f->path, f->key, &opt, &st2), 0);
+		f->st = st2;
+		memset(buf, 'a', sizeof(buf));
+		assert_int_equal(eng_append_begin(st2, f->inbox, NULL, &ap), 0);
+		assert_int_equal(eng_append_write(ap, buf, sizeof(buf)), 0);
+		assert_int_equal(eng_append_write(ap, buf, sizeof(buf)), 0);
+		assert_int_equal(eng_append_write(ap, buf, sizeof(buf)), ENG_ELIMIT);
+		assert_int_equal(eng_append_commit(&ap, &uid, NULL), ENG_ELIMIT);
+	}
+	check_invariants(f->st);
+}
+
+static void test_reopen_and_wrong_key(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t wrong[32];
+	eng_store *st;
+	eng_store_options opt;
+	eng_message *m;
+	char buf[512];
+
+	append(f, f->inbox, simple_msg, 0);
+	eng_store_close(&f->st);
+	eng_store_options_default(&opt);
+	memcpy(wrong, f->key, 32);
+	wrong[0] ^= 1;
+	assert_int_equal(eng_store_open(f->path, wrong, &opt, &st), ENG_EAUTH);
+	assert_null(st);
+	assert_int_equal(eng_store_open("/nonexistent/x.db", f->key, &opt, &st),
+			 ENG_ENOTFOUND);
+	assert_int_equal(eng_store_open(f->path, f->key, &opt, &f->st), 0);
+	assert_int_equal(eng_message_open(f->st, f->inbox, 1, &m), 0);
+	assert_int_equal(eng_message_read(m, 0, buf, sizeof(buf)),
+			 (long)strlen(simple_msg));
+	assert_memory_equal(buf, simple_msg, strlen(simple_msg));
+	eng_message_close(&m);
+}
+
+static void test_uidset_parse(void **state)
+{
+	eng_uidset s;
+
+	(void)state;
+	assert_int_equal(eng_uidset_parse("1:3,7,10:*", &s), 0);
+	assert_int_equal(s.count, 3);
+	assert_true(eng_uidset_contains(&s, 2));
+	assert_false(eng_uidset_contains(&s, 5));
+	assert_true(eng_uidset_contains(&s, 4000000000u));
+	eng_uidset_free(&s);
+	assert_int_equal(eng_uidset_parse("5:2", &s), 0);
+	assert_true(eng_uidset_contains(&s, 3));
+	eng_uidset_free(&s);
+	assert_int_equal(eng_uidset_parse("", &s), ENG_EINVAL);
+	assert_int_equal(eng_uidset_parse("0", &s), ENG_EINVAL);
+	assert_int_equal(eng_uidset_parse("1,", &s), ENG_EINVAL);
+	assert_int_equal(eng_uidset_parse("4294967296", &s), ENG_EINVAL);
+	assert_int_equal(eng_uidset_parse("1:2:3", &s), ENG_EINVAL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_names, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_hierarchy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_rename_inbox, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_append_fetch_flags, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_expunge_changes, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_copy_move_dedup, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_read_sections, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_embedded_message_sections,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_idempotency_and_tx, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_quota_and_limits, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_reopen_and_wrong_key, setup,
+						teardown),
+		cmocka_unit_test(test_uidset_parse),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
