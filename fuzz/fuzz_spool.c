@@ -26,6 +26,12 @@ static void quiet(enum eng_log_level level, const char *msg)
 	(void)msg;
 }
 
+/* Every input's file is unlinked after use, so the directory is empty. */
+static void remove_dir(void)
+{
+	rmdir(dir);
+}
+
 static void init_once(void)
 {
 	static int done;
@@ -36,6 +42,7 @@ static void init_once(void)
 	eng_set_log(quiet);
 	if (sodium_init() < 0 || mkdtemp(dir) == NULL)
 		abort();
+	atexit(remove_dir);
 	/* The fixed test key pair that the seeds are sealed to. */
 	memset(seed, 0x42, sizeof(seed));
 	crypto_box_seed_keypair(pk, sk, seed);
