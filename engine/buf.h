@@ -24,7 +24,8 @@ void eng_buf_puts(eng_buf *b, const char *s);
 void eng_buf_putc(eng_buf *b, char c);
 void eng_buf_printf(eng_buf *b, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
-void eng_buf_vprintf(eng_buf *b, const char *fmt, va_list ap);
+void eng_buf_vprintf(eng_buf *b, const char *fmt, va_list ap)
+	__attribute__((format(printf, 2, 0)));
 void eng_buf_reset(eng_buf *b);          /* len = 0, keeps the memory */
 void eng_buf_free(eng_buf *b);           /* frees and re-initialises */
 /* Hands the data to the caller (who frees it) and re-initialises b. */
