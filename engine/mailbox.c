@@ -201,7 +201,7 @@ static int next_uidvalidity(eng_store *st, uint32_t *uidvalidity_r)
 static int insert_mailbox(eng_store *st, const char *name, uint32_t special_use,
 			  int64_t *id_r)
 {
-	uint32_t uidvalidity;
+	uint32_t uidvalidity = 0;
 	uint64_t modseq;
 	int err;
 	sqlite3_stmt *stmt;

@@ -734,7 +734,7 @@ static int append_finish(eng_append *ap, uint32_t *uid_r, uint64_t *modseq_r)
 	uint8_t sha[32];
 	eng_mime_part *root = NULL;
 	eng_mime_summary sum;
-	int64_t content_id, thread;
+	int64_t content_id = 0, thread = 0;
 	int err;
 
 	memset(&sum, 0, sizeof(sum));
