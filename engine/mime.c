@@ -557,8 +557,7 @@ static void header_done(eng_mime_parser *p, uint64_t body_off, bool cut)
 			return;
 		}
 		part->message = child;
-		push_frame(p, child, true, false);
-		p->st[p->n_st - 1].lf_at_body = f->lf_at_body;
+		push_frame(p, child, true, false);    /* f is stale from here */
 	} else {
 		text_start(p, part);
 	}
