@@ -1,0 +1,829 @@
+/*
+ * The alias table, per-alias work queues, sessions and the unlock path.
+ *
+ * State diagram of an alias (loop thread's view):
+ *
+ *   locked ──unlock──▶ open ◀──(more sessions / work)──┐
+ *     ▲                 │                              │
+ *     └──close work─────┴── idle & no session ─────────┘
+ *
+ * Invariants:
+ *  - at most one work item of an alias is on the pool at a time
+ *    (a->running), so a->st, a->mk and a->sk are only touched by that
+ *    item; the loop thread reads a->st only while !a->running;
+ *  - a->sessions counts the live session handles that point at a;
+ *  - an alias with sessions > 0 is never closed (its key would be lost);
+ *  - an alias entry is freed only when it is locked, idle, has no
+ *    sessions and nothing queued.
+ */
+#include "srv_alias.h"
+#include "eng_error.h"
+
+#include <errno.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define ALIAS_BUCKETS 1024
+#define SESSION_BUCKETS 1024
+#define QUEUE_MAX 1024
+
+struct work_item {
+	struct work_item *next;
+	uv_work_t req;
+	srv_alias *alias;
+	srv_work_fn *work;
+	srv_done_fn *done;
+	void *ctx;
+	int result;
+};
+
+struct srv_alias {
+	srv_alias *hash_next;
+	srv_aliases *owner;
+	char id[SRV_ALIAS_ID_MAX + 1];
+	char *db_path;
+	char *spool_dir;
+	/* Touched only by this alias's running work item. */
+	eng_store *st;
+	uint8_t *mk;
+	uint8_t *sk;
+	/* Loop thread. */
+	struct work_item *head, *tail;
+	unsigned queued;
+	bool running;
+	unsigned sessions;
+	uint64_t last_used_ms;
+};
+
+struct session {
+	struct session *next;
+	uint8_t handle[SRV_SESSION_BYTES];
+	srv_alias *alias;
+	uint64_t last_used_ms;
+};
+
+struct unlock_req {
+	struct unlock_req *next;
+	uv_work_t req;
+	srv_aliases *owner;
+	char alias_id[SRV_ALIAS_ID_MAX + 1];
+	eng_keyring *keyring;          /* NULL: unknown alias, burn the time */
+	uint8_t *password;             /* secret memory */
+	size_t password_len;
+	uint8_t *mk;                   /* result of the KDF step */
+	int result;
+	srv_unlock_done *done;
+	void *ctx;
+};
+
+struct srv_aliases {
+	uv_loop_t *loop;
+	srv_alias_config cfg;
+	char *data_dir;
+	srv_alias *buckets[ALIAS_BUCKETS];
+	struct session *sessions[SESSION_BUCKETS];
+	unsigned n_aliases, n_sessions;
+	struct unlock_req *wait_head, *wait_tail;
+	unsigned unlocks_running, unlocks_waiting;
+	uint64_t work_done;
+	eng_keyring *dummy;            /* same cost as real ones: see srv_unlock */
+	uv_timer_t timer;
+	bool shutting_down;
+	void (*shutdown_done)(void *ctx);
+	void *shutdown_ctx;
+};
+
+void srv_alias_config_default(srv_alias_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->cache_size = 128;
+	cfg->idle_seconds = 300;
+	cfg->session_idle_seconds = 1800;
+	cfg->max_concurrent_unlocks = 2;
+	cfg->kdf_params = eng_kdf_default();
+	eng_store_options_default(&cfg->store_opt);
+}
+
+static uint64_t hash_str(const char *s)
+{
+	uint64_t h = 1469598103934665603ull;
+
+	while (*s != '\0')
+		h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+	return h;
+}
+
+static bool alias_id_ok(const char *id)
+{
+	size_t len = strlen(id);
+
+	if (len == 0 || len > SRV_ALIAS_ID_MAX)
+		return false;
+	/* It becomes a file name: hex and '-' only. */
+	for (const char *p = id; *p != '\0'; p++) {
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') ||
+		      *p == '-'))
+			return false;
+	}
+	return true;
+}
+
+static srv_alias *alias_find(srv_aliases *as, const char *id)
+{
+	srv_alias *a = as->buckets[hash_str(id) % ALIAS_BUCKETS];
+
+	while (a != NULL && strcmp(a->id, id) != 0)
+		a = a->hash_next;
+	return a;
+}
+
+static srv_alias *alias_get(srv_aliases *as, const char *id)
+{
+	srv_alias *a = alias_find(as, id);
+	size_t b;
+
+	if (a != NULL)
+		return a;
+	a = eng_calloc(1, sizeof(*a));
+	a->owner = as;
+	snprintf(a->id, sizeof(a->id), "%s", id);
+	if (asprintf(&a->db_path, "%s/mailboxes/%s.db", as->data_dir, id) < 0 ||
+	    asprintf(&a->spool_dir, "%s/spool/%s", as->data_dir, id) < 0)
+		eng_oom(0);
+	a->last_used_ms = uv_now(as->loop);
+	b = hash_str(id) % ALIAS_BUCKETS;
+	a->hash_next = as->buckets[b];
+	as->buckets[b] = a;
+	as->n_aliases++;
+	return a;
+}
+
+static void alias_unlink_free(srv_aliases *as, srv_alias *a)
+{
+	srv_alias **pp = &as->buckets[hash_str(a->id) % ALIAS_BUCKETS];
+
+	while (*pp != a)
+		pp = &(*pp)->hash_next;
+	*pp = a->hash_next;
+	as->n_aliases--;
+	free(a->db_path);
+	free(a->spool_dir);
+	free(a);
+}
+
+/* ---- the per-alias queue ---- */
+
+static void queue_start(srv_alias *a);
+
+static void work_cb(uv_work_t *req)
+{
+	struct work_item *w = req->data;
+
+	w->result = w->work(w->alias, w->ctx);
+}
+
+static void after_work_cb(uv_work_t *req, int status)
+{
+	struct work_item *w = req->data;
+	srv_alias *a = w->alias;
+
+	a->running = false;
+	a->owner->work_done++;
+	a->last_used_ms = uv_now(a->owner->loop);
+	if (w->done != NULL)
+		w->done(w->ctx, status == UV_ECANCELED ? ENG_EBUSY : w->result);
+	free(w);
+	queue_start(a);
+}
+
+static void queue_start(srv_alias *a)
+{
+	struct work_item *w = a->head;
+
+	if (a->running || w == NULL)
+		return;
+	a->head = w->next;
+	if (a->head == NULL)
+		a->tail = NULL;
+	a->queued--;
+	a->running = true;
+	w->req.data = w;
+	if (uv_queue_work(a->owner->loop, &w->req, work_cb, after_work_cb) != 0) {
+		/* Cannot happen with a valid loop; fail the item, not the loop. */
+		a->running = false;
+		if (w->done != NULL)
+			w->done(w->ctx, ENG_EIO);
+		free(w);
+	}
+}
+
+static int submit(srv_aliases *as, const char *alias_id, srv_work_fn *work,
+		  srv_done_fn *done, void *ctx, bool during_shutdown)
+{
+	srv_alias *a;
+	struct work_item *w;
+
+	if (!alias_id_ok(alias_id))
+		return ENG_EINVAL;
+	if (as->shutting_down && !during_shutdown)
+		return ENG_EBUSY;
+	a = alias_get(as, alias_id);
+	if (a->queued >= QUEUE_MAX)
+		return ENG_EBUSY;
+	w = eng_calloc(1, sizeof(*w));
+	w->alias = a;
+	w->work = work;
+	w->done = done;
+	w->ctx = ctx;
+	if (a->tail != NULL)
+		a->tail->next = w;
+	else
+		a->head = w;
+	a->tail = w;
+	a->queued++;
+	queue_start(a);
+	return 0;
+}
+
+int srv_alias_submit(srv_aliases *as, const char *alias_id, srv_work_fn *work,
+		     srv_done_fn *done, void *ctx)
+{
+	return submit(as, alias_id, work, done, ctx, false);
+}
+
+/* ---- accessors for work functions ---- */
+
+eng_store *srv_alias_store(srv_alias *a)
+{
+	return a->st;
+}
+
+const char *srv_alias_id(const srv_alias *a)
+{
+	return a->id;
+}
+
+const char *srv_alias_spool_dir(const srv_alias *a)
+{
+	return a->spool_dir;
+}
+
+int srv_alias_drain(srv_alias *a, eng_drain_cb *cb, void *ctx, size_t *n_r)
+{
+	if (n_r != NULL)
+		*n_r = 0;
+	if (a->st == NULL || a->sk == NULL)
+		return 0;
+	return eng_store_drain_spool(a->st, a->spool_dir, a->sk, cb, ctx, n_r);
+}
+
+/* ---- opening and closing (on the alias's queue) ---- */
+
+static int mkdir_p(const char *path)
+{
+	char *copy = eng_strdup(path);
+	int ret = 0;
+
+	for (char *p = copy + 1; ; p++) {
+		if (*p == '/' || *p == '\0') {
+			char c = *p;
+
+			*p = '\0';
+			if (mkdir(copy, 0700) != 0 && errno != EEXIST) {
+				ret = errno == ENOSPC ? ENG_ENOSPC : ENG_EIO;
+				break;
+			}
+			*p = c;
+			if (c == '\0')
+				break;
+		}
+	}
+	free(copy);
+	return ret;
+}
+
+/* Opens (creating when asked) the alias's database with MK. */
+static int alias_open(srv_alias *a, const uint8_t *mk, bool create)
+{
+	eng_store_options opt = a->owner->cfg.store_opt;
+	uint8_t *dbkey = NULL;
+	char *dir;
+	int err;
+
+	dir = eng_strdup(a->db_path);
+	*strrchr(dir, '/') = '\0';
+	err = mkdir_p(dir);
+	free(dir);
+	if (err != 0)
+		return err;
+	opt.create = create;
+	if ((err = eng_derive_db_key(mk, &dbkey)) != 0)
+		return err;
+	err = eng_store_open(a->db_path, dbkey, &opt, &a->st);
+	eng_secret_free(&dbkey);
+	return err;
+}
+
+static void alias_close(srv_alias *a)
+{
+	eng_store_close(&a->st);
+	eng_secret_free(&a->mk);
+	eng_secret_free(&a->sk);
+}
+
+static int close_work(srv_alias *a, void *ctx)
+{
+	(void)ctx;
+	/* A session may have arrived after the close was queued: the loop
+	 * only queues closes for aliases without sessions, and unlock work
+	 * queued after this one reopens. */
+	alias_close(a);
+	return 0;
+}
+
+struct create_ctx {
+	uint8_t *mk;
+	srv_done_fn *done;
+	void *ctx;
+};
+
+static int create_work(srv_alias *a, void *ctx)
+{
+	struct create_ctx *c = ctx;
+	eng_store *keep = a->st;
+	int err;
+
+	if (keep != NULL)
+		return ENG_EEXIST;
+	err = alias_open(a, c->mk, true);
+	if (err == 0)
+		eng_store_close(&a->st);
+	a->st = NULL;
+	return err;
+}
+
+static void create_done(void *ctx, int result)
+{
+	struct create_ctx *c = ctx;
+
+	eng_secret_free(&c->mk);
+	if (c->done != NULL)
+		c->done(c->ctx, result);
+	free(c);
+}
+
+int srv_alias_create_db(srv_aliases *as, const char *alias_id,
+			const uint8_t *mk, srv_done_fn *done, void *ctx)
+{
+	struct create_ctx *c = eng_calloc(1, sizeof(*c));
+	int err;
+
+	c->mk = eng_secret_new(ENG_MK_BYTES);
+	memcpy(c->mk, mk, ENG_MK_BYTES);
+	c->done = done;
+	c->ctx = ctx;
+	if ((err = srv_alias_submit(as, alias_id, create_work, create_done,
+				    c)) != 0) {
+		eng_secret_free(&c->mk);
+		free(c);
+	}
+	return err;
+}
+
+/* ---- unlock ---- */
+
+static void unlock_req_free(struct unlock_req *u)
+{
+	eng_keyring_free(&u->keyring);
+	eng_secret_free(&u->password);
+	eng_secret_free(&u->mk);
+	free(u);
+}
+
+static void kdf_work_cb(uv_work_t *req)
+{
+	struct unlock_req *u = req->data;
+	const eng_keyring *kr = u->keyring != NULL ? u->keyring :
+		u->owner->dummy;
+	int err;
+
+	err = eng_keyring_unlock(kr, (const char *)u->password,
+				 u->password_len, &u->mk, NULL);
+	/* An unknown alias costs the same Argon2id run and answers the same. */
+	if (u->keyring == NULL) {
+		eng_secret_free(&u->mk);
+		err = ENG_EAUTH;
+	}
+	u->result = err;
+	eng_secret_free(&u->password);
+}
+
+static void unlock_start_next(srv_aliases *as);
+
+static int open_work(srv_alias *a, void *ctx)
+{
+	struct unlock_req *u = ctx;
+	int err;
+
+	if (a->st != NULL) {
+		/* Already open: the password opened the same MK, or the
+		 * keyring is not this alias's. */
+		if (sodium_memcmp(a->mk, u->mk, ENG_MK_BYTES) != 0)
+			return ENG_EAUTH;
+		return 0;
+	}
+	if ((err = alias_open(a, u->mk, true)) != 0)
+		return err;
+	if ((err = eng_keyring_secret_key(u->keyring, u->mk, &a->sk)) != 0) {
+		alias_close(a);
+		return err;
+	}
+	a->mk = u->mk;
+	u->mk = NULL;
+	/* Mail sealed while it was locked goes in now, exactly once. */
+	err = srv_alias_drain(a, NULL, NULL, NULL);
+	if (err != 0)
+		eng_log(ENG_LOG_WARN, "alias %s: spool drain failed: %s", a->id,
+			eng_strerror(err));
+	return 0;
+}
+
+static void session_add(srv_aliases *as, srv_alias *a,
+			uint8_t handle[SRV_SESSION_BYTES])
+{
+	struct session *s = eng_calloc(1, sizeof(*s));
+	size_t b;
+
+	randombytes_buf(s->handle, sizeof(s->handle));
+	s->alias = a;
+	s->last_used_ms = uv_now(as->loop);
+	b = s->handle[0] | (size_t)s->handle[1] << 8;
+	b %= SESSION_BUCKETS;
+	s->next = as->sessions[b];
+	as->sessions[b] = s;
+	as->n_sessions++;
+	a->sessions++;
+	memcpy(handle, s->handle, SRV_SESSION_BYTES);
+}
+
+static void open_done(void *ctx, int result)
+{
+	struct unlock_req *u = ctx;
+	srv_aliases *as = u->owner;
+	uint8_t handle[SRV_SESSION_BYTES];
+
+	if (result == 0) {
+		session_add(as, alias_get(as, u->alias_id), handle);
+		u->done(u->ctx, 0, handle);
+		sodium_memzero(handle, sizeof(handle));
+	} else {
+		u->done(u->ctx, result, NULL);
+	}
+	unlock_req_free(u);
+}
+
+static void kdf_after_cb(uv_work_t *req, int status)
+{
+	struct unlock_req *u = req->data;
+	srv_aliases *as = u->owner;
+	int err = status == UV_ECANCELED ? ENG_EBUSY : u->result;
+
+	as->unlocks_running--;
+	unlock_start_next(as);
+	if (err == 0)
+		err = srv_alias_submit(as, u->alias_id, open_work, open_done, u);
+	if (err != 0) {
+		u->done(u->ctx, err, NULL);
+		unlock_req_free(u);
+	}
+}
+
+static void unlock_start_next(srv_aliases *as)
+{
+	while (as->wait_head != NULL &&
+	       as->unlocks_running < as->cfg.max_concurrent_unlocks) {
+		struct unlock_req *u = as->wait_head;
+
+		as->wait_head = u->next;
+		if (as->wait_head == NULL)
+			as->wait_tail = NULL;
+		as->unlocks_waiting--;
+		as->unlocks_running++;
+		u->req.data = u;
+		if (uv_queue_work(as->loop, &u->req, kdf_work_cb,
+				  kdf_after_cb) != 0) {
+			as->unlocks_running--;
+			u->done(u->ctx, ENG_EIO, NULL);
+			unlock_req_free(u);
+		}
+	}
+}
+
+int srv_unlock(srv_aliases *as, const char *alias_id,
+	       const uint8_t *keyring, size_t keyring_len,
+	       const char *password, size_t password_len,
+	       srv_unlock_done *done, void *ctx)
+{
+	struct unlock_req *u;
+	int err;
+
+	if (as->shutting_down)
+		return ENG_EBUSY;
+	if (password_len == 0 || password_len > 4096 ||
+	    (keyring != NULL && !alias_id_ok(alias_id)))
+		return ENG_EINVAL;
+	u = eng_calloc(1, sizeof(*u));
+	u->owner = as;
+	snprintf(u->alias_id, sizeof(u->alias_id), "%s",
+		 keyring != NULL ? alias_id : "");
+	if (keyring != NULL &&
+	    (err = eng_keyring_decode(keyring, keyring_len, &u->keyring)) != 0) {
+		free(u);
+		return err;
+	}
+	u->password = eng_secret_new(password_len);
+	memcpy(u->password, password, password_len);
+	u->password_len = password_len;
+	u->done = done;
+	u->ctx = ctx;
+	if (as->wait_tail != NULL)
+		as->wait_tail->next = u;
+	else
+		as->wait_head = u;
+	as->wait_tail = u;
+	as->unlocks_waiting++;
+	unlock_start_next(as);
+	return 0;
+}
+
+/* ---- sessions ---- */
+
+static struct session **session_slot(srv_aliases *as,
+				     const uint8_t handle[SRV_SESSION_BYTES])
+{
+	size_t b = (handle[0] | (size_t)handle[1] << 8) % SESSION_BUCKETS;
+	struct session **pp = &as->sessions[b];
+
+	while (*pp != NULL &&
+	       sodium_memcmp((*pp)->handle, handle, SRV_SESSION_BYTES) != 0)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+int srv_session_alias(srv_aliases *as, const uint8_t session[SRV_SESSION_BYTES],
+		      char alias_id_r[SRV_ALIAS_ID_MAX + 1])
+{
+	struct session *s = *session_slot(as, session);
+
+	if (s == NULL)
+		return ENG_ENOTFOUND;
+	s->last_used_ms = uv_now(as->loop);
+	s->alias->last_used_ms = s->last_used_ms;
+	memcpy(alias_id_r, s->alias->id, SRV_ALIAS_ID_MAX + 1);
+	return 0;
+}
+
+static void session_remove(srv_aliases *as, struct session **pp)
+{
+	struct session *s = *pp;
+
+	*pp = s->next;
+	s->alias->sessions--;
+	as->n_sessions--;
+	sodium_memzero(s->handle, sizeof(s->handle));
+	free(s);
+}
+
+int srv_session_end(srv_aliases *as, const uint8_t session[SRV_SESSION_BYTES])
+{
+	struct session **pp = session_slot(as, session);
+
+	if (*pp == NULL)
+		return ENG_ENOTFOUND;
+	session_remove(as, pp);
+	return 0;
+}
+
+/* ---- housekeeping: expiry, the cache bound, shutdown ---- */
+
+static void check_shutdown_done(srv_aliases *as);
+
+static void closed_cb(void *ctx, int result)
+{
+	srv_aliases *as = ctx;
+
+	(void)result;
+	if (as->shutting_down)
+		check_shutdown_done(as);
+}
+
+static void timer_cb(uv_timer_t *t)
+{
+	srv_aliases *as = t->data;
+	uint64_t now = uv_now(as->loop);
+	uint64_t session_idle_ms = (uint64_t)as->cfg.session_idle_seconds * 1000;
+	uint64_t idle_ms = (uint64_t)as->cfg.idle_seconds * 1000;
+	unsigned open = 0;
+
+	for (size_t b = 0; b < SESSION_BUCKETS; b++) {
+		struct session **pp = &as->sessions[b];
+
+		while (*pp != NULL) {
+			if (now - (*pp)->last_used_ms > session_idle_ms)
+				session_remove(as, pp);
+			else
+				pp = &(*pp)->next;
+		}
+	}
+	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
+		srv_alias *a = as->buckets[b], *next;
+
+		for (; a != NULL; a = next) {
+			next = a->hash_next;
+			if (a->running || a->queued > 0)
+				continue;
+			if (a->st != NULL && a->sessions == 0 &&
+			    now - a->last_used_ms > idle_ms)
+				(void)submit(as, a->id, close_work, NULL, NULL,
+					     true);
+			else if (a->st != NULL)
+				open++;
+			else if (a->sessions == 0)
+				alias_unlink_free(as, a);
+		}
+	}
+	/* Over the cache bound: close the least recently used idle ones. */
+	while (open > as->cfg.cache_size) {
+		srv_alias *lru = NULL;
+
+		for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
+			for (srv_alias *a = as->buckets[b]; a != NULL;
+			     a = a->hash_next) {
+				if (a->st != NULL && a->sessions == 0 &&
+				    !a->running && a->queued == 0 &&
+				    (lru == NULL ||
+				     a->last_used_ms < lru->last_used_ms))
+					lru = a;
+			}
+		}
+		if (lru == NULL)
+			break;
+		(void)submit(as, lru->id, close_work, NULL, NULL, true);
+		open--;
+	}
+}
+
+int srv_aliases_new(uv_loop_t *loop, const srv_alias_config *cfg,
+		    srv_aliases **aliases_r)
+{
+	srv_aliases *as;
+	uint8_t *mk = NULL;
+	int err;
+
+	*aliases_r = NULL;
+	if (cfg == NULL || cfg->data_dir == NULL)
+		return ENG_EINVAL;
+	if ((err = eng_crypto_init()) != 0)
+		return err;
+	{
+		char *mb, *sp;
+
+		if (asprintf(&mb, "%s/mailboxes", cfg->data_dir) < 0 ||
+		    asprintf(&sp, "%s/spool", cfg->data_dir) < 0)
+			eng_oom(0);
+		err = mkdir_p(mb);
+		if (err == 0)
+			err = mkdir_p(sp);
+		free(mb);
+		free(sp);
+		if (err != 0)
+			return err;
+	}
+	as = eng_calloc(1, sizeof(*as));
+	as->loop = loop;
+	as->cfg = *cfg;
+	as->data_dir = eng_strdup(cfg->data_dir);
+	as->cfg.data_dir = as->data_dir;
+	if (as->cfg.max_concurrent_unlocks == 0)
+		as->cfg.max_concurrent_unlocks = 1;
+	/* A keyring nobody can open, with the configured cost: unlocks of
+	 * unknown aliases run Argon2id on it, so they take as long as a
+	 * wrong password. */
+	{
+		uint8_t pw[32];
+
+		randombytes_buf(pw, sizeof(pw));
+		err = eng_keyring_create((const char *)pw, sizeof(pw),
+					 cfg->kdf_params, &as->dummy, &mk);
+		sodium_memzero(pw, sizeof(pw));
+		eng_secret_free(&mk);
+	}
+	if (err != 0) {
+		free(as->data_dir);
+		free(as);
+		return err;
+	}
+	uv_timer_init(loop, &as->timer);
+	as->timer.data = as;
+	uv_timer_start(&as->timer, timer_cb, 1000, 1000);
+	*aliases_r = as;
+	return 0;
+}
+
+static void check_shutdown_done(srv_aliases *as)
+{
+	void (*done)(void *ctx);
+
+	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
+		for (srv_alias *a = as->buckets[b]; a != NULL; a = a->hash_next) {
+			if (a->running || a->queued > 0 || a->st != NULL)
+				return;
+		}
+	}
+	if (as->unlocks_running > 0)
+		return;
+	done = as->shutdown_done;
+	as->shutdown_done = NULL;
+	if (done != NULL)
+		done(as->shutdown_ctx);
+}
+
+void srv_aliases_shutdown(srv_aliases *as, void (*done)(void *ctx), void *ctx)
+{
+	as->shutting_down = true;
+	as->shutdown_done = done;
+	as->shutdown_ctx = ctx;
+	uv_timer_stop(&as->timer);
+	/* Waiting unlocks never start. */
+	while (as->wait_head != NULL) {
+		struct unlock_req *u = as->wait_head;
+
+		as->wait_head = u->next;
+		u->done(u->ctx, ENG_EBUSY, NULL);
+		unlock_req_free(u);
+	}
+	as->wait_tail = NULL;
+	as->unlocks_waiting = 0;
+	for (size_t b = 0; b < SESSION_BUCKETS; b++) {
+		while (as->sessions[b] != NULL)
+			session_remove(as, &as->sessions[b]);
+	}
+	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
+		for (srv_alias *a = as->buckets[b]; a != NULL; a = a->hash_next) {
+			if (a->st != NULL || a->running || a->queued > 0)
+				(void)submit(as, a->id, close_work, closed_cb,
+					     as, true);
+		}
+	}
+	check_shutdown_done(as);
+}
+
+static void timer_closed(uv_handle_t *h)
+{
+	srv_aliases *as = h->data;
+
+	free(as->data_dir);
+	free(as);
+}
+
+void srv_aliases_free(srv_aliases **asp)
+{
+	srv_aliases *as = *asp;
+
+	if (as == NULL)
+		return;
+	*asp = NULL;
+	for (size_t b = 0; b < SESSION_BUCKETS; b++) {
+		while (as->sessions[b] != NULL)
+			session_remove(as, &as->sessions[b]);
+	}
+	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
+		while (as->buckets[b] != NULL) {
+			srv_alias *a = as->buckets[b];
+
+			/* Only reached after shutdown: nothing runs. */
+			alias_close(a);
+			alias_unlink_free(as, a);
+		}
+	}
+	eng_keyring_free(&as->dummy);
+	/* The timer handle is freed in its close callback. */
+	uv_close((uv_handle_t *)&as->timer, timer_closed);
+}
+
+void srv_aliases_stats(const srv_aliases *as, srv_alias_stats *stats)
+{
+	memset(stats, 0, sizeof(*stats));
+	stats->aliases = as->n_aliases;
+	stats->sessions = as->n_sessions;
+	stats->unlocks_running = as->unlocks_running;
+	stats->unlocks_waiting = as->unlocks_waiting;
+	stats->work_done = as->work_done;
+	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
+		for (srv_alias *a = as->buckets[b]; a != NULL; a = a->hash_next)
+			stats->open += !a->running && a->st != NULL;
+	}
+}

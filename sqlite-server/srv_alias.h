@@ -1,0 +1,138 @@
+/*
+ * sqlited's open mailboxes: a table of aliases, each with its database
+ * (open while some session holds its key, plus a grace period) and a
+ * queue of work that runs on libuv's thread pool, one item at a time per
+ * alias. So requests for one alias are serialised and different aliases
+ * run in parallel, and no database call ever runs on the event loop.
+ *
+ * Threads. Everything in this header is called on the loop thread except
+ * the srv_alias_* accessors, which a srv_work_fn calls on its pool thread
+ * while it runs. A work function may touch its alias's store freely: no
+ * other work for that alias runs at the same time.
+ *
+ * Keys. While an alias is open, its mailbox key MK and X25519 secret key
+ * are held in guarded memory (eng_secret_new). When the last session has
+ * gone and the alias has been idle for idle_seconds, or the cache needs
+ * room, the database is checkpointed and closed and the keys are wiped.
+ * Unlocks (Argon2id) run under a concurrency cap so a login flood cannot
+ * exhaust memory: those over the cap wait in a FIFO on the loop thread.
+ *
+ * Files: data_dir/mailboxes/<alias id>.db and data_dir/spool/<alias id>/,
+ * alias ids being the directory's random hex ids, never addresses.
+ */
+#ifndef SRV_ALIAS_H
+#define SRV_ALIAS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "keys.h"
+#include "store.h"
+
+#define SRV_ALIAS_ID_MAX 64
+#define SRV_SESSION_BYTES 16
+
+typedef struct srv_alias srv_alias;
+typedef struct srv_aliases srv_aliases;
+
+typedef struct srv_alias_config {
+	const char *data_dir;
+	unsigned cache_size;              /* open databases kept, default 128 */
+	unsigned idle_seconds;            /* grace period, default 300 */
+	unsigned session_idle_seconds;    /* a session unused this long ends, default 1800 */
+	unsigned max_concurrent_unlocks;  /* Argon2id runs at once, default 2 */
+	eng_kdf_params kdf_params;        /* cost of the timing-equaliser keyring */
+	eng_store_options store_opt;
+} srv_alias_config;
+
+void srv_alias_config_default(srv_alias_config *cfg);
+
+/* Runs on a pool thread with the alias's queue held. Returns 0 or an
+ * engine error, handed to the srv_done_fn. */
+typedef int srv_work_fn(srv_alias *a, void *ctx);
+/* Runs on the loop thread when the work is done (never if submit failed). */
+typedef void srv_done_fn(void *ctx, int result);
+
+int srv_aliases_new(uv_loop_t *loop, const srv_alias_config *cfg,
+		    srv_aliases **aliases_r);
+/*
+ * Stops taking work, lets queued work finish, then checkpoints, closes
+ * and wipes every alias; done (may be NULL) runs on the loop when all is
+ * closed, after which srv_aliases_free() may be called.
+ */
+void srv_aliases_shutdown(srv_aliases *aliases, void (*done)(void *ctx),
+			  void *ctx);
+void srv_aliases_free(srv_aliases **aliases);
+
+/*
+ * Queues work for an alias. ENG_EINVAL for a bad id, ENG_EBUSY when
+ * shutting down or when the alias's queue is full (backpressure).
+ */
+int srv_alias_submit(srv_aliases *aliases, const char *alias_id,
+		     srv_work_fn *work, srv_done_fn *done, void *ctx);
+
+/* ---- sessions ---- */
+
+/* Called with the result of an unlock: 0 and a session handle, or
+ * ENG_EAUTH (wrong password) and other engine errors. */
+typedef void srv_unlock_done(void *ctx, int result,
+			     const uint8_t session[SRV_SESSION_BYTES]);
+
+/*
+ * Opens an alias with a password: Argon2id over the keyring (under the
+ * cap), then the database (created on first use with the default
+ * mailboxes), then the spool drained into it. A second unlock of an open
+ * alias still checks the password against the keyring. keyring is copied.
+ */
+int srv_unlock(srv_aliases *aliases, const char *alias_id,
+	       const uint8_t *keyring, size_t keyring_len,
+	       const char *password, size_t password_len,
+	       srv_unlock_done *done, void *ctx);
+
+/*
+ * Finds the alias of a session handle (and marks the session used).
+ * ENG_ENOTFOUND for an unknown or expired handle.
+ */
+int srv_session_alias(srv_aliases *aliases,
+		      const uint8_t session[SRV_SESSION_BYTES],
+		      char alias_id_r[SRV_ALIAS_ID_MAX + 1]);
+/* Ends a session (LOCK). ENG_ENOTFOUND if unknown. */
+int srv_session_end(srv_aliases *aliases,
+		    const uint8_t session[SRV_SESSION_BYTES]);
+
+/*
+ * Creates the database of a new alias with its MK (from
+ * eng_keyring_create), on the alias's queue. done gets the result.
+ */
+int srv_alias_create_db(srv_aliases *aliases, const char *alias_id,
+			const uint8_t *mk, srv_done_fn *done, void *ctx);
+
+/* ---- for work functions (pool thread) ---- */
+
+/* The open store, or NULL while the alias is locked. */
+eng_store *srv_alias_store(srv_alias *a);
+const char *srv_alias_id(const srv_alias *a);
+/* data_dir/spool/<id>: where mail for it is sealed while locked. */
+const char *srv_alias_spool_dir(const srv_alias *a);
+/*
+ * Drains the spool into the open store; 0 if the alias is locked (mail
+ * stays sealed). cb hears of each delivery.
+ */
+int srv_alias_drain(srv_alias *a, eng_drain_cb *cb, void *ctx, size_t *n_r);
+
+/* ---- numbers for STATS ---- */
+
+typedef struct srv_alias_stats {
+	unsigned aliases;       /* known to the table */
+	unsigned open;          /* with an open database */
+	unsigned sessions;
+	unsigned unlocks_running;
+	unsigned unlocks_waiting;
+	uint64_t work_done;
+} srv_alias_stats;
+
+void srv_aliases_stats(const srv_aliases *aliases, srv_alias_stats *stats);
+
+#endif

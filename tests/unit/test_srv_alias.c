@@ -1,0 +1,379 @@
+/*
+ * sqlited's alias table: unlock (right, wrong and unknown), the Argon2id
+ * cap, per-alias serialised work, spool drain at unlock, idle close and
+ * graceful shutdown. A real libuv loop and thread pool, real databases.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "eng_error.h"
+#include "keys.h"
+#include "spool.h"
+#include "srv_alias.h"
+#include "store.h"
+#include "testutil.h"
+
+static const eng_kdf_params fast = { 1, 8192 };
+
+struct fx {
+	char *dir;
+	uv_loop_t loop;
+	srv_aliases *as;
+	uint8_t *keyring;
+	size_t keyring_len;
+	uint8_t pk[ENG_PK_BYTES];
+};
+
+static void make_aliases(struct fx *f, unsigned idle_seconds)
+{
+	srv_alias_config cfg;
+
+	srv_alias_config_default(&cfg);
+	cfg.data_dir = f->dir;
+	cfg.kdf_params = fast;
+	cfg.idle_seconds = idle_seconds;
+	cfg.max_concurrent_unlocks = 1;
+	assert_int_equal(srv_aliases_new(&f->loop, &cfg, &f->as), 0);
+}
+
+static void created(void *ctx, int result)
+{
+	*(int *)ctx = result;
+}
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	eng_keyring *kr;
+	uint8_t *mk;
+	int result = 1;
+
+	assert_int_equal(eng_crypto_init(), 0);
+	f->dir = tu_tmpdir();
+	uv_loop_init(&f->loop);
+	make_aliases(f, 300);
+	assert_int_equal(eng_keyring_create("secret pw", 9, fast, &kr, &mk), 0);
+	memcpy(f->pk, eng_keyring_public_key(kr), ENG_PK_BYTES);
+	assert_int_equal(eng_keyring_encode(kr, &f->keyring, &f->keyring_len), 0);
+	assert_int_equal(srv_alias_create_db(f->as, "a1", mk, created, &result), 0);
+	while (result == 1)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	assert_int_equal(result, 0);
+	eng_secret_free(&mk);
+	eng_keyring_free(&kr);
+	*state = f;
+	return 0;
+}
+
+static void shutdown_done(void *ctx)
+{
+	*(int *)ctx = 1;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	int done = 0;
+
+	srv_aliases_shutdown(f->as, shutdown_done, &done);
+	while (!done)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	srv_aliases_free(&f->as);
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&f->loop), 0);
+	free(f->keyring);
+	tu_rmrf(f->dir);
+	free(f->dir);
+	free(f);
+	return 0;
+}
+
+struct unlock_result {
+	int done;
+	int result;
+	uint8_t session[SRV_SESSION_BYTES];
+};
+
+static void unlock_cb(void *ctx, int result, const uint8_t *session)
+{
+	struct unlock_result *r = ctx;
+
+	r->done = 1;
+	r->result = result;
+	if (session != NULL)
+		memcpy(r->session, session, SRV_SESSION_BYTES);
+}
+
+static int unlock(struct fx *f, const char *id, const uint8_t *kr,
+		  size_t kr_len, const char *pw, uint8_t *session_r)
+{
+	struct unlock_result r = { 0 };
+
+	assert_int_equal(srv_unlock(f->as, id, kr, kr_len, pw, strlen(pw),
+				    unlock_cb, &r), 0);
+	while (!r.done)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	if (session_r != NULL)
+		memcpy(session_r, r.session, SRV_SESSION_BYTES);
+	return r.result;
+}
+
+static void test_unlock(void **state)
+{
+	struct fx *f = *state;
+	uint8_t s1[SRV_SESSION_BYTES], s2[SRV_SESSION_BYTES];
+	char id[SRV_ALIAS_ID_MAX + 1];
+	srv_alias_stats st;
+
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len, "wrong",
+				NULL), ENG_EAUTH);
+	assert_int_equal(unlock(f, "zz", NULL, 0, "whatever", NULL), ENG_EAUTH);
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", s1), 0);
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", s2), 0);
+	assert_memory_not_equal(s1, s2, SRV_SESSION_BYTES);
+	assert_int_equal(srv_session_alias(f->as, s1, id), 0);
+	assert_string_equal(id, "a1");
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.sessions, 2);
+	assert_int_equal(st.open, 1);
+	assert_int_equal(srv_session_end(f->as, s1), 0);
+	assert_int_equal(srv_session_end(f->as, s1), ENG_ENOTFOUND);
+	assert_int_equal(srv_session_alias(f->as, s1, id), ENG_ENOTFOUND);
+	assert_int_equal(srv_session_alias(f->as, s2, id), 0);
+	/* Bad ids never reach the file system. */
+	assert_int_equal(srv_unlock(f->as, "../x", f->keyring, f->keyring_len,
+				    "pw", 2, unlock_cb, NULL), ENG_EINVAL);
+	assert_int_equal(srv_alias_submit(f->as, "A/B", NULL, NULL, NULL),
+			 ENG_EINVAL);
+}
+
+/* Work items of one alias never overlap; they run in order. */
+struct order {
+	int next;
+	int seen[32];
+	int n;
+	int running;
+	int overlap;
+};
+
+struct order_item {
+	struct order *o;
+	int i;
+};
+
+static int order_work(srv_alias *a, void *ctx)
+{
+	struct order_item *it = ctx;
+
+	(void)a;
+	if (__atomic_add_fetch(&it->o->running, 1, __ATOMIC_SEQ_CST) > 1)
+		it->o->overlap = 1;
+	uv_sleep(2);
+	__atomic_sub_fetch(&it->o->running, 1, __ATOMIC_SEQ_CST);
+	return it->i;
+}
+
+static void order_done(void *ctx, int result)
+{
+	struct order_item *it = ctx;
+
+	it->o->seen[it->o->n++] = result;
+	free(it);
+}
+
+static void test_serialised(void **state)
+{
+	struct fx *f = *state;
+	struct order o = { 0 };
+
+	for (int i = 0; i < 20; i++) {
+		struct order_item *it = malloc(sizeof(*it));
+
+		it->o = &o;
+		it->i = i;
+		assert_int_equal(srv_alias_submit(f->as, "a1", order_work,
+						  order_done, it), 0);
+	}
+	while (o.n < 20)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	assert_int_equal(o.overlap, 0);
+	for (int i = 0; i < 20; i++)
+		assert_int_equal(o.seen[i], i);
+}
+
+struct append_ctx {
+	const char *msg;
+	uint32_t uid;
+	int locked;
+};
+
+static int append_work(srv_alias *a, void *ctx)
+{
+	struct append_ctx *c = ctx;
+	eng_store *st = srv_alias_store(a);
+	eng_mailbox mb;
+	int err;
+
+	if (st == NULL) {
+		c->locked = 1;
+		return ENG_EPERM;
+	}
+	if ((err = eng_mailbox_get(st, "INBOX", &mb)) != 0)
+		return err;
+	err = eng_append_message(st, mb.id, c->msg, strlen(c->msg), NULL,
+				 &c->uid, NULL);
+	eng_mailbox_clear(&mb);
+	return err;
+}
+
+struct run {
+	srv_work_fn *fn;
+	void *ctx;
+	int result;
+};
+
+static int run_tramp(srv_alias *a, void *p)
+{
+	struct run *r = p;
+
+	return r->fn(a, r->ctx);
+}
+
+static void run_done(void *p, int result)
+{
+	((struct run *)p)->result = result;
+}
+
+/* Runs fn(ctx) on the alias's queue and waits for it. */
+static int run_work(struct fx *f, srv_work_fn *fn, void *ctx)
+{
+	struct run r = { fn, ctx, 1000 };
+
+	assert_int_equal(srv_alias_submit(f->as, "a1", run_tramp, run_done, &r),
+			 0);
+	while (r.result == 1000)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	return r.result;
+}
+
+static int count_work(srv_alias *a, void *ctx)
+{
+	eng_mailbox mb;
+	int err;
+
+	if (srv_alias_store(a) == NULL)
+		return ENG_EPERM;
+	if ((err = eng_mailbox_get(srv_alias_store(a), "INBOX", &mb)) != 0)
+		return err;
+	*(uint32_t *)ctx = mb.messages;
+	eng_mailbox_clear(&mb);
+	return 0;
+}
+
+static void test_spool_and_idle_close(void **state)
+{
+	struct fx *f = *state;
+	struct append_ctx c = { .msg = "Subject: x\r\n\r\nhello\r\n" };
+	eng_spool_writer *w;
+	char spool_dir[4096], id[ENG_SPOOL_ID_LEN + 1];
+	uint8_t s[SRV_SESSION_BYTES];
+	uint32_t count = 0;
+	srv_alias_stats st;
+
+	/* Locked: work sees no store. */
+	assert_int_equal(run_work(f, append_work, &c), ENG_EPERM);
+	assert_int_equal(c.locked, 1);
+
+	/* Mail sealed while locked is drained at unlock, once. */
+	snprintf(spool_dir, sizeof(spool_dir), "%s/spool/a1", f->dir);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(eng_spool_writer_open(spool_dir, f->pk, 0, 0,
+						       &w), 0);
+		assert_int_equal(eng_spool_write(w, c.msg, strlen(c.msg)), 0);
+		assert_int_equal(eng_spool_commit(&w, id), 0);
+	}
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", s), 0);
+	assert_int_equal(run_work(f, count_work, &count), 0);
+	assert_int_equal(count, 3);
+	assert_int_equal(run_work(f, append_work, &c), 0);
+	assert_int_equal(c.uid, 4);
+
+	/* With sessions the alias stays open; without, it closes when idle. */
+	{
+		int done = 0;
+
+		srv_aliases_shutdown(f->as, shutdown_done, &done);
+		while (!done)
+			uv_run(&f->loop, UV_RUN_ONCE);
+	}
+	srv_aliases_free(&f->as);
+	make_aliases(f, 1);
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", s), 0);
+	assert_int_equal(run_work(f, count_work, &count), 0);
+	assert_int_equal(count, 4);
+	assert_int_equal(srv_session_end(f->as, s), 0);
+	{
+		uint64_t start = uv_now(&f->loop);
+
+		do {
+			uv_run(&f->loop, UV_RUN_ONCE);
+			srv_aliases_stats(f->as, &st);
+		} while (st.open > 0 && uv_now(&f->loop) - start < 10000);
+	}
+	assert_int_equal(st.open, 0);
+	assert_int_equal(run_work(f, count_work, &count), ENG_EPERM);
+}
+
+static void test_unlock_cap(void **state)
+{
+	struct fx *f = *state;
+	struct unlock_result r[6];
+	srv_alias_stats st;
+	int done = 0;
+
+	memset(r, 0, sizeof(r));
+	for (int i = 0; i < 6; i++)
+		assert_int_equal(srv_unlock(f->as, "a1", f->keyring,
+					    f->keyring_len, i % 2 ? "secret pw" :
+					    "nope", i % 2 ? 9 : 4, unlock_cb,
+					    &r[i]), 0);
+	srv_aliases_stats(f->as, &st);
+	assert_true(st.unlocks_running <= 1);
+	assert_int_equal(st.unlocks_running + st.unlocks_waiting, 6);
+	while (done < 6) {
+		uv_run(&f->loop, UV_RUN_ONCE);
+		srv_aliases_stats(f->as, &st);
+		assert_true(st.unlocks_running <= 1);
+		done = 0;
+		for (int i = 0; i < 6; i++)
+			done += r[i].done;
+	}
+	for (int i = 0; i < 6; i++)
+		assert_int_equal(r[i].result, i % 2 ? 0 : ENG_EAUTH);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_unlock, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_serialised, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_spool_and_idle_close, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_unlock_cap, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
