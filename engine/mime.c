@@ -668,8 +668,10 @@ static void on_boundary(eng_mime_parser *p, size_t k, bool is_close,
 			close_top(p, &e);
 		struct frame *m = &p->st[k];
 		eng_mime_part *mp = m->part;
-		mp->children = eng_realloc(mp->children,
-					   (mp->n_children + 1) * sizeof(*mp->children));
+		if ((mp->n_children & (mp->n_children - 1)) == 0)
+			mp->children = eng_realloc(mp->children,
+						   (mp->n_children ? mp->n_children * 2 : 1) *
+						   sizeof(*mp->children));
 		mp->children[mp->n_children++] = child;
 		push_frame(p, child, false, m->child_digest);
 		return;

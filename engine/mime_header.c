@@ -186,6 +186,8 @@ static void parse_params(const char *p, eng_mime_param **params_r,
 			p++;
 		if (p == a)
 			continue;
+		if (n_raw >= MIME_MAX_LIST)
+			break;
 		char *attr = eng_strndup(a, (size_t)(p - a));
 		p = skip_cfws(p, NULL);
 		if (*p != '=') {
@@ -253,7 +255,8 @@ static void parse_params(const char *p, eng_mime_param **params_r,
 		raw[n_raw++] = rp;
 	}
 	eng_buf_free(&val);
-	qsort(raw, n_raw, sizeof(*raw), raw_param_cmp);
+	if (n_raw > 1)
+		qsort(raw, n_raw, sizeof(*raw), raw_param_cmp);
 
 	for (size_t i = 0; i < n_raw;) {
 		size_t j = i;
@@ -346,7 +349,7 @@ void mime_parse_languages(const char *value, char ***langs_r, size_t *n_r)
 		const char *s = p;
 		while (is_token_char(*p))
 			p++;
-		if (p > s) {
+		if (p > s && *n_r < MIME_MAX_LIST) {
 			*langs_r = eng_realloc(*langs_r, (*n_r + 1) * sizeof(char *));
 			(*langs_r)[(*n_r)++] = eng_strndup(s, (size_t)(p - s));
 		}
@@ -380,8 +383,10 @@ void mime_params_free(eng_mime_param *params, size_t n)
 static void addr_push(eng_mime_addrlist *list, char *name, char *adl,
 		      char *mailbox, char *host)
 {
-	list->addrs = eng_realloc(list->addrs,
-				  (list->count + 1) * sizeof(*list->addrs));
+	/* Capacity is the next power of two: amortised linear growth. */
+	if ((list->count & (list->count - 1)) == 0)
+		list->addrs = eng_realloc(list->addrs, (list->count ? list->count * 2 : 1) *
+					  sizeof(*list->addrs));
 	eng_mime_addr *a = &list->addrs[list->count++];
 	a->name = name;
 	a->adl = adl;
@@ -748,8 +753,10 @@ static size_t try_encoded_word(const char *in, size_t len, eng_buf *out)
 	if (enc != 'b' && enc != 'q')
 		return 0;
 	size_t t = i + 3, e = t;
+	/* Bounded scan (RFC 2047 allows 75 bytes; be generous) so that
+	 * a run of "=?" without an end stays linear. */
 	while (e + 1 < len && !(in[e] == '?' && in[e + 1] == '=')) {
-		if (is_wsp(in[e]))
+		if (is_wsp(in[e]) || e - t > 1024)
 			return 0;
 		e++;
 	}
@@ -988,7 +995,8 @@ void mime_parse_msgids(const char *s, char ***ids, size_t *n)
 	eng_buf id = ENG_BUF_INIT;
 	const char *p = s;
 
-	while ((p = next_msgid(p, &id)) != NULL) {
+	/* The de-duplication is quadratic: bound the list. */
+	while (*n < MIME_MAX_LIST && (p = next_msgid(p, &id)) != NULL) {
 		bool dup = false;
 		for (size_t i = 0; i < *n && !dup; i++)
 			dup = strcmp((*ids)[i], id.data) == 0;
@@ -1054,8 +1062,16 @@ static size_t refwd_len(const char *s)
 char *mime_base_subject(const char *subject)
 {
 	size_t len = strlen(subject);
-	char *buf = eng_malloc(len + 1), *s;
+	char *buf, *s;
 	size_t n = 0;
+
+	/* The RFC 5256 steps rescan the string; a bound keeps that cheap. */
+	if (len > MIME_MAX_SUBJECT) {
+		len = MIME_MAX_SUBJECT;
+		while (len > 0 && ((unsigned char)subject[len] & 0xc0) == 0x80)
+			len--;
+	}
+	buf = eng_malloc(len + 1);
 
 	/* (1) fold white space runs to one space */
 	for (size_t i = 0; i < len; i++) {

@@ -15,6 +15,11 @@
 #define MIME_MAX_BOUNDARY 200
 /* Deepest tree the parser builds and decode accepts (bounds recursion). */
 #define MIME_MAX_DEPTH 1000
+/* Most parameters, languages and references kept from one header field:
+ * their handling is quadratic in the count. */
+#define MIME_MAX_LIST 256
+/* Longest subject (bytes) the RFC 5256 base subject looks at. */
+#define MIME_MAX_SUBJECT 4096
 
 /* Lower-cases an ASCII string in place. */
 void mime_lower(char *s);

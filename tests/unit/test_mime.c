@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <glob.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "mime.h"
@@ -937,6 +938,54 @@ static void test_line_endings(void **state)
 	eng_mime_summary_clear(&s2);
 }
 
+/* Inputs that would be quadratic in a naive parser finish quickly. */
+static void test_adversarial_linear(void **state)
+{
+	static const char *const pieces[] = {
+		"Subject: ", "[a] ", "Subject: ", "[fwd:", "Subject: ", "=?x?q?a",
+		"References: ", "<a@b> ", "Content-Type: text/plain", "; a*0=b",
+		"To: ", "a@b, ", "Subject: ", "(((",
+	};
+	(void)state;
+
+	for (size_t k = 0; k < sizeof(pieces) / sizeof(pieces[0]); k += 2) {
+		eng_buf m = ENG_BUF_INIT;
+		eng_mime_part *root;
+		eng_mime_summary sum;
+		eng_buf_puts(&m, pieces[k]);
+		while (m.len < 200000)
+			eng_buf_puts(&m, pieces[k + 1]);
+		eng_buf_puts(&m, "\n\nbody\n");
+		clock_t t0 = clock();
+		eng_mime_parse(m.data, m.len, NULL, &root, &sum);
+		double secs = (double)(clock() - t0) / CLOCKS_PER_SEC;
+		if (secs > 10.0)
+			fail_msg("%s%s...: %.1f s", pieces[k], pieces[k + 1], secs);
+		assert_int_equal(root->body_end - root->body_off, 5);
+		eng_mime_part_free(&root);
+		eng_mime_summary_clear(&sum);
+		eng_buf_free(&m);
+	}
+
+	/* Many lines that look like boundaries of a deep stack. */
+	eng_buf m = ENG_BUF_INIT;
+	eng_mime_part *root;
+	eng_mime_summary sum;
+	for (int i = 0; i < 99; i++)
+		eng_buf_printf(&m, "Content-Type: multipart/mixed; boundary=\"%0150d\"\n\n--%0150d\n", i, i);
+	eng_buf_puts(&m, "\n");
+	while (m.len < 4000000)
+		eng_buf_printf(&m, "--%0149d\n", 0);
+	clock_t t0 = clock();
+	eng_mime_parse(m.data, m.len, NULL, &root, &sum);
+	double secs = (double)(clock() - t0) / CLOCKS_PER_SEC;
+	if (secs > 20.0)
+		fail_msg("boundary-like lines: %.1f s", secs);
+	eng_mime_part_free(&root);
+	eng_mime_summary_clear(&sum);
+	eng_buf_free(&m);
+}
+
 static const char *const corpus_facts[][2] = {
 	{ "msg_02.txt", "multipart/mixed(text/plain,text/plain,multipart/digest("
 	  "message/rfc822[text/plain],message/rfc822[text/plain],message/rfc822[text/plain],"
@@ -1018,6 +1067,7 @@ int main(void)
 		cmocka_unit_test(test_splits),
 		cmocka_unit_test(test_codec),
 		cmocka_unit_test(test_line_endings),
+		cmocka_unit_test(test_adversarial_linear),
 		cmocka_unit_test(test_python_corpus),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
