@@ -759,30 +759,53 @@ static uint32_t number_of(const struct writer *w, uint32_t uid)
 	return p != NULL ? (uint32_t)(p - w->seq_map) + 1 : 0;
 }
 
+/* Whether a subtree has anything to write (a node in the view). */
+static bool visible(const struct writer *w, const eng_thread_node *t)
+{
+	if (number_of(w, t->uid) != 0)
+		return true;
+	for (size_t i = 0; i < t->n_children; i++) {
+		if (visible(w, t->children[i]))
+			return true;
+	}
+	return false;
+}
+
 /*
  * thread-members: the node's number, then down a chain of only children
  * separated by spaces; where there are several children, each in its own
- * parentheses (RFC 5256 section 4). Nodes without a number are skipped.
+ * parentheses (RFC 5256 section 4). Nodes without a number (dummies, UIDs
+ * outside the view) are not written, and subtrees with nothing to write
+ * do not count as children.
  */
 static void write_members(const struct writer *w, const eng_thread_node *t,
 			  bool first)
 {
-	uint32_t num;
-
 	while (t != NULL) {
-		num = number_of(w, t->uid);
+		uint32_t num = number_of(w, t->uid);
+		const eng_thread_node *only = NULL;
+		size_t n_vis = 0;
+
 		if (num != 0) {
 			eng_buf_printf(w->out, first ? "%u" : " %u", num);
 			first = false;
 		}
-		if (t->n_children == 1) {
-			t = t->children[0];
+		for (size_t i = 0; i < t->n_children; i++) {
+			if (visible(w, t->children[i])) {
+				only = t->children[i];
+				n_vis++;
+			}
+		}
+		if (n_vis == 1) {
+			t = only;
 			continue;
 		}
-		if (t->n_children > 1) {
+		if (n_vis > 1) {
 			if (!first)
 				eng_buf_putc(w->out, ' ');
 			for (size_t i = 0; i < t->n_children; i++) {
+				if (!visible(w, t->children[i]))
+					continue;
 				eng_buf_putc(w->out, '(');
 				write_members(w, t->children[i], true);
 				eng_buf_putc(w->out, ')');
@@ -797,6 +820,8 @@ static void write_tree(const struct writer *w, const eng_thread_node *tree)
 	if (tree == NULL)
 		return;
 	for (size_t i = 0; i < tree->n_children; i++) {
+		if (!visible(w, tree->children[i]))
+			continue;
 		eng_buf_putc(w->out, '(');
 		write_members(w, tree->children[i], true);
 		eng_buf_putc(w->out, ')');

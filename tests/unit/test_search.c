@@ -1,0 +1,1012 @@
+/*
+ * SEARCH, SORT and THREAD (engine/search.h) over a real encrypted store:
+ * every search key, AND/OR/NOT, sequence sets through a map, MODSEQ after
+ * a STORE, every sort key both ways, both RFC 5256 thread algorithms
+ * against trees worked out by hand, and the THREAD writer.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "eng_error.h"
+#include "keys.h"
+#include "search.h"
+#include "store.h"
+#include "testutil.h"
+
+/* 2024-01-01 00:00:00 UTC */
+#define JAN1 INT64_C(1704067200)
+#define DAY INT64_C(86400)
+/* Internal date of message i (1-based): 2024-01-10 10:00 UTC + i - 1 days. */
+#define IDATE(i) (JAN1 + 9 * DAY + 10 * 3600 + ((i) - 1) * DAY)
+
+#define N_MSGS 10
+
+/*
+ * The corpus. Dates (UTC) of the Date headers, for the hand-worked
+ * expectations below: 1 Jan 2 07:30 (written Jan 1 -0800), 2 Jan 2 09:00,
+ * 3 Jan 2 23:30 (written Jan 3 00:30 +0100), 4 Jan 4 12:00, 5 Jan 5 17:00,
+ * 6 Jan 5 18:00, 7 none (internal Jan 16), 8 Jan 6, 9 Jan 7, 10 Jan 8.
+ */
+static const char *const msgs[N_MSGS] = {
+	/* 1 */
+	"From: \"Alice Example\" <alice@example.com>\r\n"
+	"To: bob@example.org\r\n"
+	"Cc: Carol <carol@example.net>\r\n"
+	"Subject: Project plan\r\n"
+	"Date: Mon, 1 Jan 2024 23:30:00 -0800\r\n"
+	"Message-ID: <m1@example.com>\r\n"
+	"\r\n"
+	"The wonderful project plan is attached.\r\n",
+	/* 2 */
+	"From: Bob <bob@example.org>\r\n"
+	"To: Alice <alice@example.com>\r\n"
+	"Subject: Re: Project plan\r\n"
+	"Date: Tue, 2 Jan 2024 09:00:00 +0000\r\n"
+	"Message-ID: <m2@example.org>\r\n"
+	"In-Reply-To: <m1@example.com>\r\n"
+	"References: <m1@example.com>\r\n"
+	"\r\n"
+	"Looks good to me.\r\n",
+	/* 3: encoded words, multipart/alternative, QP and base64 HTML */
+	"From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <juergen@example.de>\r\n"
+	"To: alice@example.com\r\n"
+	"Subject: =?UTF-8?B?R3LDvMOfZSBhdXMgS8O2bG4=?=\r\n"
+	"Date: Wed, 3 Jan 2024 00:30:00 +0100\r\n"
+	"Message-ID: <m3@example.de>\r\n"
+	"MIME-Version: 1.0\r\n"
+	"Content-Type: multipart/alternative; boundary=\"b3\"\r\n"
+	"\r\n"
+	"--b3\r\n"
+	"Content-Type: text/plain; charset=utf-8\r\n"
+	"Content-Transfer-Encoding: quoted-printable\r\n"
+	"\r\n"
+	"Sch=C3=B6ne Gr=C3=BC=C3=9Fe vom Rhein\r\n"
+	"--b3\r\n"
+	"Content-Type: text/html; charset=utf-8\r\n"
+	"Content-Transfer-Encoding: base64\r\n"
+	"\r\n"
+	"PHA+S8O2bHNjaCB1bmQgPGI+RG9tPC9iPjwvcD4=\r\n"
+	"--b3--\r\n",
+	/* 4: a forward, a missing first reference, base64 text, attachment */
+	"From: dave@example.com\r\n"
+	"To: \"Zed\" <zed@example.com>\r\n"
+	"Cc: \"Bob\" <bob@example.org>\r\n"
+	"Bcc: secret@example.com\r\n"
+	"Subject: Fwd: Project plan\r\n"
+	"Date: Thu, 4 Jan 2024 12:00:00 +0000\r\n"
+	"Message-ID: <m4@example.com>\r\n"
+	"References: <m0@example.com> <m1@example.com>\r\n"
+	"MIME-Version: 1.0\r\n"
+	"Content-Type: multipart/mixed; boundary=\"b4\"\r\n"
+	"\r\n"
+	"--b4\r\n"
+	"Content-Type: text/plain\r\n"
+	"Content-Transfer-Encoding: base64\r\n"
+	"\r\n"
+	"Rm9yd2FyZGluZyB0aGUgYnVkZ2V0IHNwcmVhZHNoZWV0Lg==\r\n"
+	"--b4\r\n"
+	"Content-Type: application/octet-stream; name=\"budget.bin\"\r\n"
+	"Content-Transfer-Encoding: base64\r\n"
+	"\r\n"
+	"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4v\r\n"
+	"MDEyMzQ1Njc4OTo7PD0+P0BBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWltcXV5f\r\n"
+	"--b4--\r\n",
+	/* 5 */
+	"From: Erin <erin@example.com>\r\n"
+	"To: alice@example.com\r\n"
+	"Subject: Lunch?\r\n"
+	"Date: 5 Jan 2024 12:00:00 -0500\r\n"
+	"Message-ID: <m5@example.com>\r\n"
+	"\r\n"
+	"Pizza or sushi today\r\n",
+	/* 6: In-Reply-To only */
+	"From: Frank <frank@example.com>\r\n"
+	"To: erin@example.com\r\n"
+	"Subject: Re: Lunch?\r\n"
+	"Date: Fri, 5 Jan 2024 13:00:00 -0500\r\n"
+	"Message-ID: <m6@example.com>\r\n"
+	"In-Reply-To: <m5@example.com>\r\n"
+	"\r\n"
+	"Sushi please\r\n",
+	/* 7: no Date, parent missing, lower-case "re:" */
+	"From: Gina <gina@example.com>\r\n"
+	"To: alice@example.com\r\n"
+	"Subject: re: lunch?\r\n"
+	"Message-ID: <m7@example.com>\r\n"
+	"References: <m99@nowhere.example>\r\n"
+	"\r\n"
+	"Count me in\r\n",
+	/* 8 and 9: siblings under a parent we never got */
+	"From: Aaron Zach <zach@example.com>\r\n"
+	"To: \"Team\" <team@example.com>\r\n"
+	"Subject: Random note\r\n"
+	"Date: Sat, 6 Jan 2024 10:00:00 +0000\r\n"
+	"Message-ID: <m8@example.com>\r\n"
+	"References: <mx@missing.example>\r\n"
+	"\r\n"
+	"First note\r\n",
+	"From: \"Yvonne\" <yvonne@example.com>\r\n"
+	"To: team@example.com\r\n"
+	"Subject: Re: Random note\r\n"
+	"Date: Sun, 7 Jan 2024 10:00:00 +0000\r\n"
+	"Message-ID: <m9@example.com>\r\n"
+	"References: <mx@missing.example>\r\n"
+	"\r\n"
+	"Second note, a much longer text than the first one, so that the\r\n"
+	"sizes differ by more than a few bytes.\r\n",
+	/* 10: same subject as 1, not a reply: subject merge */
+	"From: \"Alice Example\" <alice@example.com>\r\n"
+	"To: \"Bob\" <bob@example.org>\r\n"
+	"Subject: Project plan\r\n"
+	"Date: Mon, 8 Jan 2024 10:00:00 +0000\r\n"
+	"Message-ID: <m10@example.com>\r\n"
+	"\r\n"
+	"Here is the plan again.\r\n",
+};
+
+static const uint32_t msg_flags[N_MSGS] = {
+	ENG_F_SEEN, ENG_F_ANSWERED | ENG_F_SEEN, ENG_F_FLAGGED,
+	ENG_F_DRAFT | ENG_F_DELETED, 0, ENG_F_SEEN, 0,
+	ENG_F_SEEN | ENG_F_FLAGGED, 0, ENG_F_SEEN,
+};
+
+struct fixture {
+	char *dir;
+	char *path;
+	uint8_t key[32];
+	eng_store *st;
+	int64_t inbox;
+	int64_t archive;
+};
+
+static void quiet_log(enum eng_log_level level, const char *msg)
+{
+	(void)level;
+	(void)msg;
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+	eng_store_options opt;
+	eng_mailbox mb;
+
+	eng_set_log(quiet_log);
+	assert_int_equal(eng_crypto_init(), 0);
+	f->dir = tu_tmpdir();
+	assert_true(asprintf(&f->path, "%s/alias.db", f->dir) > 0);
+	randombytes_buf(f->key, sizeof(f->key));
+	eng_store_options_default(&opt);
+	opt.create = true;
+	opt.plaintext = false;
+	assert_int_equal(eng_store_open(f->path, f->key, &opt, &f->st), 0);
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	f->inbox = mb.id;
+	eng_mailbox_clear(&mb);
+	assert_int_equal(eng_mailbox_get(f->st, "Archive", &mb), 0);
+	f->archive = mb.id;
+	eng_mailbox_clear(&mb);
+	for (int i = 0; i < N_MSGS; i++) {
+		eng_append_opts ao;
+		const char *work[] = { "$Work" };
+		const char *imp[] = { "$Important" };
+		uint32_t uid;
+
+		memset(&ao, 0, sizeof(ao));
+		ao.flags = msg_flags[i];
+		ao.internal_date = IDATE(i + 1);
+		if (i == 0 || i == 5) {
+			ao.keywords = work;
+			ao.n_keywords = 1;
+		} else if (i == 2) {
+			ao.keywords = imp;
+			ao.n_keywords = 1;
+		}
+		assert_int_equal(eng_append_message(f->st, f->inbox, msgs[i],
+						    strlen(msgs[i]), &ao, &uid,
+						    NULL), 0);
+		assert_int_equal(uid, (uint32_t)i + 1);
+	}
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	eng_store_close(&f->st);
+	tu_rmrf(f->dir);
+	free(f->dir);
+	free(f->path);
+	free(f);
+	return 0;
+}
+
+/* Runs a search and compares the result with the expected UIDs, in order. */
+static void check_sorted(struct fixture *f, int64_t mailbox, eng_query *q,
+			 const eng_sort_key *sort, size_t n_sort,
+			 const uint32_t *seq_map, size_t n_seq_map,
+			 const uint32_t *want, size_t n_want, int line)
+{
+	uint32_t *uids = NULL;
+	size_t n = 0;
+	int err = eng_search(f->st, mailbox, q, sort, n_sort, seq_map,
+			     n_seq_map, &uids, &n, NULL);
+
+	if (err != 0)
+		fail_msg("line %d: eng_search: %d", line, err);
+	if (n != n_want || (n > 0 && memcmp(uids, want, n * 4) != 0)) {
+		char got[512] = "", exp[512] = "";
+
+		for (size_t i = 0; i < n && strlen(got) < 480; i++)
+			snprintf(got + strlen(got), sizeof(got) - strlen(got),
+				 " %u", uids[i]);
+		for (size_t i = 0; i < n_want && strlen(exp) < 480; i++)
+			snprintf(exp + strlen(exp), sizeof(exp) - strlen(exp),
+				 " %u", want[i]);
+		free(uids);
+		eng_query_free(&q);
+		fail_msg("line %d: got [%s ] want [%s ]", line, got, exp);
+	}
+	free(uids);
+	eng_query_free(&q);
+}
+
+#define CHECK(q, ...) do { \
+	const uint32_t want_[] = { 0, __VA_ARGS__ }; \
+	check_sorted(f, f->inbox, (q), NULL, 0, NULL, 0, want_ + 1, \
+		     sizeof(want_) / 4 - 1, __LINE__); \
+} while (0)
+#define CHECK_NONE(q) \
+	check_sorted(f, f->inbox, (q), NULL, 0, NULL, 0, NULL, 0, __LINE__)
+#define CHECK_SORT(keys, ...) do { \
+	const uint32_t want_[] = { __VA_ARGS__ }; \
+	check_sorted(f, f->inbox, NULL, (keys), sizeof(keys) / \
+		     sizeof((keys)[0]), NULL, 0, want_, \
+		     sizeof(want_) / 4, __LINE__); \
+} while (0)
+
+static eng_query *uidset(const char *text)
+{
+	eng_uidset set;
+	eng_query *q;
+
+	assert_int_equal(eng_uidset_parse(text, &set), 0);
+	q = eng_query_new_set(ENG_Q_UID, &set);
+	eng_uidset_free(&set);
+	return q;
+}
+
+static void test_all_and_flags(void **state)
+{
+	struct fixture *f = *state;
+
+	CHECK(NULL, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+	CHECK(eng_query_new(ENG_Q_ALL), 1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+	CHECK(eng_query_new_flag(ENG_F_SEEN, true), 1, 2, 6, 8, 10);
+	CHECK(eng_query_new_flag(ENG_F_SEEN, false), 3, 4, 5, 7, 9);
+	CHECK(eng_query_new_flag(ENG_F_ANSWERED, true), 2);
+	CHECK(eng_query_new_flag(ENG_F_ANSWERED, false),
+	      1, 3, 4, 5, 6, 7, 8, 9, 10);
+	CHECK(eng_query_new_flag(ENG_F_DELETED, true), 4);
+	CHECK(eng_query_new_flag(ENG_F_DELETED, false),
+	      1, 2, 3, 5, 6, 7, 8, 9, 10);
+	CHECK(eng_query_new_flag(ENG_F_DRAFT, true), 4);
+	CHECK(eng_query_new_flag(ENG_F_DRAFT, false),
+	      1, 2, 3, 5, 6, 7, 8, 9, 10);
+	CHECK(eng_query_new_flag(ENG_F_FLAGGED, true), 3, 8);
+	CHECK(eng_query_new_flag(ENG_F_FLAGGED, false),
+	      1, 2, 4, 5, 6, 7, 9, 10);
+}
+
+static void test_keywords(void **state)
+{
+	struct fixture *f = *state;
+
+	/* Keywords ignore case. */
+	CHECK(eng_query_new_keyword("$work", true), 1, 6);
+	CHECK(eng_query_new_keyword("$WORK", false), 2, 3, 4, 5, 7, 8, 9, 10);
+	CHECK(eng_query_new_keyword("$Important", true), 3);
+	CHECK_NONE(eng_query_new_keyword("$Nothing", true));
+	CHECK(eng_query_new_keyword("$Nothing", false),
+	      1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+}
+
+static void test_uid_and_seq_sets(void **state)
+{
+	struct fixture *f = *state;
+	/* The session's view: UID 4 is not in it. */
+	const uint32_t map[] = { 1, 2, 3, 5, 6, 7, 8, 9, 10 };
+	eng_uidset set;
+	uint32_t *uids = NULL;
+	size_t n = 0;
+	eng_query *q;
+
+	CHECK(uidset("2:4,9:*"), 2, 3, 4, 9, 10);
+	/* '*' is the highest UID, so 20:* is 10:20. */
+	CHECK(uidset("20:*"), 10);
+	CHECK_NONE(uidset("11:20"));
+	CHECK(uidset("7,3,5:4"), 3, 4, 5, 7);
+
+	assert_int_equal(eng_uidset_parse("2:4,*", &set), 0);
+	q = eng_query_new_set(ENG_Q_SEQ, &set);
+	{
+		const uint32_t want[] = { 2, 3, 5, 10 };
+
+		check_sorted(f, f->inbox, q, NULL, 0, map, 9, want, 4, __LINE__);
+	}
+	/* No map: a sequence set cannot be resolved. */
+	q = eng_query_new_set(ENG_Q_SEQ, &set);
+	assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL, 0,
+				    &uids, &n, NULL), ENG_EINVAL);
+	assert_null(uids);
+	eng_query_free(&q);
+	eng_uidset_free(&set);
+	/* Sequence numbers past the view match nothing; '*' alone the last. */
+	assert_int_equal(eng_uidset_parse("12:15", &set), 0);
+	q = eng_query_new_set(ENG_Q_SEQ, &set);
+	check_sorted(f, f->inbox, q, NULL, 0, map, 9, NULL, 0, __LINE__);
+	eng_uidset_free(&set);
+	/* NOT of a sequence set through the map. */
+	assert_int_equal(eng_uidset_parse("1:8", &set), 0);
+	q = eng_query_new_not(eng_query_new_set(ENG_Q_SEQ, &set));
+	{
+		const uint32_t want[] = { 4, 10 };
+
+		check_sorted(f, f->inbox, q, NULL, 0, map, 9, want, 2, __LINE__);
+	}
+	eng_uidset_free(&set);
+}
+
+static void test_dates(void **state)
+{
+	struct fixture *f = *state;
+	int64_t jan12 = JAN1 + 11 * DAY, jan18 = JAN1 + 17 * DAY;
+
+	/* Internal dates: message i arrived on Jan 9 + i. */
+	CHECK(eng_query_new_number(ENG_Q_BEFORE, jan12), 1, 2);
+	CHECK(eng_query_new_number(ENG_Q_ON, jan12), 3);
+	CHECK(eng_query_new_number(ENG_Q_SINCE, jan18), 9, 10);
+	CHECK_NONE(eng_query_new_number(ENG_Q_ON, JAN1));
+
+	/* Date header, on the day as written in its own zone: 1 is Jan 1
+	 * (-0800) though Jan 2 in UTC; 3 is Jan 3 (+0100), Jan 2 in UTC. */
+	CHECK(eng_query_new_number(ENG_Q_SENTON, JAN1), 1);
+	CHECK(eng_query_new_number(ENG_Q_SENTON, JAN1 + DAY), 2);
+	CHECK(eng_query_new_number(ENG_Q_SENTON, JAN1 + 2 * DAY), 3);
+	CHECK(eng_query_new_number(ENG_Q_SENTON, JAN1 + 4 * DAY), 5, 6);
+	CHECK(eng_query_new_number(ENG_Q_SENTBEFORE, JAN1 + 2 * DAY), 1, 2);
+	CHECK(eng_query_new_number(ENG_Q_SENTSINCE, JAN1 + 5 * DAY), 8, 9, 10);
+	/* 7 has no Date: it is in no SENT* set, so in every NOT of one. */
+	CHECK(eng_query_new_not(eng_query_new_number(ENG_Q_SENTBEFORE,
+						     JAN1 + 2 * DAY)),
+	      3, 4, 5, 6, 7, 8, 9, 10);
+
+	/* Save dates are the time of the append: today. */
+	{
+		int64_t today = (int64_t)time(NULL) / DAY * DAY;
+
+		CHECK(eng_query_new(ENG_Q_SAVEDATESUPPORTED),
+		      1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+		CHECK_NONE(eng_query_new_number(ENG_Q_SAVEDBEFORE, JAN1));
+		CHECK(eng_query_new_number(ENG_Q_SAVEDSINCE, today - DAY),
+		      1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+		CHECK_NONE(eng_query_new_number(ENG_Q_SAVEDSINCE,
+						today + 2 * DAY));
+	}
+}
+
+static void test_within(void **state)
+{
+	struct fixture *f = *state;
+	eng_append_opts ao;
+	uint32_t uid;
+	const uint32_t want[] = { 2 };
+
+	memset(&ao, 0, sizeof(ao));
+	ao.internal_date = (int64_t)time(NULL) - 30 * DAY;
+	assert_int_equal(eng_append_message(f->st, f->archive, msgs[0],
+					    strlen(msgs[0]), &ao, &uid, NULL), 0);
+	assert_int_equal(uid, 1);
+	ao.internal_date = (int64_t)time(NULL) - 100;
+	assert_int_equal(eng_append_message(f->st, f->archive, msgs[4],
+					    strlen(msgs[4]), &ao, &uid, NULL), 0);
+	assert_int_equal(uid, 2);
+
+	CHECK(eng_query_new_number(ENG_Q_OLDER, 3600),
+	      1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+	CHECK_NONE(eng_query_new_number(ENG_Q_YOUNGER, 3600));
+	check_sorted(f, f->archive, eng_query_new_number(ENG_Q_YOUNGER, 3600),
+		     NULL, 0, NULL, 0, want, 1, __LINE__);
+	{
+		const uint32_t w1[] = { 1 };
+
+		check_sorted(f, f->archive,
+			     eng_query_new_number(ENG_Q_OLDER, 3600),
+			     NULL, 0, NULL, 0, w1, 1, __LINE__);
+	}
+	/* Searches stay in their mailbox. */
+	check_sorted(f, f->archive, eng_query_new_header("Subject", "Lunch"),
+		     NULL, 0, NULL, 0, want, 1, __LINE__);
+}
+
+static void test_sizes(void **state)
+{
+	struct fixture *f = *state;
+	size_t pivot = strlen(msgs[4]);   /* message 5 */
+	uint32_t want[N_MSGS];
+	size_t n = 0;
+
+	for (int i = 0; i < N_MSGS; i++) {
+		if (strlen(msgs[i]) > pivot)
+			want[n++] = (uint32_t)i + 1;
+	}
+	assert_true(n > 0 && n < N_MSGS - 1);
+	check_sorted(f, f->inbox, eng_query_new_number(ENG_Q_LARGER,
+		     (int64_t)pivot), NULL, 0, NULL, 0, want, n, __LINE__);
+	n = 0;
+	for (int i = 0; i < N_MSGS; i++) {
+		if (strlen(msgs[i]) < pivot)
+			want[n++] = (uint32_t)i + 1;
+	}
+	assert_true(n > 0);
+	check_sorted(f, f->inbox, eng_query_new_number(ENG_Q_SMALLER,
+		     (int64_t)pivot), NULL, 0, NULL, 0, want, n, __LINE__);
+	/* Neither larger nor smaller than itself. */
+	check_sorted(f, f->inbox, eng_query_new_and(
+		     eng_query_new_not(eng_query_new_number(ENG_Q_LARGER,
+							    (int64_t)pivot)),
+		     eng_query_new_not(eng_query_new_number(ENG_Q_SMALLER,
+							    (int64_t)pivot))),
+		     NULL, 0, NULL, 0, (const uint32_t[]){ 5 }, 1, __LINE__);
+}
+
+static void test_headers(void **state)
+{
+	struct fixture *f = *state;
+
+	/* Decoded encoded words, case folded beyond ASCII. */
+	CHECK(eng_query_new_header("Subject", "grüße aus"), 3);
+	CHECK(eng_query_new_header("SUBJECT", "KÖLN"), 3);
+	CHECK(eng_query_new_header("From", "MÜLLER"), 3);
+	CHECK(eng_query_new_header("Subject", "project"), 1, 2, 4, 10);
+	CHECK(eng_query_new_header("Subject", "re: "), 2, 6, 7, 9);
+	CHECK(eng_query_new_header("From", "example.org"), 2);
+	CHECK(eng_query_new_header("From", "alice"), 1, 10);
+	CHECK(eng_query_new_header("To", "zed"), 4);
+	CHECK(eng_query_new_header("Cc", "bob@"), 4);
+	CHECK(eng_query_new_header("Cc", "carol"), 1);
+	CHECK(eng_query_new_header("Bcc", "SECRET"), 4);
+	CHECK(eng_query_new_header("Message-ID", "m5@"), 5);
+	/* An empty string: every message with the field. */
+	CHECK(eng_query_new_header("In-Reply-To", ""), 2, 6);
+	CHECK(eng_query_new_header("Cc", ""), 1, 4);
+	CHECK_NONE(eng_query_new_header("X-Nothing", ""));
+	/* A field name is matched whole, not as a prefix. */
+	CHECK_NONE(eng_query_new_header("Subj", "project"));
+	CHECK_NONE(eng_query_new_header("Subject", "plan project"));
+	/* White space runs match each other. */
+	CHECK(eng_query_new_header("Subject", "project   plan"), 1, 2, 4, 10);
+}
+
+static void test_body_and_text(void **state)
+{
+	struct fixture *f = *state;
+
+	CHECK(eng_query_new_text(ENG_Q_BODY, "wonderful"), 1);
+	/* Prefixes of tokens are found (the FTS index)... */
+	CHECK(eng_query_new_text(ENG_Q_BODY, "wonder"), 1);
+	/* ...the middle of a token is not: the documented deviation. */
+	CHECK_NONE(eng_query_new_text(ENG_Q_BODY, "onderful"));
+	/* Quoted-printable and base64 HTML of message 3, decoded. */
+	CHECK(eng_query_new_text(ENG_Q_BODY, "schöne grüße"), 3);
+	CHECK(eng_query_new_text(ENG_Q_BODY, "KÖLSCH und dom"), 3);
+	/* base64 text/plain beside an attachment. */
+	CHECK(eng_query_new_text(ENG_Q_BODY, "budget spreadsheet"), 4);
+	/* Every word is there, but not as this substring. */
+	CHECK_NONE(eng_query_new_text(ENG_Q_BODY, "spreadsheet budget"));
+	CHECK(eng_query_new_text(ENG_Q_BODY, "sushi"), 5, 6);
+	/* Only in headers: TEXT finds it, BODY does not. */
+	CHECK_NONE(eng_query_new_text(ENG_Q_BODY, "erin"));
+	CHECK(eng_query_new_text(ENG_Q_TEXT, "erin"), 5, 6);
+	CHECK(eng_query_new_text(ENG_Q_TEXT, "sushi"), 5, 6);
+	CHECK(eng_query_new_text(ENG_Q_TEXT, "Köln"), 3);
+	/* FTS syntax in the string is only text. */
+	CHECK_NONE(eng_query_new_text(ENG_Q_BODY, "sushi OR pizza\" NEAR"));
+	/* Quotes the client sent inside the string are text too. */
+	CHECK_NONE(eng_query_new_text(ENG_Q_BODY, "\"sushi\""));
+	/* Punctuation only: no FTS word, the substring check alone. */
+	CHECK(eng_query_new_text(ENG_Q_BODY, "."), 1, 2, 4, 9, 10);
+	CHECK(eng_query_new_text(ENG_Q_BODY, ""), 1, 2, 3, 4, 5, 6, 7, 8, 9,
+	      10);
+}
+
+struct meta {
+	uint32_t uid;
+	eng_msg msg;
+};
+
+static int keep_meta(void *ctx, const eng_msg *msg)
+{
+	struct meta *m = ctx;
+
+	if (msg->uid == m->uid) {
+		m->msg = *msg;
+		m->msg.keywords = NULL;
+	}
+	return 0;
+}
+
+static int keep_modseq(void *ctx, const eng_msg *msg)
+{
+	*(uint64_t *)ctx = msg->modseq;
+	return 0;
+}
+
+static void test_modseq_and_ids(void **state)
+{
+	struct fixture *f = *state;
+	eng_uidset set = { NULL, 0, 0 };
+	uint64_t modseq = 0, highest = 0;
+	uint32_t *uids = NULL;
+	size_t n = 0;
+	eng_query *q;
+	struct meta m2 = { 2, { 0 } };
+	struct meta m5 = { 5, { 0 } };
+
+	eng_uidset_add(&set, 5, 5);
+	assert_int_equal(eng_store_flags(f->st, f->inbox, &set, ENG_STORE_ADD,
+					 ENG_F_FLAGGED, NULL, 0, 0, NULL,
+					 keep_modseq, &modseq), 0);
+	eng_uidset_free(&set);
+	assert_true(modseq > 0);
+	CHECK(eng_query_new_number(ENG_Q_MODSEQ, (int64_t)modseq), 5);
+	CHECK(eng_query_new_flag(ENG_F_FLAGGED, true), 3, 5, 8);
+	q = eng_query_new_number(ENG_Q_MODSEQ, 1);
+	assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL, 0,
+				    &uids, &n, &highest), 0);
+	assert_int_equal(n, 10);
+	assert_int_equal(highest, modseq);
+	free(uids);
+	eng_query_free(&q);
+	/* highest MODSEQ of the matches only. */
+	q = uidset("1:3");
+	assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL, 0,
+				    &uids, &n, &highest), 0);
+	assert_int_equal(n, 3);
+	assert_true(highest > 0 && highest < modseq);
+	free(uids);
+	eng_query_free(&q);
+
+	/* EMAILID and THREADID come from the message metadata. */
+	assert_int_equal(eng_fetch_meta(f->st, f->inbox, NULL, 0, keep_meta,
+					&m2), 0);
+	assert_int_equal(eng_fetch_meta(f->st, f->inbox, NULL, 0, keep_meta,
+					&m5), 0);
+	CHECK(eng_query_new_number(ENG_Q_EMAILID, m2.msg.content_id), 2);
+	/* 2 replies to 1, 6 to 5: same threads; 1 and 5 differ. */
+	{
+		uint32_t *t2 = NULL, *t5 = NULL;
+		size_t n2 = 0, n5 = 0;
+
+		q = eng_query_new_number(ENG_Q_THREADID, m2.msg.thread_id);
+		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+					    0, &t2, &n2, NULL), 0);
+		eng_query_free(&q);
+		q = eng_query_new_number(ENG_Q_THREADID, m5.msg.thread_id);
+		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+					    0, &t5, &n5, NULL), 0);
+		eng_query_free(&q);
+		assert_true(n2 >= 2 && t2[0] == 1 && t2[1] == 2);
+		assert_true(n5 >= 2 && t5[0] == 5 && t5[1] == 6);
+		for (size_t i = 0; i < n2; i++) {
+			for (size_t j = 0; j < n5; j++)
+				assert_int_not_equal(t2[i], t5[j]);
+		}
+		free(t2);
+		free(t5);
+	}
+	CHECK_NONE(eng_query_new_number(ENG_Q_THREADID, -1));
+}
+
+static void test_boolean(void **state)
+{
+	struct fixture *f = *state;
+	eng_query *q;
+
+	CHECK(eng_query_new_or(eng_query_new_flag(ENG_F_SEEN, true),
+			       eng_query_new_flag(ENG_F_FLAGGED, true)),
+	      1, 2, 3, 6, 8, 10);
+	CHECK(eng_query_new_and(eng_query_new_flag(ENG_F_SEEN, true),
+				eng_query_new_not(
+					eng_query_new_keyword("$Work", true))),
+	      2, 8, 10);
+	CHECK(eng_query_new_not(eng_query_new_or(
+		      eng_query_new_header("From", "alice"),
+		      eng_query_new_header("From", "bob"))),
+	      3, 4, 5, 6, 7, 8, 9);
+	CHECK(eng_query_new_not(eng_query_new_not(
+		      eng_query_new_flag(ENG_F_DRAFT, true))), 4);
+	/* Empty AND is ALL, empty OR nothing. */
+	CHECK(eng_query_new(ENG_Q_AND), 1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+	CHECK_NONE(eng_query_new(ENG_Q_OR));
+	/* UID sets under OR merge, other keys stay beside them. */
+	CHECK(eng_query_new_or(uidset("1"), eng_query_new_or(uidset("9"),
+			       eng_query_new_header("Subject", "lunch"))),
+	      1, 5, 6, 7, 9);
+	/* AND of OR and text keys. */
+	CHECK(eng_query_new_and(eng_query_new_or(
+		      eng_query_new_text(ENG_Q_BODY, "sushi"),
+		      eng_query_new_text(ENG_Q_BODY, "plan")),
+		      eng_query_new_flag(ENG_F_SEEN, true)), 1, 6, 10);
+
+	/* IMAP's binary OR nests: OR UID 1 OR UID 2 ... of 1500 terms
+	 * stays within SQLite's limits (flattened, sets merged). */
+	q = uidset("3");
+	for (uint32_t i = 1; i <= 1500; i++) {
+		char s[16];
+
+		snprintf(s, sizeof(s), "%u", i % 2 == 0 ? 100 + i : 7);
+		q = eng_query_new_or(uidset(s), q);
+	}
+	CHECK(q, 3, 7);
+	/* A deep AND chain of many different keys: balanced in SQL. */
+	q = eng_query_new(ENG_Q_ALL);
+	for (int i = 0; i < 300; i++)
+		q = eng_query_new_and(eng_query_new_flag(ENG_F_DELETED, false),
+				      q);
+	CHECK(q, 1, 2, 3, 5, 6, 7, 8, 9, 10);
+	/* Too deep alternation is refused, not crashed on. */
+	{
+		uint32_t *uids = NULL;
+		size_t n = 0;
+
+		q = eng_query_new(ENG_Q_ALL);
+		for (int i = 0; i < ENG_QUERY_MAX_DEPTH + 5; i++)
+			q = eng_query_new_not(q);
+		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+					    0, &uids, &n, NULL), ENG_ELIMIT);
+		eng_query_free(&q);
+		/* Bad queries. */
+		q = eng_query_new_flag(ENG_F_SEEN | ENG_F_DRAFT, true);
+		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+					    0, &uids, &n, NULL), ENG_EINVAL);
+		eng_query_free(&q);
+		q = eng_query_new(ENG_Q_NOT);
+		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+					    0, &uids, &n, NULL), ENG_EINVAL);
+		eng_query_free(&q);
+		q = eng_query_new_header("Bad:Name", "x");
+		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+					    0, &uids, &n, NULL), ENG_EINVAL);
+		eng_query_free(&q);
+		assert_null(uids);
+		eng_query_free(&q);     /* NULL is fine */
+	}
+}
+
+static void test_sort(void **state)
+{
+	struct fixture *f = *state;
+	eng_sort_key arrival[] = { { ENG_SORT_ARRIVAL, false } };
+	eng_sort_key rarrival[] = { { ENG_SORT_ARRIVAL, true } };
+	eng_sort_key date[] = { { ENG_SORT_DATE, false } };
+	eng_sort_key rdate[] = { { ENG_SORT_DATE, true } };
+	eng_sort_key from[] = { { ENG_SORT_FROM, false } };
+	eng_sort_key rfrom[] = { { ENG_SORT_FROM, true } };
+	eng_sort_key to[] = { { ENG_SORT_TO, false } };
+	eng_sort_key rto[] = { { ENG_SORT_TO, true } };
+	eng_sort_key cc[] = { { ENG_SORT_CC, false } };
+	eng_sort_key rcc[] = { { ENG_SORT_CC, true } };
+	eng_sort_key subject[] = { { ENG_SORT_SUBJECT, false } };
+	eng_sort_key rsubject[] = { { ENG_SORT_SUBJECT, true } };
+	eng_sort_key dfrom[] = { { ENG_SORT_DISPLAYFROM, false } };
+	eng_sort_key rdfrom[] = { { ENG_SORT_DISPLAYFROM, true } };
+	eng_sort_key dto[] = { { ENG_SORT_DISPLAYTO, false } };
+	eng_sort_key rdto[] = { { ENG_SORT_DISPLAYTO, true } };
+	eng_sort_key subj_rdate[] = { { ENG_SORT_SUBJECT, false },
+				      { ENG_SORT_DATE, true } };
+
+	CHECK_SORT(arrival, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10);
+	CHECK_SORT(rarrival, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1);
+	/* 7 has no Date: its internal date (Jan 16) stands in. */
+	CHECK_SORT(date, 1, 2, 3, 4, 5, 6, 8, 9, 10, 7);
+	CHECK_SORT(rdate, 7, 10, 9, 8, 6, 5, 4, 3, 2, 1);
+	/* Local parts: alice (1, 10), bob, dave, erin, frank, gina,
+	 * juergen, yvonne, zach. Ties stay in UID order both ways. */
+	CHECK_SORT(from, 1, 10, 2, 4, 5, 6, 7, 3, 9, 8);
+	CHECK_SORT(rfrom, 8, 9, 3, 7, 6, 5, 4, 2, 1, 10);
+	CHECK_SORT(to, 2, 3, 5, 7, 1, 10, 6, 8, 9, 4);
+	CHECK_SORT(rto, 4, 8, 9, 6, 1, 10, 2, 3, 5, 7);
+	/* No Cc is the empty string: first. */
+	CHECK_SORT(cc, 2, 3, 5, 6, 7, 8, 9, 10, 4, 1);
+	CHECK_SORT(rcc, 1, 4, 2, 3, 5, 6, 7, 8, 9, 10);
+	/* Base subjects: "Grüße aus Köln", "Lunch?" (5, 6, "re: lunch?"
+	 * 7), "Project plan" (1, 2, 4, 10), "Random note" (8, 9). */
+	CHECK_SORT(subject, 3, 5, 6, 7, 1, 2, 4, 10, 8, 9);
+	CHECK_SORT(rsubject, 8, 9, 1, 2, 4, 10, 5, 6, 7, 3);
+	/* Display names, the address where there is none (4). */
+	CHECK_SORT(dfrom, 8, 1, 10, 2, 4, 5, 6, 7, 3, 9);
+	CHECK_SORT(rdfrom, 9, 3, 7, 6, 5, 4, 2, 1, 10, 8);
+	CHECK_SORT(dto, 2, 3, 5, 7, 10, 1, 6, 8, 9, 4);
+	CHECK_SORT(rdto, 4, 9, 8, 6, 1, 10, 3, 5, 7, 2);
+	CHECK_SORT(subj_rdate, 3, 7, 6, 5, 10, 4, 2, 1, 9, 8);
+
+	/* SIZE: worked out from the corpus lengths, ties by UID. */
+	{
+		eng_sort_key size[] = { { ENG_SORT_SIZE, false } };
+		eng_sort_key rsize[] = { { ENG_SORT_SIZE, true } };
+		uint32_t want[N_MSGS], rwant[N_MSGS];
+
+		for (int i = 0; i < N_MSGS; i++)
+			want[i] = (uint32_t)i + 1;
+		/* Insertion sort by (size, uid). */
+		for (int i = 1; i < N_MSGS; i++) {
+			for (int j = i; j > 0 &&
+			     strlen(msgs[want[j - 1] - 1]) >
+			     strlen(msgs[want[j] - 1]); j--) {
+				uint32_t t = want[j];
+
+				want[j] = want[j - 1];
+				want[j - 1] = t;
+			}
+		}
+		/* REVERSE turns the sizes round, not the UID tie-break. */
+		for (int i = 0; i < N_MSGS; i++)
+			rwant[i] = (uint32_t)i + 1;
+		for (int i = 1; i < N_MSGS; i++) {
+			for (int j = i; j > 0 &&
+			     strlen(msgs[rwant[j - 1] - 1]) <
+			     strlen(msgs[rwant[j] - 1]); j--) {
+				uint32_t t = rwant[j];
+
+				rwant[j] = rwant[j - 1];
+				rwant[j - 1] = t;
+			}
+		}
+		check_sorted(f, f->inbox, NULL, size, 1, NULL, 0, want, N_MSGS,
+			     __LINE__);
+		check_sorted(f, f->inbox, NULL, rsize, 1, NULL, 0, rwant,
+			     N_MSGS, __LINE__);
+	}
+	/* Sorting a search result. */
+	check_sorted(f, f->inbox, eng_query_new_flag(ENG_F_SEEN, true),
+		     rarrival, 1, NULL, 0, (const uint32_t[]){ 10, 8, 6, 2, 1 },
+		     5, __LINE__);
+}
+
+static void check_thread(struct fixture *f, enum eng_thread_algorithm alg,
+			 eng_query *q, const char *want, int line)
+{
+	eng_thread_node *tree = NULL;
+	eng_buf out = ENG_BUF_INIT;
+	int err = eng_thread(f->st, f->inbox, alg, q, NULL, 0, &tree);
+
+	eng_query_free(&q);
+	if (err != 0)
+		fail_msg("line %d: eng_thread: %d", line, err);
+	eng_thread_write(tree, &out);
+	eng_thread_free(&tree);
+	assert_null(tree);
+	if (strcmp(out.data != NULL ? out.data : "", want) != 0) {
+		char got[512];
+
+		snprintf(got, sizeof(got), "%s", out.data != NULL ?
+			 out.data : "");
+		eng_buf_free(&out);
+		fail_msg("line %d: got %s want %s", line, got, want);
+	}
+	eng_buf_free(&out);
+}
+
+static void test_thread_orderedsubject(void **state)
+{
+	struct fixture *f = *state;
+
+	/* Grouped by base subject ("re: lunch?" with "Lunch?", "Fwd:" and
+	 * "Re:" with "Project plan"), threads by the date of their first
+	 * message, the rest children of the first in date order. */
+	check_thread(f, ENG_THREAD_ORDEREDSUBJECT, NULL,
+		     "(1 (2)(4)(10))(3)(5 (6)(7))(8 9)", __LINE__);
+	check_thread(f, ENG_THREAD_ORDEREDSUBJECT,
+		     eng_query_new_flag(ENG_F_SEEN, false),
+		     "(3)(4)(5 7)(9)", __LINE__);
+	check_thread(f, ENG_THREAD_ORDEREDSUBJECT,
+		     eng_query_new_keyword("$Nothing", true), "", __LINE__);
+}
+
+static void test_thread_references(void **state)
+{
+	struct fixture *f = *state;
+
+	/*
+	 * By hand (RFC 5256 REFERENCES):
+	 *  - 2 replies to 1; 4 references <m0> (absent) then <m1>: the
+	 *    dummy <m0> becomes 1's parent and is pruned away at the top
+	 *    (one child), so 1 has children 2 and 4.
+	 *  - 6 replies to 5 by In-Reply-To alone.
+	 *  - 7's parent <m99> is absent: the dummy is pruned, 7 is a root;
+	 *    then subject merging makes "re: lunch?" a child of "Lunch?".
+	 *  - 8 and 9 share the absent parent <mx>: a dummy with two
+	 *    children stays at the top.
+	 *  - 10 and 1 are both "Project plan" and neither a reply: a new
+	 *    dummy holds both.
+	 *  - Roots by date: the dummy of 1 (Jan 2 07:30 UTC), 3 (Jan 2
+	 *    23:30), 5 (Jan 5), the dummy of 8 (Jan 6).
+	 */
+	check_thread(f, ENG_THREAD_REFERENCES, NULL,
+		     "((1 (2)(4))(10))(3)(5 (6)(7))((8)(9))", __LINE__);
+	/*
+	 * Only the unseen 3, 4, 5, 7, 9: 4's parents <m0> and <m1> are both
+	 * dummies, promoted away; 9 alone under <mx> is promoted; 7 joins 5
+	 * by subject.
+	 */
+	check_thread(f, ENG_THREAD_REFERENCES,
+		     eng_query_new_flag(ENG_F_SEEN, false),
+		     "(3)(4)(5 7)(9)", __LINE__);
+	/* 1 and 2 only: a plain chain. */
+	check_thread(f, ENG_THREAD_REFERENCES, uidset("1:2"), "(1 2)",
+		     __LINE__);
+	/* 2 and 4 without 1: siblings under the dummy <m1>, which is pruned
+	 * (not at the top) so they move up under the dummy <m0>, which stays
+	 * at the top because it has two children. */
+	check_thread(f, ENG_THREAD_REFERENCES, uidset("2,4"), "((2)(4))",
+		     __LINE__);
+}
+
+/* A reply that arrives before its parent, a loop, duplicate Message-IDs. */
+static void test_thread_edge_cases(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const extra[] = {
+		/* Archive 1: references 2, which references 1: a loop. */
+		"From: a@example.com\r\nSubject: Loop\r\n"
+		"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+		"Message-ID: <l1@x>\r\nReferences: <l2@x>\r\n\r\nx\r\n",
+		"From: b@example.com\r\nSubject: Re: Loop\r\n"
+		"Date: Mon, 1 Jan 2024 11:00:00 +0000\r\n"
+		"Message-ID: <l2@x>\r\nReferences: <l1@x>\r\n\r\ny\r\n",
+		/* 3 and 4: the same Message-ID twice; 5 replies to it. */
+		"From: c@example.com\r\nSubject: Dup\r\n"
+		"Date: Tue, 2 Jan 2024 10:00:00 +0000\r\n"
+		"Message-ID: <d@x>\r\n\r\nfirst\r\n",
+		"From: c@example.com\r\nSubject: Dup\r\n"
+		"Date: Tue, 2 Jan 2024 10:00:00 +0000\r\n"
+		"Message-ID: <d@x>\r\n\r\nsecond copy\r\n",
+		"From: d@example.com\r\nSubject: Something else\r\n"
+		"Date: Wed, 3 Jan 2024 10:00:00 +0000\r\n"
+		"Message-ID: <e@x>\r\nIn-Reply-To: <d@x> (the first)\r\n"
+		"\r\nreply\r\n",
+		/* 6: no Message-ID, no subject. */
+		"From: e@example.com\r\n"
+		"Date: Thu, 4 Jan 2024 10:00:00 +0000\r\n\r\nbare\r\n",
+		/* 7: [list] blob and a folded References header. */
+		"From: f@example.com\r\nSubject: [list] Re: Something else\r\n"
+		"Date: Fri, 5 Jan 2024 10:00:00 +0000\r\n"
+		"Message-ID: <g@x>\r\nReferences: <d@x>\r\n <e@x>\r\n"
+		"\r\nfolded\r\n",
+	};
+	eng_thread_node *tree = NULL;
+	eng_buf out = ENG_BUF_INIT;
+
+	for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
+		eng_append_opts ao;
+		uint32_t uid;
+
+		memset(&ao, 0, sizeof(ao));
+		ao.internal_date = IDATE(1);
+		assert_int_equal(eng_append_message(f->st, f->archive, extra[i],
+						    strlen(extra[i]), &ao, &uid,
+						    NULL), 0);
+		assert_int_equal(uid, (uint32_t)i + 1);
+	}
+	/*
+	 * 1 and 2: 1 names <l2@x> as its parent, so the dummy <l2@x> gets
+	 * child 1; then 2 is <l2@x> and names 1 as parent: a loop, refused;
+	 * so 2 is the root and 1 its child.
+	 * 3 owns <d@x>; 4 is a copy with an id of its own; 5 replies to 3,
+	 * 7 to 5 (its last reference). 4 "Dup" merges with 3 "Dup": both
+	 * non-replies, a new dummy. 6 has no subject: alone.
+	 */
+	assert_int_equal(eng_thread(f->st, f->archive, ENG_THREAD_REFERENCES,
+				    NULL, NULL, 0, &tree), 0);
+	eng_thread_write(tree, &out);
+	assert_string_equal(out.data, "(2 1)((3 5 7)(4))(6)");
+	eng_buf_reset(&out);
+	/* The same tree in sequence numbers of a view without UID 4. */
+	{
+		const uint32_t map[] = { 1, 2, 3, 5, 6, 7 };
+
+		eng_thread_write_seq(tree, map, 6, &out);
+		/* 4 is out of the view: the dummy keeps one visible child. */
+		assert_string_equal(out.data, "(2 1)(3 4 6)(5)");
+	}
+	eng_thread_free(&tree);
+	eng_thread_free(&tree);
+	eng_buf_free(&out);
+}
+
+static eng_thread_node *tn(uint32_t uid, size_t n, ...)
+{
+	eng_thread_node *t = calloc(1, sizeof(*t));
+	va_list ap;
+
+	t->uid = uid;
+	t->n_children = n;
+	t->children = n > 0 ? calloc(n, sizeof(*t->children)) : NULL;
+	va_start(ap, n);
+	for (size_t i = 0; i < n; i++)
+		t->children[i] = va_arg(ap, eng_thread_node *);
+	va_end(ap);
+	return t;
+}
+
+static void test_thread_writer(void **state)
+{
+	eng_thread_node *tree;
+	eng_buf out = ENG_BUF_INIT;
+
+	(void)state;
+	/* RFC 5256 section 4's example. */
+	tree = tn(0, 2, tn(2, 0),
+		  tn(3, 1, tn(6, 2, tn(4, 1, tn(23, 0)),
+			      tn(44, 1, tn(7, 1, tn(96, 0))))));
+	eng_thread_write(tree, &out);
+	assert_string_equal(out.data, "(2)(3 6 (4 23)(44 7 96))");
+	eng_thread_free(&tree);
+	/* A dummy at the top: "((3)(5))". */
+	eng_buf_reset(&out);
+	tree = tn(0, 1, tn(0, 2, tn(3, 0), tn(5, 0)));
+	eng_thread_write(tree, &out);
+	assert_string_equal(out.data, "((3)(5))");
+	eng_thread_free(&tree);
+	/* Empty. */
+	eng_buf_reset(&out);
+	tree = tn(0, 0);
+	eng_thread_write(tree, &out);
+	assert_int_equal(out.len, 0);
+	eng_thread_free(&tree);
+	eng_thread_write(NULL, &out);
+	assert_int_equal(out.len, 0);
+	eng_buf_free(&out);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_all_and_flags, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_keywords, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_uid_and_seq_sets, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_dates, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_within, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sizes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_headers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_body_and_text, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_modseq_and_ids, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_boolean, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sort, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_thread_orderedsubject,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_thread_references, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_thread_edge_cases, setup,
+						teardown),
+		cmocka_unit_test(test_thread_writer),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
