@@ -179,9 +179,15 @@ typedef struct eng_sort_key {
  *
  * seq_map/n_seq_map: see the top of this file (may be NULL/0 when the
  * query has no ENG_Q_SEQ key). Errors: ENG_EINVAL (a bad query: unknown
- * kind, NOT without one child, SEQ without a map, a flag that is not one
- * enum eng_flags bit, a keyword that is not an atom), ENG_ELIMIT (too
- * deep, too many nodes or values), store errors.
+ * kind or sort field, NOT without one child, SEQ without a map, a flag
+ * that is not one enum eng_flags bit, a missing string, a HEADER field
+ * name that is empty or has a ':'), ENG_ELIMIT (too deep, too many nodes
+ * or bound values, more than 16 sort keys), store errors. A keyword no
+ * message has is not an error: KEYWORD matches nothing, UNKEYWORD all.
+ *
+ * Cost: one statement. HEADER, SENT* and the substring check of
+ * BODY/TEXT read the content's FTS row for each candidate; put cheap
+ * keys first in an AND, SQLite evaluates it left to right.
  */
 int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
 	       const eng_sort_key *sort, size_t n_sort,

@@ -331,6 +331,8 @@ static eng_thread_node *ordered_subject(struct tmsg *msgs, size_t n)
 	struct first *groups = NULL;
 	size_t n_groups = 0;
 
+	if (n == 0)
+		return root;
 	qsort(msgs, n, sizeof(*msgs), subject_order);
 	for (size_t i = 0; i < n; i++) {
 		if (i == 0 || strcasecmp(msgs[i].base, msgs[i - 1].base) != 0) {
