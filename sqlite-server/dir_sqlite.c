@@ -83,7 +83,8 @@ static int sql_err(dsql *s, int rc, const char *what)
 	if (primary == SQLITE_OK || primary == SQLITE_DONE ||
 	    primary == SQLITE_ROW)
 		return 0;
-	eng_log(ENG_LOG_WARN, "%s: %s: %s", s->path, what,
+	/* A taken name is an answer, not a fault: only debug-log it. */
+	eng_log(primary == SQLITE_CONSTRAINT ? ENG_LOG_DEBUG : ENG_LOG_WARN, "%s: %s: %s", s->path, what,
 		s->db != NULL ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
 	switch (primary) {
 	case SQLITE_FULL:
