@@ -602,7 +602,7 @@ static int assign_thread(eng_store *st, const eng_mime_summary *sum,
 	    strcmp(sum->subject, sum->base_subject) != 0) {
 		sqlite3_stmt *stmt = store_prepare(st,
 			"SELECT m.thread_id FROM content c JOIN message m "
-			"ON m.content_id = c.id WHERE c.base_subject = ? "
+			"ON m.content_id = c.id WHERE c.base_subject = ? COLLATE NOCASE "
 			"ORDER BY m.id DESC LIMIT 1", &err);
 		int rc;
 

@@ -91,7 +91,7 @@ static const char schema_v1[] =
 	" UNIQUE (mailbox_id, uid));"
 	"CREATE INDEX message_modseq ON message (mailbox_id, modseq);"
 	"CREATE INDEX message_content ON message (content_id);"
-	"CREATE INDEX content_base_subject ON content (base_subject);"
+	"CREATE INDEX content_base_subject ON content (base_subject COLLATE NOCASE);"
 	"CREATE TABLE keyword (id INTEGER PRIMARY KEY,"
 	" name TEXT NOT NULL UNIQUE COLLATE NOCASE);"
 	"CREATE TABLE message_keyword (message_id INTEGER NOT NULL,"
@@ -558,6 +558,14 @@ int eng_store_open(const char *path, const uint8_t *db_key,
 		err = classify_notadb(path);
 	if (err != 0)
 		goto fail;
+	/* An existing file with no schema (emptied, or truncated to 0
+	 * bytes) is damage unless the caller asked to create: never answer
+	 * it with a fresh, empty mailbox. */
+	if (version == 0 && !st->opt.create) {
+		eng_log(ENG_LOG_ERROR, "%s: no schema in an existing file", path);
+		err = ENG_ECORRUPT;
+		goto fail;
+	}
 	if (version > ENG_SCHEMA_VERSION) {
 		eng_log(ENG_LOG_ERROR, "%s: schema version %d is newer than %d",
 			path, version, ENG_SCHEMA_VERSION);

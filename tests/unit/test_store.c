@@ -732,6 +732,33 @@ static void test_reopen_and_wrong_key(void **state)
 	eng_message_close(&m);
 }
 
+/* Thread ids: by References/In-Reply-To, else by base subject for replies. */
+static void test_thread_ids(void **state)
+{
+	struct fixture *f = *state;
+	struct collect c = { .n = 0 };
+
+	append(f, f->inbox, "Message-ID: <p@x>\r\nSubject: Lunch?\r\n\r\na\r\n", 0);
+	append(f, f->inbox, "Message-ID: <q@x>\r\nIn-Reply-To: <p@x>\r\n"
+	       "Subject: whatever\r\n\r\nb\r\n", 0);
+	append(f, f->inbox, "Message-ID: <r@x>\r\nSubject: re: LUNCH?\r\n\r\nc\r\n", 0);
+	append(f, f->inbox, "Message-ID: <s@x>\r\nSubject: Lunch?\r\n\r\nd\r\n", 0);
+	/* A reply that arrives before its parent joins it later. */
+	append(f, f->inbox, "Message-ID: <u@x>\r\nReferences: <t@x>\r\n"
+	       "Subject: x\r\n\r\ne\r\n", 0);
+	append(f, f->inbox, "Message-ID: <t@x>\r\nSubject: y\r\n\r\nf\r\n", 0);
+	assert_int_equal(eng_fetch_meta(f->st, f->inbox, NULL, 0, collect_cb,
+					&c), 0);
+	assert_int_equal(c.n, 6);
+	assert_int_equal(c.msgs[1].thread_id, c.msgs[0].thread_id);
+	assert_int_equal(c.msgs[2].thread_id, c.msgs[0].thread_id);
+	/* Not a reply: a new thread even with the same subject. */
+	assert_int_not_equal(c.msgs[3].thread_id, c.msgs[0].thread_id);
+	assert_int_equal(c.msgs[5].thread_id, c.msgs[4].thread_id);
+	assert_int_not_equal(c.msgs[4].thread_id, c.msgs[0].thread_id);
+	collect_clear(&c);
+}
+
 static void test_uidset_parse(void **state)
 {
 	eng_uidset s;
@@ -776,6 +803,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_and_wrong_key, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_thread_ids, setup, teardown),
 		cmocka_unit_test(test_uidset_parse),
 	};
 
