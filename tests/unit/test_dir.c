@@ -184,6 +184,12 @@ static void test_open_arguments(void **state)
 	assert_int_equal(dir_open("ldap://x", tmp, &d), ENG_EINVAL);
 	assert_int_equal(dir_open(NULL, missing, &d), ENG_ENOTFOUND);
 	assert_null(d);
+	/* MongoDB: a malformed URI, and a server that is not there (refused
+	 * connection, short server selection timeout). */
+	assert_int_equal(dir_open("mongodb://", NULL, &d), ENG_EINVAL);
+	assert_int_equal(dir_open("mongodb://127.0.0.1:1/x?serverSelectionTimeoutMS=300"
+				  "&connectTimeoutMS=300", NULL, &d), ENG_EIO);
+	assert_null(d);
 	assert_int_equal(dir_open(NULL, tmp, NULL), ENG_EINVAL);
 	free(missing);
 	tu_rmrf(tmp);
