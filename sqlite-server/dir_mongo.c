@@ -244,6 +244,7 @@ static int dmongo_domain_remove(dir *d, const char *domain, bool force)
 		err = ENG_ENOTFOUND;
 	if (err < 0)
 		goto out;
+	err = 0;
 	if ((err = count(m, m->aliases, by_domain, &n)) != 0)
 		goto out;
 	if (n > 0 && !force) {
@@ -504,6 +505,7 @@ static int dmongo_alias_insert(dir *d, const dir_alias *a)
 	err = dmongo_domain_exists(d, a->domain);
 	if (err <= 0)
 		return err == 0 ? ENG_ENOTFOUND : err;
+	err = 0;
 	BSON_APPEND_UTF8(&doc, "_id", a->id);
 	BSON_APPEND_UTF8(&doc, "address", a->address);
 	BSON_APPEND_UTF8(&doc, "domain", a->domain);
