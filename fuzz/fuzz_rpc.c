@@ -91,6 +91,21 @@ static void roundtrip_payload(const uint8_t *p, size_t len,
 		for (size_t i = 0; i < bl; i++)
 			u += rpc_uids_at(bp, i);
 	}
+	if (rpc_get_bytes(&root, RPC_T_THREAD_TREE, &bp, &bl) == 0) {
+		rpc_tnode *nodes;
+		size_t nn;
+
+		if (rpc_thread_tree_parse(bp, bl, &nodes, &nn) == 0) {
+			eng_buf tree = ENG_BUF_INIT;
+
+			for (size_t i = 0; i < nn; i++)
+				rpc_thread_tree_put(&tree, nodes[i].uid,
+						    nodes[i].n_children);
+			check(tree.len == bl && memcmp(tree.data, bp, bl) == 0);
+			eng_buf_free(&tree);
+			free(nodes);
+		}
+	}
 	if (rpc_get_group(&root, RPC_T_QUERY, &sub) == 0)
 		(void)rpc_count(&sub, RPC_T_QUERY);
 

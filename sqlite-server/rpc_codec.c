@@ -860,6 +860,55 @@ uint32_t rpc_uids_at(const uint8_t *p, size_t i)
 	return get_be32(p + i * 4);
 }
 
+void rpc_thread_tree_put(eng_buf *tree, uint32_t uid, uint32_t n_children)
+{
+	rpc_put_varint(tree, uid);
+	rpc_put_varint(tree, n_children);
+}
+
+int rpc_thread_tree_parse(const uint8_t *p, size_t len, rpc_tnode **nodes_r,
+			  size_t *n_r)
+{
+	rpc_tnode *nodes;
+	size_t off = 0, n = 0;
+	uint64_t pending = 1;        /* nodes announced but not yet read */
+
+	*nodes_r = NULL;
+	*n_r = 0;
+	if (len < 2)
+		return RPC_EFIELDTYPE;
+	/* Every node takes at least 2 bytes: the array is bounded by len. */
+	nodes = eng_malloc((len / 2) * sizeof(*nodes));
+	while (off < len) {
+		uint64_t uid, kids;
+		int k;
+
+		if (pending == 0)
+			goto bad;            /* bytes after the last node */
+		if ((k = rpc_get_varint(p + off, len - off, &uid)) < 0)
+			goto bad;
+		off += (size_t)k;
+		if ((k = rpc_get_varint(p + off, len - off, &kids)) < 0)
+			goto bad;
+		off += (size_t)k;
+		if (uid > UINT32_MAX || (n == 0 && uid != 0) ||
+		    kids > (len - off) / 2)
+			goto bad;
+		nodes[n].uid = (uint32_t)uid;
+		nodes[n].n_children = (uint32_t)kids;
+		n++;
+		pending = pending - 1 + kids;
+	}
+	if (pending != 0)
+		goto bad;
+	*nodes_r = nodes;
+	*n_r = n;
+	return 0;
+bad:
+	free(nodes);
+	return RPC_EFIELDTYPE;
+}
+
 void rpc_iter_init(rpc_iter *it, const rpc_view *v)
 {
 	it->v = *v;

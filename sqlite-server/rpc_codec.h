@@ -248,6 +248,28 @@ int rpc_get_uids(const rpc_view *v, uint32_t tag, const uint8_t **p_r,
 		 size_t *n_r);
 uint32_t rpc_uids_at(const uint8_t *p, size_t i);
 
+/*
+ * THREAD_TREE (docs/rpc.md): a thread tree as one bytes field, the nodes
+ * in preorder, each as varint uid (0 = dummy) and varint child count,
+ * beginning with the root (uid 0). A bytes field rather than nested
+ * groups because a reply chain can be deeper than any group nesting limit.
+ */
+typedef struct rpc_tnode {
+	uint32_t uid;
+	uint32_t n_children;
+} rpc_tnode;
+
+/* Appends one node to a tree being built (then rpc_put_bytes the tree). */
+void rpc_thread_tree_put(eng_buf *tree, uint32_t uid, uint32_t n_children);
+/*
+ * Parses and checks a tree: the counts must describe exactly len bytes,
+ * the root's uid must be 0, UIDs must fit 32 bits. *nodes_r (free();
+ * at most len / 2 entries) gets the nodes in preorder. Iterative, so any
+ * depth is fine. 0 or RPC_EFIELDTYPE.
+ */
+int rpc_thread_tree_parse(const uint8_t *p, size_t len, rpc_tnode **nodes_r,
+			  size_t *n_r);
+
 /* Iterates over the fields of one level, in order. */
 typedef struct rpc_iter {
 	rpc_view v;

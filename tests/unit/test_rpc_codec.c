@@ -347,6 +347,69 @@ static void test_uidset_and_uids(void **state)
 	eng_buf_free(&b);
 }
 
+static int parse_tree(const eng_buf *b, size_t *n_r, rpc_tnode **nodes_r)
+{
+	uint8_t *c = exact_copy(b->data, b->len);
+	int ret = rpc_thread_tree_parse(c, b->len, nodes_r, n_r);
+
+	free(c);
+	return ret;
+}
+
+static void test_thread_tree(void **state)
+{
+	eng_buf b = ENG_BUF_INIT;
+	rpc_tnode *nodes = NULL;
+	size_t n = 0;
+	(void)state;
+
+	/* root(2): (1 (2)) and (3); uids 1 and 3 are threads */
+	rpc_thread_tree_put(&b, 0, 2);
+	rpc_thread_tree_put(&b, 1, 1);
+	rpc_thread_tree_put(&b, 2, 0);
+	rpc_thread_tree_put(&b, UINT32_MAX, 0);
+	assert_int_equal(parse_tree(&b, &n, &nodes), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(nodes[0].uid, 0);
+	assert_int_equal(nodes[0].n_children, 2);
+	assert_int_equal(nodes[1].uid, 1);
+	assert_int_equal(nodes[2].uid, 2);
+	assert_int_equal(nodes[3].uid, UINT32_MAX);
+	free(nodes);
+	/* trailing bytes, a missing node, a root with a uid */
+	rpc_thread_tree_put(&b, 4, 0);
+	assert_int_equal(parse_tree(&b, &n, &nodes), RPC_EFIELDTYPE);
+	assert_null(nodes);
+	eng_buf_reset(&b);
+	rpc_thread_tree_put(&b, 0, 2);
+	rpc_thread_tree_put(&b, 1, 0);
+	assert_int_equal(parse_tree(&b, &n, &nodes), RPC_EFIELDTYPE);
+	eng_buf_reset(&b);
+	rpc_thread_tree_put(&b, 5, 0);
+	assert_int_equal(parse_tree(&b, &n, &nodes), RPC_EFIELDTYPE);
+	eng_buf_reset(&b);
+	/* a child count that the bytes cannot hold */
+	rpc_thread_tree_put(&b, 0, UINT32_MAX);
+	assert_int_equal(parse_tree(&b, &n, &nodes), RPC_EFIELDTYPE);
+	eng_buf_reset(&b);
+	/* an empty tree is a root without children */
+	rpc_thread_tree_put(&b, 0, 0);
+	assert_int_equal(parse_tree(&b, &n, &nodes), 0);
+	assert_int_equal(n, 1);
+	free(nodes);
+	eng_buf_reset(&b);
+	assert_int_equal(parse_tree(&b, &n, &nodes), RPC_EFIELDTYPE);
+	/* a chain 10000 deep: no recursion, no limit on depth */
+	rpc_thread_tree_put(&b, 0, 1);
+	for (uint32_t i = 1; i <= 10000; i++)
+		rpc_thread_tree_put(&b, i, i < 10000 ? 1 : 0);
+	assert_int_equal(parse_tree(&b, &n, &nodes), 0);
+	assert_int_equal(n, 10001);
+	assert_int_equal(nodes[10000].uid, 10000);
+	free(nodes);
+	eng_buf_free(&b);
+}
+
 /* ---- decoder errors ---- */
 
 static int decode_bytes(const void *p, size_t len, const rpc_limits *lim)
@@ -1245,6 +1308,22 @@ static void test_write_corpus(void **state)
 	rpc_frame_end(&b, m, NULL);
 	write_seed(dir, "error", 0x9f, &b);
 
+	eng_buf_reset(&b);
+	{
+		eng_buf tree = ENG_BUF_INIT;
+
+		rpc_thread_tree_put(&tree, 0, 2);
+		rpc_thread_tree_put(&tree, 1, 1);
+		rpc_thread_tree_put(&tree, 0, 1);
+		rpc_thread_tree_put(&tree, 4, 0);
+		rpc_thread_tree_put(&tree, 3, 0);
+		m = rpc_frame_begin(&b, RPC_K_RESPONSE, 0, RPC_OP_THREAD, 4);
+		rpc_put_bytes(&b, RPC_T_THREAD_TREE, tree.data, tree.len);
+		rpc_frame_end(&b, m, NULL);
+		write_seed(dir, "thread-response", 0x07, &b);
+		eng_buf_free(&tree);
+	}
+
 	/* a bare payload (the target also decodes its input as one) */
 	eng_buf_reset(&b);
 	build_sample(&b);
@@ -1262,6 +1341,7 @@ int main(void)
 		cmocka_unit_test(test_repeated_and_iter),
 		cmocka_unit_test(test_getter_errors),
 		cmocka_unit_test(test_uidset_and_uids),
+		cmocka_unit_test(test_thread_tree),
 		cmocka_unit_test(test_decode_malformed),
 		cmocka_unit_test(test_decode_limits),
 		cmocka_unit_test(test_decode_mutations),
