@@ -633,7 +633,7 @@ static int resolve_set(struct sqlgen *g, const eng_query *q, eng_uidset *out)
 {
 	for (size_t i = 0; i < q->set.count; i++) {
 		uint32_t lo = q->set.ranges[i].lo, hi = q->set.ranges[i].hi;
-		int64_t top;
+		int64_t top = 0;
 		int err;
 
 		if (q->kind == ENG_Q_SEQ) {
