@@ -458,9 +458,6 @@ static void parse_header(eng_mime_parser *p, struct frame *f)
 		 * 5.1.5: message/rfc822 inside multipart/digest). */
 		part->type = eng_strdup(f->default_rfc822 ? "message" : "text");
 		part->subtype = eng_strdup(f->default_rfc822 ? "rfc822" : "plain");
-		if (ctype != NULL && part->n_params > 0 && !f->default_rfc822) {
-			/* keep the parameters of an invalid type */
-		}
 	}
 	part->encoding = cte != NULL ? mime_parse_token(cte) : NULL;
 	if (part->encoding == NULL)
