@@ -115,7 +115,7 @@ typedef struct eng_mime_summary {
 	size_t n_references;
 	char *preview;          /* RFC 8970 preview: first 200 characters of text, whitespace folded */
 	/* Decoded (charset to UTF-8, transfer encoding removed, HTML tags
-	 * dropped) text of text/* parts, up to max_text_bytes: for BODY search. */
+	 * dropped) text of text/... parts, up to max_text_bytes: for BODY search. */
 	eng_buf body_text;
 	/* Decoded header values (name: value lines): for TEXT search. */
 	eng_buf header_text;

@@ -21,6 +21,11 @@
 /* Longest subject (bytes) the RFC 5256 base subject looks at. */
 #define MIME_MAX_SUBJECT 4096
 
+/* Skips white space and (nested) comments; if comment is not NULL it
+ * gets the text of the last comment. */
+const char *mime_skip_cfws(const char *p, eng_buf *comment);
+/* Value of a hex digit, or -1. */
+int mime_hexval(char c);
 /* Lower-cases an ASCII string in place. */
 void mime_lower(char *s);
 
