@@ -41,6 +41,11 @@ typedef struct eng_mime_limits {
 
 void eng_mime_limits_default(eng_mime_limits *limits);
 
+/* A parameter. RFC 2231 sections (name*0, name*1*, ...) are joined into
+ * one; when any section was in extended form the name keeps a trailing
+ * '*' ("filename*") and the value is "charset'lang'%XX-encoded" as in the
+ * header (plain sections percent-encoded to match), as Dovecot writes it
+ * in BODYSTRUCTURE. An extended form wins over a plain one of the same name. */
 typedef struct eng_mime_param {
 	char *name;    /* lower-case */
 	char *value;   /* RFC 2231 continuations joined; charset'lang' prefix kept */
