@@ -450,16 +450,34 @@ static uint8_t *key_pragma(const uint8_t *key)
 	return sql;
 }
 
-/*
- * SQLCipher answers SQLITE_NOTADB both for a wrong key and for a damaged
- * first page. A file that is a whole number of pages is taken to be a
- * wrong key; anything else is damage.
- */
-static int classify_notadb(const char *path)
-{
-	struct stat sb;
+static int apply_settings(eng_store *st, const uint8_t *db_key);
 
-	if (stat(path, &sb) != 0 || sb.st_size == 0 || sb.st_size % 4096 != 0)
+/*
+ * SQLCipher answers SQLITE_NOTADB both for a wrong key and for damage, and
+ * after a page fails its HMAC the connection stays failed. So a second,
+ * fresh connection reads page 1 alone (PRAGMA user_version reads only the
+ * header there): if that works, the key is right and a later page is
+ * damaged or missing (SQLite may then say SQLITE_CORRUPT for page 1 too,
+ * when its header promises more pages than there are). Only when page 1
+ * fails its HMAC (SQLITE_NOTADB) is a file that is a whole number of pages
+ * taken to be a wrong key; anything else is damage.
+ */
+static int classify_notadb(eng_store *st, const uint8_t *db_key)
+{
+	eng_store probe = *st;
+	struct stat sb;
+	int rc = SQLITE_NOTADB;
+
+	probe.db = NULL;
+	if (sqlite3_open_v2(st->path, &probe.db, SQLITE_OPEN_READWRITE, NULL) ==
+	    SQLITE_OK && apply_settings(&probe, db_key) == 0)
+		rc = sqlite3_exec(probe.db, "PRAGMA user_version", NULL, NULL,
+				  NULL) & 0xff;
+	sqlite3_close(probe.db);
+	if (rc != SQLITE_NOTADB)
+		return ENG_ECORRUPT;
+	if (stat(st->path, &sb) != 0 || sb.st_size == 0 ||
+	    sb.st_size % 4096 != 0)
 		return ENG_ECORRUPT;
 	return ENG_EAUTH;
 }
@@ -555,7 +573,7 @@ int eng_store_open(const char *path, const uint8_t *db_key,
 		goto fail;
 	err = schema_version(st, &version);
 	if (err == ENG_ECORRUPT && !st->opt.plaintext)
-		err = classify_notadb(path);
+		err = classify_notadb(st, db_key);
 	if (err != 0)
 		goto fail;
 	/* An existing file with no schema (emptied, or truncated to 0
