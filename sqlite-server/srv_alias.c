@@ -280,6 +280,18 @@ int srv_alias_drain(srv_alias *a, eng_drain_cb *cb, void *ctx, size_t *n_r)
 	return eng_store_drain_spool(a->st, a->spool_dir, a->sk, cb, ctx, n_r);
 }
 
+const uint8_t *srv_alias_mk(srv_alias *a)
+{
+	return a->st != NULL ? a->mk : NULL;
+}
+
+static void alias_close(srv_alias *a);
+
+void srv_alias_close_now(srv_alias *a)
+{
+	alias_close(a);
+}
+
 /* ---- opening and closing (on the alias's queue) ---- */
 
 static int mkdir_p(const char *path)
@@ -605,6 +617,25 @@ int srv_session_end(srv_aliases *as, const uint8_t session[SRV_SESSION_BYTES])
 		return ENG_ENOTFOUND;
 	session_remove(as, pp);
 	return 0;
+}
+
+unsigned srv_sessions_end_alias(srv_aliases *as, const char *alias_id)
+{
+	unsigned n = 0;
+
+	for (size_t b = 0; b < SESSION_BUCKETS; b++) {
+		struct session **pp = &as->sessions[b];
+
+		while (*pp != NULL) {
+			if (strcmp((*pp)->alias->id, alias_id) == 0) {
+				session_remove(as, pp);
+				n++;
+			} else {
+				pp = &(*pp)->next;
+			}
+		}
+	}
+	return n;
 }
 
 /* ---- housekeeping: expiry, the cache bound, shutdown ---- */

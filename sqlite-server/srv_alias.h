@@ -101,6 +101,8 @@ int srv_session_alias(srv_aliases *aliases,
 /* Ends a session (LOCK). ENG_ENOTFOUND if unknown. */
 int srv_session_end(srv_aliases *aliases,
 		    const uint8_t session[SRV_SESSION_BYTES]);
+/* Ends every session of an alias (ALIAS_REMOVE); returns how many. */
+unsigned srv_sessions_end_alias(srv_aliases *aliases, const char *alias_id);
 
 /*
  * Creates the database of a new alias with its MK (from
@@ -121,6 +123,18 @@ const char *srv_alias_spool_dir(const srv_alias *a);
  * stays sealed). cb hears of each delivery.
  */
 int srv_alias_drain(srv_alias *a, eng_drain_cb *cb, void *ctx, size_t *n_r);
+/*
+ * MK of the open alias (ENG_MK_BYTES of secret memory), or NULL while it
+ * is locked: for work that rewraps MK into a new key slot
+ * (APP_PASSWORD_ADD). Valid only while the work function runs; never copy
+ * it out.
+ */
+const uint8_t *srv_alias_mk(srv_alias *a);
+/*
+ * Checkpoints and closes the database now and wipes the keys (ALIAS_REMOVE
+ * closes it before deleting its files). Later work finds it locked.
+ */
+void srv_alias_close_now(srv_alias *a);
 
 /* ---- numbers for STATS ---- */
 
