@@ -1,0 +1,646 @@
+/*
+ * The message opcodes: APPEND, FETCH_META, FETCH_BODY, STORE, COPY, MOVE,
+ * EXPUNGE, CHANGES (docs/rpc.md, Opcodes). Each checks its fields on the
+ * loop thread, then runs on the alias's queue through srv_ops_mbox.h.
+ *
+ * FETCH_BODY never holds a message in memory: after the first work item
+ * (which resolves the section and sends SIZE), the bytes go out in pieces
+ * of at most the client's window and RPC_MAX_CHUNK_BYTES, each read by its
+ * own work item that reopens the message, so that other requests of the
+ * alias run between the pieces and a slow reader holds no database state.
+ */
+#include "srv_ops_mbox.h"
+#include "eng_error.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECK(op, expr) do { \
+	int check_err_ = (expr); \
+	if (check_err_ != 0) { \
+		srv_mbop_fail((op), check_err_); \
+		return; \
+	} \
+} while (0)
+
+#define NEW_OP(op, req, with_mailbox) do { \
+	int new_err_; \
+	if (((op) = srv_mbop_new((req), (with_mailbox), &new_err_)) == NULL) { \
+		srv_fail((req), new_err_); \
+		return; \
+	} \
+} while (0)
+
+/* APPEND reads the sealed body in pieces of this size. */
+#define APPEND_READ_BYTES (64u * 1024)
+
+/* ---- APPEND ---- */
+
+struct append_ctx {
+	srv_body *body;              /* the core's; read on the pool only */
+	uint32_t flags;
+	char **keywords;
+	size_t n_keywords;
+	int64_t internal_date;
+	char *idempotency_key;
+};
+
+static void append_ctx_free(void *p)
+{
+	struct append_ctx *c = p;
+
+	srv_strv_free(&c->keywords);
+	free(c->idempotency_key);
+	free(c);
+}
+
+static int append_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
+{
+	struct append_ctx *c = op->ctx;
+	eng_append_opts opts = {
+		.flags = c->flags,
+		.keywords = (const char *const *)c->keywords,
+		.n_keywords = c->n_keywords,
+		.internal_date = c->internal_date,
+		.idempotency_key = c->idempotency_key,
+	};
+	srv_body_reader *r = NULL;
+	eng_append *ap = NULL;
+	uint32_t uid;
+	uint64_t modseq;
+	uint8_t *buf;
+	eng_buf *b;
+	long n;
+	int err;
+
+	if ((err = srv_body_open(c->body, &r)) != 0)
+		return err;
+	if ((err = eng_append_begin(st, mb->id, &opts, &ap)) != 0) {
+		srv_body_reader_free(&r);
+		return err;
+	}
+	buf = eng_malloc(APPEND_READ_BYTES);
+	while ((n = srv_body_read(r, buf, APPEND_READ_BYTES)) > 0) {
+		if ((err = eng_append_write(ap, buf, (size_t)n)) != 0)
+			break;
+	}
+	free(buf);
+	srv_body_reader_free(&r);
+	if (err == 0 && n < 0)
+		err = (int)n;
+	if (err != 0) {
+		eng_append_abort(&ap);
+		return err;
+	}
+	if ((err = eng_append_commit(&ap, &uid, &modseq)) != 0)
+		return err;
+	b = srv_mbop_part(op, 3, 33);
+	rpc_put_u64(b, RPC_T_UID, uid);
+	rpc_put_u64(b, RPC_T_MODSEQ, modseq);
+	rpc_put_u64(b, RPC_T_UIDVALIDITY, mb->uidvalidity);
+	srv_mbop_event(op, SRV_EV_EXISTS, mb->name, uid, modseq);
+	return 0;
+}
+
+void srv_op_append(srv_req *req)
+{
+	struct append_ctx *c;
+	uint64_t size = 0, flags = 0;
+	srv_mbop *op;
+	int err;
+
+	NEW_OP(op, req, true);
+	c = eng_calloc(1, sizeof(*c));
+	op->ctx = c;
+	op->free_fn = append_ctx_free;
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_SIZE, true, UINT64_MAX, &size));
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_FLAGS, false, ENG_F_ALL,
+			      &flags));
+	c->flags = (uint32_t)flags;
+	CHECK(op, srv_arg_keywords(&req->args, &c->keywords, &c->n_keywords));
+	err = rpc_get_s64(&req->args, RPC_T_INTERNAL_DATE, &c->internal_date);
+	CHECK(op, err == RPC_EMISSING ? 0 : err);
+	if (c->internal_date < 0)
+		CHECK(op, ENG_EINVAL);
+	CHECK(op, srv_arg_str(&req->args, RPC_T_IDEMPOTENCY_KEY, false, false,
+			      128, &c->idempotency_key));
+	/* The body is what is stored: without one there is nothing to do,
+	 * and SIZE is the client's promise of its length. */
+	if (req->body == NULL || srv_body_size(req->body) != size)
+		CHECK(op, ENG_EINVAL);
+	c->body = req->body;
+	srv_mbop_submit(op, append_run);
+}
+
+/* ---- FETCH_META, CHANGES ---- */
+
+struct meta_ctx {
+	eng_uidset set;
+	bool has_set;
+	uint64_t since;
+};
+
+static void meta_ctx_free(void *p)
+{
+	struct meta_ctx *c = p;
+
+	eng_uidset_free(&c->set);
+	free(c);
+}
+
+static int put_msg_cb(void *ctx, const eng_msg *msg)
+{
+	srv_mbop_put_msg(ctx, msg);
+	return 0;
+}
+
+static int fetch_meta_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
+{
+	struct meta_ctx *c = op->ctx;
+
+	return eng_fetch_meta(st, mb->id, c->has_set ? &c->set : NULL,
+			      c->since, put_msg_cb, op);
+}
+
+void srv_op_fetch_meta(srv_req *req)
+{
+	struct meta_ctx *c;
+	srv_mbop *op;
+
+	NEW_OP(op, req, true);
+	c = eng_calloc(1, sizeof(*c));
+	op->ctx = c;
+	op->free_fn = meta_ctx_free;
+	CHECK(op, srv_arg_uidset(&req->args, RPC_T_UIDSET, false, &c->set,
+				 &c->has_set));
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_CHANGEDSINCE, false,
+			      UINT64_MAX, &c->since));
+	srv_mbop_submit(op, fetch_meta_run);
+}
+
+static int changes_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
+{
+	struct meta_ctx *c = op->ctx;
+	uint32_t *vanished = NULL;
+	size_t n_vanished = 0;
+	int err;
+
+	/* The queue is held, so this is the MODSEQ the list below reaches. */
+	rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_HIGHESTMODSEQ,
+		    mb->highestmodseq);
+	if ((err = eng_changes_since(st, mb->id, c->since, put_msg_cb, op,
+				     &vanished, &n_vanished)) != 0)
+		return err;
+	srv_mbop_put_uid_ranges(op, RPC_T_VANISHED, vanished, n_vanished);
+	free(vanished);
+	return 0;
+}
+
+void srv_op_changes(srv_req *req)
+{
+	struct meta_ctx *c;
+	srv_mbop *op;
+
+	NEW_OP(op, req, true);
+	c = eng_calloc(1, sizeof(*c));
+	op->ctx = c;
+	op->free_fn = meta_ctx_free;
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_MODSEQ, true, UINT64_MAX,
+			      &c->since));
+	srv_mbop_submit(op, changes_run);
+}
+
+/* ---- STORE ---- */
+
+struct store_ctx {
+	eng_uidset set;
+	enum eng_store_mode mode;
+	uint32_t flags;
+	char **keywords;
+	size_t n_keywords;
+	uint64_t unchangedsince;
+	uint32_t max_uid;            /* of the changed messages */
+	uint64_t max_modseq;
+};
+
+static void store_ctx_free(void *p)
+{
+	struct store_ctx *c = p;
+
+	eng_uidset_free(&c->set);
+	srv_strv_free(&c->keywords);
+	free(c);
+}
+
+static int store_changed_cb(void *ctx, const eng_msg *msg)
+{
+	srv_mbop *op = ctx;
+	struct store_ctx *c = op->ctx;
+
+	if (msg->uid > c->max_uid)
+		c->max_uid = msg->uid;
+	if (msg->modseq > c->max_modseq)
+		c->max_modseq = msg->modseq;
+	srv_mbop_put_msg(op, msg);
+	return 0;
+}
+
+static int store_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
+{
+	struct store_ctx *c = op->ctx;
+	eng_uidset failed = { 0 };
+	int err;
+
+	err = eng_store_flags(st, mb->id, &c->set, c->mode, c->flags,
+			      (const char *const *)c->keywords, c->n_keywords,
+			      c->unchangedsince, &failed, store_changed_cb, op);
+	if (err == 0 && failed.count > 0)
+		rpc_put_uidset(srv_mbop_part(op, 1, 8 * failed.count + 16),
+			       RPC_T_FAILED, &failed);
+	eng_uidset_free(&failed);
+	if (err == 0 && c->max_modseq > 0)
+		srv_mbop_event(op, SRV_EV_FLAGS, mb->name, c->max_uid,
+			       c->max_modseq);
+	return err;
+}
+
+void srv_op_store(srv_req *req)
+{
+	struct store_ctx *c;
+	uint64_t mode = 0, flags = 0;
+	srv_mbop *op;
+
+	NEW_OP(op, req, true);
+	c = eng_calloc(1, sizeof(*c));
+	op->ctx = c;
+	op->free_fn = store_ctx_free;
+	CHECK(op, srv_arg_uidset(&req->args, RPC_T_UIDSET, true, &c->set,
+				 NULL));
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_MODE, true, RPC_MODE_REMOVE,
+			      &mode));
+	c->mode = mode == RPC_MODE_SET ? ENG_STORE_SET :
+		mode == RPC_MODE_ADD ? ENG_STORE_ADD : ENG_STORE_REMOVE;
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_FLAGS, false, ENG_F_ALL,
+			      &flags));
+	c->flags = (uint32_t)flags;
+	CHECK(op, srv_arg_keywords(&req->args, &c->keywords, &c->n_keywords));
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_UNCHANGEDSINCE, false,
+			      UINT64_MAX, &c->unchangedsince));
+	srv_mbop_submit(op, store_run);
+}
+
+/* ---- COPY, MOVE ---- */
+
+struct copy_ctx {
+	eng_uidset set;
+	char *dest;
+	bool move;
+};
+
+static void copy_ctx_free(void *p)
+{
+	struct copy_ctx *c = p;
+
+	eng_uidset_free(&c->set);
+	free(c->dest);
+	free(c);
+}
+
+static int copy_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
+{
+	struct copy_ctx *c = op->ctx;
+	uint32_t *src = NULL, *dst = NULL;
+	eng_mailbox dest;
+	size_t n = 0;
+	int err;
+
+	if ((err = eng_mailbox_get(st, c->dest, &dest)) != 0)
+		return err;
+	err = eng_message_copy(st, mb->id, &c->set, dest.id, c->move, &src,
+			       &dst, &n);
+	if (err == 0) {
+		uint32_t max_dst = 0;
+		eng_mailbox after;
+
+		rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_UIDVALIDITY,
+			    dest.uidvalidity);
+		srv_mbop_put_uids(op, RPC_T_UIDS, src, n);
+		srv_mbop_put_uids(op, RPC_T_DEST_UIDS, dst, n);
+		for (size_t i = 0; i < n; i++)
+			max_dst = dst[i] > max_dst ? dst[i] : max_dst;
+		/* The new MODSEQs, for the events; the change is committed
+		 * already, so a failure here only makes the events vaguer. */
+		if (n > 0 && eng_mailbox_get(st, dest.name, &after) == 0) {
+			srv_mbop_event(op, SRV_EV_EXISTS, dest.name, max_dst,
+				       after.highestmodseq);
+			eng_mailbox_clear(&after);
+		}
+		if (n > 0 && c->move &&
+		    eng_mailbox_get(st, mb->name, &after) == 0) {
+			srv_mbop_event(op, SRV_EV_EXPUNGE, mb->name,
+				       src[n - 1], after.highestmodseq);
+			eng_mailbox_clear(&after);
+		}
+	}
+	free(src);
+	free(dst);
+	eng_mailbox_clear(&dest);
+	return err;
+}
+
+static void copy_or_move(srv_req *req, bool move)
+{
+	struct copy_ctx *c;
+	srv_mbop *op;
+
+	NEW_OP(op, req, true);
+	c = eng_calloc(1, sizeof(*c));
+	op->ctx = c;
+	op->free_fn = copy_ctx_free;
+	c->move = move;
+	CHECK(op, srv_arg_uidset(&req->args, RPC_T_UIDSET, true, &c->set,
+				 NULL));
+	CHECK(op, srv_arg_mailbox(&req->args, RPC_T_DEST_MAILBOX, &c->dest));
+	srv_mbop_submit(op, copy_run);
+}
+
+void srv_op_copy(srv_req *req)
+{
+	copy_or_move(req, false);
+}
+
+void srv_op_move(srv_req *req)
+{
+	copy_or_move(req, true);
+}
+
+/* ---- EXPUNGE ---- */
+
+static int expunge_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
+{
+	struct meta_ctx *c = op->ctx;
+	uint32_t *uids = NULL;
+	eng_mailbox after;
+	size_t n = 0;
+	int err;
+
+	if ((err = eng_expunge(st, mb->id, c->has_set ? &c->set : NULL, &uids,
+			       &n)) != 0)
+		return err;
+	/* Committed: report it even if the read-back fails. */
+	if (eng_mailbox_get(st, mb->name, &after) == 0) {
+		rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_HIGHESTMODSEQ,
+			    after.highestmodseq);
+		if (n > 0)
+			srv_mbop_event(op, SRV_EV_EXPUNGE, mb->name,
+				       uids[n - 1], after.highestmodseq);
+		eng_mailbox_clear(&after);
+	} else {
+		rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_HIGHESTMODSEQ,
+			    mb->highestmodseq);
+		if (n > 0)
+			srv_mbop_event(op, SRV_EV_EXPUNGE, mb->name,
+				       uids[n - 1], 0);
+	}
+	srv_mbop_put_uids(op, RPC_T_UIDS, uids, n);
+	free(uids);
+	return 0;
+}
+
+void srv_op_expunge(srv_req *req)
+{
+	struct meta_ctx *c;
+	srv_mbop *op;
+
+	NEW_OP(op, req, true);
+	c = eng_calloc(1, sizeof(*c));
+	op->ctx = c;
+	op->free_fn = meta_ctx_free;
+	CHECK(op, srv_arg_uidset(&req->args, RPC_T_UIDSET, false, &c->set,
+				 &c->has_set));
+	srv_mbop_submit(op, expunge_run);
+}
+
+/* ---- FETCH_BODY ---- */
+
+struct body_ctx {
+	uint32_t uid;
+	uint32_t want;
+	char *section;
+	uint64_t offset;
+	uint64_t length;             /* UINT64_MAX: to the end */
+	/* Set by the first work item. */
+	int64_t mailbox_id;
+	uint64_t pos;                /* next byte of the message to send */
+	uint64_t left;               /* bytes still to send */
+	/* The piece being read (pool) or sent (loop). */
+	uint8_t *piece;
+	size_t piece_len;
+	size_t piece_want;
+};
+
+static void body_ctx_free(void *p)
+{
+	struct body_ctx *c = p;
+
+	free(c->section);
+	free(c->piece);
+	free(c);
+}
+
+static int fetch_body_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
+{
+	struct body_ctx *c = op->ctx;
+	uint64_t sec_off = 0, sec_len, size = 0;
+	eng_message *m = NULL;
+	eng_buf *b;
+	int err;
+
+	if ((err = eng_message_open(st, mb->id, c->uid, &m)) != 0)
+		return err;
+	c->mailbox_id = mb->id;
+	sec_len = eng_message_size(m);
+	err = c->section != NULL && c->section[0] != '\0' ?
+		eng_message_section(m, c->section, &sec_off, &sec_len) : 0;
+	if (err == ENG_ENOTFOUND) {
+		/* A part the message does not have: IMAP answers "". */
+		sec_len = 0;
+		err = 0;
+	}
+	if (err != 0) {
+		eng_message_close(&m);
+		return err;
+	}
+	if (c->offset < sec_len)
+		size = sec_len - c->offset < c->length ?
+			sec_len - c->offset : c->length;
+	c->pos = sec_off + c->offset;
+	c->left = (c->want & RPC_WANT_BODY) ? size : 0;
+	b = srv_mbop_part(op, 1, 11);
+	rpc_put_u64(b, RPC_T_SIZE, size);
+	if (c->want & RPC_WANT_MIME) {
+		const eng_mime_part *root;
+		eng_buf blob = ENG_BUF_INIT;
+
+		if ((err = eng_message_mime(m, &root)) != 0) {
+			eng_message_close(&m);
+			return err;
+		}
+		eng_mime_encode(root, &blob);
+		rpc_put_bytes(srv_mbop_part(op, 1, blob.len + 16), RPC_T_MIME,
+			      blob.data, blob.len);
+		eng_buf_free(&blob);
+	}
+	if (c->want & RPC_WANT_HEADER) {
+		const void *hdr;
+		size_t hdr_len;
+
+		eng_message_header(m, &hdr, &hdr_len);
+		rpc_put_bytes(srv_mbop_part(op, 1, hdr_len + 16), RPC_T_HEADER,
+			      hdr, hdr_len);
+	}
+	eng_message_close(&m);
+	/* Everything in one RESPONSE: the body's frame is not multi. */
+	if (op->n_parts > 1)
+		return ENG_ELIMIT;
+	return 0;
+}
+
+static void body_pump(srv_req *req);
+
+static int body_piece_work(srv_alias *a, void *ctx)
+{
+	srv_mbop *op = ctx;
+	struct body_ctx *c = op->ctx;
+	eng_store *st = srv_alias_store(a);
+	eng_message *m = NULL;
+	int err;
+
+	if (st == NULL)
+		return RPC_ENOSESSION;
+	if ((err = eng_message_open(st, c->mailbox_id, c->uid, &m)) != 0)
+		return err;
+	c->piece_len = 0;
+	while (c->piece_len < c->piece_want) {
+		long n = eng_message_read(m, c->pos + c->piece_len,
+					  c->piece + c->piece_len,
+					  c->piece_want - c->piece_len);
+
+		if (n < 0) {
+			err = (int)n;
+			break;
+		}
+		/* Shorter than the SIZE promised: the store changed under
+		 * us (it cannot: messages are immutable) or is damaged. */
+		if (n == 0) {
+			err = ENG_ECORRUPT;
+			break;
+		}
+		c->piece_len += (size_t)n;
+	}
+	eng_message_close(&m);
+	return err;
+}
+
+static void body_piece_done(void *ctx, int result)
+{
+	srv_mbop *op = ctx;
+	struct body_ctx *c = op->ctx;
+	srv_req *req = op->req;
+	bool end;
+
+	if (result != 0) {
+		srv_mbop_fail(op, result);
+		return;
+	}
+	c->pos += c->piece_len;
+	c->left -= c->piece_len;
+	end = c->left == 0;
+	if (end) {
+		srv_send_data(req, c->piece, c->piece_len, true);
+		srv_mbop_free(&op);
+		return;
+	}
+	srv_send_data(req, c->piece, c->piece_len, false);
+	body_pump(req);
+}
+
+/* Sends the next piece, or waits for window credit. Loop thread. */
+static void body_pump(srv_req *req)
+{
+	srv_mbop *op = req->data;
+	struct body_ctx *c = op->ctx;
+	size_t window;
+	int err;
+
+	req->on_window = NULL;
+	if (req->cancelled) {
+		srv_mbop_fail(op, RPC_ECANCELLED);
+		return;
+	}
+	if (c->left == 0) {
+		srv_send_data(req, NULL, 0, true);
+		srv_mbop_free(&op);
+		return;
+	}
+	if ((window = srv_window(req)) == 0) {
+		req->on_window = body_pump;
+		return;
+	}
+	c->piece_want = window < RPC_MAX_CHUNK_BYTES ? window :
+		RPC_MAX_CHUNK_BYTES;
+	if (c->piece_want > c->left)
+		c->piece_want = (size_t)c->left;
+	if (c->piece == NULL)
+		c->piece = eng_malloc(RPC_MAX_CHUNK_BYTES);
+	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
+				    body_piece_work, body_piece_done, op)) != 0)
+		srv_mbop_fail(op, err);
+}
+
+static void fetch_body_done(srv_mbop *op)
+{
+	struct body_ctx *c = op->ctx;
+	srv_req *req = op->req;
+
+	if (op->n_parts > 0)
+		eng_buf_append(&req->reply, op->parts[0].data,
+			       op->parts[0].len);
+	if (!(c->want & RPC_WANT_BODY)) {
+		srv_reply(req);
+		srv_mbop_free(&op);
+		return;
+	}
+	srv_reply_body(req);
+	req->data = op;
+	body_pump(req);
+}
+
+void srv_op_fetch_body(srv_req *req)
+{
+	struct body_ctx *c;
+	uint64_t uid = 0, want = 0;
+	srv_mbop *op;
+
+	NEW_OP(op, req, true);
+	c = eng_calloc(1, sizeof(*c));
+	op->ctx = c;
+	op->free_fn = body_ctx_free;
+	op->done_fn = fetch_body_done;
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_UID, true, UINT32_MAX, &uid));
+	if (uid == 0)
+		CHECK(op, ENG_EINVAL);
+	c->uid = (uint32_t)uid;
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_WANT, true,
+			      RPC_WANT_BODY | RPC_WANT_MIME | RPC_WANT_HEADER,
+			      &want));
+	c->want = (uint32_t)want;
+	CHECK(op, srv_arg_str(&req->args, RPC_T_SECTION, false, true, 256,
+			      &c->section));
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_OFFSET, false, UINT64_MAX,
+			      &c->offset));
+	c->length = UINT64_MAX;
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_LENGTH, false, UINT64_MAX,
+			      &c->length));
+	srv_mbop_submit(op, fetch_body_run);
+}
