@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_admin.h"
 #include "eng_error.h"
 
 struct cli_command {
@@ -32,6 +33,33 @@ static const struct cli_command commands[] = {
 	  "secrets and a self-signed TLS certificate; safe to run again" },
 	{ "up", cli_cmd_up, "--config FILE",
 	  "start every configured service in the foreground until Ctrl-C/SIGTERM" },
+	{ "domain", cli_cmd_domain, "add|list|remove [NAME] --config FILE",
+	  "add a mail domain, list them, or remove one (only once it has no\n"
+	  "aliases); talks to the running sqlited" },
+	{ "alias", cli_cmd_alias,
+	  "add ADDRESS [--forward TARGET]... [--no-mailbox] [--password-stdin]\n"
+	  "        [--quota BYTES] --config FILE\n"
+	  "    | list [DOMAIN] | remove ADDRESS | passwd ADDRESS  --config FILE",
+	  "add: create an alias (a mailbox, and/or forwards; @DOMAIN is the\n"
+	  "catch-all). Its password is generated unless --password-stdin gives\n"
+	  "one; a generated password is printed once, alone on the last line.\n"
+	  "list: the aliases of one domain, or of all.\n"
+	  "remove: delete the alias AND ALL ITS MAIL (database and spool are\n"
+	  "deleted; this cannot be undone).\n"
+	  "passwd: change a password; standard input gives the current password\n"
+	  "(or an app password, which then changes itself) and, on the next\n"
+	  "line, the new one (none: a new one is generated and printed last).\n"
+	  "No one, not even the operator, can reset a forgotten password: the\n"
+	  "mail is encrypted with it." },
+	{ "app-password", cli_cmd_app_password,
+	  "add ADDRESS [--label NAME] | revoke ADDRESS SLOT  --config FILE",
+	  "add: a new app password (a key slot) for a mail client; the alias's\n"
+	  "password is read from standard input; the new app password is\n"
+	  "printed once, alone on the last line, after its slot number.\n"
+	  "revoke: remove the app password of a slot (password on standard\n"
+	  "input; slot 1, the main password, cannot be revoked)" },
+	{ "status", cli_cmd_status, "--config FILE",
+	  "show whether sqlited runs, and its counters" },
 	{ "version", cmd_version, "", "print the version of sealmail and its libraries" },
 	{ "help", cmd_help, "[COMMAND]", "show this help, or the help of one command" },
 };
