@@ -1,0 +1,1054 @@
+/*
+ * The session, mailbox, message and search opcodes of sqlited, driven
+ * end to end: a real server (srv_net) on a unix socket in a temporary
+ * directory, its loop on a thread of its own, a real directory and alias
+ * database, Redis absent (events and the throttle fall back to memory),
+ * and the blocking client rpc_sync on the test's thread.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+#include "config.h"
+#include "dir.h"
+#include "eng_error.h"
+#include "keys.h"
+#include "rpc_codec.h"
+#include "rpc_sync.h"
+#include "srv.h"
+#include "srv_alias.h"
+#include "srv_net.h"
+#include "testutil.h"
+
+static const eng_kdf_params fast = { 1, 8192 };
+static const char password[] = "correct horse";
+
+struct fx {
+	char *dir;
+	sm_config *cfg;
+	uv_loop_t loop;
+	uv_thread_t thread;
+	uv_async_t stop;
+	srv s;
+	char alias_id[DIR_ID_HEX_LEN + 1];
+	int stopped;
+};
+
+/* ---- the server: set up on the test thread, run on its own ---- */
+
+static void db_created(void *ctx, int result)
+{
+	*(int *)ctx = result;
+}
+
+static void add_alias(struct fx *f, const char *address, const char *pw,
+		      char id_r[DIR_ID_HEX_LEN + 1])
+{
+	dir_alias_spec spec = { 0 };
+	eng_keyring *kr;
+	uint8_t *mk, *blob;
+	size_t blob_len;
+	int result = 1;
+
+	assert_int_equal(eng_keyring_create(pw, strlen(pw), fast, &kr, &mk), 0);
+	assert_int_equal(eng_keyring_encode(kr, &blob, &blob_len), 0);
+	spec.kind = DIR_MAILBOX;
+	spec.keyring = blob;
+	spec.keyring_len = blob_len;
+	assert_int_equal(dir_alias_add(f->s.dir, address, &spec, id_r), 0);
+	assert_int_equal(srv_alias_create_db(f->s.aliases, id_r, mk,
+					     db_created, &result), 0);
+	while (result == 1)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	assert_int_equal(result, 0);
+	eng_secret_free(&mk);
+	eng_keyring_free(&kr);
+	free(blob);
+}
+
+static void aliases_closed(void *ctx)
+{
+	struct fx *f = ctx;
+
+	srv_events_free(&f->s.events);
+	uv_close((uv_handle_t *)&f->stop, NULL);
+	f->stopped = 1;
+}
+
+static void net_stopped(void *ctx)
+{
+	struct fx *f = ctx;
+
+	srv_aliases_shutdown(f->s.aliases, aliases_closed, f);
+}
+
+static void stop_cb(uv_async_t *a)
+{
+	struct fx *f = a->data;
+
+	srv_net_stop(&f->s, net_stopped, f);
+}
+
+static void loop_thread(void *arg)
+{
+	struct fx *f = arg;
+
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+}
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	srv_alias_config acfg;
+	srv_net_options opt;
+	char *text, tmp[4096];
+
+	assert_int_equal(eng_crypto_init(), 0);
+	f->dir = tu_tmpdir();
+	text = malloc(strlen(f->dir) + 64);
+	sprintf(text, "data_dir = %s\n", f->dir);
+	assert_int_equal(sm_config_parse(text, strlen(text), "t.conf", &f->cfg,
+					 NULL), 0);
+	free(text);
+	f->cfg->sqlited_port = 0;
+	snprintf(tmp, sizeof(tmp), "%s/tmp", f->dir);
+	assert_int_equal(mkdir(tmp, 0700), 0);
+	assert_int_equal(uv_loop_init(&f->loop), 0);
+
+	f->s.loop = &f->loop;
+	f->s.cfg = f->cfg;
+	f->s.kdf = fast;
+	f->s.tmp_dir = strdup(tmp);
+	f->s.rpc_secret = eng_secret_new(32);
+	randombytes_buf(f->s.rpc_secret, 32);
+	srv_alias_config_default(&acfg);
+	acfg.data_dir = f->dir;
+	acfg.kdf_params = fast;
+	assert_int_equal(srv_aliases_new(&f->loop, &acfg, &f->s.aliases), 0);
+	assert_int_equal(dir_open(NULL, f->dir, &f->s.dir), 0);
+	/* Nothing listens on port 1: events and throttle stay in memory. */
+	assert_int_equal(srv_events_new(&f->s, "redis://127.0.0.1:1",
+					&f->s.events), 0);
+	assert_int_equal(dir_domain_add(f->s.dir, "example.org"), 0);
+	add_alias(f, "alice@example.org", password, f->alias_id);
+
+	srv_net_options_default(&opt);
+	assert_int_equal(srv_net_start(&f->s, &opt), 0);
+	assert_int_equal(uv_async_init(&f->loop, &f->stop, stop_cb), 0);
+	f->stop.data = f;
+	assert_int_equal(uv_thread_create(&f->thread, loop_thread, f), 0);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+
+	uv_async_send(&f->stop);
+	uv_thread_join(&f->thread);
+	assert_int_equal(f->stopped, 1);
+	srv_net_free(&f->s);
+	srv_aliases_free(&f->s.aliases);
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&f->loop), 0);
+	dir_close(&f->s.dir);
+	eng_secret_free(&f->s.rpc_secret);
+	free(f->s.tmp_dir);
+	sm_config_free(&f->cfg);
+	tu_rmrf(f->dir);
+	free(f->dir);
+	free(f);
+	return 0;
+}
+
+/* ---- the client ---- */
+
+static rpc_sync *connect_client(struct fx *f)
+{
+	rpc_sync *c = NULL;
+
+	assert_int_equal(rpc_sync_connect_unix(f->cfg->sqlited_socket,
+					       f->s.rpc_secret, "imap@test",
+					       20000, &c), 0);
+	return c;
+}
+
+static int call(rpc_sync *c, uint16_t op, eng_buf *req, rpc_sync_resp *resp)
+{
+	int err = rpc_sync_call(c, op, req->data, req->len, resp);
+
+	eng_buf_reset(req);
+	return err;
+}
+
+static int unlock(rpc_sync *c, const char *alias, const char *pw,
+		  uint8_t session[SRV_SESSION_BYTES])
+{
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	eng_buf b = ENG_BUF_INIT;
+	const uint8_t *p;
+	size_t len;
+	int err;
+
+	rpc_put_str(&b, RPC_T_ALIAS, alias);
+	rpc_put_str(&b, RPC_T_PASSWORD, pw);
+	err = call(c, RPC_OP_UNLOCK, &b, &resp);
+	if (err == 0) {
+		assert_int_equal(rpc_get_bytes(&resp.view, RPC_T_SESSION, &p,
+					       &len), 0);
+		assert_int_equal(len, SRV_SESSION_BYTES);
+		memcpy(session, p, len);
+	}
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	return err;
+}
+
+/* Starts a request payload with the session (and a mailbox). */
+static void begin(eng_buf *b, const uint8_t *session, const char *mailbox)
+{
+	eng_buf_reset(b);
+	rpc_put_bytes(b, RPC_T_SESSION, session, SRV_SESSION_BYTES);
+	if (mailbox != NULL)
+		rpc_put_str(b, RPC_T_MAILBOX, mailbox);
+}
+
+static uint64_t get_u(const rpc_view *v, uint32_t tag)
+{
+	uint64_t val = 0;
+
+	assert_int_equal(rpc_get_u64(v, tag, &val), 0);
+	return val;
+}
+
+/* All the UIDs of a packed list field, over every part. */
+static size_t get_uids(const rpc_view *v, uint32_t tag, uint32_t *out,
+		       size_t max)
+{
+	const rpc_field *fld;
+	rpc_iter it;
+	size_t n = 0;
+
+	rpc_iter_init(&it, v);
+	while ((fld = rpc_iter_next(&it, tag)) != NULL) {
+		assert_int_equal(fld->type, RPC_W_BYTES);
+		assert_int_equal(fld->u % 4, 0);
+		for (size_t i = 0; i < fld->u / 4; i++) {
+			assert_true(n < max);
+			out[n++] = rpc_uids_at(fld->data, i);
+		}
+	}
+	return n;
+}
+
+static void put_uidset(eng_buf *b, uint32_t tag, uint32_t lo, uint32_t hi)
+{
+	eng_uidset set = { 0 };
+
+	eng_uidset_add(&set, lo, hi);
+	rpc_put_uidset(b, tag, &set);
+	eng_uidset_free(&set);
+}
+
+/* APPEND of a message in memory; returns the error, UID in *uid_r. */
+static int append(rpc_sync *c, const uint8_t *session, const char *mailbox,
+		  const void *msg, size_t len, uint32_t flags, const char *key,
+		  uint32_t *uid_r)
+{
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	rpc_sync_call_opts opts = { 0 };
+	eng_buf b = ENG_BUF_INIT;
+	int err;
+
+	begin(&b, session, mailbox);
+	rpc_put_u64(&b, RPC_T_SIZE, len);
+	if (flags != 0)
+		rpc_put_u64(&b, RPC_T_FLAGS, flags);
+	if (key != NULL)
+		rpc_put_str(&b, RPC_T_IDEMPOTENCY_KEY, key);
+	opts.has_body = true;
+	opts.body = msg;
+	opts.body_len = len;
+	err = rpc_sync_call_ex(c, RPC_OP_APPEND, b.data, b.len, &opts, &resp);
+	if (err == 0) {
+		*uid_r = (uint32_t)get_u(&resp.view, RPC_T_UID);
+		assert_true(get_u(&resp.view, RPC_T_MODSEQ) > 0);
+		assert_true(get_u(&resp.view, RPC_T_UIDVALIDITY) > 0);
+	}
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	return err;
+}
+
+static char *small_message(const char *subject, const char *msgid,
+			   const char *references, const char *body)
+{
+	char *m = malloc(1024);
+
+	snprintf(m, 1024,
+		 "From: Bob <bob@example.net>\r\nTo: alice@example.org\r\n"
+		 "Subject: %s\r\nMessage-ID: %s\r\n%s%s%s"
+		 "Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n\r\n%s\r\n",
+		 subject, msgid, references ? "References: " : "",
+		 references ? references : "", references ? "\r\n" : "", body);
+	return m;
+}
+
+/* ---- tests ---- */
+
+static void test_unlock_lock(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	uint8_t s1[SRV_SESSION_BYTES], s2[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT;
+	rpc_sync *c = connect_client(f);
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s1), 0);
+	/* Case-insensitive address; a second session of the same alias. */
+	assert_int_equal(unlock(c, "Alice@Example.ORG", password, s2), 0);
+	assert_memory_not_equal(s1, s2, SRV_SESSION_BYTES);
+	/* Wrong password, unknown alias, not an address: one answer. */
+	assert_int_equal(unlock(c, "alice@example.org", "wrong", s2), ENG_EAUTH);
+	assert_int_equal(unlock(c, "nobody@example.org", password, s2),
+			 ENG_EAUTH);
+	/* Field checks. */
+	rpc_put_str(&b, RPC_T_ALIAS, "alice@example.org");
+	assert_int_equal(call(c, RPC_OP_UNLOCK, &b, &resp), RPC_EMISSING);
+	rpc_put_str(&b, RPC_T_ALIAS, "alice@example.org");
+	rpc_put_u64(&b, RPC_T_PASSWORD, 7);
+	assert_int_equal(call(c, RPC_OP_UNLOCK, &b, &resp), RPC_EFIELDTYPE);
+	rpc_put_str(&b, RPC_T_ALIAS, "alice@example.org");
+	rpc_put_bytes(&b, RPC_T_PASSWORD, "", 0);
+	assert_int_equal(call(c, RPC_OP_UNLOCK, &b, &resp), ENG_EINVAL);
+
+	/* The session works, LOCK ends it, and then it is stale. */
+	begin(&b, s1, NULL);
+	assert_int_equal(call(c, RPC_OP_QUOTA_GET, &b, &resp), 0);
+	begin(&b, s1, NULL);
+	assert_int_equal(call(c, RPC_OP_LOCK, &b, &resp), 0);
+	begin(&b, s1, NULL);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_LIST, &b, &resp),
+			 RPC_ENOSESSION);
+	begin(&b, s1, NULL);
+	assert_int_equal(call(c, RPC_OP_LOCK, &b, &resp), RPC_ENOSESSION);
+	/* The other session still works. */
+	begin(&b, s2, NULL);
+	assert_int_equal(call(c, RPC_OP_QUOTA_GET, &b, &resp), 0);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
+static bool list_has(const rpc_view *v, const char *name, bool *subscribed_r)
+{
+	const rpc_field *fld;
+	rpc_iter it;
+
+	rpc_iter_init(&it, v);
+	while ((fld = rpc_iter_next(&it, RPC_T_MAILBOX_INFO)) != NULL) {
+		rpc_view g = rpc_field_group(fld);
+		const uint8_t *p;
+		size_t len;
+
+		assert_int_equal(rpc_get_bytes(&g, RPC_T_MAILBOX, &p, &len), 0);
+		if (len == strlen(name) && memcmp(p, name, len) == 0) {
+			if (subscribed_r != NULL)
+				*subscribed_r = get_u(&g, RPC_T_SUBSCRIBED);
+			return true;
+		}
+	}
+	return false;
+}
+
+static void test_mailboxes(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT;
+	rpc_sync *c = connect_client(f);
+	uint64_t uidvalidity;
+	rpc_view info;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	begin(&b, s, "Work/Projects");
+	rpc_put_u64(&b, RPC_T_SPECIAL_USE, 16);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_CREATE, &b, &resp), 0);
+	uidvalidity = get_u(&resp.view, RPC_T_UIDVALIDITY);
+	assert_true(uidvalidity > 0);
+	begin(&b, s, "Work/Projects");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_CREATE, &b, &resp), ENG_EEXIST);
+	begin(&b, s, "Bad");
+	rpc_put_u64(&b, RPC_T_SPECIAL_USE, 0x80);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_CREATE, &b, &resp), ENG_EINVAL);
+
+	begin(&b, s, NULL);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_LIST, &b, &resp), 0);
+	assert_true(list_has(&resp.view, "INBOX", NULL));
+	assert_true(list_has(&resp.view, "Work", NULL));
+	assert_true(list_has(&resp.view, "Work/Projects", NULL));
+	assert_false(list_has(&resp.view, "Bad", NULL));
+
+	/* STATUS, with the right and a stale UIDVALIDITY. */
+	begin(&b, s, "Work/Projects");
+	rpc_put_u64(&b, RPC_T_UIDVALIDITY, uidvalidity);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_STATUS, &b, &resp), 0);
+	assert_int_equal(rpc_get_group(&resp.view, RPC_T_MAILBOX_INFO, &info), 0);
+	assert_int_equal(get_u(&info, RPC_T_UIDVALIDITY), uidvalidity);
+	assert_int_equal(get_u(&info, RPC_T_SPECIAL_USE), 16);
+	assert_int_equal(get_u(&info, RPC_T_MESSAGES), 0);
+	assert_int_equal(get_u(&info, RPC_T_UIDNEXT), 1);
+	begin(&b, s, "Work/Projects");
+	rpc_put_u64(&b, RPC_T_UIDVALIDITY, uidvalidity + 1);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_STATUS, &b, &resp),
+			 ENG_EMODIFIED);
+
+	/* RENAME: the old name is gone. */
+	begin(&b, s, "Work/Projects");
+	rpc_put_str(&b, RPC_T_NEW_NAME, "Work/Done");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_RENAME, &b, &resp), 0);
+	begin(&b, s, "Work/Projects");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_STATUS, &b, &resp),
+			 ENG_ENOTFOUND);
+	begin(&b, s, "Work/Done");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_STATUS, &b, &resp), 0);
+
+	/* SUBSCRIBE, and LIST of the subscribed only. */
+	begin(&b, s, "Work/Done");
+	rpc_put_u64(&b, RPC_T_SUBSCRIBED, 1);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_SUBSCRIBE, &b, &resp), 0);
+	begin(&b, s, NULL);
+	rpc_put_u64(&b, RPC_T_SUBSCRIBED, 1);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_LIST, &b, &resp), 0);
+	{
+		bool sub = false;
+
+		assert_true(list_has(&resp.view, "Work/Done", &sub));
+		assert_true(sub);
+		assert_false(list_has(&resp.view, "Work", NULL));
+	}
+	begin(&b, s, "Work/Done");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_SUBSCRIBE, &b, &resp),
+			 RPC_EMISSING);
+
+	/* DELETE; INBOX cannot be. */
+	begin(&b, s, "Work/Done");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_DELETE, &b, &resp), 0);
+	begin(&b, s, "Work/Done");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_DELETE, &b, &resp),
+			 ENG_ENOTFOUND);
+	begin(&b, s, "inbox");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_DELETE, &b, &resp), ENG_EPERM);
+
+	/* Field checks: missing, wrong type, bad name. */
+	begin(&b, s, NULL);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_STATUS, &b, &resp),
+			 RPC_EMISSING);
+	begin(&b, s, NULL);
+	rpc_put_u64(&b, RPC_T_MAILBOX, 3);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_STATUS, &b, &resp),
+			 RPC_EFIELDTYPE);
+	begin(&b, s, "a//b");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_CREATE, &b, &resp), ENG_EINVAL);
+
+	/* QUOTA_GET of an empty alias. */
+	begin(&b, s, NULL);
+	assert_int_equal(call(c, RPC_OP_QUOTA_GET, &b, &resp), 0);
+	assert_int_equal(get_u(&resp.view, RPC_T_QUOTA_USED), 0);
+	assert_int_equal(get_u(&resp.view, RPC_T_QUOTA_LIMIT), 0);
+	assert_int_equal(get_u(&resp.view, RPC_T_MESSAGES), 0);
+
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
+/* A multipart message of about 3 MB: a text part and a large one. */
+static char *big_message(size_t *len_r, size_t *text_off_r,
+			 const char **text_r)
+{
+	static const char text[] = "Hello Alice, the report is attached.\r\n";
+	eng_buf m = ENG_BUF_INIT;
+
+	eng_buf_puts(&m, "From: Bob <bob@example.net>\r\n"
+		     "To: alice@example.org\r\nSubject: big report\r\n"
+		     "Message-ID: <big@example.net>\r\n"
+		     "Date: Mon, 1 Jan 2024 09:00:00 +0000\r\n"
+		     "MIME-Version: 1.0\r\n"
+		     "Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
+		     "--XX\r\nContent-Type: text/plain\r\n\r\n");
+	*text_off_r = m.len;
+	eng_buf_puts(&m, text);
+	eng_buf_puts(&m, "--XX\r\nContent-Type: application/octet-stream\r\n"
+		     "Content-Transfer-Encoding: base64\r\n\r\n");
+	for (unsigned i = 0; m.len < 3 * 1024 * 1024; i++) {
+		char line[80];
+
+		for (int j = 0; j < 76; j++)
+			line[j] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[(i * 7 + (unsigned)j * 13) % 64];
+		eng_buf_append(&m, line, 76);
+		eng_buf_puts(&m, "\r\n");
+	}
+	eng_buf_puts(&m, "--XX--\r\n");
+	*text_r = text;
+	return eng_buf_steal(&m, len_r);
+}
+
+static void fetch_body(rpc_sync *c, const uint8_t *s, uint32_t uid,
+		       uint32_t want, const char *section, uint64_t offset,
+		       uint64_t length, rpc_sync_resp *resp)
+{
+	eng_buf b = ENG_BUF_INIT;
+
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_UID, uid);
+	rpc_put_u64(&b, RPC_T_WANT, want);
+	if (section != NULL)
+		rpc_put_str(&b, RPC_T_SECTION, section);
+	if (offset != 0)
+		rpc_put_u64(&b, RPC_T_OFFSET, offset);
+	if (length != UINT64_MAX)
+		rpc_put_u64(&b, RPC_T_LENGTH, length);
+	assert_int_equal(call(c, RPC_OP_FETCH_BODY, &b, resp), 0);
+	eng_buf_free(&b);
+}
+
+static void test_append_fetch(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT;
+	rpc_sync *c = connect_client(f);
+	size_t len, text_off;
+	const char *text;
+	char *msg = big_message(&len, &text_off, &text);
+	uint32_t uid = 0, uid2 = 0;
+	const uint8_t *p;
+	size_t plen;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	assert_int_equal(append(c, s, "INBOX", msg, len, 1, "key-1", &uid), 0);
+	assert_int_equal(uid, 1);
+	/* A retry with the same key stores nothing new. */
+	assert_int_equal(append(c, s, "INBOX", msg, len, 1, "key-1", &uid2), 0);
+	assert_int_equal(uid2, uid);
+	begin(&b, s, NULL);
+	assert_int_equal(call(c, RPC_OP_QUOTA_GET, &b, &resp), 0);
+	assert_int_equal(get_u(&resp.view, RPC_T_MESSAGES), 1);
+	assert_true(get_u(&resp.view, RPC_T_QUOTA_USED) > 0);
+
+	/* SIZE must be the body's length; no such mailbox; no body. */
+	{
+		rpc_sync_call_opts opts = { 0 };
+
+		begin(&b, s, "INBOX");
+		rpc_put_u64(&b, RPC_T_SIZE, 10);
+		opts.has_body = true;
+		opts.body = "0123456789X";
+		opts.body_len = 11;
+		assert_int_equal(rpc_sync_call_ex(c, RPC_OP_APPEND, b.data,
+						  b.len, &opts, &resp),
+				 ENG_EINVAL);
+		assert_int_equal(append(c, s, "Nowhere", "x\r\n", 3, 0, NULL,
+					&uid2), ENG_ENOTFOUND);
+		begin(&b, s, "INBOX");
+		rpc_put_u64(&b, RPC_T_SIZE, 0);
+		assert_int_equal(call(c, RPC_OP_APPEND, &b, &resp), ENG_EINVAL);
+	}
+
+	/* The whole message back, byte for byte, with MIME and HEADER. */
+	fetch_body(c, s, uid, 7, NULL, 0, UINT64_MAX, &resp);
+	assert_true(resp.has_body);
+	assert_int_equal(get_u(&resp.view, RPC_T_SIZE), len);
+	assert_int_equal(resp.body.len, len);
+	assert_memory_equal(resp.body.data, msg, len);
+	assert_int_equal(rpc_get_bytes(&resp.view, RPC_T_MIME, &p, &plen), 0);
+	assert_true(plen > 0);
+	assert_int_equal(rpc_get_bytes(&resp.view, RPC_T_HEADER, &p, &plen), 0);
+	assert_true(plen > 20 && plen < 400);
+	assert_memory_equal(p, msg, plen);
+
+	/* A byte range across the 256 KiB piece boundary. */
+	fetch_body(c, s, uid, 1, NULL, 200000, 300000, &resp);
+	assert_int_equal(get_u(&resp.view, RPC_T_SIZE), 300000);
+	assert_int_equal(resp.body.len, 300000);
+	assert_memory_equal(resp.body.data, msg + 200000, 300000);
+	/* A range past the end, and one reaching over it. */
+	fetch_body(c, s, uid, 1, NULL, len + 5, 10, &resp);
+	assert_int_equal(get_u(&resp.view, RPC_T_SIZE), 0);
+	assert_int_equal(resp.body.len, 0);
+	fetch_body(c, s, uid, 1, NULL, len - 3, 10, &resp);
+	assert_int_equal(resp.body.len, 3);
+	assert_memory_equal(resp.body.data, msg + len - 3, 3);
+
+	/* A section: part 1 is the text part's body. */
+	fetch_body(c, s, uid, 1, "1", 0, UINT64_MAX, &resp);
+	assert_true(resp.body.len >= strlen(text) - 2);
+	assert_memory_equal(resp.body.data, msg + text_off, resp.body.len);
+	assert_memory_equal(resp.body.data, text, strlen(text) - 2);
+	/* A part the message does not have: SIZE 0, an empty body. */
+	fetch_body(c, s, uid, 1, "9", 0, UINT64_MAX, &resp);
+	assert_int_equal(get_u(&resp.view, RPC_T_SIZE), 0);
+	assert_true(resp.has_body);
+	assert_int_equal(resp.body.len, 0);
+	/* Without WANT 1, no body at all. */
+	fetch_body(c, s, uid, 4, NULL, 0, UINT64_MAX, &resp);
+	assert_false(resp.has_body);
+	assert_int_equal(get_u(&resp.view, RPC_T_SIZE), len);
+	/* No such message. */
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_UID, 99);
+	rpc_put_u64(&b, RPC_T_WANT, 1);
+	assert_int_equal(call(c, RPC_OP_FETCH_BODY, &b, &resp), ENG_ENOTFOUND);
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_UID, 1);
+	rpc_put_u64(&b, RPC_T_WANT, 8);
+	assert_int_equal(call(c, RPC_OP_FETCH_BODY, &b, &resp), ENG_EINVAL);
+
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	free(msg);
+	rpc_sync_free(&c);
+}
+
+struct meta {
+	uint32_t uid;
+	uint64_t modseq;
+	uint32_t flags;
+	size_t n_keywords;
+};
+
+static size_t get_messages(const rpc_view *v, struct meta *out, size_t max)
+{
+	const rpc_field *fld;
+	rpc_iter it;
+	size_t n = 0;
+
+	rpc_iter_init(&it, v);
+	while ((fld = rpc_iter_next(&it, RPC_T_MESSAGE)) != NULL) {
+		rpc_view g = rpc_field_group(fld);
+
+		assert_true(n < max);
+		out[n].uid = (uint32_t)get_u(&g, RPC_T_UID);
+		out[n].modseq = get_u(&g, RPC_T_MODSEQ);
+		out[n].flags = (uint32_t)get_u(&g, RPC_T_FLAGS);
+		out[n].n_keywords = rpc_count(&g, RPC_T_KEYWORD);
+		assert_true(get_u(&g, RPC_T_SIZE) > 0);
+		n++;
+	}
+	return n;
+}
+
+/* One query node of kind with a nested node, to build trees. */
+static void put_query_flag(eng_buf *b, uint32_t kind, uint32_t flag)
+{
+	size_t m = rpc_group_begin(b, RPC_T_QUERY);
+
+	rpc_put_u64(b, RPC_T_Q_KIND, kind);
+	rpc_put_u64(b, RPC_T_FLAGS, flag);
+	rpc_group_end(b, m);
+}
+
+static void test_messages(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT;
+	rpc_sync *c = connect_client(f);
+	struct meta m[16];
+	uint32_t uids[16], dest[16], uid;
+	uint64_t modseq_before_move;
+	char *msg;
+	size_t n;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	msg = small_message("hello", "<1@x>", NULL, "first body words");
+	assert_int_equal(append(c, s, "INBOX", msg, strlen(msg), 0, NULL, &uid), 0);
+	free(msg);
+	msg = small_message("Re: hello", "<2@x>", "<1@x>", "second reply");
+	assert_int_equal(append(c, s, "INBOX", msg, strlen(msg), 0, NULL, &uid), 0);
+	free(msg);
+	msg = small_message("another topic", "<3@x>", NULL, "third");
+	assert_int_equal(append(c, s, "INBOX", msg, strlen(msg), 0, NULL, &uid), 0);
+	free(msg);
+	assert_int_equal(uid, 3);
+
+	/* FETCH_META of all, then of a set. */
+	begin(&b, s, "INBOX");
+	assert_int_equal(call(c, RPC_OP_FETCH_META, &b, &resp), 0);
+	n = get_messages(&resp.view, m, 16);
+	assert_int_equal(n, 3);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(m[i].uid, i + 1);
+	begin(&b, s, "INBOX");
+	put_uidset(&b, RPC_T_UIDSET, 2, 3);
+	assert_int_equal(call(c, RPC_OP_FETCH_META, &b, &resp), 0);
+	assert_int_equal(get_messages(&resp.view, m, 16), 2);
+	assert_int_equal(m[0].uid, 2);
+
+	/* STORE: add \Flagged and a keyword to 2. */
+	begin(&b, s, "INBOX");
+	put_uidset(&b, RPC_T_UIDSET, 2, 2);
+	rpc_put_u64(&b, RPC_T_MODE, RPC_MODE_ADD);
+	rpc_put_u64(&b, RPC_T_FLAGS, 4);
+	rpc_put_str(&b, RPC_T_KEYWORD, "$Work");
+	assert_int_equal(call(c, RPC_OP_STORE, &b, &resp), 0);
+	assert_int_equal(get_messages(&resp.view, m, 16), 1);
+	assert_int_equal(m[0].uid, 2);
+	assert_int_equal(m[0].flags, 4);
+	assert_int_equal(m[0].n_keywords, 1);
+	assert_int_equal(rpc_count(&resp.view, RPC_T_FAILED), 0);
+	/* UNCHANGEDSINCE below the message's MODSEQ: refused, in FAILED. */
+	begin(&b, s, "INBOX");
+	put_uidset(&b, RPC_T_UIDSET, 2, 3);
+	rpc_put_u64(&b, RPC_T_MODE, RPC_MODE_ADD);
+	rpc_put_u64(&b, RPC_T_FLAGS, 1);
+	rpc_put_u64(&b, RPC_T_UNCHANGEDSINCE, m[0].modseq - 1);
+	assert_int_equal(call(c, RPC_OP_STORE, &b, &resp), 0);
+	{
+		eng_uidset failed = { 0 };
+
+		assert_int_equal(rpc_get_uidset(&resp.view, RPC_T_FAILED, 16,
+						&failed), 0);
+		assert_true(eng_uidset_contains(&failed, 2));
+		eng_uidset_free(&failed);
+	}
+	/* Bad MODE, bad keyword. */
+	begin(&b, s, "INBOX");
+	put_uidset(&b, RPC_T_UIDSET, 1, 1);
+	rpc_put_u64(&b, RPC_T_MODE, 3);
+	assert_int_equal(call(c, RPC_OP_STORE, &b, &resp), ENG_EINVAL);
+	begin(&b, s, "INBOX");
+	put_uidset(&b, RPC_T_UIDSET, 1, 1);
+	rpc_put_u64(&b, RPC_T_MODE, 1);
+	rpc_put_str(&b, RPC_T_KEYWORD, "bad word");
+	assert_int_equal(call(c, RPC_OP_STORE, &b, &resp), ENG_EINVAL);
+
+	/* SEARCH FLAGGED; SEARCH OR(HEADER Subject hello, UID 3). */
+	begin(&b, s, "INBOX");
+	put_query_flag(&b, RPC_Q_FLAG, 4);
+	assert_int_equal(call(c, RPC_OP_SEARCH, &b, &resp), 0);
+	n = get_uids(&resp.view, RPC_T_UIDS, uids, 16);
+	assert_int_equal(n, 1);
+	assert_int_equal(uids[0], 2);
+	assert_true(get_u(&resp.view, RPC_T_MODSEQ) > 0);
+	begin(&b, s, "INBOX");
+	{
+		size_t q = rpc_group_begin(&b, RPC_T_QUERY), q1;
+
+		rpc_put_u64(&b, RPC_T_Q_KIND, RPC_Q_NOT);
+		q1 = rpc_group_begin(&b, RPC_T_QUERY);
+		rpc_put_u64(&b, RPC_T_Q_KIND, RPC_Q_HEADER);
+		rpc_put_str(&b, RPC_T_FIELD, "Subject");
+		rpc_put_str(&b, RPC_T_TEXT, "hello");
+		rpc_group_end(&b, q1);
+		rpc_group_end(&b, q);
+	}
+	assert_int_equal(call(c, RPC_OP_SEARCH, &b, &resp), 0);
+	n = get_uids(&resp.view, RPC_T_UIDS, uids, 16);
+	assert_int_equal(n, 1);
+	assert_int_equal(uids[0], 3);
+	/* SEQ without SEQ_MAP; a bad kind; NOT with two children. */
+	begin(&b, s, "INBOX");
+	{
+		size_t q = rpc_group_begin(&b, RPC_T_QUERY);
+
+		rpc_put_u64(&b, RPC_T_Q_KIND, RPC_Q_SEQ);
+		put_uidset(&b, RPC_T_UIDSET, 1, 1);
+		rpc_group_end(&b, q);
+	}
+	assert_int_equal(call(c, RPC_OP_SEARCH, &b, &resp), RPC_EMISSING);
+	begin(&b, s, "INBOX");
+	put_query_flag(&b, 99, 1);
+	assert_int_equal(call(c, RPC_OP_SEARCH, &b, &resp), ENG_EINVAL);
+	begin(&b, s, "INBOX");
+	put_query_flag(&b, RPC_Q_FLAG, 3);
+	assert_int_equal(call(c, RPC_OP_SEARCH, &b, &resp), ENG_EINVAL);
+	/* SEQ through a map: sequence 2 is UID 3 in this view. */
+	begin(&b, s, "INBOX");
+	{
+		const uint32_t map[] = { 1, 3 };
+		size_t q = rpc_group_begin(&b, RPC_T_QUERY);
+
+		rpc_put_u64(&b, RPC_T_Q_KIND, RPC_Q_SEQ);
+		put_uidset(&b, RPC_T_UIDSET, 2, 2);
+		rpc_group_end(&b, q);
+		rpc_put_uids(&b, RPC_T_SEQ_MAP, map, 2);
+	}
+	assert_int_equal(call(c, RPC_OP_SEARCH, &b, &resp), 0);
+	n = get_uids(&resp.view, RPC_T_UIDS, uids, 16);
+	assert_int_equal(n, 1);
+	assert_int_equal(uids[0], 3);
+
+	/* SORT SUBJECT reversed: "hello"/"Re: hello" tie, then "another". */
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_SORT_KEY, RPC_SORT_SUBJECT | RPC_SORT_REVERSE);
+	assert_int_equal(call(c, RPC_OP_SORT, &b, &resp), 0);
+	n = get_uids(&resp.view, RPC_T_UIDS, uids, 16);
+	assert_int_equal(n, 3);
+	assert_int_equal(uids[0], 1);
+	assert_int_equal(uids[1], 2);
+	assert_int_equal(uids[2], 3);
+	begin(&b, s, "INBOX");
+	assert_int_equal(call(c, RPC_OP_SORT, &b, &resp), RPC_EMISSING);
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_SORT_KEY, 9);
+	assert_int_equal(call(c, RPC_OP_SORT, &b, &resp), ENG_EINVAL);
+
+	/* THREAD REFERENCES: (1 2)(3). */
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_ALGORITHM, RPC_THREAD_REFERENCES);
+	assert_int_equal(call(c, RPC_OP_THREAD, &b, &resp), 0);
+	{
+		const uint8_t *p;
+		size_t len, nn;
+		rpc_tnode *nodes;
+
+		assert_int_equal(rpc_get_bytes(&resp.view, RPC_T_THREAD_TREE,
+					       &p, &len), 0);
+		assert_int_equal(rpc_thread_tree_parse(p, len, &nodes, &nn), 0);
+		assert_int_equal(nn, 4);
+		assert_int_equal(nodes[0].uid, 0);
+		assert_int_equal(nodes[0].n_children, 2);
+		assert_int_equal(nodes[1].uid, 1);
+		assert_int_equal(nodes[1].n_children, 1);
+		assert_int_equal(nodes[2].uid, 2);
+		assert_int_equal(nodes[3].uid, 3);
+		free(nodes);
+	}
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_ALGORITHM, 2);
+	assert_int_equal(call(c, RPC_OP_THREAD, &b, &resp), ENG_EINVAL);
+
+	/* COPY 1:3 to Saved: the UID pairs. */
+	begin(&b, s, "Saved");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_CREATE, &b, &resp), 0);
+	begin(&b, s, "INBOX");
+	put_uidset(&b, RPC_T_UIDSET, 1, UINT32_MAX);
+	rpc_put_str(&b, RPC_T_DEST_MAILBOX, "Saved");
+	assert_int_equal(call(c, RPC_OP_COPY, &b, &resp), 0);
+	assert_true(get_u(&resp.view, RPC_T_UIDVALIDITY) > 0);
+	assert_int_equal(get_uids(&resp.view, RPC_T_UIDS, uids, 16), 3);
+	assert_int_equal(get_uids(&resp.view, RPC_T_DEST_UIDS, dest, 16), 3);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(uids[i], i + 1);
+		assert_int_equal(dest[i], i + 1);
+	}
+
+	/* MOVE 2 to Saved; then CHANGES on INBOX shows it vanished. */
+	begin(&b, s, "INBOX");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_STATUS, &b, &resp), 0);
+	{
+		rpc_view info;
+
+		assert_int_equal(rpc_get_group(&resp.view, RPC_T_MAILBOX_INFO,
+					       &info), 0);
+		modseq_before_move = get_u(&info, RPC_T_HIGHESTMODSEQ);
+	}
+	begin(&b, s, "INBOX");
+	put_uidset(&b, RPC_T_UIDSET, 2, 2);
+	rpc_put_str(&b, RPC_T_DEST_MAILBOX, "Saved");
+	assert_int_equal(call(c, RPC_OP_MOVE, &b, &resp), 0);
+	assert_int_equal(get_uids(&resp.view, RPC_T_UIDS, uids, 16), 1);
+	assert_int_equal(get_uids(&resp.view, RPC_T_DEST_UIDS, dest, 16), 1);
+	assert_int_equal(uids[0], 2);
+	assert_int_equal(dest[0], 4);
+	begin(&b, s, "INBOX");
+	put_uidset(&b, RPC_T_UIDSET, 1, 1);
+	rpc_put_str(&b, RPC_T_DEST_MAILBOX, "Nowhere");
+	assert_int_equal(call(c, RPC_OP_COPY, &b, &resp), ENG_ENOTFOUND);
+
+	/* STORE \Deleted on 3, EXPUNGE, CHANGES since before the move. */
+	begin(&b, s, "INBOX");
+	put_uidset(&b, RPC_T_UIDSET, 3, 3);
+	rpc_put_u64(&b, RPC_T_MODE, RPC_MODE_ADD);
+	rpc_put_u64(&b, RPC_T_FLAGS, 8);
+	assert_int_equal(call(c, RPC_OP_STORE, &b, &resp), 0);
+	begin(&b, s, "INBOX");
+	assert_int_equal(call(c, RPC_OP_EXPUNGE, &b, &resp), 0);
+	assert_int_equal(get_uids(&resp.view, RPC_T_UIDS, uids, 16), 1);
+	assert_int_equal(uids[0], 3);
+	assert_true(get_u(&resp.view, RPC_T_HIGHESTMODSEQ) > modseq_before_move);
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_MODSEQ, modseq_before_move);
+	assert_int_equal(call(c, RPC_OP_CHANGES, &b, &resp), 0);
+	{
+		eng_uidset vanished = { 0 };
+
+		assert_int_equal(rpc_get_uidset(&resp.view, RPC_T_VANISHED, 16,
+						&vanished), 0);
+		assert_true(eng_uidset_contains(&vanished, 2));
+		assert_true(eng_uidset_contains(&vanished, 3));
+		assert_false(eng_uidset_contains(&vanished, 1));
+		eng_uidset_free(&vanished);
+		assert_true(get_u(&resp.view, RPC_T_HIGHESTMODSEQ) >
+			    modseq_before_move);
+	}
+	begin(&b, s, "INBOX");
+	assert_int_equal(call(c, RPC_OP_FETCH_META, &b, &resp), 0);
+	assert_int_equal(get_messages(&resp.view, m, 16), 1);
+	assert_int_equal(m[0].uid, 1);
+	begin(&b, s, "INBOX");
+	assert_int_equal(call(c, RPC_OP_CHANGES, &b, &resp), RPC_EMISSING);
+
+	/* QUOTA counts the messages of every mailbox. */
+	begin(&b, s, NULL);
+	assert_int_equal(call(c, RPC_OP_QUOTA_GET, &b, &resp), 0);
+	assert_int_equal(get_u(&resp.view, RPC_T_MESSAGES), 5);
+
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
+/* A query nested deeper than the protocol allows is refused, whatever
+ * layer refuses it, and the connection goes on. */
+static void test_query_bounds(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT;
+	rpc_sync *c = connect_client(f);
+	size_t marks[20];
+	int err;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	begin(&b, s, "INBOX");
+	for (int i = 0; i < 17; i++) {
+		marks[i] = rpc_group_begin(&b, RPC_T_QUERY);
+		rpc_put_u64(&b, RPC_T_Q_KIND, i < 16 ? RPC_Q_NOT : RPC_Q_ALL);
+	}
+	for (int i = 16; i >= 0; i--)
+		rpc_group_end(&b, marks[i]);
+	err = call(c, RPC_OP_SEARCH, &b, &resp);
+	assert_true(err == RPC_EDEPTH || err == ENG_ELIMIT);
+	/* 16 levels are fine: NOT^15 ALL = nothing (15 is odd). */
+	begin(&b, s, "INBOX");
+	for (int i = 0; i < 16; i++) {
+		marks[i] = rpc_group_begin(&b, RPC_T_QUERY);
+		rpc_put_u64(&b, RPC_T_Q_KIND, i < 15 ? RPC_Q_NOT : RPC_Q_ALL);
+	}
+	for (int i = 15; i >= 0; i--)
+		rpc_group_end(&b, marks[i]);
+	assert_int_equal(call(c, RPC_OP_SEARCH, &b, &resp), 0);
+	/* More nodes than the engine takes. */
+	begin(&b, s, "INBOX");
+	{
+		size_t q = rpc_group_begin(&b, RPC_T_QUERY);
+
+		rpc_put_u64(&b, RPC_T_Q_KIND, RPC_Q_OR);
+		for (int i = 0; i < 2100; i++) {
+			size_t k = rpc_group_begin(&b, RPC_T_QUERY);
+
+			rpc_put_u64(&b, RPC_T_Q_KIND, RPC_Q_ALL);
+			rpc_group_end(&b, k);
+		}
+		rpc_group_end(&b, q);
+	}
+	err = call(c, RPC_OP_SEARCH, &b, &resp);
+	assert_true(err == ENG_ELIMIT || err == RPC_EFIELDS);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
+/* Two connections append to one alias at once: every append gets its
+ * own UID, none is lost. */
+struct appender {
+	struct fx *f;
+	const uint8_t *session;
+	int who;
+	uint32_t uids[20];
+	int err;
+};
+
+static void appender_thread(void *arg)
+{
+	struct appender *a = arg;
+	rpc_sync *c = NULL;
+
+	a->err = rpc_sync_connect_unix(a->f->cfg->sqlited_socket,
+				       a->f->s.rpc_secret, "imap@test", 20000,
+				       &c);
+	for (int i = 0; i < 20 && a->err == 0; i++) {
+		char *msg, subject[32];
+
+		snprintf(subject, sizeof(subject), "from %d number %d", a->who,
+			 i);
+		msg = small_message(subject, "<c@x>", NULL, "body");
+		a->err = append(c, a->session, "INBOX", msg, strlen(msg), 0,
+				NULL, &a->uids[i]);
+		free(msg);
+	}
+	rpc_sync_free(&c);
+}
+
+static void test_concurrent_appends(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT;
+	rpc_sync *c = connect_client(f);
+	struct appender a[2] = { { f, s, 0, { 0 }, 0 }, { f, s, 1, { 0 }, 0 } };
+	uv_thread_t t[2];
+	bool seen[41] = { false };
+	rpc_view info;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(uv_thread_create(&t[i], appender_thread,
+						  &a[i]), 0);
+	for (int i = 0; i < 2; i++)
+		uv_thread_join(&t[i]);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(a[i].err, 0);
+		for (int j = 0; j < 20; j++) {
+			uint32_t uid = a[i].uids[j];
+
+			assert_true(uid >= 1 && uid <= 40);
+			assert_false(seen[uid]);
+			seen[uid] = true;
+			/* One connection's UIDs increase. */
+			if (j > 0)
+				assert_true(uid > a[i].uids[j - 1]);
+		}
+	}
+	begin(&b, s, "INBOX");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_STATUS, &b, &resp), 0);
+	assert_int_equal(rpc_get_group(&resp.view, RPC_T_MAILBOX_INFO, &info), 0);
+	assert_int_equal(get_u(&info, RPC_T_MESSAGES), 40);
+	assert_int_equal(get_u(&info, RPC_T_UIDNEXT), 41);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_unlock_lock, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_mailboxes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_append_fetch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_messages, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_query_bounds, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_concurrent_appends, setup,
+						teardown),
+	};
+
+	return cmocka_run_group_tests(tests, 0, NULL);
+}
