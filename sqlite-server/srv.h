@@ -47,6 +47,7 @@ typedef struct srv_conn srv_conn;
 typedef struct srv_req srv_req;
 typedef struct srv_body srv_body;
 typedef struct srv_events srv_events;
+typedef struct srv_net srv_net;
 
 /* Process-wide state; one per sqlited. */
 struct srv {
@@ -59,6 +60,7 @@ struct srv {
 	char *tmp_dir;               /* data_dir/tmp: sealed request bodies */
 	eng_kdf_params kdf;          /* cost for new keyrings */
 	bool shutting_down;
+	srv_net *net;                /* the network core (srv_net.h); NULL until started */
 	/* Counters for STATS. */
 	uint64_t requests, errors, bytes_in, bytes_out;
 	unsigned connections;

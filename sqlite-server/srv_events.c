@@ -1,0 +1,490 @@
+/*
+ * Events and login throttling on Redis (srv.h), with hiredis's async API
+ * on sqlited's libuv loop.
+ *
+ * Redis is an optimisation here, never a dependency: while it is down,
+ * events are lost (clients see changes at their next command) and the
+ * throttle counts in this process's memory only. The connection is
+ * retried with a backoff from 250 ms doubling to 10 s.
+ *
+ * Keys (docs/rpc.md, Events):
+ *   PUBLISH sealmail:alias:<alias id> "<kind> <mailbox> <uid> <modseq>"
+ *   sealmail:authfail:ip:<address>        INCR + EXPIRE 900 per failure
+ *   sealmail:authfail:alias:<hex>         the same; <hex> is BLAKE2b-128
+ *                                         of the lower-cased alias, so no
+ *                                         address is written to Redis
+ *
+ * Memory fallback: a table of at most EV_MEM_MAX counters, each expiring
+ * 15 minutes after its last failure; when full, the entry closest to
+ * expiry is replaced (an attacker filling it only shortens its own
+ * penalties, and Redis is the real store).
+ */
+#include "srv.h"
+#include "srv_private.h"
+
+#include "eng_error.h"
+
+#include <ctype.h>
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define EV_EXPIRE_SECONDS 900
+#define EV_MEM_MAX 4096
+#define EV_KEY_MAX 160
+#define EV_BACKOFF_MIN_MS 250
+#define EV_BACKOFF_MAX_MS 10000
+
+typedef struct mem_counter {
+	char key[EV_KEY_MAX];
+	unsigned count;
+	uint64_t expires_ms;
+} mem_counter;
+
+struct srv_events {
+	srv *srv;
+	/* Where: a unix socket path, or host and port. */
+	char *unix_path;
+	char *host;
+	int port;
+	char *password;
+	int db;
+	bool disabled;               /* unsupported URL: memory only */
+	redisAsyncContext *ac;
+	bool connected;
+	uv_timer_t *retry;
+	unsigned backoff_ms;
+	mem_counter *mem;
+	size_t n_mem;
+};
+
+static void ev_connect(srv_events *ev);
+
+bool srv_events_connected(const srv_events *ev)
+{
+	return ev != NULL && ev->connected;
+}
+
+/* ---- the connection ---- */
+
+static void on_retry_timer(uv_timer_t *t)
+{
+	ev_connect(t->data);
+}
+
+static void schedule_retry(srv_events *ev)
+{
+	if (ev->retry == NULL)
+		return;
+	uv_timer_start(ev->retry, on_retry_timer, ev->backoff_ms, 0);
+	ev->backoff_ms *= 2;
+	if (ev->backoff_ms > EV_BACKOFF_MAX_MS)
+		ev->backoff_ms = EV_BACKOFF_MAX_MS;
+}
+
+static void on_connected(const redisAsyncContext *ac, int status)
+{
+	srv_events *ev = ac->data;
+
+	if (ev == NULL)
+		return;
+	if (status != REDIS_OK) {
+		/* hiredis frees ac after this callback. */
+		ev->ac = NULL;
+		ev->connected = false;
+		schedule_retry(ev);
+		return;
+	}
+	ev->connected = true;
+	ev->backoff_ms = EV_BACKOFF_MIN_MS;
+	eng_log(ENG_LOG_INFO, "sqlited: connected to Redis");
+}
+
+static void on_disconnected(const redisAsyncContext *ac, int status)
+{
+	srv_events *ev = ac->data;
+
+	(void)status;
+	if (ev == NULL)
+		return;
+	if (ev->connected)
+		eng_log(ENG_LOG_WARN, "sqlited: lost the Redis connection; "
+			"events are dropped and throttling is local until it is back");
+	ev->ac = NULL;
+	ev->connected = false;
+	schedule_retry(ev);
+}
+
+static void ev_connect(srv_events *ev)
+{
+	redisAsyncContext *ac;
+
+	if (ev->ac != NULL || ev->disabled)
+		return;
+	if (ev->unix_path != NULL)
+		ac = redisAsyncConnectUnix(ev->unix_path);
+	else
+		ac = redisAsyncConnect(ev->host, ev->port);
+	if (ac == NULL)
+		eng_oom(sizeof(redisAsyncContext));
+	if (ac->err != 0 || redisLibuvAttach(ac, ev->srv->loop) != REDIS_OK) {
+		redisAsyncFree(ac);
+		schedule_retry(ev);
+		return;
+	}
+	ac->data = ev;
+	redisAsyncSetConnectCallback(ac, on_connected);
+	redisAsyncSetDisconnectCallback(ac, on_disconnected);
+	ev->ac = ac;
+	/* Queued now, sent once connected. */
+	if (ev->password != NULL)
+		redisAsyncCommand(ac, NULL, NULL, "AUTH %s", ev->password);
+	if (ev->db != 0)
+		redisAsyncCommand(ac, NULL, NULL, "SELECT %d", ev->db);
+}
+
+/*
+ * redis_url: "" or "embedded" -> data_dir/redis.sock; "unix:/path";
+ * "redis://[:password@]host[:port][/db]". rediss:// (TLS) is not in
+ * hiredis 0.14: refused with a log line, memory only.
+ */
+static int parse_url(srv_events *ev, const char *url)
+{
+	const char *p, *at, *slash, *colon;
+	char *hostport;
+
+	if (url == NULL || url[0] == '\0' || strcmp(url, "embedded") == 0) {
+		const char *dd = ev->srv->cfg != NULL ? ev->srv->cfg->data_dir : ".";
+
+		ev->unix_path = eng_malloc(strlen(dd) + sizeof("/redis.sock"));
+		sprintf(ev->unix_path, "%s/redis.sock", dd);
+		return 0;
+	}
+	if (strncmp(url, "unix:", 5) == 0) {
+		p = url + 5;
+		if (strncmp(p, "//", 2) == 0)
+			p += 2;
+		if (*p == '\0')
+			return ENG_EINVAL;
+		ev->unix_path = eng_strdup(p);
+		return 0;
+	}
+	if (strncmp(url, "redis://", 8) != 0)
+		return ENG_EINVAL;
+	p = url + 8;
+	slash = strchr(p, '/');
+	at = strchr(p, '@');
+	if (at != NULL && (slash == NULL || at < slash)) {
+		const char *pw = memchr(p, ':', (size_t)(at - p));
+
+		if (pw != NULL && at > pw + 1)
+			ev->password = eng_strndup(pw + 1, (size_t)(at - pw - 1));
+		p = at + 1;
+	}
+	hostport = slash != NULL ? eng_strndup(p, (size_t)(slash - p)) : eng_strdup(p);
+	ev->port = 6379;
+	colon = strrchr(hostport, ':');
+	if (hostport[0] == '[') {
+		char *end = strchr(hostport, ']');
+
+		if (end == NULL) {
+			free(hostport);
+			return ENG_EINVAL;
+		}
+		if (end[1] == ':')
+			ev->port = atoi(end + 2);
+		ev->host = eng_strndup(hostport + 1, (size_t)(end - hostport - 1));
+	} else if (colon != NULL) {
+		ev->port = atoi(colon + 1);
+		ev->host = eng_strndup(hostport, (size_t)(colon - hostport));
+	} else {
+		ev->host = eng_strdup(hostport);
+	}
+	free(hostport);
+	if (slash != NULL && slash[1] != '\0')
+		ev->db = atoi(slash + 1);
+	if (ev->host[0] == '\0' || ev->port <= 0 || ev->port > 65535)
+		return ENG_EINVAL;
+	return 0;
+}
+
+int srv_events_new(srv *s, const char *redis_url, srv_events **ev_r)
+{
+	srv_events *ev = eng_calloc(1, sizeof(*ev));
+
+	ev->srv = s;
+	ev->backoff_ms = EV_BACKOFF_MIN_MS;
+	if (parse_url(ev, redis_url) != 0) {
+		/* The configuration parser checked the form; what is left is a
+		 * scheme this build cannot speak. */
+		eng_log(ENG_LOG_WARN, "sqlited: redis_url is not usable by this build "
+			"(unix:, redis://): events are off, throttling is local");
+		ev->disabled = true;
+	}
+	ev->retry = eng_calloc(1, sizeof(*ev->retry));
+	uv_timer_init(s->loop, ev->retry);
+	ev->retry->data = ev;
+	/* Retrying Redis never keeps the loop alive by itself. */
+	uv_unref((uv_handle_t *)ev->retry);
+	ev->mem = eng_calloc(EV_MEM_MAX, sizeof(*ev->mem));
+	ev_connect(ev);
+	*ev_r = ev;
+	return 0;
+}
+
+static void on_retry_closed(uv_handle_t *h)
+{
+	free(h);
+}
+
+void srv_events_free(srv_events **evp)
+{
+	srv_events *ev;
+
+	if (evp == NULL || *evp == NULL)
+		return;
+	ev = *evp;
+	*evp = NULL;
+	if (ev->retry != NULL) {
+		uv_close((uv_handle_t *)ev->retry, on_retry_closed);
+		ev->retry = NULL;
+	}
+	if (ev->ac != NULL) {
+		redisAsyncContext *ac = ev->ac;
+
+		/* Pending callbacks run now with no reply; ours fall back to
+		 * memory. The disconnect callback must not touch ev. */
+		ev->ac = NULL;
+		ac->data = NULL;
+		ev->connected = false;
+		redisAsyncFree(ac);
+	}
+	free(ev->unix_path);
+	free(ev->host);
+	if (ev->password != NULL) {
+		sodium_memzero(ev->password, strlen(ev->password));
+		free(ev->password);
+	}
+	free(ev->mem);
+	free(ev);
+}
+
+/* ---- events ---- */
+
+static const char *kind_name(enum srv_event_kind kind)
+{
+	switch (kind) {
+	case SRV_EV_EXISTS: return "exists";
+	case SRV_EV_FLAGS: return "flags";
+	case SRV_EV_EXPUNGE: return "expunge";
+	case SRV_EV_MAILBOX: return "mailbox";
+	}
+	return "unknown";
+}
+
+void srv_event_publish(srv *s, const char *alias_id, enum srv_event_kind kind,
+		       const char *mailbox, uint32_t uid, uint64_t modseq)
+{
+	srv_events *ev = s->events;
+	char channel[sizeof("sealmail:alias:") + SRV_ALIAS_ID_MAX];
+	eng_buf msg = ENG_BUF_INIT;
+
+	if (ev == NULL || !ev->connected || ev->ac == NULL)
+		return;
+	snprintf(channel, sizeof(channel), "sealmail:alias:%s", alias_id);
+	eng_buf_printf(&msg, "%s %s %u %llu", kind_name(kind),
+		       mailbox != NULL ? mailbox : "", (unsigned)uid,
+		       (unsigned long long)modseq);
+	/* %b: the mailbox name may hold any UTF-8, spaces included. */
+	redisAsyncCommand(ev->ac, NULL, NULL, "PUBLISH %s %b", channel, msg.data,
+			  msg.len);
+	eng_buf_free(&msg);
+}
+
+/* ---- throttling ---- */
+
+static uint64_t delay_for(unsigned failures)
+{
+	if (failures < 3)
+		return 0;
+	if (failures - 3 >= 4)
+		return 15000;
+	uint64_t d = 1000ull << (failures - 3);
+
+	return d > 15000 ? 15000 : d;
+}
+
+static void key_ip(char key[EV_KEY_MAX], const char *addr)
+{
+	snprintf(key, EV_KEY_MAX, "sealmail:authfail:ip:%.100s",
+		 addr != NULL ? addr : "");
+}
+
+static void key_alias(char key[EV_KEY_MAX], const char *alias)
+{
+	unsigned char h[16];
+	char hex[33];
+	size_t n = alias != NULL ? strlen(alias) : 0;
+	char *low = eng_malloc(n + 1);
+
+	for (size_t i = 0; i < n; i++)
+		low[i] = (char)tolower((unsigned char)alias[i]);
+	crypto_generichash(h, sizeof(h), (const unsigned char *)low, n, NULL, 0);
+	free(low);
+	sodium_bin2hex(hex, sizeof(hex), h, sizeof(h));
+	snprintf(key, EV_KEY_MAX, "sealmail:authfail:alias:%s", hex);
+}
+
+static mem_counter *mem_find(srv_events *ev, const char *key, bool create)
+{
+	uint64_t now = uv_now(ev->srv->loop);
+	mem_counter *victim = NULL;
+
+	for (size_t i = 0; i < ev->n_mem; i++) {
+		mem_counter *m = &ev->mem[i];
+
+		if (m->expires_ms <= now) {
+			if (victim == NULL || victim->expires_ms > m->expires_ms)
+				victim = m;
+			continue;
+		}
+		if (strcmp(m->key, key) == 0)
+			return m;
+		if (victim == NULL || (victim->expires_ms > now &&
+				       m->expires_ms < victim->expires_ms))
+			victim = m;
+	}
+	if (!create)
+		return NULL;
+	if (ev->n_mem < EV_MEM_MAX)
+		victim = &ev->mem[ev->n_mem++];
+	memset(victim, 0, sizeof(*victim));
+	snprintf(victim->key, sizeof(victim->key), "%s", key);
+	return victim;
+}
+
+static unsigned mem_count(srv_events *ev, const char *key)
+{
+	mem_counter *m = mem_find(ev, key, false);
+
+	return m != NULL ? m->count : 0;
+}
+
+typedef struct delay_req {
+	srv_events *ev;
+	srv_delay_cb *cb;
+	void *ctx;
+	char kip[EV_KEY_MAX];
+	char kalias[EV_KEY_MAX];
+} delay_req;
+
+static unsigned reply_count(const redisReply *r)
+{
+	if (r == NULL)
+		return 0;
+	if (r->type == REDIS_REPLY_STRING)
+		return (unsigned)strtoul(r->str, NULL, 10);
+	if (r->type == REDIS_REPLY_INTEGER)
+		return (unsigned)r->integer;
+	return 0;
+}
+
+static void on_mget(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	delay_req *d = privdata;
+	redisReply *r = reply;
+	unsigned ip, al;
+
+	(void)ac;
+	if (r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+		ip = reply_count(r->element[0]);
+		al = reply_count(r->element[1]);
+	} else {
+		/* No answer (Redis went away, or shutdown): use memory. */
+		ip = mem_count(d->ev, d->kip);
+		al = mem_count(d->ev, d->kalias);
+	}
+	uint64_t delay = delay_for(ip > al ? ip : al);
+
+	d->cb(d->ctx, delay);
+	free(d);
+}
+
+void srv_throttle_delay(srv *s, const char *client_addr, const char *alias,
+			srv_delay_cb *cb, void *ctx)
+{
+	srv_events *ev = s->events;
+	delay_req *d;
+	unsigned ip, al;
+
+	if (ev == NULL) {
+		cb(ctx, 0);
+		return;
+	}
+	d = eng_calloc(1, sizeof(*d));
+	d->ev = ev;
+	d->cb = cb;
+	d->ctx = ctx;
+	key_ip(d->kip, client_addr);
+	key_alias(d->kalias, alias);
+	if (ev->connected && ev->ac != NULL &&
+	    redisAsyncCommand(ev->ac, on_mget, d, "MGET %s %s", d->kip,
+			      d->kalias) == REDIS_OK)
+		return;
+	/* Redis is down: this process's counters. cb runs before we return. */
+	ip = mem_count(ev, d->kip);
+	al = mem_count(ev, d->kalias);
+	free(d);
+	cb(ctx, delay_for(ip > al ? ip : al));
+}
+
+static void count_failure(srv_events *ev, const char *key)
+{
+	mem_counter *m = mem_find(ev, key, true);
+
+	m->count++;
+	m->expires_ms = uv_now(ev->srv->loop) + EV_EXPIRE_SECONDS * 1000ull;
+	if (ev->connected && ev->ac != NULL) {
+		redisAsyncCommand(ev->ac, NULL, NULL, "INCR %s", key);
+		redisAsyncCommand(ev->ac, NULL, NULL, "EXPIRE %s %d", key,
+				  EV_EXPIRE_SECONDS);
+	}
+}
+
+void srv_throttle_failed(srv *s, const char *client_addr, const char *alias)
+{
+	char key[EV_KEY_MAX];
+
+	if (s->events == NULL)
+		return;
+	key_ip(key, client_addr);
+	count_failure(s->events, key);
+	key_alias(key, alias);
+	count_failure(s->events, key);
+}
+
+static void clear_counter(srv_events *ev, const char *key)
+{
+	mem_counter *m = mem_find(ev, key, false);
+
+	if (m != NULL)
+		m->expires_ms = 0;
+	if (ev->connected && ev->ac != NULL)
+		redisAsyncCommand(ev->ac, NULL, NULL, "DEL %s", key);
+}
+
+void srv_throttle_succeeded(srv *s, const char *client_addr, const char *alias)
+{
+	char key[EV_KEY_MAX];
+
+	if (s->events == NULL)
+		return;
+	key_ip(key, client_addr);
+	clear_counter(s->events, key);
+	key_alias(key, alias);
+	clear_counter(s->events, key);
+}
