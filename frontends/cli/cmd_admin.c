@@ -36,7 +36,7 @@
 #include "secrets.h"
 
 /* The name sqlited knows the CLI by (its admin list names it). */
-#define CLI_PEER_NAME "sealmail-cli"
+#define CLI_PEER_NAME "cli@sealmail"
 /* Argon2id runs and login throttling can take a while. */
 #define CLI_RPC_TIMEOUT_MS 60000
 
