@@ -1038,6 +1038,142 @@ static void test_concurrent_appends(void **state)
 	rpc_sync_free(&c);
 }
 
+/* After 3 failed unlocks the throttle makes the next one wait about 1 s
+ * (a uv timer on the server), and a right password still works after. */
+static void test_unlock_throttle(void **state)
+{
+	struct fx *f = *state;
+	uint8_t s[SRV_SESSION_BYTES];
+	rpc_sync *c = connect_client(f);
+	uint64_t t0;
+
+	for (int i = 0; i < 3; i++) {
+		t0 = uv_hrtime();
+		assert_int_equal(unlock(c, "ghost@example.org", "x", s),
+				 ENG_EAUTH);
+		assert_true(uv_hrtime() - t0 < 900000000ull);
+	}
+	t0 = uv_hrtime();
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	assert_true(uv_hrtime() - t0 >= 900000000ull);
+	rpc_sync_free(&c);
+}
+
+/* A FETCH_META answer larger than one frame's field limit comes in MORE
+ * parts that together hold every message once, in UID order. */
+static void test_fetch_meta_parts(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT;
+	rpc_sync *c = connect_client(f);
+	struct meta *m = calloc(600, sizeof(*m));
+	uint32_t uid;
+	size_t n;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	for (int i = 0; i < 450; i++)
+		assert_int_equal(append(c, s, "INBOX", "Subject: x\r\n\r\nx\r\n",
+					17, 0, NULL, &uid), 0);
+	begin(&b, s, "INBOX");
+	assert_int_equal(call(c, RPC_OP_FETCH_META, &b, &resp), 0);
+	assert_true(resp.parts >= 2);
+	n = get_messages(&resp.view, m, 600);
+	assert_int_equal(n, 450);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(m[i].uid, i + 1);
+	/* CHANGEDSINCE above every MODSEQ: nothing. */
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_CHANGEDSINCE, m[n - 1].modseq);
+	assert_int_equal(call(c, RPC_OP_FETCH_META, &b, &resp), 0);
+	assert_int_equal(rpc_count(&resp.view, RPC_T_MESSAGE), 0);
+	free(m);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
+static int take_some(void *ctx, const void *data, size_t len)
+{
+	size_t *got = ctx;
+
+	(void)data;
+	*got += len;
+	return *got >= 300000 ? ENG_ELIMIT : 0;
+}
+
+struct upload_src {
+	const char *p;
+	size_t len, off;
+};
+
+static long give_some(void *ctx, void *buf, size_t len)
+{
+	struct upload_src *u = ctx;
+
+	if (u->off >= 1000000)
+		return ENG_ELIMIT;
+	if (len > u->len - u->off)
+		len = u->len - u->off;
+	memcpy(buf, u->p + u->off, len);
+	u->off += len;
+	return (long)len;
+}
+
+/* A download abandoned midway ends in ECANCELLED, and the connection and
+ * the alias go on. */
+static void test_fetch_body_cancel(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	rpc_sync_call_opts opts = { 0 };
+	uint8_t s[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT;
+	rpc_sync *c = connect_client(f);
+	size_t len, text_off, got = 0;
+	const char *text;
+	char *msg = big_message(&len, &text_off, &text);
+	uint32_t uid;
+	int err;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	assert_int_equal(append(c, s, "INBOX", msg, len, 0, NULL, &uid), 0);
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_UID, uid);
+	rpc_put_u64(&b, RPC_T_WANT, 1);
+	opts.body_write = take_some;
+	opts.body_write_ctx = &got;
+	err = rpc_sync_call_ex(c, RPC_OP_FETCH_BODY, b.data, b.len, &opts,
+			       &resp);
+	assert_int_equal(err, ENG_ELIMIT);
+	assert_true(got >= 300000 && got < len);
+	fetch_body(c, s, uid, 1, NULL, 0, 100, &resp);
+	assert_int_equal(resp.body.len, 100);
+	assert_memory_equal(resp.body.data, msg, 100);
+	/* An upload abandoned midway stores nothing. */
+	{
+		struct upload_src src = { msg, len, 0 };
+
+		begin(&b, s, "INBOX");
+		rpc_put_u64(&b, RPC_T_SIZE, len);
+		memset(&opts, 0, sizeof(opts));
+		opts.has_body = true;
+		opts.body_read = give_some;
+		opts.body_read_ctx = &src;
+		err = rpc_sync_call_ex(c, RPC_OP_APPEND, b.data, b.len, &opts,
+				       &resp);
+		assert_true(err == ENG_ELIMIT || err == RPC_ECANCELLED);
+		begin(&b, s, "INBOX");
+		assert_int_equal(call(c, RPC_OP_FETCH_META, &b, &resp), 0);
+		assert_int_equal(rpc_count(&resp.view, RPC_T_MESSAGE), 1);
+	}
+	free(msg);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1047,6 +1183,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_messages, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_query_bounds, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_appends, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_unlock_throttle, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_fetch_meta_parts, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_fetch_body_cancel, setup,
 						teardown),
 	};
 
