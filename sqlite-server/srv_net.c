@@ -947,7 +947,9 @@ static void on_request(srv_conn *c, const rpc_frame *f)
 	net_state *n = c->net;
 	bool body = (f->flags & RPC_F_BODY) != 0;
 	const rpc_op *op = rpc_op_lookup(f->opcode);
-	srv_handler_fn *h = op != NULL ? srv_handler(f->opcode) : NULL;
+	srv_handler_fn *h = op == NULL ? NULL :
+			    n->opt.handler_for != NULL ? n->opt.handler_for(f->opcode) :
+			    srv_handler(f->opcode);
 	net_req *r = req_find(c, f->request_id);
 	int rc;
 

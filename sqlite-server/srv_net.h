@@ -46,6 +46,8 @@ typedef struct srv_net_options {
 	bool tcp_ephemeral;
 	/* Tests: demand TLS from loopback TCP peers too. */
 	bool tls_always;
+	/* Tests: handlers from here instead of srv_handler() (srv_ops.c). */
+	srv_handler_fn *(*handler_for)(uint16_t opcode);
 } srv_net_options;
 
 void srv_net_options_default(srv_net_options *o);
