@@ -337,8 +337,11 @@ int rpc_sync_recv(rpc_sync *c, int timeout_ms, rpc_frame *f_r)
 			eng_buf_reset(&c->inq);
 			c->inq_off = 0;
 		}
-		rc = rpc_reader_feed(c->reader, (const uint8_t *)c->inq.data + c->inq_off,
-				     c->inq.len - c->inq_off, &used, f_r);
+		rc = 0;
+		if (c->inq.len > c->inq_off)
+			rc = rpc_reader_feed(c->reader,
+					     (const uint8_t *)c->inq.data + c->inq_off,
+					     c->inq.len - c->inq_off, &used, f_r);
 		c->inq_off += used;
 		if (rc < 0)
 			return fail(c, rc);
