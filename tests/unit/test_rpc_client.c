@@ -1166,8 +1166,10 @@ static void on_resume(uv_timer_t *t)
 	uint64_t n = s->held;
 
 	s->held = 0;
+	/* After the last chunk the request is over: ENOTFOUND, harmless. */
 	if (n != 0)
-		assert_int_equal(rpc_client_consumed(s->e->c, s->id, (size_t)n), 0);
+		assert_int_equal(rpc_client_consumed(s->e->c, s->id, (size_t)n),
+				 s->end ? ENG_ENOTFOUND : 0);
 }
 
 static int sink_data(void *ctx, uint32_t id, const rpc_view *head,
@@ -1596,7 +1598,8 @@ static void cmp_resume(uv_timer_t *t)
 
 	s->held = 0;
 	if (n != 0)
-		assert_int_equal(rpc_client_consumed(s->e->c, s->id, n), 0);
+		assert_int_equal(rpc_client_consumed(s->e->c, s->id, n),
+				 s->end ? ENG_ENOTFOUND : 0);
 }
 
 static int cmp_data(void *ctx, uint32_t id, const rpc_view *head,
