@@ -176,6 +176,17 @@ static void arm_req_timer(rpc_client *c, uint64_t due);
 static void on_conn_timer(uv_timer_t *t);
 static void on_req_timer(uv_timer_t *t);
 
+/*
+ * Buffers that may hold a password (an UNLOCK request, an ALIAS_ADD
+ * answer) are wiped before they go back to the allocator.
+ */
+static void buf_wipe_free(eng_buf *b)
+{
+	if (b->data != NULL)
+		sodium_memzero(b->data, b->cap);
+	eng_buf_free(b);
+}
+
 /* ---- lists and the id hash ---- */
 
 static void list_push_back(req_list *l, rpc_req *r)
@@ -286,6 +297,19 @@ static void req_reset_answer(rpc_req *r)
 	r->unacked = 0;
 }
 
+/* Frees an unlinked request, or marks it dead while it is pinned. */
+static void req_release(rpc_req *r)
+{
+	if (r->pinned) {
+		r->dead = true;
+		return;
+	}
+	buf_wipe_free(&r->payload);
+	buf_wipe_free(&r->resp);
+	rpc_msg_clear(&r->msg);
+	free(r);
+}
+
 /* Takes r out of every list and the hash; frees it unless pinned. */
 static void req_free(rpc_req *r)
 {
@@ -294,14 +318,7 @@ static void req_free(rpc_req *r)
 	uploads_remove(r);
 	list_remove(list_of(r), r);
 	hash_remove(r);
-	if (r->pinned) {
-		r->dead = true;
-		return;
-	}
-	eng_buf_free(&r->payload);
-	eng_buf_free(&r->resp);
-	rpc_msg_clear(&r->msg);
-	free(r);
+	req_release(r);
 }
 
 /* Unlinks r, runs its callback, frees it. */
@@ -316,12 +333,7 @@ static void req_finish(rpc_req *r, int err, const rpc_view *resp)
 	/* Unlinked: a cancel of this id from inside cb finds nothing. */
 	if (cb != NULL)
 		cb(ctx, err, err == 0 ? resp : NULL);
-	r->dead = false;
-	r->pinned = false;
-	eng_buf_free(&r->payload);
-	eng_buf_free(&r->resp);
-	rpc_msg_clear(&r->msg);
-	free(r);
+	req_release(r);
 }
 
 /* ---- writing ---- */
@@ -332,7 +344,7 @@ static void on_write(uv_write_t *w, int status)
 	rpc_conn *conn = wr->conn;
 	rpc_client *c = conn->c;
 
-	eng_buf_free(&wr->b);
+	buf_wipe_free(&wr->b);
 	free(wr);
 	if (status < 0 && status != UV_ECANCELED && conn->state != CS_CLOSED) {
 		conn_fail(conn, RPC_EUNAVAILABLE);
@@ -354,7 +366,7 @@ static void conn_send(rpc_conn *conn, eng_buf *b)
 	int rc;
 
 	if (conn == NULL || conn->state == CS_CLOSED || conn->dead_err != 0) {
-		eng_buf_free(b);
+		buf_wipe_free(b);
 		return;
 	}
 	wr = eng_calloc(1, sizeof(*wr));
@@ -365,7 +377,7 @@ static void conn_send(rpc_conn *conn, eng_buf *b)
 	ub = uv_buf_init(wr->b.data, (unsigned)wr->b.len);
 	rc = uv_write(&wr->w, &conn->u.s, &ub, 1, on_write);
 	if (rc < 0) {
-		eng_buf_free(&wr->b);
+		buf_wipe_free(&wr->b);
 		free(wr);
 		conn->dead_err = RPC_EUNAVAILABLE;
 		uv_timer_start(&conn->c->conn_timer, on_conn_timer, 0, 0);
@@ -677,12 +689,8 @@ static void on_data(rpc_conn *conn, rpc_req *r, const rpc_frame *f)
 			     f->payload_len, end);
 		r->pinned = false;
 		if (r->dead) {
-			/* Freed from inside the callback (close). */
-			r->dead = false;
-			eng_buf_free(&r->payload);
-			eng_buf_free(&r->resp);
-			rpc_msg_clear(&r->msg);
-			free(r);
+			/* Finished from inside the callback (close). */
+			req_release(r);
 			return;
 		}
 		if (f->payload_len != 0)
@@ -818,6 +826,7 @@ static void on_hello(rpc_conn *conn, const rpc_frame *f)
 	rpc_put_bytes(&p, RPC_T_PROOF, proof, RPC_PROOF_BYTES);
 	conn_send_frame(conn, RPC_K_AUTH, 0, 0, 0, p.data, p.len);
 	eng_buf_free(&p);
+	sodium_memzero(proof, sizeof(proof));
 	conn->state = CS_WAIT_AUTH_OK;
 }
 
@@ -958,7 +967,7 @@ static void on_conn_close(uv_handle_t *h)
 	rpc_client *c = conn->c;
 
 	rpc_reader_free(&conn->rd);
-	sodium_memzero(conn->client_nonce, sizeof(conn->client_nonce));
+	sodium_memzero(conn->rbuf, sizeof(conn->rbuf));
 	free(conn);
 	c->handles--;
 	maybe_finish_close(c);

@@ -1347,6 +1347,49 @@ static void test_close_in_callback(void **state)
 	fake_stop(&f);
 }
 
+/* Closing the client from inside a data callback (the request is pinned). */
+static int sink_close(void *ctx, uint32_t id, const rpc_view *head,
+		      const uint8_t *data, size_t len, bool end)
+{
+	env *e = ctx;
+
+	(void)id;
+	(void)head;
+	(void)data;
+	(void)len;
+	(void)end;
+	rpc_client_close(e->c, on_closed, e);
+	return 0;
+}
+
+static void test_close_in_data_callback(void **state)
+{
+	fake f;
+	env e;
+	result r = { 0 };
+	rpc_client_opts o;
+	eng_buf p = ENG_BUF_INIT;
+
+	(void)state;
+	fake_init(&f, secret_a);
+	fake_start(&f);
+	env_open(&e, &f, secret_a, NULL);
+	memset(&o, 0, sizeof(o));
+	o.data = sink_close;
+	o.data_ctx = &e;
+	rpc_put_u64(&p, RPC_T_LENGTH, 2 * MIB);
+	assert_int_equal(rpc_client_call_ex(e.c, RPC_OP_FETCH_BODY, p.data, p.len,
+					    &o, on_result, &r, NULL), 0);
+	RUN_UNTIL(&e, e.closed, 10000);
+	assert_int_equal(r.calls, 1);
+	assert_int_equal(r.err, RPC_ECANCELLED);
+	uv_close((uv_handle_t *)&e.watchdog, watchdog_closed);
+	uv_run(&e.loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&e.loop), 0);
+	eng_buf_free(&p);
+	fake_stop(&f);
+}
+
 static void test_config_checks(void **state)
 {
 	uv_loop_t loop;
@@ -1769,6 +1812,7 @@ int main(void)
 		cmocka_unit_test(test_download_backpressure),
 		cmocka_unit_test(test_download_abort),
 		cmocka_unit_test(test_close_in_callback),
+		cmocka_unit_test(test_close_in_data_callback),
 		cmocka_unit_test(test_real_server),
 	};
 
