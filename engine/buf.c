@@ -1,6 +1,7 @@
 #include "buf.h"
 #include "eng_error.h"
 
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,13 @@ void eng_buf_free(eng_buf *b)
 	free(b->data);
 	b->data = NULL;
 	b->len = b->cap = 0;
+}
+
+void eng_buf_free_wipe(eng_buf *b)
+{
+	if (b->data != NULL)
+		sodium_memzero(b->data, b->cap);
+	eng_buf_free(b);
 }
 
 char *eng_buf_steal(eng_buf *b, size_t *len_r)

@@ -28,6 +28,9 @@ void eng_buf_vprintf(eng_buf *b, const char *fmt, va_list ap)
 	__attribute__((format(printf, 2, 0)));
 void eng_buf_reset(eng_buf *b);          /* len = 0, keeps the memory */
 void eng_buf_free(eng_buf *b);           /* frees and re-initialises */
+/* Like eng_buf_free, but wipes the memory first: for buffers that held
+ * passwords or keys on their way to or from the wire. */
+void eng_buf_free_wipe(eng_buf *b);
 /* Hands the data to the caller (who frees it) and re-initialises b. */
 char *eng_buf_steal(eng_buf *b, size_t *len_r);
 

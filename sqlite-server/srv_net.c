@@ -115,6 +115,7 @@ struct net_req {
 	uint64_t send_window;        /* download credit left */
 	uint64_t recv_window;        /* upload credit the client has left */
 	uint8_t *payload;
+	size_t payload_len;
 	rpc_msg msg;
 	net_peer *peer;
 	char addr[64];
@@ -252,6 +253,7 @@ static void on_write(uv_write_t *w, int status)
 
 	(void)status;
 	c->out_bytes -= nw->len;
+	sodium_memzero(nw->data, nw->len);
 	free(nw);
 	if (c->state == C_CLOSING)
 		return;
@@ -361,7 +363,7 @@ static int send_frame(srv_conn *c, uint8_t kind, uint8_t flags, uint16_t opcode,
 	rc = rpc_frame_end(&b, mark, NULL);
 	if (rc == 0)
 		conn_write(c, b.data, b.len);
-	eng_buf_free(&b);
+	eng_buf_free_wipe(&b);
 	return rc;
 }
 
@@ -372,7 +374,7 @@ static void conn_send_error(srv_conn *c, uint32_t id, uint16_t opcode, int err)
 	rpc_put_u64(&pl, RPC_T_CODE, rpc_err_to_wire(err));
 	rpc_put_str(&pl, RPC_T_ERROR_TEXT, rpc_strerror(err));
 	send_frame(c, RPC_K_ERROR, 0, opcode, id, pl.data, pl.len);
-	eng_buf_free(&pl);
+	eng_buf_free_wipe(&pl);
 	c->net->srv->errors++;
 }
 
@@ -573,8 +575,12 @@ static void req_free(net_req *r)
 		r->peer->in_flight--;
 	peer_put(n, &r->peer);
 	rpc_msg_clear(&r->msg);
+	/* Requests and answers carry passwords (UNLOCK, ALIAS_ADD, ...):
+	 * they are wiped, not just freed. */
+	if (r->payload != NULL)
+		sodium_memzero(r->payload, r->payload_len);
 	free(r->payload);
-	eng_buf_free(&r->pub.reply);
+	eng_buf_free_wipe(&r->pub.reply);
 	free(r);
 	n->in_flight--;
 	/* While stopping, a connection closes once it has nothing in flight. */
@@ -863,7 +869,7 @@ static void upload_done(uv_work_t *w, int status)
 
 		rpc_put_u64(&pl, RPC_T_CREDIT, written);
 		send_frame(r->pub.conn, RPC_K_WINDOW, 0, 0, r->pub.id, pl.data, pl.len);
-		eng_buf_free(&pl);
+		eng_buf_free_wipe(&pl);
 		r->recv_window += written;
 	}
 	upload_kick(up);
@@ -992,6 +998,7 @@ static void on_request(srv_conn *c, const rpc_frame *f)
 	 * read buffer has been reused. */
 	if (f->payload_len > 0) {
 		r->payload = eng_malloc(f->payload_len);
+		r->payload_len = f->payload_len;
 		memcpy(r->payload, f->payload, f->payload_len);
 	}
 	rc = rpc_decode(r->payload, f->payload_len, &c->lim, &r->msg, &r->pub.args);
@@ -1093,7 +1100,7 @@ static void send_auth_ok(srv_conn *c, const uint8_t cn[RPC_NONCE_BYTES])
 	rpc_put_u64(&pl, RPC_T_MAX_IN_FLIGHT, c->net->opt.max_in_flight);
 	send_frame(c, RPC_K_AUTH_OK, 0, 0, 0, pl.data, pl.len);
 	sodium_memzero(proof, sizeof(proof));
-	eng_buf_free(&pl);
+	eng_buf_free_wipe(&pl);
 }
 
 static void on_auth_delay(uv_timer_t *t)
@@ -1256,7 +1263,7 @@ static void on_tls_bytes(srv_conn *c, const char *p, size_t len)
 
 		c->tls_early = (eng_buf)ENG_BUF_INIT;
 		conn_write(c, early.data, early.len);
-		eng_buf_free(&early);
+		eng_buf_free_wipe(&early);
 	}
 }
 
@@ -1312,7 +1319,7 @@ static void send_hello(srv_conn *c)
 	rpc_put_u64(&pl, RPC_T_VERSION, RPC_VERSION);
 	rpc_put_bytes(&pl, RPC_T_NONCE, c->nonce, sizeof(c->nonce));
 	send_frame(c, RPC_K_HELLO, 0, 0, 0, pl.data, pl.len);
-	eng_buf_free(&pl);
+	eng_buf_free_wipe(&pl);
 }
 
 static void on_connection(uv_stream_t *server, int status)
