@@ -254,9 +254,16 @@ static int store_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 	err = eng_store_flags(st, mb->id, &c->set, c->mode, c->flags,
 			      (const char *const *)c->keywords, c->n_keywords,
 			      c->unchangedsince, &failed, store_changed_cb, op);
-	if (err == 0 && failed.count > 0)
-		rpc_put_uidset(srv_mbop_part(op, 1, 8 * failed.count + 16),
-			       RPC_T_FAILED, &failed);
+	/* In fields of at most SRV_PART_MAX_UIDS ranges, like the lists. */
+	for (size_t i = 0; err == 0 && i < failed.count;
+	     i += SRV_PART_MAX_UIDS) {
+		size_t k = failed.count - i < SRV_PART_MAX_UIDS ?
+			failed.count - i : SRV_PART_MAX_UIDS;
+		eng_uidset chunk = { failed.ranges + i, k, k };
+
+		rpc_put_uidset(srv_mbop_part(op, 1, 8 * k + 16), RPC_T_FAILED,
+			       &chunk);
+	}
 	eng_uidset_free(&failed);
 	if (err == 0 && c->max_modseq > 0)
 		srv_mbop_event(op, SRV_EV_FLAGS, mb->name, c->max_uid,
