@@ -330,6 +330,10 @@ int rpc_reader_feed(rpc_reader *r, const uint8_t *data, size_t len,
 	*consumed_r = 0;
 	if (r->err != 0)
 		return r->err;
+	/* Nothing to read (data may be NULL): a frame is never left whole
+	 * in the buffer between calls, so there is nothing to return. */
+	if (len == 0)
+		return 0;
 
 	if (r->hdr_have < RPC_HEADER_BYTES) {
 		/* Fast path: a whole frame in the input, nothing buffered. */
