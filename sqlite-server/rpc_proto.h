@@ -204,6 +204,7 @@ enum rpc_tag {
 	RPC_T_CATCH_ALL = 88,        /* [u] 0/1 matched the catch-all */
 	RPC_T_DETAIL = 89,           /* [bytes] plus-address detail */
 	RPC_T_CREATED = 90,          /* [s] unix seconds */
+	RPC_T_CLIENT_ADDR = 91,      /* [bytes] end user's IP, for the login throttle */
 };
 
 enum rpc_store_mode { RPC_MODE_SET = 0, RPC_MODE_ADD = 1, RPC_MODE_REMOVE = 2 };

@@ -98,6 +98,13 @@ typedef void srv_handler_fn(srv_req *req);
 /* The handler of an opcode (the static table in srv_ops.c), or NULL. */
 srv_handler_fn *srv_handler(uint16_t opcode);
 
+/*
+ * The address the login throttle charges for this request: T_CLIENT_ADDR
+ * (the end user's IP as the frontend saw it) when present and sane, else
+ * the peer's address, else its name. eng_strdup'd.
+ */
+char *srv_req_client_addr(const srv_req *req);
+
 /* Sends a RESPONSE with req->reply as payload and frees req. */
 void srv_reply(srv_req *req);
 /* Sends a RESPONSE part with RPC_F_MORE and empties req->reply. */

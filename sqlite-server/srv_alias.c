@@ -178,11 +178,26 @@ static void alias_unlink_free(srv_aliases *as, srv_alias *a)
 
 static void queue_start(srv_alias *a);
 
+static int alias_open(srv_alias *a, const uint8_t *mk, bool create);
+
 static void work_cb(uv_work_t *req)
 {
 	struct work_item *w = req->data;
+	srv_alias *a = w->alias;
 
-	w->result = w->work(w->alias, w->ctx);
+	w->result = w->work(a, w->ctx);
+	/* After a full disk or an I/O error the connection must not be used
+	 * again (store.h): reopen it now, with the key we still hold, so the
+	 * next request finds a working store (or a locked alias). */
+	if (a->st != NULL && eng_store_needs_reopen(a->st)) {
+		eng_store_close(&a->st);
+		if (a->mk != NULL && alias_open(a, a->mk, false) != 0) {
+			eng_log(ENG_LOG_ERROR, "alias %s: cannot reopen its "
+				"database after an I/O error", a->id);
+			eng_secret_free(&a->mk);
+			eng_secret_free(&a->sk);
+		}
+	}
 }
 
 static void after_work_cb(uv_work_t *req, int status)

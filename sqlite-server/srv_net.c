@@ -563,6 +563,25 @@ static void req_unlink(net_req *r)
 	c->n_reqs--;
 }
 
+char *srv_req_client_addr(const srv_req *req)
+{
+	const uint8_t *p;
+	size_t len;
+
+	if (rpc_get_bytes(&req->args, RPC_T_CLIENT_ADDR, &p, &len) == 0 &&
+	    len > 0 && len <= 64) {
+		size_t i;
+
+		for (i = 0; i < len && p[i] > 0x20 && p[i] < 0x7f; i++)
+			;
+		if (i == len)
+			return eng_strndup((const char *)p, len);
+	}
+	if (req->peer_addr != NULL)
+		return eng_strdup(req->peer_addr);
+	return eng_strdup(req->peer_name != NULL ? req->peer_name : "local");
+}
+
 static void req_free(net_req *r)
 {
 	net_state *n = r->pub.srv->net;

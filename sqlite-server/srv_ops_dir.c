@@ -1261,8 +1261,7 @@ void srv_op_alias_passwd(srv_req *req)
 		srv_fail(req, ENG_EINVAL);
 		return;
 	}
-	op->client_addr = eng_strdup(req->peer_addr != NULL ?
-				     req->peer_addr : "");
+	op->client_addr = srv_req_client_addr(req);
 	uv_timer_init(req->srv->loop, &op->timer);
 	op->timer.data = op;
 	/* Throttled like UNLOCK: the same guesses, the same penalty. */

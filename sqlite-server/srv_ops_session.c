@@ -193,11 +193,7 @@ void srv_op_unlock(srv_req *req)
 	u->req = req;
 	u->srv = req->srv;
 	u->address = eng_strndup((const char *)alias, alias_len);
-	/* docs/rpc.md has no field for the end user's address, so the
-	 * throttle sees the frontend's. */
-	u->client_addr = eng_strdup(req->peer_addr != NULL ? req->peer_addr :
-				    (req->peer_name != NULL ? req->peer_name :
-				     "local"));
+	u->client_addr = srv_req_client_addr(req);
 	u->password = eng_secret_new(password_len);
 	memcpy(u->password, password, password_len);
 	u->password_len = password_len;
