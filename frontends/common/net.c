@@ -1,0 +1,971 @@
+/*
+ * The frontends' network layer (net.h).
+ *
+ * Objects and who owns them:
+ *   sm_net_listener  one listening TCP handle, the per-IP counts, the list
+ *                    of its connections' count. Freed when its handle has
+ *                    closed and its last connection is gone.
+ *   sm_net_conn      three libuv handles (the stream, the timeout timer,
+ *                    the "kick" timer that re-offers input from a later
+ *                    loop turn); freed when all three have closed, right
+ *                    after on_close.
+ *   net_write        one uv_write: its bytes live until its callback.
+ *
+ * Connection states:
+ *
+ *   OPEN --sm_net_close / EOF--> CLOSING (shutdown: queued output flushed,
+ *     |                                   grace timer) --> handles closing
+ *     +--error / timeout / flood / sm_net_abort --------> handles closing
+ *                                                           --> on_close, freed
+ *
+ * Reading is on exactly when: not closing, no EOF yet, the output queue
+ * is under its bound, and the input buffer has room. Under TLS the socket's
+ * bytes go into a memory BIO and SSL_read() fills the input buffer only up
+ * to its bound, so a held connection buffers at most max_input_bytes of
+ * plaintext plus what OpenSSL holds of one read.
+ */
+#include "net.h"
+
+#include "buf.h"
+#include "eng_error.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NET_READ_BYTES 16384
+#define NET_BACKLOG 128
+#define NET_DEFAULT_IDLE_MS (10u * 60 * 1000)
+#define NET_DEFAULT_TOTAL_MS (24u * 60 * 60 * 1000)
+#define NET_DEFAULT_GRACE_MS 5000u
+#define NET_DEFAULT_MAX_INPUT (64u * 1024)
+#define NET_DEFAULT_MAX_OUTPUT (256u * 1024)
+#define NET_DEFAULT_MAX_CONNS 1024u
+#define NET_DEFAULT_MAX_PER_IP 20u
+
+/*
+ * Mozilla's "intermediate" configuration (ssl-config.mozilla.org, v5.7):
+ * TLS 1.2 with ECDHE/DHE and AEAD only, the TLS 1.3 suites as they are.
+ */
+#define NET_TLS12_CIPHERS \
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
+	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
+	"DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:" \
+	"DHE-RSA-CHACHA20-POLY1305"
+#define NET_TLS13_SUITES \
+	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+struct sm_net_tls {
+	SSL_CTX *ctx;
+	char *cert_path;
+	char *key_path;
+};
+
+typedef struct net_ip {
+	struct net_ip *next;
+	unsigned n;
+	char addr[INET6_ADDRSTRLEN];
+} net_ip;
+
+struct sm_net_listener {
+	uv_loop_t *loop;
+	uv_tcp_t tcp;
+	sm_net_listener_config cfg;
+	char *address;
+	char *name;
+	uint16_t port;
+	unsigned n_conns;            /* allocated connections, counted or not */
+	unsigned n_counted;          /* connections past the limits */
+	net_ip *ips;
+	bool closing;
+	bool tcp_closed;
+	void (*done)(void *ctx);
+	void *done_ctx;
+};
+
+struct sm_net_conn {
+	sm_net_listener *l;
+	uv_tcp_t tcp;
+	uv_timer_t timer;
+	uv_timer_t kick;
+	uv_shutdown_t shutdown_req;
+	unsigned handles_open;
+	void *ctx;
+	SSL *ssl;
+	BIO *rbio, *wbio;            /* owned by ssl */
+	eng_buf tls_early;           /* plaintext written before the handshake ended */
+	eng_buf in;                  /* plaintext input not yet consumed */
+	size_t out_bytes;
+	unsigned gen;                /* bumped when the input is discarded */
+	enum sm_net_reason why;
+	uint64_t accepted_ms, last_ms;
+	bool accepted;               /* on_accept was called: on_close is owed */
+	bool counted;                /* in the listener's per-IP counts */
+	bool loopback;
+	bool reading;
+	bool held;
+	bool out_paused;
+	bool peer_eof;
+	bool tls_done;
+	bool closing;                /* no more input or writes */
+	bool handles_closing;
+	bool kick_pending;
+	bool in_deliver;
+	char addr[INET6_ADDRSTRLEN];
+	char rbuf[NET_READ_BYTES];
+};
+
+typedef struct net_write {
+	uv_write_t w;
+	sm_net_conn *c;
+	size_t len;
+	char data[];
+} net_write;
+
+static const char *reason_name(enum sm_net_reason why)
+{
+	switch (why) {
+	case SM_NET_CLOSED: return "closed";
+	case SM_NET_EOF: return "client closed";
+	case SM_NET_ERROR: return "socket error";
+	case SM_NET_TLS_ERROR: return "TLS error";
+	case SM_NET_IDLE: return "idle timeout";
+	case SM_NET_TOTAL: return "session time limit";
+	case SM_NET_FLOOD: return "input flood";
+	case SM_NET_LIMIT: return "connection limit";
+	case SM_NET_SHUTDOWN: return "shutdown";
+	}
+	return "?";
+}
+
+/* ---- TLS context ---- */
+
+static char *ssl_err_sentence(const char *what, const char *path)
+{
+	char reason[256] = "unknown reason";
+	unsigned long e = ERR_peek_last_error();
+	eng_buf b = ENG_BUF_INIT;
+
+	if (e != 0)
+		ERR_error_string_n(e, reason, sizeof(reason));
+	ERR_clear_error();
+	eng_buf_printf(&b, "cannot load the TLS %s %s: %s", what, path, reason);
+	return eng_buf_steal(&b, NULL);
+}
+
+static SSL_CTX *tls_ctx_load(const char *cert, const char *key, char **err_r)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+	if (ctx == NULL) {
+		*err_r = ssl_err_sentence("context", "");
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+			    SSL_OP_NO_TICKET);
+	/* Intermediate: the client chooses among suites that are all good. */
+	SSL_CTX_clear_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+	SSL_CTX_set_dh_auto(ctx, 1);
+	if (SSL_CTX_set_cipher_list(ctx, NET_TLS12_CIPHERS) != 1 ||
+	    SSL_CTX_set_ciphersuites(ctx, NET_TLS13_SUITES) != 1) {
+		*err_r = ssl_err_sentence("cipher list", "");
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+		*err_r = ssl_err_sentence("certificate", cert);
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+	    SSL_CTX_check_private_key(ctx) != 1) {
+		*err_r = ssl_err_sentence("key", key);
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+int sm_net_tls_new(const char *cert_path, const char *key_path,
+		   sm_net_tls **tls_r, char **err_r)
+{
+	sm_net_tls *t;
+	char *err = NULL;
+	SSL_CTX *ctx;
+
+	*tls_r = NULL;
+	if (cert_path == NULL || key_path == NULL)
+		return ENG_EINVAL;
+	ctx = tls_ctx_load(cert_path, key_path, &err);
+	if (ctx == NULL) {
+		if (err_r != NULL)
+			*err_r = err;
+		else
+			free(err);
+		return ENG_EIO;
+	}
+	t = eng_calloc(1, sizeof(*t));
+	t->ctx = ctx;
+	t->cert_path = eng_strdup(cert_path);
+	t->key_path = eng_strdup(key_path);
+	*tls_r = t;
+	return 0;
+}
+
+int sm_net_tls_reload(sm_net_tls *t, char **err_r)
+{
+	char *err = NULL;
+	SSL_CTX *ctx = tls_ctx_load(t->cert_path, t->key_path, &err);
+
+	if (ctx == NULL) {
+		if (err_r != NULL)
+			*err_r = err;
+		else
+			free(err);
+		return ENG_EIO;
+	}
+	/* SSL_new took a reference: open connections keep the old one. */
+	SSL_CTX_free(t->ctx);
+	t->ctx = ctx;
+	return 0;
+}
+
+void sm_net_tls_free(sm_net_tls **tls)
+{
+	sm_net_tls *t = tls != NULL ? *tls : NULL;
+
+	if (t == NULL)
+		return;
+	SSL_CTX_free(t->ctx);
+	free(t->cert_path);
+	free(t->key_path);
+	free(t);
+	*tls = NULL;
+}
+
+/* ---- per-IP counts ---- */
+
+static net_ip *ip_find(sm_net_listener *l, const char *addr)
+{
+	for (net_ip *p = l->ips; p != NULL; p = p->next)
+		if (strcmp(p->addr, addr) == 0)
+			return p;
+	return NULL;
+}
+
+static bool ip_admit(sm_net_listener *l, const char *addr)
+{
+	net_ip *p = ip_find(l, addr);
+
+	if (l->n_counted >= l->cfg.max_conns)
+		return false;
+	if (p != NULL && p->n >= l->cfg.max_conns_per_ip)
+		return false;
+	if (p == NULL) {
+		p = eng_calloc(1, sizeof(*p));
+		snprintf(p->addr, sizeof(p->addr), "%s", addr);
+		p->next = l->ips;
+		l->ips = p;
+	}
+	p->n++;
+	l->n_counted++;
+	return true;
+}
+
+static void ip_release(sm_net_listener *l, const char *addr)
+{
+	net_ip **pp = &l->ips;
+
+	for (; *pp != NULL; pp = &(*pp)->next) {
+		net_ip *p = *pp;
+
+		if (strcmp(p->addr, addr) != 0)
+			continue;
+		if (--p->n == 0) {
+			*pp = p->next;
+			free(p);
+		}
+		break;
+	}
+	l->n_counted--;
+}
+
+/* ---- listener lifetime ---- */
+
+static void listener_free(sm_net_listener *l)
+{
+	void (*done)(void *) = l->done;
+	void *done_ctx = l->done_ctx;
+
+	while (l->ips != NULL) {
+		net_ip *p = l->ips;
+
+		l->ips = p->next;
+		free(p);
+	}
+	free(l->address);
+	free(l->name);
+	free(l);
+	if (done != NULL)
+		done(done_ctx);
+}
+
+static void listener_maybe_free(sm_net_listener *l)
+{
+	if (l->closing && l->tcp_closed && l->n_conns == 0)
+		listener_free(l);
+}
+
+/* ---- connections: reading state, closing ---- */
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+
+static void update_reading(sm_net_conn *c)
+{
+	bool want = !c->closing && !c->peer_eof && !c->out_paused &&
+		    c->in.len < c->l->cfg.max_input_bytes;
+
+	if (want && !c->reading) {
+		if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+			c->reading = true;
+	} else if (!want && c->reading) {
+		uv_read_stop((uv_stream_t *)&c->tcp);
+		c->reading = false;
+	}
+}
+
+static void conn_free(sm_net_conn *c)
+{
+	sm_net_listener *l = c->l;
+
+	if (c->accepted && l->cfg.cb->on_close != NULL)
+		l->cfg.cb->on_close(c, c->ctx, c->why);
+	if (c->counted)
+		ip_release(l, c->addr);
+	if (c->ssl != NULL)
+		SSL_free(c->ssl);
+	eng_buf_free_wipe(&c->in);
+	eng_buf_free_wipe(&c->tls_early);
+	free(c);
+	l->n_conns--;
+	listener_maybe_free(l);
+}
+
+static void on_conn_handle_closed(uv_handle_t *h)
+{
+	sm_net_conn *c = h->data;
+
+	if (--c->handles_open == 0)
+		conn_free(c);
+}
+
+/* Closes the handles: queued output is dropped. */
+static void conn_close_handles(sm_net_conn *c)
+{
+	if (c->handles_closing)
+		return;
+	c->handles_closing = true;
+	c->closing = true;
+	c->reading = false;
+	uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+	uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+	uv_close((uv_handle_t *)&c->kick, on_conn_handle_closed);
+}
+
+static void conn_abort(sm_net_conn *c, enum sm_net_reason why)
+{
+	if (c->handles_closing)
+		return;
+	if (!c->closing)
+		c->why = why;
+	if (why != SM_NET_CLOSED && why != SM_NET_EOF)
+		eng_log(ENG_LOG_INFO, "%s: %s: %s", c->l->name, c->addr,
+			reason_name(why));
+	conn_close_handles(c);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+	sm_net_conn *c = req->data;
+
+	(void)status;
+	conn_close_handles(c);
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void wire_write(sm_net_conn *c, const void *data, size_t len);
+static void tls_flush(sm_net_conn *c);
+
+/* Lets queued output (and TLS close_notify) reach the client, then closes. */
+static void conn_close_graceful(sm_net_conn *c, enum sm_net_reason why)
+{
+	if (c->closing)
+		return;
+	c->why = why;
+	if (c->ssl != NULL && c->tls_done) {
+		SSL_shutdown(c->ssl);
+		tls_flush(c);
+	}
+	c->closing = true;
+	update_reading(c);
+	uv_timer_stop(&c->kick);
+	c->shutdown_req.data = c;
+	if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0) {
+		conn_close_handles(c);
+		return;
+	}
+	/* A client that never reads must not keep the connection forever. */
+	uv_timer_start(&c->timer, on_timer, c->l->cfg.close_grace_ms, 0);
+}
+
+/* ---- output ---- */
+
+static void kick_later(sm_net_conn *c);
+
+static void on_write(uv_write_t *w, int status)
+{
+	net_write *nw = (net_write *)w;
+	sm_net_conn *c = nw->c;
+	size_t max_out = c->l->cfg.max_output_bytes;
+
+	c->out_bytes -= nw->len;
+	free(nw);
+	if (status < 0) {
+		conn_abort(c, SM_NET_ERROR);
+		return;
+	}
+	if (c->closing)
+		return;
+	c->last_ms = uv_now(c->l->loop);
+	if (c->out_paused && c->out_bytes <= max_out / 2) {
+		c->out_paused = false;
+		update_reading(c);
+		kick_later(c);
+		if (c->l->cfg.cb->on_drained != NULL)
+			c->l->cfg.cb->on_drained(c, c->ctx);
+	}
+}
+
+static void wire_write(sm_net_conn *c, const void *data, size_t len)
+{
+	net_write *nw;
+	uv_buf_t b;
+
+	if (len == 0 || c->handles_closing)
+		return;
+	nw = eng_malloc(sizeof(*nw) + len);
+	nw->c = c;
+	nw->len = len;
+	memcpy(nw->data, data, len);
+	b = uv_buf_init(nw->data, (unsigned)len);
+	c->out_bytes += len;
+	if (uv_write(&nw->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
+		c->out_bytes -= len;
+		free(nw);
+		conn_abort(c, SM_NET_ERROR);
+		return;
+	}
+	if (!c->out_paused && c->out_bytes > c->l->cfg.max_output_bytes) {
+		c->out_paused = true;
+		update_reading(c);
+	}
+}
+
+/* Moves the records TLS produced to the socket. */
+static void tls_flush(sm_net_conn *c)
+{
+	char buf[16384];
+	int n;
+
+	while ((n = BIO_read(c->wbio, buf, sizeof(buf))) > 0)
+		wire_write(c, buf, (size_t)n);
+}
+
+static void plain_write(sm_net_conn *c, const void *data, size_t len)
+{
+	if (c->ssl == NULL) {
+		wire_write(c, data, len);
+		return;
+	}
+	if (!c->tls_done) {
+		eng_buf_append(&c->tls_early, data, len);
+		return;
+	}
+	while (len > 0 && !c->handles_closing) {
+		int chunk = len > 65536 ? 65536 : (int)len;
+		int n = SSL_write(c->ssl, data, chunk);
+
+		if (n <= 0) {
+			ERR_clear_error();
+			conn_abort(c, SM_NET_TLS_ERROR);
+			return;
+		}
+		data = (const char *)data + n;
+		len -= (size_t)n;
+		tls_flush(c);
+	}
+}
+
+void sm_net_write(sm_net_conn *c, const void *data, size_t len)
+{
+	if (c->closing || len == 0)
+		return;
+	plain_write(c, data, len);
+}
+
+size_t sm_net_write_queued(const sm_net_conn *c)
+{
+	return c->out_bytes + c->tls_early.len;
+}
+
+bool sm_net_write_blocked(const sm_net_conn *c)
+{
+	return c->out_paused;
+}
+
+/* ---- input ---- */
+
+static void in_consume(sm_net_conn *c, size_t n)
+{
+	if (n == 0)
+		return;
+	if (n >= c->in.len) {
+		sodium_memzero(c->in.data, c->in.len);
+		c->in.len = 0;
+		return;
+	}
+	memmove(c->in.data, c->in.data + n, c->in.len - n);
+	c->in.len -= n;
+	/* Input holds passwords (PASS, AUTH): no stale copy in the tail. */
+	sodium_memzero(c->in.data + c->in.len, n);
+}
+
+/* Pulls plaintext out of TLS into the input buffer, up to its bound. */
+static void tls_pump(sm_net_conn *c)
+{
+	uint8_t plain[NET_READ_BYTES];
+	size_t max_in = c->l->cfg.max_input_bytes;
+
+	while (!c->handles_closing && !c->peer_eof && c->in.len < max_in) {
+		size_t room = max_in - c->in.len;
+		int n = SSL_read(c->ssl, plain, (int)(room < sizeof(plain) ?
+						      room : sizeof(plain)));
+
+		if (n > 0) {
+			eng_buf_append(&c->in, plain, (size_t)n);
+			continue;
+		}
+		int e = SSL_get_error(c->ssl, n);
+
+		if (e == SSL_ERROR_WANT_READ)
+			break;
+		if (e == SSL_ERROR_ZERO_RETURN) {
+			c->peer_eof = true;
+			break;
+		}
+		ERR_clear_error();
+		tls_flush(c);
+		sodium_memzero(plain, sizeof(plain));
+		conn_abort(c, SM_NET_TLS_ERROR);
+		return;
+	}
+	sodium_memzero(plain, sizeof(plain));
+	tls_flush(c);
+	if (!c->tls_done && SSL_is_init_finished(c->ssl)) {
+		c->tls_done = true;
+		if (c->tls_early.len > 0) {
+			eng_buf early = c->tls_early;
+
+			c->tls_early = (eng_buf)ENG_BUF_INIT;
+			plain_write(c, early.data, early.len);
+			eng_buf_free_wipe(&early);
+		}
+	}
+}
+
+/* Offers the buffered input to the protocol while it consumes some. */
+static void deliver(sm_net_conn *c)
+{
+	size_t max_in = c->l->cfg.max_input_bytes;
+
+	if (c->in_deliver)
+		return;
+	c->in_deliver = true;
+	while (!c->closing && !c->held && !c->out_paused && c->in.len > 0) {
+		unsigned gen = c->gen;
+		size_t n = c->l->cfg.cb->on_data(c, c->ctx, (const uint8_t *)c->in.data,
+						  c->in.len);
+
+		if (c->closing)
+			break;
+		if (gen != c->gen)       /* STARTTLS: the input was discarded */
+			continue;
+		if (n > c->in.len)
+			n = c->in.len;
+		in_consume(c, n);
+		if (c->ssl != NULL)
+			tls_pump(c);
+		if (n == 0) {
+			if (c->in.len >= max_in) {
+				c->in_deliver = false;
+				conn_abort(c, SM_NET_FLOOD);
+				return;
+			}
+			break;
+		}
+	}
+	c->in_deliver = false;
+	if (c->closing)
+		return;
+	if (c->peer_eof && !c->held && !c->out_paused) {
+		conn_close_graceful(c, SM_NET_EOF);
+		return;
+	}
+	update_reading(c);
+}
+
+static void on_kick(uv_timer_t *t)
+{
+	sm_net_conn *c = t->data;
+
+	c->kick_pending = false;
+	if (c->closing)
+		return;
+	if (c->ssl != NULL)
+		tls_pump(c);
+	deliver(c);
+}
+
+static void kick_later(sm_net_conn *c)
+{
+	if (c->kick_pending || c->closing)
+		return;
+	c->kick_pending = true;
+	uv_timer_start(&c->kick, on_kick, 0, 0);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+	sm_net_conn *c = h->data;
+
+	(void)hint;
+	*buf = uv_buf_init(c->rbuf, sizeof(c->rbuf));
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	sm_net_conn *c = s->data;
+
+	if (nread == UV_EOF) {
+		c->peer_eof = true;
+		update_reading(c);
+		deliver(c);
+		return;
+	}
+	if (nread < 0) {
+		conn_abort(c, SM_NET_ERROR);
+		return;
+	}
+	if (nread == 0 || c->closing)
+		return;
+	c->last_ms = uv_now(c->l->loop);
+	if (c->ssl != NULL) {
+		if (BIO_write(c->rbio, buf->base, (int)nread) != (int)nread) {
+			conn_abort(c, SM_NET_TLS_ERROR);
+			return;
+		}
+		tls_pump(c);
+		if (c->handles_closing)
+			return;
+	} else {
+		eng_buf_append(&c->in, buf->base, (size_t)nread);
+	}
+	sodium_memzero(buf->base, (size_t)nread);
+	deliver(c);
+}
+
+/* ---- timeouts ---- */
+
+static void on_timer(uv_timer_t *t)
+{
+	sm_net_conn *c = t->data;
+	const sm_net_listener_config *cfg = &c->l->cfg;
+	uint64_t now = uv_now(c->l->loop);
+	uint64_t idle_at, total_at, next;
+
+	if (c->closing) {            /* the close grace ran out */
+		conn_close_handles(c);
+		return;
+	}
+	total_at = c->accepted_ms + cfg->total_timeout_ms;
+	idle_at = c->last_ms + cfg->idle_timeout_ms;
+	if (now >= total_at) {
+		conn_abort(c, SM_NET_TOTAL);
+		return;
+	}
+	if (now >= idle_at) {
+		conn_abort(c, SM_NET_IDLE);
+		return;
+	}
+	next = idle_at < total_at ? idle_at : total_at;
+	uv_timer_start(&c->timer, on_timer, next - now, 0);
+}
+
+/* ---- accepting ---- */
+
+static bool addr_loopback(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+
+		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+			return true;
+		return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) &&
+		       in6->sin6_addr.s6_addr[12] == 127;
+	}
+	return false;
+}
+
+static void ssl_start(sm_net_conn *c)
+{
+	c->ssl = SSL_new(c->l->cfg.tls->ctx);
+	if (c->ssl == NULL)
+		eng_oom(sizeof(SSL *));
+	c->rbio = BIO_new(BIO_s_mem());
+	c->wbio = BIO_new(BIO_s_mem());
+	if (c->rbio == NULL || c->wbio == NULL)
+		eng_oom(sizeof(BIO *));
+	SSL_set_bio(c->ssl, c->rbio, c->wbio);
+	SSL_set_accept_state(c->ssl);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+	sm_net_listener *l = server->data;
+	sm_net_conn *c;
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+
+	if (status != 0 || l->closing)
+		return;
+	c = eng_calloc(1, sizeof(*c));
+	c->l = l;
+	l->n_conns++;
+	uv_tcp_init(l->loop, &c->tcp);
+	uv_timer_init(l->loop, &c->timer);
+	uv_timer_init(l->loop, &c->kick);
+	c->tcp.data = c;
+	c->timer.data = c;
+	c->kick.data = c;
+	c->handles_open = 3;
+	if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
+		conn_abort(c, SM_NET_ERROR);
+		return;
+	}
+	memset(&ss, 0, sizeof(ss));
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) {
+		conn_abort(c, SM_NET_ERROR);
+		return;
+	}
+	if (ss.ss_family == AF_INET6)
+		uv_ip6_name((struct sockaddr_in6 *)&ss, c->addr, sizeof(c->addr));
+	else
+		uv_ip4_name((struct sockaddr_in *)&ss, c->addr, sizeof(c->addr));
+	c->loopback = addr_loopback(&ss);
+	if (!ip_admit(l, c->addr)) {
+		eng_log(ENG_LOG_WARN, "%s: %s: too many connections, refused",
+			l->name, c->addr);
+		conn_abort(c, SM_NET_LIMIT);
+		return;
+	}
+	c->counted = true;
+	uv_tcp_nodelay(&c->tcp, 1);
+	c->accepted_ms = c->last_ms = uv_now(l->loop);
+	if (l->cfg.implicit_tls)
+		ssl_start(c);
+	uv_timer_start(&c->timer, on_timer,
+		       l->cfg.idle_timeout_ms < l->cfg.total_timeout_ms ?
+		       l->cfg.idle_timeout_ms : l->cfg.total_timeout_ms, 0);
+	c->accepted = true;
+	l->cfg.cb->on_accept(c, l->cfg.ctx);
+	if (!c->closing)
+		update_reading(c);
+}
+
+/* ---- listener API ---- */
+
+static void on_listener_closed(uv_handle_t *h)
+{
+	sm_net_listener *l = h->data;
+
+	l->tcp_closed = true;
+	listener_maybe_free(l);
+}
+
+int sm_net_listen(uv_loop_t *loop, const sm_net_listener_config *cfg,
+		  sm_net_listener **l_r)
+{
+	sm_net_listener *l;
+	struct sockaddr_storage ss;
+	int len = sizeof(ss);
+	int rc;
+
+	*l_r = NULL;
+	if (cfg->address == NULL || cfg->cb == NULL || cfg->cb->on_accept == NULL ||
+	    cfg->cb->on_data == NULL || cfg->cb->on_close == NULL ||
+	    (cfg->implicit_tls && cfg->tls == NULL))
+		return ENG_EINVAL;
+	memset(&ss, 0, sizeof(ss));
+	if (uv_ip4_addr(cfg->address, cfg->port, (struct sockaddr_in *)&ss) != 0 &&
+	    uv_ip6_addr(cfg->address, cfg->port, (struct sockaddr_in6 *)&ss) != 0)
+		return ENG_EINVAL;
+	l = eng_calloc(1, sizeof(*l));
+	l->loop = loop;
+	l->cfg = *cfg;
+	l->address = eng_strdup(cfg->address);
+	l->name = eng_strdup(cfg->name != NULL ? cfg->name : "net");
+	l->cfg.address = l->address;
+	l->cfg.name = l->name;
+	if (l->cfg.idle_timeout_ms == 0)
+		l->cfg.idle_timeout_ms = NET_DEFAULT_IDLE_MS;
+	if (l->cfg.total_timeout_ms == 0)
+		l->cfg.total_timeout_ms = NET_DEFAULT_TOTAL_MS;
+	if (l->cfg.close_grace_ms == 0)
+		l->cfg.close_grace_ms = NET_DEFAULT_GRACE_MS;
+	if (l->cfg.max_input_bytes == 0)
+		l->cfg.max_input_bytes = NET_DEFAULT_MAX_INPUT;
+	if (l->cfg.max_output_bytes == 0)
+		l->cfg.max_output_bytes = NET_DEFAULT_MAX_OUTPUT;
+	if (l->cfg.max_conns == 0)
+		l->cfg.max_conns = NET_DEFAULT_MAX_CONNS;
+	if (l->cfg.max_conns_per_ip == 0)
+		l->cfg.max_conns_per_ip = NET_DEFAULT_MAX_PER_IP;
+	uv_tcp_init(loop, &l->tcp);
+	l->tcp.data = l;
+	rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, 0);
+	if (rc == 0)
+		rc = uv_listen((uv_stream_t *)&l->tcp, NET_BACKLOG, on_connection);
+	if (rc == 0)
+		rc = uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len);
+	if (rc != 0) {
+		eng_log(ENG_LOG_ERROR, "%s: cannot listen on %s port %u: %s",
+			l->name, cfg->address, (unsigned)cfg->port, uv_strerror(rc));
+		l->closing = true;
+		uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+		return ENG_EIO;
+	}
+	l->port = ntohs(ss.ss_family == AF_INET6 ?
+			((struct sockaddr_in6 *)&ss)->sin6_port :
+			((struct sockaddr_in *)&ss)->sin_port);
+	*l_r = l;
+	return 0;
+}
+
+uint16_t sm_net_listener_port(const sm_net_listener *l)
+{
+	return l->port;
+}
+
+unsigned sm_net_listener_conns(const sm_net_listener *l)
+{
+	return l->n_counted;
+}
+
+void sm_net_listener_close(sm_net_listener *l, void (*done)(void *ctx), void *ctx)
+{
+	if (l->closing)
+		return;
+	l->closing = true;
+	l->done = done;
+	l->done_ctx = ctx;
+	uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+}
+
+/* ---- connection API ---- */
+
+void sm_net_set_ctx(sm_net_conn *c, void *ctx)
+{
+	c->ctx = ctx;
+}
+
+void *sm_net_get_ctx(const sm_net_conn *c)
+{
+	return c->ctx;
+}
+
+const char *sm_net_peer_addr(const sm_net_conn *c)
+{
+	return c->addr;
+}
+
+bool sm_net_is_loopback(const sm_net_conn *c)
+{
+	return c->loopback;
+}
+
+bool sm_net_is_tls(const sm_net_conn *c)
+{
+	return c->ssl != NULL && c->tls_done;
+}
+
+bool sm_net_can_starttls(const sm_net_conn *c)
+{
+	return c->ssl == NULL && c->l->cfg.tls != NULL;
+}
+
+bool sm_net_closing(const sm_net_conn *c)
+{
+	return c->closing;
+}
+
+void sm_net_hold(sm_net_conn *c)
+{
+	c->held = true;
+}
+
+void sm_net_resume(sm_net_conn *c)
+{
+	c->held = false;
+	kick_later(c);
+}
+
+long sm_net_starttls(sm_net_conn *c)
+{
+	size_t discarded;
+
+	if (c->ssl != NULL || c->l->cfg.tls == NULL || c->closing)
+		return ENG_EPERM;
+	discarded = c->in.len;
+	in_consume(c, c->in.len);
+	c->gen++;
+	if (discarded > 0)
+		eng_log(ENG_LOG_WARN, "%s: %s: %zu plaintext bytes sent after STARTTLS "
+			"discarded", c->l->name, c->addr, discarded);
+	ssl_start(c);
+	update_reading(c);
+	return (long)discarded;
+}
+
+void sm_net_close(sm_net_conn *c)
+{
+	conn_close_graceful(c, SM_NET_CLOSED);
+}
+
+void sm_net_abort(sm_net_conn *c)
+{
+	conn_abort(c, SM_NET_CLOSED);
+}
