@@ -13,7 +13,7 @@ pkgs=(
 	redis-server
 )
 if [ "${1:-}" = "--test" ]; then
-	pkgs+=(libcmocka-dev python3 libpython3.11-testsuite util-linux)
+	pkgs+=(libcmocka-dev python3 libpython3.11-testsuite util-linux fetchmail curl)
 fi
 
 missing=()
