@@ -33,9 +33,12 @@
 #include "rpc_client.h"
 #include "eng_error.h"
 #include "keys.h"
+#include "rpc_tls.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,6 +123,12 @@ typedef struct rpc_conn {
 	uint8_t server_nonce[RPC_NONCE_BYTES];
 	uint8_t client_nonce[RPC_NONCE_BYTES];
 	uint8_t rbuf[READ_BUF_BYTES];
+	/* TLS: the stream carries records; frames go through ssl (memory
+	 * BIOs: rbio gets what the socket read, wbio what it must write). */
+	SSL *ssl;
+	BIO *rbio, *wbio;
+	eng_buf tls_early;           /* frames queued before the handshake ended */
+	uint8_t pbuf[16384];         /* decrypted bytes */
 } rpc_conn;
 
 typedef struct wreq {
@@ -133,6 +142,8 @@ struct rpc_client {
 	bool is_unix;
 	char *unix_path;
 	struct sockaddr_storage addr;
+	SSL_CTX *ssl_ctx;            /* set: TCP connections use TLS */
+	char *tls_name;              /* what the server certificate must name */
 	uint8_t *secret;             /* sodium_malloc'd, RPC_SECRET_BYTES */
 	char *peer_name;
 	uint32_t timeout_ms;
@@ -338,6 +349,8 @@ static void req_finish(rpc_req *r, int err, const rpc_view *resp)
 
 /* ---- writing ---- */
 
+static void sock_send(rpc_conn *conn, eng_buf *b);
+
 static void on_write(uv_write_t *w, int status)
 {
 	wreq *wr = w->data;
@@ -359,7 +372,7 @@ static void on_write(uv_write_t *w, int status)
  * acted on here - the caller may be in the middle of anything - but from
  * the connection timer in a moment.
  */
-static void conn_send(rpc_conn *conn, eng_buf *b)
+static void sock_send(rpc_conn *conn, eng_buf *b)
 {
 	wreq *wr;
 	uv_buf_t ub;
@@ -382,6 +395,61 @@ static void conn_send(rpc_conn *conn, eng_buf *b)
 		conn->dead_err = RPC_EUNAVAILABLE;
 		uv_timer_start(&conn->c->conn_timer, on_conn_timer, 0, 0);
 	}
+}
+
+/* Moves what TLS produced to the socket. */
+static void tls_flush(rpc_conn *conn)
+{
+	size_t pending;
+
+	while ((pending = BIO_ctrl_pending(conn->wbio)) > 0) {
+		eng_buf b = ENG_BUF_INIT;
+		int n;
+
+		eng_buf_reserve(&b, pending);
+		n = BIO_read(conn->wbio, b.data, (int)pending);
+		if (n <= 0) {
+			eng_buf_free(&b);
+			break;
+		}
+		b.len = (size_t)n;
+		sock_send(conn, &b);
+	}
+}
+
+/* Sends b (taken over, reset): through TLS when the connection has it. */
+static void conn_send(rpc_conn *conn, eng_buf *b)
+{
+	size_t off = 0;
+
+	if (conn == NULL || conn->ssl == NULL) {
+		sock_send(conn, b);
+		return;
+	}
+	if (conn->state == CS_CLOSED || conn->dead_err != 0) {
+		buf_wipe_free(b);
+		return;
+	}
+	if (!SSL_is_init_finished(conn->ssl)) {
+		eng_buf_append(&conn->tls_early, b->data, b->len);
+		buf_wipe_free(b);
+		return;
+	}
+	while (off < b->len) {
+		size_t left = b->len - off;
+		/* wbio is a memory BIO: SSL_write takes all it is given. */
+		int n = SSL_write(conn->ssl, b->data + off,
+				  left > (1u << 30) ? 1 << 30 : (int)left);
+
+		if (n <= 0) {
+			conn->dead_err = rpc_tls_failure(conn->ssl, "rpc client");
+			uv_timer_start(&conn->c->conn_timer, on_conn_timer, 0, 0);
+			break;
+		}
+		off += (size_t)n;
+	}
+	buf_wipe_free(b);
+	tls_flush(conn);
 }
 
 static void conn_send_frame(rpc_conn *conn, uint8_t kind, uint8_t flags,
@@ -915,20 +983,15 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	*buf = uv_buf_init((char *)conn->rbuf, sizeof(conn->rbuf));
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* Frames from the plaintext stream. */
+static void on_plain(rpc_conn *conn, const uint8_t *p, size_t len)
 {
-	rpc_conn *conn = s->data;
 	size_t off = 0;
 
-	if (nread < 0) {
-		conn_fail(conn, RPC_EUNAVAILABLE);
-		return;
-	}
-	while (off < (size_t)nread && conn->state != CS_CLOSED) {
+	while (off < len && conn->state != CS_CLOSED) {
 		rpc_frame f;
 		size_t used = 0;
-		int rc = rpc_reader_feed(conn->rd, (const uint8_t *)buf->base + off,
-					 (size_t)nread - off, &used, &f);
+		int rc = rpc_reader_feed(conn->rd, p + off, len - off, &used, &f);
 
 		off += used;
 		if (rc < 0) {
@@ -939,6 +1002,59 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 			break;
 		on_frame(conn, &f);
 	}
+}
+
+/* Records from the socket: the handshake, then frames. */
+static void on_tls_bytes(rpc_conn *conn, const uint8_t *p, size_t len)
+{
+	if (BIO_write(conn->rbio, p, (int)len) != (int)len) {
+		conn_fail(conn, ENG_EIO);
+		return;
+	}
+	while (conn->state != CS_CLOSED) {
+		int n = SSL_read(conn->ssl, conn->pbuf, sizeof(conn->pbuf));
+		int e;
+
+		if (n > 0) {
+			on_plain(conn, conn->pbuf, (size_t)n);
+			continue;
+		}
+		e = SSL_get_error(conn->ssl, n);
+		tls_flush(conn);
+		if (e == SSL_ERROR_WANT_READ)
+			break;
+		if (e == SSL_ERROR_ZERO_RETURN)
+			conn_fail(conn, RPC_EUNAVAILABLE);
+		else
+			conn_fail(conn, rpc_tls_failure(conn->ssl, "rpc client"));
+		return;
+	}
+	if (conn->state == CS_CLOSED)
+		return;
+	tls_flush(conn);
+	if (conn->tls_early.len > 0 && SSL_is_init_finished(conn->ssl)) {
+		eng_buf early = conn->tls_early;
+
+		conn->tls_early = (eng_buf)ENG_BUF_INIT;
+		conn_send(conn, &early);
+	}
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+	rpc_conn *conn = s->data;
+
+	if (nread < 0) {
+		conn_fail(conn, nread == UV_EOF && conn->ssl != NULL &&
+			  !SSL_is_init_finished(conn->ssl) ?
+			  rpc_tls_failure(conn->ssl, "rpc client") :
+			  RPC_EUNAVAILABLE);
+		return;
+	}
+	if (conn->ssl != NULL)
+		on_tls_bytes(conn, (const uint8_t *)buf->base, (size_t)nread);
+	else
+		on_plain(conn, (const uint8_t *)buf->base, (size_t)nread);
 }
 
 /* ---- connections ---- */
@@ -953,6 +1069,9 @@ static void maybe_finish_close(rpc_client *c)
 	cb = c->close_cb;
 	ctx = c->close_ctx;
 	sodium_free(c->secret);
+	if (c->ssl_ctx != NULL)
+		SSL_CTX_free(c->ssl_ctx);
+	free(c->tls_name);
 	free(c->unix_path);
 	free(c->peer_name);
 	rpc_msg_clear(&c->scratch);
@@ -968,6 +1087,10 @@ static void on_conn_close(uv_handle_t *h)
 
 	rpc_reader_free(&conn->rd);
 	sodium_memzero(conn->rbuf, sizeof(conn->rbuf));
+	sodium_memzero(conn->pbuf, sizeof(conn->pbuf));
+	if (conn->ssl != NULL)
+		SSL_free(conn->ssl);   /* frees both BIOs */
+	buf_wipe_free(&conn->tls_early);
 	free(conn);
 	c->handles--;
 	maybe_finish_close(c);
@@ -1068,6 +1191,23 @@ static void on_connect(uv_connect_t *req, int status)
 		return;
 	}
 	conn->state = CS_WAIT_HELLO;
+	if (conn->c->ssl_ctx != NULL) {
+		/* The server sends HELLO once the handshake is done. */
+		if (rpc_tls_ssl_new(conn->c->ssl_ctx, conn->c->tls_name,
+				    &conn->ssl) != 0) {
+			conn_fail(conn, ENG_EIO);
+			return;
+		}
+		conn->rbio = BIO_new(BIO_s_mem());
+		conn->wbio = BIO_new(BIO_s_mem());
+		if (conn->rbio == NULL || conn->wbio == NULL)
+			eng_oom(sizeof(void *));
+		BIO_set_mem_eof_return(conn->rbio, -1);
+		SSL_set_bio(conn->ssl, conn->rbio, conn->wbio);
+		SSL_set_connect_state(conn->ssl);
+		(void)SSL_do_handshake(conn->ssl);   /* WANT_READ: the ClientHello is out */
+		tls_flush(conn);
+	}
 	if (uv_read_start(&conn->u.s, on_alloc, on_read) != 0)
 		conn_fail(conn, RPC_EUNAVAILABLE);
 }
@@ -1182,26 +1322,13 @@ static void arm_req_timer(rpc_client *c, uint64_t due)
 
 /* ---- public API ---- */
 
-static bool is_loopback(const struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-
-		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-	}
-	if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-
-		return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
-	}
-	return false;
-}
-
 int rpc_client_new(uv_loop_t *loop, const rpc_client_config *cfg,
 		   rpc_client **c_r)
 {
 	rpc_client *c;
 	struct sockaddr_storage ss;
+	SSL_CTX *ssl_ctx = NULL;
+	int rc;
 
 	*c_r = NULL;
 	if (loop == NULL || cfg == NULL || cfg->secret == NULL ||
@@ -1216,8 +1343,9 @@ int rpc_client_new(uv_loop_t *loop, const rpc_client_config *cfg,
 		if (uv_ip4_addr(cfg->host, cfg->port, (struct sockaddr_in *)&ss) != 0 &&
 		    uv_ip6_addr(cfg->host, cfg->port, (struct sockaddr_in6 *)&ss) != 0)
 			return ENG_EINVAL;
-		/* No TLS yet, and AUTH in the clear is for loopback only. */
-		if (!is_loopback(&ss))
+		/* AUTH in the clear is for loopback only. */
+		if (!rpc_tls_addr_loopback((struct sockaddr *)&ss) &&
+		    cfg->tls == NULL)
 			return ENG_EPERM;
 	} else if (cfg->unix_path[0] == '\0' ||
 		   strlen(cfg->unix_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
@@ -1225,7 +1353,17 @@ int rpc_client_new(uv_loop_t *loop, const rpc_client_config *cfg,
 	}
 	if (eng_crypto_init() != 0)
 		return ENG_EIO;
+	if (cfg->host != NULL && cfg->tls != NULL &&
+	    (cfg->tls->always || !rpc_tls_addr_loopback((struct sockaddr *)&ss))) {
+		rc = rpc_tls_ctx_new(cfg->tls, &ssl_ctx);
+		if (rc != 0)
+			return rc;
+	}
 	c = eng_calloc(1, sizeof(*c));
+	c->ssl_ctx = ssl_ctx;
+	if (ssl_ctx != NULL)
+		c->tls_name = eng_strdup(cfg->tls->server_name != NULL ?
+					 cfg->tls->server_name : cfg->host);
 	c->secret = sodium_malloc(RPC_SECRET_BYTES);
 	if (c->secret == NULL)
 		eng_oom(RPC_SECRET_BYTES);

@@ -47,9 +47,17 @@
  * are resent only if the caller asks (it knows whether they are
  * idempotent: PING, FETCH_*, SEARCH are; COPY is not).
  *
- * Transport: a unix socket, or TCP to a numeric loopback address (no name
- * resolution). TLS is not implemented yet, so a non-loopback address is
- * refused with ENG_EPERM (the protocol forbids AUTH in the clear there).
+ * Transport: a unix socket, or TCP to a numeric address (no name
+ * resolution). With cfg->tls set, TCP uses TLS under rpc_tls.h's policy
+ * whenever the address is not loopback, or always with tls->always: the
+ * handshake (memory BIOs on the libuv stream) comes first, then every
+ * frame goes through it, and the server certificate must chain to
+ * tls->ca_file and name tls->server_name (NULL: host). A certificate that
+ * does not verify fails the connection with RPC_ENOTAUTH, like a wrong
+ * secret (queued requests fail too); other TLS failures with RPC_EPROTO,
+ * and the client keeps reconnecting. Without cfg->tls a non-loopback
+ * address is refused with ENG_EPERM (the protocol forbids AUTH in the
+ * clear there).
  *
  * Single-threaded: every function is called on the loop's thread.
  */
@@ -63,6 +71,7 @@
 
 #include "rpc_auth.h"
 #include "rpc_codec.h"
+#include "rpc_tls.h"
 
 typedef struct rpc_client rpc_client;
 
@@ -74,6 +83,9 @@ typedef struct rpc_client_config {
 	const char *unix_path;
 	const char *host;
 	uint16_t port;
+	/* TLS for TCP (see above); NULL: loopback in the clear only. The
+	 * files are read at rpc_client_new; the struct need not outlive it. */
+	const rpc_tls_config *tls;
 	/* The 32-byte shared secret; copied into guarded memory. */
 	const uint8_t *secret;
 	/* Our name in the server's log and access rules ("imap@mx1"). */
@@ -160,7 +172,8 @@ typedef struct rpc_client_opts {
 /*
  * Creates a client on loop and starts connecting. cfg is copied (strings
  * included, the secret into sodium_malloc'd memory). ENG_EINVAL for a
- * bad configuration, ENG_EPERM for a non-loopback TCP address.
+ * bad configuration, ENG_EPERM for a non-loopback TCP address without
+ * cfg->tls, ENG_EIO when a TLS file does not load (logged).
  */
 int rpc_client_new(uv_loop_t *loop, const rpc_client_config *cfg,
 		   rpc_client **c_r);

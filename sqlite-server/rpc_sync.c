@@ -12,6 +12,7 @@
 #include "eng_error.h"
 #include "rpc_auth.h"
 #include "rpc_proto.h"
+#include "rpc_tls.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -19,6 +20,8 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -45,6 +48,12 @@ struct rpc_sync {
 	uint32_t max_frame;
 	uint32_t max_in_flight;
 	eng_buf out;                 /* scratch for outgoing frames */
+	/* TLS over memory BIOs: recv() feeds rbio, SSL_read moves plaintext
+	 * to inq; SSL_write fills wbio, whose bytes go out through send(). */
+	SSL_CTX *ssl_ctx;
+	SSL *ssl;
+	BIO *rbio, *wbio;
+	eng_buf tls_out;
 };
 
 static int64_t now_ms(void)
@@ -134,34 +143,19 @@ int rpc_sync_open_unix(const char *path, int timeout_ms, rpc_sync **c_r)
 	return 0;
 }
 
-static bool addr_is_loopback(const struct sockaddr *sa)
-{
-	if (sa->sa_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-
-		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-	}
-	if (sa->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-
-		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
-			return true;
-		return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) &&
-		       in6->sin6_addr.s6_addr[12] == 127;
-	}
-	return false;
-}
-
-int rpc_sync_open_tcp(const char *host, uint16_t port, int timeout_ms,
-		      rpc_sync **c_r)
+/*
+ * Connects to the first address of host that works. Without tls only
+ * loopback addresses are tried (the protocol forbids AUTH in the clear
+ * anywhere else: ENG_EPERM). *use_tls_r: whether the address reached
+ * needs TLS under tls's rules.
+ */
+static int tcp_connect(const char *host, uint16_t port, int timeout_ms,
+		       const rpc_tls_config *tls, int *fd_r, bool *use_tls_r)
 {
 	struct addrinfo hints, *res = NULL, *ai;
 	char portstr[8];
 	int fd = -1, rc = ENG_EIO, one = 1;
 
-	*c_r = NULL;
-	if (timeout_ms <= 0)
-		timeout_ms = RPC_SYNC_DEFAULT_TIMEOUT_MS;
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_NUMERICSERV;
@@ -169,9 +163,9 @@ int rpc_sync_open_tcp(const char *host, uint16_t port, int timeout_ms,
 	if (getaddrinfo(host, portstr, &hints, &res) != 0)
 		return ENG_ENOTFOUND;
 	for (ai = res; ai != NULL; ai = ai->ai_next) {
-		/* No TLS here: the protocol forbids AUTH in the clear to any
-		 * address that is not loopback. */
-		if (!addr_is_loopback(ai->ai_addr)) {
+		bool loopback = rpc_tls_addr_loopback(ai->ai_addr);
+
+		if (!loopback && tls == NULL) {
 			rc = ENG_EPERM;
 			continue;
 		}
@@ -185,8 +179,10 @@ int rpc_sync_open_tcp(const char *host, uint16_t port, int timeout_ms,
 		}
 		rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
 		rc = finish_connect(fd, rc, timeout_ms);
-		if (rc == 0)
+		if (rc == 0) {
+			*use_tls_r = tls != NULL && (!loopback || tls->always);
 			break;
+		}
 		close(fd);
 		fd = -1;
 	}
@@ -194,8 +190,115 @@ int rpc_sync_open_tcp(const char *host, uint16_t port, int timeout_ms,
 	if (fd < 0)
 		return rc;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	*fd_r = fd;
+	return 0;
+}
+
+int rpc_sync_open_tcp(const char *host, uint16_t port, int timeout_ms,
+		      rpc_sync **c_r)
+{
+	bool use_tls = false;
+	int fd = -1, rc;
+
+	*c_r = NULL;
+	if (timeout_ms <= 0)
+		timeout_ms = RPC_SYNC_DEFAULT_TIMEOUT_MS;
+	rc = tcp_connect(host, port, timeout_ms, NULL, &fd, &use_tls);
+	if (rc != 0)
+		return rc;
 	*c_r = sync_new(fd, timeout_ms);
 	return 0;
+}
+
+static int read_some(rpc_sync *c);
+static int tls_flush(rpc_sync *c);
+static int fail(rpc_sync *c, int err);
+
+/* The TLS handshake, blocking (with the connection's timeout). */
+static int tls_handshake(rpc_sync *c)
+{
+	int64_t deadline = now_ms() + c->timeout_ms;
+
+	for (;;) {
+		int n = SSL_do_handshake(c->ssl);
+		int e = n == 1 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, n);
+		int rc = tls_flush(c);   /* our flight, or the alert */
+
+		if (e != SSL_ERROR_NONE && e != SSL_ERROR_WANT_READ)
+			return fail(c, rpc_tls_failure(c->ssl, "rpc_sync"));
+		if (rc != 0)
+			return rc;
+		if (e == SSL_ERROR_NONE)
+			return 0;
+		if (BIO_ctrl_pending(c->rbio) == 0) {
+			struct pollfd pf = { .fd = c->fd, .events = POLLIN };
+
+			if (c->eof)
+				return fail(c, rpc_tls_failure(c->ssl, "rpc_sync"));
+			rc = poll(&pf, 1, remaining_ms(deadline));
+			if (rc < 0 && errno == EINTR)
+				continue;
+			if (rc < 0)
+				return fail(c, ENG_EIO);
+			if (rc == 0)
+				return fail(c, RPC_ETIMEOUT);
+			if (read_some(c) != 0)
+				return c->err;
+		}
+	}
+}
+
+int rpc_sync_open_tls(const char *host, uint16_t port,
+		      const rpc_tls_config *tls, int timeout_ms, rpc_sync **c_r)
+{
+	SSL_CTX *ctx = NULL;
+	bool use_tls = false;
+	rpc_sync *c;
+	int fd = -1, rc;
+
+	*c_r = NULL;
+	if (tls == NULL)
+		return ENG_EINVAL;
+	if (timeout_ms <= 0)
+		timeout_ms = RPC_SYNC_DEFAULT_TIMEOUT_MS;
+	rc = rpc_tls_ctx_new(tls, &ctx);
+	if (rc != 0)
+		return rc;
+	rc = tcp_connect(host, port, timeout_ms, tls, &fd, &use_tls);
+	if (rc != 0) {
+		SSL_CTX_free(ctx);
+		return rc;
+	}
+	c = sync_new(fd, timeout_ms);
+	if (!use_tls) {
+		SSL_CTX_free(ctx);
+		*c_r = c;
+		return 0;
+	}
+	c->ssl_ctx = ctx;
+	rc = rpc_tls_ssl_new(ctx, tls->server_name != NULL ? tls->server_name : host,
+			     &c->ssl);
+	if (rc == 0) {
+		c->rbio = BIO_new(BIO_s_mem());
+		c->wbio = BIO_new(BIO_s_mem());
+		if (c->rbio == NULL || c->wbio == NULL)
+			eng_oom(sizeof(void *));
+		BIO_set_mem_eof_return(c->rbio, -1);
+		SSL_set_bio(c->ssl, c->rbio, c->wbio);
+		SSL_set_connect_state(c->ssl);
+		rc = tls_handshake(c);
+	}
+	if (rc != 0) {
+		rpc_sync_free(&c);
+		return rc;
+	}
+	*c_r = c;
+	return 0;
+}
+
+bool rpc_sync_tls(const rpc_sync *c)
+{
+	return c->ssl != NULL;
 }
 
 void rpc_sync_free(rpc_sync **c)
@@ -204,9 +307,18 @@ void rpc_sync_free(rpc_sync **c)
 		return;
 	if ((*c)->fd >= 0)
 		close((*c)->fd);
+	if ((*c)->ssl != NULL)
+		SSL_free((*c)->ssl);   /* frees both BIOs */
+	if ((*c)->ssl_ctx != NULL)
+		SSL_CTX_free((*c)->ssl_ctx);
 	rpc_reader_free(&(*c)->reader);
+	if ((*c)->inq.data != NULL)
+		sodium_memzero((*c)->inq.data, (*c)->inq.cap);
+	if ((*c)->out.data != NULL)
+		sodium_memzero((*c)->out.data, (*c)->out.cap);
 	eng_buf_free(&(*c)->inq);
 	eng_buf_free(&(*c)->out);
+	eng_buf_free(&(*c)->tls_out);
 	free(*c);
 	*c = NULL;
 }
@@ -247,19 +359,34 @@ static int fail(rpc_sync *c, int err)
 	return err;
 }
 
-/* Reads what is available (the socket is readable) into inq. */
+/*
+ * Reads what is available (the socket is readable): into inq, or under
+ * TLS into rbio (decrypted later by tls_decrypt, so that reading while a
+ * handshake or a write is going on never runs SSL_read in the middle).
+ */
 static int read_some(rpc_sync *c)
 {
+	uint8_t tmp[16384];
 	ssize_t n;
 
-	if (c->inq.len - c->inq_off >= RPC_SYNC_MAX_INQ_BYTES)
+	if (c->inq.len - c->inq_off >= RPC_SYNC_MAX_INQ_BYTES ||
+	    (c->ssl != NULL && BIO_ctrl_pending(c->rbio) >= RPC_SYNC_MAX_INQ_BYTES))
 		return fail(c, ENG_ELIMIT);
-	eng_buf_reserve(&c->inq, 65536);
-	n = recv(c->fd, c->inq.data + c->inq.len, 65536, 0);
-	if (n > 0) {
-		c->inq.len += (size_t)n;
-		c->inq.data[c->inq.len] = '\0';
-		return 0;
+	if (c->ssl != NULL) {
+		n = recv(c->fd, tmp, sizeof(tmp), 0);
+		if (n > 0) {
+			if (BIO_write(c->rbio, tmp, (int)n) != (int)n)
+				return fail(c, ENG_EIO);
+			return 0;
+		}
+	} else {
+		eng_buf_reserve(&c->inq, 65536);
+		n = recv(c->fd, c->inq.data + c->inq.len, 65536, 0);
+		if (n > 0) {
+			c->inq.len += (size_t)n;
+			c->inq.data[c->inq.len] = '\0';
+			return 0;
+		}
 	}
 	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 		return 0;
@@ -267,9 +394,82 @@ static int read_some(rpc_sync *c)
 	return 0;
 }
 
+/* Under TLS: decrypts what rbio holds into inq. */
+static int tls_decrypt(rpc_sync *c)
+{
+	if (c->ssl == NULL || !SSL_is_init_finished(c->ssl))
+		return 0;
+	for (;;) {
+		int n, e;
+
+		eng_buf_reserve(&c->inq, 16384);
+		n = SSL_read(c->ssl, c->inq.data + c->inq.len, 16384);
+		if (n > 0) {
+			c->inq.len += (size_t)n;
+			c->inq.data[c->inq.len] = '\0';
+			continue;
+		}
+		e = SSL_get_error(c->ssl, n);
+		if (e == SSL_ERROR_WANT_READ)
+			return 0;
+		if (e == SSL_ERROR_ZERO_RETURN) {
+			c->eof = true;
+			return 0;
+		}
+		return fail(c, rpc_tls_failure(c->ssl, "rpc_sync"));
+	}
+}
+
+/* Sends bytes as they are on the socket; reads meanwhile (see above). */
+static int sock_send_all(rpc_sync *c, const uint8_t *p, size_t len);
+
+/* Moves what TLS wrote to wbio onto the socket. */
+static int tls_flush(rpc_sync *c)
+{
+	size_t pending = BIO_ctrl_pending(c->wbio);
+	int rc;
+
+	if (pending == 0)
+		return 0;
+	eng_buf_reset(&c->tls_out);
+	eng_buf_reserve(&c->tls_out, pending);
+	if (BIO_read(c->wbio, c->tls_out.data, (int)pending) != (int)pending)
+		return fail(c, ENG_EIO);
+	c->tls_out.len = pending;
+	rc = sock_send_all(c, (const uint8_t *)c->tls_out.data, c->tls_out.len);
+	eng_buf_reset(&c->tls_out);
+	return rc;
+}
+
 int rpc_sync_send_raw(rpc_sync *c, const void *data, size_t len)
 {
 	const uint8_t *p = data;
+
+	if (c->err != 0)
+		return c->err;
+	if (c->ssl == NULL)
+		return sock_send_all(c, p, len);
+	while (len > 0) {
+		/* wbio is a memory BIO: SSL_write takes everything at once. */
+		int chunk = len > 1u << 30 ? 1 << 30 : (int)len;
+		int n = SSL_write(c->ssl, p, chunk);
+
+		if (n <= 0)
+			return fail(c, rpc_tls_failure(c->ssl, "rpc_sync"));
+		p += n;
+		len -= (size_t)n;
+		if (BIO_ctrl_pending(c->wbio) >= 256 * 1024) {
+			int rc = tls_flush(c);
+
+			if (rc != 0)
+				return rc;
+		}
+	}
+	return tls_flush(c);
+}
+
+static int sock_send_all(rpc_sync *c, const uint8_t *p, size_t len)
+{
 	int64_t deadline = now_ms() + c->timeout_ms;
 
 	if (c->err != 0)
@@ -347,6 +547,14 @@ int rpc_sync_recv(rpc_sync *c, int timeout_ms, rpc_frame *f_r)
 			return fail(c, rc);
 		if (rc == 1)
 			return 0;
+		if (c->ssl != NULL && BIO_ctrl_pending(c->rbio) > 0) {
+			size_t before = c->inq.len;
+
+			if (tls_decrypt(c) != 0)
+				return c->err;
+			if (c->inq.len > before)
+				continue;
+		}
 		if (c->eof)
 			return fail(c, ENG_EIO);
 		struct pollfd pf = { .fd = c->fd, .events = POLLIN };
@@ -493,6 +701,17 @@ int rpc_sync_connect_tcp(const char *host, uint16_t port,
 			 int timeout_ms, rpc_sync **c_r)
 {
 	int rc = rpc_sync_open_tcp(host, port, timeout_ms, c_r);
+
+	if (rc == 0 && (rc = rpc_sync_handshake(*c_r, secret, peer_name)) != 0)
+		rpc_sync_free(c_r);
+	return rc;
+}
+
+int rpc_sync_connect_tls(const char *host, uint16_t port,
+			 const rpc_tls_config *tls, const uint8_t secret[32],
+			 const char *peer_name, int timeout_ms, rpc_sync **c_r)
+{
+	int rc = rpc_sync_open_tls(host, port, tls, timeout_ms, c_r);
 
 	if (rc == 0 && (rc = rpc_sync_handshake(*c_r, secret, peer_name)) != 0)
 		rpc_sync_free(c_r);

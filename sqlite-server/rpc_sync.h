@@ -1,10 +1,14 @@
 /*
  * A small blocking client of the sqlited protocol (docs/rpc.md), for tests
  * and for the `sealmail` admin CLI. Plain sockets and poll() with a
- * timeout on every wait; no event loop, no threads, no TLS (so it talks
- * to a unix socket or a loopback address only: the protocol forbids AUTH
- * in the clear anywhere else, and rpc_sync_open_tcp refuses other
- * addresses with ENG_EPERM).
+ * timeout on every wait; no event loop, no threads.
+ *
+ * Transport: a unix socket; TCP in the clear to loopback only
+ * (rpc_sync_open_tcp refuses other addresses with ENG_EPERM: the protocol
+ * forbids AUTH in the clear anywhere else); or, with rpc_sync_open_tls,
+ * TLS under the policy of rpc_tls.h (any address; loopback in the clear
+ * unless tls->always). TLS runs over memory BIOs on the same
+ * non-blocking socket, so every wait has the same timeout.
  *
  * Two levels:
  *  - rpc_sync_call() and rpc_sync_call_ex(): one request at a time, waits
@@ -33,6 +37,7 @@
 
 #include "buf.h"
 #include "rpc_codec.h"
+#include "rpc_tls.h"
 
 typedef struct rpc_sync rpc_sync;
 
@@ -46,6 +51,20 @@ int rpc_sync_open_unix(const char *path, int timeout_ms, rpc_sync **c_r);
 /* host is a numeric address or a name that resolves to loopback. */
 int rpc_sync_open_tcp(const char *host, uint16_t port, int timeout_ms,
 		      rpc_sync **c_r);
+
+/*
+ * TCP with TLS where tls's rules want it (see rpc_tls.h): connects,
+ * then does the TLS handshake and checks the server certificate against
+ * tls->ca_file and tls->server_name (NULL: host). Errors: ENG_EINVAL
+ * (no ca_file), ENG_EIO (a file does not load, or the connection broke),
+ * RPC_ENOTAUTH (the certificate does not verify or name the host),
+ * RPC_EPROTO (the TLS handshake failed otherwise: a plain server, a
+ * protocol version or cipher it refuses), RPC_ETIMEOUT.
+ */
+int rpc_sync_open_tls(const char *host, uint16_t port,
+		      const rpc_tls_config *tls, int timeout_ms, rpc_sync **c_r);
+/* True when the connection is under TLS. */
+bool rpc_sync_tls(const rpc_sync *c);
 
 /*
  * HELLO -> AUTH -> AUTH_OK with the shared secret: checks the server's
@@ -63,6 +82,9 @@ int rpc_sync_connect_unix(const char *path, const uint8_t secret[32],
 int rpc_sync_connect_tcp(const char *host, uint16_t port,
 			 const uint8_t secret[32], const char *peer_name,
 			 int timeout_ms, rpc_sync **c_r);
+int rpc_sync_connect_tls(const char *host, uint16_t port,
+			 const rpc_tls_config *tls, const uint8_t secret[32],
+			 const char *peer_name, int timeout_ms, rpc_sync **c_r);
 
 /* Closes and frees; sets *c to NULL; accepts NULL. */
 void rpc_sync_free(rpc_sync **c);

@@ -1519,11 +1519,18 @@ static int listen_tcp(net_state *n, const sm_config *cfg)
 		uv_ip4_name((struct sockaddr_in *)&ss, name, sizeof(name));
 	}
 	n->ssl_ctx = tls_ctx_new(cfg);
+	if (n->ssl_ctx == NULL && n->opt.tls_always) {
+		/* Closing every peer would look like a network fault. */
+		eng_log(ENG_LOG_ERROR, "sqlited: sqlited_tls = always but the TLS "
+			"certificate %s / key %s does not load", cfg->tls_cert,
+			cfg->tls_key);
+		return ENG_EINVAL;
+	}
 	snprintf(n->listeners[n->n_listeners++], sizeof(n->listeners[0]),
 		 "tcp %s%s%s:%u (%s)", strchr(name, ':') ? "[" : "", name,
 		 strchr(name, ':') ? "]" : "", (unsigned)n->tcp_port,
-		 n->ssl_ctx != NULL ? "TLS unless loopback" :
-		 "loopback only: no TLS certificate");
+		 n->ssl_ctx == NULL ? "loopback only: no TLS certificate" :
+		 n->opt.tls_always ? "TLS always" : "TLS unless loopback");
 	return 0;
 }
 
@@ -1583,6 +1590,8 @@ int srv_net_start(srv *s, const srv_net_options *opt)
 		n->opt = *opt;
 	else
 		srv_net_options_default(&n->opt);
+	if (s->cfg->sqlited_tls_always)
+		n->opt.tls_always = true;
 	n->start_ms = uv_now(s->loop);
 	s->net = n;
 	if (s->tmp_dir != NULL) {

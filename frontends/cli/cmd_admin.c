@@ -174,6 +174,52 @@ static void adm_close(struct adm *a)
 	sm_config_free(&a->cfg);
 }
 
+/*
+ * sqlited_host is set: TCP to it on sqlited_port, with TLS unless it is
+ * loopback and sqlited_tls is auto; the server certificate must chain to
+ * sqlited_ca and name sqlited_host. 0 or -1 (printed).
+ */
+static int adm_connect_tcp(struct adm *a, const char *config_path)
+{
+	rpc_tls_config tls = {
+		.ca_file = a->cfg->sqlited_ca,
+		.always = a->cfg->sqlited_tls_always,
+	};
+	const char *host = a->cfg->sqlited_host;
+	uint8_t *secret = NULL;
+	char *msg = NULL;
+	int err;
+
+	if (a->cfg->sqlited_port == 0) {
+		cli_error("%s: sqlited_host is set but sqlited_port is 0", config_path);
+		goto fail;
+	}
+	if (sm_secret_load(a->cfg->rpc_secret_file, &secret, &msg) != 0) {
+		cli_error("%s", msg != NULL ? msg : "cannot read the RPC secret");
+		free(msg);
+		goto fail;
+	}
+	err = rpc_sync_connect_tls(host, a->cfg->sqlited_port, &tls, secret,
+				   CLI_PEER_NAME, CLI_RPC_TIMEOUT_MS, &a->c);
+	sm_secret_free(&secret);
+	if (err == RPC_ENOTAUTH) {
+		cli_error("sqlited at %s port %u refused the RPC secret in %s, or "
+			  "its TLS certificate does not verify against %s",
+			  host, (unsigned)a->cfg->sqlited_port,
+			  a->cfg->rpc_secret_file, a->cfg->sqlited_ca);
+		goto fail;
+	}
+	if (err != 0) {
+		cli_error("cannot reach sqlited at %s port %u: %s", host,
+			  (unsigned)a->cfg->sqlited_port, rpc_strerror(err));
+		goto fail;
+	}
+	return 0;
+fail:
+	adm_close(a);
+	return -1;
+}
+
 /* Loads the configuration and the secret and connects. 0 or -1 (printed). */
 static int adm_connect(struct adm *a, const char *config_path)
 {
@@ -189,10 +235,12 @@ static int adm_connect(struct adm *a, const char *config_path)
 		free(msg);
 		return -1;
 	}
+	if (a->cfg->sqlited_host != NULL)
+		return adm_connect_tcp(a, config_path);
 	if (a->cfg->sqlited_socket == NULL) {
 		cli_error("%s: sqlited_socket is empty; the admin commands talk "
-			  "to sqlited over that unix socket, so set it",
-			  config_path);
+			  "to sqlited over that unix socket (or sqlited_host), so "
+			  "set it", config_path);
 		goto fail;
 	}
 	if (stat(a->cfg->sqlited_socket, &st) != 0) {
@@ -924,7 +972,12 @@ int cli_cmd_status(int argc, char **argv)
 		return cli_usage("status");
 	if (adm_connect(&a, o.config) != 0)
 		return CLI_EXIT_FAIL;
-	printf("sqlited at %s: running\n", a.cfg->sqlited_socket);
+	if (a.cfg->sqlited_host != NULL)
+		printf("sqlited at %s port %u%s: running\n", a.cfg->sqlited_host,
+		       (unsigned)a.cfg->sqlited_port,
+		       rpc_sync_tls(a.c) ? " (TLS)" : "");
+	else
+		printf("sqlited at %s: running\n", a.cfg->sqlited_socket);
 	err = print_stats(&a, RPC_OP_SERVER_STATUS, "server");
 	if (err == 0)
 		err = print_stats(&a, RPC_OP_STATS, "connection");

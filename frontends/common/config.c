@@ -25,7 +25,15 @@ enum key_type {
 	KT_PORT,
 	KT_UINT,       /* a decimal number in [min, max] */
 	KT_REDIS_URL,
+	KT_HOST_OPT,   /* empty (NULL), an IP literal or a host name */
+	KT_TLS_MODE,   /* "auto" or "always", stored as a bool */
 };
+
+/* Types whose field is a malloc'd string. */
+static bool key_is_string(int type)
+{
+	return type != KT_PORT && type != KT_UINT && type != KT_TLS_MODE;
+}
 
 struct key_def {
 	const char *name;
@@ -49,6 +57,10 @@ static const struct key_def keys[] = {
 	PORT(sqlited_port),
 	{ "sqlited_socket", KT_PATH_OPT, OFF(sqlited_socket), 0, 0,
 	  SM_CONFIG_DEFAULT_SQLITED_SOCKET, 0 },
+	{ "sqlited_host", KT_HOST_OPT, OFF(sqlited_host), 0, 0, "", 0 },
+	/* empty: tls_cert (set after resolving) */
+	{ "sqlited_ca", KT_PATH_OPT, OFF(sqlited_ca), 0, 0, "", 0 },
+	{ "sqlited_tls", KT_TLS_MODE, OFF(sqlited_tls_always), 0, 0, NULL, 0 },
 	PORT(imaps_port),
 	PORT(imap_port),
 	PORT(pop3s_port),
@@ -258,6 +270,16 @@ static int set_value(struct parser *p, sm_config *cfg, const struct key_def *k,
 		*(uint64_t *)field = n;
 		return 0;
 	}
+	if (k->type == KT_TLS_MODE) {
+		if (vlen == 4 && memcmp(v, "auto", 4) == 0)
+			*(bool *)field = false;
+		else if (vlen == 6 && memcmp(v, "always", 6) == 0)
+			*(bool *)field = true;
+		else
+			return fail_value(p, line, k->name, "\"auto\" or \"always\"",
+					  v, vlen);
+		return 0;
+	}
 
 	if (has_control(v, vlen))
 		return fail_value(p, line, k->name, "text without control characters",
@@ -287,6 +309,17 @@ static int set_value(struct parser *p, sm_config *cfg, const struct key_def *k,
 					  "a host name such as mail.example.org", v, vlen);
 		}
 		break;
+	case KT_HOST_OPT: {
+		unsigned char addr[16];
+
+		if (*s != '\0' && inet_pton(AF_INET, s, addr) != 1 &&
+		    inet_pton(AF_INET6, s, addr) != 1 && !sm_config_hostname_valid(s)) {
+			free(s);
+			return fail_value(p, line, k->name,
+					  "empty, an IP address or a host name", v, vlen);
+		}
+		break;
+	}
 	case KT_REDIS_URL:
 		if (!redis_url_valid(s)) {
 			free(s);
@@ -351,7 +384,8 @@ static void apply_defaults_and_resolve(const struct parser *p, sm_config *cfg)
 			continue;
 		switch (keys[i].type) {
 		case KT_PORT:
-			break;  /* zero-initialised: off */
+		case KT_TLS_MODE:
+			break;  /* zero-initialised: off, auto */
 		case KT_UINT:
 			*(uint64_t *)field = keys[i].default_num;
 			break;
@@ -387,6 +421,13 @@ static void apply_defaults_and_resolve(const struct parser *p, sm_config *cfg)
 		free(*str);
 		*str = resolved;
 	}
+	if (cfg->sqlited_host != NULL && cfg->sqlited_host[0] == '\0') {
+		free(cfg->sqlited_host);
+		cfg->sqlited_host = NULL;
+	}
+	/* One machine with its self-signed certificate: trust it. */
+	if (cfg->sqlited_ca == NULL)
+		cfg->sqlited_ca = eng_strdup(cfg->tls_cert);
 }
 
 static bool is_space(char c)
@@ -554,7 +595,7 @@ void sm_config_free(sm_config **cfgp)
 	if (cfgp == NULL || (cfg = *cfgp) == NULL)
 		return;
 	for (size_t i = 0; i < N_KEYS; i++) {
-		if (keys[i].type != KT_PORT && keys[i].type != KT_UINT)
+		if (key_is_string(keys[i].type))
 			free(*(char **)((char *)cfg + keys[i].offset));
 	}
 	free(cfg->source);
@@ -617,6 +658,12 @@ char *sm_config_default_text(const char *data_dir, const char *hostname)
 		"# storage service (binary RPC) and its local unix socket\n"
 		"sqlited_port = %d\n"
 		"sqlited_socket = %s\n"
+		"# auto: TLS for TCP peers not on loopback; always: on loopback too\n"
+		"sqlited_tls = auto\n"
+		"# clients: empty for the unix socket; else where sqlited runs\n"
+		"sqlited_host =\n"
+		"# the CA (or pinned certificate) clients trust for sqlited; empty: tls_cert\n"
+		"sqlited_ca =\n"
 		"\n"
 		"imaps_port = %d\n"
 		"imap_port = %d\n"

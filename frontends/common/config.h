@@ -71,6 +71,11 @@ typedef struct sm_config {
 
 	uint16_t sqlited_port;
 	char *sqlited_socket;  /* resolved path, or NULL when set to empty (off) */
+	/* Where clients reach sqlited: NULL (empty, the default) for the unix
+	 * socket, else an IP literal or a host name (with sqlited_port). */
+	char *sqlited_host;
+	char *sqlited_ca;      /* resolved; defaults to tls_cert */
+	bool sqlited_tls_always; /* sqlited_tls = always (default auto) */
 	uint16_t imaps_port;
 	uint16_t imap_port;
 	uint16_t pop3s_port;

@@ -161,6 +161,54 @@ class TestSqlited(Base):
         self.assertLess(took, 10)
         self.assertFalse(os.path.exists(self.sock), "socket file left behind")
 
+    def test_cli_over_tls(self):
+        # sqlited_tls = always: TLS on loopback TCP too; no unix socket, so
+        # the CLI must go over TCP (sqlited_host) and trust sqlited_ca,
+        # which defaults to the self-signed tls_cert of `sealmail init`.
+        set_key(self.conf, "sqlited_tls", "always")
+        set_key(self.conf, "sqlited_socket", "")
+        set_key(self.conf, "sqlited_host", "127.0.0.1")
+        self.start_redis()
+        p, lines = self.start_sqlited(expect_lines=1)
+        self.assertIn("TLS always", lines[0])
+
+        def cli(*args, conf=None):
+            return subprocess.run([SEALMAIL, *args, "--config", conf or self.conf],
+                                  capture_output=True, text=True, timeout=60)
+
+        r = cli("status")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"127.0.0.1 port {self.port} (TLS)", r.stdout)
+        r = cli("domain", "add", "tls.example")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = cli("domain", "list")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("tls.example", r.stdout)
+        # by name: the self-signed certificate carries DNS:localhost
+        set_key(self.conf, "sqlited_host", "localhost")
+        r = cli("domain", "list")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("tls.example", r.stdout)
+        set_key(self.conf, "sqlited_host", "127.0.0.1")
+
+        # a plaintext client on the TCP port gets nothing and is closed
+        with self.assertRaises((rpcclient.Closed, OSError)):
+            rpcclient.connect_tcp("127.0.0.1", self.port, self.secret)
+
+        # trusting another installation's certificate: refused, said so
+        other = os.path.join(self.tmp, "other")
+        r = subprocess.run([SEALMAIL, "init", "--config", os.path.join(other, "sealmail.conf"),
+                            "--data-dir", other], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        set_key(self.conf, "sqlited_ca", os.path.join(other, "tls", "cert.pem"))
+        r = cli("domain", "list")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("does not verify", r.stderr)
+        self.assertNotIn("tls.example", r.stdout)
+
+        rc, _ = self.stop(p)
+        self.assertEqual(rc, 0, p.stderr.read())
+
     def test_wrong_secret_is_refused(self):
         self.start_redis()
         p, _ = self.start_sqlited()
