@@ -117,6 +117,7 @@ struct sm_net_conn {
 	bool handles_closing;
 	bool kick_pending;
 	bool in_deliver;
+	bool starttls_pending;       /* asked for inside on_data */
 	char addr[INET6_ADDRSTRLEN];
 	char rbuf[NET_READ_BYTES];
 };
@@ -592,6 +593,24 @@ static void tls_pump(sm_net_conn *c)
 	}
 }
 
+static void ssl_start(sm_net_conn *c);
+
+/* Drops the buffered plaintext (what the client pipelined after its
+ * STARTTLS command) and switches the stream to TLS. */
+static void starttls_now(sm_net_conn *c)
+{
+	size_t discarded = c->in.len;
+
+	c->starttls_pending = false;
+	in_consume(c, c->in.len);
+	c->gen++;
+	if (discarded > 0)
+		eng_log(ENG_LOG_WARN, "%s: %s: %zu plaintext bytes sent after STARTTLS "
+			"discarded", c->l->name, c->addr, discarded);
+	ssl_start(c);
+	update_reading(c);
+}
+
 /* Offers the buffered input to the protocol while it consumes some. */
 static void deliver(sm_net_conn *c)
 {
@@ -612,6 +631,10 @@ static void deliver(sm_net_conn *c)
 		if (n > c->in.len)
 			n = c->in.len;
 		in_consume(c, n);
+		if (c->starttls_pending) {
+			starttls_now(c);
+			continue;
+		}
 		if (c->ssl != NULL)
 			tls_pump(c);
 		if (n == 0) {
@@ -924,7 +947,7 @@ bool sm_net_is_tls(const sm_net_conn *c)
 
 bool sm_net_can_starttls(const sm_net_conn *c)
 {
-	return c->ssl == NULL && c->l->cfg.tls != NULL;
+	return c->ssl == NULL && c->l->cfg.tls != NULL && !c->starttls_pending;
 }
 
 bool sm_net_closing(const sm_net_conn *c)
@@ -943,21 +966,16 @@ void sm_net_resume(sm_net_conn *c)
 	kick_later(c);
 }
 
-long sm_net_starttls(sm_net_conn *c)
+int sm_net_starttls(sm_net_conn *c)
 {
-	size_t discarded;
-
-	if (c->ssl != NULL || c->l->cfg.tls == NULL || c->closing)
+	if (c->ssl != NULL || c->l->cfg.tls == NULL || c->closing ||
+	    c->starttls_pending)
 		return ENG_EPERM;
-	discarded = c->in.len;
-	in_consume(c, c->in.len);
-	c->gen++;
-	if (discarded > 0)
-		eng_log(ENG_LOG_WARN, "%s: %s: %zu plaintext bytes sent after STARTTLS "
-			"discarded", c->l->name, c->addr, discarded);
-	ssl_start(c);
-	update_reading(c);
-	return (long)discarded;
+	if (c->in_deliver)
+		c->starttls_pending = true;   /* after on_data says what it used */
+	else
+		starttls_now(c);
+	return 0;
 }
 
 void sm_net_close(sm_net_conn *c)

@@ -172,11 +172,15 @@ void sm_net_resume(sm_net_conn *c);
 
 /*
  * Starts TLS on a plaintext connection after the protocol's answer to its
- * STARTTLS command was written. Discards the buffered plaintext input and
- * returns how many bytes were discarded (>= 0), or ENG_EPERM when TLS is
- * already on or no context is configured.
+ * STARTTLS command was written. Called from on_data (the usual case), it
+ * takes effect when on_data returns: the bytes it consumed (the command
+ * line) are dropped as usual, every byte after them is discarded (and
+ * logged with its count), and no further on_data call sees them. Called
+ * elsewhere, the whole buffered input is discarded at once. 0, or
+ * ENG_EPERM when TLS is already on (or asked for) or no context is
+ * configured.
  */
-long sm_net_starttls(sm_net_conn *c);
+int sm_net_starttls(sm_net_conn *c);
 
 /* Closes gracefully (output flushed, TLS close_notify). Idempotent. */
 void sm_net_close(sm_net_conn *c);

@@ -231,7 +231,10 @@ static void put_session(pop3_session *s, eng_buf *pl)
  * could not even be queued. */
 static bool call(pop3_session *s, uint16_t op, eng_buf *pl, rpc_client_cb *cb)
 {
-	int rc = rpc_client_call(s->d->rpc, op, pl->data, pl->len, 0, cb, s, NULL);
+	/* sqlited down: say so now rather than after the request timeout. */
+	int rc = rpc_client_connected(s->d->rpc) ?
+		 rpc_client_call(s->d->rpc, op, pl->data, pl->len, 0, cb, s, NULL) :
+		 RPC_EUNAVAILABLE;
 
 	eng_buf_free_wipe(pl);
 	if (rc != 0) {
@@ -788,7 +791,8 @@ static void start_fetch(pop3_session *s, pop3_msg *m, bool top, uint32_t lines)
 	s->fetching = true;
 	s->busy = true;
 	s->refs++;
-	rc = rpc_client_call_ex(s->d->rpc, RPC_OP_FETCH_BODY, pl.data, pl.len, &opts,
+	rc = !rpc_client_connected(s->d->rpc) ? RPC_EUNAVAILABLE :
+	     rpc_client_call_ex(s->d->rpc, RPC_OP_FETCH_BODY, pl.data, pl.len, &opts,
 				on_body_done, s, &s->fetch_id);
 	eng_buf_free_wipe(&pl);
 	if (rc != 0) {
@@ -1033,9 +1037,9 @@ static size_t on_data(sm_net_conn *c, void *ctx, const uint8_t *p, size_t len)
 			break;
 		dispatch(s, r, &cmd);
 		if (s->stls_done) {
-			/* net discarded the rest of the buffer: p is gone. */
+			/* net discards everything after the STLS line. */
 			s->stls_done = false;
-			return 0;
+			return off;
 		}
 	}
 	if (s->busy)
