@@ -1,0 +1,534 @@
+/*
+ * frontends/common/net.c over real loopback sockets: a small line protocol
+ * served on the test's loop (main thread), and clients in a second thread
+ * with blocking sockets and OpenSSL: implicit TLS with a clean close
+ * (close_notify), a STARTTLS upgrade whose pipelined plaintext is
+ * discarded, backpressure on a client that does not read, the per-IP
+ * limit, the idle timeout, and a certificate reload.
+ *
+ * The protocol: greeting "HI"; "STARTTLS" -> "OK" then TLS; "BIG n" -> n
+ * bytes of 'x' then "\r\nEND", written while sm_net_write_blocked() is
+ * false and resumed from on_drained; "QUIT" -> "BYE" and a graceful
+ * close; anything else -> "ECHO <line>".
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "eng_error.h"
+#include "net.h"
+#include "testutil.h"
+#include "tls_selfsigned.h"
+
+#define BIG_BYTES (4u * 1024 * 1024)
+#define MAX_OUT (64u * 1024)
+
+typedef struct srv_conn_state {
+	size_t big_left;
+	bool tls_asked;
+} srv_conn_state;
+
+typedef struct fixture {
+	uv_loop_t loop;
+	uv_async_t done_async;
+	char *dir;
+	char cert[512], key[512];
+	sm_net_tls *tls;
+	sm_net_listener *l;
+	uint16_t port;
+	pthread_t th;
+	void (*client)(struct fixture *f);
+	/* what the server saw */
+	atomic_int lines_evil;
+	atomic_int lines_hello;
+	atomic_int blocked_seen;
+	atomic_int drained;
+	atomic_int accepted;
+	atomic_int closed;
+	atomic_int close_idle;
+	atomic_size_t max_queued;
+	atomic_bool client_ok;
+} fixture;
+
+static fixture *g_f;
+
+/* ---- the server side ---- */
+
+static void big_pump(sm_net_conn *c, srv_conn_state *st)
+{
+	static char chunk[16384];
+
+	memset(chunk, 'x', sizeof(chunk));
+	while (st->big_left > 0 && !sm_net_write_blocked(c)) {
+		size_t n = st->big_left < sizeof(chunk) ? st->big_left : sizeof(chunk);
+
+		sm_net_write(c, chunk, n);
+		st->big_left -= n;
+		if (sm_net_write_queued(c) > g_f->max_queued)
+			g_f->max_queued = sm_net_write_queued(c);
+	}
+	if (st->big_left == 0)
+		sm_net_write(c, "\r\nEND\r\n", 7);
+	else
+		g_f->blocked_seen++;
+}
+
+static void s_accept(sm_net_conn *c, void *lctx)
+{
+	(void)lctx;
+	sm_net_set_ctx(c, calloc(1, sizeof(srv_conn_state)));
+	g_f->accepted++;
+	sm_net_write(c, "HI\r\n", 4);
+}
+
+static size_t s_data(sm_net_conn *c, void *ctx, const uint8_t *p, size_t len)
+{
+	srv_conn_state *st = ctx;
+	size_t off = 0;
+
+	while (off < len && st->big_left == 0) {
+		const uint8_t *nl = memchr(p + off, '\n', len - off);
+		char line[256];
+		size_t n;
+
+		if (nl == NULL)
+			break;
+		n = (size_t)(nl - (p + off));
+		if (n > 0 && p[off + n - 1] == '\r')
+			n--;
+		if (n >= sizeof(line))
+			n = sizeof(line) - 1;
+		memcpy(line, p + off, n);
+		line[n] = '\0';
+		off = (size_t)(nl - p) + 1;
+		if (strcmp(line, "STARTTLS") == 0) {
+			sm_net_write(c, "OK\r\n", 4);
+			assert_int_equal(sm_net_starttls(c), 0);
+			return off;
+		}
+		if (strcmp(line, "EVIL") == 0)
+			g_f->lines_evil++;
+		if (strcmp(line, "hello") == 0)
+			g_f->lines_hello++;
+		if (strncmp(line, "BIG ", 4) == 0) {
+			st->big_left = strtoul(line + 4, NULL, 10);
+			big_pump(c, st);
+			continue;
+		}
+		if (strcmp(line, "QUIT") == 0) {
+			sm_net_write(c, "BYE\r\n", 5);
+			sm_net_close(c);
+			return off;
+		}
+		char out[300];
+		int m = snprintf(out, sizeof(out), "ECHO %s%s\r\n", line,
+				 sm_net_is_tls(c) ? " tls" : "");
+
+		sm_net_write(c, out, (size_t)m);
+	}
+	return off;
+}
+
+static void s_drained(sm_net_conn *c, void *ctx)
+{
+	srv_conn_state *st = ctx;
+
+	g_f->drained++;
+	if (st->big_left > 0)
+		big_pump(c, st);
+}
+
+static void s_close(sm_net_conn *c, void *ctx, enum sm_net_reason why)
+{
+	(void)c;
+	free(ctx);
+	g_f->closed++;
+	if (why == SM_NET_IDLE)
+		g_f->close_idle++;
+}
+
+static const sm_net_callbacks s_cb = {
+	.on_accept = s_accept,
+	.on_data = s_data,
+	.on_drained = s_drained,
+	.on_close = s_close,
+};
+
+/* ---- client helpers (second thread, blocking) ---- */
+
+static int tcp_connect(uint16_t port)
+{
+	struct sockaddr_in a;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct timeval tv = { 5, 0 };
+
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_port = htons(port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+/* Reads one line (plain) into buf; length or -1 at EOF/error. */
+static int plain_line(int fd, char *buf, size_t cap)
+{
+	size_t n = 0;
+
+	while (n + 1 < cap) {
+		char ch;
+
+		if (read(fd, &ch, 1) != 1)
+			return -1;
+		buf[n++] = ch;
+		if (ch == '\n')
+			break;
+	}
+	buf[n] = '\0';
+	return (int)n;
+}
+
+static int tls_line(SSL *ssl, char *buf, size_t cap)
+{
+	size_t n = 0;
+
+	while (n + 1 < cap) {
+		char ch;
+
+		if (SSL_read(ssl, &ch, 1) != 1)
+			return -1;
+		buf[n++] = ch;
+		if (ch == '\n')
+			break;
+	}
+	buf[n] = '\0';
+	return (int)n;
+}
+
+static SSL *tls_client(SSL_CTX **ctx_r, int fd)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	SSL *ssl;
+
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	ssl = SSL_new(ctx);
+	SSL_set_fd(ssl, fd);
+	*ctx_r = ctx;
+	if (SSL_connect(ssl) != 1) {
+		SSL_free(ssl);
+		SSL_CTX_free(ctx);
+		*ctx_r = NULL;
+		return NULL;
+	}
+	return ssl;
+}
+
+#define CHECK(x) do { if (!(x)) { fprintf(stderr, "client check failed: %s (line %d)\n", \
+				#x, __LINE__); return; } } while (0)
+
+/* ---- the fixture ---- */
+
+static void on_done(uv_async_t *a)
+{
+	fixture *f = a->data;
+
+	sm_net_listener_close(f->l, NULL, NULL);
+	uv_close((uv_handle_t *)&f->done_async, NULL);
+}
+
+static void *client_main(void *arg)
+{
+	fixture *f = arg;
+
+	f->client(f);
+	uv_async_send(&f->done_async);
+	return NULL;
+}
+
+static void run(fixture *f, bool implicit, const sm_net_listener_config *tweak,
+		void (*client)(fixture *f))
+{
+	sm_net_listener_config lc;
+
+	memset(&lc, 0, sizeof(lc));
+	if (tweak != NULL)
+		lc = *tweak;
+	lc.address = "127.0.0.1";
+	lc.port = 0;
+	lc.implicit_tls = implicit;
+	lc.tls = f->tls;
+	lc.name = "test";
+	lc.cb = &s_cb;
+	if (lc.max_output_bytes == 0)
+		lc.max_output_bytes = MAX_OUT;
+	assert_int_equal(sm_net_listen(&f->loop, &lc, &f->l), 0);
+	f->port = sm_net_listener_port(f->l);
+	assert_true(f->port != 0);
+	uv_async_init(&f->loop, &f->done_async, on_done);
+	f->done_async.data = f;
+	f->client = client;
+	assert_int_equal(pthread_create(&f->th, NULL, client_main, f), 0);
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+	pthread_join(f->th, NULL);
+	assert_int_equal(f->accepted, f->closed);
+}
+
+static int setup(void **state)
+{
+	fixture *f = calloc(1, sizeof(*f));
+	bool created;
+	char *err = NULL;
+
+	f->dir = tu_tmpdir();
+	snprintf(f->cert, sizeof(f->cert), "%s/cert.pem", f->dir);
+	snprintf(f->key, sizeof(f->key), "%s/key.pem", f->dir);
+	assert_int_equal(sm_tls_selfsigned_ensure(f->cert, f->key, "localhost",
+						  &created, &err), 0);
+	assert_int_equal(sm_net_tls_new(f->cert, f->key, &f->tls, &err), 0);
+	assert_int_equal(uv_loop_init(&f->loop), 0);
+	g_f = f;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	fixture *f = *state;
+
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&f->loop), 0);
+	sm_net_tls_free(&f->tls);
+	tu_rmrf(f->dir);
+	free(f->dir);
+	free(f);
+	return 0;
+}
+
+/* ---- implicit TLS, echo, clean close with close_notify ---- */
+
+static void client_implicit(fixture *f)
+{
+	char buf[256];
+	SSL_CTX *ctx;
+	int fd = tcp_connect(f->port);
+	SSL *ssl;
+
+	CHECK(fd >= 0);
+	ssl = tls_client(&ctx, fd);
+	CHECK(ssl != NULL);
+	CHECK(SSL_version(ssl) >= TLS1_2_VERSION);
+	CHECK(tls_line(ssl, buf, sizeof(buf)) > 0 && strcmp(buf, "HI\r\n") == 0);
+	SSL_write(ssl, "hello\r\n", 7);
+	CHECK(tls_line(ssl, buf, sizeof(buf)) > 0 && strcmp(buf, "ECHO hello tls\r\n") == 0);
+	SSL_write(ssl, "QUIT\r\n", 6);
+	CHECK(tls_line(ssl, buf, sizeof(buf)) > 0 && strcmp(buf, "BYE\r\n") == 0);
+	/* The server ends with close_notify, not a bare FIN. */
+	CHECK(SSL_read(ssl, buf, 1) == 0 && SSL_get_error(ssl, 0) == SSL_ERROR_ZERO_RETURN);
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(fd);
+	f->client_ok = true;
+}
+
+static void test_implicit_tls(void **state)
+{
+	fixture *f = *state;
+
+	run(f, true, NULL, client_implicit);
+	assert_true(f->client_ok);
+	assert_int_equal(f->lines_hello, 1);
+}
+
+/* ---- STARTTLS: what was pipelined after it is discarded ---- */
+
+static void client_starttls(fixture *f)
+{
+	char buf[256];
+	SSL_CTX *ctx;
+	int fd = tcp_connect(f->port);
+	SSL *ssl;
+	const char inject[] = "STARTTLS\r\nEVIL\r\nEVIL\r\n";
+
+	CHECK(fd >= 0);
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "HI\r\n") == 0);
+	write(fd, "hello\r\n", 7);
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "ECHO hello\r\n") == 0);
+	/* One segment: the command and the injected lines together. */
+	CHECK(write(fd, inject, sizeof(inject) - 1) == (ssize_t)(sizeof(inject) - 1));
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "OK\r\n") == 0);
+	ssl = tls_client(&ctx, fd);
+	CHECK(ssl != NULL);
+	SSL_write(ssl, "hello\r\n", 7);
+	CHECK(tls_line(ssl, buf, sizeof(buf)) > 0 && strcmp(buf, "ECHO hello tls\r\n") == 0);
+	SSL_write(ssl, "QUIT\r\n", 6);
+	CHECK(tls_line(ssl, buf, sizeof(buf)) > 0 && strcmp(buf, "BYE\r\n") == 0);
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(fd);
+	f->client_ok = true;
+}
+
+static void test_starttls_discards_pipelined(void **state)
+{
+	fixture *f = *state;
+
+	run(f, false, NULL, client_starttls);
+	assert_true(f->client_ok);
+	assert_int_equal(f->lines_evil, 0);
+	assert_int_equal(f->lines_hello, 2);
+}
+
+/* ---- backpressure ---- */
+
+static void client_backpressure(fixture *f)
+{
+	char buf[256];
+	static char big[65536];
+	size_t got = 0;
+	int fd = tcp_connect(f->port);
+	int rcv = 4096;
+
+	CHECK(fd >= 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0);
+	CHECK(write(fd, "BIG 4194304\r\n", 13) == 13);
+	usleep(300 * 1000);          /* do not read: the server must stop */
+	CHECK(f->blocked_seen > 0);
+	while (got < BIG_BYTES) {
+		ssize_t n = read(fd, big, sizeof(big) < BIG_BYTES - got ?
+				 sizeof(big) : BIG_BYTES - got);
+
+		CHECK(n > 0);
+		for (ssize_t i = 0; i < n; i++)
+			CHECK(big[i] == 'x');
+		got += (size_t)n;
+	}
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "\r\n") == 0);
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "END\r\n") == 0);
+	write(fd, "QUIT\r\n", 6);
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "BYE\r\n") == 0);
+	CHECK(read(fd, buf, 1) == 0);
+	close(fd);
+	f->client_ok = true;
+}
+
+static void test_backpressure(void **state)
+{
+	fixture *f = *state;
+
+	run(f, false, NULL, client_backpressure);
+	assert_true(f->client_ok);
+	assert_true(f->drained > 0);
+	/* Never more than the bound plus one chunk queued. */
+	assert_true(f->max_queued <= MAX_OUT + 16384);
+}
+
+/* ---- per-IP limit and idle timeout ---- */
+
+static void client_limits(fixture *f)
+{
+	char buf[256];
+	int a = tcp_connect(f->port), b = tcp_connect(f->port), c;
+
+	CHECK(a >= 0 && b >= 0);
+	CHECK(plain_line(a, buf, sizeof(buf)) > 0);
+	CHECK(plain_line(b, buf, sizeof(buf)) > 0);
+	c = tcp_connect(f->port);
+	CHECK(c >= 0);
+	CHECK(read(c, buf, 1) <= 0);     /* refused: closed without a greeting */
+	close(c);
+	/* The idle timeout (300 ms) closes both. */
+	CHECK(read(a, buf, 1) == 0);
+	CHECK(read(b, buf, 1) == 0);
+	close(a);
+	close(b);
+	f->client_ok = true;
+}
+
+static void test_limits_and_idle(void **state)
+{
+	fixture *f = *state;
+	sm_net_listener_config lc;
+
+	memset(&lc, 0, sizeof(lc));
+	lc.max_conns_per_ip = 2;
+	lc.idle_timeout_ms = 300;
+	run(f, false, &lc, client_limits);
+	assert_true(f->client_ok);
+	assert_int_equal(f->close_idle, 2);
+}
+
+/* ---- reload: a new certificate for new connections ---- */
+
+static void client_two_tls(fixture *f)
+{
+	char buf[256];
+
+	for (int i = 0; i < 2; i++) {
+		SSL_CTX *ctx;
+		int fd = tcp_connect(f->port);
+		SSL *ssl;
+
+		CHECK(fd >= 0);
+		ssl = tls_client(&ctx, fd);
+		CHECK(ssl != NULL);
+		CHECK(tls_line(ssl, buf, sizeof(buf)) > 0);
+		SSL_write(ssl, "QUIT\r\n", 6);
+		CHECK(tls_line(ssl, buf, sizeof(buf)) > 0);
+		SSL_free(ssl);
+		SSL_CTX_free(ctx);
+		close(fd);
+	}
+	f->client_ok = true;
+}
+
+static void test_reload(void **state)
+{
+	fixture *f = *state;
+	char *err = NULL;
+	bool created;
+
+	unlink(f->cert);
+	unlink(f->key);
+	assert_int_equal(sm_tls_selfsigned_ensure(f->cert, f->key, "other.example",
+						  &created, &err), 0);
+	assert_int_equal(sm_net_tls_reload(f->tls, &err), 0);
+	run(f, true, NULL, client_two_tls);
+	assert_true(f->client_ok);
+	/* A broken file keeps the old context. */
+	assert_int_equal(tu_write_file(f->key, "junk", 4), 0);
+	assert_int_not_equal(sm_net_tls_reload(f->tls, &err), 0);
+	assert_non_null(err);
+	free(err);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_implicit_tls, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_starttls_discards_pipelined, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_limits_and_idle, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
+	};
+
+	signal(SIGPIPE, SIG_IGN);
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
