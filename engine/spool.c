@@ -247,6 +247,14 @@ int eng_spool_writer_open(const char *dir, const uint8_t *pk,
 			  int64_t internal_date, uint32_t flags,
 			  eng_spool_writer **w_r)
 {
+	return eng_spool_writer_open_id(dir, pk, internal_date, flags, NULL,
+					w_r);
+}
+
+int eng_spool_writer_open_id(const char *dir, const uint8_t *pk,
+			     int64_t internal_date, uint32_t flags,
+			     const char *id, eng_spool_writer **w_r)
+{
 	eng_spool_writer *w;
 	uint8_t id_bin[SP_ID_BYTES];
 	uint8_t header[SP_HEADER_BYTES];
@@ -255,7 +263,8 @@ int eng_spool_writer_open(const char *dir, const uint8_t *pk,
 	char *tmp;
 	int ret;
 
-	if (dir == NULL || *dir == '\0' || pk == NULL || w_r == NULL)
+	if (dir == NULL || *dir == '\0' || pk == NULL || w_r == NULL ||
+	    (id != NULL && !id_valid(id)))
 		return ENG_EINVAL;
 	if (eng_crypto_init() != 0)
 		return ENG_EIO;
@@ -268,9 +277,18 @@ int eng_spool_writer_open(const char *dir, const uint8_t *pk,
 
 	w = eng_calloc(1, sizeof(*w));
 	w->dir = eng_strdup(dir);
-	randombytes_buf(id_bin, sizeof(id_bin));
-	sodium_bin2hex(w->id, sizeof(w->id), id_bin, sizeof(id_bin));
+	if (id == NULL) {
+		randombytes_buf(id_bin, sizeof(id_bin));
+		sodium_bin2hex(w->id, sizeof(w->id), id_bin, sizeof(id_bin));
+	} else {
+		memcpy(w->id, id, sizeof(w->id));
+		(void)id_to_bin(id, id_bin);   /* id_valid() checked it */
+	}
 	tmp = path_join(dir, "tmp-", w->id, "");
+	/* A chosen id may have left a tmp- file in a crash; the caller
+	 * serialises writers of one id, so it is nobody's now. */
+	if (id != NULL)
+		(void)unlink(tmp);
 	w->fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (w->fd < 0) {
 		ret = errno_to_eng(errno);

@@ -39,6 +39,16 @@ typedef struct eng_spool_reader eng_spool_reader;
 int eng_spool_writer_open(const char *dir, const uint8_t *pk,
 			  int64_t internal_date, uint32_t flags,
 			  eng_spool_writer **w_r);
+/*
+ * The same with a chosen id (ENG_SPOOL_ID_LEN lowercase hex digits; NULL =
+ * random), for a writer that must be idempotent across crashes: the commit
+ * replaces an entry of that id not drained yet, and the drain skips an id
+ * it has applied, so writing the same id again stores the message once.
+ * The caller serialises writers of one id (a stale tmp-<id> is removed).
+ */
+int eng_spool_writer_open_id(const char *dir, const uint8_t *pk,
+			     int64_t internal_date, uint32_t flags,
+			     const char *id, eng_spool_writer **w_r);
 int eng_spool_write(eng_spool_writer *w, const void *data, size_t len);
 /*
  * Makes the entry durable and names it; id_r gets ENG_SPOOL_ID_LEN + 1

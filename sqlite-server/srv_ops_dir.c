@@ -21,10 +21,13 @@
  *
  * The answer follows the spool commit, never the drain: sealed in the
  * spool is durable. A retry with the same IDEMPOTENCY_KEY finds the
- * record and stores nothing. The record is written after the commit, so a
- * crash between the two (a window of one fsync) makes a retry store the
- * message a second time: delivery is at least once, never lost. Records
- * are data_dir/delivered/<alias id>/<BLAKE2b-256 of the key, hex>, and are
+ * record and stores nothing. The record is written after the commit; a
+ * crash between the two leaves no record, but a keyed delivery's spool
+ * entry is named by a hash of the alias id and the key (spool_id_for_key),
+ * so the retry writes the same entry again: it replaces the entry if it
+ * is still in the spool, and the drain skips it if it was already moved
+ * into INBOX (spool_applied): exactly once. Records are
+ * data_dir/delivered/<alias id>/<BLAKE2b-256 of the key, hex>, and are
  * pruned after DELIVER_KEY_TTL_SECONDS (longer than any MX retries).
  *
  * Forwarding: the outbound queue does not exist yet, so a recipient that
@@ -380,6 +383,27 @@ out:
 	return err;
 }
 
+/*
+ * The spool id of a keyed delivery: BLAKE2b-128 of a label, the alias id
+ * and the key, so a retry after a crash that lost the record names the
+ * same entry (the drain's exactly-once key; see the top of this file).
+ */
+static void spool_id_for_key(const char *alias_id, const uint8_t *key,
+			     size_t key_len, char id_r[ENG_SPOOL_ID_LEN + 1])
+{
+	static const char label[] = "sealmail-deliver-spool-id";
+	crypto_generichash_state st;
+	uint8_t h[ENG_SPOOL_ID_LEN / 2];
+
+	crypto_generichash_init(&st, NULL, 0, sizeof(h));
+	crypto_generichash_update(&st, (const uint8_t *)label, sizeof(label));
+	crypto_generichash_update(&st, (const uint8_t *)alias_id,
+				  strlen(alias_id) + 1);
+	crypto_generichash_update(&st, key, key_len);
+	crypto_generichash_final(&st, h, sizeof(h));
+	sodium_bin2hex(id_r, ENG_SPOOL_ID_LEN + 1, h, sizeof(h));
+}
+
 /* Streams the sealed request body into a spool entry and commits it. */
 static int spool_body(struct deliver_op *op, const dir_resolved *r,
 		      char spool_id_r[ENG_SPOOL_ID_LEN + 1])
@@ -388,6 +412,7 @@ static int spool_body(struct deliver_op *op, const dir_resolved *r,
 	eng_spool_writer *w = NULL;
 	uint8_t *chunk = NULL;
 	char *spool_dir;
+	char id[ENG_SPOOL_ID_LEN + 1];
 	long n;
 	int err;
 
@@ -396,8 +421,12 @@ static int spool_body(struct deliver_op *op, const dir_resolved *r,
 		eng_oom(0);
 	if ((err = srv_body_open(op->req->body, &br)) != 0)
 		goto out;
-	if ((err = eng_spool_writer_open(spool_dir, r->public_key,
-					 op->internal_date, 0, &w)) != 0)
+	if (op->key != NULL)
+		spool_id_for_key(r->id, op->key, op->key_len, id);
+	if ((err = eng_spool_writer_open_id(spool_dir, r->public_key,
+					    op->internal_date, 0,
+					    op->key != NULL ? id : NULL,
+					    &w)) != 0)
 		goto out;
 	chunk = eng_malloc(BODY_CHUNK);
 	while ((n = srv_body_read(br, chunk, BODY_CHUNK)) > 0) {
@@ -468,8 +497,9 @@ static int deliver_work(void *ctx)
 	if (op->key != NULL &&
 	    (err = key_record(data_dir, r.id, op->key, op->key_len,
 			      spool_id)) != 0) {
-		/* The message is durable but unrecorded: a retry may store it
-		 * again. Answer the delivery, which did happen. */
+		/* The message is durable but unrecorded: a retry rewrites the
+		 * same spool entry (stored once). Answer the delivery, which
+		 * did happen. */
 		eng_log(ENG_LOG_WARN, "deliver to alias %s: idempotency record "
 			"not written: %s", r.id, eng_strerror(err));
 		err = 0;
