@@ -147,7 +147,12 @@ class Pop3(unittest.TestCase):
         self.assertEqual(r.returncode, 0, "init failed: " + r.stderr)
         self.pop3s_port, self.pop3_port = free_port(), free_port()
         self.rewrite_conf()
-        self.start_up()
+        try:
+            self.start_up()
+        except BaseException:
+            self.stop_up()   # tearDown does not run after a failed setUp
+            self._tmp.cleanup()
+            raise
         self.cli("domain", "add", "example.org")
         self.cli("alias", "add", USER, "--password-stdin", stdin=PASSWORD + "\n")
         self.cli("alias", "add", BOB, "--password-stdin", stdin=BOB_PASSWORD + "\n")
@@ -176,6 +181,8 @@ class Pop3(unittest.TestCase):
                 line = f"pop3s_port = {self.pop3s_port}"
             elif key == "pop3_port":
                 line = f"pop3_port = {self.pop3_port}"
+            elif key == "sqlited_port":   # `sealmail up` starts sqlited only with a port
+                line = f"sqlited_port = {free_port()}"
             elif key is not None and key.endswith("_port"):
                 line = f"{key} = 0"
             elif key == "listen_address":
