@@ -206,6 +206,44 @@ static void test_round_trip(void **state)
 	assert_int_equal(stat(dir, &(struct stat){ 0 }), 0);
 }
 
+/* A chosen id: writing the same id twice leaves one entry, the second;
+ * a bad id is refused; a stale tmp-<id> from a crash does not block it. */
+static void test_chosen_id(void **state)
+{
+	static const char id[] = "0123456789abcdef0123456789abcdef";
+	char out[ENG_SPOOL_ID_LEN + 1], (*ids)[ENG_SPOOL_ID_LEN + 1] = NULL;
+	eng_spool_writer *w = NULL;
+	uint8_t *got = NULL;
+	size_t got_len = 0, n = 0;
+	char *tmp;
+
+	(void)state;
+	assert_int_equal(eng_spool_writer_open_id(dir, pk, 1, 0, "XYZ", &w),
+			 ENG_EINVAL);
+	assert_null(w);
+	assert_true(asprintf(&tmp, "%s/tmp-%s", dir, id) > 0);
+	(void)mkdir(dir, 0700);
+	assert_int_equal(tu_write_file(tmp, "half", 4), 0);
+	for (int round = 0; round < 2; round++) {
+		const char *body = round == 0 ? "first" : "second";
+
+		assert_int_equal(eng_spool_writer_open_id(dir, pk, 1, 0, id, &w), 0);
+		assert_int_equal(eng_spool_write(w, body, strlen(body)), 0);
+		assert_int_equal(eng_spool_commit(&w, out), 0);
+		assert_string_equal(out, id);
+	}
+	assert_int_equal(access(tmp, F_OK), -1);
+	assert_int_equal(eng_spool_list(dir, &ids, &n), 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(ids[0], id);
+	free(ids);
+	assert_int_equal(spool_get(id, sk, &got, &got_len), 0);
+	assert_int_equal(got_len, 6);
+	assert_memory_equal(got, "second", 6);
+	free(got);
+	free(tmp);
+}
+
 static void test_wrong_key(void **state)
 {
 	uint8_t pk2[crypto_box_PUBLICKEYBYTES], sk2[crypto_box_SECRETKEYBYTES];
@@ -486,6 +524,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_round_trip, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_chosen_id, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_wrong_key, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_truncation, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_flipped_bytes, setup_dir, teardown_dir),
