@@ -10,6 +10,7 @@ pkgs=(
 	build-essential cmake pkg-config clang libclang-rt-14-dev
 	libsqlcipher-dev sqlcipher libsodium-dev libssl-dev openssl
 	libuv1-dev libhiredis-dev libmongoc-dev libzstd-dev zlib1g-dev
+	libcurl4-openssl-dev
 	redis-server
 )
 if [ "${1:-}" = "--test" ]; then
