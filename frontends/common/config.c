@@ -27,6 +27,8 @@ enum key_type {
 	KT_REDIS_URL,
 	KT_HOST_OPT,   /* empty (NULL), an IP literal or a host name */
 	KT_TLS_MODE,   /* "auto" or "always", stored as a bool */
+	KT_STRING,     /* any printable text, may be empty */
+	KT_SCHEDULE,   /* "off" or "daily HH:MM" (UTC) */
 };
 
 /* Types whose field is a malloc'd string. */
@@ -94,6 +96,17 @@ static const struct key_def keys[] = {
 	/* 1 KiB .. 1 GiB: smaller cannot hold headers, larger no MTA relays. */
 	{ "max_message_bytes", KT_UINT, OFF(max_message_bytes), 1024,
 	  1024ull * 1024 * 1024, NULL, SM_CONFIG_DEFAULT_MAX_MESSAGE_BYTES },
+	/* Backups (backup/): empty target = data_dir/backups. */
+	{ "backup_target", KT_STRING, OFF(backup_target), 0, 0, "", 0 },
+	{ "backup_schedule", KT_SCHEDULE, OFF(backup_schedule), 0, 0, "off", 0 },
+	{ "backup_keep_daily", KT_UINT, OFF(backup_keep_daily), 0, 3650, NULL,
+	  SM_CONFIG_DEFAULT_BACKUP_KEEP_DAILY },
+	{ "backup_keep_weekly", KT_UINT, OFF(backup_keep_weekly), 0, 520, NULL,
+	  SM_CONFIG_DEFAULT_BACKUP_KEEP_WEEKLY },
+	{ "s3_endpoint", KT_STRING, OFF(s3_endpoint), 0, 0, "", 0 },
+	{ "s3_region", KT_STRING, OFF(s3_region), 0, 0, "us-east-1", 0 },
+	{ "s3_access_key_file", KT_PATH_OPT, OFF(s3_access_key_file), 0, 0, "", 0 },
+	{ "s3_secret_key_file", KT_PATH_OPT, OFF(s3_secret_key_file), 0, 0, "", 0 },
 };
 
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
@@ -328,6 +341,27 @@ static int set_value(struct parser *p, sm_config *cfg, const struct key_def *k,
 					  "or unix:/PATH", v, vlen);
 		}
 		break;
+	case KT_STRING:
+		for (const char *c = s; *c != '\0'; c++) {
+			if ((unsigned char)*c < 0x20 || (unsigned char)*c == 0x7f) {
+				free(s);
+				return fail_value(p, line, k->name, "printable text", v, vlen);
+			}
+		}
+		break;
+	case KT_SCHEDULE: {
+		unsigned hh, mm;
+		char tail;
+
+		if (strcmp(s, "off") != 0 &&
+		    (sscanf(s, "daily %2u:%2u%c", &hh, &mm, &tail) != 2 ||
+		     hh > 23 || mm > 59 || strlen(s) != 11)) {
+			free(s);
+			return fail_value(p, line, k->name,
+					  "\"off\" or \"daily HH:MM\" (UTC)", v, vlen);
+		}
+		break;
+	}
 	case KT_DATA_DIR:
 	case KT_PATH:
 		if (vlen == 0) {

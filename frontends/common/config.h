@@ -47,6 +47,8 @@
 #define SM_CONFIG_DEFAULT_DB_CACHE_SIZE 128
 #define SM_CONFIG_DEFAULT_DB_IDLE_SECONDS 300
 #define SM_CONFIG_DEFAULT_MAX_MESSAGE_BYTES (50u * 1024 * 1024)
+#define SM_CONFIG_DEFAULT_BACKUP_KEEP_DAILY 7
+#define SM_CONFIG_DEFAULT_BACKUP_KEEP_WEEKLY 4
 
 /* The ports `sealmail init` writes into a new configuration file. */
 #define SM_CONFIG_INIT_SQLITED_PORT 3456
@@ -101,6 +103,16 @@ typedef struct sm_config {
 	uint64_t db_cache_size;     /* alias databases sqlited keeps open at once */
 	uint64_t db_idle_seconds;   /* idle time before a database is closed, MK wiped */
 	uint64_t max_message_bytes;
+
+	/* Backups (backup/, docs/configuration.md). */
+	char *backup_target;   /* "" = data_dir/backups; a path or s3://bucket/prefix */
+	char *backup_schedule; /* "off" or "daily HH:MM" (UTC) */
+	uint64_t backup_keep_daily;
+	uint64_t backup_keep_weekly;
+	char *s3_endpoint;     /* "" = https://s3.<region>.amazonaws.com */
+	char *s3_region;
+	char *s3_access_key_file;  /* resolved, NULL when empty */
+	char *s3_secret_key_file;
 } sm_config;
 
 /*
