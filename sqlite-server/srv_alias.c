@@ -29,6 +29,8 @@
 #define ALIAS_BUCKETS 1024
 #define SESSION_BUCKETS 1024
 #define QUEUE_MAX 1024
+/* Passwords remembered per open alias (main + a few app passwords). */
+#define SRV_VERIFIERS 4
 
 struct work_item {
 	struct work_item *next;
@@ -56,6 +58,10 @@ struct srv_alias {
 	bool running;
 	unsigned sessions;
 	uint64_t last_used_ms;
+	/* Verifiers of passwords that opened this alias while it is open (see
+	 * srv_unlock's fast path); cleared whenever a close is queued. */
+	uint8_t verifiers[SRV_VERIFIERS][crypto_generichash_BYTES];
+	unsigned n_verifiers, next_verifier;
 };
 
 struct session {
@@ -71,9 +77,12 @@ struct unlock_req {
 	srv_aliases *owner;
 	char alias_id[SRV_ALIAS_ID_MAX + 1];
 	eng_keyring *keyring;          /* NULL: unknown alias, burn the time */
+	uint8_t *blob;                 /* the encoded keyring, for the verifier */
+	size_t blob_len;
 	uint8_t *password;             /* secret memory */
 	size_t password_len;
 	uint8_t *mk;                   /* result of the KDF step */
+	uint8_t verifier[crypto_generichash_BYTES];
 	int result;
 	srv_unlock_done *done;
 	void *ctx;
@@ -89,7 +98,9 @@ struct srv_aliases {
 	struct unlock_req *wait_head, *wait_tail;
 	unsigned unlocks_running, unlocks_waiting;
 	uint64_t work_done;
+	uint64_t fast_unlocks;
 	eng_keyring *dummy;            /* same cost as real ones: see srv_unlock */
+	uint8_t *verifier_key;         /* secret memory; random per process */
 	uv_timer_t timer;
 	bool shutting_down;
 	void (*shutdown_done)(void *ctx);
@@ -425,9 +436,43 @@ int srv_alias_create_db(srv_aliases *as, const char *alias_id,
 static void unlock_req_free(struct unlock_req *u)
 {
 	eng_keyring_free(&u->keyring);
+	free(u->blob);
+	sodium_memzero(u->verifier, sizeof(u->verifier));
 	eng_secret_free(&u->password);
 	eng_secret_free(&u->mk);
 	free(u);
+}
+
+/*
+ * A verifier of (alias, keyring, password): BLAKE2b keyed with a random
+ * per-process key. It lets a repeated login to an open alias skip
+ * Argon2id (srv_unlock). The keyring is part of it, so any password
+ * change or revocation (which rewrites the keyring) invalidates it.
+ */
+static void compute_verifier(const srv_aliases *as, const char *alias_id,
+			     const uint8_t *keyring, size_t keyring_len,
+			     const uint8_t *password, size_t password_len,
+			     uint8_t out[crypto_generichash_BYTES])
+{
+	crypto_generichash_state st;
+	uint8_t len_le[8];
+
+	crypto_generichash_init(&st, as->verifier_key, 32, crypto_generichash_BYTES);
+	crypto_generichash_update(&st, (const uint8_t *)alias_id,
+				  strlen(alias_id) + 1);
+	for (int i = 0; i < 8; i++)
+		len_le[i] = (uint8_t)((uint64_t)keyring_len >> (8 * i));
+	crypto_generichash_update(&st, len_le, sizeof(len_le));
+	crypto_generichash_update(&st, keyring, keyring_len);
+	crypto_generichash_update(&st, password, password_len);
+	crypto_generichash_final(&st, out, crypto_generichash_BYTES);
+	sodium_memzero(&st, sizeof(st));
+}
+
+static void verifiers_clear(srv_alias *a)
+{
+	sodium_memzero(a->verifiers, sizeof(a->verifiers));
+	a->n_verifiers = a->next_verifier = 0;
 }
 
 static void kdf_work_cb(uv_work_t *req)
@@ -444,6 +489,9 @@ static void kdf_work_cb(uv_work_t *req)
 		eng_secret_free(&u->mk);
 		err = ENG_EAUTH;
 	}
+	if (err == 0)
+		compute_verifier(u->owner, u->alias_id, u->blob, u->blob_len,
+				 u->password, u->password_len, u->verifier);
 	u->result = err;
 	eng_secret_free(&u->password);
 }
@@ -503,7 +551,20 @@ static void open_done(void *ctx, int result)
 	uint8_t handle[SRV_SESSION_BYTES];
 
 	if (result == 0) {
-		session_add(as, alias_get(as, u->alias_id), handle);
+		srv_alias *a = alias_get(as, u->alias_id);
+		bool known = false;
+
+		for (unsigned i = 0; i < a->n_verifiers; i++)
+			known |= sodium_memcmp(a->verifiers[i], u->verifier,
+					       sizeof(u->verifier)) == 0;
+		if (!known) {
+			memcpy(a->verifiers[a->next_verifier], u->verifier,
+			       sizeof(u->verifier));
+			a->next_verifier = (a->next_verifier + 1) % SRV_VERIFIERS;
+			if (a->n_verifiers < SRV_VERIFIERS)
+				a->n_verifiers++;
+		}
+		session_add(as, a, handle);
 		u->done(u->ctx, 0, handle);
 		sodium_memzero(handle, sizeof(handle));
 	} else {
@@ -549,6 +610,68 @@ static void unlock_start_next(srv_aliases *as)
 	}
 }
 
+/* A fast unlock answers on the next loop turn, never inside srv_unlock. */
+struct fast_unlock {
+	uv_timer_t timer;
+	srv_unlock_done *done;
+	void *ctx;
+	uint8_t handle[SRV_SESSION_BYTES];
+};
+
+static void fast_closed(uv_handle_t *h)
+{
+	struct fast_unlock *f = h->data;
+
+	sodium_memzero(f->handle, sizeof(f->handle));
+	free(f);
+}
+
+static void fast_fire(uv_timer_t *t)
+{
+	struct fast_unlock *f = t->data;
+
+	f->done(f->ctx, 0, f->handle);
+	uv_close((uv_handle_t *)&f->timer, fast_closed);
+}
+
+/*
+ * The fast path: the alias is open, idle, and this exact password opened
+ * it with this exact keyring before (a verifier matches), so MK is
+ * already in memory and Argon2id would only prove it again. Wrong
+ * passwords and unknown aliases never get here: they still pay the full
+ * Argon2id cost, so the timing comparison between them is unchanged.
+ */
+static bool unlock_fast(srv_aliases *as, const char *alias_id,
+			const uint8_t *keyring, size_t keyring_len,
+			const char *password, size_t password_len,
+			srv_unlock_done *done, void *ctx)
+{
+	srv_alias *a = alias_find(as, alias_id);
+	uint8_t v[crypto_generichash_BYTES];
+	struct fast_unlock *f;
+	bool match = false;
+
+	if (a == NULL || a->running || a->queued > 0 || a->st == NULL ||
+	    a->n_verifiers == 0)
+		return false;
+	compute_verifier(as, alias_id, keyring, keyring_len,
+			 (const uint8_t *)password, password_len, v);
+	for (unsigned i = 0; i < a->n_verifiers; i++)
+		match |= sodium_memcmp(a->verifiers[i], v, sizeof(v)) == 0;
+	sodium_memzero(v, sizeof(v));
+	if (!match)
+		return false;
+	f = eng_calloc(1, sizeof(*f));
+	f->done = done;
+	f->ctx = ctx;
+	session_add(as, a, f->handle);
+	uv_timer_init(as->loop, &f->timer);
+	f->timer.data = f;
+	uv_timer_start(&f->timer, fast_fire, 0, 0);
+	as->fast_unlocks++;
+	return true;
+}
+
 int srv_unlock(srv_aliases *as, const char *alias_id,
 	       const uint8_t *keyring, size_t keyring_len,
 	       const char *password, size_t password_len,
@@ -562,6 +685,9 @@ int srv_unlock(srv_aliases *as, const char *alias_id,
 	if (password_len == 0 || password_len > 4096 ||
 	    (keyring != NULL && !alias_id_ok(alias_id)))
 		return ENG_EINVAL;
+	if (keyring != NULL && unlock_fast(as, alias_id, keyring, keyring_len,
+					   password, password_len, done, ctx))
+		return 0;
 	u = eng_calloc(1, sizeof(*u));
 	u->owner = as;
 	snprintf(u->alias_id, sizeof(u->alias_id), "%s",
@@ -570,6 +696,11 @@ int srv_unlock(srv_aliases *as, const char *alias_id,
 	    (err = eng_keyring_decode(keyring, keyring_len, &u->keyring)) != 0) {
 		free(u);
 		return err;
+	}
+	if (keyring != NULL) {
+		u->blob = eng_malloc(keyring_len);
+		memcpy(u->blob, keyring, keyring_len);
+		u->blob_len = keyring_len;
 	}
 	u->password = eng_secret_new(password_len);
 	memcpy(u->password, password, password_len);
@@ -692,9 +823,11 @@ static void timer_cb(uv_timer_t *t)
 			if (a->running || a->queued > 0)
 				continue;
 			if (a->st != NULL && a->sessions == 0 &&
-			    now - a->last_used_ms > idle_ms)
+			    now - a->last_used_ms > idle_ms) {
+				verifiers_clear(a);
 				(void)submit(as, a->id, close_work, NULL, NULL,
 					     true);
+			}
 			else if (a->st != NULL)
 				open++;
 			else if (a->sessions == 0)
@@ -717,6 +850,7 @@ static void timer_cb(uv_timer_t *t)
 		}
 		if (lru == NULL)
 			break;
+		verifiers_clear(lru);
 		(void)submit(as, lru->id, close_work, NULL, NULL, true);
 		open--;
 	}
@@ -752,6 +886,8 @@ int srv_aliases_new(uv_loop_t *loop, const srv_alias_config *cfg,
 	as->loop = loop;
 	as->cfg = *cfg;
 	as->data_dir = eng_strdup(cfg->data_dir);
+	as->verifier_key = eng_secret_new(32);
+	randombytes_buf(as->verifier_key, 32);
 	as->cfg.data_dir = as->data_dir;
 	if (as->cfg.max_concurrent_unlocks == 0)
 		as->cfg.max_concurrent_unlocks = 1;
@@ -768,6 +904,7 @@ int srv_aliases_new(uv_loop_t *loop, const srv_alias_config *cfg,
 		eng_secret_free(&mk);
 	}
 	if (err != 0) {
+		eng_secret_free(&as->verifier_key);
 		free(as->data_dir);
 		free(as);
 		return err;
@@ -819,6 +956,7 @@ void srv_aliases_shutdown(srv_aliases *as, void (*done)(void *ctx), void *ctx)
 	}
 	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
 		for (srv_alias *a = as->buckets[b]; a != NULL; a = a->hash_next) {
+			verifiers_clear(a);
 			if (a->st != NULL || a->running || a->queued > 0)
 				(void)submit(as, a->id, close_work, closed_cb,
 					     as, true);
@@ -856,6 +994,7 @@ void srv_aliases_free(srv_aliases **asp)
 		}
 	}
 	eng_keyring_free(&as->dummy);
+	eng_secret_free(&as->verifier_key);
 	/* The timer handle is freed in its close callback. */
 	uv_close((uv_handle_t *)&as->timer, timer_closed);
 }
@@ -868,6 +1007,7 @@ void srv_aliases_stats(const srv_aliases *as, srv_alias_stats *stats)
 	stats->unlocks_running = as->unlocks_running;
 	stats->unlocks_waiting = as->unlocks_waiting;
 	stats->work_done = as->work_done;
+	stats->fast_unlocks = as->fast_unlocks;
 	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
 		for (srv_alias *a = as->buckets[b]; a != NULL; a = a->hash_next)
 			stats->open += !a->running && a->st != NULL;

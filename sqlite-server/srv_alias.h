@@ -83,8 +83,12 @@ typedef void srv_unlock_done(void *ctx, int result,
 /*
  * Opens an alias with a password: Argon2id over the keyring (under the
  * cap), then the database (created on first use with the default
- * mailboxes), then the spool drained into it. A second unlock of an open
- * alias still checks the password against the keyring. keyring is copied.
+ * mailboxes), then the spool drained into it. A second unlock of an open,
+ * idle alias with a password that already opened it (with the same
+ * keyring) skips Argon2id: a keyed BLAKE2b verifier of (alias, keyring,
+ * password), kept only while the alias is open, proves it. Any other
+ * unlock, including every wrong password, pays the full cost. keyring is
+ * copied. done is never called before srv_unlock returns.
  */
 int srv_unlock(srv_aliases *aliases, const char *alias_id,
 	       const uint8_t *keyring, size_t keyring_len,
@@ -145,6 +149,7 @@ typedef struct srv_alias_stats {
 	unsigned unlocks_running;
 	unsigned unlocks_waiting;
 	uint64_t work_done;
+	uint64_t fast_unlocks;  /* repeated logins that skipped Argon2id */
 } srv_alias_stats;
 
 void srv_aliases_stats(const srv_aliases *aliases, srv_alias_stats *stats);

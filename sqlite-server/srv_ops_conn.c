@@ -51,6 +51,7 @@ static void put_alias_stats(srv *s, eng_buf *b)
 	put_stat(b, "unlocks_running", st.unlocks_running);
 	put_stat(b, "unlocks_waiting", st.unlocks_waiting);
 	put_stat(b, "alias_work_done", st.work_done);
+	put_stat(b, "unlocks_without_kdf", st.fast_unlocks);
 }
 
 /* STATS: -> STAT* (connection and server counters). */

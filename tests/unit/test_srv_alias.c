@@ -365,6 +365,72 @@ static void test_unlock_cap(void **state)
 		assert_int_equal(r[i].result, i % 2 ? 0 : ENG_EAUTH);
 }
 
+/*
+ * A repeated login of an open alias skips Argon2id; a wrong password, a
+ * changed keyring and a closed alias never do.
+ */
+static void test_fast_unlock(void **state)
+{
+	struct fx *f = *state;
+	uint8_t s1[SRV_SESSION_BYTES], s2[SRV_SESSION_BYTES];
+	srv_alias_stats st;
+	eng_keyring *kr;
+	uint8_t *mk, *blob2;
+	size_t blob2_len;
+
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", s1), 0);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.fast_unlocks, 0);
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", s2), 0);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.fast_unlocks, 1);
+	assert_int_equal(st.sessions, 2);
+	assert_memory_not_equal(s1, s2, SRV_SESSION_BYTES);
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pX", NULL), ENG_EAUTH);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.fast_unlocks, 1);
+
+	/* A changed keyring (an app password added) invalidates it. */
+	assert_int_equal(eng_keyring_decode(f->keyring, f->keyring_len, &kr), 0);
+	assert_int_equal(eng_keyring_unlock(kr, "secret pw", 9, &mk, NULL), 0);
+	assert_int_equal(eng_keyring_add_slot(kr, mk, "app pw 1", 8, "phone",
+					      NULL), 0);
+	assert_int_equal(eng_keyring_encode(kr, &blob2, &blob2_len), 0);
+	assert_int_equal(unlock(f, "a1", blob2, blob2_len, "secret pw", NULL), 0);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.fast_unlocks, 1);
+	/* ... and the new one is remembered again. */
+	assert_int_equal(unlock(f, "a1", blob2, blob2_len, "secret pw", NULL), 0);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.fast_unlocks, 2);
+	/* A revoked app password: it opened the alias before (remembered),
+	 * but with the keyring that no longer has its slot it fails. */
+	{
+		uint32_t slot = 0;
+		uint8_t *blob3, *mk2;
+		size_t blob3_len;
+
+		assert_int_equal(unlock(f, "a1", blob2, blob2_len, "app pw 1",
+					NULL), 0);
+		assert_int_equal(eng_keyring_unlock(kr, "app pw 1", 8, &mk2,
+						    &slot), 0);
+		eng_secret_free(&mk2);
+		assert_int_equal(eng_keyring_remove_slot(kr, slot), 0);
+		assert_int_equal(eng_keyring_encode(kr, &blob3, &blob3_len), 0);
+		assert_int_equal(unlock(f, "a1", blob3, blob3_len, "app pw 1",
+					NULL), ENG_EAUTH);
+		free(blob3);
+	}
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.fast_unlocks, 2);
+	eng_secret_free(&mk);
+	eng_keyring_free(&kr);
+	free(blob2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -373,6 +439,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_spool_and_idle_close, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_unlock_cap, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fast_unlock, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
