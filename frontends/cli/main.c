@@ -15,6 +15,7 @@
 
 #include "cli.h"
 #include "cli_admin.h"
+#include "cli_backup.h"
 #include "eng_error.h"
 
 struct cli_command {
@@ -60,6 +61,17 @@ static const struct cli_command commands[] = {
 	  "input; slot 1, the main password, cannot be revoked)" },
 	{ "status", cli_cmd_status, "--config FILE",
 	  "show whether sqlited runs, and its counters" },
+	{ "backup", cli_cmd_backup, "[--target URI] --config FILE",
+	  "make an encrypted snapshot of the data directory now (default target:\n"
+	  "backup_target, else DATA_DIR/backups), then prune by backup_keep_daily\n"
+	  "and backup_keep_weekly. Only while sqlited is stopped, for now" },
+	{ "snapshots", cli_cmd_snapshots, "[--target URI] --config FILE",
+	  "list the snapshots at the target, oldest first" },
+	{ "restore", cli_cmd_restore,
+	  "[--target URI] [--snapshot ID] --config FILE",
+	  "restore a snapshot (default: the newest) into the configured data\n"
+	  "directory, with sqlited stopped. Every file is verified before\n"
+	  "anything is replaced. Needs the same backup_key_file as the backup" },
 	{ "version", cmd_version, "", "print the version of sealmail and its libraries" },
 	{ "help", cmd_help, "[COMMAND]", "show this help, or the help of one command" },
 };
