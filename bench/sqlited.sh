@@ -5,17 +5,17 @@
 # cost, db_idle_seconds = 0, every port but sqlited's TCP port turned off),
 # a private redis-server on a unix socket, sqlited on that socket and on a
 # free loopback TCP port, a domain and three aliases (open@, locked@ and
-# unlock@bench.test), runs build-bench/bin/bench-sqlited (or $BIN_DIR's),
+# unlock@bench.test), runs build/bin/bench-sqlited (or $BIN_DIR's),
 # and stops and removes everything, also on Ctrl-C or an error.
 #
 # Build first:
-#   cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=RelWithDebInfo
-#   cmake --build build-bench -j2
+#   cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+#   cmake --build build -j2
 set -eu
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
-BIN_DIR=${BIN_DIR:-$ROOT/build-bench/bin}
+BIN_DIR=${BIN_DIR:-$ROOT/build/bin}
 for exe in sealmail sqlited bench-sqlited; do
 	[ -x "$BIN_DIR/$exe" ] || { echo "no $BIN_DIR/$exe: build first (see the top of $0)" >&2; exit 1; }
 done
