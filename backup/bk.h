@@ -59,6 +59,14 @@ int bk_fileset_add_tree(bk_fileset *fs, const char *root, const char *sub);
  */
 int bk_collect_offline(const char *data_dir, const char *config_path,
 		       const char *stage_dir, bk_fileset **fs_r, char **err_r);
+/*
+ * The files of a staging copy that sqlited made (BACKUP_PREPARE:
+ * stage_dir laid out as a data dir, every file consistent and no longer
+ * written), plus the configuration as "sealmail.conf": the same paths as
+ * bk_collect_offline(), so a restore cannot tell the two apart.
+ */
+int bk_collect_staged(const char *stage_dir, const char *config_path,
+		      bk_fileset **fs_r, char **err_r);
 /* Copies a SQLite database (not SQLCipher) consistently with the backup API. */
 int bk_copy_sqlite(const char *src, const char *dst);
 

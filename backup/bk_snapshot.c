@@ -254,6 +254,34 @@ fail:
 	return r;
 }
 
+int bk_collect_staged(const char *stage_dir, const char *config_path,
+		      bk_fileset **fs_r, char **err_r)
+{
+	bk_fileset *fs = bk_fileset_new();
+	char src[4096];
+	struct stat st;
+	int r;
+
+	*err_r = NULL;
+	r = bk_fileset_add_tree(fs, stage_dir, "mailboxes");
+	if (r == 0)
+		r = bk_fileset_add_tree(fs, stage_dir, "spool");
+	if (r < 0) {
+		if (asprintf(err_r, "%s: cannot read the staging copy",
+			     stage_dir) < 0)
+			abort();
+		bk_fileset_free(&fs);
+		return r;
+	}
+	snprintf(src, sizeof(src), "%s/directory.db", stage_dir);
+	if (stat(src, &st) == 0)
+		bk_fileset_add(fs, "directory.db", src, 0600);
+	if (config_path != NULL && stat(config_path, &st) == 0)
+		bk_fileset_add(fs, "sealmail.conf", config_path, st.st_mode);
+	*fs_r = fs;
+	return 0;
+}
+
 /* ---- objects: writing ---- */
 
 static int hash_file(int fd, uint8_t sha[32], uint64_t *size_r)

@@ -90,6 +90,9 @@ enum rpc_opcode {
 	RPC_OP_APP_PASSWORD_ADD = 87,
 	RPC_OP_APP_PASSWORD_REVOKE = 88,
 	RPC_OP_SERVER_STATUS = 89,
+
+	RPC_OP_BACKUP_PREPARE = 96,
+	RPC_OP_RESTORE_ALIAS = 97,
 };
 
 /* What the pre-dispatch check of an opcode needs to know. */
@@ -205,6 +208,7 @@ enum rpc_tag {
 	RPC_T_DETAIL = 89,           /* [bytes] plus-address detail */
 	RPC_T_CREATED = 90,          /* [s] unix seconds */
 	RPC_T_CLIENT_ADDR = 91,      /* [bytes] end user's IP, for the login throttle */
+	RPC_T_PATH = 92,             /* [bytes] a staging directory in data_dir/tmp/ */
 };
 
 enum rpc_store_mode { RPC_MODE_SET = 0, RPC_MODE_ADD = 1, RPC_MODE_REMOVE = 2 };

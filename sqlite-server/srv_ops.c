@@ -3,7 +3,7 @@
  * family (srv_ops_conn.c: PING, STATS, SERVER_STATUS; srv_ops_session.c:
  * UNLOCK, LOCK; srv_ops_mailbox.c, srv_ops_message.c, srv_ops_search.c:
  * the mailbox opcodes; srv_ops_dir.c: DIR_LOOKUP, DELIVER and the admin
- * opcodes). The pre-dispatch checks (opcode known, session, limits, body)
+ * opcodes; srv_ops_backup.c: BACKUP_PREPARE, RESTORE_ALIAS). The pre-dispatch checks (opcode known, session, limits, body)
  * are the core's, in srv_net.c, driven by rpc_op_lookup()'s flags.
  *
  * The handlers are declared weak so that a family that is not linked in
@@ -47,6 +47,8 @@ srv_handler_fn srv_op_alias_passwd __attribute__((weak));
 srv_handler_fn srv_op_app_password_add __attribute__((weak));
 srv_handler_fn srv_op_app_password_revoke __attribute__((weak));
 srv_handler_fn srv_op_server_status __attribute__((weak));
+srv_handler_fn srv_op_backup_prepare __attribute__((weak));
+srv_handler_fn srv_op_restore_alias __attribute__((weak));
 
 static const struct {
 	uint16_t opcode;
@@ -86,6 +88,8 @@ static const struct {
 	{ RPC_OP_APP_PASSWORD_ADD, srv_op_app_password_add },
 	{ RPC_OP_APP_PASSWORD_REVOKE, srv_op_app_password_revoke },
 	{ RPC_OP_SERVER_STATUS, srv_op_server_status },
+	{ RPC_OP_BACKUP_PREPARE, srv_op_backup_prepare },
+	{ RPC_OP_RESTORE_ALIAS, srv_op_restore_alias },
 };
 
 srv_handler_fn *srv_handler(uint16_t opcode)
