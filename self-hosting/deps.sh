@@ -10,11 +10,11 @@ pkgs=(
 	build-essential cmake pkg-config clang libclang-rt-14-dev
 	libsqlcipher-dev sqlcipher libsodium-dev libssl-dev openssl
 	libuv1-dev libhiredis-dev libmongoc-dev libzstd-dev zlib1g-dev
-	libcurl4-openssl-dev
+	libcurl4-openssl-dev libxml2-dev
 	redis-server
 )
 if [ "${1:-}" = "--test" ]; then
-	pkgs+=(libcmocka-dev python3 libpython3.11-testsuite util-linux fetchmail curl)
+	pkgs+=(libcmocka-dev python3 libpython3.11-testsuite util-linux fetchmail curl awscli)
 fi
 
 missing=()
