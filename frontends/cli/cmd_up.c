@@ -48,19 +48,16 @@ struct service {
 	const char *name;        /* what the status lines call it */
 	const char *executable;  /* looked for next to the sealmail binary */
 	const char *port_keys[MAX_PORTS];
-	/* sqlited also listens on its unix socket: with sqlited_port = 0 it
-	 * still runs (local frontends use the socket) unless that is off too. */
-	bool unix_socket;
 };
 
 static const struct service services[] = {
-	{ "sqlited", "sqlited", { "sqlited_port", NULL }, true },
-	{ "imapd", "sealmail-imapd", { "imaps_port", "imap_port" }, false },
-	{ "pop3d", "sealmail-pop3d", { "pop3s_port", "pop3_port" }, false },
-	{ "mx", "sealmail-mx", { "mx_port", NULL }, false },
-	{ "submission", "sealmail-submission", { "smtps_port", "submission_port" }, false },
-	{ "dav", "sealmail-dav", { "caldav_port", "carddav_port" }, false },
-	{ "api", "sealmail-api", { "api_port", "web_port" }, false },
+	{ "sqlited", "sqlited", { "sqlited_port", NULL } },
+	{ "imapd", "sealmail-imapd", { "imaps_port", "imap_port" } },
+	{ "pop3d", "sealmail-pop3d", { "pop3s_port", "pop3_port" } },
+	{ "mx", "sealmail-mx", { "mx_port", NULL } },
+	{ "submission", "sealmail-submission", { "smtps_port", "submission_port" } },
+	{ "dav", "sealmail-dav", { "caldav_port", "carddav_port" } },
+	{ "api", "sealmail-api", { "api_port", "web_port" } },
 };
 
 #define N_SERVICES (sizeof(services) / sizeof(services[0]))
@@ -422,26 +419,6 @@ static void port_list(const sm_config *cfg, const struct service *s, char *out, 
 	}
 }
 
-/* 0 when the socket file exists and accepts a connection. */
-static int unix_probe(const void *arg)
-{
-	const char *path = arg;
-	struct sockaddr_un sun;
-	int fd, ok;
-
-	if (strlen(path) >= sizeof(sun.sun_path))
-		return 0;
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	memcpy(sun.sun_path, path, strlen(path));
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return 0;
-	ok = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0;
-	close(fd);
-	return ok ? 0 : -1;
-}
-
 /* Starts the services that are configured and built; prints a line for each. */
 static int start_services(const sm_config *cfg, const char *config_path)
 {
@@ -456,7 +433,7 @@ static int start_services(const sm_config *cfg, const char *config_path)
 
 		for (int k = 0; k < MAX_PORTS && s->port_keys[k] != NULL; k++)
 			n_ports += sm_config_port(cfg, s->port_keys[k]) > 0;
-		if (n_ports == 0 && !(s->unix_socket && cfg->sqlited_socket != NULL)) {
+		if (n_ports == 0) {
 			printf("%-11s off (its port is 0 or not set)\n", s->name);
 			continue;
 		}
@@ -488,20 +465,8 @@ static int start_services(const sm_config *cfg, const char *config_path)
 				ret = 0;
 			}
 		}
-		if (ret == 0 && s->unix_socket && cfg->sqlited_socket != NULL) {
-			ret = wait_ready(unix_probe, cfg->sqlited_socket, c, READY_TIMEOUT_MS);
-			if (ret < 0) {
-				printf("%-11s started, but nothing answers on %s yet\n",
-				       s->name, cfg->sqlited_socket);
-				ret = 0;
-			}
-		}
 		if (ret == 0) {
 			port_list(cfg, s, ports, sizeof(ports), true);
-			if (s->unix_socket && cfg->sqlited_socket != NULL)
-				snprintf(ports + strlen(ports), sizeof(ports) - strlen(ports),
-					 "%sunix:%s", ports[0] != '\0' ? ", " : "",
-					 cfg->sqlited_socket);
 			printf("%-11s %s\n", s->name, ports);
 		}
 	}
