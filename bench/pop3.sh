@@ -79,14 +79,17 @@ EOF
 # ---- Sealmail ----
 SM="$TMP/sealmail"
 "$BIN/sealmail" init --config "$SM/sealmail.conf" --data-dir "$SM" >/dev/null
-python3 - "$SM/sealmail.conf" "$SM_PORT" <<'EOF'
+python3 - "$SM/sealmail.conf" "$SM_PORT" "$(free_port)" <<'EOF'
 import sys
-path, port = sys.argv[1], sys.argv[2]
+path, port, sqlited_port = sys.argv[1], sys.argv[2], sys.argv[3]
 out = []
 for line in open(path).read().splitlines():
     key = line.split("=", 1)[0].strip() if "=" in line and not line.startswith("#") else None
     if key == "pop3_port":
         line = "pop3_port = " + port
+    elif key == "sqlited_port":
+        # a port of 0 turns a service off: sqlited needs one
+        line = "sqlited_port = " + sqlited_port
     elif key is not None and key.endswith("_port"):
         line = key + " = 0"
     elif key == "listen_address":
