@@ -2,8 +2,9 @@
  * sqlited: the storage service. `sqlited --config FILE` (which is how
  * `sealmail up` runs it).
  *
- * Start: configuration, RPC secret, directory, alias table, Redis events,
- * listeners (one line on stdout per listener, then it serves). A bad
+ * Start: configuration, RPC secret, staging copies left in data_dir/tmp
+ * removed, directory, alias table, Redis events, listeners (one line on
+ * stdout per listener, then it serves), the backup schedule (srv.h). A bad
  * configuration or a missing secret is one sentence on stderr and exit 1.
  *
  * Stop (SIGINT or SIGTERM): stop accepting; let the requests in flight
@@ -32,6 +33,7 @@
 typedef struct sqlited {
 	srv s;
 	uv_signal_t sigint, sigterm;
+	srv_backup_sched *backups;   /* NULL: backup_schedule off */
 	bool stopping;
 } sqlited;
 
@@ -67,6 +69,7 @@ static void on_signal(uv_signal_t *h, int signum)
 	}
 	d->stopping = true;
 	fprintf(stderr, "sqlited: signal %d: stopping\n", signum);
+	srv_backup_sched_stop(&d->backups);
 	srv_net_stop(&d->s, on_net_stopped, d);
 }
 
@@ -130,6 +133,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "sqlited: cannot create %s\n", d.s.tmp_dir);
 		goto out_loop;
 	}
+	/* No backup job runs yet: staging copies here are leftovers. */
+	srv_backup_clean_tmp(cfg->data_dir);
 	rc = dir_open(NULL, cfg->data_dir, &d.s.dir);
 	if (rc != 0) {
 		fprintf(stderr, "sqlited: cannot open the directory in %s: %s\n",
@@ -168,6 +173,9 @@ int main(int argc, char **argv)
 	d.sigterm.data = &d;
 	uv_signal_start(&d.sigint, on_signal, SIGINT);
 	uv_signal_start(&d.sigterm, on_signal, SIGTERM);
+	if (srv_backup_sched_start(&d.s, config_path, &d.backups) != 0)
+		fprintf(stderr, "sqlited: backup_schedule is not \"off\" or "
+			"\"daily HH:MM\": no scheduled backups\n");
 	uv_run(&loop, UV_RUN_DEFAULT);
 	fprintf(stderr, "sqlited: stopped\n");
 	status = 0;

@@ -60,6 +60,7 @@ struct srv {
 	char *tmp_dir;               /* data_dir/tmp: sealed request bodies */
 	eng_kdf_params kdf;          /* cost for new keyrings */
 	bool shutting_down;
+	bool backup_busy;            /* a staging copy or a scheduled backup runs */
 	srv_net *net;                /* the network core (srv_net.h); NULL until started */
 	/* Counters for STATS. */
 	uint64_t requests, errors, bytes_in, bytes_out;
@@ -146,6 +147,46 @@ void srv_body_reader_free(srv_body_reader **r);
  */
 typedef int srv_blocking_fn(void *ctx);
 int srv_blocking(srv *s, srv_blocking_fn *fn, srv_done_fn *done, void *ctx);
+
+/* ---- backups (srv_ops_backup.c, srv_backup.c) ---- */
+
+/*
+ * Makes a consistent staging copy of the data dir under
+ * data_dir/tmp/backup-<16 hex>/ (as BACKUP_PREPARE does: docs/rpc.md):
+ * the directory on the pool, each alias on its own queue, one at a time.
+ * done(ctx, result, stage) runs on the loop once; stage is the copy's
+ * path (valid during the call; on failure the caller removes it).
+ * cancelled (may be NULL) is read before each alias: true stops early with
+ * RPC_ECANCELLED. The caller holds s->backup_busy while it runs, so that
+ * one backup job runs at a time.
+ */
+typedef void srv_backup_stage_fn(void *ctx, int result, const char *stage);
+void srv_backup_stage(srv *s, const bool *cancelled,
+		      srv_backup_stage_fn *done, void *ctx);
+
+/*
+ * The schedule (backup_schedule, "daily HH:MM" UTC): a timer on s->loop
+ * runs, at each due time, the job of `sealmail backup` to backup_target:
+ * a staging copy (srv_backup_stage), then, on the pool, bk_backup and
+ * bk_prune with the backup key, one log line, the copy removed. A job due
+ * while another backup job runs waits for it. config_path is the file
+ * named "sealmail.conf" in snapshots. The environment variable
+ * SEALMAIL_BACKUP_SCHEDULE_TEST_SECONDS=N (tests only) runs one job N
+ * seconds after start, whatever the schedule. Returns 0 with *sched_r
+ * NULL when nothing is scheduled.
+ */
+typedef struct srv_backup_sched srv_backup_sched;
+int srv_backup_sched_start(srv *s, const char *config_path,
+			   srv_backup_sched **sched_r);
+/* Stops the timer; a job that runs finishes first. Frees it; NULL is fine. */
+void srv_backup_sched_stop(srv_backup_sched **sched);
+
+/*
+ * At start, before any job can run: removes data_dir/tmp/backup-* and
+ * restore-* left by a killed sqlited or CLI, except those named after a
+ * process (backup-<pid>, restore-<pid>) that still runs.
+ */
+void srv_backup_clean_tmp(const char *data_dir);
 
 /* ---- events and throttling (srv_events.c; Redis) ---- */
 

@@ -18,6 +18,10 @@
  *       which runs on the same queue)
  *
  * The queue is exclusive, so nothing writes the .db while it is copied.
+ * srv_backup_stage() is this copy; BACKUP_PREPARE and the schedule
+ * (srv_backup.c) both use it, one job at a time (srv.backup_busy: a
+ * BACKUP_PREPARE while another job runs is refused with EBUSY). A copy
+ * that failed is removed here; one handed to the CLI is the CLI's.
  * The staging copy is scratch: its files are not fsynced (a crash loses
  * only the copy; the CLI removes the directory when done).
  *
@@ -35,6 +39,7 @@
  * unlock.
  */
 #include "srv.h"
+#include "bk.h"
 #include "eng_error.h"
 
 #include <dirent.h>
@@ -128,7 +133,9 @@ static int mkdir_0700(const char *path)
 /* ---- BACKUP_PREPARE ---- */
 
 struct prep_op {
-	srv_req *req;
+	const bool *cancelled;   /* may be NULL */
+	srv_backup_stage_fn *done;
+	void *ctx;
 	srv *srv;
 	char *stage;             /* data_dir/tmp/backup-<hex> */
 	char **ids;              /* aliases with a database */
@@ -154,14 +161,10 @@ static void prep_timer_closed(uv_handle_t *h)
 
 static void prep_finish(struct prep_op *op)
 {
-	if (op->err != 0) {
+	if (op->err != 0)
 		eng_log(ENG_LOG_ERROR, "backup staging %s failed: %s",
 			op->stage, eng_strerror(op->err));
-		srv_fail(op->req, op->err);
-	} else {
-		rpc_put_str(&op->req->reply, RPC_T_PATH, op->stage);
-		srv_reply(op->req);
-	}
+	op->done(op->ctx, op->err, op->stage);
 	if (op->timer_init)
 		uv_close((uv_handle_t *)&op->timer, prep_timer_closed);
 	else
@@ -340,7 +343,7 @@ static void prep_next(struct prep_op *op)
 {
 	int err;
 
-	if (op->req->cancelled && op->err == 0)
+	if (op->cancelled != NULL && *op->cancelled && op->err == 0)
 		op->err = RPC_ECANCELLED;
 	if (op->err != 0 || op->next == op->n_ids) {
 		prep_finish(op);
@@ -378,25 +381,77 @@ static void prep_start_done(void *ctx, int result)
 	prep_next(op);
 }
 
-void srv_op_backup_prepare(srv_req *req)
+void srv_backup_stage(srv *s, const bool *cancelled,
+		      srv_backup_stage_fn *done, void *ctx)
 {
 	struct prep_op *op = eng_calloc(1, sizeof(*op));
 	uint8_t rnd[8];
 	char hex[17];
 	int err;
 
-	op->req = req;
-	op->srv = req->srv;
+	op->cancelled = cancelled;
+	op->done = done;
+	op->ctx = ctx;
+	op->srv = s;
 	randombytes_buf(rnd, sizeof(rnd));
 	sodium_bin2hex(hex, sizeof(hex), rnd, sizeof(rnd));
-	if (asprintf(&op->stage, "%s/tmp/backup-%s", req->srv->cfg->data_dir,
+	if (asprintf(&op->stage, "%s/tmp/backup-%s", s->cfg->data_dir,
 		     hex) < 0)
 		eng_oom(0);
-	err = srv_blocking(req->srv, prep_start_work, prep_start_done, op);
+	err = srv_blocking(s, prep_start_work, prep_start_done, op);
 	if (err != 0) {
-		prep_op_free(op);
-		srv_fail(req, err);
+		op->err = err;
+		prep_finish(op);
 	}
+}
+
+static int remove_work(void *ctx)
+{
+	bk_remove_tree(ctx);
+	return 0;
+}
+
+static void remove_done(void *ctx, int result)
+{
+	(void)result;
+	free(ctx);
+}
+
+/* A failed copy is removed on the pool: it may be large. */
+static void remove_stage(srv *s, const char *stage)
+{
+	char *p = eng_strdup(stage);
+
+	if (srv_blocking(s, remove_work, remove_done, p) != 0) {
+		eng_log(ENG_LOG_WARN, "cannot remove %s now; it goes at the "
+			"next start", p);
+		free(p);
+	}
+}
+
+static void prepare_done(void *ctx, int result, const char *stage)
+{
+	srv_req *req = ctx;
+
+	req->srv->backup_busy = false;
+	if (result != 0) {
+		remove_stage(req->srv, stage);
+		srv_fail(req, result);
+		return;
+	}
+	rpc_put_str(&req->reply, RPC_T_PATH, stage);
+	srv_reply(req);
+}
+
+void srv_op_backup_prepare(srv_req *req)
+{
+	if (req->srv->backup_busy) {
+		/* One backup job at a time: the CLI says to try again. */
+		srv_fail(req, ENG_EBUSY);
+		return;
+	}
+	req->srv->backup_busy = true;
+	srv_backup_stage(req->srv, &req->cancelled, prepare_done, req);
 }
 
 /* ---- RESTORE_ALIAS ---- */

@@ -211,6 +211,12 @@ static int stage_online(struct bk_cli *c, char **stage_r)
 		*stage_r = NULL;
 		err = ENG_EINVAL;
 	}
+	if (err == ENG_EBUSY) {
+		cli_error("sqlited runs another backup job now (a scheduled "
+			  "backup or another `sealmail backup`): try again when "
+			  "it ends");
+		return -1;
+	}
 	if (err != 0) {
 		cli_error("sqlited could not make a consistent copy for the "
 			  "backup: %s%s", rpc_strerror(err), err == RPC_EOPCODE ?

@@ -270,6 +270,57 @@ class Backup(test_admin.Admin):
         self.assertIn("no mailbox alias", r.stderr)
 
 
+    def test_scheduled_backup_and_tmp_cleanup(self):
+        """sqlited runs the scheduled job (test hook: N seconds after start)
+        and removes staging copies a killed CLI left, at start."""
+        self.add_aliases(["alice@example.org"])
+        with self.connect() as c:
+            s = ops.unlock(c, "alice@example.org", PASSWORD.encode())
+            for i in range(3):
+                ops.append(c, s, "INBOX", f"Subject: sched {i}\r\n\r\nbody\r\n".encode())
+        state = self.mailbox_state("alice@example.org")
+        self.assertEqual(self.stop_sqlited(), 0)
+
+        # Left by a killed CLI / sqlited: a dead pid, sqlited's own hex name.
+        tmp = os.path.join(self.data, "tmp")
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        stale = [f"backup-{dead.pid}", "backup-0123456789abcdef", f"restore-{dead.pid}"]
+        live = f"restore-{os.getpid()}"     # a process that still runs
+        for n in stale + [live]:
+            os.makedirs(os.path.join(tmp, n, "mailboxes"))
+            with open(os.path.join(tmp, n, "mailboxes", "x.db"), "w") as f:
+                f.write("x")
+
+        os.environ["SEALMAIL_BACKUP_SCHEDULE_TEST_SECONDS"] = "1"
+        try:
+            self.start_sqlited()
+        finally:
+            del os.environ["SEALMAIL_BACKUP_SCHEDULE_TEST_SECONDS"]
+        left = sorted(n for n in os.listdir(tmp) if n.startswith(("backup-", "restore-")))
+        self.assertEqual(left, [live])
+        shutil.rmtree(os.path.join(tmp, live))
+
+        snaps = os.path.join(self.data, "backups", "snapshots")
+        self.assertTrue(test_admin.wait_for(
+            lambda: "scheduled backup: snapshot" in self.read_log(), timeout=60),
+            self.read_log())
+        manifests = os.listdir(snaps)
+        self.assertEqual(len(manifests), 1)
+        self.assertIn(f"snapshot {manifests[0].split('.')[0]}: ", self.read_log())
+        # The staging copy is gone.
+        self.assertEqual([n for n in os.listdir(tmp) if n.startswith("backup-")], [])
+        # One job at a time: it has ended, so the CLI's backup runs.
+        r = self.run_cli("backup")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+        self.assertEqual(self.stop_sqlited(), 0)
+        fconf, fresh = self.fresh_dir()
+        r = self.run_cli("restore", "--snapshot", manifests[0].split(".")[0], conf=fconf)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.use_dir(fconf, fresh)
+        self.assertEqual(self.mailbox_state("alice@example.org"), state)
+
 # Only this file's test: not the inherited ones of test_admin.Admin.
 for _name in dir(test_admin.Admin):
     if _name.startswith("test_"):
