@@ -694,6 +694,8 @@ void bk_strv_free(char **v, size_t n)
 	free(v);
 }
 
+static int cmp_str(const void *a, const void *b);
+
 int bk_snapshots(bk_target *t, char ***ids_r, size_t *n_r)
 {
 	char **names;
@@ -721,7 +723,11 @@ int bk_snapshots(bk_target *t, char ***ids_r, size_t *n_r)
 			free(names[i]);
 		}
 	}
-	/* "YYYYMMDD-HHMMSS" and "-N" suffixes sort by time as strings. */
+	/* Sorted as ids, not as object names: in "<id>.manifest" the '-' of
+	 * a "-N" suffix sorts before the '.', which would put a later
+	 * snapshot of the same second first (and confuse retention).
+	 * "YYYYMMDD-HHMMSS" and "-N" suffixes sort by time as strings. */
+	qsort(names, k, sizeof(*names), cmp_str);
 	*ids_r = names;
 	*n_r = k;
 	return 0;

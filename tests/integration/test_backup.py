@@ -78,12 +78,21 @@ class Backup(test_admin.Admin):
         self.assertEqual(self.stop_sqlited(), 0)
         r = self.run_cli("backup")
         self.assertEqual(r.returncode, 0, r.stderr)
+        first_id = r.stdout.split("snapshot ", 1)[1].split(":", 1)[0]
         r = self.run_cli("backup")       # incremental: nothing new
         self.assertEqual(r.returncode, 0, r.stderr)
+        second_id = r.stdout.split("snapshot ", 1)[1].split(":", 1)[0]
         self.assertIn(" 0 objects uploaded", r.stdout)
         r = self.run_cli("snapshots")
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(len(r.stdout.strip().splitlines()), 2)
+        listed = [line.split()[0] for line in r.stdout.strip().splitlines()]
+        # Retention keeps the newest snapshot of each day (backup_keep_daily):
+        # a second backup the same UTC day replaces the first.
+        self.assertIn(second_id, listed)
+        if first_id[:8] == second_id[:8]:
+            self.assertEqual(listed, [second_id])
+        else:
+            self.assertEqual(sorted(listed), sorted([first_id, second_id]))
 
         # No canary in any stored byte.
         for root, _, files in os.walk(os.path.join(self.data, "backups")):
@@ -310,14 +319,16 @@ class Backup(test_admin.Admin):
         self.assertIn(f"snapshot {manifests[0].split('.')[0]}: ", self.read_log())
         # The staging copy is gone.
         self.assertEqual([n for n in os.listdir(tmp) if n.startswith("backup-")], [])
+        # The scheduled snapshot restores (into a fresh data dir, before
+        # the next backup of the same day replaces it under retention).
+        fconf, fresh = self.fresh_dir()
+        r = self.run_cli("restore", "--snapshot", manifests[0].split(".")[0], conf=fconf)
+        self.assertEqual(r.returncode, 0, r.stderr)
         # One job at a time: it has ended, so the CLI's backup runs.
         r = self.run_cli("backup")
         self.assertEqual(r.returncode, 0, r.stderr)
 
         self.assertEqual(self.stop_sqlited(), 0)
-        fconf, fresh = self.fresh_dir()
-        r = self.run_cli("restore", "--snapshot", manifests[0].split(".")[0], conf=fconf)
-        self.assertEqual(r.returncode, 0, r.stderr)
         self.use_dir(fconf, fresh)
         self.assertEqual(self.mailbox_state("alice@example.org"), state)
 
