@@ -274,17 +274,28 @@ static char *run_child(const struct fixture *fx, uint64_t seed,
 	}
 	close(fds[1]);
 	deadline = now_ms() + delay_ms;
+	/*
+	 * Short delays kill the child while it opens the store. Longer ones
+	 * count from its first output, so that a loaded machine (CI runs
+	 * tests in parallel) that is slow to start it still kills it at a
+	 * random point of its work, not always before it.
+	 */
+	bool started = false, early = delay_ms < 20;
+
 	/* Keep the pipe drained while the child works, then kill it. */
 	for (;;) {
 		uint64_t t = now_ms();
 		struct pollfd pfd = { fds[0], POLLIN, 0 };
 		ssize_t n;
+		/* A child that prints nothing for 30 s is killed anyway. */
+		bool armed = early || started || t >= deadline + 30000;
 
-		if (!killed && t >= deadline) {
+		if (!killed && armed && t >= deadline) {
 			kill(pid, SIGKILL);
 			killed = true;
 		}
-		if (poll(&pfd, 1, killed ? 1000 : (int)(deadline - t)) <= 0)
+		if (poll(&pfd, 1, killed || !armed || t >= deadline ? 1000 :
+			 (int)(deadline - t)) <= 0)
 			continue;
 		if (len + 4096 > cap) {
 			cap = (cap + 4096) * 2;
@@ -298,6 +309,11 @@ static char *run_child(const struct fixture *fx, uint64_t seed,
 			break;      /* EOF: the child is gone */
 		}
 		len += (size_t)n;
+		if (!started) {
+			started = true;
+			if (!early)
+				deadline = now_ms() + delay_ms;
+		}
 	}
 	close(fds[0]);
 	if (!killed)
