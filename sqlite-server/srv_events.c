@@ -19,6 +19,7 @@
  * expiry is replaced (an attacker filling it only shortens its own
  * penalties, and Redis is the real store).
  */
+#include "redis_url.h"
 #include "srv.h"
 #include "srv_private.h"
 
@@ -48,11 +49,7 @@ typedef struct mem_counter {
 struct srv_events {
 	srv *srv;
 	/* Where: a unix socket path, or host and port. */
-	char *unix_path;
-	char *host;
-	int port;
-	char *password;
-	int db;
+	sm_redis_target target;
 	bool disabled;               /* unsupported URL: memory only */
 	redisAsyncContext *ac;
 	bool connected;
@@ -125,10 +122,10 @@ static void ev_connect(srv_events *ev)
 
 	if (ev->ac != NULL || ev->disabled)
 		return;
-	if (ev->unix_path != NULL)
-		ac = redisAsyncConnectUnix(ev->unix_path);
+	if (ev->target.unix_path != NULL)
+		ac = redisAsyncConnectUnix(ev->target.unix_path);
 	else
-		ac = redisAsyncConnect(ev->host, ev->port);
+		ac = redisAsyncConnect(ev->target.host, ev->target.port);
 	if (ac == NULL)
 		eng_oom(sizeof(redisAsyncContext));
 	if (ac->err != 0 || redisLibuvAttach(ac, ev->srv->loop) != REDIS_OK) {
@@ -141,10 +138,10 @@ static void ev_connect(srv_events *ev)
 	redisAsyncSetDisconnectCallback(ac, on_disconnected);
 	ev->ac = ac;
 	/* Queued now, sent once connected. */
-	if (ev->password != NULL)
-		redisAsyncCommand(ac, NULL, NULL, "AUTH %s", ev->password);
-	if (ev->db != 0)
-		redisAsyncCommand(ac, NULL, NULL, "SELECT %d", ev->db);
+	if (ev->target.password != NULL)
+		redisAsyncCommand(ac, NULL, NULL, "AUTH %s", ev->target.password);
+	if (ev->target.db != 0)
+		redisAsyncCommand(ac, NULL, NULL, "SELECT %d", ev->target.db);
 }
 
 /*
@@ -154,62 +151,8 @@ static void ev_connect(srv_events *ev)
  */
 static int parse_url(srv_events *ev, const char *url)
 {
-	const char *p, *at, *slash, *colon;
-	char *hostport;
-
-	if (url == NULL || url[0] == '\0' || strcmp(url, "embedded") == 0) {
-		const char *dd = ev->srv->cfg != NULL ? ev->srv->cfg->data_dir : ".";
-
-		ev->unix_path = eng_malloc(strlen(dd) + sizeof("/redis.sock"));
-		sprintf(ev->unix_path, "%s/redis.sock", dd);
-		return 0;
-	}
-	if (strncmp(url, "unix:", 5) == 0) {
-		p = url + 5;
-		if (strncmp(p, "//", 2) == 0)
-			p += 2;
-		if (*p == '\0')
-			return ENG_EINVAL;
-		ev->unix_path = eng_strdup(p);
-		return 0;
-	}
-	if (strncmp(url, "redis://", 8) != 0)
-		return ENG_EINVAL;
-	p = url + 8;
-	slash = strchr(p, '/');
-	at = strchr(p, '@');
-	if (at != NULL && (slash == NULL || at < slash)) {
-		const char *pw = memchr(p, ':', (size_t)(at - p));
-
-		if (pw != NULL && at > pw + 1)
-			ev->password = eng_strndup(pw + 1, (size_t)(at - pw - 1));
-		p = at + 1;
-	}
-	hostport = slash != NULL ? eng_strndup(p, (size_t)(slash - p)) : eng_strdup(p);
-	ev->port = 6379;
-	colon = strrchr(hostport, ':');
-	if (hostport[0] == '[') {
-		char *end = strchr(hostport, ']');
-
-		if (end == NULL) {
-			free(hostport);
-			return ENG_EINVAL;
-		}
-		if (end[1] == ':')
-			ev->port = atoi(end + 2);
-		ev->host = eng_strndup(hostport + 1, (size_t)(end - hostport - 1));
-	} else if (colon != NULL) {
-		ev->port = atoi(colon + 1);
-		ev->host = eng_strndup(hostport, (size_t)(colon - hostport));
-	} else {
-		ev->host = eng_strdup(hostport);
-	}
-	free(hostport);
-	if (slash != NULL && slash[1] != '\0')
-		ev->db = atoi(slash + 1);
-	if (ev->host[0] == '\0' || ev->port <= 0 || ev->port > 65535)
-		return ENG_EINVAL;
-	return 0;
+	return sm_redis_target_parse(url, ev->srv->cfg != NULL ?
+				     ev->srv->cfg->data_dir : ".", &ev->target);
 }
 
 int srv_events_new(srv *s, const char *redis_url, srv_events **ev_r)
@@ -263,12 +206,7 @@ void srv_events_free(srv_events **evp)
 		ev->connected = false;
 		redisAsyncFree(ac);
 	}
-	free(ev->unix_path);
-	free(ev->host);
-	if (ev->password != NULL) {
-		sodium_memzero(ev->password, strlen(ev->password));
-		free(ev->password);
-	}
+	sm_redis_target_clear(&ev->target);
 	free(ev->mem);
 	free(ev);
 }

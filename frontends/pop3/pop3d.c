@@ -22,6 +22,7 @@
 #include "pop3_private.h"
 
 #include "eng_error.h"
+#include "redis_url.h"
 #include "secrets.h"
 
 #include <hiredis/adapters/libuv.h>
@@ -63,8 +64,7 @@ typedef struct pop3_main {
 	pop3d d;
 	uv_signal_t sigint, sigterm, sighup;
 	uv_timer_t redis_timer;      /* reconnect, and refresh held locks */
-	char *redis_unix, *redis_host, *redis_password;
-	int redis_port, redis_db;
+	sm_redis_target redis;
 	bool redis_ok;               /* redis_url is usable */
 	bool redis_connecting;
 	bool done;
@@ -78,60 +78,7 @@ static void redis_connect(pop3_main *m);
 
 static int parse_redis_url(pop3_main *m, const sm_config *cfg)
 {
-	const char *url = cfg->redis_url, *p, *at, *slash, *colon;
-	char *hostport;
-
-	if (url == NULL || url[0] == '\0' || strcmp(url, "embedded") == 0) {
-		m->redis_unix = eng_malloc(strlen(cfg->data_dir) + sizeof("/redis.sock"));
-		sprintf(m->redis_unix, "%s/redis.sock", cfg->data_dir);
-		return 0;
-	}
-	if (strncmp(url, "unix:", 5) == 0) {
-		p = url + 5;
-		if (strncmp(p, "//", 2) == 0)
-			p += 2;
-		if (*p == '\0')
-			return ENG_EINVAL;
-		m->redis_unix = eng_strdup(p);
-		return 0;
-	}
-	if (strncmp(url, "redis://", 8) != 0)
-		return ENG_EINVAL;
-	p = url + 8;
-	slash = strchr(p, '/');
-	at = strchr(p, '@');
-	if (at != NULL && (slash == NULL || at < slash)) {
-		const char *pw = memchr(p, ':', (size_t)(at - p));
-
-		if (pw != NULL && at > pw + 1)
-			m->redis_password = eng_strndup(pw + 1, (size_t)(at - pw - 1));
-		p = at + 1;
-	}
-	hostport = slash != NULL ? eng_strndup(p, (size_t)(slash - p)) : eng_strdup(p);
-	m->redis_port = 6379;
-	colon = strrchr(hostport, ':');
-	if (hostport[0] == '[') {
-		char *end = strchr(hostport, ']');
-
-		if (end == NULL) {
-			free(hostport);
-			return ENG_EINVAL;
-		}
-		if (end[1] == ':')
-			m->redis_port = atoi(end + 2);
-		m->redis_host = eng_strndup(hostport + 1, (size_t)(end - hostport - 1));
-	} else if (colon != NULL) {
-		m->redis_port = atoi(colon + 1);
-		m->redis_host = eng_strndup(hostport, (size_t)(colon - hostport));
-	} else {
-		m->redis_host = eng_strdup(hostport);
-	}
-	free(hostport);
-	if (slash != NULL && slash[1] != '\0')
-		m->redis_db = atoi(slash + 1);
-	if (m->redis_host[0] == '\0' || m->redis_port <= 0 || m->redis_port > 65535)
-		return ENG_EINVAL;
-	return 0;
+	return sm_redis_target_parse(cfg->redis_url, cfg->data_dir, &m->redis);
 }
 
 static void on_redis_connected(const redisAsyncContext *ac, int status)
@@ -166,8 +113,8 @@ static void redis_connect(pop3_main *m)
 
 	if (!m->redis_ok || m->d.redis != NULL || m->d.stopping)
 		return;
-	ac = m->redis_unix != NULL ? redisAsyncConnectUnix(m->redis_unix) :
-	     redisAsyncConnect(m->redis_host, m->redis_port);
+	ac = m->redis.unix_path != NULL ? redisAsyncConnectUnix(m->redis.unix_path) :
+	     redisAsyncConnect(m->redis.host, m->redis.port);
 	if (ac == NULL)
 		eng_oom(sizeof(redisAsyncContext));
 	if (ac->err != 0 || redisLibuvAttach(ac, m->d.loop) != REDIS_OK) {
@@ -177,10 +124,10 @@ static void redis_connect(pop3_main *m)
 	ac->data = m;
 	redisAsyncSetConnectCallback(ac, on_redis_connected);
 	redisAsyncSetDisconnectCallback(ac, on_redis_disconnected);
-	if (m->redis_password != NULL)
-		redisAsyncCommand(ac, NULL, NULL, "AUTH %s", m->redis_password);
-	if (m->redis_db != 0)
-		redisAsyncCommand(ac, NULL, NULL, "SELECT %d", m->redis_db);
+	if (m->redis.password != NULL)
+		redisAsyncCommand(ac, NULL, NULL, "AUTH %s", m->redis.password);
+	if (m->redis.db != 0)
+		redisAsyncCommand(ac, NULL, NULL, "SELECT %d", m->redis.db);
 	m->d.redis = ac;
 	m->redis_connecting = true;
 }
@@ -518,12 +465,7 @@ out_loop:
 		free(l);
 	}
 	sm_net_tls_free(&m.d.tls);
-	free(m.redis_unix);
-	free(m.redis_host);
-	if (m.redis_password != NULL) {
-		sodium_memzero(m.redis_password, strlen(m.redis_password));
-		free(m.redis_password);
-	}
+	sm_redis_target_clear(&m.redis);
 out_secret:
 	sm_secret_free(&secret);
 	sm_config_free(&cfg);
