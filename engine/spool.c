@@ -20,6 +20,7 @@
  */
 #include "spool.h"
 #include "eng_error.h"
+#include "eng_fs.h"
 #include "keys.h"
 
 #include <dirent.h>
@@ -179,7 +180,7 @@ static ssize_t read_full(int fd, uint8_t *buf, size_t len)
 	return (ssize_t)got;
 }
 
-static int fsync_dir(const char *dir)
+int eng_fsync_dir(const char *dir)
 {
 	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	int ret = 0;
@@ -406,7 +407,7 @@ int eng_spool_commit(eng_spool_writer **wp, char id_r[ENG_SPOOL_ID_LEN + 1])
 		unlink(tmp);
 		goto out;
 	}
-	if ((ret = fsync_dir(w->dir)) != 0) {
+	if ((ret = eng_fsync_dir(w->dir)) != 0) {
 		/*
 		 * The name may or may not survive a crash; fsync is not retried
 		 * (its failure may have dropped the dirty pages), so the entry is
@@ -699,5 +700,5 @@ int eng_spool_remove(const char *dir, const char *id)
 	free(path);
 	if (ret != 0)
 		return errno == ENOENT ? 0 : errno_to_eng(errno);
-	return fsync_dir(dir);
+	return eng_fsync_dir(dir);
 }

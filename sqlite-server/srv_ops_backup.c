@@ -41,6 +41,7 @@
 #include "srv.h"
 #include "bk.h"
 #include "eng_error.h"
+#include "eng_fs.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -107,19 +108,6 @@ static int copy_file(const char *src, const char *dst)
 		err = io_err(errno);
 	close(in);
 	free(buf);
-	return err;
-}
-
-static int fsync_dir(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int err = 0;
-
-	if (fd < 0)
-		return ENG_EIO;
-	if (fsync(fd) != 0)
-		err = ENG_EIO;
-	close(fd);
 	return err;
 }
 
@@ -566,7 +554,7 @@ static int restore_files_work(srv_alias *a, void *ctx)
 	}
 	ldir = path_fmt2(data_dir, "mailboxes", NULL);
 	if (err == 0)
-		err = fsync_dir(ldir);
+		err = eng_fsync_dir(ldir);
 	free(ldir);
 	if (err != 0)
 		return err;
@@ -588,7 +576,7 @@ static int restore_files_work(srv_alias *a, void *ctx)
 		}
 		closedir(d);
 		if (err == 0)
-			err = fsync_dir(ldir);
+			err = eng_fsync_dir(ldir);
 	}
 	free(sdir);
 	free(ldir);

@@ -41,6 +41,7 @@
  */
 #include "srv.h"
 #include "eng_error.h"
+#include "eng_fs.h"
 #include "keys.h"
 #include "spool.h"
 
@@ -178,19 +179,6 @@ static int mkdir_0700(const char *path)
 	if (mkdir(path, 0700) != 0 && errno != EEXIST)
 		return errno == ENOSPC ? ENG_ENOSPC : ENG_EIO;
 	return 0;
-}
-
-static int fsync_dir(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int err = 0;
-
-	if (fd < 0)
-		return ENG_EIO;
-	if (fsync(fd) != 0)
-		err = ENG_EIO;
-	close(fd);
-	return err;
 }
 
 /* Removes every file in path, then path itself; a missing path is fine. */
@@ -371,7 +359,7 @@ static int key_record(const char *data_dir, const char *alias_id,
 		err = errno == ENOSPC ? ENG_ENOSPC : ENG_EIO;
 	close(fd);
 	if (err == 0)
-		err = fsync_dir(dir_path);
+		err = eng_fsync_dir(dir_path);
 	if (err != 0)
 		(void)unlink(path);
 	else
