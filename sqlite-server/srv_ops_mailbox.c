@@ -374,15 +374,6 @@ static void put_mailbox_info(srv_mbop *op, const eng_mailbox *mb)
 	rpc_group_end(b, mark);
 }
 
-/* Where a handler's field check fails: answer and stop. */
-#define CHECK(op, expr) do { \
-	int check_err_ = (expr); \
-	if (check_err_ != 0) { \
-		srv_mbop_fail((op), check_err_); \
-		return; \
-	} \
-} while (0)
-
 static int list_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 {
 	bool subscribed_only = op->ctx != NULL;

@@ -90,6 +90,15 @@ void srv_mbop_submit(srv_mbop *op, srv_mbop_run_fn *run);
 /* Fails req with err and frees op (loop thread). */
 void srv_mbop_fail(srv_mbop *op, int err);
 
+/* Where a handler's field check fails: answer and stop. */
+#define CHECK(op, expr) do { \
+	int check_err_ = (expr); \
+	if (check_err_ != 0) { \
+		srv_mbop_fail((op), check_err_); \
+		return; \
+	} \
+} while (0)
+
 /* The part to append to, for n_fields more fields of about n_bytes. */
 eng_buf *srv_mbop_part(srv_mbop *op, size_t n_fields, size_t n_bytes);
 void srv_mbop_event(srv_mbop *op, enum srv_event_kind kind,

@@ -15,14 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHECK(op, expr) do { \
-	int check_err_ = (expr); \
-	if (check_err_ != 0) { \
-		srv_mbop_fail((op), check_err_); \
-		return; \
-	} \
-} while (0)
-
 #define NEW_OP(op, req, with_mailbox) do { \
 	int new_err_; \
 	if (((op) = srv_mbop_new((req), (with_mailbox), &new_err_)) == NULL) { \

@@ -21,14 +21,6 @@
 /* A THREAD_TREE goes in one bytes field of one frame. */
 #define SRV_THREAD_TREE_MAX_BYTES (SRV_PART_MAX_BYTES)
 
-#define CHECK(op, expr) do { \
-	int check_err_ = (expr); \
-	if (check_err_ != 0) { \
-		srv_mbop_fail((op), check_err_); \
-		return; \
-	} \
-} while (0)
-
 /* Wire numbers (enum rpc_query_kind, pinned by docs/rpc.md) to the
  * engine's enum, which may be reordered. */
 static const enum eng_query_kind query_kinds[] = {
