@@ -11,10 +11,7 @@
 
 #include "eng_error.h"
 
-static int set_err(char **err_r, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static int set_err(char **err_r, int code, const char *fmt, ...)
+int sm_set_err(char **err_r, int code, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -51,7 +48,7 @@ int sm_fs_mkdir_p(const char *path, mode_t mode, char **err_r)
 
 			*p = '/';
 			free(copy);
-			return set_err(err_r, errno_code(e), "%s: cannot create the directory: %s.",
+			return sm_set_err(err_r, errno_code(e), "%s: cannot create the directory: %s.",
 				       path, strerror(e));
 		}
 		*p = '/';
@@ -60,14 +57,14 @@ int sm_fs_mkdir_p(const char *path, mode_t mode, char **err_r)
 		int e = errno;
 
 		free(copy);
-		return set_err(err_r, errno_code(e), "%s: cannot create the directory: %s.",
+		return sm_set_err(err_r, errno_code(e), "%s: cannot create the directory: %s.",
 			       path, strerror(e));
 	}
 	free(copy);
 	if (stat(path, &st) != 0)
-		return set_err(err_r, ENG_EIO, "%s: %s.", path, strerror(errno));
+		return sm_set_err(err_r, ENG_EIO, "%s: %s.", path, strerror(errno));
 	if (!S_ISDIR(st.st_mode))
-		return set_err(err_r, ENG_EEXIST, "%s: exists and is not a directory.", path);
+		return sm_set_err(err_r, ENG_EEXIST, "%s: exists and is not a directory.", path);
 	return 0;
 }
 
@@ -106,7 +103,7 @@ int sm_fs_create_file(const char *path, const void *data, size_t len, mode_t mod
 	if (fd < 0) {
 		e = errno;
 		free(tmp);
-		return set_err(err_r, errno_code(e), "%s: cannot create the file: %s.",
+		return sm_set_err(err_r, errno_code(e), "%s: cannot create the file: %s.",
 			       path, strerror(e));
 	}
 	/* the mode passed to open() is filtered by the umask; state it exactly */
@@ -135,7 +132,7 @@ int sm_fs_create_file(const char *path, const void *data, size_t len, mode_t mod
 	unlink(tmp);
 	free(tmp);
 	if (fsync_dir_of(path) != 0)
-		return set_err(err_r, ENG_EIO, "%s: cannot sync its directory: %s.",
+		return sm_set_err(err_r, ENG_EIO, "%s: cannot sync its directory: %s.",
 			       path, strerror(errno));
 	return 0;
 fail:
@@ -144,7 +141,7 @@ fail:
 		close(fd);
 	unlink(tmp);
 	free(tmp);
-	return set_err(err_r, errno_code(e), "%s: cannot write the file: %s.", path, strerror(e));
+	return sm_set_err(err_r, errno_code(e), "%s: cannot write the file: %s.", path, strerror(e));
 }
 
 int sm_fs_exists(const char *path)

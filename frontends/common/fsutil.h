@@ -18,6 +18,14 @@
 int sm_fs_mkdir_p(const char *path, mode_t mode, char **err_r);
 
 /*
+ * The error-reporting convention of frontends/common: when err_r is not
+ * NULL, *err_r gets a malloc'd sentence (any earlier one freed); returns
+ * code, so that `return sm_set_err(err_r, ENG_EIO, "...", ...);` reads.
+ */
+int sm_set_err(char **err_r, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/*
  * Creates `path` holding exactly data[0..len) with `mode`, durably and
  * atomically: the bytes go to a temporary file in the same directory, which
  * is fsync'd and then linked to `path`, so a crash leaves either no file or

@@ -16,24 +16,6 @@
 /* 64 hex characters, an optional newline, and one byte to see overflow. */
 #define FILE_MAX_BYTES (SM_SECRET_HEX_CHARS + 2)
 
-static int set_err(char **err_r, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static int set_err(char **err_r, int code, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err_r != NULL) {
-		free(*err_r);
-		*err_r = NULL;
-		va_start(ap, fmt);
-		if (vasprintf(err_r, fmt, ap) < 0)
-			eng_oom(strlen(fmt));
-		va_end(ap);
-	}
-	return code;
-}
-
 static void *secure_alloc(size_t len)
 {
 	void *p;
@@ -74,22 +56,22 @@ static int read_secret(const char *path, uint8_t *key, bool fix_mode, char **err
 		int e = errno;
 
 		sodium_free(text);
-		return set_err(err_r, e == ENOENT ? ENG_ENOTFOUND : ENG_EIO,
+		return sm_set_err(err_r, e == ENOENT ? ENG_ENOTFOUND : ENG_EIO,
 			       "%s: cannot open the secret file: %s.", path, strerror(e));
 	}
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		ret = set_err(err_r, ENG_EIO, "%s: is not a regular file.", path);
+		ret = sm_set_err(err_r, ENG_EIO, "%s: is not a regular file.", path);
 		goto out;
 	}
 	if ((st.st_mode & 077) != 0) {
 		if (!fix_mode) {
-			ret = set_err(err_r, ENG_EPERM,
+			ret = sm_set_err(err_r, ENG_EPERM,
 				      "%s: group or others may read this secret; "
 				      "run: chmod 600 %s", path, path);
 			goto out;
 		}
 		if (fchmod(fd, 0600) != 0) {
-			ret = set_err(err_r, ENG_EIO, "%s: cannot chmod 600: %s.", path,
+			ret = sm_set_err(err_r, ENG_EIO, "%s: cannot chmod 600: %s.", path,
 				      strerror(errno));
 			goto out;
 		}
@@ -102,7 +84,7 @@ static int read_secret(const char *path, uint8_t *key, bool fix_mode, char **err
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			ret = set_err(err_r, ENG_EIO, "%s: cannot read: %s.", path,
+			ret = sm_set_err(err_r, ENG_EIO, "%s: cannot read: %s.", path,
 				      strerror(errno));
 			goto out;
 		}
@@ -115,7 +97,7 @@ static int read_secret(const char *path, uint8_t *key, bool fix_mode, char **err
 	if (len != SM_SECRET_HEX_CHARS ||
 	    sodium_hex2bin(key, SM_SECRET_BYTES, text, len, NULL, &bin_len, NULL) != 0 ||
 	    bin_len != SM_SECRET_BYTES) {
-		ret = set_err(err_r, ENG_ECORRUPT,
+		ret = sm_set_err(err_r, ENG_ECORRUPT,
 			      "%s: is not a secret of %d hexadecimal characters; "
 			      "restore it from your copy (a new one would not open old data).",
 			      path, SM_SECRET_HEX_CHARS);
