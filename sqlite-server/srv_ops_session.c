@@ -71,6 +71,9 @@ static void unlock_done(void *ctx, int result,
 		srv_throttle_succeeded(u->srv, u->client_addr, u->throttle_key);
 		rpc_put_bytes(&u->req->reply, RPC_T_SESSION, session,
 			      SRV_SESSION_BYTES);
+		/* The channel of the alias's events (docs/rpc.md, Events):
+		 * frontends subscribe to it for IDLE. */
+		rpc_put_str(&u->req->reply, RPC_T_ALIAS_ID, u->alias_id);
 	} else if (result == ENG_EAUTH) {
 		srv_throttle_failed(u->srv, u->client_addr, u->throttle_key);
 	}
