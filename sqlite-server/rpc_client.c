@@ -94,6 +94,7 @@ struct rpc_req {
 	rpc_client_rewind_fn *rewind;
 	void *source_ctx;
 	uint64_t send_window;
+	bool source_waiting;         /* the source said RPC_CLIENT_WAIT */
 	bool body_sent;              /* DATA with END is out */
 	/* answer */
 	eng_buf resp;                /* RESPONSE parts back to back */
@@ -574,7 +575,7 @@ static bool send_chunk(rpc_req *r)
 		max = c->server_max_frame - RPC_HEADER_BYTES;
 	if (r->send_window < max)
 		max = (size_t)r->send_window;
-	if (max == 0)
+	if (max == 0 || r->source_waiting)
 		return false;
 	/* Exactly the frame's size: eng_buf would round up to a power of 2. */
 	b.cap = RPC_HEADER_BYTES + max + 1;
@@ -589,6 +590,12 @@ static bool send_chunk(rpc_req *r)
 		end = r->body_off == r->body_len;
 	} else {
 		n = r->source(r->source_ctx, (uint8_t *)b.data + b.len, max);
+		if (n == RPC_CLIENT_WAIT) {
+			/* Nothing yet: rpc_client_source_ready() restarts. */
+			eng_buf_free(&b);
+			r->source_waiting = true;
+			return false;
+		}
 		if (n < 0 || (size_t)n > max) {
 			eng_buf_free(&b);
 			req_abort(r, n < 0 ? (int)n : ENG_EINVAL);
@@ -1103,6 +1110,7 @@ static bool can_resend(rpc_req *r)
 	if (r->has_body && r->source != NULL) {
 		if (r->rewind == NULL || r->rewind(r->source_ctx) != 0)
 			return false;
+		r->source_waiting = false;
 	}
 	r->retries--;
 	return true;
@@ -1530,6 +1538,20 @@ int rpc_client_consumed(rpc_client *c, uint32_t id, size_t n)
 		return ENG_ENOTFOUND;
 	r->unacked += n;
 	grant(r, false);
+	return 0;
+}
+
+int rpc_client_source_ready(rpc_client *c, uint32_t id)
+{
+	rpc_req *r = id != 0 ? req_lookup(c, id) : NULL;
+
+	if (r == NULL || !r->has_body || r->source == NULL)
+		return ENG_ENOTFOUND;
+	if (r->source_waiting) {
+		r->source_waiting = false;
+		if (live(c))
+			pump(c);
+	}
 	return 0;
 }
 

@@ -125,6 +125,12 @@ typedef void rpc_client_cb(void *ctx, int err, const rpc_view *resp);
  * than the window allows: a 50 MB body is never in memory.
  */
 typedef long rpc_client_source_fn(void *ctx, uint8_t *buf, size_t len);
+/*
+ * What a source returns when it has no byte yet but the body is not over
+ * (a frontend relaying a client's upload as it arrives): nothing is sent
+ * and the source is not asked again until rpc_client_source_ready(id).
+ */
+#define RPC_CLIENT_WAIT (-1000000L)
 /* Restarts the source from the first byte (for a retry); 0 or < 0. */
 typedef int rpc_client_rewind_fn(void *ctx);
 
@@ -216,6 +222,10 @@ int rpc_client_cancel(rpc_client *c, uint32_t id);
  * half a window). ENG_ENOTFOUND for an unknown or finished id (harmless).
  */
 int rpc_client_consumed(rpc_client *c, uint32_t id, size_t n);
+
+/* The source of upload id has bytes again (after RPC_CLIENT_WAIT): sending
+ * resumes. ENG_ENOTFOUND for an unknown or finished id (harmless). */
+int rpc_client_source_ready(rpc_client *c, uint32_t id);
 
 /*
  * A fresh idempotency key: 16 random bytes as 32 lowercase hex digits and

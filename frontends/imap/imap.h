@@ -271,6 +271,31 @@ void imap_select_set(imap_session *s, imap_selected *sel);
 void imap_select_clear(imap_session *s);
 void imap_selected_free(imap_selected *sel);
 
+/*
+ * APPEND streaming (imap_cmd_mailbox.c; called by imap_session.c). The
+ * message literals of APPEND are never buffered whole: on the parser's
+ * IMAP_EV_LITERAL the session creates the APPEND command (the first time:
+ * tag, name "APPEND", args = what was parsed so far; cmd->args is updated
+ * for each further literal of a MULTIAPPEND) and calls
+ * imap_append_literal(); it returns true to accept (the session writes
+ * "+ OK" for a synchronising literal) or false to refuse (the session calls
+ * imap_parser_skip_command(); the handler has already decided the tagged
+ * answer and calls imap_cmd_done() from imap_append_command() or at once).
+ * Then imap_append_data() gets each slice and returns how many bytes it
+ * took: fewer than len makes the session hold input until the handler
+ * calls imap_append_resume(cmd) (its buffer drained into the RPC upload,
+ * rpc_client_source_ready). imap_append_literal_end() marks the end of one
+ * message. Finally the parser's IMAP_EV_COMMAND for the APPEND calls the
+ * command's handler (imap_append_command) with the arguments after the
+ * last literal (none, normally): it answers once every upload is
+ * committed (APPENDUID) or failed (then none is kept: MULTIAPPEND is all
+ * or nothing as far as sqlited allows; say in the code what happens).
+ */
+bool imap_append_literal(imap_cmd *cmd, const imap_event *ev);
+size_t imap_append_data(imap_cmd *cmd, const uint8_t *data, size_t len);
+void imap_append_literal_end(imap_cmd *cmd);
+void imap_append_resume(imap_cmd *cmd);
+
 /* ---- Helpers (imap_util.c) ---- */
 
 /*

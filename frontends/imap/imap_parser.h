@@ -44,16 +44,21 @@
  * bytes are bounded by line_max + literal_max per connection, and a
  * streamed APPEND literal is never buffered at all.
  *
- * Streaming (APPEND, MULTIAPPEND, and CATENATE-less). When the command name
- * is APPEND (after the tag), each message literal is streamed: the parser
- * yields IMAP_EV_LITERAL with the command so far (tag, name, the arguments
- * read before the literal: mailbox, flags list, date-time), literal_size
- * and literal8 (~{n}); then IMAP_EV_LITERAL_DATA events whose data/len are
- * slices of the bytes fed (zero copy: valid until the next feed), then
- * IMAP_EV_LITERAL_END. If the literal is synchronising, IMAP_EV_CONTINUE
- * comes first (the session decides whether to send "+ OK" or refuse: it may
- * call imap_parser_skip_command() instead, after which nothing more of the
- * command is reported). After IMAP_EV_LITERAL_END, parsing continues: CRLF
+ * Streaming (APPEND, MULTIAPPEND). When the command name is APPEND (after
+ * the tag), each message literal is streamed: the parser yields
+ * IMAP_EV_LITERAL with the command so far (tag, name, the arguments read
+ * before the literal: mailbox, flags list, date-time), literal_size,
+ * literal8 (~{n}) and literal_sync ({n}: the client waits for "+"); then
+ * IMAP_EV_LITERAL_DATA events whose data/len are slices of the bytes fed
+ * (zero copy: valid until the next feed), then IMAP_EV_LITERAL_END. No
+ * IMAP_EV_CONTINUE is given for a streamed literal: on IMAP_EV_LITERAL the
+ * session decides whether to write "+ OK" or to refuse it (then it calls
+ * imap_parser_skip_command(), after which nothing more of the command is
+ * reported). The literal size limit for APPEND is append_max; over it,
+ * IMAP_EV_ERROR (IMAP_ELITERAL) comes instead of IMAP_EV_LITERAL.
+ * The arguments of IMAP_EV_LITERAL stay valid until IMAP_EV_LITERAL_END
+ * (the parser keeps them while the data streams through).
+ * After IMAP_EV_LITERAL_END, parsing continues: CRLF
  * ends the command (IMAP_EV_COMMAND with the arguments after the last
  * literal, usually none), or another message follows (MULTIAPPEND: flags,
  * date, literal), giving another IMAP_EV_LITERAL. During a stream
@@ -146,6 +151,7 @@ typedef struct imap_event {
 	 * CONTINUE also for the buffered literals of other commands. */
 	uint64_t literal_size;
 	bool literal8;
+	bool literal_sync;      /* LITERAL: {n} without + or - */
 	/* LITERAL_DATA: a slice of the fed bytes. LINE: the line without its
 	 * CRLF (NUL-terminated). */
 	const uint8_t *data;
