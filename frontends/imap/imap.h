@@ -294,6 +294,7 @@ void imap_selected_free(imap_selected *sel);
 bool imap_append_literal(imap_cmd *cmd, const imap_event *ev);
 size_t imap_append_data(imap_cmd *cmd, const uint8_t *data, size_t len);
 void imap_append_literal_end(imap_cmd *cmd);
+/* imap_session.c: offer the held input again (from a later loop turn). */
 void imap_append_resume(imap_cmd *cmd);
 
 /* ---- Helpers (imap_util.c) ---- */
