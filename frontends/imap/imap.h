@@ -96,7 +96,7 @@ enum imap_enabled {
 };
 
 /* Event kinds from sqlited (docs/rpc.md, Events). */
-enum imap_event_kind {
+enum imap_evt_kind {
 	IMAP_EVT_EXISTS = 1, IMAP_EVT_FLAGS = 2, IMAP_EVT_EXPUNGE = 3,
 	IMAP_EVT_MAILBOX = 4,
 };
@@ -162,7 +162,7 @@ bool imap_write_blocked(const imap_session *s);
 /* An event from sqlited for this session's alias (imapd.c calls it). Marks
  * the selected mailbox dirty when it is concerned; inside IDLE it syncs
  * and writes the updates at once. */
-void imap_session_event(imap_session *s, enum imap_event_kind kind,
+void imap_session_event(imap_session *s, enum imap_evt_kind kind,
 			const char *mailbox, uint32_t uid, uint64_t modseq);
 
 /* Ends every session at shutdown: "* BYE" and close. */
