@@ -1050,6 +1050,97 @@ static void test_upload_source(void **state)
 	fake_stop(&f);
 }
 
+/* A source relaying bytes as they "arrive" (an IMAP APPEND literal): it
+ * answers RPC_CLIENT_WAIT until a timer says more came, and must not be
+ * asked again before rpc_client_source_ready(). */
+typedef struct gated_src {
+	src inner;
+	bool open;                   /* bytes are available */
+	int waits;
+	int asked_while_waiting;
+	bool waiting;
+	uint32_t id;
+	uv_timer_t timer;
+} gated_src;
+
+static long gated_read(void *ctx, uint8_t *buf, size_t len)
+{
+	gated_src *g = ctx;
+	long n;
+
+	if (g->waiting)
+		g->asked_while_waiting++;
+	if (!g->open) {
+		g->waits++;
+		g->waiting = true;
+		return RPC_CLIENT_WAIT;
+	}
+	/* At most 64 KiB per arrival, then wait for the next one. */
+	n = src_read(&g->inner, buf, len < 65536 ? len : 65536);
+	if (n > 0)
+		g->open = false;
+	return n;
+}
+
+static void on_gate_timer(uv_timer_t *t)
+{
+	gated_src *g = t->data;
+
+	g->open = true;
+	g->waiting = false;
+	if (g->id != 0)
+		assert_int_equal(rpc_client_source_ready(g->inner.c, g->id), 0);
+}
+
+static void test_upload_source_wait(void **state)
+{
+	fake f;
+	env e;
+	result r = { 0 };
+	gated_src g;
+	rpc_client_opts o;
+	eng_buf p = ENG_BUF_INIT;
+	uint8_t h[32];
+	const uint64_t total = 2 * MIB + 12345;
+
+	(void)state;
+	fake_init(&f, secret_a);
+	fake_start(&f);
+	env_open(&e, &f, secret_a, NULL);
+	memset(&g, 0, sizeof(g));
+	g.inner.total = total;
+	g.inner.c = e.c;
+	crypto_hash_sha256_init(&g.inner.h);
+	uv_timer_init(&e.loop, &g.timer);
+	g.timer.data = &g;
+	memset(&o, 0, sizeof(o));
+	o.has_body = true;
+	o.source = gated_read;
+	o.source_ctx = &g;
+	o.timeout_ms = 50000;
+	rpc_put_str(&p, RPC_T_MAILBOX, "INBOX");
+	rpc_put_u64(&p, RPC_T_SIZE, total);
+	assert_int_equal(rpc_client_call_ex(e.c, RPC_OP_APPEND, p.data, p.len,
+					    &o, on_result, &r, &g.id), 0);
+	uv_timer_start(&g.timer, on_gate_timer, 1, 1);
+	RUN_UNTIL(&e, r.calls == 1, 50000);
+	uv_timer_stop(&g.timer);
+	assert_int_equal(r.err, 0);
+	assert_int_equal(r.size, total);
+	crypto_hash_sha256_final(&g.inner.h, h);
+	assert_true(r.has_hash);
+	assert_memory_equal(r.hash, h, 32);
+	/* It waited between arrivals and was never asked while waiting. */
+	assert_true(g.waits >= (int)(total / 65536));
+	assert_int_equal(g.asked_while_waiting, 0);
+	/* A finished id is not an upload any more. */
+	assert_int_equal(rpc_client_source_ready(e.c, g.id), ENG_ENOTFOUND);
+	uv_close((uv_handle_t *)&g.timer, NULL);
+	eng_buf_free(&p);
+	env_close(&e);
+	fake_stop(&f);
+}
+
 static void test_upload_source_abort(void **state)
 {
 	fake f;
@@ -1807,6 +1898,7 @@ int main(void)
 		cmocka_unit_test(test_drop_and_reconnect),
 		cmocka_unit_test(test_queue_while_down),
 		cmocka_unit_test(test_upload_source),
+		cmocka_unit_test(test_upload_source_wait),
 		cmocka_unit_test(test_upload_source_abort),
 		cmocka_unit_test(test_retry_idempotent),
 		cmocka_unit_test(test_download_backpressure),
