@@ -172,4 +172,13 @@ void eng_mime_write_bodystructure(const eng_mime_part *part, bool extended,
 				  eng_buf *out);
 void eng_mime_write_envelope(const eng_mime_envelope *env, eng_buf *out);
 
+/*
+ * A decoded text part (transfer encoding already removed) as UTF-8: the
+ * charset converted (NULL or unknown: invalid bytes replaced), HTML tags,
+ * comments, scripts and entities dropped when html. For IMAP's PREVIEW,
+ * with the same filters the summary uses. Appends to out.
+ */
+void eng_mime_text_to_utf8(const char *charset, bool html, const char *in,
+			   size_t len, eng_buf *out);
+
 #endif

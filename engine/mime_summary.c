@@ -437,3 +437,17 @@ void mime_html_strip(const char *in, size_t len, eng_buf *out)
 		i++;
 	}
 }
+
+void eng_mime_text_to_utf8(const char *charset, bool html, const char *in,
+			   size_t len, eng_buf *out)
+{
+	eng_buf utf8 = ENG_BUF_INIT;
+
+	mime_charset_to_utf8(charset, in, len, &utf8);
+	if (html)
+		mime_html_strip(utf8.data != NULL ? utf8.data : "", utf8.len,
+				out);
+	else
+		eng_buf_append(out, utf8.data, utf8.len);
+	eng_buf_free(&utf8);
+}
