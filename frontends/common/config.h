@@ -49,6 +49,16 @@
 #define SM_CONFIG_DEFAULT_MAX_MESSAGE_BYTES (50u * 1024 * 1024)
 #define SM_CONFIG_DEFAULT_BACKUP_KEEP_DAILY 7
 #define SM_CONFIG_DEFAULT_BACKUP_KEEP_WEEKLY 4
+/* MX (frontends/mx, docs/mx.md). */
+#define SM_CONFIG_DEFAULT_MX_MAX_RECIPIENTS 50
+#define SM_CONFIG_DEFAULT_MX_MAX_LINE_BYTES 4096
+#define SM_CONFIG_DEFAULT_MX_MAX_COMMANDS_BEFORE_MAIL 30
+#define SM_CONFIG_DEFAULT_MX_MAX_ERRORS 10
+#define SM_CONFIG_DEFAULT_MX_MAX_CONNS_PER_IP 20
+#define SM_CONFIG_DEFAULT_MX_MAX_BUFFERED_MIB 256
+#define SM_CONFIG_DEFAULT_MX_RATE_CONNS_PER_IP_MINUTE 120
+#define SM_CONFIG_DEFAULT_MX_RATE_MSGS_PER_DOMAIN_DAY 20000
+#define SM_CONFIG_DEFAULT_MX_RATE_RCPTS_PER_SENDER_HOUR 2000
 
 /* The ports `sealmail init` writes into a new configuration file. */
 #define SM_CONFIG_INIT_SQLITED_PORT 3456
@@ -103,6 +113,17 @@ typedef struct sm_config {
 	uint64_t db_cache_size;     /* alias databases sqlited keeps open at once */
 	uint64_t db_idle_seconds;   /* idle time before a database is closed, MK wiped */
 	uint64_t max_message_bytes;
+
+	/* MX limits (docs/configuration.md, docs/mx.md); a rate of 0 is off. */
+	uint64_t mx_max_recipients;          /* RCPT per message */
+	uint64_t mx_max_line_bytes;          /* command and DATA line length */
+	uint64_t mx_max_commands_before_mail;
+	uint64_t mx_max_errors;              /* error replies before 421 */
+	uint64_t mx_max_conns_per_ip;        /* at once, per MX process */
+	uint64_t mx_max_buffered_mib;        /* messages held in memory, per process */
+	uint64_t mx_rate_conns_per_ip_minute;
+	uint64_t mx_rate_msgs_per_domain_day;
+	uint64_t mx_rate_rcpts_per_sender_hour;
 
 	/* Backups (backup/, docs/configuration.md). */
 	char *backup_target;   /* "" = data_dir/backups; a path or s3://bucket/prefix */
