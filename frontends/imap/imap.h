@@ -200,6 +200,10 @@ struct imap_cmd {
 	size_t n_args;
 	/* For the handler. */
 	void *op;
+	/* The request id of the last accepted imap_rpc_call (set by it
+	 * before it returns 0), for rpc_client_source_ready and
+	 * rpc_client_cancel (APPEND relays its upload with a source). */
+	uint32_t rpc_id;
 	/* Optional: called when the session's output drained (streaming). */
 	void (*on_drained)(imap_cmd *cmd);
 	/* Optional: the connection went away while the command ran; free op
@@ -249,7 +253,8 @@ void imap_cmd_fail_rpc(imap_cmd *cmd, int err, const char *what);
  * only); if the connection went away meanwhile, err is RPC_ECANCELLED and
  * the handler only frees its state (cmd->aborted is true; do not call
  * imap_cmd_done then). The session stays allocated until every callback
- * has run. opts may be NULL (bodies, downloads: rpc_client_opts).
+ * has run. opts may be NULL (bodies, downloads: rpc_client_opts). On
+ * success (0) cmd->rpc_id is the request's id.
  */
 typedef void imap_rpc_cb(imap_cmd *cmd, int err, const rpc_view *resp);
 void imap_rpc_begin(imap_session *s, eng_buf *payload);
