@@ -679,8 +679,7 @@ static bool on_literal_header(imap_parser *p, uint8_t c, imap_event *ev)
 		p->lit_digits = true;
 		return false;
 	}
-	if (p->state == S_LIT_NUM && p->lit_digits && (c == '+' || c == '-') &&
-	    !p->lit8) {
+	if (p->state == S_LIT_NUM && p->lit_digits && (c == '+' || c == '-')) {
 		p->lit_sync = false;
 		p->state = S_LIT_CLOSE;
 		return false;

@@ -514,9 +514,12 @@ static void test_literal_limits(void **state)
 		    "CONT 1\n"
 		    "CMD a2 X L:d\n");
 	/* A malformed announcement. */
-	expect("a1 X {}\r\na2 X {1x}\r\na3 X {1}x\r\na4 X ~{1+}\r\na5 NOOP\r\n",
+	expect("a1 X {}\r\na2 X {1x}\r\na3 X {1}x\r\na4 X ~{+}\r\na5 X {1+-}\r\n"
+	       "a6 NOOP\r\n",
 	       "ERR SYNTAX a1\nERR SYNTAX a2\nERR SYNTAX a3\nERR SYNTAX a4\n"
-	       "CMD a5 NOOP\n");
+	       "ERR SYNTAX a5\nCMD a6 NOOP\n");
+	/* literal8 may be non-synchronising too (RFC 7888). */
+	expect("a1 X ~{2+}\r\nab ~{1-}\r\nc\r\n", "CMD a1 X L8:ab L8:c\n");
 }
 
 static void test_structure_limits(void **state)
