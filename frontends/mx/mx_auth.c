@@ -254,15 +254,29 @@ static bool spf_rr_add(SPF_dns_rr_t *rr, int cnt, const ns_msg *msg,
 	}
 }
 
+/*
+ * The layer's state for one check. libspf2 turns a temporary DNS error
+ * into "none" (no record) or a non-matching mechanism; we count them and
+ * make any result but pass a temperror (RFC 7208 4.4, 5: the evaluation
+ * would have stopped there).
+ */
+typedef struct spf_dns_ctx {
+	const mx_auth *a;
+	int temp_errors;
+} spf_dns_ctx;
+
 static SPF_dns_rr_t *spf_dns_lookup(SPF_dns_server_t *s, const char *domain,
 				    ns_type type, int should_cache)
 {
 	(void)should_cache;
-	const mx_auth *a = s->hook;
+	spf_dns_ctx *c = s->hook;
 	uint8_t *ans = eng_malloc(DNS_ANSWER_BYTES);
 	ns_msg msg;
-	int n = dns_send(a->dns_timeout_ms, domain, type, ans, DNS_ANSWER_BYTES);
+	int n = dns_send(c->a->dns_timeout_ms, domain, type, ans,
+			 DNS_ANSWER_BYTES);
 	dns_status st = dns_parse(ans, n, &msg);
+	if (st == DNS_TEMP)
+		c->temp_errors++;
 	SPF_dns_rr_t *rr = SPF_dns_rr_new_init(s, domain, type, 0,
 					       spf_herrno(st, &msg));
 	if (rr == NULL)
@@ -330,9 +344,10 @@ static void spf_check(const mx_auth *a, const mx_auth_input *in, spf_out *o)
 	o->res = AR_NONE;
 	if (o->domain[0] == '\0')
 		goto out;
+	spf_dns_ctx ctx = { .a = a };
 	SPF_dns_server_t dns = {
 		.destroy = spf_dns_destroy, .lookup = spf_dns_lookup,
-		.name = "mx_auth", .hook = (void *)a,
+		.name = "mx_auth", .hook = &ctx,
 	};
 	SPF_server_t *srv = SPF_server_new_dns(&dns, 0);
 	if (srv == NULL)
@@ -352,6 +367,8 @@ static void spf_check(const mx_auth *a, const mx_auth_input *in, spf_out *o)
 	if (!bad) {
 		SPF_request_query_mailfrom(req, &resp);
 		o->res = resp ? spf_map(SPF_response_result(resp)) : AR_NONE;
+		if (ctx.temp_errors > 0 && o->res != AR_PASS)
+			o->res = AR_TEMPERROR;
 	} else {
 		o->res = AR_PERMERROR;
 	}
