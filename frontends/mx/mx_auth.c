@@ -336,6 +336,23 @@ static void lower_copy(char *dst, const char *src, size_t cap)
 		dst[i - 1] = '\0';
 }
 
+/*
+ * libspf2 reports a record it cannot compile as "none" (no SPF record);
+ * RFC 7208 4.6 makes it permerror. The compiler's own errors tell them
+ * apart: anything but "no record" and DNS errors.
+ */
+static bool spf_record_broken(SPF_response_t *resp)
+{
+	for (int i = 0; i < SPF_response_messages(resp); i++) {
+		SPF_error_t *e = SPF_response_message(resp, i);
+		SPF_errcode_t c = SPF_error_code(e);
+		if (SPF_error_errorp(e) && c != SPF_E_NOT_SPF &&
+		    c != SPF_E_DNS_ERROR && c != SPF_E_SUCCESS)
+			return true;
+	}
+	return false;
+}
+
 static void spf_check(const mx_auth *a, const mx_auth_input *in, spf_out *o)
 {
 	const char *at = strrchr(in->mail_from, '@');
@@ -367,6 +384,8 @@ static void spf_check(const mx_auth *a, const mx_auth_input *in, spf_out *o)
 	if (!bad) {
 		SPF_request_query_mailfrom(req, &resp);
 		o->res = resp ? spf_map(SPF_response_result(resp)) : AR_NONE;
+		if (o->res == AR_NONE && resp && spf_record_broken(resp))
+			o->res = AR_PERMERROR;
 		if (ctx.temp_errors > 0 && o->res != AR_PASS)
 			o->res = AR_TEMPERROR;
 	} else {
@@ -606,6 +625,8 @@ static int find_from(const mx_auth_input *in, char doms[][DOMAIN_BYTES],
 
 static void org_domain(const char *d, char *out, size_t cap, bool psl)
 {
+	/* opendmarc_get_tld leaves out untouched when no suffix matches. */
+	out[0] = '\0';
 	if (psl && opendmarc_get_tld((u_char *)(uintptr_t)d, (u_char *)out,
 				     cap) == 0 && out[0]) {
 		return;
