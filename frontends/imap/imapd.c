@@ -1,0 +1,655 @@
+/*
+ * sealmail-imapd: the IMAP frontend. `sealmail-imapd --config FILE` (which
+ * is how `sealmail up` runs it).
+ *
+ * Start: configuration, RPC secret, TLS certificate, an rpc_client to
+ * sqlited (its unix socket, else loopback TCP), the Redis subscriber, and
+ * listeners on imaps_port (implicit TLS) and imap_port (plaintext +
+ * STARTTLS; LOGIN only on loopback before TLS); one line on stdout per
+ * listener. A port of 0 is off. Without a usable certificate imaps is off
+ * and STARTTLS is not offered (logged).
+ *
+ * Signals: SIGHUP reloads the certificate (new connections get it);
+ * SIGINT/SIGTERM stop accepting, send "* BYE" to every session and close
+ * it, and exit 0 once the last one is gone. A second signal exits at once
+ * with 1.
+ *
+ * Events (docs/rpc.md, Events): one Redis connection in subscribe mode.
+ * A channel sealmail:alias:<id> is subscribed while at least one session
+ * of that alias is logged in here (reference counted); each message
+ * "<kind> <mailbox> <uid> <modseq>" goes to imap_session_event() of each
+ * such session. The connection is retried with a backoff from 250 ms
+ * doubling to 10 s; when it is back, every channel is subscribed again
+ * and every session's view is marked stale (events were lost meanwhile).
+ * Redis is an optimisation: without it, IDLE still sees changes through
+ * its periodic sync (IMAP_IDLE_SYNC_MS) and other commands at their end.
+ *
+ * hiredis 0.14 and subscribe mode: SUBSCRIBE registers the callback per
+ * channel when it is sent; the answer to UNSUBSCRIBE deletes it when it
+ * arrives. An UNSUBSCRIBE followed by a SUBSCRIBE of the same channel
+ * before the first answer would therefore lose the callback, so the
+ * unsubscribe answer re-subscribes a channel that is wanted again.
+ */
+#include "imap_daemon.h"
+
+#include "eng_error.h"
+#include "redis_url.h"
+#include "secrets.h"
+
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <signal.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#define EV_BACKOFF_MIN_MS 250u
+#define EV_BACKOFF_MAX_MS 10000u
+#define EV_CHANNEL_PREFIX "sealmail:alias:"
+/* An IMAP listener's connection bounds (net.h). IMAP clients keep
+ * connections open (IDLE), so the total is high; 31 minutes without
+ * traffic ends one (RFC 3501 5.4: at least 30; IDLE clients re-issue
+ * IDLE within 29). */
+#define IMAP_MAX_CONNS 10000u
+#define IMAP_IDLE_TIMEOUT_MS (31u * 60 * 1000)
+
+typedef struct ev_sub {
+	struct ev_sub *next;
+	unsigned refs;
+	char id[sizeof(((imap_session *)0)->alias_id)];
+} ev_sub;
+
+struct imap_events {
+	imapd *d;
+	sm_redis_target target;
+	bool disabled;
+	redisAsyncContext *ac;
+	bool connected;
+	uv_timer_t retry;
+	unsigned backoff_ms;
+	ev_sub *subs;
+};
+
+typedef struct imap_main {
+	imapd d;
+	imap_events ev;
+	uv_signal_t sigint, sigterm, sighup;
+	uv_timer_t kick;             /* imapd_kick_later */
+	uv_timer_t idle_tick;        /* IMAP_IDLE_SYNC_MS */
+	bool kick_pending;
+	bool done;
+} imap_main;
+
+static imap_main *g_main;
+
+/* ---- events: parsing and delivery ---- */
+
+static int kind_of(const char *s, size_t n)
+{
+	static const struct { const char *name; int kind; } kinds[] = {
+		{ "exists", IMAP_EVT_EXISTS }, { "flags", IMAP_EVT_FLAGS },
+		{ "expunge", IMAP_EVT_EXPUNGE }, { "mailbox", IMAP_EVT_MAILBOX },
+	};
+
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		if (strlen(kinds[i].name) == n && memcmp(kinds[i].name, s, n) == 0)
+			return kinds[i].kind;
+	return 0;
+}
+
+static bool parse_decimal(const char *s, size_t n, uint64_t max, uint64_t *v_r)
+{
+	uint64_t v = 0;
+
+	if (n == 0 || n > 20)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		if (v > (UINT64_MAX - 9) / 10)
+			return false;
+		v = v * 10 + (uint64_t)(s[i] - '0');
+	}
+	if (v > max)
+		return false;
+	*v_r = v;
+	return true;
+}
+
+/* "<kind> <mailbox> <uid> <modseq>": uid and modseq from the right, since
+ * the mailbox may hold spaces. Delivered to the alias's sessions. */
+static void deliver_event(imapd *d, const char *alias_id, const char *msg, size_t len)
+{
+	const char *sp1, *sp_uid = NULL, *sp_mod = NULL;
+	uint64_t uid, modseq;
+	char *mailbox;
+	int kind;
+
+	for (size_t i = len; i-- > 0;) {
+		if (msg[i] != ' ')
+			continue;
+		if (sp_mod == NULL)
+			sp_mod = msg + i;
+		else {
+			sp_uid = msg + i;
+			break;
+		}
+	}
+	sp1 = memchr(msg, ' ', len);
+	if (sp1 == NULL || sp_uid == NULL || sp1 > sp_uid ||
+	    (kind = kind_of(msg, (size_t)(sp1 - msg))) == 0 ||
+	    !parse_decimal(sp_uid + 1, (size_t)(sp_mod - sp_uid - 1), UINT32_MAX, &uid) ||
+	    !parse_decimal(sp_mod + 1, (size_t)(msg + len - sp_mod - 1), UINT64_MAX,
+			   &modseq)) {
+		eng_log(ENG_LOG_WARN, "imapd: an event that does not parse was ignored");
+		return;
+	}
+	/* sp1 == sp_uid: "kind <uid> <modseq>" with no mailbox at all. */
+	mailbox = sp1 == sp_uid ? eng_strdup("") :
+		  eng_strndup(sp1 + 1, (size_t)(sp_uid - sp1 - 1));
+	for (imap_session *s = d->sessions, *next; s != NULL; s = next) {
+		next = s->next;     /* a session may end inside its event */
+		if (s->c != NULL && s->state != IMAP_S_NOTAUTH &&
+		    strcmp(s->alias_id, alias_id) == 0)
+			imap_session_event(s, (enum imap_evt_kind)kind, mailbox,
+					   (uint32_t)uid, modseq);
+	}
+	free(mailbox);
+}
+
+static ev_sub *sub_find(imap_events *ev, const char *id)
+{
+	for (ev_sub *s = ev->subs; s != NULL; s = s->next)
+		if (strcmp(s->id, id) == 0)
+			return s;
+	return NULL;
+}
+
+static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+static void send_subscribe(imap_events *ev, const char *id, bool on)
+{
+	if (ev->ac == NULL || !ev->connected)
+		return;      /* done for every channel when it connects */
+	redisAsyncCommand(ev->ac, on ? on_sub_reply : NULL, ev,
+			  on ? "SUBSCRIBE " EV_CHANNEL_PREFIX "%s" :
+			  "UNSUBSCRIBE " EV_CHANNEL_PREFIX "%s", id);
+}
+
+/* Every reply of subscribe mode: ["subscribe"|"unsubscribe"|"message",
+ * channel, count|payload]. */
+static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	imap_events *ev = privdata;
+	redisReply *r = reply;
+	const char *kind, *chan;
+	size_t plen = strlen(EV_CHANNEL_PREFIX);
+
+	(void)ac;
+	if (r == NULL || ev == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+	    r->element[0]->type != REDIS_REPLY_STRING ||
+	    r->element[1]->type != REDIS_REPLY_STRING)
+		return;
+	kind = r->element[0]->str;
+	chan = r->element[1]->str;
+	if (r->element[1]->len <= plen || strncmp(chan, EV_CHANNEL_PREFIX, plen) != 0)
+		return;
+	chan += plen;
+	if (strcasecmp(kind, "unsubscribe") == 0) {
+		ev_sub *s = sub_find(ev, chan);
+
+		if (s != NULL && s->refs > 0)
+			send_subscribe(ev, s->id, true);
+		return;
+	}
+	if (strcasecmp(kind, "message") == 0 && r->element[2]->type == REDIS_REPLY_STRING)
+		deliver_event(ev->d, chan, r->element[2]->str, r->element[2]->len);
+}
+
+void imap_events_subscribe(imapd *d, const char *alias_id)
+{
+	imap_events *ev = d->events;
+	ev_sub *s;
+
+	if (ev == NULL || alias_id[0] == '\0')
+		return;
+	s = sub_find(ev, alias_id);
+	if (s == NULL) {
+		s = eng_calloc(1, sizeof(*s));
+		snprintf(s->id, sizeof(s->id), "%s", alias_id);
+		s->next = ev->subs;
+		ev->subs = s;
+	}
+	if (s->refs++ == 0)
+		send_subscribe(ev, s->id, true);
+}
+
+void imap_events_unsubscribe(imapd *d, const char *alias_id)
+{
+	imap_events *ev = d->events;
+
+	if (ev == NULL || alias_id[0] == '\0')
+		return;
+	for (ev_sub **pp = &ev->subs; *pp != NULL; pp = &(*pp)->next) {
+		ev_sub *s = *pp;
+
+		if (strcmp(s->id, alias_id) != 0)
+			continue;
+		if (s->refs > 0 && --s->refs == 0) {
+			send_subscribe(ev, s->id, false);
+			*pp = s->next;
+			free(s);
+		}
+		return;
+	}
+}
+
+/* ---- events: the connection ---- */
+
+static void ev_connect(imap_events *ev);
+
+static void on_retry(uv_timer_t *t)
+{
+	ev_connect(t->data);
+}
+
+static void schedule_retry(imap_events *ev)
+{
+	if (ev->d->stopping)
+		return;
+	uv_timer_start(&ev->retry, on_retry, ev->backoff_ms, 0);
+	ev->backoff_ms = ev->backoff_ms * 2 > EV_BACKOFF_MAX_MS ? EV_BACKOFF_MAX_MS :
+			 ev->backoff_ms * 2;
+}
+
+static void on_connected(const redisAsyncContext *ac, int status)
+{
+	imap_events *ev = ac->data;
+
+	if (ev == NULL)
+		return;
+	if (status != REDIS_OK) {
+		ev->ac = NULL;       /* hiredis frees ac after this callback */
+		ev->connected = false;
+		schedule_retry(ev);
+		return;
+	}
+	ev->connected = true;
+	ev->backoff_ms = EV_BACKOFF_MIN_MS;
+	eng_log(ENG_LOG_INFO, "imapd: connected to Redis (events)");
+	for (ev_sub *s = ev->subs; s != NULL; s = s->next)
+		send_subscribe(ev, s->id, true);
+	/* Whatever happened while it was down was not heard. */
+	imap_sessions_all_dirty(ev->d);
+}
+
+static void on_disconnected(const redisAsyncContext *ac, int status)
+{
+	imap_events *ev = ac->data;
+
+	(void)status;
+	if (ev == NULL)
+		return;
+	if (ev->connected && !ev->d->stopping)
+		eng_log(ENG_LOG_WARN, "imapd: lost the Redis connection; IDLE falls "
+			"back to a sync every %u s until it is back",
+			IMAP_IDLE_SYNC_MS / 1000);
+	ev->ac = NULL;
+	ev->connected = false;
+	schedule_retry(ev);
+}
+
+static void ev_connect(imap_events *ev)
+{
+	redisAsyncContext *ac;
+
+	if (ev->ac != NULL || ev->disabled || ev->d->stopping)
+		return;
+	ac = ev->target.unix_path != NULL ? redisAsyncConnectUnix(ev->target.unix_path) :
+	     redisAsyncConnect(ev->target.host, ev->target.port);
+	if (ac == NULL)
+		eng_oom(sizeof(redisAsyncContext));
+	if (ac->err != 0 || redisLibuvAttach(ac, ev->d->loop) != REDIS_OK) {
+		redisAsyncFree(ac);
+		schedule_retry(ev);
+		return;
+	}
+	ac->data = ev;
+	redisAsyncSetConnectCallback(ac, on_connected);
+	redisAsyncSetDisconnectCallback(ac, on_disconnected);
+	ev->ac = ac;
+	/* Queued now, sent once connected, before any SUBSCRIBE. */
+	if (ev->target.password != NULL)
+		redisAsyncCommand(ac, NULL, NULL, "AUTH %s", ev->target.password);
+	if (ev->target.db != 0)
+		redisAsyncCommand(ac, NULL, NULL, "SELECT %d", ev->target.db);
+}
+
+static void events_start(imap_main *m)
+{
+	imap_events *ev = &m->ev;
+
+	ev->d = &m->d;
+	ev->backoff_ms = EV_BACKOFF_MIN_MS;
+	uv_timer_init(m->d.loop, &ev->retry);
+	ev->retry.data = ev;
+	m->d.events = ev;
+	if (sm_redis_target_parse(m->d.cfg->redis_url, m->d.cfg->data_dir,
+				  &ev->target) != 0) {
+		eng_log(ENG_LOG_WARN, "imapd: redis_url is not usable by this build: "
+			"IDLE hears of changes only through its periodic sync");
+		ev->disabled = true;
+		return;
+	}
+	ev_connect(ev);
+}
+
+static void events_stop(imap_events *ev)
+{
+	uv_close((uv_handle_t *)&ev->retry, NULL);
+	if (ev->ac != NULL) {
+		redisAsyncContext *ac = ev->ac;
+
+		ev->ac = NULL;
+		ev->connected = false;
+		ac->data = NULL;
+		redisAsyncFree(ac);
+	}
+	while (ev->subs != NULL) {
+		ev_sub *s = ev->subs;
+
+		ev->subs = s->next;
+		free(s);
+	}
+}
+
+/* ---- timers ---- */
+
+static void on_kick(uv_timer_t *t)
+{
+	imap_main *m = t->data;
+
+	m->kick_pending = false;
+	imap_sessions_kick(&m->d);
+}
+
+void imapd_kick_later(imapd *d)
+{
+	imap_main *m = g_main;
+
+	(void)d;
+	if (m->kick_pending || m->done)
+		return;
+	m->kick_pending = true;
+	uv_timer_start(&m->kick, on_kick, 0, 0);
+}
+
+static void on_idle_tick(uv_timer_t *t)
+{
+	imap_main *m = t->data;
+
+	imap_sessions_idle_tick(&m->d);
+}
+
+/* ---- stopping ---- */
+
+static void finish(imap_main *m)
+{
+	if (m->done)
+		return;
+	m->done = true;
+	if (m->d.rpc != NULL)
+		rpc_client_close(m->d.rpc, NULL, NULL);
+	m->d.rpc = NULL;
+	events_stop(&m->ev);
+	uv_close((uv_handle_t *)&m->kick, NULL);
+	uv_close((uv_handle_t *)&m->idle_tick, NULL);
+	uv_close((uv_handle_t *)&m->sigint, NULL);
+	uv_close((uv_handle_t *)&m->sigterm, NULL);
+	uv_close((uv_handle_t *)&m->sighup, NULL);
+}
+
+void imapd_sessions_gone(imapd *d)
+{
+	(void)d;
+	finish(g_main);
+}
+
+static void reload_tls(imap_main *m)
+{
+	char *err = NULL;
+
+	if (m->d.tls == NULL) {
+		eng_log(ENG_LOG_WARN, "imapd: SIGHUP: no TLS context to reload");
+	} else if (sm_net_tls_reload(m->d.tls, &err) != 0) {
+		eng_log(ENG_LOG_ERROR, "imapd: SIGHUP: %s; keeping the old certificate",
+			err != NULL ? err : "reload failed");
+		free(err);
+	} else {
+		eng_log(ENG_LOG_INFO, "imapd: SIGHUP: certificate reloaded");
+	}
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+	imap_main *m = h->data;
+
+	if (signum == SIGHUP) {
+		reload_tls(m);
+		return;
+	}
+	if (m->d.stopping) {
+		fprintf(stderr, "imapd: second signal %d while stopping: exiting now\n",
+			signum);
+		_exit(1);
+	}
+	m->d.stopping = true;
+	fprintf(stderr, "imapd: signal %d: stopping\n", signum);
+	for (size_t i = 0; i < 2; i++)
+		if (m->d.listeners[i] != NULL) {
+			sm_net_listener_close(m->d.listeners[i], NULL, NULL);
+			m->d.listeners[i] = NULL;
+		}
+	imap_sessions_shutdown(&m->d);
+	if (m->d.n_sessions == 0)
+		finish(m);
+}
+
+/* ---- main ---- */
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: sealmail-imapd --config FILE\n");
+}
+
+static int start_listener(imap_main *m, size_t i, uint16_t port, bool implicit)
+{
+	sm_net_listener_config lc;
+	int rc;
+
+	if (port == 0)
+		return 0;
+	if (implicit && m->d.tls == NULL) {
+		eng_log(ENG_LOG_WARN, "imapd: imaps_port %u is off: no usable TLS "
+			"certificate", (unsigned)port);
+		return 0;
+	}
+	memset(&lc, 0, sizeof(lc));
+	lc.address = m->d.cfg->listen_address;
+	lc.port = port;
+	lc.implicit_tls = implicit;
+	lc.tls = m->d.tls;
+	lc.name = implicit ? "imaps" : "imap";
+	lc.idle_timeout_ms = IMAP_IDLE_TIMEOUT_MS;
+	lc.max_conns = IMAP_MAX_CONNS;
+	lc.cb = &imap_net_callbacks;
+	lc.ctx = &m->d;
+	rc = sm_net_listen(m->d.loop, &lc, &m->d.listeners[i]);
+	if (rc != 0)
+		return rc;
+	printf("imapd: listening on %s port %u (%s)\n", lc.address,
+	       (unsigned)sm_net_listener_port(m->d.listeners[i]),
+	       implicit ? "implicit TLS" : m->d.tls != NULL ? "plaintext, STARTTLS" :
+	       "plaintext, no STARTTLS");
+	return 0;
+}
+
+static int start_rpc(imap_main *m, uint8_t **secret)
+{
+	rpc_client_config rc_cfg;
+	char peer[300];
+	int rc;
+
+	memset(&rc_cfg, 0, sizeof(rc_cfg));
+	if (m->d.cfg->sqlited_socket != NULL) {
+		rc_cfg.unix_path = m->d.cfg->sqlited_socket;
+	} else {
+		rc_cfg.host = "127.0.0.1";
+		rc_cfg.port = m->d.cfg->sqlited_port;
+	}
+	rc_cfg.secret = *secret;
+	snprintf(peer, sizeof(peer), "imap@%s", m->d.cfg->hostname);
+	if (strlen(peer) > 255)
+		peer[255] = '\0';
+	rc_cfg.peer_name = peer;
+	/* Fail fast while sqlited is down: NO [UNAVAILABLE] at once. */
+	rc_cfg.backoff_max_ms = 2000;
+	rc = rpc_client_new(m->d.loop, &rc_cfg, &m->d.rpc);
+	sm_secret_free(secret);
+	if (rc != 0)
+		fprintf(stderr, "imapd: cannot set up the sqlited client: %s\n",
+			eng_strerror(rc));
+	return rc;
+}
+
+static void start_handles(imap_main *m)
+{
+	uv_loop_t *loop = m->d.loop;
+
+	uv_timer_init(loop, &m->kick);
+	m->kick.data = m;
+	uv_timer_init(loop, &m->idle_tick);
+	m->idle_tick.data = m;
+	uv_timer_start(&m->idle_tick, on_idle_tick, IMAP_IDLE_SYNC_MS, IMAP_IDLE_SYNC_MS);
+	uv_signal_init(loop, &m->sigint);
+	uv_signal_init(loop, &m->sigterm);
+	uv_signal_init(loop, &m->sighup);
+	m->sigint.data = m->sigterm.data = m->sighup.data = m;
+}
+
+static const char *parse_args(int argc, char **argv)
+{
+	const char *config_path = NULL;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+			config_path = argv[++i];
+		else if (strncmp(argv[i], "--config=", 9) == 0)
+			config_path = argv[i] + 9;
+		else
+			return NULL;
+	}
+	return config_path;
+}
+
+static int load_config(const char *path, sm_config **cfg_r, uint8_t **secret_r)
+{
+	char *err = NULL;
+	int rc = sm_config_load(path, cfg_r, &err);
+
+	if (rc != 0) {
+		fprintf(stderr, "imapd: %s\n", err != NULL ? err : "cannot read the configuration");
+		free(err);
+		return rc;
+	}
+	if ((*cfg_r)->imaps_port == 0 && (*cfg_r)->imap_port == 0) {
+		fprintf(stderr, "imapd: imaps_port and imap_port are both 0: nothing to do\n");
+		sm_config_free(cfg_r);
+		return ENG_EINVAL;
+	}
+	rc = sm_secret_load((*cfg_r)->rpc_secret_file, secret_r, &err);
+	if (rc != 0) {
+		fprintf(stderr, "imapd: cannot load the RPC secret (%s): %s "
+			"(run `sealmail init` to create it)\n", (*cfg_r)->rpc_secret_file,
+			err != NULL ? err : eng_strerror(rc));
+		free(err);
+		sm_config_free(cfg_r);
+	}
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	const char *config_path = parse_args(argc, argv);
+	sm_config *cfg = NULL;
+	uint8_t *secret = NULL;
+	uv_loop_t loop;
+	imap_main m;
+	char *err = NULL;
+	int status = 1;
+
+	if (config_path == NULL) {
+		usage();
+		return 1;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	if (sodium_init() < 0) {
+		fprintf(stderr, "imapd: libsodium failed to initialise\n");
+		return 1;
+	}
+	if (load_config(config_path, &cfg, &secret) != 0)
+		return 1;
+	memset(&m, 0, sizeof(m));
+	g_main = &m;
+	if (uv_loop_init(&loop) != 0) {
+		fprintf(stderr, "imapd: cannot create the event loop\n");
+		sm_secret_free(&secret);
+		sm_config_free(&cfg);
+		return 1;
+	}
+	m.d.loop = &loop;
+	m.d.cfg = cfg;
+	m.d.hostname = cfg->hostname;
+	m.d.append_max = cfg->max_message_bytes;
+	if (sm_net_tls_new(cfg->tls_cert, cfg->tls_key, &m.d.tls, &err) != 0) {
+		eng_log(ENG_LOG_WARN, "imapd: %s: TLS is off",
+			err != NULL ? err : "cannot load the certificate");
+		free(err);
+		err = NULL;
+	}
+	if (start_rpc(&m, &secret) != 0)
+		goto out_loop;
+	start_handles(&m);
+	events_start(&m);
+	if (start_listener(&m, 0, cfg->imaps_port, true) != 0 ||
+	    start_listener(&m, 1, cfg->imap_port, false) != 0 ||
+	    (m.d.listeners[0] == NULL && m.d.listeners[1] == NULL)) {
+		fprintf(stderr, "imapd: cannot listen (see the log above)\n");
+		for (size_t i = 0; i < 2; i++)
+			if (m.d.listeners[i] != NULL)
+				sm_net_listener_close(m.d.listeners[i], NULL, NULL);
+		m.d.stopping = true;
+		finish(&m);
+		goto out_loop;
+	}
+	fflush(stdout);
+	uv_signal_start(&m.sigint, on_signal, SIGINT);
+	uv_signal_start(&m.sigterm, on_signal, SIGTERM);
+	uv_signal_start(&m.sighup, on_signal, SIGHUP);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	fprintf(stderr, "imapd: stopped\n");
+	status = 0;
+out_loop:
+	uv_run(&loop, UV_RUN_DEFAULT);
+	if (uv_loop_close(&loop) != 0)
+		eng_log(ENG_LOG_WARN, "imapd: handles still open at exit");
+	sm_net_tls_free(&m.d.tls);
+	sm_redis_target_clear(&m.ev.target);
+	sm_secret_free(&secret);
+	sm_config_free(&cfg);
+	return status;
+}
