@@ -74,6 +74,8 @@ struct imap_parser {
 	bool pending_cr;        /* a CR was read; only LF may follow */
 	bool want_line;         /* expect_line() before the next line */
 	bool pending_end;       /* LITERAL_END is due */
+	bool awaiting_plus;     /* the last event was a synchronising
+	                           literal: the client waits for "+" */
 
 	char *buf;
 	size_t blen, bcap;
@@ -518,6 +520,7 @@ static bool literal_announced(imap_parser *p, imap_event *ev)
 		p->lit_rem = p->lit_size;
 		p->state = S_STREAM;
 		p->pending_end = p->lit_size == 0;
+		p->awaiting_plus = p->lit_sync;
 		return true;
 	}
 	n = &p->nodes[p->n_nodes - 1];
@@ -534,6 +537,7 @@ static bool literal_announced(imap_parser *p, imap_event *ev)
 	ev->kind = IMAP_EV_CONTINUE;
 	ev->literal_size = p->lit_size;
 	ev->literal8 = p->lit8;
+	p->awaiting_plus = true;
 	return true;
 }
 
@@ -885,6 +889,7 @@ size_t imap_parser_feed(imap_parser *p, const uint8_t *data, size_t len,
 
 	memset(ev, 0, sizeof(*ev));
 	ev->kind = IMAP_EV_NEED_MORE;
+	p->awaiting_plus = false;
 	apply_reset(p);
 	if (p->pending_end) {
 		p->pending_end = false;
@@ -946,6 +951,14 @@ void imap_parser_skip_command(imap_parser *p)
 	p->want_line = false;
 	p->pending_cr = false;
 	skip_reset(p);
+	if (p->awaiting_plus) {
+		/* A refused synchronising literal: the client waits for a
+		 * "+" and sends nothing more of this command. */
+		p->awaiting_plus = false;
+		p->pending_end = false;
+		p->state = S_START;
+		return;
+	}
 	if (p->pending_end) {
 		p->pending_end = false;
 		p->state = S_SKIP_LINE;
@@ -955,13 +968,6 @@ void imap_parser_skip_command(imap_parser *p)
 	case S_START:
 		return;
 	case S_STREAM:
-		if (p->lit_sync && p->lit_rem == p->lit_size) {
-			/* Refused: the client waits for a "+" and sends
-			 * nothing more of this command. */
-			p->state = S_START;
-			return;
-		}
-		/* fall through */
 	case S_LITERAL:
 		p->state = p->lit_rem > 0 ? S_SKIP_LIT : S_SKIP_LINE;
 		return;

@@ -45,7 +45,7 @@ struct setup {
 	imap_parser_limits lim;
 	size_t line_max;        /* set_line_max after new, if non-zero */
 	uint64_t append_max;    /* set_append_max after new, if non-zero */
-	bool refuse;            /* skip_command on every LITERAL */
+	bool refuse;            /* skip_command on every LITERAL, CONTINUE */
 };
 
 static void put_bytes(eng_buf *out, const char *s, size_t len)
@@ -134,6 +134,10 @@ static void record(imap_parser *p, const imap_event *ev, const struct setup *su,
 		eng_buf_printf(out, "CONT %llu%s",
 			       (unsigned long long)ev->literal_size,
 			       ev->literal8 ? " 8" : "");
+		if (su->refuse) {
+			imap_parser_skip_command(p);
+			eng_buf_puts(out, " refused");
+		}
 		break;
 	case IMAP_EV_LITERAL:
 		eng_buf_printf(out, "LIT %llu %s%s",
@@ -418,6 +422,15 @@ static void test_append_refused(void **state)
 	/* Non-synchronising: its bytes and the rest of the command go. */
 	expect_with(&su, IN("a1 APPEND INBOX {9+}\r\na9 NOOP\r\n (\\Seen) {3+}\r\nabc\r\na2 NOOP\r\n"),
 		    "LIT 9 nonsync a1 APPEND A:INBOX refused\n"
+		    "CMD a2 NOOP\n");
+	/* A session may refuse any synchronising literal at CONTINUE. */
+	expect_with(&su, IN("a1 LOGIN {5}\r\na2 LOGIN {0}\r\na3 NOOP\r\n"),
+		    "CONT 5 refused\n"
+		    "CONT 0 refused\n"
+		    "CMD a3 NOOP\n");
+	/* After the message, the rest of the command goes. */
+	expect_with(&su, IN("a1 APPEND INBOX {0+}\r\n (\\Seen) {3+}\r\nabc\r\na2 NOOP\r\n"),
+		    "LIT 0 nonsync a1 APPEND A:INBOX refused\n"
 		    "CMD a2 NOOP\n");
 }
 
