@@ -43,3 +43,10 @@ __attribute__((weak)) void imap_append_literal_end(imap_cmd *cmd)
 {
 	(void)cmd;
 }
+
+/* imap_cmd_append.c's handler (imap_mailbox.h). */
+void imap_cmd_append(imap_cmd *cmd);
+__attribute__((weak)) void imap_cmd_append(imap_cmd *cmd)
+{
+	stub_cmd(cmd);
+}
