@@ -12,11 +12,12 @@
  *    THREAD answer (a UID outside the view is dropped, or in THREAD
  *    written as a dummy).
  *  - The view is updated with what this session did and reported: STORE
- *    sets sel->flags of the messages it reported (so imap_sync does not
- *    report them again), EXPUNGE and MOVE remove the UIDs they reported
- *    as EXPUNGE/VANISHED. sel->highestmodseq is left to imap_sync, which
- *    alone knows what else changed in between; every write marks the view
- *    dirty so the sync runs.
+ *    sets sel->flags of the messages it reported (and sel->highestmodseq
+ *    when that is provably safe, store_advance), EXPUNGE and MOVE remove
+ *    the UIDs they reported as EXPUNGE/VANISHED (imap_sync ignores
+ *    VANISHED UIDs that are not in the view). Otherwise sel->highestmodseq
+ *    is left to imap_sync, which alone learns what else changed in
+ *    between; sqlited's event for our own write marks the view dirty.
  *  - EXPUNGE answers are written in ascending order with the numbers as
  *    they are at that moment ("* 3 EXPUNGE" twice for messages 3 and 4,
  *    RFC 3501 7.4.1), or as one "* VANISHED" under QRESYNC (RFC 7162).
@@ -741,8 +742,9 @@ static void free_strv(char **v, size_t n)
 	free(v);
 }
 
-/* One changed message: the view's flags, and the FETCH unless silent. */
-static void store_report(imap_cmd *cmd, const rpc_view *g, eng_buf *b)
+/* One changed message: the view's flags, and the FETCH unless silent.
+ * Returns its new MODSEQ (0 when it is not in the view). */
+static uint64_t store_report(imap_cmd *cmd, const rpc_view *g, eng_buf *b)
 {
 	msg_op *op = cmd->op;
 	imap_session *s = cmd->s;
@@ -754,14 +756,14 @@ static void store_report(imap_cmd *cmd, const rpc_view *g, eng_buf *b)
 
 	if (rpc_get_u32(g, RPC_T_UID, &uid) != 0 ||
 	    (seq = imap_seq_of_uid(s->sel, uid)) == 0)
-		return;
+		return 0;
 	(void)rpc_get_u32(g, RPC_T_FLAGS, &flags);
 	(void)rpc_get_u64(g, RPC_T_MODSEQ, &modseq);
 	if (s->sel->flags != NULL)
 		s->sel->flags[seq - 1] = flags;
 	/* RFC 7162 3.1.3: under CONDSTORE even .SILENT reports the MODSEQ. */
 	if (op->silent && !condstore)
-		return;
+		return modseq;
 	eng_buf_printf(b, "* %u FETCH (", seq);
 	if (!op->silent) {
 		kw = message_keywords(g, &n_kw);
@@ -777,6 +779,22 @@ static void store_report(imap_cmd *cmd, const rpc_view *g, eng_buf *b)
 	b->len--;                    /* the last space */
 	eng_buf_puts(b, ")\r\n");
 	flush_if_big(s, b);
+	return modseq;
+}
+
+/*
+ * After this session's STORE, imap_sync would report the same changes
+ * again (CHANGES since sel->highestmodseq lists them). MODSEQs come from
+ * one counter per alias, one value per transaction, so when the STORE's
+ * MODSEQ is sel->highestmodseq + 1 nothing else can have changed in
+ * between, anywhere: the view is then current up to it. Otherwise the
+ * sync repeats the FETCH (harmless, RFC 3501 7.4.1 allows it) rather than
+ * risk skipping another session's change.
+ */
+static void store_advance(imap_selected *sel, uint64_t lo, uint64_t hi)
+{
+	if (lo != 0 && lo == hi && hi == sel->highestmodseq + 1)
+		sel->highestmodseq = hi;
 }
 
 /* "[MODIFIED set]" for the UIDs refused by UNCHANGEDSINCE, or NULL. */
@@ -803,7 +821,6 @@ static void store_answer(imap_cmd *cmd, const eng_uidset *failed)
 {
 	char *code = failed != NULL ? modified_code(cmd, failed) : NULL;
 
-	cmd->s->sel->dirty = true;
 	if (code != NULL) {
 		op_free(cmd);
 		imap_cmd_done(cmd, IMAP_OK, code, "Conditional STORE failed");
@@ -817,6 +834,7 @@ static void on_store(imap_cmd *cmd, int err, const rpc_view *resp)
 {
 	eng_uidset failed = { 0 };
 	eng_buf b = ENG_BUF_INIT;
+	uint64_t lo = UINT64_MAX, hi = 0;
 	const rpc_field *f;
 	rpc_iter it;
 
@@ -830,8 +848,10 @@ static void on_store(imap_cmd *cmd, int err, const rpc_view *resp)
 	while ((f = rpc_iter_next(&it, 0)) != NULL) {
 		if (f->tag == RPC_T_MESSAGE && f->type == RPC_W_GROUP) {
 			rpc_view g = rpc_field_group(f);
+			uint64_t m = store_report(cmd, &g, &b);
 
-			store_report(cmd, &g, &b);
+			lo = m < lo ? m : lo;
+			hi = m > hi ? m : hi;
 		} else if (f->tag == RPC_T_FAILED) {
 			rpc_view one = { f, 1 };
 
@@ -841,6 +861,8 @@ static void on_store(imap_cmd *cmd, int err, const rpc_view *resp)
 	}
 	imap_write_buf(cmd->s, &b);
 	eng_buf_free(&b);
+	if (hi > 0)
+		store_advance(cmd->s->sel, lo, hi);
 	store_answer(cmd, failed.count > 0 ? &failed : NULL);
 	eng_uidset_free(&failed);
 }
@@ -1001,7 +1023,9 @@ static void on_copy_answer(imap_cmd *cmd, int err, const rpc_view *resp,
 		fail_rpc(cmd, err, move ? "MOVE" : "COPY");
 		return;
 	}
-	cmd->s->sel->dirty = true;
+	/* Copies into the selected mailbox itself: EXISTS from the sync. */
+	if (n > 0 && strcmp(((msg_op *)cmd->op)->dest, cmd->s->sel->name) == 0)
+		cmd->s->sel->dirty = true;
 	if (n > 0)
 		put_copyuid(&code, uidvalidity, src, dst, n);
 	eng_buf_putc(&code, '\0');
@@ -1089,7 +1113,6 @@ static void on_expunge(imap_cmd *cmd, int err, const rpc_view *resp)
 		fail_rpc(cmd, err, "EXPUNGE");
 		return;
 	}
-	cmd->s->sel->dirty = true;
 	report_expunged(cmd->s, uids, n);
 	free(uids);
 	finish(cmd, IMAP_OK, NULL, "Expunge completed");

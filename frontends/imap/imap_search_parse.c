@@ -362,14 +362,16 @@ static bool keyword_ok(const char *k)
 
 /*
  * RFC 8474 objectid as imap_cmd_fetch.c writes it: a letter ("M" for
- * EMAILID, "T" for THREADID) then the id in decimal. Any other objectid
- * is valid syntax that matches nothing: an id from another server.
+ * EMAILID, "T" for THREADID) then the id in decimal, "n" before the digits
+ * of a negative id. Any other objectid is valid syntax that matches
+ * nothing: an id from another server.
  */
 static int objectid_arg(struct sp *s, struct args *a, int kind,
 			eng_query **q_r)
 {
 	const char *t = astring(next_arg(a));
 	char want = kind == ENG_Q_EMAILID ? 'M' : 'T';
+	const char *digits;
 	size_t len;
 	int64_t id = 0;
 
@@ -382,14 +384,16 @@ static int objectid_arg(struct sp *s, struct args *a, int kind,
 		      (c >= '0' && c <= '9') || c == '_' || c == '-'))
 			return bad(s, "Invalid object id");
 	}
-	if (t[0] != want || !all_digits(t + 1) || len > 19 ||
-	    (len > 2 && t[1] == '0')) {
+	digits = t + 1 + (t[1] == 'n');
+	if (t[0] != want || !all_digits(digits) || strlen(digits) > 18 ||
+	    (digits[0] == '0')) {
 		*q_r = nothing();
 		return 0;
 	}
-	for (size_t i = 1; i < len; i++)
-		id = id * 10 + (t[i] - '0');
-	*q_r = eng_query_new_number((enum eng_query_kind)kind, id);
+	for (; *digits != '\0'; digits++)
+		id = id * 10 + (*digits - '0');
+	*q_r = eng_query_new_number((enum eng_query_kind)kind,
+				    t[1] == 'n' ? -id : id);
 	return 0;
 }
 
