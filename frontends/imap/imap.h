@@ -299,6 +299,18 @@ void imap_selected_free(imap_selected *sel);
 bool imap_append_literal(imap_cmd *cmd, const imap_event *ev);
 size_t imap_append_data(imap_cmd *cmd, const uint8_t *data, size_t len);
 void imap_append_literal_end(imap_cmd *cmd);
+/* The parser gave IMAP_EV_ERROR while an APPEND command runs (a NUL in a
+ * literal, a further MULTIAPPEND literal over APPENDLIMIT, too many
+ * literals, bad syntax after a literal): the parser skips the rest, no
+ * IMAP_EV_COMMAND comes, so the handler cancels its upload, removes what
+ * the command stored, and answers (NO [TOOBIG] for IMAP_ELITERAL, else BAD
+ * with ev->text) with imap_cmd_done, at once or from an RPC callback. The
+ * session then closes the connection if ev->fatal, as for other errors.
+ * An error before the first message literal has no APPEND command yet: the
+ * session answers it (NO [TOOBIG] for an APPEND literal over APPENDLIMIT).
+ * When imap_append_literal returns false, the handler has answered (or
+ * will, from an RPC callback): the session must not touch cmd after it. */
+void imap_append_error(imap_cmd *cmd, const imap_event *ev);
 /* imap_session.c: offer the held input again (from a later loop turn). */
 void imap_append_resume(imap_cmd *cmd);
 
