@@ -100,14 +100,19 @@ class MxAuthTest(unittest.TestCase):
 
     # -- helpers --
     def check(self, msg, ip=GOOD_IP, mail_from="a@example.net",
-              helo="mail.example.net"):
+              helo="mail.example.net", count=1):
         path = os.path.join(self.tmp, "msg.eml")
         with open(path, "wb") as f:
             f.write(msg)
-        r = self.ns.run([CHECK, path, ip, helo, mail_from, "1000"],
-                        capture_output=True, timeout=60)
+        r = self.ns.run([CHECK, path, ip, helo, mail_from, "1000", "mx.test",
+                         str(count)], capture_output=True, timeout=120)
         self.assertEqual(r.returncode, 0, r.stderr.decode(errors="replace"))
+        # Nothing of the message on stderr (libspf2/opendkim/our logs).
+        self.assertNotIn(b"secret", r.stderr)
         out = r.stdout.decode()
+        if count > 1:
+            self.assertIn("identical=%d\n" % count, out)
+            out = out[:out.rindex("identical=")]
         verdict = re.match(r"verdict=(\w+)\n", out).group(1)
         reason = re.search(r"^reason=(.*)\n", out, re.M).group(1)
         header = out[out.index("Authentication-Results:"):]
@@ -305,6 +310,16 @@ class MxAuthTest(unittest.TestCase):
         v, _, r = self.check(msg)
         self.assertEqual(r["dmarc"][0][0], "none")
         self.assertEqual(v, "accept")
+
+    def test_concurrent_checks_on_the_pool(self):
+        # 32 checks at once on libuv's pool (4 threads): per-thread SPF
+        # servers, the shared DKIM library, per-check DMARC contexts.
+        signed = self.sign(message("a@example.net", body=b"secret body\r\n"))
+        v, _, r = self.check(signed, ip=BAD_IP, count=32)
+        self.assertEqual((v, r["dkim"][0][0], r["dmarc"][0][0]),
+                         ("accept", "pass", "pass"))
+        v, _, r = self.check(message("a@example.net"), ip=BAD_IP, count=32)
+        self.assertEqual(v, "reject")
 
     def test_header_carries_no_local_parts(self):
         _, _, r = self.check(message("secret.person@example.net"),
