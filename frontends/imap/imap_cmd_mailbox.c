@@ -1,0 +1,1084 @@
+/*
+ * The mailbox commands: SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE
+ * UNSUBSCRIBE STATUS UNSELECT CLOSE CHECK GETQUOTA GETQUOTAROOT here, LIST
+ * and LSUB in imap_cmd_list.c, APPEND in imap_cmd_append.c; the table of
+ * all of them (imap_mailbox_cmds).
+ *
+ * Each handler checks its arguments, makes its RPC calls one after the
+ * other (its state in cmd->op, freed before imap_cmd_done), and answers.
+ * When the connection went away meanwhile the callback only frees the
+ * state (cmd->aborted).
+ *
+ * SELECT / EXAMINE (RFC 9051 6.3.2, RFC 3501 6.3.1, RFC 7162):
+ *   leave the selected mailbox first ("* OK [CLOSED]" under QRESYNC or
+ *   IMAP4rev2), so a failed SELECT leaves the session unselected;
+ *   MAILBOX_STATUS -> FETCH_META of every message (the sequence map and
+ *   the flags) -> [CHANGES since the client's MODSEQ for QRESYNC] ->
+ *   FLAGS, PERMANENTFLAGS, EXISTS, [0 RECENT, UNSEEN under IMAP4rev1],
+ *   UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, [VANISHED (EARLIER), FETCH],
+ *   tagged OK [READ-WRITE] / [READ-ONLY].
+ *   HIGHESTMODSEQ is the one MAILBOX_STATUS gave, read before the
+ *   messages: a change in between is reported again by the next sync
+ *   rather than lost. sqlited has no mailbox id, so there is no MAILBOXID
+ *   (RFC 8474); OBJECTID covers EMAILID and THREADID only.
+ */
+#include "imap_mailbox.h"
+
+#include "eng_error.h"
+#include "rpc_proto.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+const imap_special_use imap_special_uses[] = {
+	{ "\\Drafts", ENG_SU_DRAFTS },
+	{ "\\Sent", ENG_SU_SENT },
+	{ "\\Trash", ENG_SU_TRASH },
+	{ "\\Junk", ENG_SU_JUNK },
+	{ "\\Archive", ENG_SU_ARCHIVE },
+	{ "\\All", ENG_SU_ALL },
+	{ "\\Flagged", ENG_SU_FLAGGED },
+};
+const size_t imap_n_special_uses =
+	sizeof(imap_special_uses) / sizeof(imap_special_uses[0]);
+
+/* Distinct keywords listed in FLAGS / PERMANENTFLAGS at most. */
+#define SELECT_KEYWORDS_MAX 1000
+
+/* ---- Shared plumbing (imap_mailbox.h) ---- */
+
+int imap_mbx_info_read(const rpc_view *g, imap_mbx_info *info)
+{
+	bool b;
+
+	memset(info, 0, sizeof(*info));
+	if (rpc_get_str(g, RPC_T_MAILBOX, &info->name) != 0 ||
+	    rpc_get_u32(g, RPC_T_UIDVALIDITY, &info->uidvalidity) != 0) {
+		imap_mbx_info_clear(info);
+		return ENG_EMALFORMED;
+	}
+	rpc_get_u32(g, RPC_T_UIDNEXT, &info->uidnext);
+	rpc_get_u64(g, RPC_T_HIGHESTMODSEQ, &info->highestmodseq);
+	rpc_get_u32(g, RPC_T_SPECIAL_USE, &info->special_use);
+	if (rpc_get_bool(g, RPC_T_SUBSCRIBED, &b) == 0)
+		info->subscribed = b;
+	if (rpc_get_bool(g, RPC_T_NOSELECT, &b) == 0)
+		info->noselect = b;
+	rpc_get_u32(g, RPC_T_MESSAGES, &info->messages);
+	rpc_get_u32(g, RPC_T_UNSEEN, &info->unseen);
+	rpc_get_u32(g, RPC_T_DELETED, &info->deleted);
+	rpc_get_u64(g, RPC_T_SIZE, &info->size);
+	return 0;
+}
+
+void imap_mbx_info_clear(imap_mbx_info *info)
+{
+	free(info->name);
+	memset(info, 0, sizeof(*info));
+}
+
+static const struct {
+	const char *name;
+	uint8_t item;
+} status_names[] = {
+	{ "MESSAGES", IMAP_ST_MESSAGES },
+	{ "RECENT", IMAP_ST_RECENT },
+	{ "UIDNEXT", IMAP_ST_UIDNEXT },
+	{ "UIDVALIDITY", IMAP_ST_UIDVALIDITY },
+	{ "UNSEEN", IMAP_ST_UNSEEN },
+	{ "DELETED", IMAP_ST_DELETED },
+	{ "SIZE", IMAP_ST_SIZE },
+	{ "HIGHESTMODSEQ", IMAP_ST_HIGHESTMODSEQ },
+	{ "APPENDLIMIT", IMAP_ST_APPENDLIMIT },
+};
+#define N_STATUS_NAMES (sizeof(status_names) / sizeof(status_names[0]))
+
+int imap_status_items_parse(imap_session *s, const imap_arg *list,
+			    uint8_t *items, size_t *n_r)
+{
+	size_t n = 0;
+
+	if (list == NULL || list->kind != IMAP_ARG_LIST || list->n_list == 0 ||
+	    list->n_list > IMAP_ST_MAX)
+		return ENG_EINVAL;
+	for (size_t i = 0; i < list->n_list; i++) {
+		const char *a = imap_arg_atom(&list->list[i]);
+		size_t k;
+
+		for (k = 0; a != NULL && k < N_STATUS_NAMES; k++) {
+			if (strcasecmp(a, status_names[k].name) == 0)
+				break;
+		}
+		if (a == NULL || k == N_STATUS_NAMES)
+			return ENG_EINVAL;
+		items[n++] = status_names[k].item;
+		if (status_names[k].item == IMAP_ST_HIGHESTMODSEQ)
+			s->enabled |= IMAP_EN_CONDSTORE;
+	}
+	*n_r = n;
+	return 0;
+}
+
+static uint64_t status_value(const imap_session *s, const imap_mbx_info *m,
+			     uint8_t item)
+{
+	switch (item) {
+	case IMAP_ST_MESSAGES: return m->messages;
+	case IMAP_ST_UIDNEXT: return m->uidnext;
+	case IMAP_ST_UIDVALIDITY: return m->uidvalidity;
+	case IMAP_ST_UNSEEN: return m->unseen;
+	case IMAP_ST_DELETED: return m->deleted;
+	case IMAP_ST_SIZE: return m->size;
+	case IMAP_ST_HIGHESTMODSEQ: return m->highestmodseq;
+	case IMAP_ST_APPENDLIMIT: return s->d != NULL ? s->d->append_max : 0;
+	default: return 0;     /* RECENT: Sealmail has no \Recent */
+	}
+}
+
+void imap_status_put(const imap_session *s, eng_buf *b,
+		     const imap_mbx_info *info, const uint8_t *items, size_t n)
+{
+	eng_buf_puts(b, "* STATUS ");
+	imap_put_mailbox(s, b, info->name);
+	eng_buf_puts(b, " (");
+	for (size_t i = 0; i < n; i++) {
+		for (size_t k = 0; k < N_STATUS_NAMES; k++) {
+			if (status_names[k].item != items[i])
+				continue;
+			eng_buf_printf(b, "%s%s %llu", i > 0 ? " " : "",
+				       status_names[k].name,
+				       (unsigned long long)status_value(
+					       s, info, items[i]));
+		}
+	}
+	eng_buf_puts(b, ")\r\n");
+}
+
+bool imap_mbx_call(imap_cmd *cmd, uint16_t opcode, const eng_buf *payload,
+		   imap_rpc_cb *cb, void (*release)(imap_cmd *cmd))
+{
+	int rc = imap_rpc_call(cmd, opcode, payload, NULL, cb);
+
+	if (rc == 0)
+		return true;
+	if (release != NULL)
+		release(cmd);
+	imap_cmd_fail_rpc(cmd, rc, cmd->name);
+	return false;
+}
+
+char *imap_mbx_name_arg(imap_cmd *cmd, const imap_arg *a)
+{
+	char *name = NULL;
+
+	if (imap_mailbox_from_client(cmd->s, a, &name) != 0) {
+		imap_cmd_done(cmd, IMAP_NO, "CANNOT", "Invalid mailbox name");
+		return NULL;
+	}
+	return name;
+}
+
+/* ---- Simple one-call commands: CREATE DELETE RENAME (UN)SUBSCRIBE ---- */
+
+typedef struct simple_op {
+	eng_buf pl;
+	char *name;
+	char *new_name;
+} simple_op;
+
+static void simple_free(imap_cmd *cmd)
+{
+	simple_op *op = cmd->op;
+
+	if (op == NULL)
+		return;
+	eng_buf_free(&op->pl);
+	free(op->name);
+	free(op->new_name);
+	free(op);
+	cmd->op = NULL;
+}
+
+/* The op with its payload begun, or NULL after answering. */
+static simple_op *simple_begin(imap_cmd *cmd, size_t n_args_min,
+			       size_t n_args_max)
+{
+	simple_op *op;
+	char *name;
+
+	if (cmd->n_args < n_args_min || cmd->n_args > n_args_max) {
+		imap_cmd_done(cmd, IMAP_BAD, NULL, "Wrong number of arguments");
+		return NULL;
+	}
+	if ((name = imap_mbx_name_arg(cmd, &cmd->args[0])) == NULL)
+		return NULL;
+	op = eng_calloc(1, sizeof(*op));
+	op->name = name;
+	cmd->op = op;
+	imap_rpc_begin(cmd->s, &op->pl);
+	rpc_put_str(&op->pl, RPC_T_MAILBOX, name);
+	return op;
+}
+
+static void selected_renamed(imap_session *s, const char *old_name,
+			     const char *new_name)
+{
+	imap_selected *sel = s->sel;
+	size_t len = strlen(old_name);
+	eng_buf b = ENG_BUF_INIT;
+
+	/* Renaming INBOX moves its messages; INBOX itself stays. */
+	if (sel == NULL || strcmp(old_name, "INBOX") == 0 ||
+	    strncmp(sel->name, old_name, len) != 0 ||
+	    (sel->name[len] != '\0' && sel->name[len] != '/'))
+		return;
+	eng_buf_puts(&b, new_name);
+	eng_buf_puts(&b, sel->name + len);
+	free(sel->name);
+	sel->name = eng_buf_steal(&b, NULL);
+}
+
+static void on_simple(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	simple_op *op = cmd->op;
+	imap_session *s = cmd->s;
+
+	(void)resp;
+	if (cmd->aborted) {
+		simple_free(cmd);
+		return;
+	}
+	if (err != 0) {
+		simple_free(cmd);
+		imap_cmd_fail_rpc(cmd, err, cmd->name);
+		return;
+	}
+	if (strcmp(cmd->name, "RENAME") == 0) {
+		selected_renamed(s, op->name, op->new_name);
+	} else if (strcmp(cmd->name, "DELETE") == 0 && s->sel != NULL &&
+		   strcmp(s->sel->name, op->name) == 0) {
+		imap_select_clear(s);
+		imap_printf(s, "* OK [CLOSED] The selected mailbox was "
+			    "deleted\r\n");
+	}
+	simple_free(cmd);
+	imap_cmd_done(cmd, IMAP_OK, NULL, "%s completed", cmd->name);
+}
+
+/* "(USE (\Drafts ...))" of CREATE-SPECIAL-USE (RFC 6154 3). */
+static int create_params(const imap_arg *a, uint32_t *use_r)
+{
+	const imap_arg *list;
+
+	if (a->kind != IMAP_ARG_LIST || a->n_list != 2 ||
+	    imap_arg_atom(&a->list[0]) == NULL ||
+	    strcasecmp(a->list[0].s, "USE") != 0 ||
+	    a->list[1].kind != IMAP_ARG_LIST)
+		return ENG_EINVAL;
+	list = &a->list[1];
+	for (size_t i = 0; i < list->n_list; i++) {
+		const char *u = imap_arg_atom(&list->list[i]);
+		size_t k;
+
+		for (k = 0; u != NULL && k < imap_n_special_uses; k++) {
+			if (strcasecmp(u, imap_special_uses[k].name) == 0)
+				break;
+		}
+		if (u == NULL || k == imap_n_special_uses)
+			return ENG_ENOTFOUND;
+		*use_r |= imap_special_uses[k].bit;
+	}
+	return 0;
+}
+
+static void cmd_create(imap_cmd *cmd)
+{
+	uint32_t use = 0;
+	simple_op *op;
+	int err;
+
+	if ((op = simple_begin(cmd, 1, 2)) == NULL)
+		return;
+	if (cmd->n_args == 2 &&
+	    (err = create_params(&cmd->args[1], &use)) != 0) {
+		simple_free(cmd);
+		if (err == ENG_ENOTFOUND)
+			imap_cmd_done(cmd, IMAP_NO, "USEATTR",
+				      "Unknown special-use attribute");
+		else
+			imap_cmd_done(cmd, IMAP_BAD, NULL,
+				      "Invalid CREATE parameters");
+		return;
+	}
+	if (strcmp(op->name, "INBOX") == 0) {
+		simple_free(cmd);
+		imap_cmd_done(cmd, IMAP_NO, "ALREADYEXISTS", "INBOX exists");
+		return;
+	}
+	if (use != 0)
+		rpc_put_u64(&op->pl, RPC_T_SPECIAL_USE, use);
+	imap_mbx_call(cmd, RPC_OP_MAILBOX_CREATE, &op->pl, on_simple,
+		      simple_free);
+}
+
+static void cmd_delete(imap_cmd *cmd)
+{
+	simple_op *op = simple_begin(cmd, 1, 1);
+
+	if (op != NULL)
+		imap_mbx_call(cmd, RPC_OP_MAILBOX_DELETE, &op->pl, on_simple,
+			      simple_free);
+}
+
+static void cmd_rename(imap_cmd *cmd)
+{
+	simple_op *op = simple_begin(cmd, 2, 2);
+
+	if (op == NULL)
+		return;
+	if ((op->new_name = imap_mbx_name_arg(cmd, &cmd->args[1])) == NULL) {
+		/* imap_mbx_name_arg answered: only free. */
+		eng_buf_free(&op->pl);
+		free(op->name);
+		free(op);
+		return;
+	}
+	rpc_put_str(&op->pl, RPC_T_NEW_NAME, op->new_name);
+	imap_mbx_call(cmd, RPC_OP_MAILBOX_RENAME, &op->pl, on_simple,
+		      simple_free);
+}
+
+static void cmd_subscribe(imap_cmd *cmd)
+{
+	simple_op *op = simple_begin(cmd, 1, 1);
+
+	if (op == NULL)
+		return;
+	rpc_put_bool(&op->pl, RPC_T_SUBSCRIBED,
+		     strcmp(cmd->name, "SUBSCRIBE") == 0);
+	imap_mbx_call(cmd, RPC_OP_MAILBOX_SUBSCRIBE, &op->pl, on_simple,
+		      simple_free);
+}
+
+/* ---- STATUS ---- */
+
+typedef struct status_op {
+	eng_buf pl;
+	uint8_t items[IMAP_ST_MAX];
+	size_t n_items;
+} status_op;
+
+static void status_free(imap_cmd *cmd)
+{
+	status_op *op = cmd->op;
+
+	if (op != NULL) {
+		eng_buf_free(&op->pl);
+		free(op);
+		cmd->op = NULL;
+	}
+}
+
+static void on_status(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	status_op *op = cmd->op;
+	imap_mbx_info info;
+	rpc_view g;
+	eng_buf b = ENG_BUF_INIT;
+
+	if (cmd->aborted) {
+		status_free(cmd);
+		return;
+	}
+	if (err == 0 && (rpc_get_group(resp, RPC_T_MAILBOX_INFO, &g) != 0 ||
+			 imap_mbx_info_read(&g, &info) != 0))
+		err = ENG_EIO;
+	if (err != 0) {
+		status_free(cmd);
+		imap_cmd_fail_rpc(cmd, err, "STATUS");
+		return;
+	}
+	if (info.noselect) {
+		imap_mbx_info_clear(&info);
+		status_free(cmd);
+		imap_cmd_done(cmd, IMAP_NO, "NONEXISTENT",
+			      "Mailbox is not selectable");
+		return;
+	}
+	imap_status_put(cmd->s, &b, &info, op->items, op->n_items);
+	imap_write_buf(cmd->s, &b);
+	eng_buf_free(&b);
+	imap_mbx_info_clear(&info);
+	status_free(cmd);
+	imap_cmd_done(cmd, IMAP_OK, NULL, "STATUS completed");
+}
+
+static void cmd_status(imap_cmd *cmd)
+{
+	status_op *op;
+	char *name;
+
+	if (cmd->n_args != 2) {
+		imap_cmd_done(cmd, IMAP_BAD, NULL, "Wrong number of arguments");
+		return;
+	}
+	op = eng_calloc(1, sizeof(*op));
+	if (imap_status_items_parse(cmd->s, &cmd->args[1], op->items,
+				    &op->n_items) != 0) {
+		free(op);
+		imap_cmd_done(cmd, IMAP_BAD, NULL, "Invalid STATUS items");
+		return;
+	}
+	if ((name = imap_mbx_name_arg(cmd, &cmd->args[0])) == NULL) {
+		free(op);
+		return;
+	}
+	cmd->op = op;
+	imap_rpc_begin(cmd->s, &op->pl);
+	rpc_put_str(&op->pl, RPC_T_MAILBOX, name);
+	free(name);
+	imap_mbx_call(cmd, RPC_OP_MAILBOX_STATUS, &op->pl, on_status,
+		      status_free);
+}
+
+/* ---- SELECT, EXAMINE ---- */
+
+typedef struct select_op {
+	eng_buf pl;
+	char *name;
+	bool readonly;
+	/* QRESYNC (uidvalidity modseq [known-uids ...]) */
+	bool qresync;
+	uint32_t q_uidvalidity;
+	uint64_t q_modseq;
+	eng_uidset q_known;
+	bool q_has_known;
+	imap_mbx_info info;
+	imap_selected *sel;
+	/* Keywords seen in the mailbox, for FLAGS and PERMANENTFLAGS. */
+	char **kw;
+	size_t n_kw;
+} select_op;
+
+static void select_free(imap_cmd *cmd)
+{
+	select_op *op = cmd->op;
+
+	if (op == NULL)
+		return;
+	eng_buf_free(&op->pl);
+	free(op->name);
+	eng_uidset_free(&op->q_known);
+	imap_mbx_info_clear(&op->info);
+	if (op->sel != NULL)
+		imap_selected_free(op->sel);
+	for (size_t i = 0; i < op->n_kw; i++)
+		free(op->kw[i]);
+	free(op->kw);
+	free(op);
+	cmd->op = NULL;
+}
+
+static void select_fail(imap_cmd *cmd, int err)
+{
+	select_free(cmd);
+	imap_cmd_fail_rpc(cmd, err, cmd->name);
+}
+
+/* "(QRESYNC (uidvalidity modseq [known-uids [(seq-match-data)]]))" */
+static int qresync_param(imap_session *s, const imap_arg *a, select_op *op)
+{
+	uint64_t v;
+
+	if (a->kind != IMAP_ARG_LIST || a->n_list < 2 || a->n_list > 4 ||
+	    (s->enabled & IMAP_EN_QRESYNC) == 0)
+		return ENG_EINVAL;
+	if (!imap_arg_number(&a->list[0], UINT32_MAX, &v) || v == 0)
+		return ENG_EINVAL;
+	op->q_uidvalidity = (uint32_t)v;
+	if (!imap_arg_number(&a->list[1], UINT64_MAX, &op->q_modseq) ||
+	    op->q_modseq == 0)
+		return ENG_EINVAL;
+	if (a->n_list >= 3) {
+		if (a->list[2].kind == IMAP_ARG_LIST) {
+			/* (seq-match-data) without known UIDs: ignored. */
+			if (a->n_list != 3)
+				return ENG_EINVAL;
+		} else if (imap_seqset_to_uids(NULL, &a->list[2], true,
+					       &op->q_known) != 0) {
+			return ENG_EINVAL;
+		} else {
+			op->q_has_known = true;
+		}
+	}
+	/* The sequence match data lets a server without a full expunge
+	 * history narrow VANISHED; sqlited has it, so it is not needed. */
+	if (a->n_list == 4 && a->list[3].kind != IMAP_ARG_LIST)
+		return ENG_EINVAL;
+	op->qresync = true;
+	return 0;
+}
+
+static int select_params(imap_session *s, const imap_arg *a, select_op *op)
+{
+	if (a->kind != IMAP_ARG_LIST)
+		return ENG_EINVAL;
+	for (size_t i = 0; i < a->n_list; i++) {
+		const char *p = imap_arg_atom(&a->list[i]);
+
+		if (p != NULL && strcasecmp(p, "CONDSTORE") == 0) {
+			s->enabled |= IMAP_EN_CONDSTORE;
+		} else if (p != NULL && strcasecmp(p, "QRESYNC") == 0 &&
+			   i + 1 < a->n_list && !op->qresync) {
+			if (qresync_param(s, &a->list[++i], op) != 0)
+				return ENG_EINVAL;
+		} else {
+			return ENG_EINVAL;
+		}
+	}
+	return 0;
+}
+
+static void on_select_status(imap_cmd *cmd, int err, const rpc_view *resp);
+
+static void cmd_select(imap_cmd *cmd)
+{
+	imap_session *s = cmd->s;
+	select_op *op;
+	char *name;
+
+	if (s->sel != NULL) {
+		imap_select_clear(s);
+		if (s->enabled & (IMAP_EN_QRESYNC | IMAP_EN_REV2))
+			imap_printf(s, "* OK [CLOSED] Previous mailbox is "
+				    "now closed\r\n");
+	}
+	if (cmd->n_args < 1 || cmd->n_args > 2) {
+		imap_cmd_done(cmd, IMAP_BAD, NULL, "Wrong number of arguments");
+		return;
+	}
+	op = eng_calloc(1, sizeof(*op));
+	op->readonly = strcmp(cmd->name, "EXAMINE") == 0;
+	if (cmd->n_args == 2 && select_params(s, &cmd->args[1], op) != 0) {
+		cmd->op = op;
+		select_free(cmd);
+		imap_cmd_done(cmd, IMAP_BAD, NULL, "Invalid %s parameters",
+			      cmd->name);
+		return;
+	}
+	if ((name = imap_mbx_name_arg(cmd, &cmd->args[0])) == NULL) {
+		/* Answered: cmd is gone, only op is left to free. */
+		free(op);
+		return;
+	}
+	op->name = name;
+	cmd->op = op;
+	imap_rpc_begin(s, &op->pl);
+	rpc_put_str(&op->pl, RPC_T_MAILBOX, name);
+	imap_mbx_call(cmd, RPC_OP_MAILBOX_STATUS, &op->pl, on_select_status,
+		      select_free);
+}
+
+static void on_select_meta(imap_cmd *cmd, int err, const rpc_view *resp);
+
+static void on_select_status(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	select_op *op = cmd->op;
+	rpc_view g;
+
+	if (cmd->aborted) {
+		select_free(cmd);
+		return;
+	}
+	if (err == 0 && (rpc_get_group(resp, RPC_T_MAILBOX_INFO, &g) != 0 ||
+			 imap_mbx_info_read(&g, &op->info) != 0))
+		err = ENG_EIO;
+	if (err != 0) {
+		select_fail(cmd, err);
+		return;
+	}
+	if (op->info.noselect) {
+		select_free(cmd);
+		imap_cmd_done(cmd, IMAP_NO, "NONEXISTENT",
+			      "Mailbox is not selectable");
+		return;
+	}
+	imap_rpc_begin(cmd->s, &op->pl);
+	rpc_put_str(&op->pl, RPC_T_MAILBOX, op->info.name);
+	rpc_put_u64(&op->pl, RPC_T_UIDVALIDITY, op->info.uidvalidity);
+	imap_mbx_call(cmd, RPC_OP_FETCH_META, &op->pl, on_select_meta,
+		      select_free);
+}
+
+static void keyword_note(select_op *op, const rpc_field *f)
+{
+	const char *k = (const char *)f->data;
+
+	for (size_t i = 0; i < op->n_kw; i++) {
+		if (strlen(op->kw[i]) == f->u && memcmp(op->kw[i], k, f->u) == 0)
+			return;
+	}
+	if (op->n_kw >= SELECT_KEYWORDS_MAX || memchr(k, '\0', f->u) != NULL)
+		return;
+	op->kw = eng_realloc(op->kw, (op->n_kw + 1) * sizeof(*op->kw));
+	op->kw[op->n_kw++] = eng_strndup(k, f->u);
+}
+
+/* The view from FETCH_META's MESSAGE groups (UID order). */
+static int select_build(select_op *op, const rpc_view *resp)
+{
+	size_t n = rpc_count(resp, RPC_T_MESSAGE);
+	imap_selected *sel = eng_calloc(1, sizeof(*sel));
+	const rpc_field *f;
+	rpc_iter it;
+
+	op->sel = sel;
+	sel->name = eng_strdup(op->info.name);
+	sel->readonly = op->readonly;
+	sel->uidvalidity = op->info.uidvalidity;
+	sel->uidnext = op->info.uidnext;
+	sel->highestmodseq = op->info.highestmodseq;
+	sel->cap = n > 0 ? n : 1;
+	sel->uids = eng_malloc(sel->cap * sizeof(*sel->uids));
+	sel->flags = eng_malloc(sel->cap * sizeof(*sel->flags));
+	rpc_iter_init(&it, resp);
+	while ((f = rpc_iter_next(&it, RPC_T_MESSAGE)) != NULL) {
+		rpc_view g = rpc_field_group(f);
+		uint32_t uid = 0, flags = 0;
+		const rpc_field *k;
+		rpc_iter ki;
+
+		if (rpc_get_u32(&g, RPC_T_UID, &uid) != 0 || uid == 0 ||
+		    (sel->n > 0 && uid <= sel->uids[sel->n - 1]))
+			return ENG_EIO;
+		rpc_get_u32(&g, RPC_T_FLAGS, &flags);
+		sel->uids[sel->n] = uid;
+		sel->flags[sel->n] = flags & ENG_F_ALL;
+		sel->n++;
+		rpc_iter_init(&ki, &g);
+		while ((k = rpc_iter_next(&ki, RPC_T_KEYWORD)) != NULL)
+			if (k->type == RPC_W_BYTES)
+				keyword_note(op, k);
+	}
+	if (sel->n > 0 && sel->uidnext <= sel->uids[sel->n - 1])
+		sel->uidnext = sel->uids[sel->n - 1] + 1;
+	return 0;
+}
+
+static void put_flag_names(eng_buf *b, const select_op *op, bool star)
+{
+	imap_put_flags(b, ENG_F_ALL, (const char *const *)op->kw, op->n_kw);
+	if (star) {
+		b->len--;    /* before the ")" */
+		eng_buf_puts(b, " \\*)");
+	}
+}
+
+static void select_write(imap_cmd *cmd)
+{
+	select_op *op = cmd->op;
+	imap_session *s = cmd->s;
+	const imap_selected *sel = op->sel;
+	bool rev2 = (s->enabled & IMAP_EN_REV2) != 0;
+	eng_buf b = ENG_BUF_INIT;
+
+	eng_buf_puts(&b, "* FLAGS ");
+	put_flag_names(&b, op, false);
+	eng_buf_puts(&b, "\r\n* OK [PERMANENTFLAGS ");
+	if (op->readonly)
+		eng_buf_puts(&b, "()");
+	else
+		put_flag_names(&b, op, true);
+	eng_buf_puts(&b, "] Flags permitted\r\n");
+	eng_buf_printf(&b, "* %zu EXISTS\r\n", sel->n);
+	if (!rev2) {
+		eng_buf_puts(&b, "* 0 RECENT\r\n");
+		for (size_t i = 0; i < sel->n; i++) {
+			if ((sel->flags[i] & ENG_F_SEEN) == 0) {
+				eng_buf_printf(&b, "* OK [UNSEEN %zu] First "
+					       "unseen\r\n", i + 1);
+				break;
+			}
+		}
+	}
+	eng_buf_printf(&b, "* OK [UIDVALIDITY %u] UIDs valid\r\n"
+		       "* OK [UIDNEXT %u] Predicted next UID\r\n"
+		       "* OK [HIGHESTMODSEQ %llu] Highest\r\n",
+		       sel->uidvalidity, sel->uidnext,
+		       (unsigned long long)sel->highestmodseq);
+	imap_write_buf(s, &b);
+	eng_buf_free(&b);
+}
+
+static void select_finish(imap_cmd *cmd)
+{
+	select_op *op = cmd->op;
+	imap_session *s = cmd->s;
+	bool readonly = op->readonly;
+
+	imap_select_set(s, op->sel);
+	op->sel = NULL;
+	select_free(cmd);
+	imap_cmd_done(cmd, IMAP_OK, readonly ? "READ-ONLY" : "READ-WRITE",
+		      "%s completed", readonly ? "EXAMINE" : "SELECT");
+}
+
+static void on_select_changes(imap_cmd *cmd, int err, const rpc_view *resp);
+
+static void on_select_meta(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	select_op *op = cmd->op;
+
+	if (cmd->aborted) {
+		select_free(cmd);
+		return;
+	}
+	if (err == 0)
+		err = select_build(op, resp);
+	if (err != 0) {
+		select_fail(cmd, err);
+		return;
+	}
+	select_write(cmd);
+	/* RFC 7162 3.2.5.2: another UIDVALIDITY makes QRESYNC moot. */
+	if (!op->qresync || op->q_uidvalidity != op->sel->uidvalidity ||
+	    op->q_modseq >= op->sel->highestmodseq) {
+		select_finish(cmd);
+		return;
+	}
+	imap_rpc_begin(cmd->s, &op->pl);
+	rpc_put_str(&op->pl, RPC_T_MAILBOX, op->sel->name);
+	rpc_put_u64(&op->pl, RPC_T_UIDVALIDITY, op->sel->uidvalidity);
+	rpc_put_u64(&op->pl, RPC_T_MODSEQ, op->q_modseq);
+	imap_mbx_call(cmd, RPC_OP_CHANGES, &op->pl, on_select_changes,
+		      select_free);
+}
+
+/* Appends "lo:hi," for the part of lo..hi not in the view. */
+static void vanished_minus_view(const imap_selected *sel, uint32_t lo,
+				uint32_t hi, eng_buf *out)
+{
+	size_t a = 0, z = sel->n;
+	uint64_t cur = lo;
+
+	while (a < z) {     /* the first view UID >= lo */
+		size_t mid = a + (z - a) / 2;
+
+		if (sel->uids[mid] < lo)
+			a = mid + 1;
+		else
+			z = mid;
+	}
+	for (; a < sel->n && sel->uids[a] <= hi; a++) {
+		if (sel->uids[a] > cur)
+			eng_buf_printf(out, "%llu:%u,", (unsigned long long)cur,
+				       sel->uids[a] - 1);
+		cur = (uint64_t)sel->uids[a] + 1;
+	}
+	if (cur <= hi)
+		eng_buf_printf(out, "%llu:%u,", (unsigned long long)cur, hi);
+}
+
+static void vanished_range(const select_op *op, uint32_t lo, uint32_t hi,
+			   eng_buf *out)
+{
+	if (!op->q_has_known) {
+		vanished_minus_view(op->sel, lo, hi, out);
+		return;
+	}
+	for (size_t i = 0; i < op->q_known.count; i++) {
+		uint32_t a = op->q_known.ranges[i].lo, z = op->q_known.ranges[i].hi;
+
+		if (a < lo)
+			a = lo;
+		if (z > hi)
+			z = hi;
+		if (a <= z)
+			vanished_minus_view(op->sel, a, z, out);
+	}
+}
+
+/* "* VANISHED (EARLIER) ..." of the UIDs expunged since the client's
+ * MODSEQ that it knows of and that are not in the view. */
+static int select_vanished(imap_cmd *cmd, const rpc_view *resp)
+{
+	select_op *op = cmd->op;
+	eng_buf set = ENG_BUF_INIT, line = ENG_BUF_INIT;
+	const rpc_field *f;
+	rpc_iter it;
+
+	rpc_iter_init(&it, resp);
+	while ((f = rpc_iter_next(&it, RPC_T_VANISHED)) != NULL) {
+		if (f->type != RPC_W_BYTES || f->u % 8 != 0) {
+			eng_buf_free(&set);
+			return ENG_EIO;
+		}
+		for (size_t i = 0; i < f->u; i += 8) {
+			const uint8_t *p = f->data + i;
+			uint32_t lo = rpc_uids_at(p, 0), hi = rpc_uids_at(p, 1);
+
+			if (lo != 0 && lo <= hi)
+				vanished_range(op, lo, hi, &set);
+		}
+	}
+	if (set.len > 0) {
+		set.data[--set.len] = '\0';  /* the last "," */
+		eng_buf_printf(&line, "* VANISHED (EARLIER) %s\r\n", set.data);
+		imap_write_buf(cmd->s, &line);
+	}
+	eng_buf_free(&set);
+	eng_buf_free(&line);
+	return 0;
+}
+
+/* "* n FETCH (UID u FLAGS (...) MODSEQ (m))" for changed messages still
+ * in the view; the view's flags are updated. */
+static void select_fetches(imap_cmd *cmd, const rpc_view *resp)
+{
+	select_op *op = cmd->op;
+	imap_selected *sel = op->sel;
+	eng_buf b = ENG_BUF_INIT;
+	const rpc_field *f;
+	rpc_iter it;
+
+	rpc_iter_init(&it, resp);
+	while ((f = rpc_iter_next(&it, RPC_T_MESSAGE)) != NULL) {
+		rpc_view g = rpc_field_group(f);
+		uint32_t uid = 0, flags = 0, seq;
+		uint64_t modseq = 0;
+		/* Keywords are copied: the field bytes have no NUL. */
+		char *kwcopy[ENG_KEYWORDS_PER_MESSAGE];
+		const char *kw[ENG_KEYWORDS_PER_MESSAGE];
+		size_t n_kw = 0;
+		const rpc_field *k;
+		rpc_iter ki;
+
+		if (rpc_get_u32(&g, RPC_T_UID, &uid) != 0 ||
+		    (seq = imap_seq_of_uid(sel, uid)) == 0)
+			continue;
+		rpc_get_u32(&g, RPC_T_FLAGS, &flags);
+		rpc_get_u64(&g, RPC_T_MODSEQ, &modseq);
+		sel->flags[seq - 1] = flags & ENG_F_ALL;
+		eng_buf_printf(&b, "* %u FETCH (UID %u FLAGS ", seq, uid);
+		rpc_iter_init(&ki, &g);
+		while ((k = rpc_iter_next(&ki, RPC_T_KEYWORD)) != NULL &&
+		       n_kw < ENG_KEYWORDS_PER_MESSAGE) {
+			if (k->type != RPC_W_BYTES)
+				continue;
+			kwcopy[n_kw] = eng_strndup((const char *)k->data, k->u);
+			kw[n_kw] = kwcopy[n_kw];
+			n_kw++;
+		}
+		imap_put_flags(&b, flags & ENG_F_ALL, kw, n_kw);
+		for (size_t i = 0; i < n_kw; i++)
+			free(kwcopy[i]);
+		eng_buf_printf(&b, " MODSEQ (%llu))\r\n",
+			       (unsigned long long)modseq);
+		imap_write_buf(cmd->s, &b);
+	}
+	eng_buf_free(&b);
+}
+
+static void on_select_changes(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	if (cmd->aborted) {
+		select_free(cmd);
+		return;
+	}
+	if (err == 0)
+		err = select_vanished(cmd, resp);
+	if (err != 0) {
+		select_fail(cmd, err);
+		return;
+	}
+	select_fetches(cmd, resp);
+	select_finish(cmd);
+}
+
+/* ---- UNSELECT, CLOSE, CHECK ---- */
+
+static void cmd_unselect(imap_cmd *cmd)
+{
+	imap_select_clear(cmd->s);
+	imap_cmd_done(cmd, IMAP_OK, NULL, "%s completed", cmd->name);
+}
+
+static void on_close_expunge(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	eng_buf *pl = cmd->op;
+
+	(void)resp;
+	eng_buf_free(pl);
+	free(pl);
+	cmd->op = NULL;
+	if (cmd->aborted)
+		return;
+	if (err != 0) {
+		/* RFC 3501 6.4.2: the mailbox is closed all the same. */
+		imap_select_clear(cmd->s);
+		imap_cmd_fail_rpc(cmd, err, "CLOSE");
+		return;
+	}
+	imap_select_clear(cmd->s);
+	imap_cmd_done(cmd, IMAP_OK, NULL, "CLOSE completed");
+}
+
+static void close_free(imap_cmd *cmd)
+{
+	eng_buf *pl = cmd->op;
+
+	eng_buf_free(pl);
+	free(pl);
+	cmd->op = NULL;
+	imap_select_clear(cmd->s);
+}
+
+/* Expunges every \Deleted message silently (no EXPUNGE / VANISHED), unless
+ * the mailbox was EXAMINEd. */
+static void cmd_close(imap_cmd *cmd)
+{
+	imap_selected *sel = cmd->s->sel;
+	eng_buf *pl;
+
+	if (sel->readonly) {
+		imap_select_clear(cmd->s);
+		imap_cmd_done(cmd, IMAP_OK, NULL, "CLOSE completed");
+		return;
+	}
+	pl = eng_calloc(1, sizeof(*pl));
+	cmd->op = pl;
+	imap_rpc_begin(cmd->s, pl);
+	rpc_put_str(pl, RPC_T_MAILBOX, sel->name);
+	rpc_put_u64(pl, RPC_T_UIDVALIDITY, sel->uidvalidity);
+	imap_mbx_call(cmd, RPC_OP_EXPUNGE, pl, on_close_expunge, close_free);
+}
+
+static void cmd_check(imap_cmd *cmd)
+{
+	/* IMAP_CF_FORCE_SYNC: imap_cmd_done brings the view up to date. */
+	imap_cmd_done(cmd, IMAP_OK, NULL, "CHECK completed");
+}
+
+/* ---- GETQUOTA, GETQUOTAROOT (RFC 9208; one root "" per account) ---- */
+
+static void on_quota(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	eng_buf *pl = cmd->op;
+	uint64_t used = 0, limit = 0;
+	eng_buf b = ENG_BUF_INIT;
+
+	eng_buf_free(pl);
+	free(pl);
+	cmd->op = NULL;
+	if (cmd->aborted)
+		return;
+	if (err == 0 && (rpc_get_u64(resp, RPC_T_QUOTA_USED, &used) != 0 ||
+			 rpc_get_u64(resp, RPC_T_QUOTA_LIMIT, &limit) != 0))
+		err = ENG_EIO;
+	if (err != 0) {
+		imap_cmd_fail_rpc(cmd, err, cmd->name);
+		return;
+	}
+	/* STORAGE is in units of 1024 octets; no limit: no resource. */
+	if (limit == 0)
+		eng_buf_puts(&b, "* QUOTA \"\" ()\r\n");
+	else
+		eng_buf_printf(&b, "* QUOTA \"\" (STORAGE %llu %llu)\r\n",
+			       (unsigned long long)((used + 1023) / 1024),
+			       (unsigned long long)(limit / 1024));
+	imap_write_buf(cmd->s, &b);
+	eng_buf_free(&b);
+	imap_cmd_done(cmd, IMAP_OK, NULL, "%s completed", cmd->name);
+}
+
+static void quota_release(imap_cmd *cmd)
+{
+	eng_buf *pl = cmd->op;
+
+	eng_buf_free(pl);
+	free(pl);
+	cmd->op = NULL;
+}
+
+static void quota_get(imap_cmd *cmd)
+{
+	eng_buf *pl = eng_calloc(1, sizeof(*pl));
+
+	cmd->op = pl;
+	imap_rpc_begin(cmd->s, pl);
+	imap_mbx_call(cmd, RPC_OP_QUOTA_GET, pl, on_quota, quota_release);
+}
+
+static void cmd_getquota(imap_cmd *cmd)
+{
+	const char *root = cmd->n_args == 1 ? imap_arg_astring(&cmd->args[0]) :
+			   NULL;
+
+	if (root == NULL) {
+		imap_cmd_done(cmd, IMAP_BAD, NULL, "Wrong arguments");
+		return;
+	}
+	if (root[0] != '\0') {
+		imap_cmd_done(cmd, IMAP_NO, "NONEXISTENT", "No such quota root");
+		return;
+	}
+	quota_get(cmd);
+}
+
+/* GETQUOTAROOT checks that the mailbox exists first (MAILBOX_STATUS). */
+static void on_quotaroot_status(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	simple_op *op = cmd->op;
+	eng_buf b = ENG_BUF_INIT;
+
+	(void)resp;
+	if (cmd->aborted) {
+		simple_free(cmd);
+		return;
+	}
+	if (err != 0) {
+		simple_free(cmd);
+		imap_cmd_fail_rpc(cmd, err, "GETQUOTAROOT");
+		return;
+	}
+	eng_buf_puts(&b, "* QUOTAROOT ");
+	imap_put_mailbox(cmd->s, &b, op->name);
+	eng_buf_puts(&b, " \"\"\r\n");
+	imap_write_buf(cmd->s, &b);
+	eng_buf_free(&b);
+	simple_free(cmd);
+	quota_get(cmd);
+}
+
+static void cmd_getquotaroot(imap_cmd *cmd)
+{
+	simple_op *op = simple_begin(cmd, 1, 1);
+
+	if (op != NULL)
+		imap_mbx_call(cmd, RPC_OP_MAILBOX_STATUS, &op->pl,
+			      on_quotaroot_status, simple_free);
+}
+
+/* ---- The table ---- */
+
+const imap_cmd_def imap_mailbox_cmds[] = {
+	{ "SELECT", cmd_select, IMAP_CF_LOGGEDIN, false },
+	{ "EXAMINE", cmd_select, IMAP_CF_LOGGEDIN, false },
+	{ "CREATE", cmd_create, IMAP_CF_LOGGEDIN, false },
+	{ "DELETE", cmd_delete, IMAP_CF_LOGGEDIN, false },
+	{ "RENAME", cmd_rename, IMAP_CF_LOGGEDIN, false },
+	{ "SUBSCRIBE", cmd_subscribe, IMAP_CF_LOGGEDIN, false },
+	{ "UNSUBSCRIBE", cmd_subscribe, IMAP_CF_LOGGEDIN, false },
+	{ "LIST", imap_cmd_list, IMAP_CF_LOGGEDIN, false },
+	{ "LSUB", imap_cmd_lsub, IMAP_CF_LOGGEDIN, false },
+	{ "STATUS", cmd_status, IMAP_CF_LOGGEDIN, false },
+	{ "APPEND", imap_cmd_append, IMAP_CF_LOGGEDIN, false },
+	{ "UNSELECT", cmd_unselect, IMAP_CF_SELECTED, false },
+	{ "CLOSE", cmd_close, IMAP_CF_SELECTED, false },
+	{ "CHECK", cmd_check, IMAP_CF_SELECTED | IMAP_CF_FORCE_SYNC, false },
+	{ "GETQUOTA", cmd_getquota, IMAP_CF_LOGGEDIN, false },
+	{ "GETQUOTAROOT", cmd_getquotaroot, IMAP_CF_LOGGEDIN, false },
+	{ NULL, NULL, 0, false },
+};
