@@ -14,26 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "buf.h"
 #include "eng_error.h"
 
-static const char b64_chars[] =
+/* Modified base64: "," stands for "/" (RFC 3501 5.1.3). */
+static const char mb64_alphabet[] =
 	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
-
-static int b64_value(char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == ',')
-		return 63;
-	return -1;
-}
 
 static bool is_printable(uint32_t c)
 {
@@ -69,47 +57,51 @@ static void put_utf8(eng_buf *b, uint32_t cp)
 
 /*
  * Decodes the base64 run in[0..len) (between "&" and "-") as UTF-16 into
- * b. Returns 0 or ENG_EMALFORMED.
+ * b. libsodium's strict decoder refuses stray sextets and non-zero
+ * padding bits; with an even byte count that is exactly "minimal".
+ * Returns 0 or ENG_EMALFORMED.
  */
 static int decode_run(const char *in, size_t len, eng_buf *b)
 {
-	uint32_t bits = 0, high = 0;
-	unsigned nbits = 0;
-	size_t units = 0;
+	char *std = eng_malloc(len + 1);
+	unsigned char *bin = eng_malloc(len);
+	size_t n = 0;
+	uint32_t high = 0;
+	int ret = ENG_EMALFORMED;
 
-	for (size_t i = 0; i < len; i++) {
-		int v = b64_value(in[i]);
-		uint32_t u;
+	/* in[len] is the "-", which stops strspn within the input. */
+	if (strspn(in, mb64_alphabet) < len)
+		goto out;
+	for (size_t i = 0; i < len; i++)
+		std[i] = in[i] == ',' ? '/' : in[i];
+	if (sodium_base642bin(bin, len, std, len, NULL, &n, NULL,
+			      sodium_base64_VARIANT_ORIGINAL_NO_PADDING) != 0 ||
+	    n == 0 || n % 2 != 0)
+		goto out;
+	for (size_t i = 0; i < n; i += 2) {
+		uint32_t u = (uint32_t)bin[i] << 8 | bin[i + 1];
 
-		if (v < 0)
-			return ENG_EMALFORMED;
-		bits = (bits << 6) | (uint32_t)v;
-		nbits += 6;
-		if (nbits < 16)
-			continue;
-		nbits -= 16;
-		u = (bits >> nbits) & 0xffff;
-		bits &= (1u << nbits) - 1;
-		units++;
 		if (high != 0) {
 			if (u < 0xdc00 || u > 0xdfff)
-				return ENG_EMALFORMED;  /* lone high surrogate */
+				goto out;  /* lone high surrogate */
 			put_utf8(b, 0x10000 + ((high - 0xd800) << 10) + (u - 0xdc00));
 			high = 0;
 		} else if (u >= 0xd800 && u <= 0xdbff) {
 			high = u;
 		} else if (u >= 0xdc00 && u <= 0xdfff) {
-			return ENG_EMALFORMED;  /* lone low surrogate */
+			goto out;  /* lone low surrogate */
 		} else if (u == 0 || is_printable(u)) {
-			return ENG_EMALFORMED;  /* NUL, or ASCII that stands for itself */
+			goto out;  /* NUL, or ASCII that stands for itself */
 		} else {
 			put_utf8(b, u);
 		}
 	}
-	/* Minimal: fewer than 6 bits left over, all zero; no dangling half. */
-	if (units == 0 || nbits >= 6 || bits != 0 || high != 0)
-		return ENG_EMALFORMED;
-	return 0;
+	if (high == 0)
+		ret = 0;
+out:
+	free(std);
+	free(bin);
+	return ret;
 }
 
 int imap_mutf7_decode(const char *in, size_t len, char **out_r)
@@ -207,37 +199,40 @@ bool imap_utf8_valid(const char *s, size_t len)
 	return true;
 }
 
-/* Writes units[0..n) as one "&...-" run. */
-static void encode_run(const uint16_t *units, size_t n, eng_buf *b)
+/* Writes the UTF-16BE bytes be[0..n) as one "&...-" run. */
+static void encode_run(const unsigned char *be, size_t n, eng_buf *b)
 {
-	uint32_t bits = 0;
-	unsigned nbits = 0;
+	size_t cap = sodium_base64_ENCODED_LEN(n,
+		sodium_base64_VARIANT_ORIGINAL_NO_PADDING);
+	char *enc = eng_malloc(cap);
 
-	eng_buf_putc(b, '&');
-	for (size_t i = 0; i < n; i++) {
-		bits = (bits << 16) | units[i];
-		nbits += 16;
-		while (nbits >= 6) {
-			nbits -= 6;
-			eng_buf_putc(b, b64_chars[(bits >> nbits) & 0x3f]);
-		}
-		bits &= (1u << nbits) - 1;
+	sodium_bin2base64(enc, cap, be, n, sodium_base64_VARIANT_ORIGINAL_NO_PADDING);
+	for (char *c = enc; *c != '\0'; c++) {
+		if (*c == '/')
+			*c = ',';
 	}
-	if (nbits > 0)
-		eng_buf_putc(b, b64_chars[(bits << (6 - nbits)) & 0x3f]);
+	eng_buf_putc(b, '&');
+	eng_buf_puts(b, enc);
 	eng_buf_putc(b, '-');
+	free(enc);
+}
+
+static void put_unit(unsigned char *be, size_t *n, uint32_t u)
+{
+	be[(*n)++] = (unsigned char)(u >> 8);
+	be[(*n)++] = (unsigned char)(u & 0xff);
 }
 
 int imap_mutf7_encode(const char *in, size_t len, char **out_r)
 {
 	const unsigned char *u = (const unsigned char *)in;
 	eng_buf b = ENG_BUF_INIT;
-	uint16_t *units = NULL;
+	unsigned char *units;   /* UTF-16BE of the pending run */
 	size_t n_units = 0, i = 0;
 
 	*out_r = NULL;
-	/* At most one UTF-16 unit per input byte. */
-	units = eng_malloc((len > 0 ? len : 1) * sizeof(*units));
+	/* At most one UTF-16 unit (two bytes) per input byte. */
+	units = eng_malloc(2 * (len > 0 ? len : 1));
 	while (i < len) {
 		uint32_t cp;
 		size_t n = utf8_next(u + i, len - i, &cp);
@@ -257,10 +252,10 @@ int imap_mutf7_encode(const char *in, size_t len, char **out_r)
 			else
 				eng_buf_putc(&b, (char)cp);
 		} else if (cp >= 0x10000) {
-			units[n_units++] = (uint16_t)(0xd800 + ((cp - 0x10000) >> 10));
-			units[n_units++] = (uint16_t)(0xdc00 + ((cp - 0x10000) & 0x3ff));
+			put_unit(units, &n_units, 0xd800 + ((cp - 0x10000) >> 10));
+			put_unit(units, &n_units, 0xdc00 + ((cp - 0x10000) & 0x3ff));
 		} else {
-			units[n_units++] = (uint16_t)cp;
+			put_unit(units, &n_units, cp);
 		}
 	}
 	if (n_units > 0)
