@@ -842,7 +842,8 @@ static void dmarc_check(const mx_auth *a, const mx_auth_input *in,
 				o->record_temp = true;
 			if (st != DNS_OK)
 				continue;
-			snprintf(one.from, sizeof one.from, "%s", doms[i]);
+			snprintf(one.from, sizeof one.from, "%.*s", DOMAIN_BYTES - 1,
+				 doms[i]);
 			dmarc_apply(in, spf, dk, &r, &one, psl);
 			if (policy_rank(one.policy) > policy_rank(o->policy)) {
 				o->policy = one.policy;
