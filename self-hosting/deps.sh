@@ -11,7 +11,7 @@ pkgs=(
 	libsqlcipher-dev sqlcipher libsodium-dev libssl-dev openssl
 	libuv1-dev libhiredis-dev libmongoc-dev libzstd-dev zlib1g-dev
 	libcurl4-openssl-dev libxml2-dev
-	libspf2-dev libopendkim-dev libopendmarc-dev
+	libspf2-dev libopendkim-dev libopendmarc-dev publicsuffix
 	redis-server
 )
 if [ "${1:-}" = "--test" ]; then
