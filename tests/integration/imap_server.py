@@ -95,9 +95,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def port_open(port):
+def port_open(port, host="127.0.0.1"):
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -273,9 +273,9 @@ class ImapServer:
             self.sqlited.kill()
             self.sqlited.wait()
 
-    def _start_imapd(self, conf, imaps_port, imap_port, name):
+    def _start_imapd(self, conf, imaps_port, imap_port, name, host="127.0.0.1"):
         p = self._spawn([IMAPD, "--config", conf], name)
-        ok = wait_for(lambda: (port_open(imaps_port) and port_open(imap_port))
+        ok = wait_for(lambda: (port_open(imaps_port, host) and port_open(imap_port, host))
                       or p.poll() is not None)
         if not ok or p.poll() is not None:
             raise RuntimeError(name + " did not start: " + self.log_text()[-2000:])
@@ -290,7 +290,8 @@ class ImapServer:
         extra = dict(self.extra)
         extra.update(config or {})
         self._write_conf(conf, ports[0], ports[1], extra)
-        self._start_imapd(conf, ports[0], ports[1], f"imapd-{n}")
+        self._start_imapd(conf, ports[0], ports[1], f"imapd-{n}",
+                          extra.get("listen_address", "127.0.0.1"))
         return ports
 
     def imapd_pid(self, i=0):
