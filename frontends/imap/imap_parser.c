@@ -757,10 +757,10 @@ static bool on_name(imap_parser *p, uint8_t c, imap_event *ev)
 static bool on_raw(imap_parser *p, uint8_t c, imap_event *ev)
 {
 	if (c == '\n') {
+		buf_putc(p, '\0');  /* first: it may move buf */
 		ev->kind = IMAP_EV_LINE;
 		ev->data = (const uint8_t *)p->buf;
-		ev->len = p->blen;
-		buf_putc(p, '\0');
+		ev->len = p->blen - 1;
 		p->errors = 0;
 		p->reset = RESET_ALL;
 		p->state = S_START;

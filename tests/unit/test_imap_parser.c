@@ -367,6 +367,27 @@ static void test_id_auth_idle(void **state)
 	       "CMD a6 IDLE\n"
 	       "LINE (\"{5}\n");
 	expect("a7 IDLE\n\n", "CMD a7 IDLE\nLINE \n");
+	/* Raw lines that end where the buffer grows (256, 512, 1024). */
+	for (size_t n = 250; n < 1030; n++) {
+		struct setup su = defaults();
+		eng_buf in = ENG_BUF_INIT, want = ENG_BUF_INIT;
+
+		if (n == 262)
+			n = 506;
+		else if (n == 518)
+			n = 1018;
+		eng_buf_puts(&in, "a IDLE\r\n");
+		eng_buf_puts(&want, "CMD a IDLE\nLINE ");
+		for (size_t i = 0; i < n; i++) {
+			eng_buf_putc(&in, 'x');
+			eng_buf_putc(&want, 'x');
+		}
+		eng_buf_puts(&in, "\r\n");
+		eng_buf_putc(&want, '\n');
+		expect_with(&su, in.data, in.len, want.data);
+		eng_buf_free(&in);
+		eng_buf_free(&want);
+	}
 }
 
 static void test_append(void **state)
