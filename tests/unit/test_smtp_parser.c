@@ -24,6 +24,7 @@
 #include "testutil.h"
 
 #include "smtp_parser.h"
+#include "smtp_reference.h"
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 
@@ -438,46 +439,12 @@ static void test_sasl_line_and_reset(void **state)
 
 /* ---- DATA ---- */
 
-/*
- * The rules, not incrementally: the message ends at the first ".\r\n" at
- * the start of the input or right after a "\r\n"; before it, a '.' at
- * such a line start is removed; a CR not followed by LF or an LF not
- * preceded by CR is bare. Returns the bytes consumed (0: no end).
- */
-static size_t reference_data(const uint8_t *in, size_t len, eng_buf *out,
-			     unsigned *err_r)
-{
-	size_t t;
-
-	*err_r = 0;
-	for (t = 0; t + 3 <= len; t++) {
-		bool line_start = t == 0 || (t >= 2 && in[t - 2] == '\r' && in[t - 1] == '\n');
-
-		if (line_start && memcmp(in + t, ".\r\n", 3) == 0)
-			break;
-	}
-	if (t + 3 > len)
-		return 0;
-	for (size_t i = 0; i < t; i++) {
-		bool line_start = i == 0 || (i >= 2 && in[i - 2] == '\r' && in[i - 1] == '\n');
-
-		if (in[i] == '\r' && (i + 1 >= len || in[i + 1] != '\n'))
-			*err_r |= SMTP_DATA_BARE_CR;
-		if (in[i] == '\n' && (i == 0 || in[i - 1] != '\r'))
-			*err_r |= SMTP_DATA_BARE_LF;
-		if (line_start && in[i] == '.')
-			continue;
-		eng_buf_putc(out, (char)in[i]);
-	}
-	return t + 3;
-}
-
 /* "DATA\r\n" + body + "QUIT\r\n": the transcript must match the reference. */
 static void expect_data(const char *body, size_t body_len)
 {
 	eng_buf in = ENG_BUF_INIT, want = ENG_BUF_INIT, msg = ENG_BUF_INIT;
 	unsigned err;
-	size_t used = reference_data((const uint8_t *)body, body_len, &msg, &err);
+	size_t used = smtp_reference_data((const uint8_t *)body, body_len, &msg, &err);
 	char *got;
 
 	assert_true(used > 0);
@@ -705,7 +672,7 @@ static void test_data_random(void **state)
 		for (int i = 0; i < count; i++)
 			eng_buf_puts(&body, pieces[rng() % (sizeof(pieces) / sizeof(pieces[0]))]);
 		eng_buf_puts(&body, "\r\n.\r\n");
-		if (reference_data((const uint8_t *)body.data, body.len, &msg, &err) > 0)
+		if (smtp_reference_data((const uint8_t *)body.data, body.len, &msg, &err) > 0)
 			expect_data(body.data, body.len);
 		eng_buf_free(&body);
 		eng_buf_free(&msg);
