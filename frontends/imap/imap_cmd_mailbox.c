@@ -756,6 +756,15 @@ static void on_select_meta(imap_cmd *cmd, int err, const rpc_view *resp)
 		      select_free);
 }
 
+static void put_range(eng_buf *out, uint64_t lo, uint64_t hi)
+{
+	if (lo == hi)
+		eng_buf_printf(out, "%llu,", (unsigned long long)lo);
+	else
+		eng_buf_printf(out, "%llu:%llu,", (unsigned long long)lo,
+			       (unsigned long long)hi);
+}
+
 /* Appends "lo:hi," for the part of lo..hi not in the view. */
 static void vanished_minus_view(const imap_selected *sel, uint32_t lo,
 				uint32_t hi, eng_buf *out)
@@ -773,12 +782,11 @@ static void vanished_minus_view(const imap_selected *sel, uint32_t lo,
 	}
 	for (; a < sel->n && sel->uids[a] <= hi; a++) {
 		if (sel->uids[a] > cur)
-			eng_buf_printf(out, "%llu:%u,", (unsigned long long)cur,
-				       sel->uids[a] - 1);
+			put_range(out, cur, sel->uids[a] - 1);
 		cur = (uint64_t)sel->uids[a] + 1;
 	}
 	if (cur <= hi)
-		eng_buf_printf(out, "%llu:%u,", (unsigned long long)cur, hi);
+		put_range(out, cur, hi);
 }
 
 static void vanished_range(const select_op *op, uint32_t lo, uint32_t hi,
