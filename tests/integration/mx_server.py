@@ -160,7 +160,7 @@ class RawSmtp:
 
 
 class MxServer:
-    def __init__(self, config=None, pop3=False, start=True):
+    def __init__(self, config=None, pop3=False, start=True, data_dir=None):
         if not built():
             raise unittest.SkipTest("sealmail-mx, sqlited, sealmail or redis-server is missing")
         self.extra = dict(config or {})
@@ -172,7 +172,7 @@ class MxServer:
         self._tmp = None
         if start:
             try:
-                self.start()
+                self.start(data_dir)
             except BaseException:
                 self.stop()
                 raise
