@@ -215,14 +215,16 @@ static void call(imap_cmd *cmd, uint16_t opcode, imap_rpc_cb *cb,
 		 const char *what)
 {
 	msg_op *op = cmd->op;
+	eng_buf pl = op->payload;    /* op belongs to the callback now */
 	int err;
 
-	if (op->payload.len > PAYLOAD_MAX) {
+	if (pl.len > PAYLOAD_MAX) {
 		finish(cmd, IMAP_NO, "LIMIT", "Request too large");
 		return;
 	}
-	err = imap_rpc_call(cmd, opcode, &op->payload, NULL, cb);
-	eng_buf_free_wipe(&op->payload);
+	memset(&op->payload, 0, sizeof(op->payload));
+	err = imap_rpc_call(cmd, opcode, &pl, NULL, cb);
+	eng_buf_free_wipe(&pl);
 	if (err != 0)
 		fail_rpc(cmd, err, what);
 }
@@ -394,37 +396,6 @@ static void put_program(imap_cmd *cmd, msg_op *op)
 		rpc_put_uids(&op->payload, RPC_T_SEQ_MAP, sel->uids, sel->n);
 }
 
-/*
- * Parses a program; on failure answers (BAD, NO [BADCHARSET], NO [LIMIT])
- * and returns false.
- */
-static bool parse_program(imap_cmd *cmd, msg_op *op, const imap_arg *args,
-			  size_t n, enum imap_search_syntax syntax)
-{
-	imap_session *s = cmd->s;
-	imap_search_in in = { syntax, NULL, 0 };
-	int st;
-
-	if (s->sel->has_saved) {
-		in.saved = s->sel->saved;
-		in.n_saved = s->sel->n_saved;
-	}
-	st = imap_search_parse(args, n, &in, &op->prog);
-	if (st == IMAP_SEARCH_OK)
-		return true;
-	if (op->prog.has_return)
-		op->ret = op->prog.ret;
-	if (st == IMAP_SEARCH_BADCHARSET)
-		finish(cmd, IMAP_NO, "BADCHARSET (UTF-8 US-ASCII)",
-		       op->prog.error);
-	else if (st == IMAP_SEARCH_TOO_COMPLEX)
-		finish(cmd, IMAP_NO, "LIMIT", op->prog.error);
-	else
-		finish(cmd, IMAP_BAD, NULL, op->prog.error != NULL ?
-		       op->prog.error : "Invalid search program");
-	return false;
-}
-
 /* RFC 5182: a SEARCH with SAVE that fails leaves "$" empty. */
 static void saved_clear(imap_session *s)
 {
@@ -448,6 +419,40 @@ static void saved_set(imap_session *s, const uint32_t *uids, size_t n)
 	if (n > 1)
 		qsort(sel->saved, n, sizeof(uint32_t), u32_cmp);
 	sel->n_saved = n;
+}
+
+/*
+ * Parses a program; on failure answers (BAD, NO [BADCHARSET], NO [LIMIT])
+ * and returns false.
+ */
+static bool parse_program(imap_cmd *cmd, msg_op *op, const imap_arg *args,
+			  size_t n, enum imap_search_syntax syntax)
+{
+	imap_session *s = cmd->s;
+	imap_search_in in = { syntax, NULL, 0 };
+	int st;
+
+	if (s->sel->has_saved) {
+		in.saved = s->sel->saved;
+		in.n_saved = s->sel->n_saved;
+	}
+	st = imap_search_parse(args, n, &in, &op->prog);
+	if (st == IMAP_SEARCH_OK)
+		return true;
+	/* RFC 5182: a SEARCH (or SORT) with SAVE that fails empties "$". */
+	if (op->prog.has_return)
+		op->ret = op->prog.ret;
+	if ((op->ret & IMAP_RET_SAVE) != 0)
+		saved_clear(s);
+	if (st == IMAP_SEARCH_BADCHARSET)
+		finish(cmd, IMAP_NO, "BADCHARSET (UTF-8 US-ASCII)",
+		       op->prog.error);
+	else if (st == IMAP_SEARCH_TOO_COMPLEX)
+		finish(cmd, IMAP_NO, "LIMIT", op->prog.error);
+	else
+		finish(cmd, IMAP_BAD, NULL, op->prog.error != NULL ?
+		       op->prog.error : "Invalid search program");
+	return false;
 }
 
 /* ---- SEARCH and SORT answers ---- */
@@ -610,11 +615,8 @@ static void cmd_search(imap_cmd *cmd)
 	imap_session *s = cmd->s;
 
 	if (!parse_program(cmd, op, cmd->args, cmd->n_args,
-			   IMAP_SYNTAX_SEARCH)) {
-		if ((op->ret & IMAP_RET_SAVE) != 0)
-			saved_clear(s);
+			   IMAP_SYNTAX_SEARCH))
 		return;
-	}
 	op->ret = op->prog.has_return ? op->prog.ret : IMAP_RET_ALL;
 	op->esearch = op->prog.has_return || (s->enabled & IMAP_EN_REV2) != 0;
 	run_program(cmd, op, RPC_OP_SEARCH, NULL, 0, 0, on_search, "SEARCH");
@@ -647,11 +649,8 @@ static void cmd_sort(imap_cmd *cmd)
 	}
 	i++;
 	if (!parse_program(cmd, op, a + i, n - i,
-			   IMAP_SYNTAX_CHARSET_FIRST)) {
-		if ((op->ret & IMAP_RET_SAVE) != 0)
-			saved_clear(cmd->s);
+			   IMAP_SYNTAX_CHARSET_FIRST))
 		return;
-	}
 	run_program(cmd, op, RPC_OP_SORT, keys, n_keys, 0, on_sort, "SORT");
 }
 
