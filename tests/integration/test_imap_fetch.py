@@ -284,6 +284,13 @@ DIVERGENT = {
 }
 
 
+def assert_clean_log(tc, srv):
+    """No sanitizer report in any daemon's log (the ASan build)."""
+    log = srv.log_text()
+    for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:"):
+        tc.assertNotIn(bad, log)
+
+
 def rss_kib(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -334,6 +341,7 @@ class FetchTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.srv.stop()
+        assert_clean_log(unittest.TestCase(), cls.srv)
 
     def setUp(self):
         self.c = self.srv.login(ADDR, PW)
@@ -712,6 +720,7 @@ class FetchChangesTest(unittest.TestCase):
                 self.assertNotIn("VANISHED", c.untagged_responses)
             finally:
                 c.logout()
+        assert_clean_log(self, srv)
 
 
 class FetchLargeTest(unittest.TestCase):
@@ -778,6 +787,7 @@ class FetchLargeTest(unittest.TestCase):
                 self.assertLess(grew, 10 * 1024)
             finally:
                 r.close()
+        assert_clean_log(self, srv)
 
 
 class FetchManyTest(unittest.TestCase):
@@ -811,6 +821,7 @@ class FetchManyTest(unittest.TestCase):
                       f"{dt * 1000:.0f} ms", file=sys.stderr)
             finally:
                 c.logout()
+        assert_clean_log(self, srv)
 
 
 if __name__ == "__main__":
