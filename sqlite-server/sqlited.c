@@ -18,6 +18,7 @@
 #include "eng_error.h"
 #include "keys.h"
 #include "secrets.h"
+#include "srv_outbound.h"
 #include "srv.h"
 #include "srv_alias.h"
 #include "srv_net.h"
@@ -141,6 +142,8 @@ int main(int argc, char **argv)
 			cfg->data_dir, eng_strerror(rc));
 		goto out_loop;
 	}
+	/* The forward queue: counts what is queued; keys at first use. */
+	srv_outbound_new(cfg->data_dir, &d.s.outbound);
 	srv_alias_config_default(&acfg);
 	acfg.data_dir = cfg->data_dir;
 	acfg.cache_size = (unsigned)cfg->db_cache_size;
@@ -183,6 +186,7 @@ out_net:
 	srv_net_free(&d.s);
 	srv_aliases_free(&d.s.aliases);
 out_dir:
+	srv_outbound_free(&d.s.outbound);
 	dir_close(&d.s.dir);
 out_loop:
 	free(d.s.tmp_dir);

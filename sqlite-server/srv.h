@@ -62,6 +62,8 @@ struct srv {
 	bool shutting_down;
 	bool backup_busy;            /* a staging copy or a scheduled backup runs */
 	srv_net *net;                /* the network core (srv_net.h); NULL until started */
+	/* The forward queue (srv_outbound.h); NULL: forwards answer EUNAVAILABLE. */
+	struct srv_outbound *outbound;
 	/* Counters for STATS. */
 	uint64_t requests, errors, bytes_in, bytes_out;
 	unsigned connections;

@@ -6,6 +6,7 @@
 #include "srv.h"
 #include "srv_net.h"
 #include "srv_private.h"
+#include "srv_outbound.h"
 
 #include <string.h>
 
@@ -68,6 +69,7 @@ void srv_op_stats(srv_req *req)
 	put_stat(b, "bytes_in", s->bytes_in);
 	put_stat(b, "bytes_out", s->bytes_out);
 	put_alias_stats(s, b);
+	put_stat(b, "outbound_queued", srv_outbound_queued(s->outbound));
 	srv_reply(req);
 }
 
@@ -96,6 +98,7 @@ void srv_op_server_status(srv_req *req)
 	put_stat(b, "connections_open", srv_net_open_connections(s));
 	put_stat(b, "requests_in_flight", srv_net_in_flight(s));
 	put_alias_stats(s, b);
+	put_stat(b, "outbound_queued", srv_outbound_queued(s->outbound));
 	eng_buf_free(&name);
 	srv_reply(req);
 }

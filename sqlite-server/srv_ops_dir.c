@@ -30,10 +30,14 @@
  * data_dir/delivered/<alias id>/<BLAKE2b-256 of the key, hex>, and are
  * pruned after DELIVER_KEY_TTL_SECONDS (longer than any MX retries).
  *
- * Forwarding: the outbound queue does not exist yet, so a recipient that
- * is only a forward is answered RPC_EUNAVAILABLE (temporary: the MX says
- * 451 and the sender retries) rather than accepted and lost. A recipient
- * that is both a mailbox and a forward gets its mailbox copy and QUEUED 0.
+ * Forwarding (kind forward, or both): after the mailbox copy (if any),
+ * one entry for all the alias's targets goes into the sealed outbound
+ * queue (srv_outbound.h: SRS-rewritten sender, tmp + fsync + rename +
+ * directory fsync), then the idempotency record: the answer (QUEUED n,
+ * n = the targets) follows both commits. A keyed forward's entry is named
+ * by the alias id and the key, so a retry replaces it: queued once.
+ * Without a queue (s->outbound NULL: unit fixtures) a forward-only
+ * recipient is RPC_EUNAVAILABLE and a both alias gets QUEUED 0.
  *
  * Passwords. Generated passwords and the passwords of requests live in
  * secret memory (eng_secret_new) and are wiped when the request is done;
@@ -44,6 +48,7 @@
 #include "eng_fs.h"
 #include "keys.h"
 #include "spool.h"
+#include "srv_outbound.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -74,6 +79,8 @@ srv_handler_fn srv_op_app_password_revoke;
 /* Passwords chosen by a person, for ALIAS_ADD and ALIAS_PASSWD. */
 #define MIN_PASSWORD_LEN 8
 #define IDEMPOTENCY_KEY_MAX 128
+/* An envelope sender: RFC 5321's path is at most 256 octets. */
+#define SENDER_MAX 512
 #define DELIVER_KEY_TTL_SECONDS (14 * 24 * 3600)
 /* Compare-and-swap retries of a keyring change before giving up. */
 #define KEYRING_CAS_TRIES 8
@@ -287,10 +294,13 @@ struct deliver_op {
 	uint8_t *key;            /* idempotency key, or NULL */
 	size_t key_len;
 	int64_t internal_date;
+	char *sender;            /* SENDER, "" = the null sender */
 	/* Results. */
 	char alias_id[DIR_ID_HEX_LEN + 1];
 	char *alias_address;
 	bool duplicate;
+	bool mailbox;            /* a mailbox copy was (or had been) stored */
+	uint64_t queued;         /* forward copies queued */
 };
 
 /* data_dir/delivered/<alias id>[/<key hash>] */
@@ -392,54 +402,50 @@ static void spool_id_for_key(const char *alias_id, const uint8_t *key,
 	sodium_bin2hex(id_r, ENG_SPOOL_ID_LEN + 1, h, sizeof(h));
 }
 
-/* Streams the sealed request body into a spool entry and commits it. */
+/* Seals the request body into a spool entry and commits it. */
 static int spool_body(struct deliver_op *op, const dir_resolved *r,
 		      char spool_id_r[ENG_SPOOL_ID_LEN + 1])
 {
-	srv_body_reader *br = NULL;
 	eng_spool_writer *w = NULL;
-	uint8_t *chunk = NULL;
 	char *spool_dir;
 	char id[ENG_SPOOL_ID_LEN + 1];
-	long n;
 	int err;
 
 	if (asprintf(&spool_dir, "%s/spool/%s", op->srv->cfg->data_dir,
 		     r->id) < 0)
 		eng_oom(0);
-	if ((err = srv_body_open(op->req->body, &br)) != 0)
-		goto out;
 	if (op->key != NULL)
 		spool_id_for_key(r->id, op->key, op->key_len, id);
 	if ((err = eng_spool_writer_open_id(spool_dir, r->public_key,
 					    op->internal_date, 0,
 					    op->key != NULL ? id : NULL,
-					    &w)) != 0)
+					    &w)) != 0 ||
+	    (err = srv_body_copy(op->req->body, w)) != 0)
 		goto out;
-	chunk = eng_malloc(BODY_CHUNK);
-	while ((n = srv_body_read(br, chunk, BODY_CHUNK)) > 0) {
-		if ((err = eng_spool_write(w, chunk, (size_t)n)) != 0)
-			goto out;
-	}
-	if (n < 0) {
-		/* Our own sealed temporary file failed its check: a local
-		 * fault, temporary from the sender's point of view. */
-		eng_log(ENG_LOG_ERROR, "deliver: the received body failed its "
-			"check: %s", eng_strerror((int)n));
-		err = ENG_EIO;
-		goto out;
-	}
 	err = eng_spool_commit(&w, spool_id_r);
 out:
 	eng_spool_abort(&w);
-	if (chunk != NULL) {
-		/* It held message bytes in the clear. */
-		sodium_memzero(chunk, BODY_CHUNK);
-		free(chunk);
-	}
-	srv_body_reader_free(&br);
 	free(spool_dir);
 	return err;
+}
+
+/* One outbound entry for the alias's forward targets. */
+static int queue_forward(struct deliver_op *op, const dir_resolved *r)
+{
+	const char *at = strrchr(r->address, '@');
+	srv_outbound_req q = {
+		.sender = op->sender,
+		.recipient = op->address,
+		.alias_id = r->id,
+		.alias_domain = at != NULL ? at + 1 : "",
+		.targets = (const char *const *)r->forwards,
+		.n_targets = r->n_forwards,
+		.internal_date = op->internal_date,
+		.key = op->key,
+		.key_len = op->key_len,
+	};
+
+	return srv_outbound_queue(op->srv->outbound, &q, op->req->body);
 }
 
 static int deliver_work(void *ctx)
@@ -450,17 +456,23 @@ static int deliver_work(void *ctx)
 	char spool_id[ENG_SPOOL_ID_LEN + 1];
 	pthread_mutex_t *lock = NULL;
 	char *path = NULL;
+	bool forward;
 	int err;
 
+	memset(spool_id, '0', ENG_SPOOL_ID_LEN);
+	spool_id[ENG_SPOOL_ID_LEN] = '\0';
 	if ((err = dir_resolve(op->srv->dir, op->address, &r)) != 0)
 		return err;
-	if ((r.kind & DIR_MAILBOX) == 0) {
-		eng_log(ENG_LOG_WARN, "deliver to alias %s: forwarding is not "
-			"implemented yet; answered as a temporary failure", r.id);
+	forward = (r.kind & DIR_FORWARD) != 0 && r.n_forwards > 0 &&
+		  op->srv->outbound != NULL;
+	op->mailbox = (r.kind & DIR_MAILBOX) != 0;
+	if (!op->mailbox && !forward) {
+		eng_log(ENG_LOG_WARN, "deliver to alias %s: no outbound queue; "
+			"answered as a temporary failure", r.id);
 		err = RPC_EUNAVAILABLE;
 		goto out;
 	}
-	if (!r.has_public_key) {
+	if (op->mailbox && !r.has_public_key) {
 		eng_log(ENG_LOG_ERROR, "deliver to alias %s: mailbox without "
 			"a public key", r.id);
 		err = ENG_ECORRUPT;
@@ -477,11 +489,20 @@ static int deliver_work(void *ctx)
 		pthread_mutex_lock(lock);
 		if (access(path, F_OK) == 0) {
 			op->duplicate = true;
+			op->queued = forward ? r.n_forwards : 0;
 			goto out;
 		}
 	}
-	if ((err = spool_body(op, &r, spool_id)) != 0)
+	if (op->mailbox && (err = spool_body(op, &r, spool_id)) != 0)
 		goto out;
+	if (forward) {
+		if ((err = queue_forward(op, &r)) != 0) {
+			eng_log(ENG_LOG_WARN, "deliver to alias %s: forward not "
+				"queued: %s", r.id, eng_strerror(err));
+			goto out;
+		}
+		op->queued = r.n_forwards;
+	}
 	if (op->key != NULL &&
 	    (err = key_record(data_dir, r.id, op->key, op->key_len,
 			      spool_id)) != 0) {
@@ -555,6 +576,7 @@ static void deliver_op_free(struct deliver_op *op)
 	free(op->address);
 	free(op->key);
 	free(op->alias_address);
+	free(op->sender);
 	free(op);
 }
 
@@ -570,10 +592,11 @@ static void deliver_done(void *ctx, int result)
 		deliver_op_free(op);
 		return;
 	}
-	rpc_put_str(&req->reply, RPC_T_DELIVERED, op->alias_address);
-	rpc_put_u64(&req->reply, RPC_T_QUEUED, 0);
+	if (op->mailbox)
+		rpc_put_str(&req->reply, RPC_T_DELIVERED, op->alias_address);
+	rpc_put_u64(&req->reply, RPC_T_QUEUED, op->queued);
 	srv_reply(req);
-	if (!op->duplicate) {
+	if (!op->duplicate && op->mailbox) {
 		/* Into INBOX now if the alias is open; a locked alias keeps it
 		 * sealed until its next unlock drains the spool. */
 		d = eng_calloc(1, sizeof(*d));
@@ -609,6 +632,21 @@ void srv_op_deliver(srv_req *req)
 		goto fail;
 	if (op->internal_date <= 0)
 		op->internal_date = (int64_t)time(NULL);
+	/* SENDER: absent = the null sender; no control characters. */
+	if ((err = arg_str(req, RPC_T_SENDER, false, &op->sender)) != 0)
+		goto fail;
+	if (op->sender == NULL)
+		op->sender = eng_strdup("");
+	for (const char *c = op->sender; *c != '\0'; c++) {
+		if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+			err = ENG_EINVAL;
+			goto fail;
+		}
+	}
+	if (strlen(op->sender) > SENDER_MAX) {
+		err = ENG_EINVAL;
+		goto fail;
+	}
 	err = rpc_get_bytes(&req->args, RPC_T_IDEMPOTENCY_KEY, &key,
 			    &op->key_len);
 	if (err == 0) {
