@@ -16,7 +16,7 @@ pkgs=(
 )
 if [ "${1:-}" = "--test" ]; then
 	pkgs+=(libcmocka-dev python3 libpython3.11-testsuite util-linux fetchmail curl awscli
-		isync swaks dnsmasq-base opendkim-tools iproute2 postfix)
+		isync swaks dnsmasq-base opendkim-tools iproute2 postfix postsrsd)
 fi
 if [ "${1:-}" = "--bench" ]; then
 	pkgs+=(dovecot-imapd dovecot-lmtpd postfix isync)
@@ -36,6 +36,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "deps.sh: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
+# postsrsd (tests) cross-checks sqlited's SRS addresses (test_forward_queue.py).
 # postfix is installed for its smtp-source load generator (tests) and as
 # the comparison in bench/: it must not configure itself as this machine's
 # mailer, and neither it nor dovecot may start as a system service here.

@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "cli_admin.h"
 #include "cli_backup.h"
+#include "cli_queue.h"
 #include "eng_error.h"
 
 struct cli_command {
@@ -72,6 +73,10 @@ static const struct cli_command commands[] = {
 	  "restore a snapshot (default: the newest) into the configured data\n"
 	  "directory, with sqlited stopped. Every file is verified before\n"
 	  "anything is replaced. Needs the same backup_key_file as the backup" },
+	{ "queue", cli_cmd_queue, "list | show ID  --config FILE",
+	  "the outbound queue (forwards waiting to be sent), read from the data\n"
+	  "directory with the queue key: list its entries (sender, targets,\n"
+	  "size), or show one entry's envelope and message" },
 	{ "version", cmd_version, "", "print the version of sealmail and its libraries" },
 	{ "help", cmd_help, "[COMMAND]", "show this help, or the help of one command" },
 };
