@@ -152,6 +152,7 @@ struct fetch_op {
 	int end_err;                 /* != 0: imap_cmd_fail_rpc */
 	bool need_space;             /* an item was written for this message */
 	bool pumping;
+	bool repump;                 /* woken while pumping: go round again */
 	/* The message being written. */
 	enum hstage stage;
 	size_t item;
@@ -208,10 +209,12 @@ static void op_free(fetch_op *op)
 	free(op);
 }
 
-/* Cancels the requests whose id is known (the others are short). */
+/* Cancels the requests whose id is known (the others are short). Their
+ * callbacks run inside rpc_client_cancel: the extra count keeps op. */
 static void cancel_open(fetch_op *op)
 {
-	for (size_t i = 0; i < FETCH_REQS && op->inflight > 0; i++) {
+	op->inflight++;
+	for (size_t i = 0; i < FETCH_REQS; i++) {
 		freq *r = &op->reqs[i];
 
 		if (r->used && r->has_id && !r->ended) {
@@ -219,6 +222,7 @@ static void cancel_open(fetch_op *op)
 			rpc_client_cancel(op->s->d->rpc, r->id);
 		}
 	}
+	op->inflight--;
 }
 
 /*
@@ -287,11 +291,14 @@ static bool rpc_back(fetch_op *op)
  * completed, so the connection is dropped. */
 static void fail_midstream(fetch_op *op, int err)
 {
+	sm_net_conn *c = op->s->c;
+
 	eng_log(ENG_LOG_WARN, "imap: FETCH failed in the middle of a literal: %s",
 		rpc_strerror(err));
-	if (op->s->c != NULL)
-		sm_net_abort(op->s->c);
 	finish(op, IMAP_NO, "UNAVAILABLE", "FETCH failed");
+	/* op may be gone; the connection is still the session's. */
+	if (c != NULL)
+		sm_net_abort(c);
 }
 
 /* ---- RPC plumbing ---- */
@@ -684,6 +691,8 @@ static int b_data(fetch_op *op, uint32_t id, const rpc_view *head,
 		imap_cte_feed(&op->cte, data, len, &op->dec);
 		if (end)
 			imap_cte_finish(&op->cte, &op->dec);
+		if (op->dec.len > 0 && memchr(op->dec.data, '\0', op->dec.len))
+			op->literal8 = true;   /* RFC 3516: NULs need literal8 */
 		op->decoded += op->dec.len;
 		eng_buf_reset(&op->dec);
 		return 0;
@@ -1179,10 +1188,15 @@ static void pump(fetch_op *op)
 {
 	int rc;
 
-	if (op->finished || op->aborted || op->pumping)
+	if (op->finished || op->aborted)
 		return;
+	if (op->pumping) {
+		op->repump = true;
+		return;
+	}
 	op->pumping = true;
 	for (;;) {
+		op->repump = false;
 		if ((rc = fill_pipeline(op)) != 0) {
 			op->pumping = false;
 			finish_rpc_error(op, rc);
@@ -1194,8 +1208,11 @@ static void pump(fetch_op *op)
 			return;
 		}
 		if (op->held || (op->stage == HS_START &&
-				 imap_write_blocked(op->s)))
+				 imap_write_blocked(op->s))) {
+			if (op->repump)
+				continue;
 			break;
+		}
 		if (op->stage == HS_START && op->msgs[op->cur].seq == 0) {
 			next_message(op);
 			continue;
@@ -1203,7 +1220,7 @@ static void pump(fetch_op *op)
 		rc = run_message(op);
 		if (rc < 0)
 			return;      /* finished: op may be gone */
-		if (rc == 0)
+		if (rc == 0 && !op->repump)
 			break;
 	}
 	op->pumping = false;

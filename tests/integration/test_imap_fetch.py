@@ -124,6 +124,34 @@ MALFORMED = (b"From: broken@example.org\r\n"
              b"no boundary ever matches\r\n"
              b"trailing line without end")
 
+HTML_ONLY = (b"From: h@example.org\r\n"
+             b"Subject: html only\r\n"
+             b"Content-Type: text/html; charset=iso-8859-1\r\n"
+             b"Content-Transfer-Encoding: quoted-printable\r\n"
+             b"\r\n"
+             b"<html><head><style>p {color: red}</style></head>\r\n"
+             b"<body><p>Caf=E9&nbsp;&amp;\r\n   <b>cr=E8me</b></p><!-- hidden --></body></html>\r\n")
+
+
+def big_base64():
+    """An attachment over the in-memory decoding bound (two passes)."""
+    import base64
+    blob = bytes((i * 7 + (i >> 9)) & 0xff for i in range(3 * 1024 * 1024 + 5))
+    b64 = base64.encodebytes(blob).replace(b"\n", b"\r\n")
+    return (b"From: big@example.org\r\n"
+            b"Subject: big attachment\r\n"
+            b"Content-Type: multipart/mixed; boundary=zz\r\n"
+            b"\r\n"
+            b"--zz\r\n"
+            b"Content-Type: text/plain\r\n"
+            b"\r\n"
+            b"see attachment\r\n"
+            b"--zz\r\n"
+            b"Content-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: base64\r\n"
+            b"\r\n" + b64 + b"--zz--\r\n"), blob
+
+
 UNKNOWN_CTE = (b"From: u@example.org\r\n"
                b"Subject: uuencoded\r\n"
                b"Content-Type: application/octet-stream\r\n"
@@ -312,7 +340,9 @@ class FetchTest(unittest.TestCase):
                         with open(os.path.join(PY_DATA, name), "rb") as f:
                             cls.corpus.append((name, f.read()))
             cls.nested, cls.blob = nested_message()
+            cls.big, cls.big_blob = big_base64()
             for name, raw in (("alternative", ALTERNATIVE), ("nested", cls.nested),
+                              ("html_only", HTML_ONLY), ("big_b64", cls.big),
                               ("eightbit", EIGHTBIT), ("malformed", MALFORMED),
                               ("unknown_cte", UNKNOWN_CTE)):
                 cls.corpus.append((name, raw))
@@ -563,6 +593,18 @@ class FetchTest(unittest.TestCase):
         self.assertEqual(d["BINARY[3]"], "Résumé = ok".encode("latin-1"))
         self.assertEqual(d["BINARY[2.2]<250>"], self.blob[250:270])
 
+    def test_binary_large_two_passes(self):
+        seq = self.seq_of("big_b64")
+        n = len(self.big_blob)
+        d = self.fetch1(seq, "(BINARY.SIZE[2] BINARY.PEEK[2] BINARY.PEEK[2]<%d.100> "
+                        "BINARY.PEEK[2]<%d.100>)" % (n - 7, n + 1))
+        self.assertEqual(int(d["BINARY.SIZE[2]"]), n)
+        self.assertEqual(hashlib.sha256(d["BINARY[2]"]).hexdigest(),
+                         hashlib.sha256(self.big_blob).hexdigest())
+        self.assertEqual(d["BINARY[2]<%d>" % (n - 7)], self.big_blob[-7:])
+        self.assertEqual(d["BINARY[2]<%d>" % (n + 1)], b"")
+        self.assertNotIn(b"\\Seen", self.flags_of(seq))
+
     def test_binary_unknown_cte(self):
         seq = self.seq_of("unknown_cte")
         typ, data = self.c.fetch(str(seq), "BINARY.PEEK[1]")
@@ -639,6 +681,10 @@ class FetchTest(unittest.TestCase):
         # 8-bit text/plain, decoded as UTF-8.
         d4 = self.fetch1(self.seq_of("eightbit"), "PREVIEW")
         self.assertEqual(d4["PREVIEW"].decode(), "Ünïcödé body")
+        # HTML only: tags, comments, style and entities dropped, latin-1
+        # converted.
+        d5 = self.fetch1(self.seq_of("html_only"), "PREVIEW")
+        self.assertEqual(d5["PREVIEW"].decode(), "Café & crème")
 
     def test_uid_fetch_has_uid(self):
         r = self.fetch("1:*", "FLAGS", uid=True)
@@ -703,14 +749,16 @@ class FetchChangesTest(unittest.TestCase):
                     gone = sqlited_ops.expunge(rc, sess, b"INBOX", [uids[1], uids[3]])
                     self.assertEqual(gone, [uids[1], uids[3]])
                     sqlited_ops.store(rc, sess, b"INBOX", uids[4], 1,
-                                      flags=sqlited_ops.F_FLAGGED)
+                                      flags=sqlited_ops.F_FLAGGED,
+                                      keywords=[b"$Label1", b"Work"])
                 typ, data = c.uid("FETCH", "1:*", "(FLAGS) (CHANGEDSINCE %d VANISHED)" % m0)
                 self.assertEqual(typ, "OK")
                 got = parse_fetch(data)
                 # The changed message only (the session's own update after
                 # the command may report it once more).
                 self.assertEqual({int(d["UID"]) for _, d in got}, {uids[4]})
-                self.assertIn(b"\\Flagged", got[0][1]["FLAGS"])
+                self.assertEqual(sorted(got[0][1]["FLAGS"]),
+                                 sorted([b"\\Flagged", b"$Label1", b"Work"]))
                 self.assertIn("MODSEQ", got[0][1])
                 van = c.untagged_responses.pop("VANISHED", [])
                 self.assertEqual(van[0], b"(EARLIER) %d,%d" % (uids[1], uids[3]))
