@@ -23,7 +23,7 @@
  * spool is durable. A retry with the same IDEMPOTENCY_KEY finds the
  * record and stores nothing. The record is written after the commit; a
  * crash between the two leaves no record, but a keyed delivery's spool
- * entry is named by a hash of the alias id and the key (spool_id_for_key),
+ * entry is named by a hash of the alias id and the key (srv_key_id),
  * so the retry writes the same entry again: it replaces the entry if it
  * is still in the spool, and the drain skips it if it was already moved
  * into INBOX (spool_applied): exactly once. Records are
@@ -381,27 +381,6 @@ out:
 	return err;
 }
 
-/*
- * The spool id of a keyed delivery: BLAKE2b-128 of a label, the alias id
- * and the key, so a retry after a crash that lost the record names the
- * same entry (the drain's exactly-once key; see the top of this file).
- */
-static void spool_id_for_key(const char *alias_id, const uint8_t *key,
-			     size_t key_len, char id_r[ENG_SPOOL_ID_LEN + 1])
-{
-	static const char label[] = "sealmail-deliver-spool-id";
-	crypto_generichash_state st;
-	uint8_t h[ENG_SPOOL_ID_LEN / 2];
-
-	crypto_generichash_init(&st, NULL, 0, sizeof(h));
-	crypto_generichash_update(&st, (const uint8_t *)label, sizeof(label));
-	crypto_generichash_update(&st, (const uint8_t *)alias_id,
-				  strlen(alias_id) + 1);
-	crypto_generichash_update(&st, key, key_len);
-	crypto_generichash_final(&st, h, sizeof(h));
-	sodium_bin2hex(id_r, ENG_SPOOL_ID_LEN + 1, h, sizeof(h));
-}
-
 /* Seals the request body into a spool entry and commits it. */
 static int spool_body(struct deliver_op *op, const dir_resolved *r,
 		      char spool_id_r[ENG_SPOOL_ID_LEN + 1])
@@ -415,7 +394,8 @@ static int spool_body(struct deliver_op *op, const dir_resolved *r,
 		     r->id) < 0)
 		eng_oom(0);
 	if (op->key != NULL)
-		spool_id_for_key(r->id, op->key, op->key_len, id);
+		srv_key_id("sealmail-deliver-spool-id", r->id, op->key,
+			   op->key_len, id);
 	if ((err = eng_spool_writer_open_id(spool_dir, r->public_key,
 					    op->internal_date, 0,
 					    op->key != NULL ? id : NULL,

@@ -153,16 +153,14 @@ int srv_body_copy(srv_body *body, eng_spool_writer *w)
 	return err;
 }
 
-/* The entry id of a keyed forward: BLAKE2b-128(label, alias id, key). */
-static void id_for_key(const char *alias_id, const uint8_t *key, size_t key_len,
-		       char id_r[ENG_SPOOL_ID_LEN + 1])
+void srv_key_id(const char *label, const char *alias_id, const uint8_t *key,
+		size_t key_len, char id_r[ENG_SPOOL_ID_LEN + 1])
 {
-	static const char label[] = "sealmail-outbound-id";
 	crypto_generichash_state st;
 	uint8_t h[ENG_SPOOL_ID_LEN / 2];
 
 	crypto_generichash_init(&st, NULL, 0, sizeof(h));
-	crypto_generichash_update(&st, (const uint8_t *)label, sizeof(label));
+	crypto_generichash_update(&st, (const uint8_t *)label, strlen(label) + 1);
 	crypto_generichash_update(&st, (const uint8_t *)alias_id, strlen(alias_id) + 1);
 	crypto_generichash_update(&st, key, key_len);
 	crypto_generichash_final(&st, h, sizeof(h));
@@ -193,7 +191,7 @@ int srv_outbound_queue(srv_outbound *ob, const srv_outbound_req *q, srv_body *bo
 	env.targets = (char **)q->targets;
 	env.n_targets = q->n_targets;
 	if (q->key != NULL) {
-		id_for_key(q->alias_id, q->key, q->key_len, id);
+		srv_key_id("sealmail-outbound-id", q->alias_id, q->key, q->key_len, id);
 		if (asprintf(&path, "%s/%s.msg", ob->dir, id) < 0)
 			eng_oom(0);
 		replaces = access(path, F_OK) == 0;

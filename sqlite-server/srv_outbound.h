@@ -59,4 +59,13 @@ int srv_outbound_queue(srv_outbound *ob, const srv_outbound_req *q,
  */
 int srv_body_copy(struct srv_body *body, eng_spool_writer *w);
 
+/*
+ * The entry id of a keyed delivery: BLAKE2b-128 of label, the alias id and
+ * the key, as ENG_SPOOL_ID_LEN hex digits, so that a retry after a crash
+ * names the same entry (the mailbox spool and the outbound queue each use
+ * their own label).
+ */
+void srv_key_id(const char *label, const char *alias_id, const uint8_t *key,
+		size_t key_len, char id_r[ENG_SPOOL_ID_LEN + 1]);
+
 #endif
