@@ -40,6 +40,7 @@ struct unlock_op {
 	char alias_id[DIR_ID_HEX_LEN + 1];
 	uint8_t *keyring;
 	size_t keyring_len;
+	uint64_t quota_bytes;        /* the directory's limit, 0 = none */
 	uv_timer_t timer;
 };
 
@@ -62,6 +63,36 @@ static void unlock_finish(struct unlock_op *u, int err)
 	unlock_op_free(u);
 }
 
+/*
+ * The directory holds an alias's quota (ALIAS_ADD's QUOTA_LIMIT); the
+ * engine enforces the limit stored in the alias's own database. The two
+ * are made equal at every unlock, on the alias's queue, before the answer,
+ * so the session's first APPEND already meets the directory's limit.
+ */
+static int quota_sync_work(srv_alias *a, void *ctx)
+{
+	struct unlock_op *u = ctx;
+	eng_store *st = srv_alias_store(a);
+	uint64_t used, limit, messages;
+	int err;
+
+	if (st == NULL)
+		return ENG_ENOTFOUND;
+	if ((err = eng_quota_get(st, &used, &limit, &messages)) != 0)
+		return err;
+	return limit == u->quota_bytes ? 0 : eng_quota_set(st, u->quota_bytes);
+}
+
+static void quota_sync_done(void *ctx, int result)
+{
+	struct unlock_op *u = ctx;
+
+	if (result != 0)
+		eng_log(ENG_LOG_WARN, "unlock: alias %s: quota not updated: %s",
+			u->alias_id, eng_strerror(result));
+	unlock_finish(u, 0);
+}
+
 static void unlock_done(void *ctx, int result,
 			const uint8_t session[SRV_SESSION_BYTES])
 {
@@ -74,6 +105,9 @@ static void unlock_done(void *ctx, int result,
 		/* The channel of the alias's events (docs/rpc.md, Events):
 		 * frontends subscribe to it for IDLE. */
 		rpc_put_str(&u->req->reply, RPC_T_ALIAS_ID, u->alias_id);
+		if (srv_alias_submit(u->srv->aliases, u->alias_id,
+				     quota_sync_work, quota_sync_done, u) == 0)
+			return;
 	} else if (result == ENG_EAUTH) {
 		srv_throttle_failed(u->srv, u->client_addr, u->throttle_key);
 	}
@@ -148,6 +182,7 @@ static int lookup_work(void *ctx)
 		u->keyring = eng_malloc(a.keyring_len);
 		memcpy(u->keyring, a.keyring, a.keyring_len);
 		u->keyring_len = a.keyring_len;
+		u->quota_bytes = a.quota_bytes;
 	}
 	dir_alias_clear(&a);
 	return 0;

@@ -581,11 +581,9 @@ class MailboxTest(unittest.TestCase):
         self.assertEqual(c.getquota("other")[0], "NO")
         self.assertEqual(c.getquotaroot("Nope")[0], "NO")
 
-    @unittest.expectedFailure
     def test_quota_limit(self):
-        # sqlited keeps an alias's --quota in the directory but never applies
-        # it to the mailbox store (eng_quota_set is not called), so QUOTA_GET
-        # answers no limit: see docs/imap.md, Mailboxes and APPEND.
+        # The directory's --quota reaches the mailbox store at login
+        # (sqlited's UNLOCK), so GETQUOTAROOT shows it and APPEND meets it.
         self.srv.secrets.append("quota user pw 12345")
         self.srv.cli("alias", "add", "dave@example.org", "--quota", "1048576",
                      "--password-stdin", stdin="quota user pw 12345\n")
