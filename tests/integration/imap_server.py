@@ -48,7 +48,8 @@ Attributes and methods:
 - kill_sqlited() (SIGKILL), start_sqlited(): to test an unreachable sqlited.
 - stop(): SIGTERM to every process (SIGKILL after 20 s), temp dir removed.
 - secrets_in_log(): the passwords given to add_alias that appear in a log
-  (a test asserts this is empty).
+  (a test asserts this is empty); sanitizer_reports() after stop(): ASan,
+  LSan and UBSan report lines of every process (empty for a clean run).
 """
 import imaplib
 import os
@@ -321,6 +322,13 @@ class ImapServer:
                 with open(os.path.join(self.tmp, name), errors="replace") as f:
                     text += f"--- {name}\n" + f.read()
         return text
+
+    def sanitizer_reports(self):
+        """ASan/LSan/UBSan reports in the logs (call after stop(): leaks are
+        reported at exit)."""
+        log = self.log_text()
+        return [ln for ln in log.splitlines()
+                if "AddressSanitizer" in ln or "LeakSanitizer" in ln or "runtime error:" in ln]
 
     def secrets_in_log(self):
         log = self.log_text()
