@@ -32,6 +32,9 @@
 #include <unistd.h>
 
 #define MX_REDIS_RETRY_MS 2000u
+/* Sender authentication blocks on DNS on libuv's pool (4 threads by default):
+ * with slow resolvers the pool, not the CPU, bounds the message rate. */
+#define MX_THREADPOOL_SIZE "32"
 /* RFC 5321 4.5.3.2: 5 minutes for a command, 10 for a DATA block. */
 #define MX_IDLE_TIMEOUT_MS (10u * 60 * 1000)
 
@@ -315,6 +318,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	/* Read by libuv at the first uv_queue_work; the environment may override. */
+	setenv("UV_THREADPOOL_SIZE", MX_THREADPOOL_SIZE, 0);
 	if (sodium_init() < 0) {
 		fprintf(stderr, "mx: libsodium failed to initialise\n");
 		return 1;
