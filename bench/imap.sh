@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# IMAP side by side: Sealmail (sqlited + sealmail-imapd + redis) against
+# Dovecot (Debian's dovecot-imapd) plain and with the mail-crypt plugin, and
+# Dovecot with IDLE hibernation for the memory figure; the same users and
+# passwords, the same messages APPENDed through IMAP to each, the same load
+# from bench-imap (bench/bench_imap.c), each load run against each server
+# in turn. Prints a table of every figure with the ratios
+# Sealmail/Dovecot and Sealmail/Dovecot+mail-crypt.
+#
+#   bench/imap.sh                      # BUILD_DIR=... (default build/)
+#
+# Environment (defaults in brackets): N [10000] messages in the big mailbox;
+# BIG [0] also fill a second mailbox to BIG messages for the SELECT figure
+# (100000 takes long: ~5-10 min per server here); T [15] seconds of the
+# timed loads; NMIX [20] mixed-workload users (and connections); IDLE_N
+# ["1000 10000"] IDLE connection counts; ONLY ["sealmail dovecot
+# dovecot-crypt"] the servers to measure; SKIP ["" or words of: append
+# select fetch search mixed login idle] loads to leave out;
+# RESULTS [/tmp/bench-imap-results.txt] raw RESULT lines are kept there.
+#
+# Builds what it needs (cmake RelWithDebInfo in BUILD_DIR), installs
+# dovecot-imapd with apt-get if it is missing (root), and runs everything
+# on 127.0.0.1 high ports under one temporary directory that is removed at
+# the end; every process started is stopped. Needs root for Dovecot's
+# mail-user switch and for /proc/PID/smaps_rollup of Dovecot's processes.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$ROOT/build}
+BIN=$BUILD_DIR/bin
+N=${N:-10000}
+BIG=${BIG:-0}
+T=${T:-15}
+NMIX=${NMIX:-20}
+NFIRST=${NFIRST:-20}
+IDLE_N=${IDLE_N:-"1000 10000"}
+SKIP=${SKIP:-}
+RESULTS=${RESULTS:-/tmp/bench-imap-results.txt}
+PASSWORD='bench imap password'
+DOMAIN=example.org
+# shellcheck source=bench/lib_dovecot.sh
+. "$ROOT/bench/lib_dovecot.sh"
+
+skip() { [[ " $SKIP " == *" $1 "* ]]; }
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# ---- build ----
+if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+	cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+fi
+cmake --build "$BUILD_DIR" -j2 --target sealmail sqlited sealmail-imapd bench-imap >/dev/null
+dovecot_ensure_installed dovecot-imapd
+command -v redis-server >/dev/null || { echo "imap.sh: redis-server is missing" >&2; exit 1; }
+ulimit -n "$(ulimit -Hn)"
+
+TMP=$(mktemp -d /tmp/bench-imap.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for d in dc dcc; do dovecot_stop "$TMP/$d" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+USERS=(bench)
+for i in $(seq -f %02g 1 "$NMIX"); do USERS+=("mix$i"); done
+for i in $(seq -f %02g 1 "$NFIRST"); do USERS+=("first$i"); done
+[ "$BIG" -gt 0 ] && USERS+=(big)
+
+# ---- Sealmail: sealmail init, redis, sqlited, sealmail-imapd ----
+SM=$TMP/sm
+SM_PORT=$(free_port)
+SM_TLS=$(free_port)
+"$BIN/sealmail" init --config "$SM/sealmail.conf" --data-dir "$SM" >/dev/null
+python3 - "$SM/sealmail.conf" "$SM_PORT" "$SM_TLS" "$TMP/redis.sock" <<'EOF'
+import sys
+path, port, tls_port, redis = sys.argv[1:]
+want = {"imap_port": port, "imaps_port": tls_port, "listen_address": "127.0.0.1",
+        "redis_url": "unix:" + redis}
+out, seen = [], set()
+for line in open(path).read().splitlines():
+    key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
+    if key in want:
+        line = f"{key} = {want[key]}"
+    elif key is not None and key.endswith("_port"):
+        line = key + " = 0"          # sqlited stays on its unix socket
+    if key:
+        seen.add(key)
+    out.append(line)
+out += [f"{k} = {v}" for k, v in want.items() if k not in seen]
+open(path, "w").write("\n".join(out) + "\n")
+EOF
+redis-server --port 0 --unixsocket "$TMP/redis.sock" --unixsocketperm 700 --save "" \
+	--appendonly no --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+PIDS+=($!); REDIS_PID=$!
+for _ in $(seq 100); do [ -S "$TMP/redis.sock" ] && break; sleep 0.1; done
+"$BIN/sqlited" --config "$SM/sealmail.conf" >"$TMP/sqlited.log" 2>&1 &
+PIDS+=($!); SQLITED_PID=$!
+for _ in $(seq 200); do [ -S "$SM/sqlited.sock" ] && break; sleep 0.1; done
+"$BIN/sealmail-imapd" --config "$SM/sealmail.conf" >"$TMP/imapd.log" 2>&1 &
+PIDS+=($!); IMAPD_PID=$!
+wait_port "$SM_PORT"
+"$BIN/sealmail" domain add "$DOMAIN" --config "$SM/sealmail.conf" >/dev/null
+log "sealmail: adding ${#USERS[@]} aliases (Argon2id at the default cost)"
+for u in "${USERS[@]}"; do
+	printf '%s\n' "$PASSWORD" | "$BIN/sealmail" alias add "$u@$DOMAIN" --password-stdin \
+		--config "$SM/sealmail.conf" >/dev/null
+done
+SM_PIDS="$SQLITED_PID,$IMAPD_PID,$REDIS_PID"
+SM_CERT=$(sed -n 's/^tls_cert *= *//p' "$SM/sealmail.conf")
+SM_KEY=$(sed -n 's/^tls_key *= *//p' "$SM/sealmail.conf")
+case $SM_CERT in /*) ;; *) SM_CERT=$SM/$SM_CERT ;; esac
+case $SM_KEY in /*) ;; *) SM_KEY=$SM/$SM_KEY ;; esac
+
+# ---- Dovecot, plain (dc) and with mail-crypt (dcc) ----
+ADDRS=()
+for u in "${USERS[@]}"; do ADDRS+=("$u@$DOMAIN"); done
+dovecot_imap() {   # DIR PORT TLS_PORT
+	local dir=$1
+	mkdir -p "$dir"
+	cp "$SM_CERT" "$dir/cert.pem"
+	cp "$SM_KEY" "$dir/key.pem"
+	dovecot_write_conf "$dir" imap "$2" "$3" "$dir/cert.pem" "$dir/key.pem"
+	dovecot_passwd "$dir" "$PASSWORD" "${ADDRS[@]}"
+	# Room for 10,000 connections: Dovecot's "high-performance" login mode
+	# (a few long-lived imap-login processes) and one imap process per
+	# connection (its default), as many as needed.
+	sed -i '/^!include_try/d' "$dir/dovecot.conf"
+	cat >> "$dir/dovecot.conf" <<EOF
+default_process_limit = 12000
+default_client_limit = 15000
+default_vsz_limit = 1G
+protocol imap {
+  mail_max_userip_connections = 100000
+}
+service imap-login {
+  service_count = 0
+  process_min_avail = 4
+  process_limit = 8
+  client_limit = 5000
+  vsz_limit = 2G
+}
+service imap {
+  process_limit = 12000
+}
+service anvil {
+  client_limit = 15000
+}
+!include_try $dir/extra.conf
+EOF
+}
+DC=$TMP/dc; DC_PORT=$(free_port); DC_TLS=$(free_port)
+DCC=$TMP/dcc; DCC_PORT=$(free_port); DCC_TLS=$(free_port)
+dovecot_imap "$DC" "$DC_PORT" "$DC_TLS"
+dovecot_imap "$DCC" "$DCC_PORT" "$DCC_TLS"
+# mail-crypt: per-user EC key pairs, the private key encrypted with the
+# user's password (given to the plugin at login from the passdb), every
+# message encrypted on save (folder keys, save version 2).
+cat > "$DCC/extra.conf" <<EOF
+mail_plugins = \$mail_plugins mail_crypt
+mail_attribute_dict = file:%h/dovecot-attributes
+plugin {
+  mail_crypt_curve = prime256v1
+  mail_crypt_save_version = 2
+  mail_crypt_require_encrypted_user_key = yes
+}
+passdb {
+  driver = passwd-file
+  args = $DCC/passwd
+  override_fields = userdb_mail_crypt_private_password=%w
+}
+EOF
+# the passdb block of dovecot.conf goes: extra.conf has the one with the password field
+awk '/^passdb \{/ && !done { skip = 1 } skip && /^\}/ { skip = 0; done = 1; next } !skip' \
+	"$DCC/dovecot.conf" > "$DCC/dovecot.conf.new" && mv "$DCC/dovecot.conf.new" "$DCC/dovecot.conf"
+dovecot_start "$DC" "$DC_PORT"
+dovecot_start "$DCC" "$DCC_PORT"
+log "dovecot+mail-crypt: generating the users' password-protected keys"
+for a in "${ADDRS[@]}"; do
+	doveadm -c "$DCC/dovecot.conf" -o "plugin/mail_crypt_private_password=$PASSWORD" \
+		mailbox cryptokey generate -u "$a" -U >/dev/null
+done
+dc_pids() { dovecot_master_pid "$1"; }
+
+# ---- running the loads ----
+: > "$RESULTS"
+read -ra SERVERS <<< "${ONLY:-sealmail dovecot dovecot-crypt}"
+want() { [[ " ${SERVERS[*]} " == *" $1 "* ]]; }
+port_of() { case $1 in sealmail) echo "$SM_PORT" ;; dovecot) echo "$DC_PORT" ;; dovecot-crypt) echo "$DCC_PORT" ;; esac; }
+pids_of() { case $1 in sealmail) echo "$SM_PIDS" ;; dovecot|dovecot-hib) dc_pids "$DC" ;; dovecot-crypt) dc_pids "$DCC" ;; esac; }
+# run LOAD SERVER bench-imap-args...: one RESULT line into $RESULTS
+run() {
+	local load=$1 srv=$2 out
+	shift 2
+	out=$("$BIN/bench-imap" "$@" --port "$(port_of "$srv")" --pass "$PASSWORD" \
+		--pids "$(pids_of "$srv")") || { log "$load on $srv FAILED"; return 0; }
+	out=$(grep '^RESULT' <<<"$out" | tail -1)
+	echo "$load $srv $out" >> "$RESULTS"
+	log "$load $srv: $out"
+}
+each() {   # LOAD args...: the load against every server, in turn
+	local load=$1
+	shift
+	for s in "${SERVERS[@]}"; do run "$load" "$s" "$@"; done
+}
+
+U_BENCH="bench@$DOMAIN"
+if ! skip append; then
+	each append_1 append --user "$U_BENCH" --conns 1 --count 1000
+	each append_10 append --user "$U_BENCH" --conns 10 --first 1000 --count $((N - 1000))
+	# the mixed workload's mailboxes: 100 messages each (not a figure)
+	each fill_mix append --user "mix%02d@$DOMAIN" --users "$NMIX" --conns "$NMIX" \
+		--first "$N" --count $((NMIX * 100))
+	if [ "$BIG" -gt 0 ]; then
+		each fill_big append --user "big@$DOMAIN" --conns 10 --count "$BIG"
+	fi
+fi
+if ! skip select; then
+	each select_10k select --user "$U_BENCH" --repeat 5
+	[ "$BIG" -gt 0 ] && each select_big select --user "big@$DOMAIN" --repeat 3
+fi
+if ! skip fetch; then
+	each fetch_headers fetchhdr --user "$U_BENCH" --repeat 3
+	each fetch_bodies fetchbody --user "$U_BENCH" --repeat 1
+fi
+if ! skip search; then
+	each search_header search --user "$U_BENCH" --query 'FROM "Kowalski"' --repeat 5
+	each search_body search --user "$U_BENCH" --query 'BODY "zeppelin"' --repeat 5
+fi
+if ! skip mixed; then
+	each mixed mixed --user "mix%02d@$DOMAIN" --users "$NMIX" --conns "$NMIX" --seconds "$T"
+fi
+if ! skip login; then
+	each login_first login --user "first%02d@$DOMAIN" --users "$NFIRST" --count "$NFIRST"
+	each login_repeat login --user "mix01@$DOMAIN" --conns 4 --hold --count 0 --seconds "$T"
+fi
+
+# ---- memory per IDLE connection ----
+if ! skip idle; then
+	idle_run() {   # NAME SERVER PORT TLS? CONNS SETTLE
+		local out
+		want "${2%-hib}" || return 0
+		out=$("$BIN/bench-imap" idle --user "mix%02d@$DOMAIN" --users "$NMIX" --conns "$5" \
+			--port "$3" $4 --pass "$PASSWORD" --pids "$(pids_of "$2")" \
+			--settle "$6" --setup-limit 50) || { log "$1 on $2 FAILED"; return 0; }
+		out=$(grep '^RESULT' <<<"$out" | tail -1)
+		echo "$1 $2 $out" >> "$RESULTS"
+		log "$1 $2: $out"
+	}
+	for n in $IDLE_N; do
+		idle_run "idle_${n}" sealmail "$SM_PORT" "" "$n" 3
+		idle_run "idle_${n}_tls" sealmail "$SM_TLS" --tls "$n" 3
+		idle_run "idle_${n}" dovecot "$DC_PORT" "" "$n" 3
+		idle_run "idle_${n}_tls" dovecot "$DC_TLS" --tls "$n" 3
+	done
+	# Dovecot with IDLE hibernation: an IDLE connection's imap process hands
+	# it to imap-hibernate after 2 s and exits.
+	dovecot_stop "$DC"
+	cat >> "$DC/extra.conf" <<EOF
+imap_hibernate_timeout = 2s
+service imap-hibernate {
+  client_limit = 15000
+  unix_listener imap-hibernate {
+    mode = 0666
+  }
+}
+service imap {
+  unix_listener imap-master {
+    mode = 0666
+  }
+}
+EOF
+	dovecot_start "$DC" "$DC_PORT"
+	for n in $IDLE_N; do
+		idle_run "idle_${n}" dovecot-hib "$DC_PORT" "" "$n" 8
+		idle_run "idle_${n}_tls" dovecot-hib "$DC_TLS" --tls "$n" 8
+	done
+fi
+
+# ---- the table ----
+python3 "$ROOT/bench/imap_table.py" "$RESULTS"
