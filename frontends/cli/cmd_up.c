@@ -419,6 +419,26 @@ static void port_list(const sm_config *cfg, const struct service *s, char *out, 
 	}
 }
 
+/* How to connect to the IMAP server, under imapd's status line. */
+static void print_hint(const sm_config *cfg, const struct service *s)
+{
+	int tls = sm_config_port(cfg, "imaps_port"), plain = sm_config_port(cfg, "imap_port");
+	const char *addr = cfg->listen_address;
+
+	if (strcmp(s->name, "imapd") != 0)
+		return;
+	if (strcmp(addr, "0.0.0.0") == 0 || strcmp(addr, "::") == 0)
+		addr = cfg->hostname;
+	if (tls > 0)
+		printf("%-11s connect: a mail client to %s port %d (IMAP, SSL/TLS; user = the "
+		       "alias address), or: openssl s_client -quiet -connect %s:%d\n", "", addr,
+		       tls, addr, tls);
+	else if (plain > 0)
+		printf("%-11s connect: a mail client to %s port %d (IMAP, STARTTLS; user = the "
+		       "alias address), or: openssl s_client -quiet -starttls imap -connect %s:%d\n",
+		       "", addr, plain, addr, plain);
+}
+
 /* Starts the services that are configured and built; prints a line for each. */
 static int start_services(const sm_config *cfg, const char *config_path)
 {
@@ -468,6 +488,7 @@ static int start_services(const sm_config *cfg, const char *config_path)
 		if (ret == 0) {
 			port_list(cfg, s, ports, sizeof(ports), true);
 			printf("%-11s %s\n", s->name, ports);
+			print_hint(cfg, s);
 		}
 	}
 	free(dir);

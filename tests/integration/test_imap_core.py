@@ -594,5 +594,59 @@ class ImapDaemonLifecycle(unittest.TestCase):
         r.close()
 
 
+class ImapUp(unittest.TestCase):
+    """`sealmail up` starts sealmail-imapd and says how to connect (the README's run command)."""
+
+    def test_up_starts_imapd_and_prints_how_to_connect(self):
+        ImapServer(start=False)      # skips when something is not built
+        from imap_server import SEALMAIL, free_port
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="smimapup-") as tmp:
+            data, conf = os.path.join(tmp, "d"), os.path.join(tmp, "d", "sealmail.conf")
+            r = subprocess.run([SEALMAIL, "init", "--config", conf, "--data-dir", data],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            imaps, imap = free_port(), free_port()
+            out = []
+            for line in open(conf).read().splitlines():
+                key = line.split("=", 1)[0].strip() if "=" in line and not line.startswith("#") else ""
+                if key == "imaps_port":
+                    line = f"imaps_port = {imaps}"
+                elif key == "imap_port":
+                    line = f"imap_port = {imap}"
+                elif key == "sqlited_port":
+                    line = f"sqlited_port = {free_port()}"
+                elif key.endswith("_port"):
+                    line = f"{key} = 0"
+                elif key == "listen_address":
+                    line = "listen_address = 127.0.0.1"
+                out.append(line)
+            with open(conf, "w") as f:
+                f.write("\n".join(out) + "\n")
+            p = subprocess.Popen([SEALMAIL, "up", "--config", conf], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+            try:
+                lines = []
+                for line in p.stdout:
+                    lines.append(line)
+                    if "ready" in line or len(lines) > 50:
+                        break
+                text = "".join(lines)
+                self.assertRegex(text, rf"(?m)^imapd\s+127\.0\.0\.1:{imaps} \(imaps\), "
+                                       rf"127\.0\.0\.1:{imap} \(imap\)$")
+                self.assertIn(f"connect: a mail client to 127.0.0.1 port {imaps} (IMAP, SSL/TLS",
+                              text)
+                self.assertIn(f"openssl s_client -quiet -connect 127.0.0.1:{imaps}", text)
+                # ... and that command gets the greeting.
+                r = subprocess.run(["openssl", "s_client", "-quiet", "-connect",
+                                    f"127.0.0.1:{imaps}"], input=b"a LOGOUT\r\n",
+                                   capture_output=True, timeout=30)
+                self.assertIn(b"* OK [CAPABILITY IMAP4rev1", r.stdout)
+                self.assertIn(b"a OK Logout completed.", r.stdout)
+            finally:
+                p.send_signal(signal.SIGTERM)
+                self.assertEqual(p.wait(30), 0)
+
+
 if __name__ == "__main__":
     unittest.main()
