@@ -7,11 +7,12 @@ addressing and the catch-all, every SMTP smuggling variant of issue 5, the
 relay matrix, limits (SIZE, body size, recipients, line length, errors,
 commands before MAIL, connections per IP), PIPELINING, BDAT, SMTPUTF8,
 STARTTLS injection, rate limits in Redis (and in memory without it), a
-forward-only alias, and DMARC p=reject with the DNS namespace of
+forward queued with SRS, and DMARC p=reject with the DNS namespace of
 dns_zone.py.
 """
 import os
 import poplib
+import re
 import shutil
 import smtplib
 import socket
@@ -22,6 +23,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import mx_server  # noqa: E402
 from mx_server import MxServer, wait_for  # noqa: E402
 
 PW = "alice's password"
@@ -263,16 +265,31 @@ class MxDeliveryTest(unittest.TestCase):
         self.assertEqual(len(msgs), 1)
         self.assertIn(b"with ESMTPS id", msgs[0])
 
-    def test_forward_only_alias_is_a_temporary_failure(self):
-        # sqlited's outbound queue (forwards with SRS) has not landed: a forward-only
-        # recipient is EUNAVAILABLE, so the whole message gets 451 and nothing is lost.
-        r = session(self.srv, rcpts=(b"fwd@example.org", b"alice@example.org"))
+    def test_forward_queued_with_srs(self):
+        # sqlited queues a forward (sealed outbound queue, SRS sender) before DELIVER
+        # answers: 250 then, and `sealmail queue list` shows the entry.
+        r = session(self.srv, sender=b"bob@orig.example",
+                    rcpts=(b"fwd@example.org", b"alice@example.org"))
         self.assertEqual(r.cmd(b"DATA")[0], 354)
         r.send(STUFFED + b".\r\n")
         code, lines = r.reply()
-        self.assertEqual(code, 451, lines)
-        self.assertIn(b"4.3.0", lines[0])
+        self.assertEqual(code, 250, lines)
         r.close()
+        out = self.srv.cli("queue", "list").stdout
+        rows = re.findall(r"^([0-9a-f]{32})  from <(.*?)>  to (.*?)  (\d+) bytes  for <(.*?)>",
+                          out, re.M)
+        self.assertEqual(len(rows), 1, out)
+        qid, sender, targets, size, rcpt = rows[0]
+        self.assertRegex(sender, r"^SRS0=[A-Za-z0-9+/]{4}=[A-Z2-7]{2}=orig\.example=bob@"
+                                 r"example\.org$")
+        self.assertIn("<someone@elsewhere.net>", targets)
+        self.assertEqual(rcpt, "fwd@example.org")
+        shown = subprocess.run([mx_server.SEALMAIL, "queue", "show", qid, "--config",
+                                self.srv.conf], capture_output=True, timeout=60)
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        self.assertIn(b"for <fwd@example.org>", shown.stdout)
+        self.assertTrue(shown.stdout.endswith(MSG), shown.stdout[-200:])
+        self.assertEqual(len(self.inbox()), 1)      # alice got her copy too
 
     def test_misc_commands(self):
         r = self.srv.raw()
