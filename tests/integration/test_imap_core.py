@@ -493,6 +493,47 @@ class ImapCore(unittest.TestCase):
         first.logout()
         other.close()
 
+    def test_updates_from_other_sessions(self):
+        user, pw = "dave@example.org", "dave's imap password"
+        self.srv.add_alias(user, pw)
+        for i in range(4):
+            self.srv.deliver(user, message(i))
+        a = self.raw_login(user=user, pw=pw)
+        b = self.raw_login(user=user, pw=pw)
+        self.assertEqual(self.select_inbox(a), 4)
+        self.select_inbox(b)
+
+        def settle(r, tag, cmd):
+            time.sleep(0.2)           # the other session's event reaches this one
+            return r.cmd(tag, cmd)
+        self.assertTrue(b.cmd(b"x", b"STORE 2 +FLAGS.SILENT (\\Deleted)")[-1].startswith(b"x OK"))
+        self.assertTrue(b.cmd(b"y", b"EXPUNGE")[-1].startswith(b"y OK"))
+        # FETCH by sequence number: no EXPUNGE (RFC 3501 7.4.1); NOOP then reports it.
+        lines = settle(a, b"f", b"FETCH 1:* (FLAGS)")
+        self.assertTrue(lines[-1].startswith(b"f OK"))
+        self.assertFalse([ln for ln in lines if ln.endswith(b"EXPUNGE")], lines)
+        self.assertEqual(a.cmd(b"n", b"NOOP"), [b"* 2 EXPUNGE", b"n OK NOOP completed."])
+        self.assertEqual(a.cmd(b"n", b"NOOP"), [b"n OK NOOP completed."])
+        # Another session's flags: an untagged FETCH with the UID.
+        self.assertTrue(b.cmd(b"z", b"STORE 1 +FLAGS.SILENT (\\Seen $Junk)")[-1].startswith(b"z OK"))
+        self.assertEqual(settle(a, b"n", b"NOOP"), [b"* 1 FETCH (UID 1 FLAGS (\\Seen $Junk))",
+                                                    b"n OK NOOP completed."])
+        # CONDSTORE adds MODSEQ; QRESYNC reports VANISHED (after a UID command too).
+        a.cmd(b"e", b"ENABLE QRESYNC")
+        self.assertTrue(b.cmd(b"z", b"STORE 3 +FLAGS.SILENT (\\Flagged)")[-1].startswith(b"z OK"))
+        lines = settle(a, b"n", b"NOOP")
+        self.assertRegex(lines[0], rb"^\* 3 FETCH \(UID 4 FLAGS \(\\Flagged\) MODSEQ \(\d+\)\)$")
+        b.cmd(b"x", b"STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+        self.assertTrue(b.cmd(b"y", b"EXPUNGE")[-1].startswith(b"y OK"))
+        lines = settle(a, b"u", b"UID FETCH 4 (FLAGS)")
+        self.assertIn(b"* VANISHED 1,3", lines)
+        self.assertTrue(lines[-1].startswith(b"u OK"))
+        # A new message through the other session: EXISTS.
+        self.assertTrue(b.cmd(b"p", b"APPEND INBOX {12+}\r\nSubject: x\r\n")[-1].startswith(b"p OK"))
+        self.assertEqual(settle(a, b"n", b"NOOP"), [b"* 2 EXISTS", b"n OK NOOP completed."])
+        a.close()
+        b.close()
+
     # ---- the e2e flow ----
 
     def test_delivery_while_locked_appears_once_at_login(self):
