@@ -20,18 +20,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "integration"))
-from imap_server import ImapServer, unverified_context  # noqa: E402
+from imap_server import ImapServer, rss_kib, unverified_context  # noqa: E402
 
 USER, PASSWORD = "bench@example.org", "bench imap password"
 PER_ADDRESS = 20
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def read_until(sock, buf, tag):

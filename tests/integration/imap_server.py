@@ -47,6 +47,9 @@ Attributes and methods:
   connection to sqlited (use as a context manager).
 - kill_sqlited() (SIGKILL), start_sqlited(): to test an unreachable sqlited.
 - stop(): SIGTERM to every process (SIGKILL after 20 s), temp dir removed.
+- Module helpers: RawImap (send, line, cmd(tag, command) -> lines up to the
+  tagged one, until_tagged, closed), rss_kib(pid), unverified_context(),
+  free_port(), wait_for(pred).
 - secrets_in_log(): the passwords given to add_alias that appear in a log
   (a test asserts this is empty); sanitizer_reports() after stop(): ASan,
   LSan and UBSan report lines of every process (empty for a clean run).
@@ -102,6 +105,15 @@ def port_open(port, host="127.0.0.1"):
             return True
     except OSError:
         return False
+
+
+def rss_kib(pid):
+    """The resident memory of a process (VmRSS), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
 
 
 def unverified_context():

@@ -29,7 +29,7 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from imap_server import ImapServer, RawImap, unverified_context, wait_for  # noqa: E402
+from imap_server import ImapServer, RawImap, rss_kib, unverified_context, wait_for  # noqa: E402
 
 ALICE, ALICE_PW = "alice@example.org", "alice's imap password"
 BOB, BOB_PW = "bob@example.org", "bob's imap password"
@@ -51,14 +51,6 @@ def message(i):
 def caps_of(line):
     m = re.search(rb"\[CAPABILITY ([^\]]*)\]", line)
     return m.group(1).decode().split() if m else None
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def sanitized(pid):
