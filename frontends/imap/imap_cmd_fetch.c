@@ -1311,6 +1311,7 @@ static void on_store(imap_cmd *cmd, int err, const rpc_view *resp)
 	fetch_op *op = cmd->op;
 	rpc_iter it;
 	const rpc_field *f;
+	uint64_t lo = 0, hi = 0;
 
 	op->busy = false;
 	if (!rpc_back(op))
@@ -1336,7 +1337,14 @@ static void on_store(imap_cmd *cmd, int err, const rpc_view *resp)
 		rpc_get_u64(&g, RPC_T_MODSEQ, &m->modseq);
 		m->flags_changed = true;
 		view_update(op, m);
+		lo = lo == 0 || m->modseq < lo ? m->modseq : lo;
+		hi = m->modseq > hi ? m->modseq : hi;
 	}
+	/* As STORE does (imap_cmd_message.c, store_advance): one MODSEQ
+	 * just above the view's means nothing else changed meanwhile, so the
+	 * view is current and the next sync does not repeat this change. */
+	if (lo != 0 && lo == hi && hi == op->s->sel->highestmodseq + 1)
+		op->s->sel->highestmodseq = hi;
 	pump(op);
 }
 
