@@ -28,7 +28,8 @@ mailbox(address, password, take=True) -> the messages of INBOX as bytes, read
 through sqlited (UNLOCK drains the spool; FETCH_META, FETCH_BODY; with take
 they are then expunged; LOCK);
 spool_files() -> the sealed spool entries waiting (before any UNLOCK);
-kill_sqlited()/start_sqlited(), kill_mx()/start_mx(), stop_redis().
+kill_sqlited()/start_sqlited(), kill_mx()/start_mx(), stop_redis();
+sanitizer_reports() -> log lines where ASan/LSan/UBSan reported (tests assert none).
 """
 import os
 import shutil
@@ -295,6 +296,12 @@ class MxServer:
             self.final_log = self.log_text()
             self._tmp.cleanup()
             self._tmp = None
+
+    def sanitizer_reports(self):
+        """Lines of the logs (so far, or of the stopped installation) in which
+        ASan, LSan or UBSan reported something."""
+        return [ln for ln in self.log_text().splitlines()
+                if "AddressSanitizer" in ln or "LeakSanitizer" in ln or "runtime error:" in ln]
 
     def log_text(self):
         if self._tmp is None:

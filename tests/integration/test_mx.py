@@ -61,6 +61,7 @@ class MxDeliveryTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.srv.stop()
+        assert cls.srv.sanitizer_reports() == [], cls.srv.sanitizer_reports()
 
     def tearDown(self):
         # Every test leaves alice's mailbox empty: read (and drain) it.
@@ -321,6 +322,7 @@ class MxLimitsTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.srv.stop()
+        assert cls.srv.sanitizer_reports() == [], cls.srv.sanitizer_reports()
 
     def test_size_parameter_too_big(self):
         r = self.srv.raw()
@@ -448,6 +450,7 @@ class MxRateLimitTest(unittest.TestCase):
             r = socket.create_connection(("127.0.0.1", srv.mx_port), timeout=10)
             self.assertTrue(r.recv(100).startswith(b"421"))
             r.close()
+        self.assertEqual(srv.sanitizer_reports(), [])
 
 
 class MxDmarcTest(unittest.TestCase):

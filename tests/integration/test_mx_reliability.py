@@ -126,6 +126,8 @@ class MxLoadUnderKillTest(unittest.TestCase):
             self.assertEqual(twice, {})
             missing = accepted - set(seen)
             self.assertEqual(missing, set(), f"{len(missing)} accepted messages lost")
+            srv.stop()
+            self.assertEqual(srv.sanitizer_reports(), [])
             print(f"\nmx reliability: {len(results)} sent, {len(accepted)} got 250, "
                   f"{failed} refused or cut, {len(seen) - len(accepted)} of those stored "
                   "anyway (not counted)", file=sys.stderr)
