@@ -324,6 +324,42 @@ static void on_rpc_done(imap_cmd *cmd, int err, const rpc_view *resp);
 static int on_data(void *ctx, uint32_t id, const rpc_view *head,
 		   const uint8_t *data, size_t len, bool end);
 
+/* SESSION, MAILBOX and UIDVALIDITY of the selected mailbox. */
+static void payload_begin(fetch_op *op, eng_buf *pl)
+{
+	imap_rpc_begin(op->s, pl);
+	rpc_put_str(pl, RPC_T_MAILBOX, op->s->sel->name);
+	rpc_put_u64(pl, RPC_T_UIDVALIDITY, op->s->sel->uidvalidity);
+}
+
+/* One of the command's own RPCs (not a FETCH_BODY); frees pl. */
+static int call_once(fetch_op *op, uint16_t opcode, eng_buf *pl,
+		     imap_rpc_cb *cb)
+{
+	int rc = imap_rpc_call(op->cmd, opcode, pl, NULL, cb);
+
+	eng_buf_free_wipe(pl);
+	if (rc == 0) {
+		op->inflight++;
+		op->busy = true;
+	}
+	return rc;
+}
+
+/* The answer of a call_once RPC: false when the command is over (failed,
+ * aborted), else the caller goes on with resp. */
+static bool once_back(fetch_op *op, int err)
+{
+	op->busy = false;
+	if (!rpc_back(op))
+		return false;
+	if (err != 0) {
+		finish_rpc_error(op, err);
+		return false;
+	}
+	return true;
+}
+
 /* A FETCH_BODY for the message of UID uid: section, byte range, WANT. */
 static int send_body(fetch_op *op, freq *r, uint32_t uid, const char *section,
 		     uint32_t want, uint64_t offset, uint64_t length,
@@ -333,9 +369,7 @@ static int send_body(fetch_op *op, freq *r, uint32_t uid, const char *section,
 	rpc_client_opts opts;
 	int rc;
 
-	imap_rpc_begin(op->s, &pl);
-	rpc_put_str(&pl, RPC_T_MAILBOX, op->s->sel->name);
-	rpc_put_u64(&pl, RPC_T_UIDVALIDITY, op->s->sel->uidvalidity);
+	payload_begin(op, &pl);
 	rpc_put_u64(&pl, RPC_T_UID, uid);
 	rpc_put_u64(&pl, RPC_T_WANT, want | RPC_WANT_BODY);
 	if (section != NULL)
@@ -1367,20 +1401,13 @@ static bool store_seen(fetch_op *op)
 	}
 	if (set.count == 0)
 		return false;
-	imap_rpc_begin(op->s, &pl);
-	rpc_put_str(&pl, RPC_T_MAILBOX, op->s->sel->name);
-	rpc_put_u64(&pl, RPC_T_UIDVALIDITY, op->s->sel->uidvalidity);
+	payload_begin(op, &pl);
 	rpc_put_uidset(&pl, RPC_T_UIDSET, &set);
 	rpc_put_u64(&pl, RPC_T_MODE, RPC_MODE_ADD);
 	rpc_put_u64(&pl, RPC_T_FLAGS, 1u);   /* \Seen */
-	rc = imap_rpc_call(op->cmd, RPC_OP_STORE, &pl, NULL, on_store);
-	eng_buf_free_wipe(&pl);
+	rc = call_once(op, RPC_OP_STORE, &pl, on_store);
 	eng_uidset_free(&set);
-	if (rc != 0)
-		return false;
-	op->inflight++;
-	op->busy = true;
-	return true;
+	return rc == 0;
 }
 
 static void on_meta(imap_cmd *cmd, int err, const rpc_view *resp)
@@ -1390,13 +1417,8 @@ static void on_meta(imap_cmd *cmd, int err, const rpc_view *resp)
 	const rpc_field *f;
 	size_t cap;
 
-	op->busy = false;
-	if (!rpc_back(op))
+	if (!once_back(op, err))
 		return;
-	if (err != 0) {
-		finish_rpc_error(op, err);
-		return;
-	}
 	cap = rpc_count(resp, RPC_T_MESSAGE);
 	op->msgs = eng_calloc(cap > 0 ? cap : 1, sizeof(*op->msgs));
 	rpc_iter_init(&it, resp);
@@ -1420,21 +1442,12 @@ static void on_meta(imap_cmd *cmd, int err, const rpc_view *resp)
 static int send_meta(fetch_op *op)
 {
 	eng_buf pl = ENG_BUF_INIT;
-	int rc;
 
-	imap_rpc_begin(op->s, &pl);
-	rpc_put_str(&pl, RPC_T_MAILBOX, op->s->sel->name);
-	rpc_put_u64(&pl, RPC_T_UIDVALIDITY, op->s->sel->uidvalidity);
+	payload_begin(op, &pl);
 	rpc_put_uidset(&pl, RPC_T_UIDSET, &op->set);
 	if (op->spec.has_changedsince)
 		rpc_put_u64(&pl, RPC_T_CHANGEDSINCE, op->spec.changedsince);
-	rc = imap_rpc_call(op->cmd, RPC_OP_FETCH_META, &pl, NULL, on_meta);
-	eng_buf_free_wipe(&pl);
-	if (rc == 0) {
-		op->inflight++;
-		op->busy = true;
-	}
-	return rc;
+	return call_once(op, RPC_OP_FETCH_META, &pl, on_meta);
 }
 
 /* "* VANISHED (EARLIER) 3:5,9": the expunged UIDs within the set. */
@@ -1477,13 +1490,8 @@ static void on_changes(imap_cmd *cmd, int err, const rpc_view *resp)
 	eng_uidset gone = { NULL, 0, 0 };
 	int rc;
 
-	op->busy = false;
-	if (!rpc_back(op))
+	if (!once_back(op, err))
 		return;
-	if (err != 0) {
-		finish_rpc_error(op, err);
-		return;
-	}
 	if (rpc_get_uidset(resp, RPC_T_VANISHED, 1u << 20, &gone) == 0)
 		put_vanished(op, &gone);
 	eng_uidset_free(&gone);
@@ -1494,19 +1502,10 @@ static void on_changes(imap_cmd *cmd, int err, const rpc_view *resp)
 static int send_changes(fetch_op *op)
 {
 	eng_buf pl = ENG_BUF_INIT;
-	int rc;
 
-	imap_rpc_begin(op->s, &pl);
-	rpc_put_str(&pl, RPC_T_MAILBOX, op->s->sel->name);
-	rpc_put_u64(&pl, RPC_T_UIDVALIDITY, op->s->sel->uidvalidity);
+	payload_begin(op, &pl);
 	rpc_put_u64(&pl, RPC_T_MODSEQ, op->spec.changedsince);
-	rc = imap_rpc_call(op->cmd, RPC_OP_CHANGES, &pl, NULL, on_changes);
-	eng_buf_free_wipe(&pl);
-	if (rc == 0) {
-		op->inflight++;
-		op->busy = true;
-	}
-	return rc;
+	return call_once(op, RPC_OP_CHANGES, &pl, on_changes);
 }
 
 /* What the spec needs from phase A. */

@@ -553,19 +553,22 @@ int imap_cte_init(imap_cte *d, const char *encoding)
 	return ENG_ENOTFOUND;
 }
 
+/* Values of the base64 alphabet (RFC 2045 6.8), -1 elsewhere; built on
+ * first use (the process is single-threaded). */
 static int b64_value(unsigned char c)
 {
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	static signed char table[256];
+	static bool built;
+
+	if (!built) {
+		memset(table, -1, sizeof(table));
+		for (int i = 0; i < 64; i++)
+			table[(unsigned char)alphabet[i]] = (signed char)i;
+		built = true;
+	}
+	return table[c];
 }
 
 static void b64_feed(imap_cte *d, const unsigned char *in, size_t len,
@@ -611,15 +614,14 @@ static void b64_finish(imap_cte *d, eng_buf *out)
 	d->n_acc = 0;
 }
 
+/* A hexadecimal digit's value (RFC 2045 allows only upper case; lower
+ * case is accepted as the robustness rule goes), -1 otherwise. */
 static int hexval(unsigned char c)
 {
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	return -1;
+	static const char digits[] = "0123456789abcdef";
+	const char *p = c != 0 ? strchr(digits, c | 0x20) : NULL;
+
+	return p != NULL ? (int)(p - digits) : -1;
 }
 
 /*
