@@ -599,6 +599,31 @@ class ImapDaemonLifecycle(unittest.TestCase):
         self.assertTrue(idle.closed())
         self.assertIn(b"* BYE", idle.buf)
 
+    def test_idle_without_redis_syncs_every_30_seconds(self):
+        srv = ImapServer(config={"redis_url": "unix:" + os.path.join(self.srv.tmp, "none.sock")})
+        try:
+            srv.add_alias(BOB, BOB_PW)
+            r = srv.raw()
+            self.assertTrue(r.cmd(b"a", b'LOGIN "%s" "%s"' % (BOB.encode(), BOB_PW.encode()))
+                            [-1].startswith(b"a OK"))
+            if not r.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK"):
+                self.skipTest("SELECT does not work yet")
+            r.send(b"i IDLE\r\n")
+            self.assertEqual(r.line(), b"+ idling")
+            t0 = time.monotonic()
+            srv.deliver(BOB, message(1))
+            r.s.settimeout(40)
+            line = r.line()
+            while line == b"* OK Still here":
+                line = r.line()
+            self.assertEqual(line, b"* 1 EXISTS")
+            self.assertLess(time.monotonic() - t0, 32)
+            r.send(b"DONE\r\n")
+            self.assertTrue(r.until_tagged(b"i")[-1].startswith(b"i OK"))
+            r.close()
+        finally:
+            srv.stop()
+
     def test_redis_restart_resubscribes(self):
         r = self.srv.raw()
         self.assertTrue(r.cmd(b"a", b'LOGIN "%s" "%s"' % (ALICE.encode(), ALICE_PW.encode()))
