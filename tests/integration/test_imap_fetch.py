@@ -770,6 +770,41 @@ class FetchChangesTest(unittest.TestCase):
                 c.logout()
         assert_clean_log(self, srv)
 
+    def test_expunged_elsewhere_seq_fetch(self):
+        """FETCH by sequence number while another session expunged a
+        message: no EXPUNGE during the FETCH (RFC 3501 7.4.1), the gone
+        message is left out, the numbers stay; NOOP then reports it."""
+        with ImapServer() as srv:
+            srv.add_alias(ADDR, PW)
+            for i in range(4):
+                srv.deliver(ADDR, b"Subject: e%d\r\n\r\nbody %d\r\n" % (i, i))
+            c = srv.login(ADDR, PW)
+            try:
+                c.select("INBOX")
+                r = parse_fetch(c.fetch("1:*", "(UID BODY.PEEK[TEXT])")[1])
+                uids = [int(d["UID"]) for _, d in r]
+                bodies = {int(d["UID"]): d["BODY[TEXT]"] for _, d in r}
+                with srv.rpc("imap@localhost") as rc:
+                    sess = sqlited_ops.unlock(rc, ADDR.encode(), PW.encode())
+                    sqlited_ops.store(rc, sess, b"INBOX", uids[1], 1,
+                                      flags=sqlited_ops.F_DELETED)
+                    sqlited_ops.expunge(rc, sess, b"INBOX", [uids[1]])
+                typ, data = c.fetch("1:*", "(UID BODY.PEEK[TEXT])")
+                self.assertEqual(typ, "OK")
+                self.assertNotIn("EXPUNGE", c.untagged_responses)
+                got = parse_fetch(data)
+                self.assertEqual([(n, int(d["UID"])) for n, d in got],
+                                 [(1, uids[0]), (3, uids[2]), (4, uids[3])])
+                self.assertEqual(got[1][1]["BODY[TEXT]"], bodies[uids[2]])
+                c.noop()
+                self.assertEqual(c.untagged_responses.pop("EXPUNGE", None), [b"2"])
+                got = parse_fetch(c.fetch("1:*", "UID")[1])
+                self.assertEqual([int(d["UID"]) for _, d in got],
+                                 [uids[0], uids[2], uids[3]])
+            finally:
+                c.logout()
+        assert_clean_log(self, srv)
+
 
 class FetchLargeTest(unittest.TestCase):
     def test_30mb_slow_reader_bounded_memory(self):
@@ -835,6 +870,27 @@ class FetchLargeTest(unittest.TestCase):
                 self.assertLess(grew, 10 * 1024)
             finally:
                 r.close()
+            # A client that goes away in the middle of the literal: the
+            # stream is cancelled and imapd goes on serving others.
+            r = srv.raw()
+            try:
+                r.cmd(b"a", b"LOGIN " + ADDR.encode() + b' "' + PW.encode() + b'"')
+                r.cmd(b"b", b"SELECT INBOX")
+                r.send(b"c FETCH 1 (BODY[])\r\n")
+                self.assertTrue(re.search(rb"\{\d+\}$", r.line()))
+                r.s.recv(512 * 1024)
+            finally:
+                r.close()
+            c = srv.login(ADDR, PW)
+            try:
+                c.select("INBOX")
+                typ, data = c.fetch("1", "(RFC822.SIZE BODY.PEEK[]<0.7>)")
+                self.assertEqual(typ, "OK")
+                d = parse_fetch(data)[0][1]
+                self.assertEqual(int(d["RFC822.SIZE"]), len(raw))
+                self.assertEqual(d["BODY[]<0>"], raw[:7])
+            finally:
+                c.logout()
         assert_clean_log(self, srv)
 
 
