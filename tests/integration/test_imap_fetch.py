@@ -647,8 +647,10 @@ class FetchTest(unittest.TestCase):
         self.assertNotIn(b"\\Seen", self.flags_of(seq))
         d = self.fetch1(seq, "BINARY.SIZE[1]")
         self.assertNotIn(b"\\Seen", self.flags_of(seq))
+        self.fetch1(seq, "MODSEQ")            # enables CONDSTORE
         d = self.fetch1(seq, "BODY[TEXT]")
         self.assertIn("FLAGS", d)             # the change is reported
+        self.assertIn("MODSEQ", d)            # with its MODSEQ (CONDSTORE)
         self.assertIn(b"\\Seen", d["FLAGS"])
         self.assertIn(b"\\Seen", self.flags_of(seq))
         # EXAMINE: read-only, nothing is set.
@@ -766,6 +768,30 @@ class FetchChangesTest(unittest.TestCase):
                 typ, data = c.uid("FETCH", "1:*", "(FLAGS) (CHANGEDSINCE %d)" % m0)
                 self.assertEqual({int(d["UID"]) for _, d in parse_fetch(data)}, {uids[4]})
                 self.assertNotIn("VANISHED", c.untagged_responses)
+            finally:
+                c.logout()
+        assert_clean_log(self, srv)
+
+    def test_appended_byte_for_byte(self):
+        raws = [EIGHTBIT, ALTERNATIVE,
+                b"Subject: bare LF\nX: y\n\nline\nlast line without end",
+                b"Subject: empty body\r\n\r\n"]
+        with ImapServer() as srv:
+            srv.add_alias(ADDR, PW)
+            c = srv.login(ADDR, PW)
+            try:
+                for raw in raws:
+                    typ, data = c.append("INBOX", None, None, raw)
+                    if typ != "OK":
+                        self.skipTest("APPEND is not available: %r" % data)
+                # imaplib sends bare LFs as CRLF: that is what was appended.
+                raws = [re.sub(rb"\r?\n", b"\r\n", r) for r in raws]
+                c.select("INBOX")
+                got = parse_fetch(c.fetch("1:*", "(RFC822.SIZE BODY.PEEK[] BINARY.PEEK[])")[1])
+                self.assertEqual([d["BODY[]"] for _, d in got], raws)
+                self.assertEqual([d["BINARY[]"] for _, d in got], raws)
+                self.assertEqual([int(d["RFC822.SIZE"]) for _, d in got],
+                                 [len(r) for r in raws])
             finally:
                 c.logout()
         assert_clean_log(self, srv)
