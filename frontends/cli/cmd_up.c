@@ -39,7 +39,7 @@
 #include "eng_error.h"
 #include "fsutil.h"
 
-#define MAX_PORTS 2
+#define MAX_PORTS 3
 #define READY_TIMEOUT_MS 10000
 #define STOP_TIMEOUT_S 10
 #define BACKOFF_MAX_S 60
@@ -52,7 +52,7 @@ struct service {
 
 static const struct service services[] = {
 	{ "sqlited", "sqlited", { "sqlited_port", NULL } },
-	{ "imapd", "sealmail-imapd", { "imaps_port", "imap_port" } },
+	{ "imapd", "sealmail-imapd", { "imaps_port", "imaps_alt_port", "imap_port" } },
 	{ "pop3d", "sealmail-pop3d", { "pop3s_port", "pop3_port" } },
 	{ "mx", "sealmail-mx", { "mx_port", NULL } },
 	{ "submission", "sealmail-submission", { "smtps_port", "submission_port" } },
@@ -423,6 +423,9 @@ static void port_list(const sm_config *cfg, const struct service *s, char *out, 
 static void print_hint(const sm_config *cfg, const struct service *s)
 {
 	int tls = sm_config_port(cfg, "imaps_port"), plain = sm_config_port(cfg, "imap_port");
+
+	if (tls <= 0)
+		tls = sm_config_port(cfg, "imaps_alt_port");
 	const char *addr = cfg->listen_address;
 
 	if (strcmp(s->name, "imapd") != 0)

@@ -65,6 +65,7 @@ static const struct key_def keys[] = {
 	{ "sqlited_tls", KT_TLS_MODE, OFF(sqlited_tls_always), 0, 0, NULL, 0 },
 	PORT(imaps_port),
 	PORT(imap_port),
+	PORT(imaps_alt_port),
 	PORT(pop3s_port),
 	PORT(pop3_port),
 	PORT(mx_port),
@@ -718,7 +719,11 @@ char *sm_config_default_text(const char *data_dir, const char *hostname)
 		"# the CA (or pinned certificate) clients trust for sqlited; empty: tls_cert\n"
 		"sqlited_ca =\n"
 		"\n"
+		"# IMAP over implicit TLS, on the standard port and on 2993 (the\n"
+		"# port self-hosted mail uses without root); imap_port is plaintext\n"
+		"# with STARTTLS, off unless set (143 is the standard one)\n"
 		"imaps_port = %d\n"
+		"imaps_alt_port = %d\n"
 		"imap_port = %d\n"
 		"pop3s_port = %d\n"
 		"pop3_port = %d\n"
@@ -745,7 +750,8 @@ char *sm_config_default_text(const char *data_dir, const char *hostname)
 		"max_message_bytes = %u\n",
 		data_dir, SM_CONFIG_DEFAULT_LISTEN_ADDRESS, hostname,
 		SM_CONFIG_INIT_SQLITED_PORT, SM_CONFIG_DEFAULT_SQLITED_SOCKET,
-		SM_CONFIG_INIT_IMAPS_PORT, SM_CONFIG_INIT_IMAP_PORT,
+		SM_CONFIG_INIT_IMAPS_PORT, SM_CONFIG_INIT_IMAPS_ALT_PORT,
+		SM_CONFIG_INIT_IMAP_PORT,
 		SM_CONFIG_INIT_POP3S_PORT, SM_CONFIG_INIT_POP3_PORT,
 		SM_CONFIG_INIT_MX_PORT, SM_CONFIG_INIT_SMTPS_PORT,
 		SM_CONFIG_INIT_SUBMISSION_PORT, SM_CONFIG_INIT_CALDAV_PORT,

@@ -63,7 +63,8 @@
 /* The ports `sealmail init` writes into a new configuration file. */
 #define SM_CONFIG_INIT_SQLITED_PORT 3456
 #define SM_CONFIG_INIT_IMAPS_PORT 993
-#define SM_CONFIG_INIT_IMAP_PORT 2993
+#define SM_CONFIG_INIT_IMAPS_ALT_PORT 2993
+#define SM_CONFIG_INIT_IMAP_PORT 0
 #define SM_CONFIG_INIT_POP3S_PORT 995
 #define SM_CONFIG_INIT_POP3_PORT 2995
 #define SM_CONFIG_INIT_MX_PORT 2525
@@ -90,6 +91,7 @@ typedef struct sm_config {
 	bool sqlited_tls_always; /* sqlited_tls = always (default auto) */
 	uint16_t imaps_port;
 	uint16_t imap_port;
+	uint16_t imaps_alt_port;     /* a second implicit-TLS port (2993) */
 	uint16_t pop3s_port;
 	uint16_t pop3_port;
 	uint16_t mx_port;

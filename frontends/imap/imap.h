@@ -54,12 +54,14 @@ typedef struct imap_events imap_events;
 
 /* ---- The daemon (imapd.c) ---- */
 
+#define IMAP_LISTENERS 3
+
 struct imapd {
 	uv_loop_t *loop;
 	sm_config *cfg;
 	rpc_client *rpc;
 	sm_net_tls *tls;             /* NULL when no certificate loaded */
-	sm_net_listener *listeners[2];
+	sm_net_listener *listeners[IMAP_LISTENERS]; /* imaps, imap, imaps_alt */
 	imap_session *sessions;      /* every live session (doubly linked) */
 	unsigned n_sessions;
 	imap_events *events;         /* the Redis subscriber; may be down */

@@ -4,7 +4,7 @@
  *
  * Start: configuration, RPC secret, TLS certificate, an rpc_client to
  * sqlited (its unix socket, else loopback TCP), the Redis subscriber, and
- * listeners on imaps_port (implicit TLS) and imap_port (plaintext +
+ * listeners on imaps_port and imaps_alt_port (implicit TLS) and imap_port (plaintext +
  * STARTTLS; LOGIN only on loopback before TLS); one line on stdout per
  * listener. A port of 0 is off. Without a usable certificate imaps is off
  * and STARTTLS is not offered (logged).
@@ -449,7 +449,7 @@ static void on_signal(uv_signal_t *h, int signum)
 	}
 	m->d.stopping = true;
 	fprintf(stderr, "imapd: signal %d: stopping\n", signum);
-	for (size_t i = 0; i < 2; i++)
+	for (size_t i = 0; i < IMAP_LISTENERS; i++)
 		if (m->d.listeners[i] != NULL) {
 			sm_net_listener_close(m->d.listeners[i], NULL, NULL);
 			m->d.listeners[i] = NULL;
@@ -474,7 +474,7 @@ static int start_listener(imap_main *m, size_t i, uint16_t port, bool implicit)
 	if (port == 0)
 		return 0;
 	if (implicit && m->d.tls == NULL) {
-		eng_log(ENG_LOG_WARN, "imapd: imaps_port %u is off: no usable TLS "
+		eng_log(ENG_LOG_WARN, "imapd: implicit-TLS port %u is off: no usable TLS "
 			"certificate", (unsigned)port);
 		return 0;
 	}
@@ -566,8 +566,10 @@ static int load_config(const char *path, sm_config **cfg_r, uint8_t **secret_r)
 		free(err);
 		return rc;
 	}
-	if ((*cfg_r)->imaps_port == 0 && (*cfg_r)->imap_port == 0) {
-		fprintf(stderr, "imapd: imaps_port and imap_port are both 0: nothing to do\n");
+	if ((*cfg_r)->imaps_port == 0 && (*cfg_r)->imaps_alt_port == 0 &&
+	    (*cfg_r)->imap_port == 0) {
+		fprintf(stderr, "imapd: imaps_port, imaps_alt_port and imap_port are "
+			"all 0: nothing to do\n");
 		sm_config_free(cfg_r);
 		return ENG_EINVAL;
 	}
@@ -627,9 +629,11 @@ int main(int argc, char **argv)
 	events_start(&m);
 	if (start_listener(&m, 0, cfg->imaps_port, true) != 0 ||
 	    start_listener(&m, 1, cfg->imap_port, false) != 0 ||
-	    (m.d.listeners[0] == NULL && m.d.listeners[1] == NULL)) {
+	    start_listener(&m, 2, cfg->imaps_alt_port, true) != 0 ||
+	    (m.d.listeners[0] == NULL && m.d.listeners[1] == NULL &&
+	     m.d.listeners[2] == NULL)) {
 		fprintf(stderr, "imapd: cannot listen (see the log above)\n");
-		for (size_t i = 0; i < 2; i++)
+		for (size_t i = 0; i < IMAP_LISTENERS; i++)
 			if (m.d.listeners[i] != NULL)
 				sm_net_listener_close(m.d.listeners[i], NULL, NULL);
 		m.d.stopping = true;

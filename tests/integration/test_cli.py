@@ -111,7 +111,7 @@ class TestInit(Base):
         self.assertEqual(mode(data), 0o700)
         self.assertTrue(os.path.isfile(conf))
         text = read(conf)
-        for line in ("sqlited_port = 3456", "imaps_port = 993", "imap_port = 2993",
+        for line in ("sqlited_port = 3456", "imaps_port = 993", "imaps_alt_port = 2993", "imap_port = 0",
                      "pop3s_port = 995", "pop3_port = 2995", "mx_port = 2525",
                      "smtps_port = 465", "submission_port = 587", "caldav_port = 5000",
                      "carddav_port = 6000", "api_port = 4000", "web_port = 443",

@@ -203,7 +203,8 @@ static void test_default_text_round_trip(void **state)
 	assert_string_equal(cfg->hostname, "mx.example.net");
 	assert_int_equal(cfg->sqlited_port, 3456);
 	assert_int_equal(cfg->imaps_port, 993);
-	assert_int_equal(cfg->imap_port, 2993);
+	assert_int_equal(cfg->imaps_alt_port, 2993);
+	assert_int_equal(cfg->imap_port, 0);
 	assert_int_equal(cfg->pop3s_port, 995);
 	assert_int_equal(cfg->pop3_port, 2995);
 	assert_int_equal(cfg->mx_port, 2525);
