@@ -36,17 +36,17 @@ import shutil
 import signal
 import smtplib
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import rpcclient  # noqa: E402
 import sqlited_ops  # noqa: E402
+# Helpers shared with the IMAP harness.
+from imap_server import RawImap, free_port, port_open, unverified_context, wait_for  # noqa: E402,F401
 
 ROOT = os.environ.get("SEALMAIL_SOURCE_DIR", os.path.dirname(os.path.dirname(HERE)))
 BIN_DIR = os.environ.get("SEALMAIL_BIN_DIR", os.path.join(ROOT, "build", "bin"))
@@ -62,55 +62,9 @@ def built():
             shutil.which("redis-server") is not None)
 
 
-def wait_for(pred, timeout=20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def unverified_context():
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-class RawSmtp:
-    """SMTP on a raw socket, for what smtplib will not send."""
-
-    def __init__(self, sock):
-        self.s = sock
-        self.buf = b""
-        self.greeting = None
-
-    def send(self, data):
-        self.s.sendall(data)
-
-    def line(self):
-        while b"\r\n" not in self.buf:
-            d = self.s.recv(65536)
-            if not d:
-                raise EOFError("connection closed")
-            self.buf += d
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
+class RawSmtp(RawImap):
+    """SMTP on a raw socket, for what smtplib will not send (line reading,
+    closed() and close() are RawImap's)."""
 
     def reply(self):
         """(code, [lines]) of one possibly multi-line reply."""
@@ -138,26 +92,6 @@ class RawSmtp:
             return True
         finally:
             self.s.settimeout(30)
-
-    def closed(self, timeout=10.0):
-        """True if the server closes the connection (reading whatever comes first)."""
-        self.s.settimeout(timeout)
-        try:
-            while True:
-                d = self.s.recv(65536)
-                if not d:
-                    return True
-                self.buf += d
-        except (ConnectionResetError, ssl.SSLError, BrokenPipeError):
-            return True
-        except socket.timeout:
-            return False
-
-    def close(self):
-        try:
-            self.s.close()
-        except OSError:
-            pass
 
 
 class MxServer:
