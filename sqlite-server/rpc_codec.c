@@ -825,23 +825,40 @@ int rpc_get_group(const rpc_view *v, uint32_t tag, rpc_view *sub_r)
 int rpc_get_uidset(const rpc_view *v, uint32_t tag, size_t max_ranges,
 		   eng_uidset *set)
 {
-	const uint8_t *p;
-	size_t len;
-	int ret = rpc_get_bytes(v, tag, &p, &len);
+	const rpc_field *f;
+	rpc_iter it;
+	size_t ranges = 0;
+	int ret;
 
-	if (ret != 0)
-		return ret;
-	if (len % 8 != 0 || len / 8 > max_ranges)
-		return RPC_EFIELDTYPE;
-	/* Check everything before adding anything. */
-	for (size_t i = 0; i < len; i += 8) {
-		uint32_t lo = get_be32(p + i), hi = get_be32(p + i + 4);
+	/* The first occurrence decides absence and the wire type. */
+	{
+		const uint8_t *p;
+		size_t len;
 
-		if (lo == 0 || lo > hi)
-			return RPC_EFIELDTYPE;
+		if ((ret = rpc_get_bytes(v, tag, &p, &len)) != 0)
+			return ret;
 	}
-	for (size_t i = 0; i < len; i += 8)
-		eng_uidset_add(set, get_be32(p + i), get_be32(p + i + 4));
+	/* Check everything before adding anything. */
+	rpc_iter_init(&it, v);
+	while ((f = rpc_iter_next(&it, tag)) != NULL) {
+		if (f->type != RPC_W_BYTES || f->u % 8 != 0)
+			return RPC_EFIELDTYPE;
+		ranges += (size_t)(f->u / 8);
+		if (ranges > max_ranges)
+			return RPC_EFIELDTYPE;
+		for (size_t i = 0; i < f->u; i += 8) {
+			uint32_t lo = get_be32(f->data + i);
+			uint32_t hi = get_be32(f->data + i + 4);
+
+			if (lo == 0 || lo > hi)
+				return RPC_EFIELDTYPE;
+		}
+	}
+	rpc_iter_init(&it, v);
+	while ((f = rpc_iter_next(&it, tag)) != NULL)
+		for (size_t i = 0; i < f->u; i += 8)
+			eng_uidset_add(set, get_be32(f->data + i),
+				       get_be32(f->data + i + 4));
 	return 0;
 }
 

@@ -238,8 +238,11 @@ int rpc_get_bytes(const rpc_view *v, uint32_t tag, const uint8_t **p_r,
 int rpc_get_str(const rpc_view *v, uint32_t tag, char **s_r);
 int rpc_get_group(const rpc_view *v, uint32_t tag, rpc_view *sub_r);
 /*
- * A packed UID set (see rpc_put_uidset) into set (appended to); at most
- * max_ranges ranges. RPC_EFIELDTYPE for a bad length or range.
+ * A packed UID set (see rpc_put_uidset) into set (appended to): every
+ * occurrence of tag, in order, since an answer in MORE parts carries one
+ * field per part (docs/rpc.md); at most max_ranges ranges in all.
+ * RPC_EFIELDTYPE for a bad length or range (then nothing is added);
+ * RPC_EMISSING when the tag is absent.
  */
 int rpc_get_uidset(const rpc_view *v, uint32_t tag, size_t max_ranges,
 		   eng_uidset *set);

@@ -344,6 +344,32 @@ static void test_uidset_and_uids(void **state)
 			 RPC_EFIELDTYPE);
 	eng_uidset_free(&set);
 	rpc_msg_clear(&msg);
+
+	/* An answer in MORE parts carries the set as several fields: all of
+	 * them count, in order, under one range limit; a bad one anywhere
+	 * adds nothing. */
+	eng_buf_reset(&b);
+	rpc_put_bytes(&b, RPC_T_VANISHED, "\0\0\0\1\0\0\0\2", 8);
+	rpc_put_u64(&b, RPC_T_HIGHESTMODSEQ, 5);
+	rpc_put_bytes(&b, RPC_T_VANISHED, "\0\0\0\11\0\0\0\11", 8);
+	rpc_put_bytes(&b, RPC_T_FAILED, "\0\0\0\1\0\0\0\1", 8);
+	rpc_put_bytes(&b, RPC_T_FAILED, "\0\0\0\0\0\0\0\1", 8);
+	assert_int_equal(rpc_decode((const uint8_t *)b.data, b.len, NULL, &msg,
+				    &root), 0);
+	assert_int_equal(rpc_get_uidset(&root, RPC_T_VANISHED, 16, &back), 0);
+	assert_int_equal(back.count, 2);
+	assert_true(eng_uidset_contains(&back, 2));
+	assert_true(eng_uidset_contains(&back, 9));
+	assert_false(eng_uidset_contains(&back, 3));
+	eng_uidset_free(&back);
+	assert_int_equal(rpc_get_uidset(&root, RPC_T_VANISHED, 1, &back),
+			 RPC_EFIELDTYPE);
+	assert_int_equal(rpc_get_uidset(&root, RPC_T_FAILED, 16, &back),
+			 RPC_EFIELDTYPE);
+	assert_int_equal(back.count, 0);
+	assert_int_equal(rpc_get_uidset(&root, RPC_T_UIDSET, 16, &back),
+			 RPC_EMISSING);
+	rpc_msg_clear(&msg);
 	eng_buf_free(&b);
 }
 
