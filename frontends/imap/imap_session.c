@@ -996,11 +996,31 @@ static void on_error(imap_session *s, const imap_event *ev)
 		return;
 	}
 	if (cf != NULL && full(s)->streaming) {
-		/* The APPEND's arguments after a literal are wrong: its uploads
-		 * cannot be taken back here, so the connection ends and the
-		 * command is aborted (nothing is reported as stored). */
-		imap_printf(s, "%s BAD %s\r\n", cf->cmd.tag, ev->text);
-		imap_session_bye(s, "Invalid APPEND.");
+		if (ev->fatal) {
+			/* The parser cannot resynchronise: the connection ends
+			 * and the command is aborted (nothing is reported as
+			 * stored). */
+			imap_printf(s, "%s %s\r\n", cf->cmd.tag,
+				    ev->err == IMAP_ELITERAL ?
+				    "NO [TOOBIG] Message too large" : "BAD Invalid APPEND");
+			imap_session_bye(s, "Invalid APPEND.");
+			return;
+		}
+		/* A NUL in a literal, a further MULTIAPPEND message over
+		 * APPENDLIMIT, bad syntax after a literal: the APPEND takes
+		 * back what it stored and answers; the connection goes on. */
+		full(s)->streaming = false;
+		imap_append_error(s->cmd, ev);
+		return;
+	}
+	if (ev->err == IMAP_ELITERAL && ev->cmd.tag != NULL &&
+	    ev->cmd.name != NULL && strcmp(ev->cmd.name, "APPEND") == 0) {
+		/* RFC 7889: a message over APPENDLIMIT, refused before the
+		 * client sent it (or skipped, for a non-synchronising one). */
+		imap_printf(s, "%s NO [TOOBIG] Message too large\r\n",
+			    ev->cmd.tag);
+		if (ev->fatal)
+			imap_session_bye(s, "Message too large.");
 		return;
 	}
 	if (ev->fatal) {

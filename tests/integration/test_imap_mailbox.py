@@ -506,12 +506,25 @@ class MailboxTest(unittest.TestCase):
             out = r.cmd(b"A2", b"APPEND INBOX {%d+}\r\n" % len(message(1)) + message(1))
             self.assertIn(b"A2 OK", out[-1])
 
-    @unittest.expectedFailure
     def test_append_over_appendlimit_says_toobig(self):
-        # RFC 7889: NO [TOOBIG]. imap_session.c answers the parser's ELITERAL
-        # with a generic BAD for now (see docs/imap.md, Mailboxes and APPEND).
+        # RFC 7889: NO [TOOBIG], for a single APPEND and for the second
+        # message of a MULTIAPPEND (whose first message is taken back).
         self.test_append_over_appendlimit_refused()
         self.assertIn(b"NO [TOOBIG]", self.last_toobig)
+        with ImapServer(config={"max_message_bytes": "10000"}) as srv:
+            srv.add_alias(ALICE, ALICE_PW)
+            r = srv.raw()
+            r.cmd(b"L", b'LOGIN "%s" "%s"' % (ALICE.encode(), ALICE_PW.encode()))
+            n0 = int(re.search(rb"MESSAGES (\d+)",
+                               r.cmd(b"S", b"STATUS INBOX (MESSAGES)")[0]).group(1))
+            first = message(1)
+            r.send(b"M1 APPEND INBOX {%d}\r\n" % len(first))
+            self.assertTrue(r.line().startswith(b"+"))
+            r.send(first + b" {20000}\r\n")
+            out = r.until_tagged(b"M1")
+            self.assertIn(b"M1 NO [TOOBIG]", out[-1])
+            out = r.cmd(b"S2", b"STATUS INBOX (MESSAGES)")
+            self.assertIn(b"MESSAGES %d" % n0, out[0])
 
     def test_append_20mb_streams(self):
         c = self.login()
