@@ -69,6 +69,8 @@
 #define FETCH_HEADER_COLUMN_MAX (256u * 1024)
 /* A streamed body may take long on a slow client. */
 #define FETCH_STREAM_TIMEOUT_MS (60u * 60 * 1000)
+/* Output is written in pieces of about this size. */
+#define FETCH_FLUSH_BYTES (16u * 1024)
 /* Keywords written per message at most (sqlited allows 64). */
 #define FETCH_MAX_KEYWORDS 64
 
@@ -258,6 +260,14 @@ static void finish_as(fetch_op *op, enum imap_result r, const char *code,
 	op->end_code = code;
 	op->end_text = text;
 	op->end_err = err;
+	if (!op->aborted && !op->cmd->aborted) {
+		/* A response begun and not ended (an item failed): closed, so
+		 * that the tagged answer follows valid syntax. */
+		if (op->stage == HS_ITEMS)
+			eng_buf_puts(&op->line, ")\r\n");
+		if (op->line.len > 0)
+			imap_write_buf(op->s, &op->line);
+	}
 	cancel_open(op);
 	if (op->inflight == 0)
 		op_end(op);
@@ -523,6 +533,34 @@ static int fill_pipeline(fetch_op *op)
 
 /* ---- writing ---- */
 
+/*
+ * Output is gathered in op->line and written in pieces of about
+ * FETCH_FLUSH_BYTES (each write is a TLS record and a socket write), and
+ * whenever the command waits or streams a literal's bytes.
+ */
+static void out_flush(fetch_op *op)
+{
+	if (op->line.len > 0)
+		imap_write_buf(op->s, &op->line);
+}
+
+static void out_maybe_flush(fetch_op *op)
+{
+	if (op->line.len >= FETCH_FLUSH_BYTES)
+		out_flush(op);
+}
+
+static void out_put(fetch_op *op, const void *data, size_t len)
+{
+	if (len >= FETCH_FLUSH_BYTES) {
+		out_flush(op);
+		imap_write(op->s, data, len);
+		return;
+	}
+	eng_buf_append(&op->line, data, len);
+	out_maybe_flush(op);
+}
+
 /* The space between two items of one FETCH response. */
 static void item_sep(fetch_op *op, eng_buf *b)
 {
@@ -546,7 +584,6 @@ static void put_literal_head(fetch_op *op, const imap_fetch_item *it,
 	put_label(op, it);
 	eng_buf_printf(b, " %s{%llu}\r\n", literal8 ? "~" : "",
 		       (unsigned long long)size);
-	imap_write_buf(op->s, b);
 }
 
 /* A literal from memory, with the item's partial range applied. */
@@ -563,7 +600,7 @@ static void put_literal_mem(fetch_op *op, const imap_fetch_item *it,
 	}
 	put_literal_head(op, it, n, literal8);
 	if (n > 0)
-		imap_write(op->s, data + start, n);
+		out_put(op, data + start, n);
 }
 
 static void put_objectid(eng_buf *b, const char *name, char c, int64_t id)
@@ -649,7 +686,6 @@ static void put_prefix(fetch_op *op, const fmsg *m, const fslot *sl)
 		memmove(b->data + mark, b->data + mark + 1, b->len - mark - 1);
 		b->data[--b->len] = '\0';
 	}
-	imap_write_buf(op->s, b);
 }
 
 /* ---- phase B: body items ---- */
@@ -695,6 +731,7 @@ static void write_window(fetch_op *op)
 	if (hi > wlo && lo < whi) {
 		uint64_t a = lo > wlo ? lo : wlo, z = hi < whi ? hi : whi;
 
+		out_flush(op);
 		imap_write(op->s, op->dec.data + (a - lo), (size_t)(z - a));
 	}
 	op->decoded = hi;
@@ -715,8 +752,10 @@ static int b_data(fetch_op *op, uint32_t id, const rpc_view *head,
 			op->lit_size = size;
 			put_literal_head(op, it, size, op->literal8);
 		}
-		if (len > 0)
+		if (len > 0) {
+			out_flush(op);       /* the literal's head first */
 			imap_write(op->s, data, len);
+		}
 		break;
 	case BM_BUFFER:
 		eng_buf_append(&op->buf, data, len);
@@ -834,7 +873,7 @@ static int item_binary(fetch_op *op, const imap_fetch_item *it)
 		put_label(op, it);
 		eng_buf_puts(&op->line, it->kind == IMAP_FK_BINARY_SIZE ?
 			     " 0" : " \"\"");
-		imap_write_buf(op->s, &op->line);
+		out_maybe_flush(op);
 		return 0;
 	}
 	enc_size = it->part[0] == '\0' ? op->msgs[op->cur].size :
@@ -845,7 +884,7 @@ static int item_binary(fetch_op *op, const imap_fetch_item *it)
 			put_label(op, it);
 			eng_buf_printf(&op->line, " %llu",
 				       (unsigned long long)enc_size);
-			imap_write_buf(op->s, &op->line);
+			out_maybe_flush(op);
 			return 0;
 		}
 		return send_item(op, section, it->partial ? it->offset : 0,
@@ -904,7 +943,7 @@ static void item_buffered(fetch_op *op)
 	if (it->kind == IMAP_FK_BINARY_SIZE) {
 		put_label(op, it);
 		eng_buf_printf(&op->line, " %zu", op->dec.len);
-		imap_write_buf(op->s, &op->line);
+		out_maybe_flush(op);
 	} else {
 		put_literal_mem(op, it, op->dec.data, op->dec.len,
 				op->literal8 || memchr(op->dec.data != NULL ?
@@ -926,7 +965,7 @@ static int item_counted(fetch_op *op)
 	if (it->kind == IMAP_FK_BINARY_SIZE) {
 		put_label(op, it);
 		eng_buf_printf(&op->line, " %llu", (unsigned long long)total);
-		imap_write_buf(op->s, &op->line);
+		out_maybe_flush(op);
 		return 0;
 	}
 	op->win_off = 0;
@@ -1196,7 +1235,7 @@ static int run_message(fetch_op *op)
 				break;
 			}
 			if (op->item == op->spec.n_items) {
-				imap_write(op->s, ")\r\n", 3);
+				out_put(op, ")\r\n", 3);
 				op->stage = HS_DONE;
 				break;
 			}
@@ -1238,6 +1277,7 @@ static void pump(fetch_op *op)
 		}
 		if (op->cur == op->n) {
 			op->pumping = false;
+			out_flush(op);
 			finish(op, IMAP_OK, NULL, "FETCH completed");
 			return;
 		}
@@ -1247,6 +1287,7 @@ static void pump(fetch_op *op)
 				continue;
 			break;
 		}
+		out_maybe_flush(op);
 		if (op->stage == HS_START && op->msgs[op->cur].seq == 0) {
 			next_message(op);
 			continue;
@@ -1258,6 +1299,7 @@ static void pump(fetch_op *op)
 			break;
 	}
 	op->pumping = false;
+	out_flush(op);               /* waiting: what is ready goes out */
 }
 
 static void on_drained(imap_cmd *cmd)
@@ -1457,8 +1499,8 @@ static void put_vanished(fetch_op *op, const eng_uidset *gone)
 	size_t mark;
 	bool any = false;
 
-	eng_buf_puts(b, "* VANISHED (EARLIER) ");
 	mark = b->len;
+	eng_buf_puts(b, "* VANISHED (EARLIER) ");
 	for (size_t i = 0; i < gone->count; i++) {
 		for (size_t k = 0; k < op->set.count; k++) {
 			uint32_t lo = gone->ranges[i].lo, hi = gone->ranges[i].hi;
@@ -1476,12 +1518,12 @@ static void put_vanished(fetch_op *op, const eng_uidset *gone)
 		}
 	}
 	if (!any) {
-		eng_buf_reset(b);
+		b->len = mark;           /* nothing vanished in the set */
+		if (b->data != NULL)
+			b->data[mark] = '\0';
 		return;
 	}
-	(void)mark;
 	eng_buf_puts(b, "\r\n");
-	imap_write_buf(op->s, b);
 }
 
 static void on_changes(imap_cmd *cmd, int err, const rpc_view *resp)
