@@ -165,7 +165,12 @@ struct fetch_op {
 	enum bmode mode;
 	enum bafter after;
 	fslot *hs;                   /* its phase A slot, if any */
-	eng_buf line;                /* scratch for the response text */
+	eng_buf line;                /* output not written yet */
+	/* The message being written starts at line[msg_mark] and nothing of
+	 * it has been written (msg_open): it can still be dropped if it
+	 * turns out to be gone (expunged since FETCH_META). */
+	size_t msg_mark;
+	bool msg_open;
 	eng_buf buf;                 /* a buffered fetch */
 	eng_buf dec;                 /* decoder output */
 	imap_cte cte;
@@ -182,6 +187,7 @@ struct fetch_op {
 };
 
 static void pump(fetch_op *op);
+static void out_drop_open(fetch_op *op);
 
 /* ---- lifetime ---- */
 
@@ -263,7 +269,9 @@ static void finish_as(fetch_op *op, enum imap_result r, const char *code,
 	if (!op->aborted && !op->cmd->aborted) {
 		/* A response begun and not ended (an item failed): closed, so
 		 * that the tagged answer follows valid syntax. */
-		if (op->stage == HS_ITEMS)
+		if (op->msg_open)
+			out_drop_open(op);
+		else if (op->stage == HS_ITEMS)
 			eng_buf_puts(&op->line, ")\r\n");
 		if (op->line.len > 0)
 			imap_write_buf(op->s, &op->line);
@@ -540,14 +548,46 @@ static int fill_pipeline(fetch_op *op)
  */
 static void out_flush(fetch_op *op)
 {
+	op->msg_open = false;
 	if (op->line.len > 0)
 		imap_write_buf(op->s, &op->line);
+}
+
+/* Writes the complete responses, keeps the open message's start. */
+static void out_flush_ready(fetch_op *op)
+{
+	eng_buf *b = &op->line;
+	size_t keep;
+
+	if (!op->msg_open) {
+		out_flush(op);
+		return;
+	}
+	if (op->msg_mark == 0)
+		return;
+	keep = b->len - op->msg_mark;
+	imap_write(op->s, b->data, op->msg_mark);
+	memmove(b->data, b->data + op->msg_mark, keep);
+	b->len = keep;
+	b->data[keep] = '\0';
+	op->msg_mark = 0;
+}
+
+/* Drops the open message's response (it is skipped). */
+static void out_drop_open(fetch_op *op)
+{
+	if (!op->msg_open)
+		return;
+	op->line.len = op->msg_mark;
+	if (op->line.data != NULL)
+		op->line.data[op->msg_mark] = '\0';
+	op->msg_open = false;
 }
 
 static void out_maybe_flush(fetch_op *op)
 {
 	if (op->line.len >= FETCH_FLUSH_BYTES)
-		out_flush(op);
+		out_flush_ready(op);
 }
 
 static void out_put(fetch_op *op, const void *data, size_t len)
@@ -636,6 +676,8 @@ static void put_prefix(fetch_op *op, const fmsg *m, const fslot *sl)
 
 	size_t mark;
 
+	op->msg_mark = b->len;
+	op->msg_open = true;
 	eng_buf_printf(b, "* %u FETCH (", m->seq);
 	mark = b->len;
 	if (op->cmd->uid || (a & IMAP_FA_UID))
@@ -985,7 +1027,8 @@ static int item_counted(fetch_op *op)
 }
 
 /* The current item's RPC ended (item_done or item_err). 1: another RPC
- * runs for it, 0: the item is done, < 0: the command failed. */
+ * runs for it, 0: the item is done, 2: the message is gone (skip it),
+ * < 0: the command failed. */
 static int item_finished(fetch_op *op)
 {
 	int err = op->item_err;
@@ -999,7 +1042,10 @@ static int item_finished(fetch_op *op)
 			finish_rpc_error(op, err);
 			return -1;
 		}
-		/* Expunged meanwhile: the item is empty. */
+		/* Expunged meanwhile: skipped if nothing of it was written,
+		 * else the item is empty. */
+		if (op->msg_open)
+			return 2;
 		eng_buf_reset(&op->buf);
 		op->decoded = 0;
 		if (op->mode == BM_STREAM) {
@@ -1195,6 +1241,11 @@ static int run_message(fetch_op *op)
 				return 0;
 			if (op->item_done || op->item_err != 0) {
 				op->item_done = false;
+				if (op->item_err == ENG_ENOTFOUND) {
+					op->item_err = 0;
+					next_message(op);    /* gone: skipped */
+					return 1;
+				}
 				if (op->item_err == 0)
 					preview_finished(op);
 				op->item_err = 0;
@@ -1229,13 +1280,20 @@ static int run_message(fetch_op *op)
 				op->item_err = 0;
 				if (rc < 0)
 					return -1;
+				if (rc == 2) {
+					out_drop_open(op);
+					next_message(op);
+					return 1;
+				}
 				if (rc == 1)
 					return 0;
 				op->item++;
 				break;
 			}
 			if (op->item == op->spec.n_items) {
-				out_put(op, ")\r\n", 3);
+				eng_buf_puts(&op->line, ")\r\n");
+				op->msg_open = false;    /* complete */
+				out_maybe_flush(op);
 				op->stage = HS_DONE;
 				break;
 			}
@@ -1299,7 +1357,7 @@ static void pump(fetch_op *op)
 			break;
 	}
 	op->pumping = false;
-	out_flush(op);               /* waiting: what is ready goes out */
+	out_flush_ready(op);         /* waiting: what is complete goes out */
 }
 
 static void on_drained(imap_cmd *cmd)
