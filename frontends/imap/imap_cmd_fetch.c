@@ -154,6 +154,10 @@ struct fetch_op {
 	int end_err;                 /* != 0: imap_cmd_fail_rpc */
 	bool need_space;             /* an item was written for this message */
 	bool pumping;
+	/* An item request waiting for phase A requests to be answered. */
+	bool pend;
+	char pend_section[200];
+	uint64_t pend_offset, pend_length;
 	bool repump;                 /* woken while pumping: go round again */
 	/* The message being written. */
 	enum hstage stage;
@@ -508,8 +512,8 @@ static int fill_pipeline(fetch_op *op)
 	uint32_t want = (op->need_mime ? RPC_WANT_MIME : 0) |
 			(op->need_header ? RPC_WANT_HEADER : 0);
 
-	if (!msg_needs_a(op))
-		return 0;
+	if (!msg_needs_a(op) || op->item_busy)
+		return 0;            /* none while an item request is open */
 	if (op->next_a < op->cur)
 		op->next_a = op->cur;
 	while (op->next_a < op->n && op->next_a < op->cur + FETCH_PIPELINE &&
@@ -732,14 +736,43 @@ static void put_prefix(fetch_op *op, const fmsg *m, const fslot *sl)
 
 /* ---- phase B: body items ---- */
 
-static int send_item(fetch_op *op, const char *section, uint64_t offset,
-		     uint64_t length, enum bmode mode)
+/* Phase A requests open (sent, not answered). */
+static bool a_open(const fetch_op *op)
+{
+	for (size_t i = 0; i < FETCH_REQS; i++)
+		if (op->reqs[i].used && op->reqs[i].kind == RQ_A)
+			return true;
+	return false;
+}
+
+/* Sends the item request that send_item prepared. */
+static int send_pending(fetch_op *op)
 {
 	freq *r = req_new(op, RQ_B);
 	int rc;
 
+	op->pend = false;
 	if (r == NULL)
-		return ENG_EBUSY;
+		rc = ENG_EBUSY;
+	else
+		rc = send_body(op, r, op->msgs[op->cur].uid, op->pend_section,
+			       0, op->pend_offset, op->pend_length,
+			       op->mode != BM_BUFFER);
+	if (rc != 0)
+		op->item_busy = false;
+	return rc;
+}
+
+/*
+ * The current item's FETCH_BODY. It goes out once no phase A request is
+ * open (and none is sent while it runs), so that an error, which names
+ * no request, is never between a phase A request and this one.
+ */
+static int send_item(fetch_op *op, const char *section, uint64_t offset,
+		     uint64_t length, enum bmode mode)
+{
+	if (strlen(section) >= sizeof(op->pend_section))
+		return ENG_EINVAL;
 	op->mode = mode;
 	op->item_busy = true;
 	op->item_done = false;
@@ -747,11 +780,11 @@ static int send_item(fetch_op *op, const char *section, uint64_t offset,
 	op->lit_started = false;
 	op->decoded = 0;
 	eng_buf_reset(&op->buf);
-	rc = send_body(op, r, op->msgs[op->cur].uid, section, 0, offset,
-		       length, mode != BM_BUFFER);
-	if (rc != 0)
-		op->item_busy = false;
-	return rc;
+	memcpy(op->pend_section, section, strlen(section) + 1);
+	op->pend_offset = offset;
+	op->pend_length = length;
+	op->pend = true;
+	return a_open(op) ? 0 : send_pending(op);
 }
 
 static bool out_blocked(fetch_op *op, uint32_t id, size_t len)
@@ -1135,8 +1168,10 @@ static int preview_start(fetch_op *op)
 	if ((p = preview_part(root, false)) == NULL &&
 	    (p = preview_part(root, true)) == NULL)
 		return 0;
-	if (!part_number(root, p, &sec))
-		return 0;
+	if (!part_number(root, p, &sec) || sec.len >= sizeof(op->pend_section)) {
+		eng_buf_free(&sec);
+		return 0;            /* too deep to name: no preview */
+	}
 	if (sec.len == 0)
 		eng_buf_putc(&sec, '1');   /* a single-part message: part 1 */
 	if (imap_cte_init(&op->cte, p->encoding) != 0)
@@ -1328,6 +1363,11 @@ static void pump(fetch_op *op)
 	op->pumping = true;
 	for (;;) {
 		op->repump = false;
+		if (op->pend && !a_open(op) && (rc = send_pending(op)) != 0) {
+			op->pumping = false;
+			finish_rpc_error(op, rc);
+			return;
+		}
 		if ((rc = fill_pipeline(op)) != 0) {
 			op->pumping = false;
 			finish_rpc_error(op, rc);
