@@ -123,8 +123,12 @@ static bool parse_fields(const char **pp, const char *end, imap_fetch_item *it)
 		}
 		if (n == 0 || it->n_fields == IMAP_FETCH_MAX_FIELDS)
 			return false;
+		/* A field name is printable ASCII without ':' (RFC 5322
+		 * 3.6.8); brackets would end the section even when quoted,
+		 * and a backslash could not be written back unescaped. */
 		for (size_t i = 0; i < n; i++)
-			if (s[i] <= ' ' || s[i] >= 0x7f || s[i] == ':')
+			if (s[i] <= ' ' || s[i] >= 0x7f || s[i] == ':' ||
+			    s[i] == '[' || s[i] == ']' || s[i] == '\\')
 				return false;
 		it->fields[it->n_fields] = s;
 		it->field_lens[it->n_fields] = n;
@@ -467,9 +471,19 @@ void imap_fetch_item_label(const imap_fetch_item *it, eng_buf *out)
 	if (it->n_fields > 0) {
 		eng_buf_puts(out, " (");
 		for (size_t i = 0; i < it->n_fields; i++) {
+			const char *f = it->fields[i];
+			size_t n = it->field_lens[i];
+			bool quote = false;
+
+			for (size_t k = 0; k < n; k++)
+				quote |= strchr("(){%*", f[k]) != NULL;
 			if (i > 0)
 				eng_buf_putc(out, ' ');
-			eng_buf_append(out, it->fields[i], it->field_lens[i]);
+			if (quote)
+				eng_buf_putc(out, '"');
+			eng_buf_append(out, f, n);
+			if (quote)
+				eng_buf_putc(out, '"');
 		}
 		eng_buf_putc(out, ')');
 	}
@@ -763,10 +777,12 @@ void imap_preview_build(const char *in, size_t len, const char *charset,
 			continue;
 		}
 		if (space) {
+			/* A space only between two characters that fit. */
+			if (chars + 2 > IMAP_PREVIEW_MAX_CHARS)
+				break;
 			eng_buf_putc(out, ' ');
 			space = false;
-			if (++chars == IMAP_PREVIEW_MAX_CHARS)
-				break;
+			chars++;
 		}
 		eng_buf_append(out, t + i, n);
 		chars++;

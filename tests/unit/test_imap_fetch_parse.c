@@ -238,6 +238,8 @@ static void test_bad_sections(void **state)
 	expect_bad("1 BINARY[1.TEXT]", "section");
 	expect_bad("1 BINARY[HEADER]", "section");
 	expect_bad("1 BODY.PEAK[]", "Unknown");
+	/* Field names that could not be written back as they came. */
+	expect_bad("1 BODY[HEADER.FIELDS (a\\b)]", "section");
 }
 
 static void test_modifiers(void **state)
@@ -463,6 +465,13 @@ static void test_preview(void **state)
 	eng_buf_putc(&out, '\0');
 	assert_int_equal(utf8_chars(out.data), IMAP_PREVIEW_MAX_CHARS);
 	assert_int_equal(strlen(out.data), 2 * IMAP_PREVIEW_MAX_CHARS);
+	/* Never a space at the end, even when the limit falls on one. */
+	memset(big, 'a', 255);
+	memcpy(big + 255, " b", 3);
+	eng_buf_reset(&out);
+	imap_preview_build(big, 257, NULL, false, &out);
+	assert_int_equal(out.len, 255);
+	assert_int_not_equal(out.data[out.len - 1], ' ');
 	/* A prefix cut inside a character drops the partial one. */
 	eng_buf_reset(&out);
 	imap_preview_build("ab\xe2\x82", 4, "utf-8", false, &out);
