@@ -69,6 +69,9 @@
 #define FETCH_HEADER_COLUMN_MAX (256u * 1024)
 /* A streamed body may take long on a slow client. */
 #define FETCH_STREAM_TIMEOUT_MS (60u * 60 * 1000)
+/* Messages per FETCH_META: the command's memory is bounded by this
+ * however large the set. */
+#define FETCH_META_CHUNK 4096
 /* Output is written in pieces of about this size. */
 #define FETCH_FLUSH_BYTES (16u * 1024)
 /* Keywords written per message at most (sqlited allows 64). */
@@ -131,6 +134,8 @@ struct fetch_op {
 	imap_session *s;
 	imap_fetch_spec spec;
 	eng_uidset set;
+	eng_uidset chunk;            /* the UIDs of the current FETCH_META */
+	size_t view_pos;             /* next index of sel->uids to take */
 	bool want_seen;              /* a non-PEEK item and not read-only */
 	uint32_t attrs_a;            /* attributes needing phase A */
 	bool need_mime, need_header;
@@ -192,6 +197,7 @@ struct fetch_op {
 
 static void pump(fetch_op *op);
 static void out_drop_open(fetch_op *op);
+static int send_meta(fetch_op *op);
 
 /* ---- lifetime ---- */
 
@@ -212,6 +218,7 @@ static void op_free(fetch_op *op)
 	}
 	imap_fetch_spec_clear(&op->spec);
 	eng_uidset_free(&op->set);
+	eng_uidset_free(&op->chunk);
 	free(op->msgs);
 	eng_buf_free(&op->kw);
 	eng_buf_free(&op->line);
@@ -1354,8 +1361,8 @@ static void pump(fetch_op *op)
 {
 	int rc;
 
-	if (op->finished || op->aborted)
-		return;
+	if (op->finished || op->aborted || op->busy)
+		return;              /* busy: FETCH_META or STORE in flight */
 	if (op->pumping) {
 		op->repump = true;
 		return;
@@ -1376,7 +1383,10 @@ static void pump(fetch_op *op)
 		if (op->cur == op->n) {
 			op->pumping = false;
 			out_flush(op);
-			finish(op, IMAP_OK, NULL, "FETCH completed");
+			if ((rc = send_meta(op)) == 1)
+				finish(op, IMAP_OK, NULL, "FETCH completed");
+			else if (rc < 0)
+				finish_rpc_error(op, rc);
 			return;
 		}
 		if (op->held || (op->stage == HS_START &&
@@ -1560,14 +1570,19 @@ static void on_meta(imap_cmd *cmd, int err, const rpc_view *resp)
 	if (!once_back(op, err))
 		return;
 	cap = rpc_count(resp, RPC_T_MESSAGE);
+	free(op->msgs);
 	op->msgs = eng_calloc(cap > 0 ? cap : 1, sizeof(*op->msgs));
+	op->n = 0;
+	op->cur = 0;
+	op->next_a = 0;
+	eng_buf_reset(&op->kw);
 	rpc_iter_init(&it, resp);
 	while ((f = rpc_iter_next(&it, RPC_T_MESSAGE)) != NULL && op->n < cap) {
 		rpc_view g = rpc_field_group(f);
 		fmsg *m = &op->msgs[op->n];
 
 		if (rpc_get_u32(&g, RPC_T_UID, &m->uid) != 0 ||
-		    !eng_uidset_contains(&op->set, m->uid) ||
+		    !eng_uidset_contains(&op->chunk, m->uid) ||
 		    (op->n > 0 && m->uid <= op->msgs[op->n - 1].uid))
 			continue;
 		meta_read(op, &g, m);
@@ -1579,12 +1594,50 @@ static void on_meta(imap_cmd *cmd, int err, const rpc_view *resp)
 	pump(op);
 }
 
+/* FETCH_META_CHUNK, or less for tests (SEALMAIL_IMAP_FETCH_CHUNK), so
+ * that a test crosses chunks without thousands of messages. */
+static size_t meta_chunk(void)
+{
+	static size_t chunk;
+
+	if (chunk == 0) {
+		const char *e = getenv("SEALMAIL_IMAP_FETCH_CHUNK");
+		unsigned long v = e != NULL ? strtoul(e, NULL, 10) : 0;
+
+		chunk = v > 0 && v < FETCH_META_CHUNK ? (size_t)v :
+			FETCH_META_CHUNK;
+	}
+	return chunk;
+}
+
+/*
+ * The next FETCH_META: the next FETCH_META_CHUNK messages of the view
+ * that are in the set (a UID not in the view is never answered, so only
+ * the view is asked for). 0 sent, 1 nothing is left, < 0 an error.
+ */
 static int send_meta(fetch_op *op)
 {
+	const imap_selected *sel = op->s->sel;
 	eng_buf pl = ENG_BUF_INIT;
+	size_t taken = 0;
 
+	eng_uidset_free(&op->chunk);
+	while (op->view_pos < sel->n && taken < meta_chunk()) {
+		uint32_t u = sel->uids[op->view_pos++];
+		eng_uidset *c = &op->chunk;
+
+		if (!eng_uidset_contains(&op->set, u))
+			continue;
+		if (c->count > 0 && c->ranges[c->count - 1].hi + 1 == u)
+			c->ranges[c->count - 1].hi = u;
+		else
+			eng_uidset_add(c, u, u);
+		taken++;
+	}
+	if (taken == 0)
+		return 1;
 	payload_begin(op, &pl);
-	rpc_put_uidset(&pl, RPC_T_UIDSET, &op->set);
+	rpc_put_uidset(&pl, RPC_T_UIDSET, &op->chunk);
 	if (op->spec.has_changedsince)
 		rpc_put_u64(&pl, RPC_T_CHANGEDSINCE, op->spec.changedsince);
 	return call_once(op, RPC_OP_FETCH_META, &pl, on_meta);
@@ -1635,7 +1688,9 @@ static void on_changes(imap_cmd *cmd, int err, const rpc_view *resp)
 	if (rpc_get_uidset(resp, RPC_T_VANISHED, 1u << 20, &gone) == 0)
 		put_vanished(op, &gone);
 	eng_uidset_free(&gone);
-	if ((rc = send_meta(op)) != 0)
+	if ((rc = send_meta(op)) == 1)
+		finish(op, IMAP_OK, NULL, "FETCH completed");
+	else if (rc < 0)
 		finish_rpc_error(op, rc);
 }
 
@@ -1716,7 +1771,9 @@ static void cmd_fetch(imap_cmd *cmd)
 	cmd->on_drained = on_drained;
 	cmd->on_abort = on_abort;
 	rc = op->spec.vanished ? send_changes(op) : send_meta(op);
-	if (rc != 0)
+	if (rc == 1)
+		finish(op, IMAP_OK, NULL, "FETCH completed");
+	else if (rc < 0)
 		finish_rpc_error(op, rc);
 }
 
