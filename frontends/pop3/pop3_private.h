@@ -33,7 +33,7 @@ typedef struct pop3d {
 	/* Mailbox locks held by this process (always consulted), and Redis
 	 * (shared by every pop3d of an installation) when it is reachable. */
 	pop3_lock *locks;
-	void *redis;                 /* redisAsyncContext *, NULL while down */
+	struct sm_redis_conn *redis;  /* redis_conn.h; NULL: redis_url unusable */
 	uint64_t lock_ttl_ms;
 } pop3d;
 
