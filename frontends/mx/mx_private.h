@@ -46,7 +46,7 @@ typedef struct mxd {
 	mx_session *sessions;        /* every live session */
 	unsigned n_sessions;
 	bool stopping;
-	void *redis;                 /* redisAsyncContext *, NULL while down */
+	struct sm_redis_conn *redis;  /* redis_conn.h; NULL: redis_url unusable */
 	mx_rate_mem *rate_mem;       /* counters while Redis is down */
 	/* Message bytes held in memory by every session (bounded by
 	 * mx_max_buffered_mib: a message that would pass it gets 452 4.3.1). */

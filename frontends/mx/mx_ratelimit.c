@@ -17,6 +17,7 @@
 #include "mx_private.h"
 
 #include "eng_error.h"
+#include "redis_conn.h"
 
 #include <ctype.h>
 #include <hiredis/async.h>
@@ -134,7 +135,7 @@ static void on_hit(redisAsyncContext *ac, void *reply, void *privdata)
 void mx_rate_hit(mxd *d, mx_rate_kind kind, const char *subject,
 		 uint64_t limit, mx_rate_cb *cb, void *ctx)
 {
-	redisAsyncContext *ac = d->redis;
+	redisAsyncContext *ac = sm_redis_conn_ready(d->redis);
 	uint64_t secs = kind_seconds[kind];
 	char hex[MX_RATE_HASH_CHARS + 1];
 	rate_req *r;
@@ -151,7 +152,7 @@ void mx_rate_hit(mxd *d, mx_rate_kind kind, const char *subject,
 	r->window = (uint64_t)time(NULL) / secs;
 	subject_hash(kind, subject, r->hash);
 	sodium_bin2hex(hex, sizeof(hex), r->hash, sizeof(r->hash));
-	if (ac != NULL && (ac->c.flags & REDIS_CONNECTED) &&
+	if (ac != NULL &&
 	    redisAsyncCommand(ac, on_hit, r, "EVAL %s 1 %s%s:%s:%llu %llu", lua_hit,
 			      MX_RATE_PREFIX, kind_names[kind], hex,
 			      (unsigned long long)r->window,
