@@ -9,7 +9,8 @@
  * listener. A port of 0 is off. Without a usable certificate imaps is off
  * and STARTTLS is not offered (logged).
  *
- * Signals: SIGHUP reloads the certificate (new connections get it);
+ * Start-up and signals are common/daemon.h's. Signals: SIGHUP reloads
+ * the certificate (new connections get it);
  * SIGINT/SIGTERM stop accepting, send "* BYE" to every session and close
  * it, and exit 0 once the last one is gone. A second signal exits at once
  * with 1.
@@ -18,8 +19,9 @@
  * A channel sealmail:alias:<id> is subscribed while at least one session
  * of that alias is logged in here (reference counted); each message
  * "<kind> <mailbox> <uid> <modseq>" goes to imap_session_event() of each
- * such session. The connection is retried with a backoff from 250 ms
- * doubling to 10 s; when it is back, every channel is subscribed again
+ * such session. The connection (common/redis_conn.h) is retried with a
+ * backoff from 250 ms doubling to 10 s; when it is back, every channel is
+ * subscribed again
  * and every session's view is marked stale (events were lost meanwhile).
  * Redis is an optimisation: without it, IDLE still sees changes through
  * its periodic sync (IMAP_IDLE_SYNC_MS) and other commands at their end.
@@ -32,20 +34,16 @@
  */
 #include "imap_daemon.h"
 
+#include "daemon.h"
 #include "eng_error.h"
-#include "redis_url.h"
-#include "secrets.h"
+#include "redis_conn.h"
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <signal.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
 
 #define EV_BACKOFF_MIN_MS 250u
 #define EV_BACKOFF_MAX_MS 10000u
@@ -65,23 +63,18 @@ typedef struct ev_sub {
 
 struct imap_events {
 	imapd *d;
-	sm_redis_target target;
-	bool disabled;
-	redisAsyncContext *ac;
-	bool connected;
-	uv_timer_t retry;
-	unsigned backoff_ms;
+	sm_redis_conn *conn;         /* NULL: redis_url unusable */
 	ev_sub *subs;
+	char lost_msg[160];
 };
 
 typedef struct imap_main {
+	sm_daemon dm;
 	imapd d;
 	imap_events ev;
-	uv_signal_t sigint, sigterm, sighup;
 	uv_timer_t kick;             /* imapd_kick_later */
 	uv_timer_t idle_tick;        /* IMAP_IDLE_SYNC_MS */
 	bool kick_pending;
-	bool done;
 } imap_main;
 
 static imap_main *g_main;
@@ -173,9 +166,11 @@ static void on_sub_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 static void send_subscribe(imap_events *ev, const char *id, bool on)
 {
-	if (ev->ac == NULL || !ev->connected)
+	redisAsyncContext *ac = sm_redis_conn_ready(ev->conn);
+
+	if (ac == NULL)
 		return;      /* done for every channel when it connects */
-	redisAsyncCommand(ev->ac, on ? on_sub_reply : NULL, ev,
+	redisAsyncCommand(ac, on ? on_sub_reply : NULL, ev,
 			  on ? "SUBSCRIBE " EV_CHANNEL_PREFIX "%s" :
 			  "UNSUBSCRIBE " EV_CHANNEL_PREFIX "%s", id);
 }
@@ -250,115 +245,45 @@ void imap_events_unsubscribe(imapd *d, const char *alias_id)
 
 /* ---- events: the connection ---- */
 
-static void ev_connect(imap_events *ev);
-
-static void on_retry(uv_timer_t *t)
+static void on_redis_connect(void *ctx, redisAsyncContext *ac)
 {
-	ev_connect(t->data);
-}
+	imap_events *ev = ctx;
 
-static void schedule_retry(imap_events *ev)
-{
-	if (ev->d->stopping)
-		return;
-	uv_timer_start(&ev->retry, on_retry, ev->backoff_ms, 0);
-	ev->backoff_ms = ev->backoff_ms * 2 > EV_BACKOFF_MAX_MS ? EV_BACKOFF_MAX_MS :
-			 ev->backoff_ms * 2;
-}
-
-static void on_connected(const redisAsyncContext *ac, int status)
-{
-	imap_events *ev = ac->data;
-
-	if (ev == NULL)
-		return;
-	if (status != REDIS_OK) {
-		ev->ac = NULL;       /* hiredis frees ac after this callback */
-		ev->connected = false;
-		schedule_retry(ev);
-		return;
-	}
-	ev->connected = true;
-	ev->backoff_ms = EV_BACKOFF_MIN_MS;
-	eng_log(ENG_LOG_INFO, "imapd: connected to Redis (events)");
+	(void)ac;
 	for (ev_sub *s = ev->subs; s != NULL; s = s->next)
 		send_subscribe(ev, s->id, true);
 	/* Whatever happened while it was down was not heard. */
 	imap_sessions_all_dirty(ev->d);
 }
 
-static void on_disconnected(const redisAsyncContext *ac, int status)
-{
-	imap_events *ev = ac->data;
-
-	(void)status;
-	if (ev == NULL)
-		return;
-	if (ev->connected && !ev->d->stopping)
-		eng_log(ENG_LOG_WARN, "imapd: lost the Redis connection; IDLE falls "
-			"back to a sync every %u s until it is back",
-			IMAP_IDLE_SYNC_MS / 1000);
-	ev->ac = NULL;
-	ev->connected = false;
-	schedule_retry(ev);
-}
-
-static void ev_connect(imap_events *ev)
-{
-	redisAsyncContext *ac;
-
-	if (ev->ac != NULL || ev->disabled || ev->d->stopping)
-		return;
-	ac = ev->target.unix_path != NULL ? redisAsyncConnectUnix(ev->target.unix_path) :
-	     redisAsyncConnect(ev->target.host, ev->target.port);
-	if (ac == NULL)
-		eng_oom(sizeof(redisAsyncContext));
-	if (ac->err != 0 || redisLibuvAttach(ac, ev->d->loop) != REDIS_OK) {
-		redisAsyncFree(ac);
-		schedule_retry(ev);
-		return;
-	}
-	ac->data = ev;
-	redisAsyncSetConnectCallback(ac, on_connected);
-	redisAsyncSetDisconnectCallback(ac, on_disconnected);
-	ev->ac = ac;
-	/* Queued now, sent once connected, before any SUBSCRIBE. */
-	if (ev->target.password != NULL)
-		redisAsyncCommand(ac, NULL, NULL, "AUTH %s", ev->target.password);
-	if (ev->target.db != 0)
-		redisAsyncCommand(ac, NULL, NULL, "SELECT %d", ev->target.db);
-}
-
 static void events_start(imap_main *m)
 {
 	imap_events *ev = &m->ev;
+	sm_redis_conn_config rc;
 
 	ev->d = &m->d;
-	ev->backoff_ms = EV_BACKOFF_MIN_MS;
-	uv_timer_init(m->d.loop, &ev->retry);
-	ev->retry.data = ev;
 	m->d.events = ev;
-	if (sm_redis_target_parse(m->d.cfg->redis_url, m->d.cfg->data_dir,
-				  &ev->target) != 0) {
+	snprintf(ev->lost_msg, sizeof(ev->lost_msg), "imapd: lost the Redis "
+		 "connection; IDLE falls back to a sync every %u s until it is back",
+		 IMAP_IDLE_SYNC_MS / 1000);
+	memset(&rc, 0, sizeof(rc));
+	rc.redis_url = m->d.cfg->redis_url;
+	rc.data_dir = m->d.cfg->data_dir;
+	rc.backoff_min_ms = EV_BACKOFF_MIN_MS;
+	rc.backoff_max_ms = EV_BACKOFF_MAX_MS;
+	rc.connected_msg = "imapd: connected to Redis (events)";
+	rc.lost_msg = ev->lost_msg;
+	rc.hold = &m->dm.stopping;
+	rc.on_connect = on_redis_connect;
+	rc.ctx = ev;
+	if (sm_redis_conn_new(m->d.loop, &rc, &ev->conn) != 0)
 		eng_log(ENG_LOG_WARN, "imapd: redis_url is not usable by this build: "
 			"IDLE hears of changes only through its periodic sync");
-		ev->disabled = true;
-		return;
-	}
-	ev_connect(ev);
 }
 
 static void events_stop(imap_events *ev)
 {
-	uv_close((uv_handle_t *)&ev->retry, NULL);
-	if (ev->ac != NULL) {
-		redisAsyncContext *ac = ev->ac;
-
-		ev->ac = NULL;
-		ev->connected = false;
-		ac->data = NULL;
-		redisAsyncFree(ac);
-	}
+	sm_redis_conn_close(&ev->conn, false);
 	while (ev->subs != NULL) {
 		ev_sub *s = ev->subs;
 
@@ -382,7 +307,7 @@ void imapd_kick_later(imapd *d)
 	imap_main *m = g_main;
 
 	(void)d;
-	if (m->kick_pending || m->done)
+	if (m->kick_pending || m->dm.done)
 		return;
 	m->kick_pending = true;
 	uv_timer_start(&m->kick, on_kick, 0, 0);
@@ -395,76 +320,57 @@ static void on_idle_tick(uv_timer_t *t)
 	imap_sessions_idle_tick(&m->d);
 }
 
-/* ---- stopping ---- */
+/* ---- stopping (common/daemon.h calls these) ---- */
 
-static void finish(imap_main *m)
+static size_t imap_stop(void *ctx)
 {
-	if (m->done)
-		return;
-	m->done = true;
-	if (m->d.rpc != NULL)
-		rpc_client_close(m->d.rpc, NULL, NULL);
-	m->d.rpc = NULL;
-	events_stop(&m->ev);
-	uv_close((uv_handle_t *)&m->kick, NULL);
-	uv_close((uv_handle_t *)&m->idle_tick, NULL);
-	uv_close((uv_handle_t *)&m->sigint, NULL);
-	uv_close((uv_handle_t *)&m->sigterm, NULL);
-	uv_close((uv_handle_t *)&m->sighup, NULL);
-}
+	imap_main *m = ctx;
 
-void imapd_sessions_gone(imapd *d)
-{
-	(void)d;
-	finish(g_main);
-}
-
-static void reload_tls(imap_main *m)
-{
-	char *err = NULL;
-
-	if (m->d.tls == NULL) {
-		eng_log(ENG_LOG_WARN, "imapd: SIGHUP: no TLS context to reload");
-	} else if (sm_net_tls_reload(m->d.tls, &err) != 0) {
-		eng_log(ENG_LOG_ERROR, "imapd: SIGHUP: %s; keeping the old certificate",
-			err != NULL ? err : "reload failed");
-		free(err);
-	} else {
-		eng_log(ENG_LOG_INFO, "imapd: SIGHUP: certificate reloaded");
-	}
-}
-
-static void on_signal(uv_signal_t *h, int signum)
-{
-	imap_main *m = h->data;
-
-	if (signum == SIGHUP) {
-		reload_tls(m);
-		return;
-	}
-	if (m->d.stopping) {
-		fprintf(stderr, "imapd: second signal %d while stopping: exiting now\n",
-			signum);
-		_exit(1);
-	}
 	m->d.stopping = true;
-	fprintf(stderr, "imapd: signal %d: stopping\n", signum);
 	for (size_t i = 0; i < IMAP_LISTENERS; i++)
 		if (m->d.listeners[i] != NULL) {
 			sm_net_listener_close(m->d.listeners[i], NULL, NULL);
 			m->d.listeners[i] = NULL;
 		}
 	imap_sessions_shutdown(&m->d);
-	if (m->d.n_sessions == 0)
-		finish(m);
+	return m->d.n_sessions;
+}
+
+static void imap_finish(void *ctx)
+{
+	imap_main *m = ctx;
+
+	m->d.rpc = NULL;            /* closed by the daemon skeleton */
+	events_stop(&m->ev);
+	uv_close((uv_handle_t *)&m->kick, NULL);
+	uv_close((uv_handle_t *)&m->idle_tick, NULL);
+}
+
+void imapd_sessions_gone(imapd *d)
+{
+	(void)d;
+	sm_daemon_finish(&g_main->dm);
 }
 
 /* ---- main ---- */
 
-static void usage(void)
+static const char *imap_idle_reason(const sm_config *cfg)
 {
-	fprintf(stderr, "usage: sealmail-imapd --config FILE\n");
+	return cfg->imaps_port == 0 && cfg->imaps_alt_port == 0 && cfg->imap_port == 0 ?
+	       "imaps_port, imaps_alt_port and imap_port are all 0" : NULL;
 }
+
+static const sm_daemon_spec imap_spec = {
+	.name = "imapd",
+	.program = "sealmail-imapd",
+	.peer = "imap",
+	.tls_off = "TLS",
+	.idle_reason = imap_idle_reason,
+	/* Fail fast while sqlited is down: NO [UNAVAILABLE] at once. */
+	.rpc_backoff_max_ms = 2000,
+	.stop = imap_stop,
+	.finish = imap_finish,
+};
 
 static int start_listener(imap_main *m, size_t i, uint16_t port, bool implicit)
 {
@@ -498,32 +404,21 @@ static int start_listener(imap_main *m, size_t i, uint16_t port, bool implicit)
 	return 0;
 }
 
-static int start_rpc(imap_main *m, uint8_t **secret)
+static int start_listeners(imap_main *m)
 {
-	rpc_client_config rc_cfg;
-	char peer[300];
-	int rc;
+	const sm_config *cfg = m->d.cfg;
 
-	memset(&rc_cfg, 0, sizeof(rc_cfg));
-	if (m->d.cfg->sqlited_socket != NULL) {
-		rc_cfg.unix_path = m->d.cfg->sqlited_socket;
-	} else {
-		rc_cfg.host = "127.0.0.1";
-		rc_cfg.port = m->d.cfg->sqlited_port;
-	}
-	rc_cfg.secret = *secret;
-	snprintf(peer, sizeof(peer), "imap@%s", m->d.cfg->hostname);
-	if (strlen(peer) > 255)
-		peer[255] = '\0';
-	rc_cfg.peer_name = peer;
-	/* Fail fast while sqlited is down: NO [UNAVAILABLE] at once. */
-	rc_cfg.backoff_max_ms = 2000;
-	rc = rpc_client_new(m->d.loop, &rc_cfg, &m->d.rpc);
-	sm_secret_free(secret);
-	if (rc != 0)
-		fprintf(stderr, "imapd: cannot set up the sqlited client: %s\n",
-			eng_strerror(rc));
-	return rc;
+	if (start_listener(m, 0, cfg->imaps_port, true) == 0 &&
+	    start_listener(m, 1, cfg->imap_port, false) == 0 &&
+	    start_listener(m, 2, cfg->imaps_alt_port, true) == 0 &&
+	    (m->d.listeners[0] != NULL || m->d.listeners[1] != NULL ||
+	     m->d.listeners[2] != NULL))
+		return 0;
+	for (size_t i = 0; i < IMAP_LISTENERS; i++)
+		if (m->d.listeners[i] != NULL)
+			sm_net_listener_close(m->d.listeners[i], NULL, NULL);
+	m->d.stopping = true;
+	return ENG_EIO;
 }
 
 static void start_handles(imap_main *m)
@@ -534,126 +429,32 @@ static void start_handles(imap_main *m)
 	m->kick.data = m;
 	uv_timer_init(loop, &m->idle_tick);
 	m->idle_tick.data = m;
-	uv_timer_start(&m->idle_tick, on_idle_tick, IMAP_IDLE_SYNC_MS, IMAP_IDLE_SYNC_MS);
-	uv_signal_init(loop, &m->sigint);
-	uv_signal_init(loop, &m->sigterm);
-	uv_signal_init(loop, &m->sighup);
-	m->sigint.data = m->sigterm.data = m->sighup.data = m;
-}
-
-static const char *parse_args(int argc, char **argv)
-{
-	const char *config_path = NULL;
-
-	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
-			config_path = argv[++i];
-		else if (strncmp(argv[i], "--config=", 9) == 0)
-			config_path = argv[i] + 9;
-		else
-			return NULL;
-	}
-	return config_path;
-}
-
-static int load_config(const char *path, sm_config **cfg_r, uint8_t **secret_r)
-{
-	char *err = NULL;
-	int rc = sm_config_load(path, cfg_r, &err);
-
-	if (rc != 0) {
-		fprintf(stderr, "imapd: %s\n", err != NULL ? err : "cannot read the configuration");
-		free(err);
-		return rc;
-	}
-	if ((*cfg_r)->imaps_port == 0 && (*cfg_r)->imaps_alt_port == 0 &&
-	    (*cfg_r)->imap_port == 0) {
-		fprintf(stderr, "imapd: imaps_port, imaps_alt_port and imap_port are "
-			"all 0: nothing to do\n");
-		sm_config_free(cfg_r);
-		return ENG_EINVAL;
-	}
-	rc = sm_secret_load((*cfg_r)->rpc_secret_file, secret_r, &err);
-	if (rc != 0) {
-		fprintf(stderr, "imapd: cannot load the RPC secret (%s): %s "
-			"(run `sealmail init` to create it)\n", (*cfg_r)->rpc_secret_file,
-			err != NULL ? err : eng_strerror(rc));
-		free(err);
-		sm_config_free(cfg_r);
-	}
-	return rc;
 }
 
 int main(int argc, char **argv)
 {
-	const char *config_path = parse_args(argc, argv);
-	sm_config *cfg = NULL;
-	uint8_t *secret = NULL;
-	uv_loop_t loop;
 	imap_main m;
-	char *err = NULL;
-	int status = 1;
+	int status;
 
-	if (config_path == NULL) {
-		usage();
-		return 1;
-	}
-	signal(SIGPIPE, SIG_IGN);
-	if (sodium_init() < 0) {
-		fprintf(stderr, "imapd: libsodium failed to initialise\n");
-		return 1;
-	}
-	if (load_config(config_path, &cfg, &secret) != 0)
-		return 1;
 	memset(&m, 0, sizeof(m));
 	g_main = &m;
-	if (uv_loop_init(&loop) != 0) {
-		fprintf(stderr, "imapd: cannot create the event loop\n");
-		sm_secret_free(&secret);
-		sm_config_free(&cfg);
+	if (sm_daemon_open(&m.dm, &imap_spec, &m, argc, argv) != 0)
 		return 1;
-	}
-	m.d.loop = &loop;
-	m.d.cfg = cfg;
-	m.d.hostname = cfg->hostname;
-	m.d.append_max = cfg->max_message_bytes;
-	if (sm_net_tls_new(cfg->tls_cert, cfg->tls_key, &m.d.tls, &err) != 0) {
-		eng_log(ENG_LOG_WARN, "imapd: %s: TLS is off",
-			err != NULL ? err : "cannot load the certificate");
-		free(err);
-		err = NULL;
-	}
-	if (start_rpc(&m, &secret) != 0)
-		goto out_loop;
+	m.d.loop = &m.dm.loop;
+	m.d.cfg = m.dm.cfg;
+	m.d.tls = m.dm.tls;
+	m.d.hostname = m.d.cfg->hostname;
+	m.d.append_max = m.d.cfg->max_message_bytes;
 	start_handles(&m);
-	events_start(&m);
-	if (start_listener(&m, 0, cfg->imaps_port, true) != 0 ||
-	    start_listener(&m, 1, cfg->imap_port, false) != 0 ||
-	    start_listener(&m, 2, cfg->imaps_alt_port, true) != 0 ||
-	    (m.d.listeners[0] == NULL && m.d.listeners[1] == NULL &&
-	     m.d.listeners[2] == NULL)) {
-		fprintf(stderr, "imapd: cannot listen (see the log above)\n");
-		for (size_t i = 0; i < IMAP_LISTENERS; i++)
-			if (m.d.listeners[i] != NULL)
-				sm_net_listener_close(m.d.listeners[i], NULL, NULL);
-		m.d.stopping = true;
-		finish(&m);
-		goto out_loop;
+	if (sm_daemon_connect_rpc(&m.dm) != 0) {
+		status = sm_daemon_run(&m.dm, -1, NULL);
+	} else {
+		m.d.rpc = m.dm.rpc;
+		uv_timer_start(&m.idle_tick, on_idle_tick, IMAP_IDLE_SYNC_MS,
+			       IMAP_IDLE_SYNC_MS);
+		events_start(&m);
+		status = sm_daemon_run(&m.dm, start_listeners(&m), "cannot listen");
 	}
-	fflush(stdout);
-	uv_signal_start(&m.sigint, on_signal, SIGINT);
-	uv_signal_start(&m.sigterm, on_signal, SIGTERM);
-	uv_signal_start(&m.sighup, on_signal, SIGHUP);
-	uv_run(&loop, UV_RUN_DEFAULT);
-	fprintf(stderr, "imapd: stopped\n");
-	status = 0;
-out_loop:
-	uv_run(&loop, UV_RUN_DEFAULT);
-	if (uv_loop_close(&loop) != 0)
-		eng_log(ENG_LOG_WARN, "imapd: handles still open at exit");
-	sm_net_tls_free(&m.d.tls);
-	sm_redis_target_clear(&m.ev.target);
-	sm_secret_free(&secret);
-	sm_config_free(&cfg);
+	sm_daemon_free(&m.dm);
 	return status;
 }
