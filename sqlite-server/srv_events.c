@@ -4,8 +4,9 @@
  *
  * Redis is an optimisation here, never a dependency: while it is down,
  * events are lost (clients see changes at their next command) and the
- * throttle counts in this process's memory only. The connection is
- * retried with a backoff from 250 ms doubling to 10 s.
+ * throttle counts in this process's memory only. The connection
+ * (frontends/common/redis_conn.h) is retried with a backoff from 250 ms
+ * doubling to 10 s.
  *
  * Keys (docs/rpc.md, Events):
  *   PUBLISH sealmail:alias:<alias id> "<kind> <mailbox> <uid> <modseq>"
@@ -19,14 +20,13 @@
  * expiry is replaced (an attacker filling it only shortens its own
  * penalties, and Redis is the real store).
  */
-#include "redis_url.h"
+#include "redis_conn.h"
 #include "srv.h"
 #include "srv_private.h"
 
 #include "eng_error.h"
 
 #include <ctype.h>
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <sodium.h>
@@ -48,140 +48,41 @@ typedef struct mem_counter {
 
 struct srv_events {
 	srv *srv;
-	/* Where: a unix socket path, or host and port. */
-	sm_redis_target target;
-	bool disabled;               /* unsupported URL: memory only */
-	redisAsyncContext *ac;
-	bool connected;
-	uv_timer_t *retry;
-	unsigned backoff_ms;
+	sm_redis_conn *conn;         /* NULL: unsupported URL, memory only */
 	mem_counter *mem;
 	size_t n_mem;
 };
 
-static void ev_connect(srv_events *ev);
-
 bool srv_events_connected(const srv_events *ev)
 {
-	return ev != NULL && ev->connected;
+	return ev != NULL && sm_redis_conn_ready(ev->conn) != NULL;
 }
 
 /* ---- the connection ---- */
 
-static void on_retry_timer(uv_timer_t *t)
-{
-	ev_connect(t->data);
-}
-
-static void schedule_retry(srv_events *ev)
-{
-	if (ev->retry == NULL)
-		return;
-	uv_timer_start(ev->retry, on_retry_timer, ev->backoff_ms, 0);
-	ev->backoff_ms *= 2;
-	if (ev->backoff_ms > EV_BACKOFF_MAX_MS)
-		ev->backoff_ms = EV_BACKOFF_MAX_MS;
-}
-
-static void on_connected(const redisAsyncContext *ac, int status)
-{
-	srv_events *ev = ac->data;
-
-	if (ev == NULL)
-		return;
-	if (status != REDIS_OK) {
-		/* hiredis frees ac after this callback. */
-		ev->ac = NULL;
-		ev->connected = false;
-		schedule_retry(ev);
-		return;
-	}
-	ev->connected = true;
-	ev->backoff_ms = EV_BACKOFF_MIN_MS;
-	eng_log(ENG_LOG_INFO, "sqlited: connected to Redis");
-}
-
-static void on_disconnected(const redisAsyncContext *ac, int status)
-{
-	srv_events *ev = ac->data;
-
-	(void)status;
-	if (ev == NULL)
-		return;
-	if (ev->connected)
-		eng_log(ENG_LOG_WARN, "sqlited: lost the Redis connection; "
-			"events are dropped and throttling is local until it is back");
-	ev->ac = NULL;
-	ev->connected = false;
-	schedule_retry(ev);
-}
-
-static void ev_connect(srv_events *ev)
-{
-	redisAsyncContext *ac;
-
-	if (ev->ac != NULL || ev->disabled)
-		return;
-	if (ev->target.unix_path != NULL)
-		ac = redisAsyncConnectUnix(ev->target.unix_path);
-	else
-		ac = redisAsyncConnect(ev->target.host, ev->target.port);
-	if (ac == NULL)
-		eng_oom(sizeof(redisAsyncContext));
-	if (ac->err != 0 || redisLibuvAttach(ac, ev->srv->loop) != REDIS_OK) {
-		redisAsyncFree(ac);
-		schedule_retry(ev);
-		return;
-	}
-	ac->data = ev;
-	redisAsyncSetConnectCallback(ac, on_connected);
-	redisAsyncSetDisconnectCallback(ac, on_disconnected);
-	ev->ac = ac;
-	/* Queued now, sent once connected. */
-	if (ev->target.password != NULL)
-		redisAsyncCommand(ac, NULL, NULL, "AUTH %s", ev->target.password);
-	if (ev->target.db != 0)
-		redisAsyncCommand(ac, NULL, NULL, "SELECT %d", ev->target.db);
-}
-
-/*
- * redis_url: "" or "embedded" -> data_dir/redis.sock; "unix:/path";
- * "redis://[:password@]host[:port][/db]". rediss:// (TLS) is not in
- * hiredis 0.14: refused with a log line, memory only.
- */
-static int parse_url(srv_events *ev, const char *url)
-{
-	return sm_redis_target_parse(url, ev->srv->cfg != NULL ?
-				     ev->srv->cfg->data_dir : ".", &ev->target);
-}
-
 int srv_events_new(srv *s, const char *redis_url, srv_events **ev_r)
 {
 	srv_events *ev = eng_calloc(1, sizeof(*ev));
+	sm_redis_conn_config rc;
 
 	ev->srv = s;
-	ev->backoff_ms = EV_BACKOFF_MIN_MS;
-	if (parse_url(ev, redis_url) != 0) {
+	memset(&rc, 0, sizeof(rc));
+	rc.redis_url = redis_url;
+	rc.data_dir = s->cfg != NULL ? s->cfg->data_dir : ".";
+	rc.backoff_min_ms = EV_BACKOFF_MIN_MS;
+	rc.backoff_max_ms = EV_BACKOFF_MAX_MS;
+	rc.connected_msg = "sqlited: connected to Redis";
+	rc.lost_msg = "sqlited: lost the Redis connection; events are dropped and "
+		      "throttling is local until it is back";
+	if (sm_redis_conn_new(s->loop, &rc, &ev->conn) != 0) {
 		/* The configuration parser checked the form; what is left is a
 		 * scheme this build cannot speak. */
 		eng_log(ENG_LOG_WARN, "sqlited: redis_url is not usable by this build "
 			"(unix:, redis://): events are off, throttling is local");
-		ev->disabled = true;
 	}
-	ev->retry = eng_calloc(1, sizeof(*ev->retry));
-	uv_timer_init(s->loop, ev->retry);
-	ev->retry->data = ev;
-	/* Retrying Redis never keeps the loop alive by itself. */
-	uv_unref((uv_handle_t *)ev->retry);
 	ev->mem = eng_calloc(EV_MEM_MAX, sizeof(*ev->mem));
-	ev_connect(ev);
 	*ev_r = ev;
 	return 0;
-}
-
-static void on_retry_closed(uv_handle_t *h)
-{
-	free(h);
 }
 
 void srv_events_free(srv_events **evp)
@@ -192,21 +93,8 @@ void srv_events_free(srv_events **evp)
 		return;
 	ev = *evp;
 	*evp = NULL;
-	if (ev->retry != NULL) {
-		uv_close((uv_handle_t *)ev->retry, on_retry_closed);
-		ev->retry = NULL;
-	}
-	if (ev->ac != NULL) {
-		redisAsyncContext *ac = ev->ac;
-
-		/* Pending callbacks run now with no reply; ours fall back to
-		 * memory. The disconnect callback must not touch ev. */
-		ev->ac = NULL;
-		ac->data = NULL;
-		ev->connected = false;
-		redisAsyncFree(ac);
-	}
-	sm_redis_target_clear(&ev->target);
+	/* Pending callbacks run now with no reply; ours fall back to memory. */
+	sm_redis_conn_close(&ev->conn, false);
 	free(ev->mem);
 	free(ev);
 }
@@ -230,15 +118,16 @@ void srv_event_publish(srv *s, const char *alias_id, enum srv_event_kind kind,
 	srv_events *ev = s->events;
 	char channel[sizeof("sealmail:alias:") + SRV_ALIAS_ID_MAX];
 	eng_buf msg = ENG_BUF_INIT;
+	redisAsyncContext *ac = ev != NULL ? sm_redis_conn_ready(ev->conn) : NULL;
 
-	if (ev == NULL || !ev->connected || ev->ac == NULL)
+	if (ac == NULL)
 		return;
 	snprintf(channel, sizeof(channel), "sealmail:alias:%s", alias_id);
 	eng_buf_printf(&msg, "%s %s %u %llu", kind_name(kind),
 		       mailbox != NULL ? mailbox : "", (unsigned)uid,
 		       (unsigned long long)modseq);
 	/* %b: the mailbox name may hold any UTF-8, spaces included. */
-	redisAsyncCommand(ev->ac, NULL, NULL, "PUBLISH %s %b", channel, msg.data,
+	redisAsyncCommand(ac, NULL, NULL, "PUBLISH %s %b", channel, msg.data,
 			  msg.len);
 	eng_buf_free(&msg);
 }
@@ -356,6 +245,7 @@ void srv_throttle_delay(srv *s, const char *client_addr, const char *alias,
 			srv_delay_cb *cb, void *ctx)
 {
 	srv_events *ev = s->events;
+	redisAsyncContext *ac;
 	delay_req *d;
 	unsigned ip, al;
 
@@ -369,8 +259,9 @@ void srv_throttle_delay(srv *s, const char *client_addr, const char *alias,
 	d->ctx = ctx;
 	key_ip(d->kip, client_addr);
 	key_alias(d->kalias, alias);
-	if (ev->connected && ev->ac != NULL &&
-	    redisAsyncCommand(ev->ac, on_mget, d, "MGET %s %s", d->kip,
+	ac = sm_redis_conn_ready(ev->conn);
+	if (ac != NULL &&
+	    redisAsyncCommand(ac, on_mget, d, "MGET %s %s", d->kip,
 			      d->kalias) == REDIS_OK)
 		return;
 	/* Redis is down: this process's counters. cb runs before we return. */
@@ -383,12 +274,13 @@ void srv_throttle_delay(srv *s, const char *client_addr, const char *alias,
 static void count_failure(srv_events *ev, const char *key)
 {
 	mem_counter *m = mem_find(ev, key, true);
+	redisAsyncContext *ac = sm_redis_conn_ready(ev->conn);
 
 	m->count++;
 	m->expires_ms = uv_now(ev->srv->loop) + EV_EXPIRE_SECONDS * 1000ull;
-	if (ev->connected && ev->ac != NULL) {
-		redisAsyncCommand(ev->ac, NULL, NULL, "INCR %s", key);
-		redisAsyncCommand(ev->ac, NULL, NULL, "EXPIRE %s %d", key,
+	if (ac != NULL) {
+		redisAsyncCommand(ac, NULL, NULL, "INCR %s", key);
+		redisAsyncCommand(ac, NULL, NULL, "EXPIRE %s %d", key,
 				  EV_EXPIRE_SECONDS);
 	}
 }
@@ -408,11 +300,12 @@ void srv_throttle_failed(srv *s, const char *client_addr, const char *alias)
 static void clear_counter(srv_events *ev, const char *key)
 {
 	mem_counter *m = mem_find(ev, key, false);
+	redisAsyncContext *ac = sm_redis_conn_ready(ev->conn);
 
 	if (m != NULL)
 		m->expires_ms = 0;
-	if (ev->connected && ev->ac != NULL)
-		redisAsyncCommand(ev->ac, NULL, NULL, "DEL %s", key);
+	if (ac != NULL)
+		redisAsyncCommand(ac, NULL, NULL, "DEL %s", key);
 }
 
 void srv_throttle_succeeded(srv *s, const char *client_addr, const char *alias)
