@@ -134,6 +134,47 @@ int sm_daemon_connect_rpc(sm_daemon *dm)
 	return rc;
 }
 
+int sm_daemon_listen(sm_daemon *dm, sm_net_listener_config *lc,
+		     sm_net_listener **l_r)
+{
+	const sm_daemon_spec *spec = dm->spec;
+	int rc;
+
+	*l_r = NULL;
+	if (lc->port == 0)
+		return 0;
+	if (lc->implicit_tls && dm->tls == NULL) {
+		eng_log(ENG_LOG_WARN, "%s: %s %u is off: no usable TLS certificate",
+			spec->name, spec->implicit_port, (unsigned)lc->port);
+		return 0;
+	}
+	lc->address = dm->cfg->listen_address;
+	lc->tls = dm->tls;
+	rc = sm_net_listen(&dm->loop, lc, l_r);
+	if (rc != 0)
+		return rc;
+	if (lc->implicit_tls)
+		printf("%s: listening on %s port %u (implicit TLS)\n", spec->name,
+		       lc->address, (unsigned)sm_net_listener_port(*l_r));
+	else
+		printf("%s: listening on %s port %u (%s, %s%s)\n", spec->name,
+		       lc->address, (unsigned)sm_net_listener_port(*l_r), spec->plain,
+		       dm->tls != NULL ? "" : "no ", spec->starttls);
+	fflush(stdout);
+	return 0;
+}
+
+void sm_daemon_redis(sm_daemon *dm, sm_redis_conn_config *rc, const char *without,
+		     sm_redis_conn **c_r)
+{
+	rc->redis_url = dm->cfg->redis_url;
+	rc->data_dir = dm->cfg->data_dir;
+	rc->hold = &dm->stopping;
+	if (sm_redis_conn_new(&dm->loop, rc, c_r) != 0)
+		eng_log(ENG_LOG_WARN, "%s: redis_url is not usable by this build: %s",
+			dm->spec->name, without);
+}
+
 void sm_daemon_finish(sm_daemon *dm)
 {
 	if (dm->done)

@@ -24,7 +24,7 @@
  *    daemon copies the pointers it needs and never frees them.
  *
  * Sequence: sm_daemon_open, the daemon's handles, sm_daemon_connect_rpc,
- * the rest of its start, sm_daemon_run (which also handles a failed start),
+ * the rest of its start (sm_daemon_redis, sm_daemon_listen), sm_daemon_run (which also handles a failed start),
  * the daemon's own frees, sm_daemon_free.
  */
 #ifndef SM_DAEMON_H
@@ -37,6 +37,7 @@
 
 #include "config.h"
 #include "net.h"
+#include "redis_conn.h"
 #include "rpc_client.h"
 
 typedef struct sm_daemon_spec {
@@ -45,6 +46,12 @@ typedef struct sm_daemon_spec {
 	const char *peer;            /* "pop3": the rpc peer name's user part */
 	const char *tls_off;         /* "TLS" or "STARTTLS": what a missing
 				      * certificate turns off */
+	/* The listener lines: "(implicit TLS)", "(<plain>, <starttls>)" or
+	 * "(<plain>, no <starttls>)"; an implicit-TLS port without a
+	 * certificate is logged as "<implicit_port> N is off". */
+	const char *plain;           /* "plaintext", "ESMTP" */
+	const char *starttls;        /* "STLS", "STARTTLS" */
+	const char *implicit_port;   /* "pop3s_port" */
 	/* NULL when cfg gives the daemon something to do, else why not
 	 * ("pop3s_port and pop3_port are both 0"). */
 	const char *(*idle_reason)(const sm_config *cfg);
@@ -89,6 +96,25 @@ int sm_daemon_connect_rpc(sm_daemon *dm);
  * then runs dry and is closed. Returns the exit status.
  */
 int sm_daemon_run(sm_daemon *dm, int start_rc, const char *fail_msg);
+
+/*
+ * A listener on lc->port from cfg->listen_address with dm->tls (the
+ * caller sets port, implicit_tls, name, callbacks and limits); prints its
+ * line on stdout. A port of 0, or an implicit-TLS port without a
+ * certificate (logged), is off: 0 with *l_r NULL. Else sm_net_listen's
+ * result.
+ */
+int sm_daemon_listen(sm_daemon *dm, sm_net_listener_config *lc,
+		     sm_net_listener **l_r);
+
+/*
+ * The daemon's Redis connection (redis_conn.h) to cfg->redis_url, held
+ * while the daemon stops: rc gives the backoff, log lines and on_connect.
+ * Without a usable redis_url: a warning "<name>: redis_url is not usable
+ * by this build: <without>" and *c_r NULL.
+ */
+void sm_daemon_redis(sm_daemon *dm, sm_redis_conn_config *rc, const char *without,
+		     sm_redis_conn **c_r);
 
 /* Closes the sqlited client, spec->finish, the signals; once. */
 void sm_daemon_finish(sm_daemon *dm);

@@ -259,26 +259,22 @@ static void on_redis_connect(void *ctx, redisAsyncContext *ac)
 static void events_start(imap_main *m)
 {
 	imap_events *ev = &m->ev;
-	sm_redis_conn_config rc;
+	sm_redis_conn_config rc = {
+		.backoff_min_ms = EV_BACKOFF_MIN_MS,
+		.backoff_max_ms = EV_BACKOFF_MAX_MS,
+		.connected_msg = "imapd: connected to Redis (events)",
+		.lost_msg = ev->lost_msg,
+		.on_connect = on_redis_connect,
+		.ctx = ev,
+	};
 
 	ev->d = &m->d;
 	m->d.events = ev;
 	snprintf(ev->lost_msg, sizeof(ev->lost_msg), "imapd: lost the Redis "
 		 "connection; IDLE falls back to a sync every %u s until it is back",
 		 IMAP_IDLE_SYNC_MS / 1000);
-	memset(&rc, 0, sizeof(rc));
-	rc.redis_url = m->d.cfg->redis_url;
-	rc.data_dir = m->d.cfg->data_dir;
-	rc.backoff_min_ms = EV_BACKOFF_MIN_MS;
-	rc.backoff_max_ms = EV_BACKOFF_MAX_MS;
-	rc.connected_msg = "imapd: connected to Redis (events)";
-	rc.lost_msg = ev->lost_msg;
-	rc.hold = &m->dm.stopping;
-	rc.on_connect = on_redis_connect;
-	rc.ctx = ev;
-	if (sm_redis_conn_new(m->d.loop, &rc, &ev->conn) != 0)
-		eng_log(ENG_LOG_WARN, "imapd: redis_url is not usable by this build: "
-			"IDLE hears of changes only through its periodic sync");
+	sm_daemon_redis(&m->dm, &rc, "IDLE hears of changes only through its "
+			"periodic sync", &ev->conn);
 }
 
 static void events_stop(imap_events *ev)
@@ -365,6 +361,9 @@ static const sm_daemon_spec imap_spec = {
 	.program = "sealmail-imapd",
 	.peer = "imap",
 	.tls_off = "TLS",
+	.plain = "plaintext",
+	.starttls = "STARTTLS",
+	.implicit_port = "implicit-TLS port",
 	.idle_reason = imap_idle_reason,
 	/* Fail fast while sqlited is down: NO [UNAVAILABLE] at once. */
 	.rpc_backoff_max_ms = 2000,
@@ -374,34 +373,17 @@ static const sm_daemon_spec imap_spec = {
 
 static int start_listener(imap_main *m, size_t i, uint16_t port, bool implicit)
 {
-	sm_net_listener_config lc;
-	int rc;
+	sm_net_listener_config lc = {
+		.port = port,
+		.implicit_tls = implicit,
+		.name = implicit ? "imaps" : "imap",
+		.idle_timeout_ms = IMAP_IDLE_TIMEOUT_MS,
+		.max_conns = IMAP_MAX_CONNS,
+		.cb = &imap_net_callbacks,
+		.ctx = &m->d,
+	};
 
-	if (port == 0)
-		return 0;
-	if (implicit && m->d.tls == NULL) {
-		eng_log(ENG_LOG_WARN, "imapd: implicit-TLS port %u is off: no usable TLS "
-			"certificate", (unsigned)port);
-		return 0;
-	}
-	memset(&lc, 0, sizeof(lc));
-	lc.address = m->d.cfg->listen_address;
-	lc.port = port;
-	lc.implicit_tls = implicit;
-	lc.tls = m->d.tls;
-	lc.name = implicit ? "imaps" : "imap";
-	lc.idle_timeout_ms = IMAP_IDLE_TIMEOUT_MS;
-	lc.max_conns = IMAP_MAX_CONNS;
-	lc.cb = &imap_net_callbacks;
-	lc.ctx = &m->d;
-	rc = sm_net_listen(m->d.loop, &lc, &m->d.listeners[i]);
-	if (rc != 0)
-		return rc;
-	printf("imapd: listening on %s port %u (%s)\n", lc.address,
-	       (unsigned)sm_net_listener_port(m->d.listeners[i]),
-	       implicit ? "implicit TLS" : m->d.tls != NULL ? "plaintext, STARTTLS" :
-	       "plaintext, no STARTTLS");
-	return 0;
+	return sm_daemon_listen(&m->dm, &lc, &m->d.listeners[i]);
 }
 
 static int start_listeners(imap_main *m)

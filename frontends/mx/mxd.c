@@ -52,19 +52,16 @@ void mxd_queue_id(mxd *d, char out[MX_QUEUE_ID_CHARS + 1])
 
 static void redis_start(mx_main *m)
 {
-	sm_redis_conn_config rc;
+	sm_redis_conn_config rc = {
+		.backoff_min_ms = MX_REDIS_RETRY_MS,
+		.backoff_max_ms = MX_REDIS_RETRY_MS,
+		.connected_msg = "mx: connected to Redis",
+		.lost_msg = "mx: Redis connection lost; rate limits count in this "
+			    "process until it is back",
+	};
 
-	memset(&rc, 0, sizeof(rc));
-	rc.redis_url = m->d.cfg->redis_url;
-	rc.data_dir = m->d.cfg->data_dir;
-	rc.backoff_min_ms = rc.backoff_max_ms = MX_REDIS_RETRY_MS;
-	rc.connected_msg = "mx: connected to Redis";
-	rc.lost_msg = "mx: Redis connection lost; rate limits count in this process "
-		      "until it is back";
-	rc.hold = &m->dm.stopping;
-	if (sm_redis_conn_new(m->d.loop, &rc, &m->d.redis) != 0)
-		eng_log(ENG_LOG_WARN, "mx: redis_url is not usable by this build: rate "
-			"limits count in this process only");
+	sm_daemon_redis(&m->dm, &rc, "rate limits count in this process only",
+			&m->d.redis);
 }
 
 /* ---- stopping (common/daemon.h calls these) ---- */
@@ -108,6 +105,8 @@ static const sm_daemon_spec mx_spec = {
 	.program = "sealmail-mx",
 	.peer = "mx",
 	.tls_off = "STARTTLS",
+	.plain = "ESMTP",
+	.starttls = "STARTTLS",
 	.idle_reason = mx_idle_reason,
 	/* Reconnect quickly after a sqlited restart: senders are waiting. */
 	.rpc_backoff_max_ms = 1000,
@@ -119,28 +118,18 @@ static const sm_daemon_spec mx_spec = {
 static int start_listener(mx_main *m)
 {
 	const sm_config *cfg = m->d.cfg;
-	sm_net_listener_config lc;
-	int rc;
+	sm_net_listener_config lc = {
+		.port = cfg->mx_port,
+		.name = "mx",
+		.idle_timeout_ms = MX_IDLE_TIMEOUT_MS,
+		/* A full command line and what a client pipelines after it. */
+		.max_input_bytes = 2 * (size_t)cfg->mx_max_line_bytes + 256 * 1024,
+		.max_conns_per_ip = (unsigned)cfg->mx_max_conns_per_ip,
+		.cb = &mx_net_callbacks,
+		.ctx = &m->d,
+	};
 
-	memset(&lc, 0, sizeof(lc));
-	lc.address = cfg->listen_address;
-	lc.port = cfg->mx_port;
-	lc.tls = m->d.tls;
-	lc.name = "mx";
-	lc.idle_timeout_ms = MX_IDLE_TIMEOUT_MS;
-	/* A full command line and what a client pipelines after it. */
-	lc.max_input_bytes = 2 * (size_t)cfg->mx_max_line_bytes + 256 * 1024;
-	lc.max_conns_per_ip = (unsigned)cfg->mx_max_conns_per_ip;
-	lc.cb = &mx_net_callbacks;
-	lc.ctx = &m->d;
-	rc = sm_net_listen(m->d.loop, &lc, &m->d.listener);
-	if (rc != 0)
-		return rc;
-	printf("mx: listening on %s port %u (%s)\n", lc.address,
-	       (unsigned)sm_net_listener_port(m->d.listener),
-	       m->d.tls != NULL ? "ESMTP, STARTTLS" : "ESMTP, no STARTTLS");
-	fflush(stdout);
-	return 0;
+	return sm_daemon_listen(&m->dm, &lc, &m->d.listener);
 }
 
 static int start_services(mx_main *m)

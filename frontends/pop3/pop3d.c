@@ -71,19 +71,16 @@ static pop3_main *g_main;
 
 static void redis_start(pop3_main *m)
 {
-	sm_redis_conn_config rc;
+	sm_redis_conn_config rc = {
+		.backoff_min_ms = POP3_REDIS_RETRY_MS,
+		.backoff_max_ms = POP3_REDIS_RETRY_MS,
+		.connected_msg = "pop3d: connected to Redis",
+		.lost_msg = "pop3d: Redis connection lost; [IN-USE] locks are local "
+			    "to this process until it is back",
+	};
 
-	memset(&rc, 0, sizeof(rc));
-	rc.redis_url = m->d.cfg->redis_url;
-	rc.data_dir = m->d.cfg->data_dir;
-	rc.backoff_min_ms = rc.backoff_max_ms = POP3_REDIS_RETRY_MS;
-	rc.connected_msg = "pop3d: connected to Redis";
-	rc.lost_msg = "pop3d: Redis connection lost; [IN-USE] locks are local to "
-		      "this process until it is back";
-	rc.hold = &m->dm.stopping;
-	if (sm_redis_conn_new(m->d.loop, &rc, &m->d.redis) != 0)
-		eng_log(ENG_LOG_WARN, "pop3d: redis_url is not usable by this build: "
-			"[IN-USE] locks are local to this process");
+	sm_daemon_redis(&m->dm, &rc, "[IN-USE] locks are local to this process",
+			&m->d.redis);
 }
 
 static void on_refresh_timer(uv_timer_t *t)
@@ -229,6 +226,9 @@ static const sm_daemon_spec pop3_spec = {
 	.program = "sealmail-pop3d",
 	.peer = "pop3",
 	.tls_off = "TLS",
+	.plain = "plaintext",
+	.starttls = "STLS",
+	.implicit_port = "pop3s_port",
 	.idle_reason = pop3_idle_reason,
 	.stop = pop3_stop,
 	.finish = pop3_finish,
@@ -236,32 +236,15 @@ static const sm_daemon_spec pop3_spec = {
 
 static int start_listener(pop3_main *m, size_t i, uint16_t port, bool implicit)
 {
-	sm_net_listener_config lc;
-	int rc;
+	sm_net_listener_config lc = {
+		.port = port,
+		.implicit_tls = implicit,
+		.name = implicit ? "pop3s" : "pop3",
+		.cb = &pop3_net_callbacks,
+		.ctx = &m->d,
+	};
 
-	if (port == 0)
-		return 0;
-	if (implicit && m->d.tls == NULL) {
-		eng_log(ENG_LOG_WARN, "pop3d: pop3s_port %u is off: no usable TLS "
-			"certificate", (unsigned)port);
-		return 0;
-	}
-	memset(&lc, 0, sizeof(lc));
-	lc.address = m->d.cfg->listen_address;
-	lc.port = port;
-	lc.implicit_tls = implicit;
-	lc.tls = m->d.tls;
-	lc.name = implicit ? "pop3s" : "pop3";
-	lc.cb = &pop3_net_callbacks;
-	lc.ctx = &m->d;
-	rc = sm_net_listen(m->d.loop, &lc, &m->d.listeners[i]);
-	if (rc != 0)
-		return rc;
-	printf("pop3d: listening on %s port %u (%s)\n", lc.address,
-	       (unsigned)sm_net_listener_port(m->d.listeners[i]),
-	       implicit ? "implicit TLS" : m->d.tls != NULL ? "plaintext, STLS" :
-	       "plaintext, no STLS");
-	return 0;
+	return sm_daemon_listen(&m->dm, &lc, &m->d.listeners[i]);
 }
 
 static int start_listeners(pop3_main *m)
