@@ -79,6 +79,7 @@ struct sm_net_listener {
 	sm_net_listener_config cfg;
 	char *address;
 	char *name;
+	char *limit_reply;           /* copy of cfg.limit_reply, or NULL */
 	uint16_t port;
 	unsigned n_conns;            /* allocated connections, counted or not */
 	unsigned n_counted;          /* connections past the limits */
@@ -322,6 +323,7 @@ static void listener_free(sm_net_listener *l)
 	}
 	free(l->address);
 	free(l->name);
+	free(l->limit_reply);
 	free(l);
 	if (done != NULL)
 		done(done_ctx);
@@ -784,6 +786,24 @@ static void ssl_start(sm_net_conn *c)
 	SSL_set_accept_state(c->ssl);
 }
 
+/*
+ * A connection over a limit: a plaintext listener with a limit_reply
+ * writes it and closes gracefully (the line reaches the client before the
+ * FIN, within close_grace_ms); otherwise the socket is closed at once.
+ * Implicit TLS never gets the reply: no handshake for a refused client.
+ */
+static void conn_refuse(sm_net_conn *c)
+{
+	const char *text = c->l->cfg.limit_reply;
+
+	if (text == NULL || text[0] == '\0' || c->l->cfg.implicit_tls) {
+		conn_abort(c, SM_NET_LIMIT);
+		return;
+	}
+	wire_write(c, text, strlen(text));
+	conn_close_graceful(c, SM_NET_LIMIT);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
 	sm_net_listener *l = server->data;
@@ -820,7 +840,7 @@ static void on_connection(uv_stream_t *server, int status)
 	if (!ip_admit(l, c->addr)) {
 		eng_log(ENG_LOG_WARN, "%s: %s: too many connections, refused",
 			l->name, c->addr);
-		conn_abort(c, SM_NET_LIMIT);
+		conn_refuse(c);
 		return;
 	}
 	c->counted = true;
@@ -869,6 +889,8 @@ int sm_net_listen(uv_loop_t *loop, const sm_net_listener_config *cfg,
 	l->cfg = *cfg;
 	l->address = eng_strdup(cfg->address);
 	l->name = eng_strdup(cfg->name != NULL ? cfg->name : "net");
+	l->limit_reply = cfg->limit_reply != NULL ? eng_strdup(cfg->limit_reply) : NULL;
+	l->cfg.limit_reply = l->limit_reply;
 	l->cfg.address = l->address;
 	l->cfg.name = l->name;
 	if (l->cfg.idle_timeout_ms == 0)

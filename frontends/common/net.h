@@ -2,7 +2,8 @@
  * The network layer every protocol frontend shares (POP3 now; IMAP, MX and
  * submission later): a TCP listener, connections with implicit TLS or a
  * later STARTTLS upgrade, raw bytes in, a bounded output queue out, idle and
- * total timeouts, and a per-IP connection limit. One libuv loop per
+ * total timeouts, and a per-IP connection limit (a refused plaintext client
+ * may be told why: limit_reply). One libuv loop per
  * process; every function is called on the loop's thread.
  *
  * Input. Bytes read from the socket (decrypted under TLS) go into the
@@ -118,6 +119,13 @@ typedef struct sm_net_listener_config {
 	size_t max_output_bytes;     /* 0: 256 KiB */
 	unsigned max_conns;          /* 0: 1024 */
 	unsigned max_conns_per_ip;   /* 0: 20 */
+	/* Written to a plaintext connection refused for max_conns or
+	 * max_conns_per_ip (SM_NET_LIMIT) before it is closed, e.g.
+	 * "421 4.7.0 Too many connections from your address\r\n"; NULL:
+	 * closed silently (copied, like address and name). Never
+	 * sent on an implicit-TLS listener: a refused client gets no
+	 * handshake (no CPU spent on it), only the close. */
+	const char *limit_reply;
 	const sm_net_callbacks *cb;
 	void *ctx;                   /* given to on_accept */
 } sm_net_listener_config;

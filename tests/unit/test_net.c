@@ -4,7 +4,8 @@
  * with blocking sockets and OpenSSL: implicit TLS with a clean close
  * (close_notify), a STARTTLS upgrade whose pipelined plaintext is
  * discarded, backpressure on a client that does not read, the per-IP
- * limit, the idle timeout, and a certificate reload.
+ * limit (with and without a limit_reply), the idle timeout, and a
+ * certificate reload.
  *
  * The protocol: greeting "HI"; "STARTTLS" -> "OK" then TLS; "BIG n" -> n
  * bytes of 'x' then "\r\nEND", written while sm_net_write_blocked() is
@@ -475,6 +476,97 @@ static void test_limits_and_idle(void **state)
 	assert_int_equal(f->close_idle, 2);
 }
 
+/* ---- limit_reply: a refused plaintext client is told why ---- */
+
+#define LIMIT_REPLY "421 4.7.0 Too many connections from your address\r\n"
+
+/* Reads until EOF (at most cap - 1 bytes); the count, or -1 on error. */
+static int read_to_eof(int fd, char *buf, size_t cap)
+{
+	size_t n = 0;
+	ssize_t r;
+
+	while (n + 1 < cap && (r = read(fd, buf + n, cap - 1 - n)) > 0)
+		n += (size_t)r;
+	buf[n] = '\0';
+	return r < 0 ? -1 : (int)n;
+}
+
+static void client_limit_reply(fixture *f)
+{
+	char buf[256];
+	int a = tcp_connect(f->port), b;
+
+	CHECK(a >= 0);
+	CHECK(plain_line(a, buf, sizeof(buf)) > 0 && strcmp(buf, "HI\r\n") == 0);
+	b = tcp_connect(f->port);
+	CHECK(b >= 0);
+	/* Exactly the reply, then EOF: no greeting, nothing else. */
+	CHECK(read_to_eof(b, buf, sizeof(buf)) == (int)strlen(LIMIT_REPLY));
+	CHECK(strcmp(buf, LIMIT_REPLY) == 0);
+	close(b);
+	/* The first connection is untouched. */
+	write(a, "hello\r\n", 7);
+	CHECK(plain_line(a, buf, sizeof(buf)) > 0 && strcmp(buf, "ECHO hello\r\n") == 0);
+	write(a, "QUIT\r\n", 6);
+	CHECK(plain_line(a, buf, sizeof(buf)) > 0 && strcmp(buf, "BYE\r\n") == 0);
+	close(a);
+	f->client_ok = true;
+}
+
+static void test_limit_reply(void **state)
+{
+	fixture *f = *state;
+	sm_net_listener_config lc;
+	char reply[] = LIMIT_REPLY;
+
+	memset(&lc, 0, sizeof(lc));
+	lc.max_conns_per_ip = 1;
+	lc.limit_reply = reply;
+	run(f, false, &lc, client_limit_reply);
+	assert_true(f->client_ok);
+	assert_int_equal(f->accepted, 1);   /* the refused one never reached on_accept */
+}
+
+/* Implicit TLS: the refused client gets no handshake and no reply. */
+static void client_limit_tls(fixture *f)
+{
+	char buf[256];
+	SSL_CTX *ctx, *ctx2;
+	int a = tcp_connect(f->port), b;
+	SSL *ssl, *ssl2;
+
+	CHECK(a >= 0);
+	ssl = tls_client(&ctx, a);
+	CHECK(ssl != NULL);
+	CHECK(tls_line(ssl, buf, sizeof(buf)) > 0 && strcmp(buf, "HI\r\n") == 0);
+	b = tcp_connect(f->port);
+	CHECK(b >= 0);
+	ssl2 = tls_client(&ctx2, b);
+	CHECK(ssl2 == NULL);
+	ERR_clear_error();
+	SSL_write(ssl, "QUIT\r\n", 6);
+	CHECK(tls_line(ssl, buf, sizeof(buf)) > 0 && strcmp(buf, "BYE\r\n") == 0);
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(a);
+	close(b);
+	f->client_ok = true;
+}
+
+static void test_limit_reply_not_under_tls(void **state)
+{
+	fixture *f = *state;
+	sm_net_listener_config lc;
+
+	memset(&lc, 0, sizeof(lc));
+	lc.max_conns_per_ip = 1;
+	lc.limit_reply = LIMIT_REPLY;
+	run(f, true, &lc, client_limit_tls);
+	assert_true(f->client_ok);
+	assert_int_equal(f->accepted, 1);
+}
+
 /* ---- reload: a new certificate for new connections ---- */
 
 static void client_two_tls(fixture *f)
@@ -526,6 +618,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_starttls_discards_pipelined, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits_and_idle, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_limit_reply, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_limit_reply_not_under_tls, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reload, setup, teardown),
 	};
 
