@@ -75,6 +75,7 @@ struct mx_session {
 	size_t n_rcpts;
 	char *pending_rcpt;          /* while its DIR_LOOKUP runs */
 	unsigned pending_notify;
+	unsigned postmaster_try;     /* RCPT TO:<Postmaster>: candidates tried */
 	char queue_id[MX_QUEUE_ID_CHARS + 1];
 	/* the message */
 	enum mx_reading reading;
@@ -418,6 +419,74 @@ static void on_rcpt_rate(void *ctx, bool allowed)
 	unref(s);
 }
 
+static void on_lookup(void *ctx, int err, const rpc_view *resp);
+
+/* Sends DIR_LOOKUP for pending_rcpt; 0 or an RPC error (nothing sent). */
+static int send_lookup(mx_session *s)
+{
+	eng_buf pl = ENG_BUF_INIT;
+	int rc;
+
+	rpc_put_str(&pl, RPC_T_ADDRESS, s->pending_rcpt);
+	rc = !rpc_client_connected(s->d->rpc) ? RPC_EUNAVAILABLE :
+	     rpc_client_call(s->d->rpc, RPC_OP_DIR_LOOKUP, pl.data, pl.len, 0,
+			     on_lookup, s, NULL);
+	eng_buf_free(&pl);
+	if (rc != 0)
+		eng_log(ENG_LOG_WARN, "mx: cannot send DIR_LOOKUP: %s", rpc_strerror(rc));
+	return rc;
+}
+
+/*
+ * RCPT TO:<Postmaster> (RFC 5321 4.5.1, no domain) goes to the first of
+ * postmaster@<hostname> and postmaster@<hostname without its first label>
+ * (when that still has a dot) that DIR_LOOKUP accepts, as Postfix's
+ * $myhostname and $mydomain: the operator's choice, not an accident of
+ * which domain was added first. The i-th candidate domain, or NULL.
+ */
+static const char *postmaster_domain(const mx_session *s, unsigned i)
+{
+	const char *h = s->d->cfg->hostname;
+	const char *dot = h != NULL ? strchr(h, '.') : NULL;
+
+	if (i == 0)
+		return h;
+	if (i == 1 && dot != NULL && strchr(dot + 1, '.') != NULL)
+		return dot + 1;
+	return NULL;
+}
+
+/* Looks up the next Postmaster candidate: 0, ENG_ENOTFOUND when none
+ * is left, or an RPC error. */
+static int postmaster_next(mx_session *s)
+{
+	const char *dom = postmaster_domain(s, s->postmaster_try);
+	eng_buf a = ENG_BUF_INIT;
+
+	if (dom == NULL)
+		return ENG_ENOTFOUND;
+	s->postmaster_try++;
+	eng_buf_printf(&a, "postmaster@%s", dom);
+	free(s->pending_rcpt);
+	s->pending_rcpt = eng_strndup((const char *)a.data, a.len);
+	eng_buf_free(&a);
+	return send_lookup(s);
+}
+
+/* No candidate took <Postmaster>: refused, and the operator is told how
+ * to fix it (RFC 5321 says this address MUST work). */
+static void postmaster_missing(mx_session *s)
+{
+	const char *second = postmaster_domain(s, 1);
+
+	eng_log(ENG_LOG_WARN, "mx: %s: RCPT TO:<Postmaster> refused: no alias "
+		"postmaster@%s%s%s; create one (RFC 5321 4.5.1 requires it)",
+		sm_net_peer_addr(s->c), s->d->cfg->hostname != NULL ?
+		s->d->cfg->hostname : "(no hostname)",
+		second != NULL ? " or postmaster@" : "", second != NULL ? second : "");
+	reply(s, "550 5.1.1 Postmaster unknown\r\n");
+}
+
 static void on_lookup(void *ctx, int err, const rpc_view *resp)
 {
 	mx_session *s = ctx;
@@ -430,7 +499,19 @@ static void on_lookup(void *ctx, int err, const rpc_view *resp)
 	}
 	if (err == 0 && rpc_get_u64(resp, RPC_T_EXISTS, &exists) != 0)
 		err = ENG_EIO;
-	if (err == ENG_EINVAL) {
+	if (s->postmaster_try > 0 && (err == ENG_EINVAL || (err == 0 && exists == 0))) {
+		/* Not served, or nobody there: the next candidate (the
+		 * reference passes to its request). */
+		err = postmaster_next(s);
+		if (err == 0)
+			return;
+		if (err == ENG_ENOTFOUND) {
+			postmaster_missing(s);
+			err = 0;
+		}
+		if (err != 0)
+			reply(s, "451 4.3.0 Temporary lookup failure, try again later\r\n");
+	} else if (err == ENG_EINVAL) {
 		eng_log(ENG_LOG_INFO, "mx: %s: relay denied for <%s>",
 			sm_net_peer_addr(s->c), s->pending_rcpt);
 		reply(s, "550 5.7.1 Relay access denied\r\n");
@@ -461,10 +542,16 @@ static bool rcpt_is_nonlocal(const smtp_path *p)
 	       p->domain[p->domain_len - 1] == '.';
 }
 
+/* RCPT TO:<Postmaster>: the parser gives it (and only it) no domain. */
+static bool rcpt_is_postmaster(const smtp_path *p)
+{
+	return p->domain_len == 0 && p->route_len == 0 && !p->quoted_local &&
+	       p->local_len == 10 && strncasecmp(p->local, "postmaster", 10) == 0;
+}
+
 static void cmd_rcpt(mx_session *s, const smtp_command *cmd)
 {
 	const smtp_path *p = &cmd->path;
-	eng_buf pl = ENG_BUF_INIT;
 	int rc;
 
 	if (!s->in_mail) {
@@ -479,22 +566,25 @@ static void cmd_rcpt(mx_session *s, const smtp_command *cmd)
 		reply(s, "553 5.6.7 Non-ASCII address needs SMTPUTF8\r\n");
 		return;
 	}
-	if (rcpt_is_nonlocal(p)) {
+	s->pending_notify = cmd->notify;
+	s->postmaster_try = 0;
+	if (rcpt_is_postmaster(p)) {
+		rc = postmaster_next(s);
+	} else if (rcpt_is_nonlocal(p)) {
 		eng_log(ENG_LOG_INFO, "mx: %s: relay denied (non-local form)",
 			sm_net_peer_addr(s->c));
 		reply(s, "550 5.7.1 Relay access denied\r\n");
 		return;
+	} else {
+		free(s->pending_rcpt);
+		s->pending_rcpt = eng_strndup(p->mailbox, p->mailbox_len);
+		rc = send_lookup(s);
 	}
-	free(s->pending_rcpt);
-	s->pending_rcpt = eng_strndup(p->mailbox, p->mailbox_len);
-	s->pending_notify = cmd->notify;
-	rpc_put_str(&pl, RPC_T_ADDRESS, s->pending_rcpt);
-	rc = !rpc_client_connected(s->d->rpc) ? RPC_EUNAVAILABLE :
-	     rpc_client_call(s->d->rpc, RPC_OP_DIR_LOOKUP, pl.data, pl.len, 0,
-			     on_lookup, s, NULL);
-	eng_buf_free(&pl);
+	if (rc == ENG_ENOTFOUND) {          /* no hostname to route <Postmaster> */
+		postmaster_missing(s);
+		return;
+	}
 	if (rc != 0) {
-		eng_log(ENG_LOG_WARN, "mx: cannot send DIR_LOOKUP: %s", rpc_strerror(rc));
 		free(s->pending_rcpt);
 		s->pending_rcpt = NULL;
 		reply(s, "451 4.3.0 Temporary lookup failure, try again later\r\n");

@@ -4,7 +4,7 @@ raw sockets against redis + sqlited + sealmail-mx (mx_server.py).
 Covers: delivery with Received and Authentication-Results headers (in the
 spool while the mailbox is locked, then in INBOX, also over POP3), plus
 addressing and the catch-all, every SMTP smuggling variant of issue 5, the
-relay matrix, limits (SIZE, body size, recipients, line length, errors,
+relay matrix, RCPT TO:<Postmaster>, limits (SIZE, body size, recipients, line length, errors,
 commands before MAIL, connections per IP), PIPELINING, BDAT, SMTPUTF8,
 STARTTLS injection, rate limits in Redis (and in memory without it), a
 forward queued with SRS, and DMARC p=reject with the DNS namespace of
@@ -407,6 +407,65 @@ class MxLimitsTest(unittest.TestCase):
             return r.greeting.startswith(b"220")
         except (OSError, EOFError):
             return False
+
+
+class MxPostmasterTest(unittest.TestCase):
+    """RCPT TO:<Postmaster> (RFC 5321 4.5.1, no domain, any case) goes to
+    postmaster@<hostname>, else postmaster@<hostname minus its first label>."""
+
+    def rcpt(self, srv, path):
+        r = srv.raw()
+        r.cmd(b"EHLO client.test")
+        self.assertEqual(r.cmd(b"MAIL FROM:<bob@example.net>")[0], 250)
+        return r, r.cmd(b"RCPT TO:<" + path + b">")
+
+    def send(self, srv, path, subject):
+        r, (code, lines) = self.rcpt(srv, path)
+        self.assertEqual(code, 250, lines)
+        self.assertEqual(r.cmd(b"DATA")[0], 354)
+        code, lines = r.cmd(b"Subject: " + subject + b"\r\n\r\nto the postmaster\r\n.")
+        self.assertEqual(code, 250, lines)
+        r.cmd(b"QUIT")
+        r.close()
+
+    def test_postmaster_without_domain(self):
+        with MxServer(config={"hostname": "mx.example.org"}) as srv:
+            srv.add_alias("alice@example.org", PW)
+            # No postmaster alias anywhere: 550 5.1.1, and the log says what to do.
+            r, (code, lines) = self.rcpt(srv, b"Postmaster")
+            self.assertEqual((code, lines[0][:9]), (550, b"550 5.1.1"))
+            r.close()
+            self.assertTrue(wait_for(lambda: "postmaster@example.org; create one"
+                                     in srv.log_text(), 10), srv.log_text()[-2000:])
+            self.assertIn("no alias postmaster@mx.example.org or postmaster@example.org",
+                          srv.log_text())
+            # With a domain it is an ordinary address (unknown here).
+            r, (code, _) = self.rcpt(srv, b"postmaster@example.org")
+            self.assertEqual(code, 550)
+            r.close()
+            # postmaster@<parent of the hostname>, in any case of "Postmaster".
+            srv.add_alias("postmaster@example.org", "postmaster password")
+            self.send(srv, b"POSTMASTER", b"pm1")
+            self.send(srv, b"postMaster", b"pm2")
+            got = srv.mailbox("postmaster@example.org", "postmaster password")
+            self.assertEqual([re.search(rb"Subject: (\S+)", m).group(1) for m in got],
+                             [b"pm1", b"pm2"])
+            self.assertIn(b"for <postmaster@example.org>;", got[0])
+            # postmaster@<hostname> comes first once it exists.
+            srv.add_alias("postmaster@mx.example.org", "host postmaster password")
+            self.send(srv, b"Postmaster", b"pm3")
+            self.assertEqual(srv.mailbox("postmaster@example.org", "postmaster password"),
+                             [])
+            got = srv.mailbox("postmaster@mx.example.org", "host postmaster password")
+            self.assertEqual(len(got), 1)
+            self.assertIn(b"Subject: pm3", got[0])
+            # Still refused: a route, a quoted or empty domain form.
+            for path in (b"@relay.example:Postmaster", b"\"Postmaster\"", b"Postmaster@"):
+                r, (code, _) = self.rcpt(srv, path)
+                self.assertIn(code, (501, 550, 553), path)
+                r.close()
+            srv.stop()
+            self.assertEqual(srv.sanitizer_reports(), [])
 
 
 class MxRateLimitTest(unittest.TestCase):
