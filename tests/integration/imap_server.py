@@ -178,7 +178,49 @@ class RawImap:
             pass
 
 
-class ImapServer:
+class ImapdMixin:
+    """What an installation with sealmail-imapd needs besides its own
+    start/stop: starting an imapd and IMAP clients. Used by ImapServer and by
+    mx_server.MxServer(imap=True). The class provides _spawn(args, name),
+    log_text(), imapds = [] and imaps_port/imap_port (the first imapd's)."""
+
+    def _start_imapd(self, conf, imaps_port, imap_port, name, host="127.0.0.1"):
+        p = self._spawn([IMAPD, "--config", conf], name)
+        ok = wait_for(lambda: (port_open(imaps_port, host) and port_open(imap_port, host))
+                      or p.poll() is not None)
+        if not ok or p.poll() is not None:
+            raise RuntimeError(name + " did not start: " + self.log_text()[-2000:])
+        self.imapds.append((p, imaps_port, imap_port))
+        return p
+
+    def imapd_pid(self, i=0):
+        return self.imapds[i][0].pid
+
+    # ---- clients ----
+
+    def connect(self, tls=True, port=None, timeout=30):
+        if tls:
+            return imaplib.IMAP4_SSL("127.0.0.1", port or self.imaps_port,
+                                     ssl_context=unverified_context(), timeout=timeout)
+        return imaplib.IMAP4("127.0.0.1", port or self.imap_port, timeout=timeout)
+
+    def login(self, address, password, tls=True, port=None):
+        c = self.connect(tls=tls, port=port)
+        c.login(address, password)
+        return c
+
+    def raw(self, tls=True, port=None, timeout=30):
+        s = socket.create_connection(("127.0.0.1", port or (self.imaps_port if tls
+                                                            else self.imap_port)),
+                                     timeout=timeout)
+        if tls:
+            s = unverified_context().wrap_socket(s)
+        r = RawImap(s)
+        r.greeting = r.line()
+        return r
+
+
+class ImapServer(ImapdMixin):
     def __init__(self, config=None, start=True):
         if not skip_unless_built():
             raise unittest.SkipTest("sealmail-imapd, sqlited, sealmail or redis-server "
@@ -286,15 +328,6 @@ class ImapServer:
             self.sqlited.kill()
             self.sqlited.wait()
 
-    def _start_imapd(self, conf, imaps_port, imap_port, name, host="127.0.0.1"):
-        p = self._spawn([IMAPD, "--config", conf], name)
-        ok = wait_for(lambda: (port_open(imaps_port, host) and port_open(imap_port, host))
-                      or p.poll() is not None)
-        if not ok or p.poll() is not None:
-            raise RuntimeError(name + " did not start: " + self.log_text()[-2000:])
-        self.imapds.append((p, imaps_port, imap_port))
-        return p
-
     def start_imapd(self, config=None):
         """Another imapd against the same sqlited: returns (imaps_port, imap_port)."""
         n = len(self.imapds)
@@ -306,9 +339,6 @@ class ImapServer:
         self._start_imapd(conf, ports[0], ports[1], f"imapd-{n}",
                           extra.get("listen_address", "127.0.0.1"))
         return ports
-
-    def imapd_pid(self, i=0):
-        return self.imapds[i][0].pid
 
     def stop(self):
         for p in reversed(self.procs):  # imapds first, redis last
@@ -369,26 +399,3 @@ class ImapServer:
     def deliver(self, address, raw_bytes):
         with self.rpc() as c:
             return sqlited_ops.deliver(c, address.encode(), raw_bytes)
-
-    # ---- clients ----
-
-    def connect(self, tls=True, port=None, timeout=30):
-        if tls:
-            return imaplib.IMAP4_SSL("127.0.0.1", port or self.imaps_port,
-                                     ssl_context=unverified_context(), timeout=timeout)
-        return imaplib.IMAP4("127.0.0.1", port or self.imap_port, timeout=timeout)
-
-    def login(self, address, password, tls=True, port=None):
-        c = self.connect(tls=tls, port=port)
-        c.login(address, password)
-        return c
-
-    def raw(self, tls=True, port=None, timeout=30):
-        s = socket.create_connection(("127.0.0.1", port or (self.imaps_port if tls
-                                                            else self.imap_port)),
-                                     timeout=timeout)
-        if tls:
-            s = unverified_context().wrap_socket(s)
-        r = RawImap(s)
-        r.greeting = r.line()
-        return r

@@ -17,10 +17,12 @@ What it starts, in a temporary directory (removed by stop()):
   cheapest Argon2id cost, redis_url on the private redis-server's socket,
   hostname mx.test; `config` adds or overrides keys;
 - redis-server (unix socket only, no persistence), sqlited, sealmail-mx
-  (and sealmail-pop3d with pop3=True), each logging to a file (log_text()).
+  (and sealmail-pop3d with pop3=True; sealmail-imapd with imap=True, on free
+  imaps_port and imap_port), each logging to a file (log_text()).
 
 Binaries come from SEALMAIL_BIN_DIR (default build/bin); a missing
-sealmail-mx or redis-server raises unittest.SkipTest.
+sealmail-mx or redis-server raises unittest.SkipTest (so does imap=True
+without sealmail-imapd).
 
 Methods: add_alias(address, password=None, forwards=(), mailbox=True);
 smtp(ehlo=True) -> smtplib.SMTP; raw() -> RawSmtp after the greeting;
@@ -29,6 +31,8 @@ through sqlited (UNLOCK drains the spool; FETCH_META, FETCH_BODY; with take
 they are then expunged; LOCK);
 spool_files() -> the sealed spool entries waiting (before any UNLOCK);
 kill_sqlited()/start_sqlited(), kill_mx()/start_mx(), stop_redis();
+with imap=True, imap_server.ImapdMixin's IMAP clients: connect(tls=True),
+login(address, password, tls=True) -> imaplib (certificate not verified);
 sanitizer_reports() -> log lines where ASan/LSan/UBSan reported (tests assert none).
 """
 import os
@@ -46,7 +50,8 @@ sys.path.insert(0, HERE)
 import rpcclient  # noqa: E402
 import sqlited_ops  # noqa: E402
 # Helpers shared with the IMAP harness.
-from imap_server import RawImap, free_port, port_open, unverified_context, wait_for  # noqa: E402,F401
+from imap_server import (IMAPD, ImapdMixin, RawImap, free_port, port_open,  # noqa: E402,F401
+                         unverified_context, wait_for)
 
 ROOT = os.environ.get("SEALMAIL_SOURCE_DIR", os.path.dirname(os.path.dirname(HERE)))
 BIN_DIR = os.environ.get("SEALMAIL_BIN_DIR", os.path.join(ROOT, "build", "bin"))
@@ -94,12 +99,16 @@ class RawSmtp(RawImap):
             self.s.settimeout(30)
 
 
-class MxServer:
-    def __init__(self, config=None, pop3=False, start=True, data_dir=None):
+class MxServer(ImapdMixin):
+    def __init__(self, config=None, pop3=False, start=True, data_dir=None, imap=False):
         if not built():
             raise unittest.SkipTest("sealmail-mx, sqlited, sealmail or redis-server is missing")
+        if imap and not os.access(IMAPD, os.X_OK):
+            raise unittest.SkipTest("sealmail-imapd is missing")
         self.extra = dict(config or {})
         self.want_pop3 = pop3 and os.access(POP3D, os.X_OK)
+        self.want_imap = imap
+        self.imapds = []
         self.procs = []
         self.domains = set()
         self.secrets = []
@@ -133,6 +142,8 @@ class MxServer:
             raise RuntimeError("sealmail init failed: " + r.stderr)
         self.mx_port = free_port()
         self.pop3_port = free_port() if self.want_pop3 else 0
+        self.imaps_port = free_port() if self.want_imap else 0
+        self.imap_port = free_port() if self.want_imap else 0
         self._write_conf()
         self.socket = os.path.join(self.data_dir, "sqlited.sock")
         self.secret = rpcclient.read_secret(os.path.join(self.data_dir, "secrets",
@@ -144,11 +155,14 @@ class MxServer:
             self.pop3d = self._spawn([POP3D, "--config", self.conf], "pop3d")
             if not wait_for(lambda: port_open(self.pop3_port)):
                 raise RuntimeError("pop3d did not start: " + self.log_text()[-2000:])
+        if self.want_imap:
+            self._start_imapd(self.conf, self.imaps_port, self.imap_port, "imapd")
 
     def _write_conf(self):
         with open(self.conf) as f:
             lines = f.read().splitlines()
         want = {"mx_port": str(self.mx_port), "pop3_port": str(self.pop3_port),
+                "imaps_port": str(self.imaps_port), "imap_port": str(self.imap_port),
                 "listen_address": "127.0.0.1", "hostname": "mx.test",
                 "argon2_opslimit": "1", "argon2_memlimit_mib": "1",
                 "redis_url": "unix:" + self.redis_sock}
