@@ -37,7 +37,7 @@ BOB, BOB_PW = "bob@example.org", "bob's imap password"
 # Every extension the issue lists (CAPABILITY must announce each).
 EXTENSIONS = ("IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ ENABLE ID IDLE NAMESPACE UNSELECT "
               "CHILDREN UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED LIST-STATUS CONDSTORE "
-              "QRESYNC ESEARCH SEARCHRES SORT THREAD=REFERENCES THREAD=ORDEREDSUBJECT "
+              "QRESYNC ESEARCH SEARCHRES SORT ESORT THREAD=REFERENCES THREAD=ORDEREDSUBJECT "
               "COMPRESS=DEFLATE QUOTA QUOTA=RES-STORAGE STATUS=SIZE UTF8=ACCEPT "
               "MULTIAPPEND BINARY WITHIN SAVEDATE OBJECTID PREVIEW").split()
 
@@ -664,12 +664,14 @@ class ImapUp(unittest.TestCase):
             r = subprocess.run([SEALMAIL, "init", "--config", conf, "--data-dir", data],
                                capture_output=True, text=True, timeout=60)
             self.assertEqual(r.returncode, 0, r.stderr)
-            imaps, imap = free_port(), free_port()
+            imaps, alt, imap = free_port(), free_port(), free_port()
             out = []
             for line in open(conf).read().splitlines():
                 key = line.split("=", 1)[0].strip() if "=" in line and not line.startswith("#") else ""
                 if key == "imaps_port":
                     line = f"imaps_port = {imaps}"
+                elif key == "imaps_alt_port":
+                    line = f"imaps_alt_port = {alt}"
                 elif key == "imap_port":
                     line = f"imap_port = {imap}"
                 elif key == "sqlited_port":
@@ -691,6 +693,7 @@ class ImapUp(unittest.TestCase):
                         break
                 text = "".join(lines)
                 self.assertRegex(text, rf"(?m)^imapd\s+127\.0\.0\.1:{imaps} \(imaps\), "
+                                       rf"127\.0\.0\.1:{alt} \(imaps\), "
                                        rf"127\.0\.0\.1:{imap} \(imap\)$")
                 self.assertIn(f"connect: a mail client to 127.0.0.1 port {imaps} (IMAP, SSL/TLS",
                               text)
@@ -701,6 +704,11 @@ class ImapUp(unittest.TestCase):
                                    capture_output=True, timeout=30)
                 self.assertIn(b"* OK [CAPABILITY IMAP4rev1", r.stdout)
                 self.assertIn(b"a OK Logout completed.", r.stdout)
+                # The second implicit-TLS port (2993 in a default install) too.
+                r = subprocess.run(["openssl", "s_client", "-quiet", "-connect",
+                                    f"127.0.0.1:{alt}"], input=b"a LOGOUT\r\n",
+                                   capture_output=True, timeout=30)
+                self.assertIn(b"* OK [CAPABILITY IMAP4rev1", r.stdout)
             finally:
                 p.send_signal(signal.SIGTERM)
                 self.assertEqual(p.wait(30), 0)
