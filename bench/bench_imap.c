@@ -83,12 +83,12 @@ static struct {
 	const char *host, *user_fmt, *pass, *mailbox, *query, *pids;
 	int port, users, user_base, conns, count, first, repeat, setup_limit;
 	bool tls, hold;
-	double seconds, settle;
+	double seconds, settle, max_seconds;
 } opt = {
 	.host = "127.0.0.1", .user_fmt = NULL, .pass = NULL, .mailbox = "INBOX",
 	.query = "FROM \"Kowalski\"", .users = 1, .user_base = 1, .conns = 1,
 	.count = 1000, .repeat = 3, .setup_limit = 100, .seconds = 10,
-	.settle = 3,
+	.settle = 3, .max_seconds = 60,
 };
 
 static struct {
@@ -106,6 +106,7 @@ static struct {
 	struct msggen *msgs;    /* append: pre-generated, indices first.. */
 	struct msggen small[N_SMALL];
 	double pss_before_kib;
+	char pss_roots_before[256];
 	uv_timer_t timer;
 	char readbuf[READ_BUF];
 } g;
@@ -160,8 +161,8 @@ static bool proc_stat(long pid, long *ppid, double *ticks)
 	return true;
 }
 
-/* The --pids roots and all their descendants, at this moment. */
-static int server_tree(long *out, int max)
+/* The roots in list ("pid,pid") and all their descendants, at this moment. */
+static int process_tree(const char *roots, long *out, int max)
 {
 	static long pids[MAX_TREE], ppids[MAX_TREE];
 	int n = 0, m = 0;
@@ -178,7 +179,7 @@ static int server_tree(long *out, int max)
 	}
 	if (d != NULL)
 		closedir(d);
-	list = strdup(opt.pids != NULL ? opt.pids : "");
+	list = strdup(roots);
 	for (tok = strtok_r(list, ",", &save); tok && m < max; tok = strtok_r(NULL, ",", &save))
 		out[m++] = strtol(tok, NULL, 10);
 	free(list);
@@ -187,6 +188,11 @@ static int server_tree(long *out, int max)
 			if (ppids[j] == out[i])
 				out[m++] = pids[j];
 	return m;
+}
+
+static int server_tree(long *out, int max)
+{
+	return process_tree(opt.pids != NULL ? opt.pids : "", out, max);
 }
 
 static double server_cpu(void)
@@ -202,10 +208,10 @@ static double server_cpu(void)
 	return sum / (double)sysconf(_SC_CLK_TCK);
 }
 
-static double server_pss_kib(int *nprocs)
+static double tree_pss_kib(const char *roots, int *nprocs)
 {
 	static long tree[MAX_TREE];
-	int n = server_tree(tree, MAX_TREE);
+	int n = process_tree(roots, tree, MAX_TREE);
 	double sum = 0;
 
 	*nprocs = n;
@@ -224,6 +230,29 @@ static double server_pss_kib(int *nprocs)
 		fclose(f);
 	}
 	return sum;
+}
+
+static double server_pss_kib(int *nprocs)
+{
+	return tree_pss_kib(opt.pids != NULL ? opt.pids : "", nprocs);
+}
+
+/* "pid:KiB,pid:KiB": the PSS of each --pids root with its descendants. */
+static void pss_by_root(char *out, size_t size)
+{
+	char *list = strdup(opt.pids != NULL ? opt.pids : ""), *tok, *save = NULL;
+	size_t used = 0;
+	int nprocs;
+
+	out[0] = '\0';
+	for (tok = strtok_r(list, ",", &save); tok && used < size;
+	     tok = strtok_r(NULL, ",", &save)) {
+		int n = snprintf(out + used, size - used, "%s%s:%.0f", used ? "," : "", tok,
+				 tree_pss_kib(tok, &nprocs));
+
+		used += n > 0 ? (size_t)n : 0;
+	}
+	free(list);
 }
 
 /* ---- failing loudly ---- */
@@ -638,15 +667,16 @@ static void report(void)
 	case M_FETCHBODY:
 		snprintf(extra, sizeof(extra), "msgs_per_s=%.1f mb_per_s=%.2f median_s=%.3f"
 			 " fetched=%" PRIu64, (double)g.items / wall, (double)g.bytes / 1e6 / wall,
-			 median_times(), g.items / (uint64_t)opt.repeat);
+			 median_times(), g.n_times ? g.items / (uint64_t)g.n_times : 0);
 		print_result(opt.mode == M_FETCHHDR ? "fetchhdr" : "fetchbody",
 			     opt.mode == M_FETCHHDR ? (double)g.items / wall
 						    : (double)g.bytes / 1e6 / wall,
 			     opt.mode == M_FETCHHDR ? "msgs/s" : "MB/s", extra);
 		break;
 	case M_SEARCH:
-		snprintf(extra, sizeof(extra), "hits=%" PRIu64, g.hits);
-		print_result("search", median_times() * 1000, "ms", extra);
+		snprintf(extra, sizeof(extra), "hits=%" PRIu64 " first_ms=%.3f", g.hits,
+			 g.n_times ? g.times[0] * 1000 : 0);
+		print_result("search", median_times() * 1000, "ms", extra);   /* of the runs made (ops) */
 		break;
 	case M_MIXED:
 		snprintf(extra, sizeof(extra), "sessions=%" PRIu64, g.items);
@@ -796,7 +826,8 @@ static void timed_repeat(struct conn *c, const char *line, bool ok, const char *
 		g.times[g.n_times++] = now_s() - c->t_cmd;
 		g.ops++;
 	}
-	if (g.n_times >= opt.repeat) {
+	/* --repeat times, but not past --max-seconds once one run is done */
+	if (g.n_times >= opt.repeat || (g.n_times > 0 && now_s() - g.t0 > opt.max_seconds)) {
 		window_end();
 		done(c);
 		return;
@@ -1037,13 +1068,15 @@ static void on_settled(uv_timer_t *t)
 {
 	int nprocs;
 	double pss = server_pss_kib(&nprocs);
-	char extra[256];
+	char extra[1024], by_root[256];
 
 	(void)t;
 	window_end();
+	pss_by_root(by_root, sizeof(by_root));
 	snprintf(extra, sizeof(extra), "conns=%d pss_total_kib=%.0f pss_before_kib=%.0f "
-		 "per_conn_growth_kib=%.2f procs=%d", opt.conns, pss, g.pss_before_kib,
-		 (pss - g.pss_before_kib) / opt.conns, nprocs);
+		 "per_conn_growth_kib=%.2f procs=%d pss_by_root=%s pss_by_root_before=%s",
+		 opt.conns, pss, g.pss_before_kib, (pss - g.pss_before_kib) / opt.conns, nprocs,
+		 by_root, g.pss_roots_before);
 	print_result("idle", pss / opt.conns, "KiB/conn", extra);
 	uv_stop(g.loop);
 }
@@ -1099,6 +1132,7 @@ static void usage(void)
 	      "  mixed      --conns C --users U --seconds T: sessions of 9 commands\n"
 	      "  login      --conns C --users U (--count N | --seconds T [--hold])\n"
 	      "  idle       --conns C --users U --settle S: PSS per IDLE connection\n"
+	      "  (select, fetch*, search: no new run after --max-seconds [60])\n"
 	      "options: --tls --host H --user-base B --pids P1,P2 (server roots)\n"
 	      "         --setup-limit N (idle: connections being set up at once)\n", stderr);
 	exit(2);
@@ -1115,7 +1149,8 @@ static void parse_args(int argc, char **argv)
 		{ "seconds", 1, NULL, 's' }, { "mailbox", 1, NULL, 'm' },
 		{ "query", 1, NULL, 'q' }, { "pids", 1, NULL, 'P' }, { "hold", 0, NULL, 'H' },
 		{ "settle", 1, NULL, 'S' }, { "host", 1, NULL, 'h' },
-		{ "user-base", 1, NULL, 'b' }, { "first", 1, NULL, 'f' }, { "setup-limit", 1, NULL, 'L' },
+		{ "user-base", 1, NULL, 'b' }, { "first", 1, NULL, 'f' },
+		{ "max-seconds", 1, NULL, 'M' }, { "setup-limit", 1, NULL, 'L' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int ch;
@@ -1149,6 +1184,7 @@ static void parse_args(int argc, char **argv)
 		case 'h': opt.host = optarg; break;
 		case 'b': opt.user_base = atoi(optarg); break;
 		case 'f': opt.first = atoi(optarg); break;
+		case 'M': opt.max_seconds = atof(optarg); break;
 		case 'L': opt.setup_limit = atoi(optarg); break;
 		default: usage();
 		}
@@ -1217,6 +1253,7 @@ static void setup_conns(void)
 		int nprocs;
 
 		g.pss_before_kib = server_pss_kib(&nprocs);
+		pss_by_root(g.pss_roots_before, sizeof(g.pss_roots_before));
 		window_start();
 		open_more();
 	} else {

@@ -12,7 +12,9 @@
 # Environment (defaults in brackets): N [10000] messages in the big mailbox;
 # BIG [0] also fill a second mailbox to BIG messages for the SELECT figure
 # (100000 takes long: ~5-10 min per server here); T [15] seconds of the
-# timed loads; NMIX [20] mixed-workload users (and connections); IDLE_N
+# timed loads; NMIX [20] mixed-workload users (and connections); NFIRST
+# [20] users for the first-login figure; NIDLE [500] users the IDLE
+# connections are spread over (20 each at 10,000); IDLE_N
 # ["1000 10000"] IDLE connection counts; ONLY ["sealmail dovecot
 # dovecot-crypt"] the servers to measure; SKIP ["" or words of: append
 # select fetch search mixed login idle] loads to leave out;
@@ -33,6 +35,7 @@ BIG=${BIG:-0}
 T=${T:-15}
 NMIX=${NMIX:-20}
 NFIRST=${NFIRST:-20}
+NIDLE=${NIDLE:-500}
 IDLE_N=${IDLE_N:-"1000 10000"}
 SKIP=${SKIP:-}
 RESULTS=${RESULTS:-/tmp/bench-imap-results.txt}
@@ -58,7 +61,7 @@ chmod 755 "$TMP"
 PIDS=()
 cleanup() {
 	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-	for d in dc dcc; do dovecot_stop "$TMP/$d" 2>/dev/null || true; done
+	for d in dc dcc dch; do dovecot_stop "$TMP/$d" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
 	rm -rf "$TMP"
 }
@@ -71,6 +74,9 @@ free_port() {
 USERS=(bench)
 for i in $(seq -f %02g 1 "$NMIX"); do USERS+=("mix$i"); done
 for i in $(seq -f %02g 1 "$NFIRST"); do USERS+=("first$i"); done
+if ! skip idle; then
+	for i in $(seq -f %03g 1 "$NIDLE"); do USERS+=("idle$i"); done
+fi
 [ "$BIG" -gt 0 ] && USERS+=(big)
 
 # ---- Sealmail: sealmail init, redis, sqlited, sealmail-imapd ----
@@ -108,10 +114,10 @@ PIDS+=($!); IMAPD_PID=$!
 wait_port "$SM_PORT"
 "$BIN/sealmail" domain add "$DOMAIN" --config "$SM/sealmail.conf" >/dev/null
 log "sealmail: adding ${#USERS[@]} aliases (Argon2id at the default cost)"
-for u in "${USERS[@]}"; do
-	printf '%s\n' "$PASSWORD" | "$BIN/sealmail" alias add "$u@$DOMAIN" --password-stdin \
-		--config "$SM/sealmail.conf" >/dev/null
-done
+export BIN SM PASSWORD DOMAIN
+printf '%s\n' "${USERS[@]}" | xargs -P 4 -I{} sh -c 'printf "%s\n" "$PASSWORD" |
+	"$BIN/sealmail" alias add "{}@$DOMAIN" --password-stdin --config "$SM/sealmail.conf" >/dev/null'
+
 SM_PIDS="$SQLITED_PID,$IMAPD_PID,$REDIS_PID"
 SM_CERT=$(sed -n 's/^tls_cert *= *//p' "$SM/sealmail.conf")
 SM_KEY=$(sed -n 's/^tls_key *= *//p' "$SM/sealmail.conf")
@@ -183,6 +189,7 @@ dovecot_start "$DC" "$DC_PORT"
 dovecot_start "$DCC" "$DCC_PORT"
 log "dovecot+mail-crypt: generating the users' password-protected keys"
 for a in "${ADDRS[@]}"; do
+	[[ $a == idle* ]] && continue      # the IDLE users only log in to plain Dovecot
 	doveadm -c "$DCC/dovecot.conf" -o "plugin/mail_crypt_private_password=$PASSWORD" \
 		mailbox cryptokey generate -u "$a" -U >/dev/null
 done
@@ -193,7 +200,14 @@ dc_pids() { dovecot_master_pid "$1"; }
 read -ra SERVERS <<< "${ONLY:-sealmail dovecot dovecot-crypt}"
 want() { [[ " ${SERVERS[*]} " == *" $1 "* ]]; }
 port_of() { case $1 in sealmail) echo "$SM_PORT" ;; dovecot) echo "$DC_PORT" ;; dovecot-crypt) echo "$DCC_PORT" ;; esac; }
-pids_of() { case $1 in sealmail) echo "$SM_PIDS" ;; dovecot|dovecot-hib) dc_pids "$DC" ;; dovecot-crypt) dc_pids "$DCC" ;; esac; }
+pids_of() {
+	case $1 in
+	sealmail) echo "$SM_PIDS" ;;
+	dovecot) dc_pids "$DC" ;;
+	dovecot-hib) dc_pids "$DCH" ;;
+	dovecot-crypt) dc_pids "$DCC" ;;
+	esac
+}
 # run LOAD SERVER bench-imap-args...: one RESULT line into $RESULTS
 run() {
 	local load=$1 srv=$2 out
@@ -246,8 +260,14 @@ if ! skip idle; then
 	idle_run() {   # NAME SERVER PORT TLS? CONNS SETTLE
 		local out
 		want "${2%-hib}" || return 0
-		out=$("$BIN/bench-imap" idle --user "mix%02d@$DOMAIN" --users "$NMIX" --conns "$5" \
-			--port "$3" $4 --pass "$PASSWORD" --pids "$(pids_of "$2")" \
+		# the previous run's connections must be gone (Dovecot: their
+		# processes exit one by one) before the PSS baseline is read
+		for _ in $(seq 240); do
+			[ "$(pgrep -c -P "$(pids_of "$2" | cut -d, -f1)")" -lt 30 ] && break
+			sleep 0.5
+		done
+		out=$("$BIN/bench-imap" idle --user "idle%03d@$DOMAIN" --users "$NIDLE" \
+			--conns "$5" --port "$3" $4 --pass "$PASSWORD" --pids "$(pids_of "$2")" \
 			--settle "$6" --setup-limit 50) || { log "$1 on $2 FAILED"; return 0; }
 		out=$(grep '^RESULT' <<<"$out" | tail -1)
 		echo "$1 $2 $out" >> "$RESULTS"
@@ -259,10 +279,13 @@ if ! skip idle; then
 		idle_run "idle_${n}" dovecot "$DC_PORT" "" "$n" 3
 		idle_run "idle_${n}_tls" dovecot "$DC_TLS" --tls "$n" 3
 	done
-	# Dovecot with IDLE hibernation: an IDLE connection's imap process hands
-	# it to imap-hibernate after 2 s and exits.
+	# Dovecot with IDLE hibernation: a third instance, the plain one's
+	# settings plus imap_hibernate_timeout (an IDLE connection's imap
+	# process hands it to imap-hibernate after 2 s and exits).
 	dovecot_stop "$DC"
-	cat >> "$DC/extra.conf" <<EOF
+	DCH=$TMP/dch; DCH_PORT=$(free_port); DCH_TLS=$(free_port)
+	dovecot_imap "$DCH" "$DCH_PORT" "$DCH_TLS"
+	cat > "$DCH/extra.conf" <<EOF
 imap_hibernate_timeout = 2s
 service imap-hibernate {
   client_limit = 15000
@@ -276,10 +299,10 @@ service imap {
   }
 }
 EOF
-	dovecot_start "$DC" "$DC_PORT"
+	dovecot_start "$DCH" "$DCH_PORT"
 	for n in $IDLE_N; do
-		idle_run "idle_${n}" dovecot-hib "$DC_PORT" "" "$n" 8
-		idle_run "idle_${n}_tls" dovecot-hib "$DC_TLS" --tls "$n" 8
+		idle_run "idle_${n}" dovecot-hib "$DCH_PORT" "" "$n" 8
+		idle_run "idle_${n}_tls" dovecot-hib "$DCH_TLS" --tls "$n" 8
 	done
 fi
 

@@ -25,16 +25,9 @@ PASSWORD='bench pop3 password'
 for exe in "$BIN/sealmail" "$BIN/sealmail-pop3d"; do
 	[ -x "$exe" ] || { echo "pop3.sh: $exe is not built" >&2; exit 1; }
 done
-if [ ! -x /usr/sbin/dovecot ] || ! dpkg-query -W -f='${Status}' dovecot-pop3d 2>/dev/null |
-		grep -q "ok installed"; then
-	[ "$(id -u)" -eq 0 ] || { echo "pop3.sh: dovecot-pop3d missing; run as root to install it" >&2; exit 1; }
-	echo "pop3.sh: installing dovecot-pop3d" >&2
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq >/dev/null
-	apt-get install -y -qq --no-install-recommends dovecot-core dovecot-pop3d >/dev/null
-	# The package starts a system-wide instance; the bench runs its own.
-	systemctl stop dovecot 2>/dev/null || service dovecot stop 2>/dev/null || true
-fi
+# shellcheck source=bench/lib_dovecot.sh
+. "$ROOT/bench/lib_dovecot.sh"
+dovecot_ensure_installed dovecot-pop3d
 
 TMP=$(mktemp -d /tmp/bench-pop3.XXXXXX)
 PIDS=()
@@ -128,15 +121,11 @@ for f in "$TMP/msgs"/*.eml; do
 	cp "$f" "$DC/home/Maildir/new/$((1700000000 + i)).M$i.bench"
 	i=$((i + 1))
 done
-MAIL_USER=$(id -un)
-MAIL_UID=$(id -u)
-MAIL_GID=$(id -g)
-if [ "$MAIL_UID" -eq 0 ]; then   # Dovecot never serves mail as root
-	MAIL_USER=nobody
-	MAIL_UID=$(id -u nobody)
-	MAIL_GID=$(id -g nobody)
-	chown -R nobody: "$DC/home"
-fi
+dovecot_mail_owner
+MAIL_USER=$DC_USER
+MAIL_UID=$DC_UID
+MAIL_GID=$DC_GID
+if [ "$(id -u)" -eq 0 ]; then chown -R "$MAIL_UID:$MAIL_GID" "$DC/home"; fi
 printf '%s:{PLAIN}%s::::::\n' "$USER_ADDR" "$PASSWORD" > "$DC/passwd"
 chmod 644 "$DC/passwd"
 cat > "$DC/dovecot.conf" <<EOF
