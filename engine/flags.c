@@ -51,19 +51,29 @@ static int64_t read_meta(sqlite3_stmt *stmt, eng_msg *msg)
 	return sqlite3_column_int64(stmt, 0);
 }
 
+/* META_COLUMNS of the messages in uids; with want, then the header and
+ * the MIME blob (NULL unless wanted), joined from the content row. */
 static sqlite3_stmt *select_meta(eng_store *st, int64_t mailbox_id,
-				 const eng_uidset *uids, const char *extra,
-				 int *err_r)
+				 const eng_uidset *uids, unsigned want,
+				 const char *extra, int *err_r)
 {
 	eng_buf sql = ENG_BUF_INIT;
 	sqlite3_stmt *stmt;
 
-	eng_buf_puts(&sql, "SELECT " META_COLUMNS
-		     "FROM message m WHERE mailbox_id = ?");
+	if (want == 0)
+		eng_buf_puts(&sql, "SELECT " META_COLUMNS "FROM message m "
+			     "WHERE m.mailbox_id = ?");
+	else
+		eng_buf_printf(&sql, "SELECT " META_COLUMNS ", %s, %s "
+			       "FROM message m JOIN content c "
+			       "ON c.id = m.content_id WHERE m.mailbox_id = ?",
+			       (want & ENG_FETCH_WANT_HEADER) ? "c.header" :
+			       "NULL", (want & ENG_FETCH_WANT_MIME) ? "c.mime" :
+			       "NULL");
 	store_uidset_sql(uids, &sql);
 	if (extra != NULL)
 		eng_buf_puts(&sql, extra);
-	eng_buf_puts(&sql, " ORDER BY uid");
+	eng_buf_puts(&sql, " ORDER BY m.uid");
 	stmt = store_prepare(st, sql.data, err_r);
 	eng_buf_free(&sql);
 	if (stmt != NULL)
@@ -71,12 +81,32 @@ static sqlite3_stmt *select_meta(eng_store *st, int64_t mailbox_id,
 	return stmt;
 }
 
+/* The blob of column col into *data_r / *len_r; an empty blob is "",
+ * not NULL (SQLite gives NULL for both). */
+static void read_blob(sqlite3_stmt *stmt, int col, const void **data_r,
+		      size_t *len_r)
+{
+	*data_r = sqlite3_column_blob(stmt, col);
+	*len_r = *data_r != NULL ? (size_t)sqlite3_column_bytes(stmt, col) : 0;
+	if (*data_r == NULL && sqlite3_column_type(stmt, col) != SQLITE_NULL)
+		*data_r = "";
+}
+
 int eng_fetch_meta(eng_store *st, int64_t mailbox_id, const eng_uidset *uids,
 		   uint64_t changedsince, eng_msg_cb *cb, void *ctx)
 {
+	return eng_fetch_meta_want(st, mailbox_id, uids, changedsince, 0, cb,
+				   ctx);
+}
+
+int eng_fetch_meta_want(eng_store *st, int64_t mailbox_id,
+			const eng_uidset *uids, uint64_t changedsince,
+			unsigned want, eng_msg_cb *cb, void *ctx)
+{
+	const char *extra = changedsince > 0 ? " AND m.modseq > ?2" : NULL;
 	int err;
-	sqlite3_stmt *stmt = select_meta(st, mailbox_id, uids,
-		changedsince > 0 ? " AND modseq > ?2" : NULL, &err);
+	sqlite3_stmt *stmt = select_meta(st, mailbox_id, uids, want, extra,
+					 &err);
 	int rc;
 
 	if (stmt == NULL)
@@ -92,6 +122,10 @@ int eng_fetch_meta(eng_store *st, int64_t mailbox_id, const eng_uidset *uids,
 			eng_msg_clear(&msg);
 			continue;
 		}
+		if (want & ENG_FETCH_WANT_HEADER)
+			read_blob(stmt, 10, &msg.header, &msg.header_len);
+		if (want & ENG_FETCH_WANT_MIME)
+			read_blob(stmt, 11, &msg.mime, &msg.mime_len);
 		ret = cb(ctx, &msg);
 		eng_msg_clear(&msg);
 		if (ret != 0) {
@@ -273,7 +307,7 @@ int eng_store_flags(eng_store *st, int64_t mailbox_id, const eng_uidset *uids,
 	}
 	if ((err = eng_store_tx_begin(st)) != 0)
 		return err;
-	stmt = select_meta(st, mailbox_id, uids, NULL, &err);
+	stmt = select_meta(st, mailbox_id, uids, 0, NULL, &err);
 	if (stmt == NULL)
 		goto fail;
 	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
@@ -429,7 +463,7 @@ static int collect_rows(eng_store *st, int64_t mailbox_id,
 			struct row **rows_r, size_t *n_r)
 {
 	int err, rc;
-	sqlite3_stmt *stmt = select_meta(st, mailbox_id, uids, extra, &err);
+	sqlite3_stmt *stmt = select_meta(st, mailbox_id, uids, 0, extra, &err);
 	struct row *rows = NULL;
 	size_t n = 0;
 

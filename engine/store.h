@@ -178,6 +178,16 @@ typedef struct eng_msg {
 	uint64_t size;
 	int64_t content_id;         /* equal for equal content: RFC 8474 EMAILID */
 	int64_t thread_id;          /* RFC 8474 THREADID, THREAD grouping */
+	/*
+	 * Only from eng_fetch_meta_want(), when asked: the raw top-level
+	 * header and the stored MIME structure (eng_mime_encode format),
+	 * borrowed from the query's row: valid during the callback only,
+	 * NULL with length 0 when not asked for.
+	 */
+	const void *header;
+	size_t header_len;
+	const void *mime;
+	size_t mime_len;
 } eng_msg;
 
 void eng_msg_clear(eng_msg *msg);
@@ -191,6 +201,21 @@ typedef int eng_msg_cb(void *ctx, const eng_msg *msg);
  */
 int eng_fetch_meta(eng_store *st, int64_t mailbox_id, const eng_uidset *uids,
 		   uint64_t changedsince, eng_msg_cb *cb, void *ctx);
+
+/* What eng_fetch_meta_want() adds to each eng_msg. */
+enum eng_fetch_want {
+	ENG_FETCH_WANT_HEADER = 1u << 0,   /* msg->header, header_len */
+	ENG_FETCH_WANT_MIME = 1u << 1,     /* msg->mime, mime_len */
+};
+
+/*
+ * eng_fetch_meta(), with the content row's header and/or MIME blob in
+ * each message (want: enum eng_fetch_want bits; 0 = eng_fetch_meta). One
+ * query joining the content table: nothing is decompressed or decoded.
+ */
+int eng_fetch_meta_want(eng_store *st, int64_t mailbox_id,
+			const eng_uidset *uids, uint64_t changedsince,
+			unsigned want, eng_msg_cb *cb, void *ctx);
 
 typedef struct eng_append_opts {
 	uint32_t flags;

@@ -16,6 +16,7 @@
 
 #include "eng_error.h"
 #include "keys.h"
+#include "mime.h"
 #include "store.h"
 #include "store_private.h"
 #include "testutil.h"
@@ -534,6 +535,152 @@ static char *big_message(size_t size)
 	return msg;
 }
 
+/* ---- FETCH_META with the header and MIME blob inline ---- */
+
+struct inline_row {
+	uint32_t uid;
+	uint64_t size;
+	eng_buf header, mime;
+	bool has_header, has_mime;
+};
+
+struct inline_collect {
+	struct inline_row rows[16];
+	size_t n;
+};
+
+static int inline_cb(void *ctx, const eng_msg *msg)
+{
+	struct inline_collect *c = ctx;
+	struct inline_row *r = &c->rows[c->n++];
+
+	memset(r, 0, sizeof(*r));
+	r->uid = msg->uid;
+	r->size = msg->size;
+	r->has_header = msg->header != NULL;
+	r->has_mime = msg->mime != NULL;
+	if (msg->header != NULL)
+		eng_buf_append(&r->header, msg->header, msg->header_len);
+	if (msg->mime != NULL)
+		eng_buf_append(&r->mime, msg->mime, msg->mime_len);
+	else
+		assert_int_equal(msg->mime_len, 0);
+	return 0;
+}
+
+static void inline_clear(struct inline_collect *c)
+{
+	for (size_t i = 0; i < c->n; i++) {
+		eng_buf_free(&c->rows[i].header);
+		eng_buf_free(&c->rows[i].mime);
+	}
+	c->n = 0;
+}
+
+/* The row's blobs are those eng_message_open gives for the same UID. */
+static void inline_check(struct fixture *f, const struct inline_row *r,
+			 unsigned want)
+{
+	eng_message *m;
+	const eng_mime_part *root;
+	const void *hdr;
+	size_t hlen;
+	eng_buf enc = ENG_BUF_INIT;
+
+	assert_int_equal(r->has_header, (want & ENG_FETCH_WANT_HEADER) != 0);
+	assert_int_equal(r->has_mime, (want & ENG_FETCH_WANT_MIME) != 0);
+	assert_int_equal(eng_message_open(f->st, f->inbox, r->uid, &m), 0);
+	assert_int_equal(eng_message_size(m), r->size);
+	if (want & ENG_FETCH_WANT_HEADER) {
+		eng_message_header(m, &hdr, &hlen);
+		assert_true(hlen > 0);
+		assert_int_equal(r->header.len, hlen);
+		assert_memory_equal(r->header.data, hdr, hlen);
+	}
+	if (want & ENG_FETCH_WANT_MIME) {
+		assert_int_equal(eng_message_mime(m, &root), 0);
+		eng_mime_encode(root, &enc);
+		assert_int_equal(r->mime.len, enc.len);
+		assert_memory_equal(r->mime.data, enc.data, enc.len);
+		eng_buf_free(&enc);
+	}
+	eng_message_close(&m);
+}
+
+static void test_fetch_meta_inline(void **state)
+{
+	struct fixture *f = *state;
+	char *big = big_message(40 * 1024);
+	const unsigned wants[] = { 0, ENG_FETCH_WANT_HEADER, ENG_FETCH_WANT_MIME,
+				   ENG_FETCH_WANT_HEADER | ENG_FETCH_WANT_MIME };
+	struct inline_collect c = { .n = 0 };
+	eng_uidset set = { 0 }, failed = { 0 };
+	eng_mailbox mb;
+	uint64_t before;
+
+	append(f, f->inbox, simple_msg, 0);
+	append(f, f->inbox, big, 0);
+	append(f, f->inbox, "Subject: three\r\n\r\nbody three\r\n", 0);
+	append(f, f->inbox, simple_msg, 0);      /* shares uid 1's content */
+	free(big);
+	for (size_t w = 0; w < sizeof(wants) / sizeof(wants[0]); w++) {
+		assert_int_equal(eng_fetch_meta_want(f->st, f->inbox, NULL, 0,
+						     wants[w], inline_cb, &c), 0);
+		assert_int_equal(c.n, 4);
+		for (size_t i = 0; i < c.n; i++) {
+			assert_int_equal(c.rows[i].uid, i + 1);
+			inline_check(f, &c.rows[i], wants[w]);
+		}
+		/* Different messages, different blobs; shared content, same. */
+		if (wants[w] & ENG_FETCH_WANT_HEADER) {
+			assert_int_not_equal(c.rows[0].header.len,
+					     c.rows[2].header.len);
+			assert_int_equal(c.rows[0].header.len,
+					 c.rows[3].header.len);
+		}
+		if (wants[w] & ENG_FETCH_WANT_MIME)
+			assert_int_not_equal(c.rows[0].mime.len,
+					     c.rows[1].mime.len);
+		inline_clear(&c);
+	}
+	/* eng_fetch_meta is want 0. */
+	assert_int_equal(eng_fetch_meta(f->st, f->inbox, NULL, 0, inline_cb,
+					&c), 0);
+	assert_int_equal(c.n, 4);
+	inline_check(f, &c.rows[1], 0);
+	inline_clear(&c);
+
+	/* A UID set and CHANGEDSINCE filter the joined query too. */
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	before = mb.highestmodseq;
+	eng_mailbox_clear(&mb);
+	eng_uidset_add(&set, 3, 3);
+	assert_int_equal(eng_store_flags(f->st, f->inbox, &set, ENG_STORE_ADD,
+					 ENG_F_SEEN, NULL, 0, 0, &failed, NULL,
+					 NULL), 0);
+	eng_uidset_free(&set);
+	eng_uidset_add(&set, 2, 3);
+	assert_int_equal(eng_fetch_meta_want(f->st, f->inbox, &set, 0,
+					     wants[3], inline_cb, &c), 0);
+	assert_int_equal(c.n, 2);
+	assert_int_equal(c.rows[0].uid, 2);
+	inline_check(f, &c.rows[0], wants[3]);
+	inline_check(f, &c.rows[1], wants[3]);
+	inline_clear(&c);
+	assert_int_equal(eng_fetch_meta_want(f->st, f->inbox, NULL, before,
+					     ENG_FETCH_WANT_HEADER, inline_cb,
+					     &c), 0);
+	assert_int_equal(c.n, 1);
+	assert_int_equal(c.rows[0].uid, 3);
+	inline_check(f, &c.rows[0], ENG_FETCH_WANT_HEADER);
+	assert_non_null(memmem(c.rows[0].header.data, c.rows[0].header.len,
+			       "Subject: three", 14));
+	inline_clear(&c);
+	eng_uidset_free(&set);
+	eng_uidset_free(&failed);
+	check_invariants(f->st);
+}
+
 static void test_read_sections(void **state)
 {
 	struct fixture *f = *state;
@@ -792,6 +939,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_expunge_changes, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_copy_move_dedup, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_fetch_meta_inline, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_read_sections, setup,
 						teardown),
