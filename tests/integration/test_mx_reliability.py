@@ -1,11 +1,18 @@
 """MX reliability: never 250 before sqlited's durable answer, never lose what got 250.
 
-- Load: 2,000 messages, each with a unique id and the SHA-256 of its body in a
-  header, from 5 concurrent smtplib connections, while sqlited is killed -9
-  and restarted, and then the MX is killed -9 and restarted. Afterwards every
-  mailbox is read through sqlited: every message that got 250 is there
-  exactly once and intact; no message is there twice; messages that got
-  4xx/5xx or no answer are not counted (they may or may not be there).
+- Load: 2,000 messages (MX_RELIABILITY_MESSAGES), each with a unique id and
+  the SHA-256 of its body in a header, from 5 concurrent senders: 3 smtplib
+  connections and 2 loops of Postfix's smtp-source (Debian's postfix
+  package; a tenth of the messages each), one `smtp-source -m 1 -F file` run
+  per message, each with its own
+  file (so its own id and checksum; some body lines start with a dot, which
+  smtp-source stuffs); a run that exits 0 got 250 for its message. Meanwhile
+  sqlited is killed -9 and restarted, and then the MX is killed -9 and
+  restarted. Afterwards every mailbox is read through sqlited: every message
+  that got 250 is there exactly once and intact; no message is there twice;
+  messages that got 4xx/5xx or no answer are not counted (they may or may not
+  be there). smtp-source ends DATA with one more CRLF than its file has, so
+  the checksum covers the body without its trailing line breaks.
 - sqlited unreachable: RCPT and DATA get 451 4.3.0, never 250.
 - Disk full (the data directory on a 2 MiB tmpfs; needs root): 452 4.3.1,
   and every message that got 250 is in the spool.
@@ -30,13 +37,15 @@ PW = "reliability password"
 ALIASES = [f"r{i}@example.org" for i in range(4)]
 TOTAL = int(os.environ.get("MX_RELIABILITY_MESSAGES", "2000"))
 SENDERS = 5
+SOURCE_SENDERS = 2          # of SENDERS, the ones that run smtp-source
+SMTP_SOURCE = "/usr/sbin/smtp-source"
 
 
 def make_message(mid, rnd):
-    body = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz0123456789 ") for _ in
+    body = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz0123456789 .") for _ in
                    range(rnd.randint(50, 3000))).encode()
     body = b"\r\n".join(body[i:i + 70] for i in range(0, len(body), 70)) + b"\r\n"
-    digest = hashlib.sha256(body).hexdigest()
+    digest = hashlib.sha256(body.rstrip(b"\r\n")).hexdigest()
     head = (f"From: load@example.net\r\nTo: {ALIASES[0]}\r\nSubject: load {mid}\r\n"
             f"X-Load-Id: {mid}\r\nX-Load-Sum: {digest}\r\n\r\n").encode()
     return head + body
@@ -47,7 +56,7 @@ def check_message(raw):
     head, _, body = raw.partition(b"\r\n\r\n")
     mid = re.search(rb"X-Load-Id: (\S+)", head).group(1).decode()
     digest = re.search(rb"X-Load-Sum: (\S+)", head).group(1).decode()
-    return mid, hashlib.sha256(body).hexdigest() == digest
+    return mid, hashlib.sha256(body.rstrip(b"\r\n")).hexdigest() == digest
 
 
 class Sender(threading.Thread):
@@ -88,14 +97,53 @@ class Sender(threading.Thread):
                 pass
 
 
+class SourceSender(threading.Thread):
+    """One smtp-source run per message, each with its own file."""
+
+    def __init__(self, srv, index, count, results, progress, tmp):
+        super().__init__(daemon=True)
+        self.srv, self.index, self.count = srv, index, count
+        self.results, self.progress, self.tmp = results, progress, tmp
+        self.rnd = random.Random(1000 + index)
+
+    def run(self):
+        for i in range(self.count):
+            mid = f"p{self.index}-{i}"
+            rcpt = ALIASES[(self.index + i) % len(ALIASES)]
+            path = os.path.join(self.tmp, mid + ".eml")
+            with open(path, "wb") as f:   # smtp-source sends each line + CRLF
+                f.write(make_message(mid, self.rnd).replace(b"\r\n", b"\n"))
+            try:
+                r = subprocess.run([SMTP_SOURCE, "-m", "1", "-M", "load.test",
+                                    "-f", "load@example.net", "-t", rcpt, "-F", path,
+                                    f"127.0.0.1:{self.srv.mx_port}"],
+                                   capture_output=True, timeout=120)
+                ok = r.returncode == 0
+            except subprocess.TimeoutExpired:
+                ok = False
+            os.unlink(path)
+            self.results[mid] = (rcpt, ok)
+            self.progress.append(ok)
+            if not ok:
+                time.sleep(0.3)
+
+
 class MxLoadUnderKillTest(unittest.TestCase):
     def test_kill_sqlited_and_mx_under_load(self):
-        with MxServer() as srv:
+        if not os.access(SMTP_SOURCE, os.X_OK):
+            self.skipTest("smtp-source (postfix) is not installed")
+        with MxServer() as srv, tempfile.TemporaryDirectory(prefix="smmx-src-") as tmp:
             for a in ALIASES:
                 srv.add_alias(a, PW)
             results, progress = {}, []
-            per = TOTAL // SENDERS
-            senders = [Sender(srv, i, per, results, progress) for i in range(SENDERS)]
+            # One process per message is slower than a kept connection: the
+            # smtp-source loops get a tenth of the load each.
+            per_src = TOTAL // 10
+            per = (TOTAL - per_src * SOURCE_SENDERS) // (SENDERS - SOURCE_SENDERS)
+            senders = [Sender(srv, i, per, results, progress)
+                       for i in range(SENDERS - SOURCE_SENDERS)]
+            senders += [SourceSender(srv, i, per_src, results, progress, tmp)
+                        for i in range(SOURCE_SENDERS)]
             for s in senders:
                 s.start()
             # kill -9 sqlited at 25% and the MX at 60% of the load.
@@ -109,7 +157,7 @@ class MxLoadUnderKillTest(unittest.TestCase):
             srv.start_mx()
             for s in senders:
                 s.join(900)
-            self.assertEqual(len(results), per * SENDERS)
+            self.assertEqual(len(results), sum(s.count for s in senders))
             accepted = {mid for mid, (_, ok) in results.items() if ok}
             failed = len(results) - len(accepted)
             # The kills must have hit something, and most messages went through.
@@ -126,9 +174,15 @@ class MxLoadUnderKillTest(unittest.TestCase):
             self.assertEqual(twice, {})
             missing = accepted - set(seen)
             self.assertEqual(missing, set(), f"{len(missing)} accepted messages lost")
+            # smtp-source's share went through, and the kills hit it too.
+            src = {mid: ok for mid, (_, ok) in results.items() if mid.startswith("p")}
+            self.assertGreater(sum(src.values()), len(src) // 2)
+            self.assertGreater(len(src) - sum(src.values()), 0)
+            self.assertEqual({m for m, ok in src.items() if ok} - set(seen), set())
             srv.stop()
             self.assertEqual(srv.sanitizer_reports(), [])
-            print(f"\nmx reliability: {len(results)} sent, {len(accepted)} got 250, "
+            print(f"\nmx reliability: {len(results)} sent ({len(src)} by smtp-source, "
+                  f"{sum(src.values())} of them got 250), {len(accepted)} got 250, "
                   f"{failed} refused or cut, {len(seen) - len(accepted)} of those stored "
                   "anyway (not counted)", file=sys.stderr)
 
