@@ -8,6 +8,8 @@
 #include "eng_error.h"
 #include "secrets.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <signal.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -106,15 +108,58 @@ int sm_daemon_open(sm_daemon *dm, const sm_daemon_spec *spec, void *ctx,
 	return 0;
 }
 
+/* host (a name or an address) as a numeric address: rpc_client does no
+ * name resolution. ENG_ENOTFOUND when it does not resolve. */
+static int resolve_numeric(const char *host, char *out, size_t size)
+{
+	struct addrinfo hints, *res = NULL;
+	int rc;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(host, NULL, &hints, &res) != 0 || res == NULL)
+		return ENG_ENOTFOUND;
+	rc = getnameinfo(res->ai_addr, res->ai_addrlen, out, (socklen_t)size,
+			 NULL, 0, NI_NUMERICHOST);
+	freeaddrinfo(res);
+	return rc == 0 ? 0 : ENG_ENOTFOUND;
+}
+
 int sm_daemon_connect_rpc(sm_daemon *dm)
 {
 	const sm_config *cfg = dm->cfg;
 	rpc_client_config rc_cfg;
+	rpc_tls_config tls;
+	char numeric[INET6_ADDRSTRLEN];
 	char peer[300];
 	int rc;
 
 	memset(&rc_cfg, 0, sizeof(rc_cfg));
-	if (cfg->sqlited_socket != NULL) {
+	memset(&tls, 0, sizeof(tls));
+	if (cfg->sqlited_host != NULL) {
+		/* Another machine (or a TCP port here): docs/configuration.md,
+		 * sqlited_host. The name is resolved once, at start; the
+		 * certificate must name sqlited_host and chain to sqlited_ca. */
+		if (cfg->sqlited_port == 0) {
+			fprintf(stderr, "%s: sqlited_host is set but sqlited_port "
+				"is 0\n", dm->spec->name);
+			sm_secret_free(&dm->secret);
+			return ENG_EINVAL;
+		}
+		if ((rc = resolve_numeric(cfg->sqlited_host, numeric,
+					  sizeof(numeric))) != 0) {
+			fprintf(stderr, "%s: cannot resolve sqlited_host %s\n",
+				dm->spec->name, cfg->sqlited_host);
+			sm_secret_free(&dm->secret);
+			return rc;
+		}
+		tls.ca_file = cfg->sqlited_ca;
+		tls.server_name = cfg->sqlited_host;
+		tls.always = cfg->sqlited_tls_always;
+		rc_cfg.host = numeric;
+		rc_cfg.port = cfg->sqlited_port;
+		rc_cfg.tls = &tls;
+	} else if (cfg->sqlited_socket != NULL) {
 		rc_cfg.unix_path = cfg->sqlited_socket;
 	} else {
 		rc_cfg.host = "127.0.0.1";

@@ -7,9 +7,13 @@
  *
  * Rules:
  *  - Every line it prints starts with spec->name ("pop3d: ...").
- *  - sqlited is reached over cfg->sqlited_socket, else loopback TCP on
- *    sqlited_port, as "<spec->peer>@<hostname>"; the secret is wiped as
- *    soon as the client has it.
+ *  - sqlited is reached where docs/configuration.md says: sqlited_host
+ *    (resolved once at start) on sqlited_port over TLS unless it is
+ *    loopback and sqlited_tls is auto, the certificate chaining to
+ *    sqlited_ca and naming sqlited_host; else cfg->sqlited_socket; else
+ *    loopback TCP on sqlited_port. The peer name is
+ *    "<spec->peer>@<hostname>"; the secret is wiped as soon as the client
+ *    has it.
  *  - Without a usable certificate dm->tls is NULL and a warning says that
  *    spec->tls_off is off.
  *  - SIGHUP reloads the certificate (sm_net_tls_reload); new connections

@@ -714,5 +714,50 @@ class ImapUp(unittest.TestCase):
                 self.assertEqual(p.wait(30), 0)
 
 
+class RemoteSqlited(unittest.TestCase):
+    """imapd reaches sqlited over TCP with TLS (sqlited_host, sqlited_tls =
+    always), verifying its certificate against sqlited_ca."""
+
+    def test_tls_to_sqlited(self):
+        from imap_server import free_port
+        conf = {"sqlited_port": free_port(), "sqlited_host": "127.0.0.1",
+                "sqlited_tls": "always"}
+        with ImapServer(config=conf) as srv:
+            srv.add_alias("tls@example.org", "tls password 1")
+            c = srv.login("tls@example.org", "tls password 1")
+            self.assertEqual(c.append("INBOX", None, None, b"Subject: t\r\n\r\nbody\r\n")[0],
+                             "OK")
+            self.assertEqual(c.select("INBOX")[0], "OK")
+            c.logout()
+
+    def test_wrong_ca_is_refused(self):
+        from imap_server import free_port
+        import tempfile
+        with tempfile.TemporaryDirectory(prefix="smca-") as tmp:
+            other = os.path.join(tmp, "other.pem")
+            r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                                "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                                os.path.join(tmp, "k.pem"), "-out", other, "-days", "1",
+                                "-subj", "/CN=127.0.0.1", "-addext",
+                                "subjectAltName=IP:127.0.0.1"],
+                               capture_output=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            conf = {"sqlited_port": free_port(), "sqlited_host": "127.0.0.1",
+                    "sqlited_tls": "always"}
+            with ImapServer(config=conf) as srv:
+                srv.add_alias("tls@example.org", "tls password 1")
+                # A second imapd that trusts another certificate only.
+                imaps, _ = srv.start_imapd(config={"sqlited_ca": other})
+                c = imaplib.IMAP4_SSL("127.0.0.1", imaps,
+                                      ssl_context=ssl._create_unverified_context())
+                typ, data = "NO", [b""]
+                try:
+                    typ, data = c.login("tls@example.org", "tls password 1")
+                except c.error as e:
+                    data = [str(e).encode()]
+                self.assertNotEqual(typ, "OK")
+                self.assertIn(b"UNAVAILABLE", data[0])
+
+
 if __name__ == "__main__":
     unittest.main()
