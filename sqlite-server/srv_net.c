@@ -245,6 +245,8 @@ typedef struct net_write {
 } net_write;
 
 static void resume_streams(srv_conn *c);
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void on_write(uv_write_t *w, int status)
 {
@@ -260,13 +262,10 @@ static void on_write(uv_write_t *w, int status)
 	if (c->paused && c->out_bytes <= c->net->opt.max_output_bytes / 2) {
 		c->paused = false;
 		if (c->reading)
-			uv_read_start(&c->h.stream, NULL, NULL);
+			uv_read_start(&c->h.stream, on_alloc, on_read);
 		resume_streams(c);
 	}
 }
-
-static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void read_start(srv_conn *c)
 {
