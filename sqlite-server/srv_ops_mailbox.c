@@ -227,8 +227,10 @@ void srv_mbop_put_msg(srv_mbop *op, const eng_msg *msg)
 		n_kw++;
 		kw_bytes += strlen(*k) + 4;
 	}
-	/* The group, 9 scalars of at most 11 bytes each, the keywords. */
-	b = srv_mbop_part(op, 10 + n_kw, 8 + 9 * 11 + kw_bytes);
+	/* The group, 9 scalars of at most 11 bytes each, the keywords, and
+	 * the blobs FETCH_META WANT asked for (8 bytes of field header each). */
+	b = srv_mbop_part(op, 12 + n_kw, 8 + 9 * 11 + kw_bytes +
+			  msg->header_len + msg->mime_len + 16);
 	mark = rpc_group_begin(b, RPC_T_MESSAGE);
 	rpc_put_u64(b, RPC_T_UID, msg->uid);
 	rpc_put_u64(b, RPC_T_MODSEQ, msg->modseq);
@@ -240,6 +242,10 @@ void srv_mbop_put_msg(srv_mbop *op, const eng_msg *msg)
 	rpc_put_u64(b, RPC_T_SIZE, msg->size);
 	rpc_put_s64(b, RPC_T_CONTENT_ID, msg->content_id);
 	rpc_put_s64(b, RPC_T_THREAD_ID, msg->thread_id);
+	if (msg->mime != NULL)
+		rpc_put_bytes(b, RPC_T_MIME, msg->mime, msg->mime_len);
+	if (msg->header != NULL)
+		rpc_put_bytes(b, RPC_T_HEADER, msg->header, msg->header_len);
 	rpc_group_end(b, mark);
 }
 

@@ -104,7 +104,8 @@ eng_buf *srv_mbop_part(srv_mbop *op, size_t n_fields, size_t n_bytes);
 void srv_mbop_event(srv_mbop *op, enum srv_event_kind kind,
 		    const char *mailbox, uint32_t uid, uint64_t modseq);
 
-/* Writes one MESSAGE group (eng_msg) into the answer. */
+/* Writes one MESSAGE group (eng_msg) into the answer, with MIME and
+ * HEADER when msg carries them (FETCH_META WANT). */
 void srv_mbop_put_msg(srv_mbop *op, const eng_msg *msg);
 /* Writes a UID list as packed fields of tag, split over parts. */
 void srv_mbop_put_uids(srv_mbop *op, uint32_t tag, const uint32_t *uids,

@@ -126,10 +126,24 @@ void srv_op_append(srv_req *req)
 
 /* ---- FETCH_META, CHANGES ---- */
 
+/*
+ * FETCH_META WANT: a blob (header or MIME structure) goes into a MESSAGE
+ * group only up to SRV_META_BLOB_MAX bytes, so that one group (two blobs
+ * and the metadata) always fits in one part, and only while the answer's
+ * blobs stay within SRV_META_BLOB_BUDGET, so that the whole answer stays
+ * far below the client's response limit (rpc_client.h, 64 MiB) whatever
+ * the UID set. A blob left out is simply absent from its group: the
+ * client asks FETCH_BODY for that message (docs/rpc.md).
+ */
+#define SRV_META_BLOB_MAX (256u * 1024)
+#define SRV_META_BLOB_BUDGET (16u * 1024 * 1024)
+
 struct meta_ctx {
 	eng_uidset set;
 	bool has_set;
 	uint64_t since;
+	uint64_t want;               /* RPC_WANT_MIME | RPC_WANT_HEADER */
+	size_t blob_bytes;           /* of the answer so far */
 };
 
 static void meta_ctx_free(void *p)
@@ -146,12 +160,41 @@ static int put_msg_cb(void *ctx, const eng_msg *msg)
 	return 0;
 }
 
+/* Keeps the blob if it is within the limits above, else drops it. */
+static void blob_admit(struct meta_ctx *c, const void **data, size_t *len)
+{
+	if (*data == NULL)
+		return;
+	if (*len > SRV_META_BLOB_MAX ||
+	    c->blob_bytes + *len > SRV_META_BLOB_BUDGET) {
+		*data = NULL;
+		*len = 0;
+		return;
+	}
+	c->blob_bytes += *len;
+}
+
+static int put_msg_blobs_cb(void *ctx, const eng_msg *msg)
+{
+	srv_mbop *op = ctx;
+	struct meta_ctx *c = op->ctx;
+	eng_msg m = *msg;
+
+	blob_admit(c, &m.mime, &m.mime_len);
+	blob_admit(c, &m.header, &m.header_len);
+	srv_mbop_put_msg(op, &m);
+	return 0;
+}
+
 static int fetch_meta_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 {
 	struct meta_ctx *c = op->ctx;
+	unsigned want = ((c->want & RPC_WANT_MIME) ? ENG_FETCH_WANT_MIME : 0) |
+		((c->want & RPC_WANT_HEADER) ? ENG_FETCH_WANT_HEADER : 0);
 
-	return eng_fetch_meta(st, mb->id, c->has_set ? &c->set : NULL,
-			      c->since, put_msg_cb, op);
+	return eng_fetch_meta_want(st, mb->id, c->has_set ? &c->set : NULL,
+				   c->since, want,
+				   want != 0 ? put_msg_blobs_cb : put_msg_cb, op);
 }
 
 void srv_op_fetch_meta(srv_req *req)
@@ -167,6 +210,10 @@ void srv_op_fetch_meta(srv_req *req)
 				 &c->has_set));
 	CHECK(op, srv_arg_u64(&req->args, RPC_T_CHANGEDSINCE, false,
 			      UINT64_MAX, &c->since));
+	CHECK(op, srv_arg_u64(&req->args, RPC_T_WANT, false,
+			      RPC_WANT_MIME | RPC_WANT_HEADER, &c->want));
+	if (c->want & RPC_WANT_BODY)
+		CHECK(op, ENG_EINVAL);
 	srv_mbop_submit(op, fetch_meta_run);
 }
 

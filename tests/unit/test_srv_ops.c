@@ -1094,6 +1094,171 @@ static void test_fetch_meta_parts(void **state)
 	rpc_sync_free(&c);
 }
 
+/* ---- FETCH_META WANT: headers and MIME structures inline ---- */
+
+/* The MESSAGE groups of resp, in order (at most max). */
+static size_t meta_groups(const rpc_view *v, rpc_view *out, size_t max)
+{
+	const rpc_field *fld;
+	rpc_iter it;
+	size_t n = 0;
+
+	rpc_iter_init(&it, v);
+	while ((fld = rpc_iter_next(&it, RPC_T_MESSAGE)) != NULL) {
+		assert_true(n < max);
+		out[n++] = rpc_field_group(fld);
+	}
+	return n;
+}
+
+static int fetch_meta_want(rpc_sync *c, const uint8_t *s, uint32_t lo,
+			   uint32_t hi, uint64_t want, rpc_sync_resp *resp)
+{
+	eng_buf b = ENG_BUF_INIT;
+	int err;
+
+	begin(&b, s, "INBOX");
+	if (lo > 0)
+		put_uidset(&b, RPC_T_UIDSET, lo, hi);
+	rpc_put_u64(&b, RPC_T_WANT, want);
+	err = call(c, RPC_OP_FETCH_META, &b, resp);
+	eng_buf_free(&b);
+	return err;
+}
+
+/* The group's tag is the blob FETCH_BODY WANT gives for its UID. */
+static void same_as_fetch_body(rpc_sync *c, const uint8_t *s,
+			       const rpc_view *g, uint32_t tag)
+{
+	rpc_sync_resp body = RPC_SYNC_RESP_INIT;
+	const uint8_t *p, *q;
+	size_t plen, qlen;
+
+	fetch_body(c, s, (uint32_t)get_u(g, RPC_T_UID),
+		   tag == RPC_T_MIME ? RPC_WANT_MIME : RPC_WANT_HEADER, NULL, 0,
+		   UINT64_MAX, &body);
+	assert_int_equal(rpc_get_bytes(g, tag, &p, &plen), 0);
+	assert_int_equal(rpc_get_bytes(&body.view, tag, &q, &qlen), 0);
+	assert_true(plen > 0);
+	assert_int_equal(plen, qlen);
+	assert_memory_equal(p, q, plen);
+	rpc_sync_resp_clear(&body);
+}
+
+/* A message of about hdr_bytes of header (one folded X-Pad field). */
+static char *padded_header_message(int i, size_t hdr_bytes)
+{
+	eng_buf m = ENG_BUF_INIT;
+
+	eng_buf_printf(&m, "From: a@example.org\r\nSubject: padded %04d\r\n"
+		       "X-Pad: start", i);
+	while (m.len < hdr_bytes) {
+		eng_buf_puts(&m, "\r\n ");
+		for (int k = 0; k < 70; k++)
+			eng_buf_putc(&m, (char)('a' + (i + k) % 26));
+	}
+	eng_buf_puts(&m, "\r\n\r\nbody\r\n");
+	return eng_buf_steal(&m, NULL);
+}
+
+static void test_fetch_meta_want(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	rpc_sync *c = connect_client(f);
+	rpc_view *g = calloc(128, sizeof(*g));
+	const uint8_t *p;
+	size_t len, text_off, plen, n, with = 0, hdr_len = 0;
+	const char *text;
+	char *msg = big_message(&len, &text_off, &text);
+	uint32_t uid;
+	eng_buf m = ENG_BUF_INIT;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	assert_int_equal(append(c, s, "INBOX", msg, len, 0, NULL, &uid), 0);
+	free(msg);
+	msg = small_message("hello", "<1@x>", NULL, "first body words");
+	assert_int_equal(append(c, s, "INBOX", msg, strlen(msg), 0, NULL, &uid),
+			 0);
+	free(msg);
+
+	/* Every WANT: exactly the blobs asked for, as FETCH_BODY has them. */
+	for (uint64_t want = 0; want <= 6; want += 2) {
+		assert_int_equal(fetch_meta_want(c, s, 0, 0, want, &resp), 0);
+		assert_int_equal(meta_groups(&resp.view, g, 128), 2);
+		for (size_t i = 0; i < 2; i++) {
+			assert_int_equal(get_u(&g[i], RPC_T_UID), i + 1);
+			assert_int_equal(rpc_count(&g[i], RPC_T_MIME),
+					 (want & RPC_WANT_MIME) ? 1 : 0);
+			assert_int_equal(rpc_count(&g[i], RPC_T_HEADER),
+					 (want & RPC_WANT_HEADER) ? 1 : 0);
+			if (want & RPC_WANT_MIME)
+				same_as_fetch_body(c, s, &g[i], RPC_T_MIME);
+			if (want & RPC_WANT_HEADER)
+				same_as_fetch_body(c, s, &g[i], RPC_T_HEADER);
+		}
+	}
+	/* The body bit, or an unknown one: EINVAL. */
+	assert_int_equal(fetch_meta_want(c, s, 0, 0, 1, &resp), ENG_EINVAL);
+	assert_int_equal(fetch_meta_want(c, s, 0, 0, 7, &resp), ENG_EINVAL);
+	assert_int_equal(fetch_meta_want(c, s, 0, 0, 8, &resp), ENG_EINVAL);
+
+	/* A MIME structure above 256 KiB (4,000 named parts) is left out,
+	 * the header of the same message is not. */
+	eng_buf_puts(&m, "Subject: parts\r\nContent-Type: multipart/mixed; "
+		     "boundary=b\r\n\r\n");
+	for (int i = 0; i < 4000; i++)
+		eng_buf_printf(&m, "--b\r\nContent-Type: text/plain; name=\""
+			       "a-rather-long-attachment-file-name-%04d.txt\""
+			       "\r\n\r\nx\r\n", i);
+	eng_buf_puts(&m, "--b--\r\n");
+	assert_int_equal(append(c, s, "INBOX", m.data, m.len, 0, NULL, &uid),
+			 0);
+	assert_int_equal(uid, 3);
+	fetch_body(c, s, uid, RPC_WANT_MIME, NULL, 0, UINT64_MAX, &resp);
+	assert_int_equal(rpc_get_bytes(&resp.view, RPC_T_MIME, &p, &plen), 0);
+	assert_true(plen > 256 * 1024 && plen < 768 * 1024);
+	assert_int_equal(fetch_meta_want(c, s, 2, 3, 6, &resp), 0);
+	assert_int_equal(meta_groups(&resp.view, g, 128), 2);
+	assert_int_equal(rpc_count(&g[0], RPC_T_MIME), 1);
+	assert_int_equal(rpc_count(&g[1], RPC_T_MIME), 0);
+	same_as_fetch_body(c, s, &g[1], RPC_T_HEADER);
+
+	/* 70 headers of 250 KiB: groups split over parts (each under the
+	 * frame limit, or the client would have failed), and past 16 MiB
+	 * of blobs the groups come without them. The answer is queued at
+	 * once, above max_output_bytes (4 MiB): the connection stops reading
+	 * until it drains and must then read again (the FETCH_BODY after). */
+	for (int i = 0; i < 70; i++) {
+		msg = padded_header_message(i, 250 * 1024);
+		assert_int_equal(append(c, s, "INBOX", msg, strlen(msg), 0,
+					NULL, &uid), 0);
+		free(msg);
+	}
+	assert_int_equal(fetch_meta_want(c, s, 4, 73, RPC_WANT_HEADER, &resp),
+			 0);
+	n = meta_groups(&resp.view, g, 128);
+	assert_int_equal(n, 70);
+	assert_true(resp.parts >= 20);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(get_u(&g[i], RPC_T_UID), i + 4);
+		if (rpc_get_bytes(&g[i], RPC_T_HEADER, &p, &plen) != 0)
+			continue;
+		assert_int_equal(with, i);       /* a prefix has them */
+		assert_true(plen > 250 * 1024 && plen < 251 * 1024);
+		hdr_len = plen;
+		with++;
+	}
+	assert_int_equal(with, (16u * 1024 * 1024) / hdr_len);
+	same_as_fetch_body(c, s, &g[0], RPC_T_HEADER);
+
+	eng_buf_free(&m);
+	free(g);
+	rpc_sync_resp_clear(&resp);
+	rpc_sync_free(&c);
+}
+
 static int take_some(void *ctx, const void *data, size_t len)
 {
 	size_t *got = ctx;
@@ -1185,6 +1350,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_concurrent_appends, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_unlock_throttle, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_fetch_meta_want, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_meta_parts, setup,
 						teardown),
