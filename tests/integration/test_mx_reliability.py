@@ -80,7 +80,8 @@ class Sender(threading.Thread):
                 conn.sendmail("load@example.net", [rcpt], msg)
                 ok = True
             except smtplib.SMTPResponseException:
-                pass
+                time.sleep(0.1)   # back off as an MTA would: an outage must
+                                  # not burn through the whole load
             except (smtplib.SMTPException, OSError):
                 try:
                     conn.close()
