@@ -6,15 +6,22 @@
  * One command, in this order:
  *
  *   [CHANGES, when VANISHED]  "* VANISHED (EARLIER) uids"
- *   FETCH_META of the set     one RPC for every message's metadata
+ *   FETCH_META of the set     one RPC for every message's metadata (per
+ *                             FETCH_META_CHUNK messages), with WANT
+ *                             MIME/HEADER when an item needs them: each
+ *                             message's MIME structure and top-level
+ *                             header come inline (docs/rpc.md)
  *   [STORE +\Seen]            one RPC, when a non-PEEK body item is asked
  *                             and the mailbox is not read-only
  *   per message, in UID order (sequence numbers from the session's view;
  *   a UID that is not in the view, or vanished meanwhile, is skipped):
- *     phase A  FETCH_BODY WANT MIME/HEADER (no bytes), for ENVELOPE, BODY,
+ *     phase A  the MIME structure and header, for ENVELOPE, BODY,
  *              BODYSTRUCTURE, BINARY, PREVIEW and the top-level header
- *              items; up to FETCH_PIPELINE of these are in flight ahead
- *              of the message being written, answers kept in slots;
+ *              items: from FETCH_META's answer (no RPC), or, for a
+ *              message whose blobs sqlited left out of it (above its
+ *              size limits), FETCH_BODY WANT MIME/HEADER (no bytes); up
+ *              to FETCH_PIPELINE of these are in flight ahead of the
+ *              message being written, answers kept in slots;
  *     phase B  the message's response: the simple items, then each body
  *              item, either from the phase A header (top-level HEADER,
  *              HEADER.FIELDS) or from one FETCH_BODY streamed into a
@@ -70,8 +77,10 @@
 /* A streamed body may take long on a slow client. */
 #define FETCH_STREAM_TIMEOUT_MS (60u * 60 * 1000)
 /* Messages per FETCH_META: the command's memory is bounded by this
- * however large the set. */
+ * however large the set; fewer when headers or MIME structures come
+ * inline (and sqlited bounds those to 16 MiB an answer). */
 #define FETCH_META_CHUNK 4096
+#define FETCH_META_CHUNK_INLINE 1024
 /* Output is written in pieces of about this size. */
 #define FETCH_FLUSH_BYTES (16u * 1024)
 /* Keywords written per message at most (sqlited allows 64). */
@@ -91,6 +100,10 @@ typedef struct fmsg {
 	int64_t thread_id;
 	size_t kw_off;               /* keywords: NUL-terminated in op->kw */
 	uint32_t n_kw;
+	/* FETCH_META WANT: the blobs, in op->blobs; has_*: came inline. */
+	bool has_mime, has_hdr;
+	size_t mime_off, mime_len;
+	size_t hdr_off, hdr_len;
 } fmsg;
 
 enum slot_state { SL_FREE = 0, SL_WAIT, SL_READY, SL_FAILED };
@@ -143,8 +156,10 @@ struct fetch_op {
 	fmsg *msgs;
 	size_t n;
 	eng_buf kw;
+	eng_buf blobs;               /* inline MIME structures and headers */
 	/* Pipeline. */
 	fslot slots[FETCH_PIPELINE + 1];
+	fslot inl;                   /* phase A of a message served inline */
 	freq reqs[FETCH_REQS];
 	uint64_t next_order;
 	unsigned inflight;           /* every RPC, phases and others */
@@ -216,6 +231,9 @@ static void op_free(fetch_op *op)
 		slot_reset(&op->slots[i]);
 		eng_buf_free(&op->slots[i].hdr);
 	}
+	slot_reset(&op->inl);
+	eng_buf_free(&op->inl.hdr);
+	eng_buf_free(&op->blobs);
 	imap_fetch_spec_clear(&op->spec);
 	eng_uidset_free(&op->set);
 	eng_uidset_free(&op->chunk);
@@ -490,27 +508,62 @@ static fslot *slot_of(fetch_op *op, size_t msg)
 	return NULL;
 }
 
-static void a_head(fetch_op *op, fslot *sl, const rpc_view *head)
+/* A phase A answer into sl: mime (NULL: none came) is decoded, hdr
+ * (NULL: none came) copied. */
+static void slot_fill(fetch_op *op, fslot *sl, const uint8_t *mime,
+		      size_t mime_len, const uint8_t *hdr, size_t hdr_len)
 {
-	const uint8_t *p;
-	size_t len;
-
 	if (op->need_mime) {
-		if (rpc_get_bytes(head, RPC_T_MIME, &p, &len) != 0 ||
-		    eng_mime_decode(p, len, op->msgs[sl->msg].size,
+		if (mime == NULL ||
+		    eng_mime_decode(mime, mime_len, op->msgs[sl->msg].size,
 				    &sl->mime) != 0) {
 			sl->state = SL_FAILED;
 			sl->err = ENG_ECORRUPT;
 			return;
 		}
 	}
-	if (op->need_header && rpc_get_bytes(head, RPC_T_HEADER, &p, &len) == 0) {
-		eng_buf_append(&sl->hdr, p, len);
+	if (op->need_header && hdr != NULL) {
+		eng_buf_append(&sl->hdr, hdr, hdr_len);
 		/* The column holds at most 256 KiB: a header that long may
 		 * be cut, so it is streamed from the message instead. */
-		sl->hdr_complete = len < FETCH_HEADER_COLUMN_MAX;
+		sl->hdr_complete = hdr_len < FETCH_HEADER_COLUMN_MAX;
 	}
 	sl->state = SL_READY;
+}
+
+static void a_head(fetch_op *op, fslot *sl, const rpc_view *head)
+{
+	const uint8_t *mime = NULL, *hdr = NULL;
+	size_t mime_len = 0, hdr_len = 0;
+
+	if (rpc_get_bytes(head, RPC_T_MIME, &mime, &mime_len) != 0)
+		mime = NULL;
+	if (rpc_get_bytes(head, RPC_T_HEADER, &hdr, &hdr_len) != 0)
+		hdr = NULL;
+	slot_fill(op, sl, mime, mime_len, hdr, hdr_len);
+}
+
+/* Every blob phase A needs for message i came with FETCH_META. */
+static bool msg_inline(const fetch_op *op, size_t i)
+{
+	const fmsg *m = &op->msgs[i];
+
+	return (!op->need_mime || m->has_mime) &&
+		(!op->need_header || m->has_hdr);
+}
+
+/* Phase A of the message being written from FETCH_META's blobs. */
+static fslot *slot_inline(fetch_op *op)
+{
+	const fmsg *m = &op->msgs[op->cur];
+	const uint8_t *base = (const uint8_t *)op->blobs.data;
+	fslot *sl = &op->inl;
+
+	slot_reset(sl);
+	sl->msg = op->cur;
+	slot_fill(op, sl, m->has_mime ? base + m->mime_off : NULL, m->mime_len,
+		  m->has_hdr ? base + m->hdr_off : NULL, m->hdr_len);
+	return sl;
 }
 
 /* Sends phase A requests ahead, within the pipeline. */
@@ -529,8 +582,9 @@ static int fill_pipeline(fetch_op *op)
 		freq *r;
 		int rc;
 
-		if (op->msgs[op->next_a].seq == 0) {
-			op->next_a++;        /* not in the view: skipped */
+		if (op->msgs[op->next_a].seq == 0 ||
+		    msg_inline(op, op->next_a)) {
+			op->next_a++;        /* skipped, or no RPC needed */
 			continue;
 		}
 		sl = slot_free(op);
@@ -1250,7 +1304,9 @@ static int stage_start(fetch_op *op)
 			HS_PREFIX;
 		return 1;
 	}
-	if ((sl = slot_of(op, op->cur)) == NULL || sl->state == SL_WAIT)
+	if (msg_inline(op, op->cur))
+		sl = slot_inline(op);
+	else if ((sl = slot_of(op, op->cur)) == NULL || sl->state == SL_WAIT)
 		return 0;
 	op->hs = sl;
 	if (sl->state == SL_FAILED) {
@@ -1455,7 +1511,23 @@ static fmsg *msg_find(fetch_op *op, uint32_t uid)
 	return bsearch(&key, op->msgs, op->n, sizeof(*op->msgs), meta_cmp);
 }
 
-/* One MESSAGE group into m (keywords appended to op->kw). */
+/* A blob of the group into op->blobs; false when it is absent. */
+static bool meta_blob(fetch_op *op, const rpc_view *g, uint32_t tag,
+		      size_t *off_r, size_t *len_r)
+{
+	const uint8_t *p;
+	size_t len;
+
+	if (rpc_get_bytes(g, tag, &p, &len) != 0)
+		return false;
+	*off_r = op->blobs.len;
+	*len_r = len;
+	eng_buf_append(&op->blobs, p, len);
+	return true;
+}
+
+/* One MESSAGE group into m (keywords appended to op->kw, blobs to
+ * op->blobs). */
 static void meta_read(fetch_op *op, const rpc_view *g, fmsg *m)
 {
 	rpc_iter it;
@@ -1479,6 +1551,10 @@ static void meta_read(fetch_op *op, const rpc_view *g, fmsg *m)
 		eng_buf_putc(&op->kw, '\0');
 		m->n_kw++;
 	}
+	m->has_mime = op->need_mime &&
+		meta_blob(op, g, RPC_T_MIME, &m->mime_off, &m->mime_len);
+	m->has_hdr = op->need_header &&
+		meta_blob(op, g, RPC_T_HEADER, &m->hdr_off, &m->hdr_len);
 }
 
 /* The session's view learns the flags this command set. */
@@ -1576,6 +1652,7 @@ static void on_meta(imap_cmd *cmd, int err, const rpc_view *resp)
 	op->cur = 0;
 	op->next_a = 0;
 	eng_buf_reset(&op->kw);
+	eng_buf_reset(&op->blobs);
 	rpc_iter_init(&it, resp);
 	while ((f = rpc_iter_next(&it, RPC_T_MESSAGE)) != NULL && op->n < cap) {
 		rpc_view g = rpc_field_group(f);
@@ -1619,10 +1696,13 @@ static int send_meta(fetch_op *op)
 {
 	const imap_selected *sel = op->s->sel;
 	eng_buf pl = ENG_BUF_INIT;
-	size_t taken = 0;
+	size_t taken = 0, limit = meta_chunk();
 
+	/* With WANT, the MIME structures and headers phase A needs. */
+	if (msg_needs_a(op) && limit > FETCH_META_CHUNK_INLINE)
+		limit = FETCH_META_CHUNK_INLINE;
 	eng_uidset_free(&op->chunk);
-	while (op->view_pos < sel->n && taken < meta_chunk()) {
+	while (op->view_pos < sel->n && taken < limit) {
 		uint32_t u = sel->uids[op->view_pos++];
 		eng_uidset *c = &op->chunk;
 
@@ -1640,6 +1720,10 @@ static int send_meta(fetch_op *op)
 	rpc_put_uidset(&pl, RPC_T_UIDSET, &op->chunk);
 	if (op->spec.has_changedsince)
 		rpc_put_u64(&pl, RPC_T_CHANGEDSINCE, op->spec.changedsince);
+	if (msg_needs_a(op))
+		rpc_put_u64(&pl, RPC_T_WANT,
+			    (op->need_mime ? RPC_WANT_MIME : 0) |
+			    (op->need_header ? RPC_WANT_HEADER : 0));
 	return call_once(op, RPC_OP_FETCH_META, &pl, on_meta);
 }
 

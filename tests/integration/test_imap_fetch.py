@@ -32,6 +32,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from imap_server import ImapServer  # noqa: E402
+import rpcclient  # noqa: E402
 import sqlited_ops  # noqa: E402
 
 PY_DATA = "/usr/lib/python3.11/test/test_email/data"
@@ -920,6 +921,21 @@ class FetchLargeTest(unittest.TestCase):
         assert_clean_log(self, srv)
 
 
+def sqlited_requests(srv):
+    """sqlited's count of requests so far (STATS; this call included)."""
+    with srv.rpc() as rc:
+        return rpcclient.stats(rc.call(rpcclient.OP_STATS))["requests"]
+
+
+def padded_header(i, size):
+    """A header of about size bytes: one folded X-Pad field."""
+    h = b"From: p%d@example.org\r\nSubject: padded %04d\r\nX-Pad: start" % (i, i)
+    line = bytes(97 + (i + k) % 26 for k in range(70))
+    while len(h) < size:
+        h += b"\r\n " + line
+    return h + b"\r\n\r\n"
+
+
 class FetchManyTest(unittest.TestCase):
     def test_1000_headers(self):
         count = 1000
@@ -942,10 +958,14 @@ class FetchManyTest(unittest.TestCase):
             c = srv.login(ADDR, PW)
             try:
                 c.select("INBOX")
+                before = sqlited_requests(srv)
                 t0 = time.monotonic()
                 typ, data = c.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[HEADER])")
                 dt = time.monotonic() - t0
                 self.assertEqual(typ, "OK")
+                # The headers came with FETCH_META (4 chunks of 300), not
+                # with one FETCH_BODY per message.
+                self.assertLessEqual(sqlited_requests(srv) - before, 4 + 2)
                 got = parse_fetch(data)
                 self.assertEqual(len(got), count)
                 for i, (seq, d) in enumerate(got):
@@ -969,6 +989,58 @@ class FetchManyTest(unittest.TestCase):
                 got = parse_fetch(c.fetch("1:*", "FLAGS")[1])
                 seen = [seq for seq, d in got if b"\\Seen" in d["FLAGS"]]
                 self.assertEqual(seen, list(range(2, 1000)))
+            finally:
+                c.logout()
+        assert_clean_log(self, srv)
+
+    def test_left_out_blobs_fall_back(self):
+        """Blobs sqlited leaves out of FETCH_META (docs/rpc.md: a MIME
+        structure above 256 KiB; headers past 16 MiB in one answer) are
+        fetched with FETCH_BODY for those messages only: same answers."""
+        parts = b"".join(b"--b\r\nContent-Type: text/plain; name=\"a-rather-long-"
+                         b"attachment-file-name-%04d.txt\"\r\n\r\nx\r\n" % i
+                         for i in range(4000))
+        many = (b"Subject: 4000 parts\r\nContent-Type: multipart/mixed; boundary=b"
+                b"\r\n\r\n" + parts + b"--b--\r\n")
+        headers = [b"Subject: small\r\n\r\n", many.split(b"\r\n\r\n")[0] + b"\r\n\r\n"]
+        headers += [padded_header(i, 250 * 1024) for i in range(70)]
+        with ImapServer() as srv:
+            srv.add_alias(ADDR, PW)
+            with srv.rpc("imap@localhost") as rc:
+                sess = sqlited_ops.unlock(rc, ADDR.encode(), PW.encode())
+                sqlited_ops.append(rc, sess, b"INBOX", headers[0] + b"body\r\n")
+                sqlited_ops.append(rc, sess, b"INBOX", many)
+                for h in headers[2:]:
+                    sqlited_ops.append(rc, sess, b"INBOX", h + b"body\r\n")
+            c = srv.login(ADDR, PW)
+            try:
+                c.select("INBOX")
+                before = sqlited_requests(srv)
+                typ, data = c.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[HEADER])")
+                self.assertEqual(typ, "OK")
+                spent = sqlited_requests(srv) - before - 1
+                got = parse_fetch(data)
+                self.assertEqual([seq for seq, _ in got], list(range(1, 73)))
+                for (seq, d), h in zip(got, headers):
+                    self.assertEqual(d["BODY[HEADER]"], h, seq)
+                # One FETCH_META, then FETCH_BODY for the headers past the
+                # 16 MiB budget (about 5 of 70), not for the others.
+                self.assertGreaterEqual(spent, 1 + 3)
+                self.assertLessEqual(spent, 1 + 10)
+
+                # The 4,000-part structure (~330 KiB encoded) is left out:
+                # one FETCH_BODY for it, none for message 1.
+                before = sqlited_requests(srv)
+                typ, data = c.fetch("1:2", "(BODYSTRUCTURE BODY.PEEK[HEADER])")
+                self.assertEqual(typ, "OK")
+                self.assertEqual(sqlited_requests(srv) - before - 1, 2)
+                got = parse_fetch(data)
+                self.assertEqual(got[0][1]["BODY[HEADER]"], headers[0])
+                self.assertEqual(got[1][1]["BODY[HEADER]"], headers[1])
+                bs = got[1][1]["BODYSTRUCTURE"]
+                first = next(i for i, x in enumerate(bs) if not isinstance(x, list))
+                self.assertEqual(first, 4000)      # the parts, then the subtype
+                self.assertEqual(bs[4000].upper(), b"MIXED")
             finally:
                 c.logout()
         assert_clean_log(self, srv)
