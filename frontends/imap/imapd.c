@@ -377,6 +377,7 @@ static int start_listener(imap_main *m, size_t i, uint16_t port, bool implicit)
 		.port = port,
 		.implicit_tls = implicit,
 		.name = implicit ? "imaps" : "imap",
+		.limit_reply = "* BYE Too many connections from your address\r\n",
 		.idle_timeout_ms = IMAP_IDLE_TIMEOUT_MS,
 		.max_conns = IMAP_MAX_CONNS,
 		.cb = &imap_net_callbacks,

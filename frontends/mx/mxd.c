@@ -121,6 +121,7 @@ static int start_listener(mx_main *m)
 	sm_net_listener_config lc = {
 		.port = cfg->mx_port,
 		.name = "mx",
+		.limit_reply = "421 4.7.0 Too many connections from your address\r\n",
 		.idle_timeout_ms = MX_IDLE_TIMEOUT_MS,
 		/* A full command line and what a client pipelines after it. */
 		.max_input_bytes = 2 * (size_t)cfg->mx_max_line_bytes + 256 * 1024,

@@ -240,6 +240,7 @@ static int start_listener(pop3_main *m, size_t i, uint16_t port, bool implicit)
 		.port = port,
 		.implicit_tls = implicit,
 		.name = implicit ? "pop3s" : "pop3",
+		.limit_reply = "-ERR [SYS/TEMP] Too many connections from your address\r\n",
 		.cb = &pop3_net_callbacks,
 		.ctx = &m->d,
 	};
