@@ -556,7 +556,9 @@ static bool msg_inline(const fetch_op *op, size_t i)
 static fslot *slot_inline(fetch_op *op)
 {
 	const fmsg *m = &op->msgs[op->cur];
-	const uint8_t *base = (const uint8_t *)op->blobs.data;
+	/* op->blobs has no buffer when every blob came empty. */
+	const uint8_t *base = op->blobs.data != NULL ?
+		(const uint8_t *)op->blobs.data : (const uint8_t *)"";
 	fslot *sl = &op->inl;
 
 	slot_reset(sl);
