@@ -136,7 +136,7 @@ def main():
                 if r[5] != exists:
                     raise RuntimeError(f"{r[5]} FETCH responses for {exists} messages")
                 results[b].append(r)
-                print(f"{os.path.basename(os.path.dirname(b)) or b}: wall {r[0]:.3f} s, "
+                print(f"{b}: wall {r[0]:.3f} s, "
                       f"imapd {r[1]:.2f} s, sqlited {r[2]:.2f} s CPU, client "
                       f"{r[3]:.2f} s, {r[4] / 1e6:.1f} MB, {r[5]} messages", flush=True)
     print("\nmedians over %d runs, %d messages, %s:" % (args.repeat, args.count,
