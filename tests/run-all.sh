@@ -111,8 +111,24 @@ step "build" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 step "ctest" run_ctest build
 step "build-asan" build build-asan -DCMAKE_BUILD_TYPE=Debug -DSEALMAIL_SANITIZE=ON
 step "ctest-asan" run_ctest build-asan
-step "integration" integration build
-step "integration-asan" integration build-asan
+# The two integration runs are independent (own temporary directories, free
+# ports) and mostly wait on daemons, kill -9 loops and clients: they run side
+# by side, each into its own log, printed whole when both are done.
+integration_bg() {  # integration_bg BUILD-DIR LOG
+	integration "$1" >"$2" 2>&1
+	echo $? >"$2.rc"
+}
+wait_integration() {  # wait_integration PID LOG
+	wait "$1"
+	cat "$2"
+	return "$(cat "$2.rc" 2>/dev/null || echo 1)"
+}
+integration_bg build "$logdir/integration-build.log" &
+int_plain=$!
+integration_bg build-asan "$logdir/integration-asan.log" &
+int_asan=$!
+step "integration" wait_integration "$int_plain" "$logdir/integration-build.log"
+step "integration-asan (ran alongside)" wait_integration "$int_asan" "$logdir/integration-asan.log"
 step "build-fuzz" cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	-DSEALMAIL_FUZZ=ON
 # Only the fuzz targets: the rest of the tree is built and tested above.
