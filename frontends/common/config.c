@@ -108,6 +108,8 @@ static const struct key_def keys[] = {
 	  SM_CONFIG_DEFAULT_MX_MAX_ERRORS },
 	{ "mx_max_conns_per_ip", KT_UINT, OFF(mx_max_conns_per_ip), 1, 100000, NULL,
 	  SM_CONFIG_DEFAULT_MX_MAX_CONNS_PER_IP },
+	{ "imap_max_conns_per_ip", KT_UINT, OFF(imap_max_conns_per_ip), 1, 100000, NULL,
+	  SM_CONFIG_DEFAULT_IMAP_MAX_CONNS_PER_IP },
 	{ "mx_max_buffered_mib", KT_UINT, OFF(mx_max_buffered_mib), 1, 1048576, NULL,
 	  SM_CONFIG_DEFAULT_MX_MAX_BUFFERED_MIB },
 	{ "mx_rate_conns_per_ip_minute", KT_UINT, OFF(mx_rate_conns_per_ip_minute), 0,

@@ -55,6 +55,7 @@
 #define SM_CONFIG_DEFAULT_MX_MAX_COMMANDS_BEFORE_MAIL 30
 #define SM_CONFIG_DEFAULT_MX_MAX_ERRORS 10
 #define SM_CONFIG_DEFAULT_MX_MAX_CONNS_PER_IP 20
+#define SM_CONFIG_DEFAULT_IMAP_MAX_CONNS_PER_IP 20
 #define SM_CONFIG_DEFAULT_MX_MAX_BUFFERED_MIB 256
 #define SM_CONFIG_DEFAULT_MX_RATE_CONNS_PER_IP_MINUTE 120
 #define SM_CONFIG_DEFAULT_MX_RATE_MSGS_PER_DOMAIN_DAY 20000
@@ -122,6 +123,7 @@ typedef struct sm_config {
 	uint64_t mx_max_commands_before_mail;
 	uint64_t mx_max_errors;              /* error replies before 421 */
 	uint64_t mx_max_conns_per_ip;        /* at once, per MX process */
+	uint64_t imap_max_conns_per_ip;      /* at once, per IMAP process */
 	uint64_t mx_max_buffered_mib;        /* messages held in memory, per process */
 	uint64_t mx_rate_conns_per_ip_minute;
 	uint64_t mx_rate_msgs_per_domain_day;
