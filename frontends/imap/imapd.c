@@ -380,6 +380,7 @@ static int start_listener(imap_main *m, size_t i, uint16_t port, bool implicit)
 		.limit_reply = "* BYE Too many connections from your address\r\n",
 		.idle_timeout_ms = IMAP_IDLE_TIMEOUT_MS,
 		.max_conns = IMAP_MAX_CONNS,
+		.max_conns_per_ip = (unsigned)m->d.cfg->imap_max_conns_per_ip,
 		.cb = &imap_net_callbacks,
 		.ctx = &m->d,
 	};
