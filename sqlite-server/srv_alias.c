@@ -14,7 +14,14 @@
  *  - a->sessions counts the live session handles that point at a;
  *  - an alias with sessions > 0 is never closed (its key would be lost);
  *  - an alias entry is freed only when it is locked, idle, has no
- *    sessions and nothing queued.
+ *    sessions and nothing queued;
+ *  - verifiers (the unlock fast path) exist only while MK is in memory
+ *    and no close is pending: they are wiped, and a->closing set, when
+ *    close work is submitted (idle/LRU close, shutdown, and
+ *    srv_sessions_end_alias before ALIAS_REMOVE / RESTORE_ALIAS) and when
+ *    a work item finds the alias closed after an I/O error; only a full
+ *    unlock whose open ran after the last close (close_gen unchanged)
+ *    records a verifier again and clears a->closing.
  */
 #include "srv_alias.h"
 #include "eng_error.h"
@@ -62,6 +69,11 @@ struct srv_alias {
 	 * srv_unlock's fast path); cleared whenever a close is queued. */
 	uint8_t verifiers[SRV_VERIFIERS][crypto_generichash_BYTES];
 	unsigned n_verifiers, next_verifier;
+	/* A close is queued or done: no fast unlock until a full one reopens. */
+	bool closing;
+	/* Bumped at every close submitted: an open queued before it must not
+	 * re-arm the fast path (its verifier would outlive MK). */
+	uint64_t close_gen;
 };
 
 struct session {
@@ -83,6 +95,7 @@ struct unlock_req {
 	size_t password_len;
 	uint8_t *mk;                   /* result of the KDF step */
 	uint8_t verifier[crypto_generichash_BYTES];
+	uint64_t close_gen;            /* the alias's, when open_work was queued */
 	int result;
 	srv_unlock_done *done;
 	void *ctx;
@@ -188,6 +201,7 @@ static void alias_unlink_free(srv_aliases *as, srv_alias *a)
 /* ---- the per-alias queue ---- */
 
 static void queue_start(srv_alias *a);
+static void verifiers_clear(srv_alias *a);
 
 static int alias_open(srv_alias *a, const uint8_t *mk, bool create);
 
@@ -218,6 +232,11 @@ static void after_work_cb(uv_work_t *req, int status)
 
 	a->running = false;
 	a->owner->work_done++;
+	/* The item may have closed it (an I/O error it could not reopen
+	 * from, srv_alias_close_now): MK is gone, so are the verifiers. An
+	 * open queued earlier that runs later reopens it and re-arms them. */
+	if (a->st == NULL && a->n_verifiers > 0)
+		verifiers_clear(a);
 	a->last_used_ms = uv_now(a->owner->loop);
 	if (w->done != NULL)
 		w->done(w->ctx, status == UV_ECANCELED ? ENG_EBUSY : w->result);
@@ -475,6 +494,22 @@ static void verifiers_clear(srv_alias *a)
 	a->n_verifiers = a->next_verifier = 0;
 }
 
+/* Loop thread: a close of a is queued (or happened): the fast path is off
+ * from now on, until a full unlock queued after this reopens it. */
+static void alias_mark_closing(srv_alias *a)
+{
+	verifiers_clear(a);
+	a->closing = true;
+	a->close_gen++;
+}
+
+static int close_submit(srv_aliases *as, srv_alias *a, srv_done_fn *done,
+			void *ctx)
+{
+	alias_mark_closing(a);
+	return submit(as, a->id, close_work, done, ctx, true);
+}
+
 static void kdf_work_cb(uv_work_t *req)
 {
 	struct unlock_req *u = req->data;
@@ -552,8 +587,13 @@ static void open_done(void *ctx, int result)
 
 	if (result == 0) {
 		srv_alias *a = alias_get(as, u->alias_id);
-		bool known = false;
+		/* A close queued after this open runs after it: remember
+		 * nothing, the key is about to go. */
+		bool stale = a->close_gen != u->close_gen;
+		bool known = stale;
 
+		if (!stale)
+			a->closing = false;
 		for (unsigned i = 0; i < a->n_verifiers; i++)
 			known |= sodium_memcmp(a->verifiers[i], u->verifier,
 					       sizeof(u->verifier)) == 0;
@@ -581,8 +621,13 @@ static void kdf_after_cb(uv_work_t *req, int status)
 
 	as->unlocks_running--;
 	unlock_start_next(as);
-	if (err == 0)
+	if (err == 0) {
+		srv_alias *a = alias_id_ok(u->alias_id) && !as->shutting_down ?
+			alias_get(as, u->alias_id) : NULL;
+
+		u->close_gen = a != NULL ? a->close_gen : 0;
 		err = srv_alias_submit(as, u->alias_id, open_work, open_done, u);
+	}
 	if (err != 0) {
 		u->done(u->ctx, err, NULL);
 		unlock_req_free(u);
@@ -635,11 +680,17 @@ static void fast_fire(uv_timer_t *t)
 }
 
 /*
- * The fast path: the alias is open, idle, and this exact password opened
- * it with this exact keyring before (a verifier matches), so MK is
- * already in memory and Argon2id would only prove it again. Wrong
- * passwords and unknown aliases never get here: they still pay the full
- * Argon2id cost, so the timing comparison between them is unchanged.
+ * The fast path: the alias is open, no close of it is pending, and this
+ * exact password opened it with this exact keyring before (a verifier
+ * matches), so MK is in memory and Argon2id would only prove it again.
+ * Whatever else is queued or running for the alias does not matter: the
+ * session is added on the loop thread at once, so it is ordered before
+ * any close submitted later (an idle close needs sessions == 0; ALIAS_REMOVE
+ * and RESTORE_ALIAS end the alias's sessions, this one included, when they
+ * submit their close), and a close already submitted turned the fast path
+ * off (a->closing). Wrong passwords and unknown aliases never get here:
+ * they still pay the full Argon2id cost, so the timing comparison between
+ * them is unchanged.
  */
 static bool unlock_fast(srv_aliases *as, const char *alias_id,
 			const uint8_t *keyring, size_t keyring_len,
@@ -651,8 +702,9 @@ static bool unlock_fast(srv_aliases *as, const char *alias_id,
 	struct fast_unlock *f;
 	bool match = false;
 
-	if (a == NULL || a->running || a->queued > 0 || a->st == NULL ||
-	    a->n_verifiers == 0)
+	/* a->st may be read only while nothing of a runs. */
+	if (a == NULL || a->closing || a->n_verifiers == 0 ||
+	    (!a->running && a->st == NULL))
 		return false;
 	compute_verifier(as, alias_id, keyring, keyring_len,
 			 (const uint8_t *)password, password_len, v);
@@ -767,8 +819,12 @@ int srv_session_end(srv_aliases *as, const uint8_t session[SRV_SESSION_BYTES])
 
 unsigned srv_sessions_end_alias(srv_aliases *as, const char *alias_id)
 {
+	srv_alias *a = alias_find(as, alias_id);
 	unsigned n = 0;
 
+	/* The caller is about to close it (ALIAS_REMOVE, RESTORE_ALIAS). */
+	if (a != NULL)
+		alias_mark_closing(a);
 	for (size_t b = 0; b < SESSION_BUCKETS; b++) {
 		struct session **pp = &as->sessions[b];
 
@@ -823,11 +879,8 @@ static void timer_cb(uv_timer_t *t)
 			if (a->running || a->queued > 0)
 				continue;
 			if (a->st != NULL && a->sessions == 0 &&
-			    now - a->last_used_ms > idle_ms) {
-				verifiers_clear(a);
-				(void)submit(as, a->id, close_work, NULL, NULL,
-					     true);
-			}
+			    now - a->last_used_ms > idle_ms)
+				(void)close_submit(as, a, NULL, NULL);
 			else if (a->st != NULL)
 				open++;
 			else if (a->sessions == 0)
@@ -850,8 +903,7 @@ static void timer_cb(uv_timer_t *t)
 		}
 		if (lru == NULL)
 			break;
-		verifiers_clear(lru);
-		(void)submit(as, lru->id, close_work, NULL, NULL, true);
+		(void)close_submit(as, lru, NULL, NULL);
 		open--;
 	}
 }
@@ -956,10 +1008,9 @@ void srv_aliases_shutdown(srv_aliases *as, void (*done)(void *ctx), void *ctx)
 	}
 	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
 		for (srv_alias *a = as->buckets[b]; a != NULL; a = a->hash_next) {
-			verifiers_clear(a);
+			alias_mark_closing(a);
 			if (a->st != NULL || a->running || a->queued > 0)
-				(void)submit(as, a->id, close_work, closed_cb,
-					     as, true);
+				(void)close_submit(as, a, closed_cb, as);
 		}
 	}
 	check_shutdown_done(as);

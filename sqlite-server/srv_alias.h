@@ -83,12 +83,15 @@ typedef void srv_unlock_done(void *ctx, int result,
 /*
  * Opens an alias with a password: Argon2id over the keyring (under the
  * cap), then the database (created on first use with the default
- * mailboxes), then the spool drained into it. A second unlock of an open,
- * idle alias with a password that already opened it (with the same
- * keyring) skips Argon2id: a keyed BLAKE2b verifier of (alias, keyring,
- * password), kept only while the alias is open, proves it. Any other
- * unlock, including every wrong password, pays the full cost. keyring is
- * copied. done is never called before srv_unlock returns.
+ * mailboxes), then the spool drained into it. A second unlock of an open
+ * alias with a password that already opened it (with the same keyring)
+ * skips Argon2id, whatever work of the alias is queued or running: a keyed
+ * BLAKE2b verifier of (alias, keyring, password), kept only while MK is in
+ * memory and no close is pending, proves it, and the session is added at
+ * once (so it is ordered before any later close). Any other unlock,
+ * including every wrong password and any unlock once a close is
+ * submitted, pays the full cost. keyring is copied. done is never called
+ * before srv_unlock returns.
  */
 int srv_unlock(srv_aliases *aliases, const char *alias_id,
 	       const uint8_t *keyring, size_t keyring_len,
@@ -105,7 +108,10 @@ int srv_session_alias(srv_aliases *aliases,
 /* Ends a session (LOCK). ENG_ENOTFOUND if unknown. */
 int srv_session_end(srv_aliases *aliases,
 		    const uint8_t session[SRV_SESSION_BYTES]);
-/* Ends every session of an alias (ALIAS_REMOVE); returns how many. */
+/* Ends every session of an alias (ALIAS_REMOVE, RESTORE_ALIAS, just before
+ * they submit the work that closes it); returns how many. It also turns
+ * the unlock fast path off: every later unlock runs Argon2id and queues
+ * behind that close, until a full unlock has reopened the alias. */
 unsigned srv_sessions_end_alias(srv_aliases *aliases, const char *alias_id);
 
 /*

@@ -184,6 +184,13 @@ static int order_work(srv_alias *a, void *ctx)
 	return it->i;
 }
 
+static int order_work_noop(srv_alias *a, void *ctx)
+{
+	(void)a;
+	(void)ctx;
+	return 0;
+}
+
 static void order_done(void *ctx, int result)
 {
 	struct order_item *it = ctx;
@@ -431,6 +438,152 @@ static void test_fast_unlock(void **state)
 	free(blob2);
 }
 
+
+/* A work item that holds the alias's queue until the test lets it go. */
+static int block_work(srv_alias *a, void *ctx)
+{
+	int *release = ctx;
+
+	(void)a;
+	while (!__atomic_load_n(release, __ATOMIC_SEQ_CST))
+		uv_sleep(1);
+	return 0;
+}
+
+static int close_now_work(srv_alias *a, void *ctx)
+{
+	(void)ctx;
+	srv_alias_close_now(a);
+	return 0;
+}
+
+static void count_done(void *ctx, int result)
+{
+	assert_int_equal(result, 0);
+	(*(int *)ctx)++;
+}
+
+static unsigned fast_count(struct fx *f)
+{
+	srv_alias_stats st;
+
+	srv_aliases_stats(f->as, &st);
+	return (unsigned)st.fast_unlocks;
+}
+
+/* Waits until no Argon2id run is running or waiting. */
+static void wait_kdf_idle(struct fx *f)
+{
+	srv_alias_stats st;
+
+	for (;;) {
+		srv_aliases_stats(f->as, &st);
+		if (st.unlocks_running == 0 && st.unlocks_waiting == 0)
+			return;
+		uv_run(&f->loop, UV_RUN_NOWAIT);
+		uv_sleep(1);
+	}
+}
+
+/*
+ * The fast path does not wait for the alias's queue: a repeated login is
+ * answered while other work of the alias runs and more is queued; a wrong
+ * password still runs Argon2id.
+ */
+static void test_fast_unlock_busy(void **state)
+{
+	struct fx *f = *state;
+	struct unlock_result r = { 0 };
+	int release = 0, done = 0;
+
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", NULL), 0);
+	assert_int_equal(fast_count(f), 0);
+	assert_int_equal(srv_alias_submit(f->as, "a1", block_work, count_done,
+					  &release), 0);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(srv_alias_submit(f->as, "a1", order_work_noop,
+						  count_done, &done), 0);
+	assert_int_equal(srv_unlock(f->as, "a1", f->keyring, f->keyring_len,
+				    "secret pw", 9, unlock_cb, &r), 0);
+	while (!r.done)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	assert_int_equal(r.result, 0);
+	assert_int_equal(fast_count(f), 1);
+	assert_int_equal(done, 0);            /* the queue is still held */
+	/* A wrong password while it is busy: the full Argon2id run, no match. */
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pX", NULL), ENG_EAUTH);
+	assert_int_equal(fast_count(f), 1);
+	assert_int_equal(done, 0);
+	__atomic_store_n(&release, 1, __ATOMIC_SEQ_CST);
+	while (done < 3)
+		uv_run(&f->loop, UV_RUN_ONCE);
+}
+
+/*
+ * Unlocks racing a close: once the close is submitted (here as ALIAS_REMOVE
+ * does it: srv_sessions_end_alias, then work that closes), an unlock no
+ * longer takes the fast path; it queues behind the close and reopens. An
+ * open queued before a close does not re-arm the fast path after it.
+ */
+static void test_fast_unlock_vs_close(void **state)
+{
+	struct fx *f = *state;
+	struct unlock_result r = { 0 };
+	uint32_t n = 0;
+	int release = 0, closed = 0;
+
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", NULL), 0);
+	assert_int_equal(srv_alias_submit(f->as, "a1", block_work, NULL,
+					  &release), 0);
+	(void)srv_sessions_end_alias(f->as, "a1");
+	assert_int_equal(srv_alias_submit(f->as, "a1", close_now_work,
+					  count_done, &closed), 0);
+	assert_int_equal(srv_unlock(f->as, "a1", f->keyring, f->keyring_len,
+				    "secret pw", 9, unlock_cb, &r), 0);
+	wait_kdf_idle(f);
+	uv_run(&f->loop, UV_RUN_NOWAIT);
+	assert_int_equal(r.done, 0);          /* behind the close */
+	assert_int_equal(fast_count(f), 0);
+	__atomic_store_n(&release, 1, __ATOMIC_SEQ_CST);
+	while (!r.done)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	assert_int_equal(r.result, 0);
+	assert_int_equal(closed, 1);
+	/* It reopened after the close: the data is there, and the fast path
+	 * is armed again. */
+	assert_int_equal(run_work(f, count_work, &n), 0);
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", NULL), 0);
+	assert_int_equal(fast_count(f), 1);
+
+	/* An open queued before a close: its verifier is not kept. */
+	(void)srv_sessions_end_alias(f->as, "a1");
+	assert_int_equal(run_work(f, close_now_work, NULL), 0);
+	release = 0;
+	assert_int_equal(srv_alias_submit(f->as, "a1", block_work, NULL,
+					  &release), 0);
+	memset(&r, 0, sizeof(r));
+	assert_int_equal(srv_unlock(f->as, "a1", f->keyring, f->keyring_len,
+				    "secret pw", 9, unlock_cb, &r), 0);
+	wait_kdf_idle(f);                     /* its open is queued now */
+	(void)srv_sessions_end_alias(f->as, "a1");
+	assert_int_equal(srv_alias_submit(f->as, "a1", close_now_work,
+					  count_done, &closed), 0);
+	__atomic_store_n(&release, 1, __ATOMIC_SEQ_CST);
+	while (!r.done || closed < 2)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	assert_int_equal(r.result, 0);
+	/* The alias is locked again and the next unlock pays Argon2id. */
+	assert_int_equal(run_work(f, count_work, &n), ENG_EPERM);
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", NULL), 0);
+	assert_int_equal(fast_count(f), 1);
+	assert_int_equal(run_work(f, count_work, &n), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -440,6 +593,10 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_unlock_cap, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fast_unlock, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fast_unlock_busy, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_fast_unlock_vs_close, setup,
+						teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
