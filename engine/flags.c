@@ -74,7 +74,7 @@ static sqlite3_stmt *select_meta(eng_store *st, int64_t mailbox_id,
 	if (extra != NULL)
 		eng_buf_puts(&sql, extra);
 	eng_buf_puts(&sql, " ORDER BY m.uid");
-	stmt = store_prepare(st, sql.data, err_r);
+	stmt = store_prepare_once(st, sql.data, err_r);
 	eng_buf_free(&sql);
 	if (stmt != NULL)
 		sqlite3_bind_int64(stmt, 1, mailbox_id);
@@ -129,11 +129,11 @@ int eng_fetch_meta_want(eng_store *st, int64_t mailbox_id,
 		ret = cb(ctx, &msg);
 		eng_msg_clear(&msg);
 		if (ret != 0) {
-			sqlite3_finalize(stmt);
+			store_release(st, stmt);
 			return ret;
 		}
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	return rc == SQLITE_DONE ? 0 : store_err(st, rc, "fetch");
 }
 
@@ -329,7 +329,7 @@ int eng_store_flags(eng_store *st, int64_t mailbox_id, const eng_uidset *uids,
 				keywords, n_keywords, &did);
 		if (err != 0) {
 			eng_msg_clear(&msg);
-			sqlite3_finalize(stmt);
+			store_release(st, stmt);
 			goto fail;
 		}
 		if (!did) {
@@ -339,7 +339,7 @@ int eng_store_flags(eng_store *st, int64_t mailbox_id, const eng_uidset *uids,
 		cl.msgs = eng_realloc(cl.msgs, (cl.count + 1) * sizeof(eng_msg));
 		cl.msgs[cl.count++] = msg;
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_DONE) {
 		err = store_err(st, rc, "store");
 		goto fail;
@@ -482,7 +482,7 @@ static int collect_rows(eng_store *st, int64_t mailbox_id,
 		rows = eng_realloc(rows, (n + 1) * sizeof(*rows));
 		rows[n++] = r;
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	*rows_r = rows;
 	*n_r = n;
 	return rc == SQLITE_DONE ? 0 : store_err(st, rc, "collect");
@@ -508,7 +508,7 @@ static int mailbox_selectable(eng_store *st, int64_t mailbox_id)
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		noselect = sqlite3_column_int(stmt, 0);
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_ROW)
 		return rc == SQLITE_DONE ? ENG_ENOTFOUND :
 			store_err(st, rc, "mailbox");
@@ -645,7 +645,7 @@ int eng_changes_since(eng_store *st, int64_t mailbox_id, uint64_t modseq,
 		vanished = eng_realloc(vanished, (n + 1) * sizeof(uint32_t));
 		vanished[n++] = (uint32_t)sqlite3_column_int64(stmt, 0);
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_DONE) {
 		err = store_err(st, rc, "vanished");
 		free(vanished);

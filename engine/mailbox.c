@@ -106,7 +106,7 @@ int store_mailbox_id(eng_store *st, const char *name, int64_t *id_r,
 		if (noselect_r != NULL)
 			*noselect_r = sqlite3_column_int(stmt, 1) != 0;
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc == SQLITE_ROW)
 		return 0;
 	return rc == SQLITE_DONE ? ENG_ENOTFOUND : store_err(st, rc, "mailbox");
@@ -148,7 +148,7 @@ int store_mailbox_next_uid(eng_store *st, int64_t mailbox_id, uint32_t *uid_r)
 	sqlite3_bind_int64(stmt, 1, mailbox_id);
 	rc = sqlite3_step(stmt);
 	uid = rc == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : 0;
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_ROW)
 		return rc == SQLITE_DONE ? ENG_ENOTFOUND :
 			store_err(st, rc, "uidnext");
@@ -180,7 +180,7 @@ static int next_uidvalidity(eng_store *st, uint32_t *uidvalidity_r)
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		v = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		return store_err(st, rc, "uidvalidity");
 	/* Strictly increasing, so a re-created name never repeats one. */
@@ -332,7 +332,7 @@ int eng_mailbox_list(eng_store *st, eng_mailbox **list_r, size_t *n_r)
 		}
 		read_mailbox(stmt, &list[n++]);
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_DONE) {
 		eng_mailbox_list_free(&list, n);
 		return store_err(st, rc, "list");
@@ -378,7 +378,7 @@ int eng_mailbox_get(eng_store *st, const char *name, eng_mailbox *mb_r)
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		read_mailbox(stmt, mb_r);
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	free(canon);
 	if (rc == SQLITE_ROW)
 		return 0;
@@ -400,11 +400,11 @@ static int delete_messages(eng_store *st, int64_t mailbox_id)
 		int64_t content_id = sqlite3_column_int64(stmt, 1);
 
 		if ((err = store_content_unref(st, content_id)) != 0) {
-			sqlite3_finalize(stmt);
+			store_release(st, stmt);
 			return err;
 		}
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_DONE)
 		return store_err(st, rc, "delete messages");
 	stmt = store_prepare(st, "DELETE FROM message_keyword WHERE message_id "
@@ -446,7 +446,7 @@ static int has_children(eng_store *st, const char *name, bool *yes_r)
 	sqlite3_bind_int64(stmt, 1, (int64_t)strlen(prefix));
 	sqlite3_bind_text(stmt, 2, prefix, -1, SQLITE_TRANSIENT);
 	rc = sqlite3_step(stmt);
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	free(prefix);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		return store_err(st, rc, "children");

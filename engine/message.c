@@ -101,7 +101,7 @@ int store_keyword_id(eng_store *st, const char *name, bool create,
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		*id_r = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc == SQLITE_ROW)
 		return 0;
 	if (rc != SQLITE_DONE)
@@ -169,7 +169,7 @@ int store_load_keywords(eng_store *st, int64_t message_rowid, eng_msg *msg)
 			(const char *)sqlite3_column_text(stmt, 0));
 		msg->keywords[n] = NULL;
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	return rc == SQLITE_DONE ? 0 : store_err(st, rc, "keywords");
 }
 
@@ -225,7 +225,7 @@ int store_content_unref(eng_store *st, int64_t content_id)
 	sqlite3_bind_int64(stmt, 1, content_id);
 	rc = sqlite3_step(stmt);
 	refs = rc == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : -1;
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_ROW)
 		return rc == SQLITE_DONE ? ENG_ECORRUPT :
 			store_err(st, rc, "unref");
@@ -277,7 +277,7 @@ static int idempotency_lookup(eng_store *st, const char *key,
 		*uid_r = (uint32_t)sqlite3_column_int64(stmt, 0);
 		*modseq_r = (uint64_t)sqlite3_column_int64(stmt, 1);
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc == SQLITE_ROW)
 		return 0;
 	return rc == SQLITE_DONE ? ENG_ENOTFOUND : store_err(st, rc, "idem");
@@ -356,7 +356,7 @@ static int append_begin(eng_store *st, int64_t mailbox_id,
 			noselect = sqlite3_column_int(q, 0) != 0;
 			check_id = mailbox_id;
 		}
-		sqlite3_finalize(q);
+		store_release(st, q);
 		if (rc != SQLITE_ROW) {
 			err = rc == SQLITE_DONE ? ENG_ENOTFOUND :
 				store_err(st, rc, "append");
@@ -482,7 +482,7 @@ static int find_content(eng_store *st, const uint8_t *sha, int64_t *id_r)
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		*id_r = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc == SQLITE_ROW)
 		return 0;
 	return rc == SQLITE_DONE ? ENG_ENOTFOUND : store_err(st, rc, "content");
@@ -568,7 +568,7 @@ static int thread_lookup(eng_store *st, const char *msgid, int64_t *thread_r)
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		*thread_r = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc == SQLITE_ROW)
 		return 0;
 	return rc == SQLITE_DONE ? ENG_ENOTFOUND : store_err(st, rc, "thread");
@@ -612,7 +612,7 @@ static int assign_thread(eng_store *st, const eng_mime_summary *sum,
 		rc = sqlite3_step(stmt);
 		if (rc == SQLITE_ROW)
 			thread = sqlite3_column_int64(stmt, 0);
-		sqlite3_finalize(stmt);
+		store_release(st, stmt);
 		if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 			return store_err(st, rc, "thread subject");
 	}
@@ -843,7 +843,7 @@ static int spool_applied(eng_store *st, const char *id, bool *yes_r)
 		return err;
 	sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
 	rc = sqlite3_step(stmt);
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
 		return store_err(st, rc, "spool");
 	*yes_r = rc == SQLITE_ROW;
@@ -952,7 +952,7 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 	sqlite3_bind_int64(stmt, 2, uid);
 	rc = sqlite3_step(stmt);
 	if (rc != SQLITE_ROW) {
-		sqlite3_finalize(stmt);
+		store_release(st, stmt);
 		return rc == SQLITE_DONE ? ENG_ENOTFOUND :
 			store_err(st, rc, "open message");
 	}
@@ -970,7 +970,7 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 	if (m->header_len > 0)
 		memcpy(m->header, sqlite3_column_blob(stmt, 4), m->header_len);
 	m->cached_seq = -1;
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	*m_r = m;
 	return 0;
 }
@@ -1034,13 +1034,13 @@ static int load_chunk(eng_message *m, int64_t seq)
 	sqlite3_bind_int64(stmt, 2, seq);
 	rc = sqlite3_step(stmt);
 	if (rc != SQLITE_ROW) {
-		sqlite3_finalize(stmt);
+		store_release(st, stmt);
 		return rc == SQLITE_DONE ? ENG_ECORRUPT :
 			store_err(st, rc, "chunk");
 	}
 	raw_len = (size_t)sqlite3_column_int64(stmt, 0);
 	if (raw_len > ENG_CHUNK_BYTES) {
-		sqlite3_finalize(stmt);
+		store_release(st, stmt);
 		return ENG_ECORRUPT;
 	}
 	eng_buf_reset(&m->cache);
@@ -1048,7 +1048,7 @@ static int load_chunk(eng_message *m, int64_t seq)
 	got = ZSTD_decompress(m->cache.data, raw_len,
 			      sqlite3_column_blob(stmt, 1),
 			      (size_t)sqlite3_column_bytes(stmt, 1));
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (ZSTD_isError(got) || got != raw_len) {
 		m->cached_seq = -1;
 		return ENG_ECORRUPT;

@@ -611,7 +611,7 @@ static int max_uid(struct sqlgen *g, int64_t *uid_r)
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		g->max_uid = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
+	store_release(g->st, stmt);
 	if (rc != SQLITE_ROW)
 		return store_err(g->st, rc, "max uid");
 	*uid_r = g->max_uid;
@@ -1130,7 +1130,7 @@ int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
 		err = ENG_ELIMIT;
 		goto out;
 	}
-	if ((stmt = store_prepare(st, g.sql.data, &err)) == NULL)
+	if ((stmt = store_prepare_once(st, g.sql.data, &err)) == NULL)
 		goto out;
 	for (size_t i = 0; i < g.n_binds; i++) {
 		const struct bind *b = &g.binds[i];
@@ -1166,7 +1166,7 @@ int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
 		*highest_modseq_r = highest;
 	err = 0;
 out:
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	binds_free(&g);
 	eng_buf_free(&g.sql);
 	return err;

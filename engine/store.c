@@ -180,23 +180,6 @@ int store_err(eng_store *st, int rc, const char *what)
 	}
 }
 
-sqlite3_stmt *store_prepare(eng_store *st, const char *sql, int *err_r)
-{
-	sqlite3_stmt *stmt = NULL;
-	int rc = sqlite3_prepare_v2(st->db, sql, -1, &stmt, NULL);
-
-	if (rc != SQLITE_OK) {
-		eng_log(ENG_LOG_ERROR, "prepare failed: %s: %s",
-			sqlite3_errmsg(st->db), sql);
-		*err_r = store_err(st, rc, "prepare");
-		if (*err_r == 0)
-			*err_r = ENG_EIO;
-		return NULL;
-	}
-	*err_r = 0;
-	return stmt;
-}
-
 int store_exec(eng_store *st, const char *sql)
 {
 	int rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
@@ -208,7 +191,7 @@ int store_step_done(eng_store *st, sqlite3_stmt *stmt)
 {
 	int rc = sqlite3_step(stmt);
 
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc == SQLITE_DONE || rc == SQLITE_ROW)
 		return 0;
 	return store_err(st, rc, "step");
@@ -227,7 +210,7 @@ int store_meta_get_int(eng_store *st, const char *key, int64_t *value_r)
 	rc = sqlite3_step(stmt);
 	if (rc == SQLITE_ROW)
 		*value_r = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc == SQLITE_ROW)
 		return 0;
 	return rc == SQLITE_DONE ? ENG_ENOTFOUND : store_err(st, rc, "meta");
@@ -345,21 +328,21 @@ static int schema_version(eng_store *st, int *version_r)
 		return err;
 	rc = sqlite3_step(stmt);
 	if (rc != SQLITE_ROW) {
-		sqlite3_finalize(stmt);
+		store_release(st, stmt);
 		return store_err(st, rc, "read schema");
 	}
 	if (sqlite3_column_int(stmt, 0) == 0) {
-		sqlite3_finalize(stmt);
+		store_release(st, stmt);
 		*version_r = 0;
 		return 0;
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	stmt = store_prepare(st, "SELECT max(version) FROM schema_version", &err);
 	if (stmt == NULL)
 		return err;
 	rc = sqlite3_step(stmt);
 	*version_r = rc == SQLITE_ROW ? sqlite3_column_int(stmt, 0) : -1;
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_ROW)
 		return store_err(st, rc, "read schema version");
 	return 0;
@@ -510,21 +493,21 @@ static int apply_pragmas(eng_store *st)
 	int rc;
 
 	/* journal_mode answers with the mode it is in: check it took. */
-	stmt = store_prepare(st, "PRAGMA journal_mode = WAL", &err);
+	stmt = store_prepare_once(st, "PRAGMA journal_mode = WAL", &err);
 	if (stmt == NULL)
 		return err;
 	rc = sqlite3_step(stmt);
 	if (rc != SQLITE_ROW) {
 		err = store_err(st, rc, "journal_mode");
-		sqlite3_finalize(stmt);
+		store_release(st, stmt);
 		return err != 0 ? err : ENG_EIO;
 	}
 	if (strcmp((const char *)sqlite3_column_text(stmt, 0), "wal") != 0) {
-		sqlite3_finalize(stmt);
+		store_release(st, stmt);
 		eng_log(ENG_LOG_ERROR, "%s: cannot enter WAL mode", st->path);
 		return ENG_EIO;
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if ((err = store_exec(st, "PRAGMA synchronous = FULL")) != 0 ||
 	    (err = store_exec(st, "PRAGMA temp_store = MEMORY")) != 0 ||
 	    (err = store_exec(st, "PRAGMA foreign_keys = OFF")) != 0)
@@ -597,6 +580,7 @@ int eng_store_open(const char *path, const uint8_t *db_key,
 	*st_r = st;
 	return 0;
 fail:
+	store_stmts_free(st);
 	sqlite3_close(st->db);
 fail_nodb:
 	free(st->path);
@@ -622,6 +606,7 @@ void eng_store_close(eng_store **stp)
 	*stp = NULL;
 	if (st->tx_depth > 0)
 		eng_store_tx_rollback(st);
+	store_stmts_free(st);
 	if (!st->broken)
 		(void)eng_store_checkpoint(st);
 	if (sqlite3_close(st->db) != SQLITE_OK) {
@@ -642,7 +627,7 @@ static int run_check(eng_store *st, const char *pragma, eng_buf *report,
 		     bool *ok_r)
 {
 	int err;
-	sqlite3_stmt *stmt = store_prepare(st, pragma, &err);
+	sqlite3_stmt *stmt = store_prepare_once(st, pragma, &err);
 	int rc;
 
 	if (stmt == NULL)
@@ -656,7 +641,7 @@ static int run_check(eng_store *st, const char *pragma, eng_buf *report,
 		if (report != NULL)
 			eng_buf_printf(report, "%s\n", line);
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_DONE) {
 		*ok_r = false;
 		if (report != NULL)
@@ -701,7 +686,7 @@ int eng_quota_get(eng_store *st, uint64_t *used_bytes_r,
 		if (messages_r != NULL)
 			*messages_r = (uint64_t)sqlite3_column_int64(stmt, 1);
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	if (rc != SQLITE_ROW)
 		return store_err(st, rc, "quota");
 	if ((err = store_meta_get_int(st, "quota_bytes", &limit)) != 0)

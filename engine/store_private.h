@@ -10,6 +10,8 @@
 
 #include "store.h"
 
+struct store_stmt_cache;
+
 #define ENG_SCHEMA_VERSION 1
 /* Raw bytes per content chunk; each chunk is compressed on its own so that
  * a byte-range read decompresses only what it needs. */
@@ -22,16 +24,29 @@ struct eng_store {
 	int tx_depth;
 	uint64_t tx_modseq;         /* 0 until the transaction needs one */
 	bool broken;                /* I/O error or full disk seen */
+	struct store_stmt_cache *stmts;  /* store_stmt.c; NULL until used */
 };
 
 /* Maps a SQLite result code to an engine error (and marks I/O trouble). */
 int store_err(eng_store *st, int rc, const char *what);
 
-/* Prepares sql; on failure logs and returns NULL with *err_r set. */
+/* The statement for sql from the store's cache (store_stmt.c), prepared
+ * on first use; on failure logs and returns NULL with *err_r set. Every
+ * statement returned goes back through store_release or store_step_done
+ * on every path, never sqlite3_finalize. */
 sqlite3_stmt *store_prepare(eng_store *st, const char *sql, int *err_r);
+/* The same, never cached: for SQL built from input (uid sets, search). */
+sqlite3_stmt *store_prepare_once(eng_store *st, const char *sql, int *err_r);
+/* Resets a cached statement (and clears its bindings) for the next user;
+ * finalizes one that is not cached. NULL is a no-op. */
+void store_release(eng_store *st, sqlite3_stmt *stmt);
+/* True if no cached statement is handed out or stepping (Debug checks). */
+bool store_stmts_idle(const eng_store *st);
+/* Finalizes every cached statement (before sqlite3_close). */
+void store_stmts_free(eng_store *st);
 /* Runs a statement without results. */
 int store_exec(eng_store *st, const char *sql);
-/* Steps a statement that must be done (no rows); finalizes it. */
+/* Steps a statement that must be done (no rows); releases it. */
 int store_step_done(eng_store *st, sqlite3_stmt *stmt);
 
 /* Integers in the meta table; ENG_ENOTFOUND for a missing key. */

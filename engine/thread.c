@@ -252,7 +252,7 @@ static int load(eng_store *st, int64_t mailbox_id, const eng_query *query,
 					     true);
 		}
 	}
-	sqlite3_finalize(stmt);
+	store_release(st, stmt);
 	eng_buf_free(&val);
 	free(uids);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
