@@ -52,6 +52,7 @@
 
 typedef struct session_full session_full;
 
+
 /* A command as the session layer keeps it. */
 typedef struct cmd_full {
 	imap_cmd cmd;                /* first: imap_cmd * converts */
@@ -103,6 +104,8 @@ static cmd_full *cfull(imap_cmd *cmd)
 
 static void feed_inflated(session_full *f);
 static void continue_done(cmd_full *cf);
+static void idle_synced(imap_cmd *cmd);
+static void groups_flush(void);
 
 /* ---- output ---- */
 
@@ -184,6 +187,7 @@ void imap_sessions_kick(imapd *d)
 	session_full *list = g_kick_list;
 
 	(void)d;
+	groups_flush();
 	g_kick_list = NULL;
 	while (list != NULL) {
 		session_full *f = list;
@@ -568,6 +572,10 @@ static void report_flags(imap_session *s, imap_selected *sel, const rpc_view *re
 			continue;
 		rpc_get_u32(&g, RPC_T_FLAGS, &flags);
 		rpc_get_u64(&g, RPC_T_MODSEQ, &modseq);
+		/* A coalesced sync asked from a lower MODSEQ than this view's:
+		 * what the view has reported already is not repeated. */
+		if (modseq != 0 && modseq <= sel->highestmodseq)
+			continue;
 		kw = eng_calloc(nk + 1, sizeof(*kw));
 		rpc_iter_init(&ki, &g);
 		while ((kf = rpc_iter_next(&ki, RPC_T_KEYWORD)) != NULL && i < nk)
@@ -685,6 +693,198 @@ void imap_sync(imap_cmd *cmd, bool allow_expunge, void (*done)(imap_cmd *cmd))
 int imap_cmd_sync_error(const imap_cmd *cmd)
 {
 	return ((const cmd_full *)cmd)->sync_err;
+}
+
+/*
+ * ---- coalesced syncs of idling sessions ----
+ *
+ * An event for (alias, mailbox) makes every idling session of that
+ * mailbox want a sync. Instead of one CHANGES each, they join a group
+ * keyed by (alias id, mailbox, UIDVALIDITY); from a later loop turn (so
+ * that every session an event reaches has joined) the group sends ONE
+ * CHANGES from the lowest HIGHESTMODSEQ of its members, and its answer
+ * goes through each member's own on_changes (which skips what that view
+ * has reported already: report_flags' MODSEQ test, report_new's UID test,
+ * report_expunges' map test). One call per group is in flight; sessions
+ * that join meanwhile wait for the next. Each member holds a session
+ * reference until the answer. Commands other than IDLE keep imap_sync.
+ * Errors that concern one view (ENOSESSION, EMODIFIED, ENOTFOUND) send
+ * each member to its own imap_sync, which decides for it.
+ */
+typedef struct sync_group {
+	struct sync_group *next;
+	imapd *d;
+	char alias_id[sizeof(((imap_session *)0)->alias_id)];
+	char *mailbox;
+	uint32_t uidvalidity;
+	bool in_flight;
+	imap_session **call;         /* answered by the call in flight */
+	size_t n_call;
+	imap_session **wait;         /* for the next call */
+	size_t n_wait, cap_wait;
+} sync_group;
+
+static sync_group *g_groups;
+
+static sync_group *group_get(imap_session *s)
+{
+	sync_group *g;
+
+	for (g = g_groups; g != NULL; g = g->next)
+		if (g->d == s->d && g->uidvalidity == s->sel->uidvalidity &&
+		    strcmp(g->alias_id, s->alias_id) == 0 &&
+		    strcmp(g->mailbox, s->sel->name) == 0)
+			return g;
+	g = eng_calloc(1, sizeof(*g));
+	g->d = s->d;
+	snprintf(g->alias_id, sizeof(g->alias_id), "%s", s->alias_id);
+	g->mailbox = eng_strdup(s->sel->name);
+	g->uidvalidity = s->sel->uidvalidity;
+	g->next = g_groups;
+	g_groups = g;
+	return g;
+}
+
+static void group_free_if_idle(sync_group *g)
+{
+	if (g->in_flight || g->n_wait > 0)
+		return;
+	for (sync_group **pp = &g_groups; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == g) {
+			*pp = g->next;
+			break;
+		}
+	free(g->mailbox);
+	free(g->call);
+	free(g->wait);
+	free(g);
+}
+
+/* s (idling, its command not syncing) waits for its group's next call. */
+static void group_join(imap_session *s, cmd_full *cf)
+{
+	sync_group *g = group_get(s);
+
+	cf->sync_err = 0;
+	s->sel->dirty = false;       /* events during the call set it again */
+	cf->syncing = true;
+	cf->allow_expunge = true;
+	cf->sync_done = idle_synced;
+	s->refs++;
+	if (g->n_wait == g->cap_wait) {
+		g->cap_wait = g->cap_wait ? g->cap_wait * 2 : 8;
+		g->wait = eng_realloc(g->wait, g->cap_wait * sizeof(*g->wait));
+	}
+	g->wait[g->n_wait++] = s;
+	imapd_kick_later(s->d);
+}
+
+/* The call's answer (or its failure) to each member, then drop them. */
+static void group_fan_out(sync_group *g, int err, const rpc_view *resp)
+{
+	imap_session **call = g->call;
+	size_t n = g->n_call;
+	bool own = err == RPC_ENOSESSION || err == ENG_EMODIFIED || err == ENG_ENOTFOUND;
+
+	g->call = NULL;
+	g->n_call = 0;
+	if (err != 0 && !own)
+		eng_log(ENG_LOG_WARN, "imap: CHANGES for %zu idling sessions failed: %s", n,
+			rpc_strerror(err));
+	for (size_t i = 0; i < n; i++) {
+		imap_session *s = call[i];
+		cmd_full *cf = cfull(s->cmd);
+
+		if (cf == NULL) {
+			unref(s);
+			continue;
+		}
+		if (s->c == NULL || cf->cmd.aborted || s->sel == NULL) {
+			cf->syncing = false;
+			cf->sync_done = NULL;
+		} else if (own) {
+			cf->syncing = false;
+			imap_sync(&cf->cmd, true, idle_synced);
+		} else if (err != 0) {
+			cf->sync_err = err;
+			s->sel->dirty = true;
+			cf->syncing = false;
+			cf->sync_done = NULL;
+			idle_synced(&cf->cmd);
+		} else {
+			on_changes(&cf->cmd, 0, resp);
+		}
+		unref(s);
+	}
+	free(call);
+}
+
+static void on_group_changes(void *ctx, int err, const rpc_view *resp)
+{
+	sync_group *g = ctx;
+
+	g->in_flight = false;
+	group_fan_out(g, err, resp);
+	/* Sessions that joined meanwhile (or again, from the fan-out) go
+	 * together from the next loop turn. */
+	if (g->n_wait > 0)
+		imapd_kick_later(g->d);
+	group_free_if_idle(g);
+}
+
+/* The waiting members become the call's; one CHANGES for them all. */
+static void group_send(sync_group *g)
+{
+	imap_session *h = NULL;
+	uint64_t from = UINT64_MAX;
+	eng_buf pl = ENG_BUF_INIT;
+	uint32_t id;
+	int err = RPC_EUNAVAILABLE;
+
+	g->call = g->wait;
+	g->n_call = g->n_wait;
+	g->wait = NULL;
+	g->n_wait = g->cap_wait = 0;
+	for (size_t i = 0; i < g->n_call; i++) {
+		imap_session *s = g->call[i];
+
+		if (s->c == NULL || s->sel == NULL || s->handle_len == 0)
+			continue;
+		if (h == NULL)
+			h = s;
+		if (s->sel->highestmodseq < from)
+			from = s->sel->highestmodseq;
+	}
+	if (h == NULL) {
+		group_fan_out(g, RPC_ECANCELLED, NULL);
+		return;
+	}
+	imap_rpc_begin(h, &pl);
+	rpc_put_str(&pl, RPC_T_MAILBOX, g->mailbox);
+	rpc_put_u64(&pl, RPC_T_MODSEQ, from);
+	rpc_put_u64(&pl, RPC_T_UIDVALIDITY, g->uidvalidity);
+	if (g->d->rpc != NULL && rpc_client_connected(g->d->rpc))
+		err = rpc_client_call_ex(g->d->rpc, RPC_OP_CHANGES, pl.data, pl.len, NULL,
+					 on_group_changes, g, &id);
+	eng_buf_free_wipe(&pl);
+	if (err != 0) {
+		group_fan_out(g, err, NULL);
+		return;
+	}
+	g->in_flight = true;
+}
+
+/* From imap_sessions_kick's loop turn: send what waits. */
+static void groups_flush(void)
+{
+	sync_group *g = g_groups, *next;
+
+	for (; g != NULL; g = next) {
+		next = g->next;
+		if (!g->in_flight && g->n_wait > 0)
+			group_send(g);
+		group_free_if_idle(g);
+	}
 }
 
 /* ---- the command lifecycle ---- */
@@ -1244,7 +1444,7 @@ static void idle_synced(imap_cmd *cmd)
 	}
 	if (cf->resync && s->idling && s->sel != NULL) {
 		cf->resync = false;
-		imap_sync(cmd, true, idle_synced);
+		imap_session_sync_now(s);
 	}
 }
 
@@ -1258,7 +1458,10 @@ void imap_session_sync_now(imap_session *s)
 		cf->resync = true;
 		return;
 	}
-	imap_sync(&cf->cmd, true, idle_synced);
+	if (s->alias_id[0] != '\0' && s->c != NULL && !cf->cmd.aborted)
+		group_join(s, cf);
+	else
+		imap_sync(&cf->cmd, true, idle_synced);
 }
 
 void imap_session_event(imap_session *s, enum imap_evt_kind kind,

@@ -30,6 +30,7 @@ import zlib
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from imap_server import ImapServer, RawImap, rss_kib, unverified_context, wait_for  # noqa: E402
+import rpcclient  # noqa: E402
 
 ALICE, ALICE_PW = "alice@example.org", "alice's imap password"
 BOB, BOB_PW = "bob@example.org", "bob's imap password"
@@ -545,6 +546,91 @@ class ImapCore(unittest.TestCase):
         c = self.srv.login(user, pw)
         self.assertEqual(int(c.select("INBOX")[1][0]), 1, "the message appeared twice")
         c.logout()
+
+
+class ImapSharedWork(unittest.TestCase):
+    """One imapd serving many connections of one user: one CHANGES per event
+    for all the IDLE sessions of a mailbox."""
+
+    IDLERS = 300
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = ImapServer(config={"imap_max_conns_per_ip": str(cls.IDLERS + 20)})
+
+    @classmethod
+    def tearDownClass(cls):
+        srv = cls.srv
+        found = srv.secrets_in_log()
+        srv.stop()
+        assert not found, "a password appears in a log"
+        reports = srv.sanitizer_reports()
+        assert not reports, "\n".join(reports[:20])
+
+    def stats(self):
+        with self.srv.rpc() as c:
+            return rpcclient.stats(c.call(rpcclient.OP_STATS))
+
+    def login(self, user, pw):
+        r = self.srv.raw(tls=False)
+        lines = r.cmd(b"l", b'LOGIN "%s" "%s"' % (user.encode(), pw.encode()))
+        self.assertTrue(lines[-1].startswith(b"l OK"), lines[-1])
+        return r
+
+    def append(self, r, i):
+        msg = message(i)
+        lines = r.cmd(b"a", b"APPEND INBOX {%d+}\r\n%s" % (len(msg), msg))
+        self.assertTrue(lines[-1].startswith(b"a OK"), lines[-1])
+
+    def test_idlers_of_a_mailbox_share_one_changes_per_event(self):
+        user, pw = "erin@example.org", "erin's imap password"
+        self.srv.add_alias(user, pw)
+        appender = self.login(user, pw)
+        # The requests an APPEND costs sqlited with nobody watching.
+        before = self.stats()["requests"]
+        for i in range(10):
+            self.append(appender, i)
+        per_append = (self.stats()["requests"] - before) / 10
+        idlers = []
+        before = self.stats()["requests"]
+        for _ in range(self.IDLERS):
+            r = self.login(user, pw)
+            lines = r.cmd(b"s", b"SELECT INBOX")
+            self.assertIn(b"* 10 EXISTS", lines)
+            r.send(b"i IDLE\r\n")
+            self.assertEqual(r.line(), b"+ idling")
+            idlers.append(r)
+        time.sleep(1.0)              # IDLE's first syncs are over
+        setup = self.stats()["requests"] - before
+        sys.stderr.write(f"\n[imap] {self.IDLERS} LOGIN+SELECT+IDLE: {setup} sqlited requests\n")
+        # A SELECT that changes nothing is no event: the sessions already in
+        # IDLE do not sync for each newcomer (that would be ~45,000).
+        self.assertLessEqual(setup, self.IDLERS * 8)
+        before = self.stats()["requests"]
+        events = 50
+        for i in range(events):
+            self.append(appender, 100 + i)
+        for r in idlers:
+            r.s.settimeout(60)
+            last = 10
+            while last < 10 + events:
+                line = r.line()
+                m = re.match(rb"^\* (\d+) EXISTS$", line)
+                self.assertIsNotNone(m, line)
+                self.assertGreater(int(m.group(1)), last, line)
+                last = int(m.group(1))
+            self.assertEqual(last, 10 + events)
+        spent = self.stats()["requests"] - before
+        sys.stderr.write(f"\n[imap] {events} APPENDs with {self.IDLERS} IDLE sessions: "
+                         f"{spent} sqlited requests (an APPEND alone: {per_append:.1f})\n")
+        # One CHANGES per event for this imapd (fewer when events coalesce),
+        # not one per session: 300 per event would be 15,000.
+        self.assertLessEqual(spent, events * (per_append + 1) + 10)
+        for r in idlers:
+            r.send(b"DONE\r\n")
+            self.assertEqual(r.until_tagged(b"i")[-1], b"i OK Idle completed.")
+            r.close()
+        appender.close()
 
 
 class ImapDaemonLifecycle(unittest.TestCase):
