@@ -10,7 +10,10 @@
  *                             FETCH_META_CHUNK messages), with WANT
  *                             MIME/HEADER when an item needs them: each
  *                             message's MIME structure and top-level
- *                             header come inline (docs/rpc.md)
+ *                             header come inline (docs/rpc.md);
+ *                             the next chunk's FETCH_META is asked
+ *                             while the current one is written (two
+ *                             chunks held at most; output in UID order)
  *   [STORE +\Seen]            one RPC, when a non-PEEK body item is asked
  *                             and the mailbox is not read-only
  *   per message, in UID order (sequence numbers from the session's view;
@@ -106,6 +109,15 @@ typedef struct fmsg {
 	size_t hdr_off, hdr_len;
 } fmsg;
 
+/* A FETCH_META answer asked ahead: the messages, keywords, blobs. */
+typedef struct fmeta_chunk {
+	eng_uidset uids;
+	fmsg *msgs;
+	size_t n;
+	eng_buf kw;
+	eng_buf blobs;
+} fmeta_chunk;
+
 enum slot_state { SL_FREE = 0, SL_WAIT, SL_READY, SL_FAILED };
 
 /* A phase A answer. */
@@ -148,6 +160,13 @@ struct fetch_op {
 	imap_fetch_spec spec;
 	eng_uidset set;
 	eng_uidset chunk;            /* the UIDs of the current FETCH_META */
+	/* The next chunk's FETCH_META, asked while the current one is
+	 * written (at most this one ahead: two chunks held at most). */
+	fmeta_chunk pre;
+	bool pre_busy;               /* its request is in flight */
+	bool pre_ready;              /* its answer is in pre */
+	bool meta_end;               /* no chunk is left to ask for */
+	int pre_err;                 /* its request failed */
 	size_t view_pos;             /* next index of sel->uids to take */
 	bool want_seen;              /* a non-PEEK item and not read-only */
 	uint32_t attrs_a;            /* attributes needing phase A */
@@ -213,6 +232,7 @@ struct fetch_op {
 static void pump(fetch_op *op);
 static void out_drop_open(fetch_op *op);
 static int send_meta(fetch_op *op);
+static bool chunk_install(fetch_op *op);
 
 /* ---- lifetime ---- */
 
@@ -237,6 +257,10 @@ static void op_free(fetch_op *op)
 	imap_fetch_spec_clear(&op->spec);
 	eng_uidset_free(&op->set);
 	eng_uidset_free(&op->chunk);
+	eng_uidset_free(&op->pre.uids);
+	free(op->pre.msgs);
+	eng_buf_free(&op->pre.kw);
+	eng_buf_free(&op->pre.blobs);
 	free(op->msgs);
 	eng_buf_free(&op->kw);
 	eng_buf_free(&op->line);
@@ -1439,9 +1463,19 @@ static void pump(fetch_op *op)
 			return;
 		}
 		if (op->cur == op->n) {
-			op->pumping = false;
 			out_flush(op);
-			if ((rc = send_meta(op)) == 1)
+			if (op->pre_ready && op->pre_err == 0) {
+				if (chunk_install(op))
+					continue;
+				break;       /* STORE in flight */
+			}
+			op->pumping = false;
+			if (op->pre_err != 0)
+				finish_rpc_error(op, op->pre_err);
+			else if (op->pre_busy)
+				return;      /* on_meta_pre pumps */
+			else if (op->meta_end ||
+				 (rc = send_meta(op)) == 1)
 				finish(op, IMAP_OK, NULL, "FETCH completed");
 			else if (rc < 0)
 				finish_rpc_error(op, rc);
@@ -1513,8 +1547,8 @@ static fmsg *msg_find(fetch_op *op, uint32_t uid)
 	return bsearch(&key, op->msgs, op->n, sizeof(*op->msgs), meta_cmp);
 }
 
-/* A blob of the group into op->blobs; false when it is absent. */
-static bool meta_blob(fetch_op *op, const rpc_view *g, uint32_t tag,
+/* A blob of the group into blobs; false when it is absent. */
+static bool meta_blob(eng_buf *blobs, const rpc_view *g, uint32_t tag,
 		      size_t *off_r, size_t *len_r)
 {
 	const uint8_t *p;
@@ -1522,15 +1556,16 @@ static bool meta_blob(fetch_op *op, const rpc_view *g, uint32_t tag,
 
 	if (rpc_get_bytes(g, tag, &p, &len) != 0)
 		return false;
-	*off_r = op->blobs.len;
+	*off_r = blobs->len;
 	*len_r = len;
-	eng_buf_append(&op->blobs, p, len);
+	eng_buf_append(blobs, p, len);
 	return true;
 }
 
-/* One MESSAGE group into m (keywords appended to op->kw, blobs to
- * op->blobs). */
-static void meta_read(fetch_op *op, const rpc_view *g, fmsg *m)
+/* One MESSAGE group into m (keywords appended to ch->kw, blobs to
+ * ch->blobs). */
+static void meta_read(const fetch_op *op, fmeta_chunk *ch, const rpc_view *g,
+		      fmsg *m)
 {
 	rpc_iter it;
 	const rpc_field *f;
@@ -1542,21 +1577,21 @@ static void meta_read(fetch_op *op, const rpc_view *g, fmsg *m)
 	m->has_savedate = rpc_get_s64(g, RPC_T_SAVE_DATE, &m->save_date) == 0;
 	rpc_get_s64(g, RPC_T_CONTENT_ID, &m->content_id);
 	rpc_get_s64(g, RPC_T_THREAD_ID, &m->thread_id);
-	m->kw_off = op->kw.len;
+	m->kw_off = ch->kw.len;
 	m->n_kw = 0;
 	rpc_iter_init(&it, g);
 	while ((f = rpc_iter_next(&it, RPC_T_KEYWORD)) != NULL &&
 	       m->n_kw < FETCH_MAX_KEYWORDS) {
 		if (f->u == 0 || memchr(f->data, '\0', (size_t)f->u) != NULL)
 			continue;
-		eng_buf_append(&op->kw, f->data, (size_t)f->u);
-		eng_buf_putc(&op->kw, '\0');
+		eng_buf_append(&ch->kw, f->data, (size_t)f->u);
+		eng_buf_putc(&ch->kw, '\0');
 		m->n_kw++;
 	}
 	m->has_mime = op->need_mime &&
-		meta_blob(op, g, RPC_T_MIME, &m->mime_off, &m->mime_len);
+		meta_blob(&ch->blobs, g, RPC_T_MIME, &m->mime_off, &m->mime_len);
 	m->has_hdr = op->need_header &&
-		meta_blob(op, g, RPC_T_HEADER, &m->hdr_off, &m->hdr_len);
+		meta_blob(&ch->blobs, g, RPC_T_HEADER, &m->hdr_off, &m->hdr_len);
 }
 
 /* The session's view learns the flags this command set. */
@@ -1638,38 +1673,93 @@ static bool store_seen(fetch_op *op)
 	return rc == 0;
 }
 
+/* A FETCH_META answer into ch (the messages of ch->uids, in UID order;
+ * sequence numbers are set when the chunk is installed). */
+static void meta_parse(const fetch_op *op, const rpc_view *resp,
+		       fmeta_chunk *ch)
+{
+	rpc_iter it;
+	const rpc_field *f;
+	size_t cap = rpc_count(resp, RPC_T_MESSAGE);
+
+	free(ch->msgs);
+	ch->msgs = eng_calloc(cap > 0 ? cap : 1, sizeof(*ch->msgs));
+	ch->n = 0;
+	eng_buf_reset(&ch->kw);
+	eng_buf_reset(&ch->blobs);
+	rpc_iter_init(&it, resp);
+	while ((f = rpc_iter_next(&it, RPC_T_MESSAGE)) != NULL && ch->n < cap) {
+		rpc_view g = rpc_field_group(f);
+		fmsg *m = &ch->msgs[ch->n];
+
+		if (rpc_get_u32(&g, RPC_T_UID, &m->uid) != 0 ||
+		    !eng_uidset_contains(&ch->uids, m->uid) ||
+		    (ch->n > 0 && m->uid <= ch->msgs[ch->n - 1].uid))
+			continue;
+		meta_read(op, ch, &g, m);
+		ch->n++;
+	}
+}
+
+static void prefetch(fetch_op *op);
+
+/*
+ * op->pre becomes the chunk being written, the next one is asked for,
+ * and \Seen is set on it when asked. false: STORE is in flight (its
+ * answer pumps).
+ */
+static bool chunk_install(fetch_op *op)
+{
+	fmeta_chunk *p = &op->pre;
+	fmsg *msgs = op->msgs;
+	eng_buf kw = op->kw, blobs = op->blobs;
+	eng_uidset uids = op->chunk;
+
+	op->msgs = p->msgs;
+	op->n = p->n;
+	op->kw = p->kw;
+	op->blobs = p->blobs;
+	op->chunk = p->uids;
+	p->msgs = msgs;
+	p->n = 0;
+	p->kw = kw;
+	p->blobs = blobs;
+	p->uids = uids;
+	op->pre_ready = false;
+	op->cur = 0;
+	op->next_a = 0;
+	for (size_t i = 0; i < op->n; i++)
+		op->msgs[i].seq = imap_seq_of_uid(op->s->sel, op->msgs[i].uid);
+	prefetch(op);
+	return !(op->want_seen && store_seen(op));
+}
+
 static void on_meta(imap_cmd *cmd, int err, const rpc_view *resp)
 {
 	fetch_op *op = cmd->op;
-	rpc_iter it;
-	const rpc_field *f;
-	size_t cap;
 
 	if (!once_back(op, err))
 		return;
-	cap = rpc_count(resp, RPC_T_MESSAGE);
-	free(op->msgs);
-	op->msgs = eng_calloc(cap > 0 ? cap : 1, sizeof(*op->msgs));
-	op->n = 0;
-	op->cur = 0;
-	op->next_a = 0;
-	eng_buf_reset(&op->kw);
-	eng_buf_reset(&op->blobs);
-	rpc_iter_init(&it, resp);
-	while ((f = rpc_iter_next(&it, RPC_T_MESSAGE)) != NULL && op->n < cap) {
-		rpc_view g = rpc_field_group(f);
-		fmsg *m = &op->msgs[op->n];
+	meta_parse(op, resp, &op->pre);
+	if (chunk_install(op))
+		pump(op);
+}
 
-		if (rpc_get_u32(&g, RPC_T_UID, &m->uid) != 0 ||
-		    !eng_uidset_contains(&op->chunk, m->uid) ||
-		    (op->n > 0 && m->uid <= op->msgs[op->n - 1].uid))
-			continue;
-		meta_read(op, &g, m);
-		m->seq = imap_seq_of_uid(op->s->sel, m->uid);
-		op->n++;
-	}
-	if (op->want_seen && store_seen(op))
+/* The answer of the FETCH_META asked ahead: kept until the chunk being
+ * written is done (an error too: the messages before it go out first). */
+static void on_meta_pre(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	fetch_op *op = cmd->op;
+
+	op->pre_busy = false;
+	if (!rpc_back(op))
 		return;
+	if (err != 0)
+		op->pre_err = err;
+	else {
+		meta_parse(op, resp, &op->pre);
+		op->pre_ready = true;
+	}
 	pump(op);
 }
 
@@ -1692,9 +1782,10 @@ static size_t meta_chunk(void)
 /*
  * The next FETCH_META: the next FETCH_META_CHUNK messages of the view
  * that are in the set (a UID not in the view is never answered, so only
- * the view is asked for). 0 sent, 1 nothing is left, < 0 an error.
+ * the view is asked for), their UIDs in op->pre.uids; cb gets the answer.
+ * 0 sent, 1 nothing is left (op->meta_end), < 0 an error.
  */
-static int send_meta(fetch_op *op)
+static int meta_request(fetch_op *op, imap_rpc_cb *cb)
 {
 	const imap_selected *sel = op->s->sel;
 	eng_buf pl = ENG_BUF_INIT;
@@ -1703,10 +1794,12 @@ static int send_meta(fetch_op *op)
 	/* With WANT, the MIME structures and headers phase A needs. */
 	if (msg_needs_a(op) && limit > FETCH_META_CHUNK_INLINE)
 		limit = FETCH_META_CHUNK_INLINE;
-	eng_uidset_free(&op->chunk);
+	int rc;
+
+	eng_uidset_free(&op->pre.uids);
 	while (op->view_pos < sel->n && taken < limit) {
 		uint32_t u = sel->uids[op->view_pos++];
-		eng_uidset *c = &op->chunk;
+		eng_uidset *c = &op->pre.uids;
 
 		if (!eng_uidset_contains(&op->set, u))
 			continue;
@@ -1716,17 +1809,47 @@ static int send_meta(fetch_op *op)
 			eng_uidset_add(c, u, u);
 		taken++;
 	}
-	if (taken == 0)
+	if (taken == 0) {
+		op->meta_end = true;
 		return 1;
+	}
 	payload_begin(op, &pl);
-	rpc_put_uidset(&pl, RPC_T_UIDSET, &op->chunk);
+	rpc_put_uidset(&pl, RPC_T_UIDSET, &op->pre.uids);
 	if (op->spec.has_changedsince)
 		rpc_put_u64(&pl, RPC_T_CHANGEDSINCE, op->spec.changedsince);
 	if (msg_needs_a(op))
 		rpc_put_u64(&pl, RPC_T_WANT,
 			    (op->need_mime ? RPC_WANT_MIME : 0) |
 			    (op->need_header ? RPC_WANT_HEADER : 0));
-	return call_once(op, RPC_OP_FETCH_META, &pl, on_meta);
+	rc = imap_rpc_call(op->cmd, RPC_OP_FETCH_META, &pl, NULL, cb);
+	eng_buf_free_wipe(&pl);
+	if (rc == 0)
+		op->inflight++;
+	return rc;
+}
+
+/* The FETCH_META the command waits for (the first chunk). */
+static int send_meta(fetch_op *op)
+{
+	int rc = meta_request(op, on_meta);
+
+	if (rc == 0)
+		op->busy = true;
+	return rc;
+}
+
+/* Asks for the chunk after the one being written, if any is left. */
+static void prefetch(fetch_op *op)
+{
+	int rc;
+
+	if (op->pre_busy || op->pre_ready || op->meta_end || op->pre_err != 0)
+		return;
+	rc = meta_request(op, on_meta_pre);
+	if (rc == 0)
+		op->pre_busy = true;
+	else if (rc < 0)
+		op->pre_err = rc;
 }
 
 /* "* VANISHED (EARLIER) 3:5,9": the expunged UIDs within the set. */
