@@ -11,6 +11,19 @@
  *                    after on_close.
  *   net_write        one uv_write: its bytes live until its callback.
  *
+ * Output batching: sm_net_write appends the plaintext to the connection's
+ * pending buffer (allocated on demand) and puts the connection on its
+ * listener's dirty list; the listener's prepare and check handles (started
+ * only while the list is not empty) flush every dirty connection once per
+ * loop turn: before the loop waits (writes made in timers and other
+ * callbacks that run before the poll) and after the poll (writes made in
+ * I/O callbacks). A flush is one uv_write of the whole batch (under TLS,
+ * one SSL_write, so full records, and one uv_write of the records); the
+ * buffer is freed with it, so an idle connection holds none. A batch that
+ * reaches NET_FLUSH_BYTES is flushed at once. Before STARTTLS switches the
+ * stream, before close_notify and a graceful close's shutdown, the batch
+ * is flushed first, so the order of the bytes is the order of the writes.
+ *
  * Connection states:
  *
  *   OPEN --sm_net_close / EOF--> CLOSING (shutdown: queued output flushed,
@@ -47,6 +60,8 @@
 #define NET_DEFAULT_MAX_OUTPUT (256u * 1024)
 #define NET_DEFAULT_MAX_CONNS 1024u
 #define NET_DEFAULT_MAX_PER_IP 20u
+/* A pending batch of output this large is written at once. */
+#define NET_FLUSH_BYTES (64u * 1024)
 
 /*
  * Mozilla's "intermediate" configuration (ssl-config.mozilla.org, v5.7):
@@ -84,6 +99,14 @@ struct sm_net_listener {
 	unsigned n_conns;            /* allocated connections, counted or not */
 	unsigned n_counted;          /* connections past the limits */
 	net_ip *ips;
+	/* Output batching: connections with pending output, and the
+	 * handles that flush them once per loop turn. */
+	sm_net_conn *dirty;
+	uv_prepare_t flush_prep;
+	uv_check_t flush_check;
+	bool flush_active;
+	bool flush_closing;
+	unsigned flush_closed;       /* of the two handles */
 	bool closing;
 	bool tcp_closed;
 	void (*done)(void *ctx);
@@ -102,6 +125,9 @@ struct sm_net_conn {
 	BIO *rbio, *wbio;            /* owned by ssl */
 	eng_buf tls_early;           /* plaintext written before the handshake ended */
 	eng_buf in;                  /* plaintext input not yet consumed */
+	eng_buf pend;                /* output of this loop turn, not sent yet */
+	sm_net_conn *dirty_next, *dirty_prev;
+	bool dirty;                  /* on the listener's dirty list */
 	size_t out_bytes;
 	unsigned gen;                /* bumped when the input is discarded */
 	enum sm_net_reason why;
@@ -134,6 +160,7 @@ typedef struct net_write {
 	uv_write_t w;
 	sm_net_conn *c;
 	size_t len;
+	char *owned;                 /* the bytes, when not in data[] */
 	char data[];
 } net_write;
 
@@ -329,10 +356,24 @@ static void listener_free(sm_net_listener *l)
 		done(done_ctx);
 }
 
+static void on_flush_handle_closed(uv_handle_t *h)
+{
+	sm_net_listener *l = h->data;
+
+	l->flush_closed++;
+	if (l->flush_closed == 2)
+		listener_free(l);
+}
+
+/* Once closed and without connections: the flush handles close, then the
+ * listener is freed. */
 static void listener_maybe_free(sm_net_listener *l)
 {
-	if (l->closing && l->tcp_closed && l->n_conns == 0)
-		listener_free(l);
+	if (!l->closing || !l->tcp_closed || l->n_conns != 0 || l->flush_closing)
+		return;
+	l->flush_closing = true;
+	uv_close((uv_handle_t *)&l->flush_prep, on_flush_handle_closed);
+	uv_close((uv_handle_t *)&l->flush_check, on_flush_handle_closed);
 }
 
 /* ---- connections: reading state, closing ---- */
@@ -366,10 +407,13 @@ static void conn_free(sm_net_conn *c)
 		SSL_free(c->ssl);
 	eng_buf_free_wipe(&c->in);
 	eng_buf_free_wipe(&c->tls_early);
+	eng_buf_free(&c->pend);
 	free(c);
 	l->n_conns--;
 	listener_maybe_free(l);
 }
+
+static void dirty_remove(sm_net_conn *c);
 
 static void on_conn_handle_closed(uv_handle_t *h)
 {
@@ -387,6 +431,8 @@ static void conn_close_handles(sm_net_conn *c)
 	c->handles_closing = true;
 	c->closing = true;
 	c->reading = false;
+	dirty_remove(c);
+	eng_buf_free(&c->pend);
 	uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
 	uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
 	uv_close((uv_handle_t *)&c->kick, on_conn_handle_closed);
@@ -416,6 +462,7 @@ static void on_timer(uv_timer_t *t);
 
 static void wire_write(sm_net_conn *c, const void *data, size_t len);
 static void tls_flush(sm_net_conn *c);
+static void out_flush(sm_net_conn *c);
 
 /* Lets queued output (and TLS close_notify) reach the client, then closes. */
 static void conn_close_graceful(sm_net_conn *c, enum sm_net_reason why)
@@ -423,6 +470,9 @@ static void conn_close_graceful(sm_net_conn *c, enum sm_net_reason why)
 	if (c->closing)
 		return;
 	c->why = why;
+	out_flush(c);                /* before close_notify and the FIN */
+	if (c->handles_closing)
+		return;
 	if (c->ssl != NULL && c->tls_done) {
 		SSL_shutdown(c->ssl);
 		tls_flush(c);
@@ -450,6 +500,7 @@ static void on_write(uv_write_t *w, int status)
 	size_t max_out = c->l->cfg.max_output_bytes;
 
 	c->out_bytes -= nw->len;
+	free(nw->owned);
 	free(nw);
 	if (status < 0) {
 		conn_abort(c, SM_NET_ERROR);
@@ -467,21 +518,17 @@ static void on_write(uv_write_t *w, int status)
 	}
 }
 
-static void wire_write(sm_net_conn *c, const void *data, size_t len)
+/* Queues nw (len bytes at base) on the socket. */
+static void nw_send(sm_net_conn *c, net_write *nw, char *base, size_t len)
 {
-	net_write *nw;
-	uv_buf_t b;
+	uv_buf_t b = uv_buf_init(base, (unsigned)len);
 
-	if (len == 0 || c->handles_closing)
-		return;
-	nw = eng_malloc(sizeof(*nw) + len);
 	nw->c = c;
 	nw->len = len;
-	memcpy(nw->data, data, len);
-	b = uv_buf_init(nw->data, (unsigned)len);
 	c->out_bytes += len;
 	if (uv_write(&nw->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) != 0) {
 		c->out_bytes -= len;
+		free(nw->owned);
 		free(nw);
 		conn_abort(c, SM_NET_ERROR);
 		return;
@@ -492,26 +539,53 @@ static void wire_write(sm_net_conn *c, const void *data, size_t len)
 	}
 }
 
-/* Moves the records TLS produced to the socket. */
-static void tls_flush(sm_net_conn *c)
+static void wire_write(sm_net_conn *c, const void *data, size_t len)
 {
-	char buf[16384];
-	int n;
+	net_write *nw;
 
-	while ((n = BIO_read(c->wbio, buf, sizeof(buf))) > 0)
-		wire_write(c, buf, (size_t)n);
+	if (len == 0 || c->handles_closing)
+		return;
+	nw = eng_calloc(1, sizeof(*nw) + len);
+	memcpy(nw->data, data, len);
+	nw_send(c, nw, nw->data, len);
 }
 
-static void plain_write(sm_net_conn *c, const void *data, size_t len)
+/* Queues a buffer on the socket without copying it (taken over). */
+static void wire_write_owned(sm_net_conn *c, eng_buf *b)
 {
-	if (c->ssl == NULL) {
-		wire_write(c, data, len);
+	net_write *nw;
+	size_t len;
+
+	if (b->len == 0 || c->handles_closing) {
+		eng_buf_free(b);
 		return;
 	}
-	if (!c->tls_done) {
-		eng_buf_append(&c->tls_early, data, len);
+	nw = eng_calloc(1, sizeof(*nw));
+	nw->owned = eng_buf_steal(b, &len);
+	nw_send(c, nw, nw->owned, len);
+}
+
+/* Moves the records TLS produced to the socket, in one write. */
+static void tls_flush(sm_net_conn *c)
+{
+	size_t pending = BIO_ctrl_pending(c->wbio);
+	net_write *nw;
+	int n;
+
+	if (pending == 0 || c->handles_closing)
+		return;
+	nw = eng_calloc(1, sizeof(*nw) + pending);
+	n = BIO_read(c->wbio, nw->data, (int)pending);
+	if (n <= 0) {
+		free(nw);
 		return;
 	}
+	nw_send(c, nw, nw->data, (size_t)n);
+}
+
+/* Plaintext through TLS (after the handshake) to the socket. */
+static void tls_send(sm_net_conn *c, const void *data, size_t len)
+{
 	while (len > 0 && !c->handles_closing) {
 		int chunk = len > 65536 ? 65536 : (int)len;
 		int n = SSL_write(c->ssl, data, chunk);
@@ -527,16 +601,102 @@ static void plain_write(sm_net_conn *c, const void *data, size_t len)
 	}
 }
 
+static void on_flush_turn(sm_net_listener *l);
+
+static void on_flush_prep(uv_prepare_t *h)
+{
+	on_flush_turn(h->data);
+}
+
+static void on_flush_check(uv_check_t *h)
+{
+	on_flush_turn(h->data);
+}
+
+static void dirty_add(sm_net_conn *c)
+{
+	sm_net_listener *l = c->l;
+
+	if (c->dirty)
+		return;
+	c->dirty = true;
+	c->dirty_prev = NULL;
+	c->dirty_next = l->dirty;
+	if (l->dirty != NULL)
+		l->dirty->dirty_prev = c;
+	l->dirty = c;
+	if (!l->flush_active && !l->flush_closing) {
+		uv_prepare_start(&l->flush_prep, on_flush_prep);
+		uv_check_start(&l->flush_check, on_flush_check);
+		l->flush_active = true;
+	}
+}
+
+static void dirty_remove(sm_net_conn *c)
+{
+	if (!c->dirty)
+		return;
+	if (c->dirty_prev != NULL)
+		c->dirty_prev->dirty_next = c->dirty_next;
+	else
+		c->l->dirty = c->dirty_next;
+	if (c->dirty_next != NULL)
+		c->dirty_next->dirty_prev = c->dirty_prev;
+	c->dirty = false;
+	c->dirty_next = c->dirty_prev = NULL;
+}
+
+/* Sends the pending batch: one write (plaintext) or one SSL_write. */
+static void out_flush(sm_net_conn *c)
+{
+	eng_buf b;
+
+	dirty_remove(c);
+	if (c->pend.len == 0)
+		return;
+	b = c->pend;
+	c->pend = (eng_buf)ENG_BUF_INIT;
+	if (c->ssl == NULL) {
+		wire_write_owned(c, &b);
+		return;
+	}
+	tls_send(c, b.data, b.len);
+	eng_buf_free(&b);
+}
+
+/* Once per loop turn: every connection's batch goes out. */
+static void on_flush_turn(sm_net_listener *l)
+{
+	while (l->dirty != NULL)
+		out_flush(l->dirty);
+	if (l->flush_active) {
+		uv_prepare_stop(&l->flush_prep);
+		uv_check_stop(&l->flush_check);
+		l->flush_active = false;
+	}
+}
+
 void sm_net_write(sm_net_conn *c, const void *data, size_t len)
 {
 	if (c->closing || len == 0)
 		return;
-	plain_write(c, data, len);
+	if (c->ssl != NULL && !c->tls_done) {
+		eng_buf_append(&c->tls_early, data, len);
+		return;
+	}
+	eng_buf_append(&c->pend, data, len);
+	/* A full batch, or one that fills the queue (the producer is told
+	 * to stop: sm_net_write_blocked), goes out now. */
+	if (c->pend.len >= NET_FLUSH_BYTES ||
+	    c->out_bytes + c->pend.len > c->l->cfg.max_output_bytes)
+		out_flush(c);
+	else
+		dirty_add(c);
 }
 
 size_t sm_net_write_queued(const sm_net_conn *c)
 {
-	return c->out_bytes + c->tls_early.len;
+	return c->out_bytes + c->tls_early.len + c->pend.len;
 }
 
 bool sm_net_write_blocked(const sm_net_conn *c)
@@ -598,7 +758,7 @@ static void tls_pump(sm_net_conn *c)
 			eng_buf early = c->tls_early;
 
 			c->tls_early = (eng_buf)ENG_BUF_INIT;
-			plain_write(c, early.data, early.len);
+			tls_send(c, early.data, early.len);
 			eng_buf_free_wipe(&early);
 		}
 	}
@@ -612,6 +772,7 @@ static void starttls_now(sm_net_conn *c)
 {
 	size_t discarded = c->in.len;
 
+	out_flush(c);                /* the answer goes out in the clear */
 	c->starttls_pending = false;
 	in_consume(c, c->in.len);
 	c->gen++;
@@ -886,6 +1047,10 @@ int sm_net_listen(uv_loop_t *loop, const sm_net_listener_config *cfg,
 		return ENG_EINVAL;
 	l = eng_calloc(1, sizeof(*l));
 	l->loop = loop;
+	uv_prepare_init(loop, &l->flush_prep);
+	uv_check_init(loop, &l->flush_check);
+	l->flush_prep.data = l;
+	l->flush_check.data = l;
 	l->cfg = *cfg;
 	l->address = eng_strdup(cfg->address);
 	l->name = eng_strdup(cfg->name != NULL ? cfg->name : "net");
