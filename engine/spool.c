@@ -8,6 +8,7 @@
  *       FINAL chunk, fsync(file), close, rename -> <id>.msg, fsync(dir)
  *   any failure on the way: tmp-<id> (or <id>.msg if the directory fsync
  *   failed) is unlinked and the writer reports ENG_ENOSPC / ENG_EIO.
+ *   A staging writer (eng_spool_writer_no_sync) skips both fsyncs.
  *
  * On disk (all records are secretstream records of one stream):
  *   "SMSPOOL1" | crypto_box_seal(file key) | secretstream header
@@ -62,6 +63,7 @@ struct eng_spool_writer {
 	uint8_t *chunk;          /* plaintext waiting for a full chunk */
 	size_t chunk_len;
 	uint8_t *cipher;         /* SP_CHUNK + SP_ABYTES */
+	bool no_sync;            /* a staging copy: commit skips both fsyncs */
 };
 
 struct eng_spool_reader {
@@ -375,6 +377,12 @@ int eng_spool_write(eng_spool_writer *w, const void *data, size_t len)
 	return 0;
 }
 
+void eng_spool_writer_no_sync(eng_spool_writer *w)
+{
+	if (w != NULL)
+		w->no_sync = true;
+}
+
 int eng_spool_commit(eng_spool_writer **wp, char id_r[ENG_SPOOL_ID_LEN + 1])
 {
 	eng_spool_writer *w;
@@ -387,7 +395,7 @@ int eng_spool_commit(eng_spool_writer **wp, char id_r[ENG_SPOOL_ID_LEN + 1])
 	*wp = NULL;
 	if ((ret = writer_push(w, w->chunk, w->chunk_len, SP_TAG_FINAL)) != 0)
 		goto out;
-	if (fsync(w->fd) != 0) {
+	if (!w->no_sync && fsync(w->fd) != 0) {
 		ret = errno_to_eng(errno);
 		writer_fail(w, ret);
 		goto out;
@@ -407,7 +415,7 @@ int eng_spool_commit(eng_spool_writer **wp, char id_r[ENG_SPOOL_ID_LEN + 1])
 		unlink(tmp);
 		goto out;
 	}
-	if ((ret = eng_fsync_dir(w->dir)) != 0) {
+	if (!w->no_sync && (ret = eng_fsync_dir(w->dir)) != 0) {
 		/*
 		 * The name may or may not survive a crash; fsync is not retried
 		 * (its failure may have dropped the dirty pages), so the entry is

@@ -15,7 +15,8 @@
  * truncated or altered file fails to open (ENG_ECORRUPT).
  *
  * Durability: an entry is written to "tmp-<id>", fsynced, renamed to
- * "<id>.msg" and the directory fsynced before eng_spool_commit() returns 0.
+ * "<id>.msg" and the directory fsynced before eng_spool_commit() returns 0
+ * (a staging writer, eng_spool_writer_no_sync, skips both fsyncs).
  * Entries are named by a random 128-bit id (32 hex digits) that is also
  * the idempotency key of the drain.
  *
@@ -50,6 +51,17 @@ int eng_spool_writer_open_id(const char *dir, const uint8_t *pk,
 			     int64_t internal_date, uint32_t flags,
 			     const char *id, eng_spool_writer **w_r);
 int eng_spool_write(eng_spool_writer *w, const void *data, size_t len);
+/*
+ * Marks the entry as a staging copy that is never the only copy of
+ * anything acknowledged (sqlited's upload staging in data_dir/tmp/: the
+ * body is copied into a database, whose commit syncs, or into another
+ * spool entry, whose commit syncs, before anything is answered, and then
+ * deleted): eng_spool_commit() then completes and names it without
+ * fsync of the file or the directory. After a crash it may be missing,
+ * short or absent; the reader reports a truncated one (ENG_ECORRUPT).
+ * Never for an alias's spool or the outbound queue.
+ */
+void eng_spool_writer_no_sync(eng_spool_writer *w);
 /*
  * Makes the entry durable and names it; id_r gets ENG_SPOOL_ID_LEN + 1
  * bytes. ENG_ENOSPC / ENG_EIO mean nothing was stored. Frees w either way.

@@ -837,8 +837,15 @@ static void upload_work(uv_work_t *w)
 	net_upload *up = w->data;
 	int rc = 0;
 
-	if (up->w == NULL)
+	if (up->w == NULL) {
 		rc = eng_spool_writer_open(up->body->dir, up->pk, 0, 0, &up->w);
+		/* A staging copy: every consumer (APPEND into the database,
+		 * DELIVER into the database or the alias's spool, the outbound
+		 * queue) makes its own durable copy before answering, and the
+		 * file is deleted with the request. Its syncs buy nothing. */
+		if (rc == 0)
+			eng_spool_writer_no_sync(up->w);
+	}
 	if (rc == 0 && up->writing.len > 0)
 		rc = eng_spool_write(up->w, up->writing.data, up->writing.len);
 	if (rc == 0 && up->commit_now) {

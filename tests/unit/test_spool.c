@@ -206,6 +206,36 @@ static void test_round_trip(void **state)
 	assert_int_equal(stat(dir, &(struct stat){ 0 }), 0);
 }
 
+
+/* A staging entry (no fsync at commit) is complete, named and readable
+ * like any other once committed. */
+static void test_no_sync_staging(void **state)
+{
+	size_t len = 2 * CHUNK + 5;
+	uint8_t *data = pattern(len), *got = NULL;
+	char id[ENG_SPOOL_ID_LEN + 1];
+	eng_spool_writer *w = NULL;
+	size_t got_len = 0;
+	char *path;
+
+	(void)state;
+	assert_int_equal(eng_spool_writer_open(dir, pk, 0, 0, &w), 0);
+	eng_spool_writer_no_sync(w);
+	eng_spool_writer_no_sync(NULL);
+	assert_int_equal(eng_spool_write(w, data, len), 0);
+	assert_int_equal(eng_spool_commit(&w, id), 0);
+	assert_null(w);
+	path = entry_path(id);
+	assert_int_equal(access(path, F_OK), 0);
+	free(path);
+	assert_int_equal(count_files(), 1);
+	assert_int_equal(spool_get(id, sk, &got, &got_len), 0);
+	assert_int_equal(got_len, len);
+	assert_memory_equal(got, data, len);
+	free(got);
+	free(data);
+}
+
 /* A chosen id: writing the same id twice leaves one entry, the second;
  * a bad id is refused; a stale tmp-<id> from a crash does not block it. */
 static void test_chosen_id(void **state)
@@ -525,6 +555,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_round_trip, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_chosen_id, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_no_sync_staging, setup_dir,
+						teardown_dir),
 		cmocka_unit_test_setup_teardown(test_wrong_key, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_truncation, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_flipped_bytes, setup_dir, teardown_dir),
