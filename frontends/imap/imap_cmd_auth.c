@@ -9,9 +9,11 @@
  * [AUTHENTICATIONFAILED] Authentication failed." whether the alias exists
  * or not; a temporary one is NO [UNAVAILABLE]; the third failure ends the
  * connection. Before TLS, LOGIN and AUTHENTICATE are refused (CAPABILITY
- * says LOGINDISABLED) except from loopback. Logging out does not LOCK
- * the sqlited session: it is shared by every connection of the user and
- * ends with sqlited's idle timeout.
+ * says LOGINDISABLED) except from loopback. The sqlited session is one
+ * per alias per process, shared by the alias's connections here
+ * (imap_session_logged_in): a LOGIN whose alias already has one LOCKs
+ * its own new handle, and the last connection to close LOCKs the shared
+ * one.
  *
  * Passwords: they pass from the parser's buffer into the UNLOCK payload,
  * which is wiped; SASL buffers are sodium_malloc'd and freed (wiped). No

@@ -78,6 +78,9 @@ void imap_session_sync_now(imap_session *s);
 void imap_session_logged_in(imap_session *s, const uint8_t *handle,
 			    size_t handle_len, const char *alias_id,
 			    const char *user);
+/* sqlited said ENOSESSION for s's handle: the process's shared session of
+ * the alias is not given to new logins any more. */
+void imap_session_handle_dead(imap_session *s);
 /* Closes the connection after "* BYE text" (the session stays until its
  * RPC callbacks ran). */
 void imap_session_bye(imap_session *s, const char *text);

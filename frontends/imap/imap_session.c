@@ -52,6 +52,16 @@
 
 typedef struct session_full session_full;
 
+/* One sqlited session per alias per process, shared by the connections of
+ * that alias while any uses it (imap_session_logged_in). */
+typedef struct alias_sess {
+	struct alias_sess *next;
+	char alias_id[sizeof(((imap_session *)0)->alias_id)];
+	uint8_t handle[sizeof(((imap_session *)0)->handle)];
+	size_t handle_len;
+	unsigned users;
+	bool dead;                   /* ENOSESSION seen: not for new logins */
+} alias_sess;
 
 /* A command as the session layer keeps it. */
 typedef struct cmd_full {
@@ -83,6 +93,7 @@ struct session_full {
 	bool kick_pending;
 	bool flush_pending;          /* deflated output waits for a flush */
 	session_full *kick_next;
+	alias_sess *as;              /* logged in: the shared sqlited session */
 };
 
 typedef struct rpc_call_ctx {
@@ -377,6 +388,7 @@ void imap_cmd_fail_rpc(imap_cmd *cmd, int err, const char *what)
 	imap_session *s = cmd->s;
 
 	if (err == RPC_ENOSESSION) {
+		imap_session_handle_dead(s);
 		eng_log(ENG_LOG_INFO, "imap: %s: the sqlited session of %s ended",
 			s->c != NULL ? sm_net_peer_addr(s->c) : "-", s->user ? s->user : "-");
 		imap_printf(s, "* BYE Session expired, please log in again.\r\n");
@@ -625,6 +637,8 @@ static void on_changes(imap_cmd *cmd, int err, const rpc_view *resp)
 	}
 	if (err != 0) {
 		sel->dirty = true;
+		if (err == RPC_ENOSESSION)
+			imap_session_handle_dead(s);
 		if (err == RPC_ENOSESSION || err == ENG_EMODIFIED || err == ENG_ENOTFOUND) {
 			/* The session ended, or the mailbox is not the one selected
 			 * any more (deleted, recreated): the view cannot be kept. */
@@ -850,7 +864,9 @@ static void group_send(sync_group *g)
 
 		if (s->c == NULL || s->sel == NULL || s->handle_len == 0)
 			continue;
-		if (h == NULL)
+		/* A handle sqlited still knows, if any member has one. */
+		if (h == NULL || (full(h)->as != NULL && full(h)->as->dead &&
+				  full(s)->as != NULL && !full(s)->as->dead))
 			h = s;
 		if (s->sel->highestmodseq < from)
 			from = s->sel->highestmodseq;
@@ -1501,15 +1517,110 @@ void imap_sessions_all_dirty(imapd *d)
 			imap_session_event(s, IMAP_EVT_MAILBOX, NULL, 0, 0);
 }
 
+/*
+ * ---- one sqlited session per alias per process ----
+ *
+ * Every LOGIN still runs UNLOCK (the password is proven each time; a
+ * repeated login takes sqlited's fast path). When this process already
+ * holds a live session of that alias, the new handle is LOCKed at once
+ * and the connection uses the held one; otherwise the new one becomes the
+ * held one. The last connection of the alias to close LOCKs it, so no
+ * session outlives its last user here. A handle that got ENOSESSION
+ * (idle timeout, password change, alias removed) is "dead": its users
+ * keep it until they close (their next request says BYE), new logins
+ * start a fresh one. Sessions are never shared across alias ids; handles
+ * never reach the log.
+ */
+static alias_sess *g_alias_sessions;
+
+static void on_lock_answer(void *ctx, int err, const rpc_view *resp)
+{
+	(void)ctx;
+	(void)resp;
+	if (err != 0 && err != RPC_ENOSESSION && err != RPC_ECANCELLED)
+		eng_log(ENG_LOG_INFO, "imap: LOCK of an unused sqlited session: %s",
+			rpc_strerror(err));
+}
+
+/* Ends a sqlited session nobody here uses (best effort: if it cannot be
+ * sent, sqlited's idle timeout ends it). */
+static void send_lock(imapd *d, const uint8_t *handle, size_t len)
+{
+	eng_buf pl = ENG_BUF_INIT;
+
+	if (d->rpc == NULL || !rpc_client_connected(d->rpc) || len == 0)
+		return;
+	rpc_put_bytes(&pl, RPC_T_SESSION, handle, len);
+	if (rpc_client_call_ex(d->rpc, RPC_OP_LOCK, pl.data, pl.len, NULL,
+			       on_lock_answer, NULL, NULL) != 0)
+		eng_log(ENG_LOG_INFO, "imap: cannot LOCK an unused sqlited session");
+	eng_buf_free_wipe(&pl);
+}
+
+static alias_sess *alias_sess_find(const char *alias_id)
+{
+	for (alias_sess *a = g_alias_sessions; a != NULL; a = a->next)
+		if (!a->dead && strcmp(a->alias_id, alias_id) == 0)
+			return a;
+	return NULL;
+}
+
+/* s logged in with (handle, len): s->handle is the session it will use. */
+static void alias_sess_acquire(imap_session *s, const uint8_t *handle, size_t len)
+{
+	alias_sess *a = s->alias_id[0] != '\0' ? alias_sess_find(s->alias_id) : NULL;
+
+	if (a != NULL) {
+		if (a->handle_len != len || sodium_memcmp(a->handle, handle, len) != 0)
+			send_lock(s->d, handle, len);
+	} else {
+		a = eng_calloc(1, sizeof(*a));
+		snprintf(a->alias_id, sizeof(a->alias_id), "%s", s->alias_id);
+		memcpy(a->handle, handle, len);
+		a->handle_len = len;
+		a->next = g_alias_sessions;
+		g_alias_sessions = a;
+	}
+	a->users++;
+	full(s)->as = a;
+	memcpy(s->handle, a->handle, a->handle_len);
+	s->handle_len = a->handle_len;
+}
+
+/* s's connection ended: the last user of a live session LOCKs it. */
+static void alias_sess_release(imap_session *s)
+{
+	alias_sess *a = full(s)->as;
+
+	full(s)->as = NULL;
+	if (a == NULL || --a->users > 0)
+		return;
+	if (!a->dead)
+		send_lock(s->d, a->handle, a->handle_len);
+	for (alias_sess **pp = &g_alias_sessions; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == a) {
+			*pp = a->next;
+			break;
+		}
+	sodium_memzero(a->handle, sizeof(a->handle));
+	free(a);
+}
+
+void imap_session_handle_dead(imap_session *s)
+{
+	if (full(s)->as != NULL)
+		full(s)->as->dead = true;
+}
+
 void imap_session_logged_in(imap_session *s, const uint8_t *handle,
 			    size_t handle_len, const char *alias_id,
 			    const char *user)
 {
 	if (handle_len > sizeof(s->handle))
 		handle_len = sizeof(s->handle);
-	memcpy(s->handle, handle, handle_len);
-	s->handle_len = handle_len;
 	snprintf(s->alias_id, sizeof(s->alias_id), "%s", alias_id);
+	alias_sess_release(s);       /* a second LOGIN cannot happen; be safe */
+	alias_sess_acquire(s, handle, handle_len);
 	free(s->user);
 	s->user = eng_strdup(user);
 	s->state = IMAP_S_AUTH;
@@ -1583,6 +1694,7 @@ static void on_close(sm_net_conn *c, void *ctx, enum sm_net_reason why)
 	}
 	if (s->state != IMAP_S_NOTAUTH && s->alias_id[0] != '\0')
 		imap_events_unsubscribe(s->d, s->alias_id);
+	alias_sess_release(s);
 	unref(s);
 }
 

@@ -550,7 +550,7 @@ class ImapCore(unittest.TestCase):
 
 class ImapSharedWork(unittest.TestCase):
     """One imapd serving many connections of one user: one CHANGES per event
-    for all the IDLE sessions of a mailbox."""
+    for all the IDLE sessions of a mailbox, one sqlited session per alias."""
 
     IDLERS = 300
 
@@ -631,6 +631,40 @@ class ImapSharedWork(unittest.TestCase):
             self.assertEqual(r.until_tagged(b"i")[-1], b"i OK Idle completed.")
             r.close()
         appender.close()
+
+    def test_logins_share_one_sqlited_session_that_ends_with_the_last(self):
+        user, pw = "frank@example.org", "frank's imap password"
+        self.srv.add_alias(user, pw)
+        wait_for(lambda: self.stats()["sessions"] == 0, timeout=20)
+        base = self.stats()["sessions"]
+        keeper = self.login(user, pw)
+        self.assertEqual(self.stats()["sessions"], base + 1)
+        for _ in range(20):
+            r = self.login(user, pw)
+            self.assertTrue(r.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK"))
+            self.assertEqual(r.cmd(b"o", b"LOGOUT")[-1], b"o OK Logout completed.")
+            r.close()
+        # The keeper's session is the shared one: still there and working.
+        self.assertTrue(wait_for(lambda: self.stats()["sessions"] == base + 1, timeout=10),
+                        self.stats()["sessions"])
+        self.assertTrue(keeper.cmd(b"s", b"SELECT INBOX")[-1].startswith(b"s OK"))
+        # A wrong password is still refused while the session is held.
+        r = self.srv.raw(tls=False)
+        self.assertTrue(r.cmd(b"l", b'LOGIN "%s" "wrong password"' % user.encode())[-1]
+                        .startswith(b"l NO [AUTHENTICATIONFAILED]"))
+        r.close()
+        self.assertEqual(keeper.cmd(b"o", b"LOGOUT")[-1], b"o OK Logout completed.")
+        keeper.close()
+        # The last user gone, the session ends at once (no idle timeout).
+        self.assertTrue(wait_for(lambda: self.stats()["sessions"] == base, timeout=10),
+                        self.stats()["sessions"])
+        # 20 LOGIN/LOGOUT cycles alone leave nothing behind either.
+        for _ in range(20):
+            r = self.login(user, pw)
+            self.assertEqual(r.cmd(b"o", b"LOGOUT")[-1], b"o OK Logout completed.")
+            r.close()
+        self.assertTrue(wait_for(lambda: self.stats()["sessions"] == base, timeout=10),
+                        self.stats()["sessions"])
 
 
 class ImapDaemonLifecycle(unittest.TestCase):
