@@ -241,19 +241,17 @@ static void fold_append(eng_buf *out, const char *s, size_t len)
 	}
 }
 
+/* scratch holds the folded haystack; the caller reuses it across calls. */
 static bool folded_contains(const char *hay, size_t hay_len,
-			    const eng_buf *needle)
+			    const eng_buf *needle, eng_buf *scratch)
 {
-	eng_buf f = ENG_BUF_INIT;
-	bool found;
-
 	if (needle->len == 0)
 		return true;
-	fold_append(&f, hay, hay_len);
-	found = f.len >= needle->len &&
-		memmem(f.data, f.len, needle->data, needle->len) != NULL;
-	eng_buf_free(&f);
-	return found;
+	eng_buf_reset(scratch);
+	fold_append(scratch, hay, hay_len);
+	return scratch->len >= needle->len &&
+		memmem(scratch->data, scratch->len, needle->data,
+		       needle->len) != NULL;
 }
 
 /* ---- SQL functions ---- */
@@ -345,9 +343,16 @@ static bool header_find(const char *text, size_t len, const char *field,
 	return false;
 }
 
+struct contains_arg {
+	const eng_buf *needle;
+	eng_buf scratch;
+};
+
 static bool contains_cb(void *arg, const char *v, size_t len)
 {
-	return folded_contains(v, len, arg);
+	struct contains_arg *a = arg;
+
+	return folded_contains(v, len, a->needle, &a->scratch);
 }
 
 static const eng_buf *needle_arg(sqlite3_context *ctx, sqlite3_value **argv,
@@ -371,7 +376,7 @@ static void fn_header_has(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 	const char *text = (const char *)sqlite3_value_text(argv[0]);
 	const char *field = (const char *)sqlite3_value_text(argv[1]);
 	eng_buf tmp = ENG_BUF_INIT;
-	const eng_buf *needle;
+	struct contains_arg a = { NULL, ENG_BUF_INIT };
 	bool found;
 
 	(void)argc;
@@ -379,9 +384,10 @@ static void fn_header_has(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 		sqlite3_result_int(ctx, 0);
 		return;
 	}
-	needle = needle_arg(ctx, argv, 2, &tmp);
+	a.needle = needle_arg(ctx, argv, 2, &tmp);
 	found = header_find(text, (size_t)sqlite3_value_bytes(argv[0]), field,
-			    contains_cb, (void *)needle);
+			    contains_cb, &a);
+	eng_buf_free(&a.scratch);
 	eng_buf_free(&tmp);
 	sqlite3_result_int(ctx, found);
 }
@@ -390,7 +396,7 @@ static void fn_header_has(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 static void fn_contains(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
 	const char *text = (const char *)sqlite3_value_text(argv[0]);
-	eng_buf tmp = ENG_BUF_INIT;
+	eng_buf tmp = ENG_BUF_INIT, scratch = ENG_BUF_INIT;
 	const eng_buf *needle;
 	bool found;
 
@@ -398,7 +404,9 @@ static void fn_contains(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 	needle = needle_arg(ctx, argv, 1, &tmp);
 	found = folded_contains(text != NULL ? text : "",
 				text != NULL ?
-				(size_t)sqlite3_value_bytes(argv[0]) : 0, needle);
+				(size_t)sqlite3_value_bytes(argv[0]) : 0, needle,
+				&scratch);
+	eng_buf_free(&scratch);
 	eng_buf_free(&tmp);
 	sqlite3_result_int(ctx, found);
 }
@@ -849,8 +857,29 @@ static int gen_bool(struct sqlgen *g, const eng_query *q, int depth)
 	return err;
 }
 
-static const char fts_header[] =
+/*
+ * The decoded header text of the content. FTS4 keeps the text in its
+ * shadow table fts_content (docid, c0header, c1body); reading the fts
+ * table itself goes through the FTS module, which loads (and, in an
+ * encrypted store, decrypts) the whole row, body text included, for one
+ * column. Reading c0header from the shadow table directly is the same
+ * stored value without the body's overflow pages. legacy_header_scan
+ * (eng_search_legacy_header_scan, for tests and benchmarks) restores the
+ * read through the FTS module, to prove both give the same answers.
+ */
+static const char fts_header_direct[] =
+	"(SELECT c0header FROM fts_content WHERE docid = m.content_id)";
+static const char fts_header_module[] =
 	"(SELECT header FROM fts WHERE docid = m.content_id)";
+static bool legacy_header_scan;
+
+void eng_search_legacy_header_scan(bool on)
+{
+	legacy_header_scan = on;
+}
+
+#define fts_header \
+	(legacy_header_scan ? fts_header_module : fts_header_direct)
 static const char fts_body[] =
 	"(SELECT body FROM fts WHERE docid = m.content_id)";
 

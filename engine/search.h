@@ -194,6 +194,13 @@ int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
 	       const uint32_t *seq_map, size_t n_seq_map,
 	       uint32_t **uids_r, size_t *n_r, uint64_t *highest_modseq_r);
 
+/*
+ * Tests and benchmarks only: true makes HEADER, SENT* and TEXT read the
+ * header text through the FTS4 module (the path before the direct read
+ * of its shadow table), to compare both. Process-wide; default false.
+ */
+void eng_search_legacy_header_scan(bool on);
+
 /* ---- THREAD (RFC 5256) ---- */
 
 enum eng_thread_algorithm {

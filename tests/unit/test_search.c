@@ -499,6 +499,168 @@ static void test_headers(void **state)
 	CHECK(eng_query_new_header("Subject", "project   plan"), 1, 2, 4, 10);
 }
 
+/*
+ * The equivalence corpus: what the header scan must read the same through
+ * the FTS4 module and through its shadow table. Encoded words (Q and B,
+ * adjacent, in display names), several addresses, groups, quoted display
+ * names with commas and escapes, raw UTF-8, folded lines, missing and
+ * duplicated fields, a body big enough for overflow pages.
+ */
+static const char *const eq_msgs[] = {
+	"From: =?UTF-8?Q?Jan_Kowalski?= <jan@kowalski.pl>\r\n"
+	"To: a@example.com, \"Kowalski, Anna\" <anna@example.com>\r\n"
+	"Subject: =?UTF-8?B?WmHFvMOzxYLEhyBnxJnFm2zEhQ==?= =?UTF-8?Q?_ja=C5=BA=C5=84?=\r\n"
+	"\r\nbody\r\n",
+	"From: first@example.org, second@kowalski.example\r\n"
+	"To: Team: x@example.net, y@example.net;, z@example.net\r\n"
+	"Cc: undisclosed-recipients:;\r\n"
+	"Subject: plain subject\r\n"
+	"\r\nbody\r\n",
+	"From: \"O'Brien \\\"Bob\\\" Smith\" <bob@example.ie>\r\n"
+	"To: (comment) carol@example.com (Carol Jones)\r\n"
+	"Subject: folded\r\n"
+	" over   two\r\n"
+	"\tlines\r\n"
+	"\r\nbody\r\n",
+	"From: \xc4\xb0stanbul Ofis <ofis@example.com.tr>\r\n"
+	"To: \xce\xa3\xce\xbf\xcf\x86\xce\xaf\xce\xb1 <sofia@example.gr>\r\n"
+	"Cc: \xd0\x98\xd0\xb2\xd0\xb0\xd0\xbd <ivan@example.ru>\r\n"
+	"Subject: \xc3\x84rger mit \xc3\x9f und \xf0\x9f\x98\x80\r\n"
+	"\r\nbody\r\n",
+	"Subject: first subject\r\n"
+	"Subject: SECOND Subject\r\n"
+	"From: one@example.com\r\n"
+	"From: Two Kowalski <two@example.com>\r\n"
+	"To: t1@example.com\r\n"
+	"To: t2@example.com\r\n"
+	"Cc: c1@example.com\r\n"
+	"Cc: C2 <c2@example.com>\r\n"
+	"\r\nbody\r\n",
+	/* No From, To, Cc or Subject at all. */
+	"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+	"X-From: kowalski@example.com\r\n"
+	"\r\nFrom: kowalski in the body\r\n",
+	"From: =?ISO-8859-1?Q?Andr=E9?= =?ISO-8859-1?Q?_Pr=E9vost?= <andre@example.fr>\r\n"
+	"To: <bare@example.com>\r\n"
+	"Cc: a@b.example, c@d.example, \"E, F\" <e@f.example>\r\n"
+	"Subject: =?utf-8?q?Re=3A_=C3=A9t=C3=A9?= and more\r\n"
+	"\r\nbody\r\n",
+	"From: Broken =?UTF-8?Q?=FF=FE?= <x@example.com>\r\n"
+	"To: \"%_like_chars\" <pct@example.com>\r\n"
+	"Subject: 100% [sale] _now_ \\ back\\slash\r\n"
+	"\r\nbody\r\n",
+};
+
+static const char *const eq_fields[] = {
+	"From", "To", "Cc", "Subject", "from", "SUBJECT", "Bcc", "X-From",
+};
+
+static const char *const eq_needles[] = {
+	"", "kowalski", "KOWALSKI", "kowal", "@", "example", "example.com",
+	"jan kowalski", "kowalski, anna", "anna@", "team:", "undisclosed",
+	";", "o'brien", "\"bob\"", "\\", "comment", "carol jones",
+	"over two", "over   two", "two lines", "folded over",
+	"\xc4\xb0stanbul", "istanbul", "\xc4\xb1stanbul",
+	"\xcf\x83\xce\xbf\xcf\x86\xce\xaf\xce\xb1",
+	"\xce\xa3\xce\x9f\xce\xa6\xce\x8a\xce\x91", "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd",
+	"\xc3\xa4rger", "\xc3\x84RGER", "\xc3\x9f", "\xf0\x9f\x98\x80",
+	"za\xc5\xbc\xc3\xb3\xc5\x82\xc4\x87", "ZA\xc5\xbb\xc3\x93\xc5\x81\xc4\x86",
+	"g\xc4\x99\xc5\x9bl\xc4\x85 ja\xc5\xba\xc5\x84", "=?utf-8?",
+	"first", "second subject", "two", "t2@", "c2",
+	"andr\xc3\xa9 pr\xc3\xa9vost", "andr\xc3\xa9pr", "re: \xc3\xa9t\xc3\xa9",
+	"\xc3\x89T\xc3\x89", "bare", "<bare", "e, f",
+	"%", "_", "%_like", "100% [sale]", "[sale]", "back\\slash",
+	"broken", "\xff", "x@example.com", "nothing-matches-this",
+};
+
+static void search_uids(struct fixture *f, eng_query *q, bool legacy,
+			uint32_t **uids, size_t *n)
+{
+	eng_search_legacy_header_scan(legacy);
+	assert_int_equal(eng_search(f->st, f->archive, q, NULL, 0, NULL, 0,
+				    uids, n, NULL), 0);
+	eng_search_legacy_header_scan(false);
+}
+
+/* Runs q both ways; fails unless the UID lists are identical. */
+static size_t check_same(struct fixture *f, eng_query *q, const char *what,
+			 const char *needle)
+{
+	uint32_t *a = NULL, *b = NULL;
+	size_t na = 0, nb = 0;
+
+	search_uids(f, q, true, &a, &na);
+	search_uids(f, q, false, &b, &nb);
+	eng_query_free(&q);
+	if (na != nb || (na > 0 && memcmp(a, b, na * sizeof(*a)) != 0)) {
+		free(a);
+		free(b);
+		fail_msg("%s \"%s\": %zu hits through fts, %zu direct", what,
+			 needle, na, nb);
+	}
+	free(a);
+	free(b);
+	return na;
+}
+
+static void test_header_scan_equivalence(void **state)
+{
+	struct fixture *f = *state;
+	const size_t n_msgs = sizeof(eq_msgs) / sizeof(eq_msgs[0]);
+	size_t hits = 0, checks = 0, partial = 0;
+	eng_buf big = ENG_BUF_INIT;
+
+	for (size_t i = 0; i < n_msgs; i++) {
+		eng_append_opts ao;
+		uint32_t uid;
+
+		/* Every message also with a ~40 KB body (overflow pages). */
+		for (int copy = 0; copy < 2; copy++) {
+			eng_buf_reset(&big);
+			eng_buf_puts(&big, eq_msgs[i]);
+			for (int k = 0; copy == 1 && k < 800; k++)
+				eng_buf_puts(&big, "filler text kowalski line\r\n");
+			memset(&ao, 0, sizeof(ao));
+			ao.internal_date = JAN1;
+			assert_int_equal(eng_append_message(f->st, f->archive,
+				big.data, big.len, &ao, &uid, NULL), 0);
+		}
+	}
+	eng_buf_free(&big);
+	for (size_t fi = 0; fi < sizeof(eq_fields) / sizeof(eq_fields[0]); fi++) {
+		for (size_t ni = 0;
+		     ni < sizeof(eq_needles) / sizeof(eq_needles[0]); ni++) {
+			size_t n = check_same(f, eng_query_new_header(
+				eq_fields[fi], eq_needles[ni]), eq_fields[fi],
+				eq_needles[ni]);
+
+			hits += n;
+			partial += n > 0 && n < 2 * n_msgs;
+			checks++;
+		}
+	}
+	for (size_t ni = 0; ni < sizeof(eq_needles) / sizeof(eq_needles[0]);
+	     ni++) {
+		hits += check_same(f, eng_query_new_text(ENG_Q_TEXT,
+					eq_needles[ni]), "TEXT", eq_needles[ni]);
+		checks++;
+	}
+	hits += check_same(f, eng_query_new_number(ENG_Q_SENTON,
+						   JAN1), "SENTON", "");
+	/* The comparison is not vacuous: many searches split the corpus. */
+	assert_true(partial > 40);
+	assert_true(hits > 0 && checks > 400);
+	/* And the direct read finds what the header holds. */
+	f->inbox = f->archive;
+	CHECK(eng_query_new_header("From", "KOWALSKI"), 1, 2, 3, 4, 9, 10);
+	CHECK(eng_query_new_header("Subject", "second subject"), 9, 10);
+	CHECK(eng_query_new_header("To", "istanbul"));
+	CHECK(eng_query_new_header("From", "istanbul"), 7, 8);
+	CHECK(eng_query_new_header("Subject", "over two lines"), 5, 6);
+	CHECK(eng_query_new_header("Subject", "%_"));
+	CHECK(eng_query_new_header("Subject", "% [sale] _now_"), 15, 16);
+}
+
 static void test_body_and_text(void **state)
 {
 	struct fixture *f = *state;
@@ -993,6 +1155,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_within, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sizes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_headers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_header_scan_equivalence,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_body_and_text, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_modseq_and_ids, setup,
