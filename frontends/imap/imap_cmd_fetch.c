@@ -30,6 +30,14 @@
  *              HEADER.FIELDS) or from one FETCH_BODY streamed into a
  *              literal ("{n}\r\n" then the bytes as they arrive).
  *
+ * Body pipelining: when the spec is one streamed body item and nothing
+ * that needs phase A (BODY.PEEK[], RFC822, BODY[1], a partial range), the
+ * FETCH_BODY of the next FETCH_BODY_AHEAD messages goes out while the
+ * current one is written (fill_bodies, in message order, so that an error
+ * still belongs to the oldest request); what arrives before its turn is
+ * kept with its credit withheld (at most one window each), and at its
+ * turn item_adopt writes it and lets the request go on as the item's.
+ *
  * Backpressure: when the session's output is full (imap_write_blocked), a
  * streamed chunk is HELD (no credit to sqlited) and handed back with
  * rpc_client_consumed() when cmd->on_drained runs; no new message is
@@ -62,6 +70,7 @@
 #include "rpc_codec.h"
 #include "rpc_proto.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -69,6 +78,9 @@
 /* Phase A requests in flight ahead of the message being written. */
 #define FETCH_PIPELINE 16
 #define FETCH_REQS (FETCH_PIPELINE + 4)
+/* Bodies asked for ahead of the message being written (see fill_bodies);
+ * each holds at most one RPC window (256 KiB) until its turn. */
+#define FETCH_BODY_AHEAD 3
 /* Encoded parts up to this size are decoded in memory for BINARY. */
 #define FETCH_DECODE_MEM (1024u * 1024)
 /* Bytes of a part read for PREVIEW, and of a part header for
@@ -130,14 +142,31 @@ typedef struct fslot {
 	bool hdr_complete;
 } fslot;
 
-enum req_kind { RQ_A = 1, RQ_B };
+enum req_kind { RQ_A = 1, RQ_B, RQ_P };
 
 /* Phase B request modes. */
 enum bmode { BM_STREAM = 1, BM_BUFFER, BM_COUNT, BM_DECODE_OUT };
 
 typedef struct fetch_op fetch_op;
+typedef struct freq freq;
 
-typedef struct freq {
+/* A body asked for ahead (RQ_P): what arrived before its turn, its
+ * credit withheld (RPC_CLIENT_HOLD), so sqlited stops at a window. */
+typedef struct fahead {
+	bool used;
+	size_t msg;                  /* its message in op->msgs */
+	freq *r;                     /* its request while it runs */
+	bool ended;
+	int err;                     /* it failed */
+	bool has_size;
+	uint64_t size;               /* the literal's size (SIZE) */
+	bool has_id;
+	uint32_t id;
+	size_t held;                 /* bytes without credit */
+	eng_buf data;
+} fahead;
+
+struct freq {
 	fetch_op *op;
 	bool used;
 	bool ended;
@@ -146,7 +175,8 @@ typedef struct freq {
 	uint64_t order;              /* issue order, for error matching */
 	enum req_kind kind;
 	fslot *slot;                 /* RQ_A */
-} freq;
+	fahead *ahead;               /* RQ_P */
+};
 
 /* What the message being written is doing. */
 enum hstage { HS_START = 0, HS_PREVIEW, HS_PREFIX, HS_ITEMS, HS_DONE };
@@ -183,6 +213,12 @@ struct fetch_op {
 	uint64_t next_order;
 	unsigned inflight;           /* every RPC, phases and others */
 	size_t next_a;               /* next message to send phase A for */
+	/* Body pipelining: when every message is one streamed body item and
+	 * nothing else, the bodies of the next messages are asked for while
+	 * the current one is written (answers kept in order in ahead[]). */
+	bool body_ahead;
+	fahead ahead[FETCH_BODY_AHEAD];
+	size_t next_b;               /* next message to ask the body of */
 	size_t cur;                  /* the message being written */
 	bool busy;                   /* a non-pipelined RPC is in flight */
 	bool finished;               /* the answer is decided */
@@ -253,6 +289,8 @@ static void op_free(fetch_op *op)
 	}
 	slot_reset(&op->inl);
 	eng_buf_free(&op->inl.hdr);
+	for (size_t i = 0; i < FETCH_BODY_AHEAD; i++)
+		eng_buf_free(&op->ahead[i].data);
 	eng_buf_free(&op->blobs);
 	imap_fetch_spec_clear(&op->spec);
 	eng_uidset_free(&op->set);
@@ -486,6 +524,12 @@ static void req_failed(fetch_op *op, freq *r, int err)
 	if (r->kind == RQ_A) {
 		r->slot->state = SL_FAILED;
 		r->slot->err = err;
+		return;
+	}
+	if (r->kind == RQ_P) {
+		r->ahead->err = err;
+		r->ahead->ended = true;
+		r->ahead->r = NULL;
 		return;
 	}
 	op->item_busy = false;
@@ -943,6 +987,32 @@ static int b_data(fetch_op *op, uint32_t id, const rpc_view *head,
 	return 0;
 }
 
+/* A body asked ahead arrives before its turn: kept, credit withheld. */
+static int ahead_data(freq *r, uint32_t id, const rpc_view *head,
+		      const uint8_t *data, size_t len, bool end)
+{
+	fahead *a = r->ahead;
+
+	a->has_id = true;
+	a->id = id;
+	if (!a->has_size) {
+		rpc_get_u64(head, RPC_T_SIZE, &a->size);
+		a->has_size = true;
+	}
+	eng_buf_append(&a->data, data, len);
+	if (end) {
+		a->ended = true;
+		a->r = NULL;
+		r->ended = true;
+		r->used = false;
+		return 0;
+	}
+	if (len == 0)
+		return 0;
+	a->held += len;
+	return RPC_CLIENT_HOLD;
+}
+
 static int on_data(void *ctx, uint32_t id, const rpc_view *head,
 		   const uint8_t *data, size_t len, bool end)
 {
@@ -962,6 +1032,8 @@ static int on_data(void *ctx, uint32_t id, const rpc_view *head,
 		}
 		return 0;
 	}
+	if (r->kind == RQ_P)
+		return ahead_data(r, id, head, data, len, end);
 	rc = b_data(op, id, head, data, len, end);
 	if (end) {
 		r->ended = true;
@@ -1062,6 +1134,123 @@ static int item_binary(fetch_op *op, const imap_fetch_item *it)
 	return send_item(op, section, 0, UINT64_MAX, BM_COUNT) == 0 ? 1 : -1;
 }
 
+/* The section, offset and length of a streamed body item. */
+static void body_range(const imap_fetch_item *it, char *section, size_t size,
+		       uint64_t *off_r, uint64_t *len_r)
+{
+	imap_fetch_item_rpc_section(it, section, size);
+	*off_r = it->partial ? it->offset : 0;
+	*len_r = it->partial ? it->length : UINT64_MAX;
+}
+
+static fahead *ahead_of(fetch_op *op, size_t msg)
+{
+	for (size_t i = 0; i < FETCH_BODY_AHEAD; i++)
+		if (op->ahead[i].used && op->ahead[i].msg == msg)
+			return &op->ahead[i];
+	return NULL;
+}
+
+static fahead *ahead_free(fetch_op *op)
+{
+	for (size_t i = 0; i < FETCH_BODY_AHEAD; i++)
+		if (!op->ahead[i].used)
+			return &op->ahead[i];
+	return NULL;
+}
+
+/* Asks for the bodies of the next messages, the current one first, in
+ * order (an error, which names no request, goes to the oldest). */
+static int fill_bodies(fetch_op *op)
+{
+	const imap_fetch_item *it = &op->spec.items[0];
+	char section[200];
+	uint64_t off, len;
+
+	if (!op->body_ahead)
+		return 0;
+	if (op->next_b < op->cur)
+		op->next_b = op->cur;
+	body_range(it, section, sizeof(section), &off, &len);
+	while (op->next_b < op->n && op->next_b <= op->cur + FETCH_BODY_AHEAD) {
+		fahead *a;
+		freq *r;
+		int rc;
+
+		if (op->msgs[op->next_b].seq == 0) {
+			op->next_b++;        /* skipped */
+			continue;
+		}
+		if ((a = ahead_free(op)) == NULL ||
+		    (r = req_new(op, RQ_P)) == NULL)
+			break;
+		eng_buf_reset(&a->data);
+		memset(a, 0, offsetof(fahead, data));
+		a->used = true;
+		a->msg = op->next_b;
+		a->r = r;
+		r->ahead = a;
+		rc = send_body(op, r, op->msgs[op->next_b].uid, section, 0, off,
+			       len, true);
+		if (rc != 0) {
+			a->used = false;
+			return rc;
+		}
+		op->next_b++;
+	}
+	return 0;
+}
+
+/*
+ * The current message's body item from its request asked ahead: what
+ * arrived is written, the request goes on as the item's (RQ_B), and the
+ * withheld credit is granted (or kept held while the output is full).
+ * 1 it runs (or is done: the pump goes round), < 0 failed.
+ */
+static int item_adopt(fetch_op *op, const imap_fetch_item *it)
+{
+	fahead *a = ahead_of(op, op->cur);
+
+	if (a == NULL) {
+		if (fill_bodies(op) != 0 || (a = ahead_of(op, op->cur)) == NULL)
+			return -1;
+	}
+	op->mode = BM_STREAM;
+	op->item_done = false;
+	op->item_err = a->err;
+	op->lit_started = false;
+	op->decoded = 0;
+	if (a->err == 0 && a->has_size) {
+		op->lit_started = true;
+		op->lit_size = a->size;
+		put_literal_head(op, it, a->size, false);
+		if (a->data.len > 0) {
+			out_flush(op);       /* the literal's head first */
+			imap_write(op->s, a->data.data, a->data.len);
+		}
+	}
+	if (a->err != 0 || a->ended) {
+		op->item_done = a->err == 0;
+		op->repump = true;
+	} else {
+		a->r->kind = RQ_B;
+		op->item_busy = true;
+		if (a->held > 0 && a->has_id) {
+			if (imap_write_blocked(op->s)) {
+				op->held = true;
+				op->held_id = a->id;
+				op->held_bytes += a->held;
+			} else {
+				rpc_client_consumed(op->s->d->rpc, a->id, a->held);
+			}
+		}
+	}
+	eng_buf_free(&a->data);
+	a->used = false;
+	a->r = NULL;
+	return 1;
+}
+
 /* Starts the current item: 1 an RPC runs, 0 done, < 0 failed. */
 static int item_start(fetch_op *op)
 {
@@ -1069,6 +1258,8 @@ static int item_start(fetch_op *op)
 	char section[200];
 
 	op->literal8 = false;
+	if (op->body_ahead)
+		return item_adopt(op, it);
 	if (it->kind != IMAP_FK_BODY)
 		return item_binary(op, it);
 	if (item_from_header(op, it))
@@ -1457,7 +1648,8 @@ static void pump(fetch_op *op)
 			finish_rpc_error(op, rc);
 			return;
 		}
-		if ((rc = fill_pipeline(op)) != 0) {
+		if ((rc = fill_pipeline(op)) != 0 ||
+		    (rc = fill_bodies(op)) != 0) {
 			op->pumping = false;
 			finish_rpc_error(op, rc);
 			return;
@@ -1728,6 +1920,7 @@ static bool chunk_install(fetch_op *op)
 	op->pre_ready = false;
 	op->cur = 0;
 	op->next_a = 0;
+	op->next_b = 0;
 	for (size_t i = 0; i < op->n; i++)
 		op->msgs[i].seq = imap_seq_of_uid(op->s->sel, op->msgs[i].uid);
 	prefetch(op);
@@ -1932,6 +2125,11 @@ static void plan(fetch_op *op)
 		if (imap_fetch_item_sets_seen(it) && !op->s->sel->readonly)
 			op->want_seen = true;
 	}
+	op->body_ahead = sp->n_items == 1 && !op->need_mime && !op->need_header &&
+		!(sp->attrs & IMAP_FA_PREVIEW) &&
+		sp->items[0].kind == IMAP_FK_BODY &&
+		sp->items[0].text != IMAP_FT_FIELDS &&
+		sp->items[0].text != IMAP_FT_FIELDS_NOT;
 }
 
 static void cmd_fetch(imap_cmd *cmd)
