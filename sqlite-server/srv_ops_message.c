@@ -3,11 +3,13 @@
  * EXPUNGE, CHANGES (docs/rpc.md, Opcodes). Each checks its fields on the
  * loop thread, then runs on the alias's queue through srv_ops_mbox.h.
  *
- * FETCH_BODY never holds a message in memory: after the first work item
- * (which resolves the section and sends SIZE), the bytes go out in pieces
+ * FETCH_BODY never holds a message in memory: the first work item
+ * resolves the section and reads the first piece (a body within the
+ * initial window costs that one work item); the rest goes out in pieces
  * of at most the client's window and RPC_MAX_CHUNK_BYTES, each read by its
- * own work item that reopens the message, so that other requests of the
- * alias run between the pieces and a slow reader holds no database state.
+ * own work item with the message handle kept open between them (memory
+ * only, no statement), so that other requests of the alias run between
+ * the pieces and a slow reader holds no database state.
  */
 #include "srv_ops_mbox.h"
 #include "eng_error.h"
@@ -469,6 +471,21 @@ void srv_op_expunge(srv_req *req)
 
 /* ---- FETCH_BODY ---- */
 
+/*
+ * The download. The first work item opens the message, sends nothing
+ * itself but leaves SIZE (and MIME, HEADER) in the answer and, with BODY,
+ * reads the first piece (up to the initial window): a body that fits is
+ * answered, RESPONSE and DATA, from that one work item. A longer body
+ * keeps its eng_message handle in the context (memory only: the handle
+ * holds no statement between calls) and each later piece is one work
+ * item reading with it. The handle is used only while the alias's store is
+ * the one it was opened on: after a close (idle, LRU, ALIAS_REMOVE, an
+ * I/O error) the store is another one or none, and the next piece
+ * reopens the message or fails with ENOSESSION. Every piece is sent as
+ * far as the window allows; the rest waits in the buffer for CREDIT, and
+ * the next read is queued as soon as the buffer is empty and the window
+ * open, so reading overlaps with the socket writing the previous piece.
+ */
 struct body_ctx {
 	uint32_t uid;
 	uint32_t want;
@@ -477,11 +494,15 @@ struct body_ctx {
 	uint64_t length;             /* UINT64_MAX: to the end */
 	/* Set by the first work item. */
 	int64_t mailbox_id;
-	uint64_t pos;                /* next byte of the message to send */
-	uint64_t left;               /* bytes still to send */
-	/* The piece being read (pool) or sent (loop). */
+	uint64_t pos;                /* next byte of the message to read */
+	uint64_t left;               /* bytes still to read */
+	/* The open message and the store it belongs to (pool thread only). */
+	eng_message *m;
+	eng_store *m_store;
+	/* The piece read (pool) and not yet all sent (loop). */
 	uint8_t *piece;
 	size_t piece_len;
+	size_t piece_sent;
 	size_t piece_want;
 };
 
@@ -489,86 +510,24 @@ static void body_ctx_free(void *p)
 {
 	struct body_ctx *c = p;
 
+	eng_message_close(&c->m);
 	free(c->section);
 	free(c->piece);
 	free(c);
 }
 
-static int fetch_body_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
+/* Reads c->piece_want bytes at c->pos with the open message into the
+ * piece buffer; the handle is closed once the last byte is read. Pool. */
+static int body_read_piece(struct body_ctx *c)
 {
-	struct body_ctx *c = op->ctx;
-	uint64_t sec_off = 0, sec_len, size = 0;
-	eng_message *m = NULL;
-	eng_buf *b;
-	int err;
+	int err = 0;
 
-	if ((err = eng_message_open(st, mb->id, c->uid, &m)) != 0)
-		return err;
-	c->mailbox_id = mb->id;
-	sec_len = eng_message_size(m);
-	err = c->section != NULL && c->section[0] != '\0' ?
-		eng_message_section(m, c->section, &sec_off, &sec_len) : 0;
-	if (err == ENG_ENOTFOUND) {
-		/* A part the message does not have: IMAP answers "". */
-		sec_len = 0;
-		err = 0;
-	}
-	if (err != 0) {
-		eng_message_close(&m);
-		return err;
-	}
-	if (c->offset < sec_len)
-		size = sec_len - c->offset < c->length ?
-			sec_len - c->offset : c->length;
-	c->pos = sec_off + c->offset;
-	c->left = (c->want & RPC_WANT_BODY) ? size : 0;
-	b = srv_mbop_part(op, 1, 11);
-	rpc_put_u64(b, RPC_T_SIZE, size);
-	if (c->want & RPC_WANT_MIME) {
-		const eng_mime_part *root;
-		eng_buf blob = ENG_BUF_INIT;
-
-		if ((err = eng_message_mime(m, &root)) != 0) {
-			eng_message_close(&m);
-			return err;
-		}
-		eng_mime_encode(root, &blob);
-		rpc_put_bytes(srv_mbop_part(op, 1, blob.len + 16), RPC_T_MIME,
-			      blob.data, blob.len);
-		eng_buf_free(&blob);
-	}
-	if (c->want & RPC_WANT_HEADER) {
-		const void *hdr;
-		size_t hdr_len;
-
-		eng_message_header(m, &hdr, &hdr_len);
-		rpc_put_bytes(srv_mbop_part(op, 1, hdr_len + 16), RPC_T_HEADER,
-			      hdr, hdr_len);
-	}
-	eng_message_close(&m);
-	/* Everything in one RESPONSE: the body's frame is not multi. */
-	if (op->n_parts > 1)
-		return ENG_ELIMIT;
-	return 0;
-}
-
-static void body_pump(srv_req *req);
-
-static int body_piece_work(srv_alias *a, void *ctx)
-{
-	srv_mbop *op = ctx;
-	struct body_ctx *c = op->ctx;
-	eng_store *st = srv_alias_store(a);
-	eng_message *m = NULL;
-	int err;
-
-	if (st == NULL)
-		return RPC_ENOSESSION;
-	if ((err = eng_message_open(st, c->mailbox_id, c->uid, &m)) != 0)
-		return err;
+	if (c->piece == NULL)
+		c->piece = eng_malloc(RPC_MAX_CHUNK_BYTES);
 	c->piece_len = 0;
+	c->piece_sent = 0;
 	while (c->piece_len < c->piece_want) {
-		long n = eng_message_read(m, c->pos + c->piece_len,
+		long n = eng_message_read(c->m, c->pos + c->piece_len,
 					  c->piece + c->piece_len,
 					  c->piece_want - c->piece_len);
 
@@ -584,39 +543,129 @@ static int body_piece_work(srv_alias *a, void *ctx)
 		}
 		c->piece_len += (size_t)n;
 	}
-	eng_message_close(&m);
+	if (err == 0) {
+		c->pos += c->piece_len;
+		c->left -= c->piece_len;
+	}
+	if (err != 0 || c->left == 0)
+		eng_message_close(&c->m);
 	return err;
+}
+
+/* The piece size for a window: within the buffer and what is left. */
+static size_t body_piece_size(const struct body_ctx *c, size_t window)
+{
+	size_t n = window < RPC_MAX_CHUNK_BYTES ? window : RPC_MAX_CHUNK_BYTES;
+
+	return n > c->left ? (size_t)c->left : n;
+}
+
+static int fetch_body_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
+{
+	struct body_ctx *c = op->ctx;
+	uint64_t sec_off = 0, sec_len, size = 0;
+	eng_message *m = NULL;
+	eng_buf *b;
+	int err;
+
+	if ((err = eng_message_open(st, mb->id, c->uid, &m)) != 0)
+		return err;
+	c->m = m;
+	c->m_store = st;
+	c->mailbox_id = mb->id;
+	sec_len = eng_message_size(m);
+	err = c->section != NULL && c->section[0] != '\0' ?
+		eng_message_section(m, c->section, &sec_off, &sec_len) : 0;
+	if (err == ENG_ENOTFOUND) {
+		/* A part the message does not have: IMAP answers "". */
+		sec_len = 0;
+		err = 0;
+	}
+	if (err != 0)
+		return err;
+	if (c->offset < sec_len)
+		size = sec_len - c->offset < c->length ?
+			sec_len - c->offset : c->length;
+	c->pos = sec_off + c->offset;
+	c->left = (c->want & RPC_WANT_BODY) ? size : 0;
+	b = srv_mbop_part(op, 1, 11);
+	rpc_put_u64(b, RPC_T_SIZE, size);
+	if (c->want & RPC_WANT_MIME) {
+		const eng_mime_part *root;
+		eng_buf blob = ENG_BUF_INIT;
+
+		if ((err = eng_message_mime(m, &root)) != 0)
+			return err;
+		eng_mime_encode(root, &blob);
+		rpc_put_bytes(srv_mbop_part(op, 1, blob.len + 16), RPC_T_MIME,
+			      blob.data, blob.len);
+		eng_buf_free(&blob);
+	}
+	if (c->want & RPC_WANT_HEADER) {
+		const void *hdr;
+		size_t hdr_len;
+
+		eng_message_header(m, &hdr, &hdr_len);
+		rpc_put_bytes(srv_mbop_part(op, 1, hdr_len + 16), RPC_T_HEADER,
+			      hdr, hdr_len);
+	}
+	/* Everything in one RESPONSE: the body's frame is not multi. */
+	if (op->n_parts > 1)
+		return ENG_ELIMIT;
+	/* The first piece, in the window every stream starts with. */
+	c->piece_want = body_piece_size(c, RPC_INITIAL_WINDOW_BYTES);
+	if (c->piece_want > 0)
+		return body_read_piece(c);
+	eng_message_close(&c->m);
+	return 0;
+}
+
+static void body_pump(srv_req *req);
+
+static int body_piece_work(srv_alias *a, void *ctx)
+{
+	srv_mbop *op = ctx;
+	struct body_ctx *c = op->ctx;
+	eng_store *st = srv_alias_store(a);
+	int err;
+
+	if (st == NULL) {
+		eng_message_close(&c->m);
+		return RPC_ENOSESSION;
+	}
+	/* The alias was closed (and maybe reopened) since the last piece:
+	 * the handle's store is gone; open the message again. */
+	if (c->m == NULL || c->m_store != st) {
+		eng_message_close(&c->m);
+		if ((err = eng_message_open(st, c->mailbox_id, c->uid,
+					    &c->m)) != 0)
+			return err;
+		c->m_store = st;
+	}
+	return body_read_piece(c);
 }
 
 static void body_piece_done(void *ctx, int result)
 {
 	srv_mbop *op = ctx;
-	struct body_ctx *c = op->ctx;
-	srv_req *req = op->req;
-	bool end;
 
 	if (result != 0) {
 		srv_mbop_fail(op, result);
 		return;
 	}
-	c->pos += c->piece_len;
-	c->left -= c->piece_len;
-	end = c->left == 0;
-	if (end) {
-		srv_send_data(req, c->piece, c->piece_len, true);
-		srv_mbop_free(&op);
-		return;
-	}
-	srv_send_data(req, c->piece, c->piece_len, false);
-	body_pump(req);
+	body_pump(op->req);
 }
 
-/* Sends the next piece, or waits for window credit. Loop thread. */
+/*
+ * Sends what the window allows of the piece read, then queues the next
+ * read, or waits for window credit. Loop thread; no work of this request
+ * is queued or running when it is called.
+ */
 static void body_pump(srv_req *req)
 {
 	srv_mbop *op = req->data;
 	struct body_ctx *c = op->ctx;
-	size_t window;
+	size_t window, n;
 	int err;
 
 	req->on_window = NULL;
@@ -624,21 +673,40 @@ static void body_pump(srv_req *req)
 		srv_mbop_fail(op, RPC_ECANCELLED);
 		return;
 	}
+	window = srv_window(req);
+	if (c->piece_sent < c->piece_len) {
+		bool end;
+
+		if (window == 0) {
+			req->on_window = body_pump;
+			return;
+		}
+		n = c->piece_len - c->piece_sent;
+		if (n > window)
+			n = window;
+		end = c->left == 0 && c->piece_sent + n == c->piece_len;
+		srv_send_data(req, c->piece + c->piece_sent, n, end);
+		if (end) {
+			srv_mbop_free(&op);
+			return;
+		}
+		c->piece_sent += n;
+		window -= n;
+		if (c->piece_sent < c->piece_len) {
+			req->on_window = body_pump;
+			return;
+		}
+	}
 	if (c->left == 0) {
 		srv_send_data(req, NULL, 0, true);
 		srv_mbop_free(&op);
 		return;
 	}
-	if ((window = srv_window(req)) == 0) {
+	if (window == 0) {
 		req->on_window = body_pump;
 		return;
 	}
-	c->piece_want = window < RPC_MAX_CHUNK_BYTES ? window :
-		RPC_MAX_CHUNK_BYTES;
-	if (c->piece_want > c->left)
-		c->piece_want = (size_t)c->left;
-	if (c->piece == NULL)
-		c->piece = eng_malloc(RPC_MAX_CHUNK_BYTES);
+	c->piece_want = body_piece_size(c, window);
 	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
 				    body_piece_work, body_piece_done, op)) != 0)
 		srv_mbop_fail(op, err);
