@@ -20,6 +20,7 @@
 #include "spool.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1018,18 +1019,69 @@ void eng_message_header(const eng_message *m, const void **data_r,
 	*len_r = m->header_len;
 }
 
-static int load_chunk(eng_message *m, int64_t seq)
+/* One zstd decompression context per thread, made at its first chunk
+ * and freed when the thread ends: not one per chunk or per message. */
+static pthread_key_t dctx_key;
+static pthread_once_t dctx_once = PTHREAD_ONCE_INIT;
+
+static void dctx_free(void *dctx)
+{
+	ZSTD_freeDCtx(dctx);
+}
+
+static void dctx_key_init(void)
+{
+	if (pthread_key_create(&dctx_key, dctx_free) != 0)
+		abort();
+}
+
+static ZSTD_DCtx *thread_dctx(void)
+{
+	ZSTD_DCtx *d;
+
+	(void)pthread_once(&dctx_once, dctx_key_init);
+	if ((d = pthread_getspecific(dctx_key)) == NULL &&
+	    (d = ZSTD_createDCtx()) != NULL &&
+	    pthread_setspecific(dctx_key, d) != 0) {
+		ZSTD_freeDCtx(d);
+		d = NULL;
+	}
+	return d;
+}
+
+/* The raw length chunk seq must have, from the message size. */
+static size_t chunk_raw_len(const eng_message *m, int64_t seq)
+{
+	uint64_t start = (uint64_t)seq * ENG_CHUNK_BYTES;
+	uint64_t n = m->size - start;
+
+	return n < ENG_CHUNK_BYTES ? (size_t)n : ENG_CHUNK_BYTES;
+}
+
+/*
+ * Decompresses chunk seq into out (room bytes), with the
+ * thread's zstd context. The read
+ * path below gives it the caller's buffer when the whole chunk is wanted
+ * there, and the handle's cache otherwise. *len_r is its raw length.
+ */
+static int load_chunk_into(eng_message *m, int64_t seq, void *out,
+			   size_t room, size_t *len_r)
 {
 	eng_store *st = m->st;
 	int err;
 	sqlite3_stmt *stmt = store_prepare(st,
 		"SELECT raw_len, data FROM chunk WHERE content_id = ? AND seq = ?",
 		&err);
+	ZSTD_DCtx *dctx = thread_dctx();
 	int rc;
 	size_t raw_len, got;
 
 	if (stmt == NULL)
 		return err;
+	if (dctx == NULL) {
+		store_release(st, stmt);
+		return ENG_EIO;
+	}
 	sqlite3_bind_int64(stmt, 1, m->content_id);
 	sqlite3_bind_int64(stmt, 2, seq);
 	rc = sqlite3_step(stmt);
@@ -1039,25 +1091,42 @@ static int load_chunk(eng_message *m, int64_t seq)
 			store_err(st, rc, "chunk");
 	}
 	raw_len = (size_t)sqlite3_column_int64(stmt, 0);
-	if (raw_len > ENG_CHUNK_BYTES) {
+	if (raw_len > ENG_CHUNK_BYTES || raw_len > room) {
 		store_release(st, stmt);
 		return ENG_ECORRUPT;
 	}
-	eng_buf_reset(&m->cache);
-	eng_buf_reserve(&m->cache, raw_len);
-	got = ZSTD_decompress(m->cache.data, raw_len,
-			      sqlite3_column_blob(stmt, 1),
-			      (size_t)sqlite3_column_bytes(stmt, 1));
+	got = ZSTD_decompressDCtx(dctx, out, raw_len,
+				  sqlite3_column_blob(stmt, 1),
+				  (size_t)sqlite3_column_bytes(stmt, 1));
 	store_release(st, stmt);
-	if (ZSTD_isError(got) || got != raw_len) {
-		m->cached_seq = -1;
+	if (ZSTD_isError(got) || got != raw_len)
 		return ENG_ECORRUPT;
-	}
-	m->cache.len = raw_len;
+	*len_r = raw_len;
+	return 0;
+}
+
+static int load_chunk(eng_message *m, int64_t seq)
+{
+	size_t len;
+	int err;
+
+	m->cached_seq = -1;
+	eng_buf_reset(&m->cache);
+	eng_buf_reserve(&m->cache, ENG_CHUNK_BYTES);
+	if ((err = load_chunk_into(m, seq, m->cache.data, ENG_CHUNK_BYTES,
+				   &len)) != 0)
+		return err;
+	m->cache.len = len;
 	m->cached_seq = seq;
 	return 0;
 }
 
+/*
+ * Reads from offset. A chunk wanted whole (the read starts at its first
+ * byte and has room for all of it) is decompressed straight into buf;
+ * any other is decompressed once into the handle's cache, where the next
+ * read of the same chunk finds it.
+ */
 long eng_message_read(eng_message *m, uint64_t offset, void *buf, size_t len)
 {
 	unsigned char *out = buf;
@@ -1071,6 +1140,17 @@ long eng_message_read(eng_message *m, uint64_t offset, void *buf, size_t len)
 		size_t n;
 		int err;
 
+		if (seq != m->cached_seq && in_chunk == 0 &&
+		    len - done >= chunk_raw_len(m, seq)) {
+			err = load_chunk_into(m, seq, out + done, len - done, &n);
+			if (err != 0)
+				return err;
+			if (n != chunk_raw_len(m, seq))
+				return ENG_ECORRUPT;
+			done += n;
+			offset += n;
+			continue;
+		}
 		if (seq != m->cached_seq && (err = load_chunk(m, seq)) != 0)
 			return err;
 		if (in_chunk >= m->cache.len)
