@@ -129,6 +129,50 @@ static uint32_t append(struct fixture *f, int64_t mbox, const char *msg,
 	return uid;
 }
 
+/* The statement cache (store_stmt.c): one statement per SQL text, reset
+ * and unbound on release; a nested user of a busy one gets its own. */
+static void test_stmt_cache(void **state)
+{
+	struct fixture *f = *state;
+	const char *sql = "SELECT ?";
+	sqlite3_stmt *a, *b, *c;
+	int err;
+
+	a = store_prepare(f->st, sql, &err);
+	assert_non_null(a);
+	sqlite3_bind_int64(a, 1, 42);
+	assert_int_equal(sqlite3_step(a), SQLITE_ROW);
+	assert_false(store_stmts_idle(f->st));
+	b = store_prepare(f->st, sql, &err);    /* nested: a is stepping */
+	assert_non_null(b);
+	assert_ptr_not_equal(a, b);
+	sqlite3_bind_int64(b, 1, 7);
+	assert_int_equal(sqlite3_step(b), SQLITE_ROW);
+	assert_int_equal(sqlite3_column_int64(b, 0), 7);
+	assert_int_equal(sqlite3_column_int64(a, 0), 42);
+	store_release(f->st, b);
+	store_release(f->st, a);
+	assert_true(store_stmts_idle(f->st));
+	c = store_prepare(f->st, sql, &err);    /* the cached one again */
+	assert_ptr_equal(c, a);
+	assert_int_equal(sqlite3_stmt_busy(c), 0);
+	assert_int_equal(sqlite3_step(c), SQLITE_ROW);
+	assert_int_equal(sqlite3_column_type(c, 0), SQLITE_NULL);
+	store_release(f->st, c);
+	/* Same text from another buffer: the same statement. */
+	{
+		char copy[16];
+
+		snprintf(copy, sizeof(copy), "%s", sql);
+		c = store_prepare(f->st, copy, &err);
+		assert_ptr_equal(c, a);
+		store_release(f->st, c);
+	}
+	assert_null(store_prepare(f->st, "SELECT FROM nothing", &err));
+	assert_int_not_equal(err, 0);
+	assert_true(store_stmts_idle(f->st));
+}
+
 static void test_defaults(void **state)
 {
 	struct fixture *f = *state;
@@ -954,6 +998,7 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_thread_ids, setup, teardown),
 		cmocka_unit_test(test_uidset_parse),
+		cmocka_unit_test_setup_teardown(test_stmt_cache, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
