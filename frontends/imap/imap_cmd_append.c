@@ -65,6 +65,7 @@ typedef struct append_msg {
 	uint32_t uid;                /* once stored */
 	uint32_t uidvalidity;
 	bool stored;
+	bool ended;                  /* the source said "end": END went out */
 } append_msg;
 
 typedef struct append_op {
@@ -171,8 +172,10 @@ static long append_source(void *ctx, uint8_t *buf, size_t len)
 		}
 		return (long)n;
 	}
-	if (m->sent == m->size)
+	if (m->sent == m->size) {
+		m->ended = true;
 		return 0;
+	}
 	op->waiting = true;
 	return RPC_CLIENT_WAIT;
 }
@@ -282,8 +285,9 @@ static void on_rollback(imap_cmd *cmd, int err, const rpc_view *resp)
 	maybe_finish(cmd);
 }
 
-/* Removes what this command stored; true if an RPC was started. */
-static bool rollback(imap_cmd *cmd)
+/* The UIDs this command stored (and their UIDVALIDITY) into op->pl, for
+ * the rollback's RPCs; false if there are none. */
+static bool stored_payload(imap_cmd *cmd)
 {
 	append_op *op = cmd->op;
 	eng_uidset set = { NULL, 0, 0 };
@@ -302,12 +306,57 @@ static bool rollback(imap_cmd *cmd)
 	rpc_put_u64(&op->pl, RPC_T_UIDVALIDITY, uidvalidity);
 	rpc_put_uidset(&op->pl, RPC_T_UIDSET, &set);
 	eng_uidset_free(&set);
-	op->rolling_back = true;
-	if (imap_rpc_call(cmd, RPC_OP_EXPUNGE, &op->pl, NULL,
-			  on_rollback) != 0) {
+	return true;
+}
+
+/* The rollback could not be done: logged, and not tried again (the
+ * command answers its failure; the messages stay). */
+static void rollback_failed(imap_cmd *cmd)
+{
+	append_op *op = cmd->op;
+
+	op->rolling_back = false;
+	for (size_t i = 0; i < op->n_msgs; i++)
+		op->msgs[i]->stored = false;
+	eng_log(ENG_LOG_WARN, "imap: APPEND: cannot remove the messages of a "
+		"failed MULTIAPPEND");
+}
+
+/* Step 2: EXPUNGE of the UID set removes only \Deleted messages (UID
+ * EXPUNGE semantics), which step 1 made them. */
+static void on_rollback_store(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	append_op *op = cmd->op;
+
+	(void)resp;
+	if (op == NULL)
+		return;
+	if (cmd->aborted) {
 		op->rolling_back = false;
-		eng_log(ENG_LOG_WARN, "imap: APPEND: cannot remove the messages "
-			"of a failed MULTIAPPEND");
+		op_free(cmd);
+		return;
+	}
+	if (err == 0 && stored_payload(cmd) &&
+	    imap_rpc_call(cmd, RPC_OP_EXPUNGE, &op->pl, NULL, on_rollback) == 0)
+		return;
+	rollback_failed(cmd);
+	maybe_finish(cmd);
+}
+
+/* Removes what this command stored: STORE +\Deleted, then EXPUNGE of
+ * those UIDs. True if an RPC was started. */
+static bool rollback(imap_cmd *cmd)
+{
+	append_op *op = cmd->op;
+
+	if (!stored_payload(cmd))
+		return false;
+	rpc_put_u64(&op->pl, RPC_T_MODE, RPC_MODE_ADD);
+	rpc_put_u64(&op->pl, RPC_T_FLAGS, ENG_F_DELETED);
+	op->rolling_back = true;
+	if (imap_rpc_call(cmd, RPC_OP_STORE, &op->pl, NULL,
+			  on_rollback_store) != 0) {
+		rollback_failed(cmd);
 		return false;
 	}
 	return true;
@@ -436,7 +485,12 @@ static bool refuse(imap_cmd *cmd)
 	append_op *op = cmd->op;
 
 	op->refused = true;
-	cancel_running(cmd);
+	/* An upload whose END went out may be committed by sqlited whatever a
+	 * CANCEL says now: wait for its answer instead, so that a stored
+	 * message is known and taken back by the rollback. */
+	if (!(op->rpc_running && op->n_done < op->n_msgs &&
+	      op->msgs[op->n_done]->ended))
+		cancel_running(cmd);
 	maybe_finish(cmd);
 	return false;
 }
