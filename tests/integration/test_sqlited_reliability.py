@@ -657,7 +657,11 @@ class HostileClients(Base):
         print(f"\n[hostile] {len(pinger.times)} PINGs meanwhile, median "
               f"{statistics.median(pinger.times) * 1000:.2f} ms, worst {worst * 1000:.1f} ms",
               flush=True)
-        self.assertLess(worst, 0.2, "a PING took 200 ms or more")
+        # A server stalled by a hostile client would hold PINGs for seconds
+        # (the slow loris for 30 s); a loaded CI machine adds spikes of a few
+        # hundred ms, which say nothing about the server.
+        self.assertLess(statistics.median(pinger.times), 0.05, "PINGs were slow")
+        self.assertLess(worst, 2.0, "a PING waited 2 s or more")
         self.stop_sqlited()
 
 
