@@ -178,6 +178,46 @@ class RawImap:
             pass
 
 
+class Installation:
+    """Daemons started from a temporary directory, each logging to a .log
+    file there: stop() (SIGTERM in reverse start order, the frontends
+    before sqlited and redis; kill after 20 s), log_text() (every log, also
+    after stop()), sanitizer_reports(). The subclass sets self.procs,
+    self._tmp (a TemporaryDirectory) and self.tmp. Shared by ImapServer and
+    mx_server.MxServer."""
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        self.procs = []
+        if self._tmp is not None:
+            self.final_log = self.log_text()
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def log_text(self):
+        if self._tmp is None:
+            return getattr(self, "final_log", "")
+        text = ""
+        for name in sorted(os.listdir(self.tmp)):
+            if name.endswith(".log"):
+                with open(os.path.join(self.tmp, name), errors="replace") as f:
+                    text += f"--- {name}\n" + f.read()
+        return text
+
+    def sanitizer_reports(self):
+        """ASan/LSan/UBSan reports in the logs (call after stop(): leaks are
+        reported at exit)."""
+        return [ln for ln in self.log_text().splitlines()
+                if "AddressSanitizer" in ln or "LeakSanitizer" in ln or "runtime error:" in ln]
+
+
 class ImapdMixin:
     """What an installation with sealmail-imapd needs besides its own
     start/stop: starting an imapd and IMAP clients. Used by ImapServer and by
@@ -220,7 +260,7 @@ class ImapdMixin:
         return r
 
 
-class ImapServer(ImapdMixin):
+class ImapServer(Installation, ImapdMixin):
     def __init__(self, config=None, start=True):
         if not skip_unless_built():
             raise unittest.SkipTest("sealmail-imapd, sqlited, sealmail or redis-server "
@@ -339,38 +379,6 @@ class ImapServer(ImapdMixin):
         self._start_imapd(conf, ports[0], ports[1], f"imapd-{n}",
                           extra.get("listen_address", "127.0.0.1"))
         return ports
-
-    def stop(self):
-        for p in reversed(self.procs):  # imapds first, redis last
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        self.procs = []
-        if self._tmp is not None:
-            self.final_log = self.log_text()
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def log_text(self):
-        if self._tmp is None:
-            return getattr(self, "final_log", "")
-        text = ""
-        for name in sorted(os.listdir(self.tmp)):
-            if name.endswith(".log"):
-                with open(os.path.join(self.tmp, name), errors="replace") as f:
-                    text += f"--- {name}\n" + f.read()
-        return text
-
-    def sanitizer_reports(self):
-        """ASan/LSan/UBSan reports in the logs (call after stop(): leaks are
-        reported at exit)."""
-        log = self.log_text()
-        return [ln for ln in log.splitlines()
-                if "AddressSanitizer" in ln or "LeakSanitizer" in ln or "runtime error:" in ln]
 
     def secrets_in_log(self):
         log = self.log_text()

@@ -50,7 +50,7 @@ sys.path.insert(0, HERE)
 import rpcclient  # noqa: E402
 import sqlited_ops  # noqa: E402
 # Helpers shared with the IMAP harness.
-from imap_server import (IMAPD, ImapdMixin, RawImap, free_port, port_open,  # noqa: E402,F401
+from imap_server import (IMAPD, ImapdMixin, Installation, RawImap, free_port, port_open,  # noqa: E402,F401
                          unverified_context, wait_for)
 
 ROOT = os.environ.get("SEALMAIL_SOURCE_DIR", os.path.dirname(os.path.dirname(HERE)))
@@ -99,7 +99,7 @@ class RawSmtp(RawImap):
             self.s.settimeout(30)
 
 
-class MxServer(ImapdMixin):
+class MxServer(Installation, ImapdMixin):
     def __init__(self, config=None, pop3=False, start=True, data_dir=None, imap=False):
         if not built():
             raise unittest.SkipTest("sealmail-mx, sqlited, sealmail or redis-server is missing")
@@ -229,37 +229,6 @@ class MxServer(ImapdMixin):
         if self.mx is not None and self.mx.poll() is None:
             self.mx.kill()
             self.mx.wait()
-
-    def stop(self):
-        for p in reversed(self.procs):  # frontends first, redis last
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        self.procs = []
-        if self._tmp is not None:
-            self.final_log = self.log_text()
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def sanitizer_reports(self):
-        """Lines of the logs (so far, or of the stopped installation) in which
-        ASan, LSan or UBSan reported something."""
-        return [ln for ln in self.log_text().splitlines()
-                if "AddressSanitizer" in ln or "LeakSanitizer" in ln or "runtime error:" in ln]
-
-    def log_text(self):
-        if self._tmp is None:
-            return getattr(self, "final_log", "")
-        text = ""
-        for name in sorted(os.listdir(self.tmp)):
-            if name.endswith(".log"):
-                with open(os.path.join(self.tmp, name), errors="replace") as f:
-                    text += f"--- {name}\n" + f.read()
-        return text
 
     # ---- administration and mailboxes ----
 
