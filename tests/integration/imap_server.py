@@ -184,7 +184,23 @@ class Installation:
     before sqlited and redis; kill after 20 s), log_text() (every log, also
     after stop()), sanitizer_reports(). The subclass sets self.procs,
     self._tmp (a TemporaryDirectory) and self.tmp. Shared by ImapServer and
-    mx_server.MxServer."""
+    mx_server.MxServer. _start_redis also needs self.redis_sock."""
+
+    def _spawn(self, args, name):
+        log = os.path.join(self.tmp, name + ".log")
+        out = open(log, "ab")
+        p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL)
+        out.close()
+        self.procs.append(p)
+        return p
+
+    def _start_redis(self):
+        self.redis = self._spawn(["redis-server", "--port", "0", "--unixsocket",
+                                  self.redis_sock, "--unixsocketperm", "700", "--save", "",
+                                  "--appendonly", "no", "--dir", self.tmp], "redis")
+        if not wait_for(lambda: os.path.exists(self.redis_sock)):
+            raise RuntimeError("redis-server did not start")
 
     def stop(self):
         for p in reversed(self.procs):
@@ -338,22 +354,6 @@ class ImapServer(Installation, ImapdMixin):
                 out.append(f"{key} = {value}")
         with open(path, "w") as f:
             f.write("\n".join(out) + "\n")
-
-    def _spawn(self, args, name):
-        log = os.path.join(self.tmp, name + ".log")
-        out = open(log, "ab")
-        p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)
-        out.close()
-        self.procs.append(p)
-        return p
-
-    def _start_redis(self):
-        self.redis = self._spawn(["redis-server", "--port", "0", "--unixsocket",
-                                  self.redis_sock, "--unixsocketperm", "700", "--save", "",
-                                  "--appendonly", "no", "--dir", self.tmp], "redis")
-        if not wait_for(lambda: os.path.exists(self.redis_sock)):
-            raise RuntimeError("redis-server did not start")
 
     def start_sqlited(self):
         if os.path.exists(self.socket):

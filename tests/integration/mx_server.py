@@ -186,21 +186,6 @@ class MxServer(Installation, ImapdMixin):
         with open(self.conf, "w") as f:
             f.write("\n".join(out) + "\n")
 
-    def _spawn(self, args, name):
-        out = open(os.path.join(self.tmp, name + ".log"), "ab")
-        p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)
-        out.close()
-        self.procs.append(p)
-        return p
-
-    def _start_redis(self):
-        self.redis = self._spawn(["redis-server", "--port", "0", "--unixsocket",
-                                  self.redis_sock, "--unixsocketperm", "700", "--save", "",
-                                  "--appendonly", "no", "--dir", self.tmp], "redis")
-        if not wait_for(lambda: os.path.exists(self.redis_sock)):
-            raise RuntimeError("redis-server did not start")
-
     def stop_redis(self):
         if self.redis is not None and self.redis.poll() is None:
             self.redis.kill()
