@@ -28,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sodium.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -383,6 +384,37 @@ void eng_spool_writer_no_sync(eng_spool_writer *w)
 		w->no_sync = true;
 }
 
+/*
+ * The list is drained in mtime order, so an entry's mtime is its arrival
+ * time. The kernel stamps files from a coarse clock (one tick, 1-4 ms), which
+ * gives two deliveries in a row the same mtime and leaves their order to the
+ * random ids; so the commit sets it from the fine clock, strictly increasing
+ * within this process (another process's entries interleave by the clock).
+ */
+static int stamp_arrival(int fd)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static struct timespec last;
+	struct timespec ts[2];
+
+	if (clock_gettime(CLOCK_REALTIME, &ts[1]) != 0)
+		return -1;
+	pthread_mutex_lock(&lock);
+	if (ts[1].tv_sec < last.tv_sec ||
+	    (ts[1].tv_sec == last.tv_sec && ts[1].tv_nsec <= last.tv_nsec)) {
+		ts[1] = last;
+		if (++ts[1].tv_nsec == 1000000000L) {
+			ts[1].tv_sec++;
+			ts[1].tv_nsec = 0;
+		}
+	}
+	last = ts[1];
+	pthread_mutex_unlock(&lock);
+	ts[0].tv_sec = 0;
+	ts[0].tv_nsec = UTIME_OMIT;
+	return futimens(fd, ts);
+}
+
 int eng_spool_commit(eng_spool_writer **wp, char id_r[ENG_SPOOL_ID_LEN + 1])
 {
 	eng_spool_writer *w;
@@ -395,6 +427,9 @@ int eng_spool_commit(eng_spool_writer **wp, char id_r[ENG_SPOOL_ID_LEN + 1])
 	*wp = NULL;
 	if ((ret = writer_push(w, w->chunk, w->chunk_len, SP_TAG_FINAL)) != 0)
 		goto out;
+	if (stamp_arrival(w->fd) != 0)
+		eng_log(ENG_LOG_WARN, "spool: entry %s: cannot set its "
+			"arrival time: %s", w->id, strerror(errno));
 	if (!w->no_sync && fsync(w->fd) != 0) {
 		ret = errno_to_eng(errno);
 		writer_fail(w, ret);

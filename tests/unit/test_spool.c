@@ -468,6 +468,28 @@ static void test_list(void **state)
 	assert_int_equal(spool_get(ids[2], sk, NULL, NULL), ENG_ENOTFOUND);
 }
 
+/*
+ * Entries committed one after another list in commit order, even when they
+ * are committed within one kernel clock tick (the coarse mtime used to tie
+ * and leave the order to the random ids: mail arrived out of order).
+ */
+static void test_list_keeps_arrival_order(void **state)
+{
+	enum { N = 64 };
+	char ids[N][ENG_SPOOL_ID_LEN + 1];
+	char (*list)[ENG_SPOOL_ID_LEN + 1] = NULL;
+	size_t n = 0;
+
+	(void)state;
+	for (int i = 0; i < N; i++)
+		spool_put((const uint8_t *)"x", 1, 0, 0, ids[i]);
+	assert_int_equal(eng_spool_list(dir, &list, &n), 0);
+	assert_int_equal(n, N);
+	for (size_t i = 0; i < n; i++)
+		assert_string_equal(list[i], ids[i]);
+	free(list);
+}
+
 static void test_abort(void **state)
 {
 	eng_spool_writer *w = NULL;
@@ -562,6 +584,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_flipped_bytes, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_renamed_entry, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_list, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_list_keeps_arrival_order,
+						setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_abort, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_disk_full, setup_dir, teardown_dir),
 	};
