@@ -234,6 +234,8 @@ int eng_store_tx_begin(eng_store *st)
 	char sql[32];
 	int err;
 
+	if (st->read_tx)
+		return ENG_EINVAL;
 	if (st->tx_depth == 0) {
 		/* IMMEDIATE: take the write lock now, so two writers never
 		 * deadlock upgrading read locks. */
@@ -296,6 +298,41 @@ void eng_store_tx_rollback(eng_store *st)
 		(void)sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
 	st->tx_depth = 0;
 	st->tx_modseq = 0;
+}
+
+int eng_store_read_begin(eng_store *st)
+{
+	int err;
+	sqlite3_stmt *stmt;
+
+	if (st->read_depth++ > 0 || st->tx_depth > 0 ||
+	    !sqlite3_get_autocommit(st->db))
+		return 0;
+	/* DEFERRED: the snapshot is taken by the first read, no write lock. */
+	if ((stmt = store_prepare(st, "BEGIN", &err)) == NULL ||
+	    (err = store_step_done(st, stmt)) != 0) {
+		st->read_depth--;
+		return err;
+	}
+	st->read_tx = true;
+	return 0;
+}
+
+void eng_store_read_end(eng_store *st)
+{
+	int err;
+	sqlite3_stmt *stmt;
+
+	if (st->read_depth <= 0 || --st->read_depth > 0 || !st->read_tx)
+		return;
+	st->read_tx = false;
+	/* Ending a read-only transaction only drops its locks; should it
+	 * fail, ROLLBACK does the same. */
+	if ((stmt = store_prepare(st, "COMMIT", &err)) == NULL ||
+	    store_step_done(st, stmt) != 0) {
+		if (!sqlite3_get_autocommit(st->db))
+			(void)sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+	}
 }
 
 int store_tx_modseq(eng_store *st, uint64_t *modseq_r)

@@ -81,6 +81,17 @@ int eng_store_tx_begin(eng_store *st);
 int eng_store_tx_commit(eng_store *st);
 void eng_store_tx_rollback(eng_store *st);
 
+/*
+ * One read snapshot for several reads in a row (a body FETCH: mailbox,
+ * message, chunks): one database lock and WAL snapshot for all of them
+ * instead of one per statement. Calls nest; inside a write transaction
+ * they do nothing. Every begin that returned 0 is ended on every path, in
+ * the same work item (never held while waiting: it would pin the WAL).
+ * eng_store_tx_begin inside one fails with ENG_EINVAL.
+ */
+int eng_store_read_begin(eng_store *st);
+void eng_store_read_end(eng_store *st);
+
 /* ---- Mailboxes ---- */
 
 enum eng_special_use {

@@ -23,6 +23,8 @@ struct eng_store {
 	eng_store_options opt;
 	int tx_depth;
 	uint64_t tx_modseq;         /* 0 until the transaction needs one */
+	int read_depth;             /* eng_store_read_begin calls not ended */
+	bool read_tx;               /* the outermost of them ran BEGIN */
 	bool broken;                /* I/O error or full disk seen */
 	struct store_stmt_cache *stmts;  /* store_stmt.c; NULL until used */
 };

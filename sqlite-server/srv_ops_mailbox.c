@@ -310,13 +310,17 @@ static int mbop_work(srv_alias *a, void *ctx)
 		return RPC_ENOSESSION;
 	if (!op->lookup)
 		return op->run(op, st, NULL);
-	if ((err = eng_mailbox_get(st, op->mailbox, &mb)) != 0)
+	if (op->read_only && (err = eng_store_read_begin(st)) != 0)
 		return err;
-	if (op->check_uidvalidity && mb.uidvalidity != op->uidvalidity)
-		err = ENG_EMODIFIED;
-	else
-		err = op->run(op, st, &mb);
-	eng_mailbox_clear(&mb);
+	if ((err = eng_mailbox_get(st, op->mailbox, &mb)) == 0) {
+		if (op->check_uidvalidity && mb.uidvalidity != op->uidvalidity)
+			err = ENG_EMODIFIED;
+		else
+			err = op->run(op, st, &mb);
+		eng_mailbox_clear(&mb);
+	}
+	if (op->read_only)
+		eng_store_read_end(st);
 	return err;
 }
 

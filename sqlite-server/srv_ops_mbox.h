@@ -62,6 +62,9 @@ struct srv_mbop {
 	/* Look the mailbox up before run (false: CREATE, SUBSCRIBE, whose
 	 * mailbox need not exist). */
 	bool lookup;
+	/* The work only reads: the lookup and run share one read snapshot
+	 * (eng_store_read_begin), one lock instead of one per statement. */
+	bool read_only;
 	bool check_uidvalidity;
 	uint32_t uidvalidity;
 	srv_mbop_run_fn *run;

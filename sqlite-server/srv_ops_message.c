@@ -635,14 +635,18 @@ static int body_piece_work(srv_alias *a, void *ctx)
 	}
 	/* The alias was closed (and maybe reopened) since the last piece:
 	 * the handle's store is gone; open the message again. */
+	if ((err = eng_store_read_begin(st)) != 0)
+		return err;
 	if (c->m == NULL || c->m_store != st) {
 		eng_message_close(&c->m);
 		if ((err = eng_message_open(st, c->mailbox_id, c->uid,
-					    &c->m)) != 0)
-			return err;
-		c->m_store = st;
+					    &c->m)) == 0)
+			c->m_store = st;
 	}
-	return body_read_piece(c);
+	if (err == 0)
+		err = body_read_piece(c);
+	eng_store_read_end(st);
+	return err;
 }
 
 static void body_piece_done(void *ctx, int result)
@@ -741,6 +745,7 @@ void srv_op_fetch_body(srv_req *req)
 	op->ctx = c;
 	op->free_fn = body_ctx_free;
 	op->done_fn = fetch_body_done;
+	op->read_only = true;
 	CHECK(op, srv_arg_u64(&req->args, RPC_T_UID, true, UINT32_MAX, &uid));
 	if (uid == 0)
 		CHECK(op, ENG_EINVAL);

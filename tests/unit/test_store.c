@@ -857,6 +857,68 @@ static void test_idempotency_and_tx(void **state)
 	check_invariants(f->st);
 }
 
+/* eng_store_read_begin/end: one snapshot for the reads between them (a
+ * write from another connection is seen only after the end), nesting,
+ * no write transaction inside, a no-op inside a write transaction. */
+static void test_read_snapshot(void **state)
+{
+	struct fixture *f = *state;
+	eng_store_options opt;
+	eng_store *other;
+	eng_mailbox mb;
+	eng_message *m;
+	char back[sizeof(simple_msg)];
+	uint32_t uid = append(f, f->inbox, simple_msg, 0);
+
+	eng_store_options_default(&opt);
+	assert_int_equal(eng_store_open(f->path, f->key, &opt, &other), 0);
+
+	assert_int_equal(eng_store_read_begin(f->st), 0);
+	assert_int_equal(eng_store_read_begin(f->st), 0);      /* nested */
+	assert_false(sqlite3_get_autocommit(f->st->db));
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 1);
+	eng_mailbox_clear(&mb);
+	/* Another connection writes meanwhile (WAL: readers do not block
+	 * it); this snapshot does not see it. */
+	assert_int_equal(eng_append_message(other, f->inbox, simple_msg,
+					    strlen(simple_msg), NULL, NULL,
+					    NULL), 0);
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 1);
+	eng_mailbox_clear(&mb);
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+	assert_int_equal(eng_message_read(m, 0, back, sizeof(back)),
+			 (long)strlen(simple_msg));
+	assert_memory_equal(back, simple_msg, strlen(simple_msg));
+	eng_message_close(&m);
+	/* No write inside a read snapshot. */
+	assert_int_equal(eng_store_tx_begin(f->st), ENG_EINVAL);
+	eng_store_read_end(f->st);
+	assert_false(sqlite3_get_autocommit(f->st->db));      /* still open */
+	eng_store_read_end(f->st);
+	assert_true(sqlite3_get_autocommit(f->st->db));
+	eng_store_read_end(f->st);                            /* unmatched: no-op */
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 2);
+	eng_mailbox_clear(&mb);
+
+	/* Inside a write transaction it does nothing: the end does not
+	 * commit the writer's work, whose own commit still does. */
+	assert_int_equal(eng_store_tx_begin(f->st), 0);
+	append(f, f->inbox, "Subject: c\r\n\r\nc\r\n", 0);
+	assert_int_equal(eng_store_read_begin(f->st), 0);
+	eng_store_read_end(f->st);
+	assert_false(sqlite3_get_autocommit(f->st->db));
+	assert_int_equal(eng_store_tx_commit(f->st), 0);
+	assert_true(sqlite3_get_autocommit(f->st->db));
+	eng_store_close(&other);
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 3);
+	eng_mailbox_clear(&mb);
+	check_invariants(f->st);
+}
+
 static void test_quota_and_limits(void **state)
 {
 	struct fixture *f = *state;
@@ -999,6 +1061,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_thread_ids, setup, teardown),
 		cmocka_unit_test(test_uidset_parse),
 		cmocka_unit_test_setup_teardown(test_stmt_cache, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_read_snapshot, setup,
+						teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
