@@ -12,7 +12,8 @@
  *               until it answers (srv_reply, srv_fail, the last
  *               srv_send_data), even when the core has already answered
  *               ECANCELLED or the connection is gone (conn == NULL).
- *   net_upload  the body of an upload being sealed into tmp_dir by pool
+ *   net_upload  the body of an upload: held in memory while it is small
+ *               (upload_keep_in_memory), else sealed into tmp_dir by pool
  *               threads; detached from its request when that goes away
  *               while a write runs, and then freed by the write's done.
  *   net_peer    in-flight count per peer name; refcounted by connections
@@ -40,6 +41,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <sodium.h>
@@ -137,19 +139,29 @@ struct net_upload {
 	eng_buf writing;             /* being written by the pool */
 	eng_spool_writer *w;
 	srv_body *body;
+	/* Still held in memory only (pending): no file, no key pair yet. */
+	bool in_memory;
 	uint8_t pk[crypto_box_PUBLICKEYBYTES];
 };
 
 struct srv_body {
+	net_state *net;
 	char *dir;
 	char id[ENG_SPOOL_ID_LEN + 1];
 	uint8_t *sk;                 /* eng_secret_new: the only key to the file */
 	uint64_t size;
 	bool exists;
+	/* A small body kept in memory instead of a file (see on_data); its
+	 * bytes count against net->memory_bodies until it is freed. */
+	bool in_memory;
+	eng_buf mem;
+	size_t reserved;
 };
 
 struct srv_body_reader {
 	eng_spool_reader *r;
+	const srv_body *mem;         /* or reading a body held in memory */
+	size_t off;
 };
 
 struct srv_net {
@@ -169,6 +181,7 @@ struct srv_net {
 	uint64_t start_ms;
 	unsigned in_flight;          /* requests alive, all connections */
 	unsigned uploads;            /* net_upload alive (detached included) */
+	size_t memory_bodies;        /* bytes of bodies held in memory */
 	bool stopping;
 	bool stop_finished;
 	uv_timer_t *drain_timer;
@@ -514,6 +527,8 @@ static void body_free(srv_body **bp)
 		unlink(path);
 		free(path);
 	}
+	b->net->memory_bodies -= b->reserved;
+	eng_buf_free_wipe(&b->mem);
 	eng_secret_free(&b->sk);
 	free(b->dir);
 	free(b);
@@ -805,7 +820,14 @@ uint64_t srv_body_size(const srv_body *b)
 int srv_body_open(srv_body *b, srv_body_reader **r_r)
 {
 	srv_body_reader *br = eng_calloc(1, sizeof(*br));
-	int rc = eng_spool_reader_open(b->dir, b->id, b->sk, &br->r);
+	int rc;
+
+	if (b->in_memory) {
+		br->mem = b;
+		*r_r = br;
+		return 0;
+	}
+	rc = eng_spool_reader_open(b->dir, b->id, b->sk, &br->r);
 
 	if (rc != 0) {
 		free(br);
@@ -818,6 +840,18 @@ int srv_body_open(srv_body *b, srv_body_reader **r_r)
 
 long srv_body_read(srv_body_reader *r, void *buf, size_t len)
 {
+	if (r->mem != NULL) {
+		size_t left = r->mem->mem.len - r->off;
+
+		if (len > left)
+			len = left;
+		if (len > LONG_MAX)
+			len = LONG_MAX;
+		if (len > 0)
+			memcpy(buf, r->mem->mem.data + r->off, len);
+		r->off += len;
+		return (long)len;
+	}
 	return eng_spool_read(r->r, buf, len);
 }
 
@@ -905,6 +939,12 @@ static void upload_kick(net_upload *up)
 {
 	if (up->busy || (up->pending.len == 0 && !up->end) || up->committed)
 		return;
+	if (up->body->sk == NULL) {
+		/* A key pair that exists only in this process: the sealed
+		 * file is useless to anyone who reads the disk. */
+		up->body->sk = eng_secret_new(crypto_box_SECRETKEYBYTES);
+		crypto_box_keypair(up->pk, up->body->sk);
+	}
 	/* Swap: the pool writes `writing` while DATA fills `pending`. */
 	eng_buf tmp = up->writing;
 
@@ -923,17 +963,55 @@ static void upload_kick(net_upload *up)
 	up->busy = true;
 }
 
+/*
+ * A body of at most max_memory_body_bytes (no more than the initial
+ * window, so the client never waits for credit) is kept in memory while
+ * all bodies so kept stay within memory_bodies_budget: no staging file,
+ * no key pair, no thread-pool round trip; the handler runs at its END.
+ * A body that outgrows either limit goes to a staging file from then on
+ * (what is pending is its first write), its reservation given back.
+ * Returns true while the body stays in memory.
+ */
+static bool upload_keep_in_memory(net_req *r, size_t added)
+{
+	net_upload *up = r->up;
+	net_state *n = up->net;
+	srv_body *b = up->body;
+
+	if (up->received <= n->opt.max_memory_body_bytes &&
+	    up->received <= RPC_INITIAL_WINDOW_BYTES &&
+	    n->memory_bodies + added <= n->opt.memory_bodies_budget) {
+		n->memory_bodies += added;
+		b->reserved += added;
+		if (!up->end)
+			return true;
+		b->in_memory = true;
+		b->size = up->received;
+		b->mem = up->pending;
+		up->pending = (eng_buf)ENG_BUF_INIT;
+		r->pub.body = b;
+		up->body = NULL;
+		r->up = NULL;
+		up->req = NULL;
+		upload_free(up);
+		run_handler(r);
+		return true;
+	}
+	up->in_memory = false;
+	n->memory_bodies -= b->reserved;
+	b->reserved = 0;
+	return false;
+}
+
 static int upload_start(net_req *r)
 {
 	net_state *n = r->pub.srv->net;
 	net_upload *up = eng_calloc(1, sizeof(*up));
 	srv_body *b = eng_calloc(1, sizeof(*b));
 
+	b->net = n;
 	b->dir = eng_strdup(n->srv->tmp_dir);
-	b->sk = eng_secret_new(crypto_box_SECRETKEYBYTES);
-	/* A key pair that exists only in this process: the sealed file is
-	 * useless to anyone who reads the disk. */
-	crypto_box_keypair(up->pk, b->sk);
+	up->in_memory = true;
 	up->net = n;
 	up->req = r;
 	up->body = b;
@@ -968,6 +1046,8 @@ static void on_data(srv_conn *c, const rpc_frame *f)
 	eng_buf_append(&r->up->pending, f->payload, f->payload_len);
 	if (f->flags & RPC_F_END)
 		r->up->end = true;
+	if (r->up->in_memory && upload_keep_in_memory(r, f->payload_len))
+		return;
 	upload_kick(r->up);
 }
 
@@ -1464,6 +1544,8 @@ void srv_net_options_default(srv_net_options *o)
 	o->max_in_flight = 256;
 	o->max_in_flight_peer = 1024;
 	o->max_output_bytes = 4u * 1024 * 1024;
+	o->max_memory_body_bytes = RPC_INITIAL_WINDOW_BYTES;
+	o->memory_bodies_budget = 64u * 1024 * 1024;
 }
 
 void srv_net_clean_tmp(const char *path_dir)

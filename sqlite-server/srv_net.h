@@ -41,6 +41,11 @@ typedef struct srv_net_options {
 	unsigned max_in_flight;          /* per connection, default 256 */
 	unsigned max_in_flight_peer;     /* per peer name, default 1024 */
 	size_t max_output_bytes;         /* stop reading above this, default 4 MiB */
+	/* Request bodies up to this size (at most the initial window) are
+	 * kept in memory rather than sealed into tmp_dir, while all of them
+	 * together stay within the budget; defaults 256 KiB and 64 MiB. */
+	size_t max_memory_body_bytes;
+	size_t memory_bodies_budget;
 	/* Tests: listen on an ephemeral TCP port (srv_net_tcp_port() tells
 	 * which) even when cfg->sqlited_port is 0. */
 	bool tcp_ephemeral;

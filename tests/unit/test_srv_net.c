@@ -24,6 +24,7 @@
 #include "srv_net.h"
 #include "testutil.h"
 
+#include <dirent.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,7 @@ srv_handler_fn srv_op_ping;
 
 #define PEER "test@localhost"
 #define MAX_IN_FLIGHT 8
+#define MEMORY_BODIES_BUDGET 100000
 
 static char *tmp;
 static char *sock_path;
@@ -68,6 +70,21 @@ static void op_release(srv_req *req)
 	srv_reply(req);
 }
 
+/* Files in tmp_dir now (a staging file is there while its body is). */
+static uint64_t tmp_files(void)
+{
+	DIR *d = opendir(S.tmp_dir);
+	struct dirent *de;
+	uint64_t n = 0;
+
+	if (d == NULL)
+		return UINT64_MAX;
+	while ((de = readdir(d)) != NULL)
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
 static void op_body(srv_req *req)
 {
 	uint8_t hash[32], buf[65536];
@@ -98,6 +115,7 @@ static void op_body(srv_req *req)
 	rpc_put_u64(&req->reply, RPC_T_SIZE, total);
 	rpc_put_bytes(&req->reply, RPC_T_ECHO, hash, sizeof(hash));
 	rpc_put_u64(&req->reply, RPC_T_VALUE, srv_body_size(req->body));
+	rpc_put_u64(&req->reply, RPC_T_NUMBER, tmp_files());
 	srv_reply(req);
 }
 
@@ -237,6 +255,9 @@ static int setup(void **state)
 	opt.drain_timeout_ms = 5000;
 	opt.max_in_flight = MAX_IN_FLIGHT;
 	opt.handler_for = test_handler_for;
+	/* Bodies up to the window stay in memory within this budget: 70000
+	 * does, 262144 passes the budget, 1500000 the size (test_upload). */
+	opt.memory_bodies_budget = MEMORY_BODIES_BUDGET;
 	assert_int_equal(srv_net_start(&S, &opt), 0);
 	port = srv_net_tcp_port(&S);
 	assert_true(port != 0);
@@ -734,6 +755,7 @@ static void test_upload(void **state)
 	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
 	rpc_sync_call_opts o;
 	size_t sizes[] = { 0, 1, 70000, 262144, 1500000 };
+	uint64_t files;
 	uint8_t want[32];
 	const uint8_t *p;
 	size_t len;
@@ -757,6 +779,10 @@ static void test_upload(void **state)
 		assert_int_equal(rpc_get_bytes(&resp.view, RPC_T_ECHO, &p, &len), 0);
 		assert_int_equal(len, 32);
 		assert_memory_equal(p, want, 32);
+		/* In memory (no staging file) only within the size and the
+		 * budget; the others were sealed into tmp_dir. */
+		assert_int_equal(rpc_get_u64(&resp.view, RPC_T_NUMBER, &files), 0);
+		assert_int_equal(files, sizes[k] <= MEMORY_BODIES_BUDGET ? 0 : 1);
 		free(body);
 	}
 	/* Nothing is left in tmp once answered. */
