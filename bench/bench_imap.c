@@ -8,7 +8,9 @@
  *   bench-imap MODE --port P [--tls] --user U --pass W [options]
  *
  * MODE: append, select, fetchhdr, fetchbody, search, mixed, login, idle
- * (see usage()). --user may hold one %d (replaced by 1..--users, conn i
+ * (see usage()); and mbox, which talks to no server: it writes the same
+ * messages append would send into an mbox file (bench/imap.sh fills
+ * Dovecot's big mailbox from it with doveadm import). --user may hold one %d (replaced by 1..--users, conn i
  * using user i % users + 1). Every run prints one line
  *
  *   RESULT mode value=V unit=U wall=S ops=N srv_cpu=S gen_cpu=S ...
@@ -21,7 +23,10 @@
  * Rules: a benchmark, not a test: it exits non-zero on the first
  * unexpected answer (a NO where OK was expected, a closed connection) and
  * says which, so a broken server cannot produce a figure. Messages come
- * from msggen.c (fixed seed): the same bytes for every server. Source
+ * from msggen.c (fixed seed): the same bytes for every server; append
+ * generates them all before its window opens, up to PREGEN_MAX messages,
+ * and above that (a fill, not a figure: 100,000 messages are ~2.5 GB)
+ * each message when its APPEND is sent, in the same order. Source
  * addresses are spread over 127.1.0.0/16 (16 connections each) because
  * servers cap connections per client address.
  */
@@ -51,10 +56,11 @@
 #define MAX_TREE 65536
 #define READ_BUF (256 * 1024)
 #define LINE_MAX_BYTES (64u << 20)
+#define PREGEN_MAX 20000
 
 enum ev { EV_GREETING, EV_UNTAGGED, EV_CONT, EV_TAGGED };
 enum mode { M_APPEND, M_SELECT, M_FETCHHDR, M_FETCHBODY, M_SEARCH, M_MIXED,
-	    M_LOGIN, M_IDLE };
+	    M_LOGIN, M_IDLE, M_MBOX };
 
 struct conn;
 typedef void script_fn(struct conn *c, enum ev ev, const char *line, bool ok);
@@ -76,11 +82,12 @@ struct conn {
 	script_fn *script;
 	/* mixed: the mailbox's size at SELECT, the appended message's UID */
 	unsigned exists, appended_uid;
+	struct msggen own;      /* append above PREGEN_MAX: its message */
 };
 
 static struct {
 	enum mode mode;
-	const char *host, *user_fmt, *pass, *mailbox, *query, *pids;
+	const char *host, *user_fmt, *pass, *mailbox, *query, *pids, *out;
 	int port, users, user_base, conns, count, first, repeat, setup_limit;
 	bool tls, hold;
 	double seconds, settle, max_seconds;
@@ -104,6 +111,7 @@ static struct {
 	double *times;
 	int n_times;
 	struct msggen *msgs;    /* append: pre-generated, indices first.. */
+	bool lazy;              /* append: generated as sent (count > PREGEN_MAX) */
 	struct msggen small[N_SMALL];
 	double pss_before_kib;
 	char pss_roots_before[256];
@@ -686,6 +694,7 @@ static void report(void)
 		print_result("login", (double)g.ops / wall, "logins/s", NULL);
 		break;
 	case M_IDLE:
+	case M_MBOX:
 		break;
 	}
 }
@@ -777,6 +786,12 @@ static bool logged_in(struct conn *c, enum ev ev, const char *line, bool ok)
 	return false;
 }
 
+/* The message c is appending (c->exists: its number from --first). */
+static struct msggen *append_msg(struct conn *c)
+{
+	return g.lazy ? &c->own : &g.msgs[c->exists];
+}
+
 static void script_append(struct conn *c, enum ev ev, const char *line, bool ok)
 {
 	if (ev == EV_UNTAGGED || c->step < 0)
@@ -784,7 +799,7 @@ static void script_append(struct conn *c, enum ev ev, const char *line, bool ok)
 	if (!logged_in(c, ev, line, ok))
 		return;
 	if (ev == EV_CONT) {
-		struct msggen *m = &g.msgs[c->exists];
+		struct msggen *m = append_msg(c);
 
 		send_static(c, m->buf, m->len);
 		send_static(c, "\r\n", 2);
@@ -793,15 +808,17 @@ static void script_append(struct conn *c, enum ev ev, const char *line, bool ok)
 	if (c->step == 1) {
 		expect_ok(c, line, ok, "APPEND");
 		g.ops++;
-		g.bytes += g.msgs[c->exists].len;
+		g.bytes += append_msg(c)->len;
 	}
 	if (g.next_msg >= (uint64_t)opt.count) {
 		done(c);
 		return;
 	}
 	c->exists = (unsigned)g.next_msg++;
+	if (g.lazy)      /* in sequence order: the generator is sequential */
+		msggen_message(&c->own, (uint64_t)opt.first + c->exists);
 	c->step = 1;
-	cmd(c, "APPEND \"%s\" {%zu}", opt.mailbox, g.msgs[c->exists].len);
+	cmd(c, "APPEND \"%s\" {%zu}", opt.mailbox, append_msg(c)->len);
 }
 
 /* Greeting → LOGIN → SELECT (untimed) → ready; true once ready. */
@@ -1132,6 +1149,8 @@ static void usage(void)
 	      "  mixed      --conns C --users U --seconds T: sessions of 9 commands\n"
 	      "  login      --conns C --users U (--count N | --seconds T [--hold])\n"
 	      "  idle       --conns C --users U --settle S: PSS per IDLE connection\n"
+	      "  mbox       --out FILE --count N [--first F]: append's messages into\n"
+	      "             an mbox file (no server)\n"
 	      "  (select, fetch*, search: no new run after --max-seconds [60])\n"
 	      "options: --tls --host H --user-base B --pids P1,P2 (server roots)\n"
 	      "         --setup-limit N (idle: connections being set up at once)\n", stderr);
@@ -1141,7 +1160,7 @@ static void usage(void)
 static void parse_args(int argc, char **argv)
 {
 	static const char *const modes[] = { "append", "select", "fetchhdr", "fetchbody",
-					     "search", "mixed", "login", "idle" };
+					     "search", "mixed", "login", "idle", "mbox" };
 	static const struct option lo[] = {
 		{ "port", 1, NULL, 'p' }, { "tls", 0, NULL, 't' }, { "user", 1, NULL, 'u' },
 		{ "pass", 1, NULL, 'w' }, { "users", 1, NULL, 'U' }, { "conns", 1, NULL, 'c' },
@@ -1151,6 +1170,7 @@ static void parse_args(int argc, char **argv)
 		{ "settle", 1, NULL, 'S' }, { "host", 1, NULL, 'h' },
 		{ "user-base", 1, NULL, 'b' }, { "first", 1, NULL, 'f' },
 		{ "max-seconds", 1, NULL, 'M' }, { "setup-limit", 1, NULL, 'L' },
+		{ "out", 1, NULL, 'o' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int ch;
@@ -1186,8 +1206,14 @@ static void parse_args(int argc, char **argv)
 		case 'f': opt.first = atoi(optarg); break;
 		case 'M': opt.max_seconds = atof(optarg); break;
 		case 'L': opt.setup_limit = atoi(optarg); break;
+		case 'o': opt.out = optarg; break;
 		default: usage();
 		}
+	}
+	if (opt.mode == M_MBOX) {
+		if (opt.out == NULL || opt.count < 0 || opt.first < 0)
+			usage();
+		return;
 	}
 	if (opt.port <= 0 || opt.user_fmt == NULL || opt.pass == NULL || opt.conns < 1 ||
 	    opt.users < 1 || opt.repeat < 1)
@@ -1198,9 +1224,40 @@ static void parse_args(int argc, char **argv)
 		die("--user: only %%d, %%02d, %%03d or %%05d may be used");
 }
 
+/* mbox: the messages append would send, "From " lines between them
+ * (msggen never starts a line of a body with "From "). */
+static void write_mbox(void)
+{
+	struct msggen m = { 0 };
+	FILE *f = fopen(opt.out, "w");
+
+	if (f == NULL)
+		die("%s: %s", opt.out, strerror(errno));
+	msggen_seed(SEED);
+	for (int i = 0; i < opt.first + opt.count; i++) {
+		msggen_message(&m, (uint64_t)i);
+		if (i < opt.first)
+			continue;
+		fputs("From bench@example.org Thu Nov 26 00:00:00 2026\n", f);
+		fwrite(m.buf, 1, m.len, f);
+		fputs("\n", f);
+	}
+	free(m.buf);
+	if (fclose(f) != 0)
+		die("%s: %s", opt.out, strerror(errno));
+}
+
 static void generate(void)
 {
-	if (opt.mode == M_APPEND) {
+	if (opt.mode == M_APPEND && opt.count > PREGEN_MAX) {
+		struct msggen skip = { 0 };
+
+		g.lazy = true;
+		msggen_seed(SEED);
+		for (int i = 0; i < opt.first; i++)
+			msggen_message(&skip, (uint64_t)i);
+		free(skip.buf);
+	} else if (opt.mode == M_APPEND) {
 		g.msgs = calloc((size_t)opt.count, sizeof(*g.msgs));
 		if (g.msgs == NULL)
 			abort();
@@ -1265,6 +1322,10 @@ static void setup_conns(void)
 int main(int argc, char **argv)
 {
 	parse_args(argc, argv);
+	if (opt.mode == M_MBOX) {
+		write_mbox();
+		return 0;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	generate();
 	g.loop = uv_default_loop();

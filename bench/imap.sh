@@ -2,28 +2,38 @@
 # IMAP side by side: Sealmail (sqlited + sealmail-imapd + redis) against
 # Dovecot (Debian's dovecot-imapd) plain and with the mail-crypt plugin, and
 # Dovecot with IDLE hibernation for the memory figure; the same users and
-# passwords, the same messages APPENDed through IMAP to each, the same load
-# from bench-imap (bench/bench_imap.c), each load run against each server
-# in turn. Prints a table of every figure with the ratios
-# Sealmail/Dovecot and Sealmail/Dovecot+mail-crypt.
+# passwords, the same messages (msggen.c) in each, the same load from
+# bench-imap (bench/bench_imap.c), each load run against each server in
+# turn. Prints a table of every figure with the ratios Sealmail/Dovecot and
+# Sealmail/Dovecot+mail-crypt.
 #
 #   bench/imap.sh                      # BUILD_DIR=... (default build/)
 #
+# The mailboxes are filled by the timed APPEND loads (bench's INBOX, the
+# mix users'), or, with SKIP=append, by an untimed fill. The BIG mailbox
+# is always an untimed fill. A fill puts the same messages into each
+# server by the fastest honest way it has, all servers at once: Sealmail
+# through IMAP APPEND over FILL_CONNS connections; Dovecot by `doveadm
+# import` of an mbox that bench-imap writes with the same messages (its own
+# save path, as APPEND's, with mail_fsync=never for the fill only). Here
+# (2 shared cores) 100,000 messages take ~10 min either way.
+#
 # Environment (defaults in brackets): N [10000] messages in the big mailbox;
-# BIG [0] also fill a second mailbox to BIG messages for the SELECT figure
-# (100000 takes long: ~5-10 min per server here); T [15] seconds of the
+# BIG [0] also fill a second mailbox (user big) to BIG messages for the
+# SELECT figure; FILL_CONNS [10] Sealmail's fill connections; T [15] seconds of the
 # timed loads; NMIX [20] mixed-workload users (and connections); NFIRST
 # [20] users for the first-login figure; NIDLE [500] users the IDLE
 # connections are spread over (20 each at 10,000); IDLE_N
 # ["1000 10000"] IDLE connection counts; ONLY ["sealmail dovecot
 # dovecot-crypt"] the servers to measure; SKIP ["" or words of: append
 # select fetch search mixed login idle] loads to leave out;
-# RESULTS [/tmp/bench-imap-results.txt] raw RESULT lines are kept there.
+# RESULTS [/tmp/bench-imap-results.txt] raw RESULT lines are kept there;
+# KEEP [0] 1: the temporary directory (every server's data) is left.
 #
 # Builds what it needs (cmake RelWithDebInfo in BUILD_DIR), installs
 # dovecot-imapd with apt-get if it is missing (root), and runs everything
 # on 127.0.0.1 high ports under one temporary directory that is removed at
-# the end; every process started is stopped. Needs root for Dovecot's
+# the end (unless KEEP=1); every process started is stopped. Needs root for Dovecot's
 # mail-user switch and for /proc/PID/smaps_rollup of Dovecot's processes.
 set -euo pipefail
 
@@ -38,6 +48,7 @@ NFIRST=${NFIRST:-20}
 NIDLE=${NIDLE:-500}
 IDLE_N=${IDLE_N:-"1000 10000"}
 SKIP=${SKIP:-}
+FILL_CONNS=${FILL_CONNS:-10}
 RESULTS=${RESULTS:-/tmp/bench-imap-results.txt}
 PASSWORD='bench imap password'
 DOMAIN=example.org
@@ -63,7 +74,7 @@ cleanup() {
 	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	for d in dc dcc dch; do dovecot_stop "$TMP/$d" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$TMP"
+	if [ "${KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 
@@ -225,19 +236,70 @@ each() {   # LOAD args...: the load against every server, in turn
 }
 
 U_BENCH="bench@$DOMAIN"
+# fill SERVER USER FIRST COUNT: msggen's messages FIRST..FIRST+COUNT-1 into
+# USER's INBOX, untimed (see the header).
+fill() {
+	local srv=$1 user=$2 first=$3 count=$4 t0=$SECONDS
+	case $srv in
+	sealmail)
+		"$BIN/bench-imap" append --user "$user" --conns "$FILL_CONNS" --first "$first" \
+			--count "$count" --port "$SM_PORT" --pass "$PASSWORD" >/dev/null ||
+			{ log "fill of $user on sealmail FAILED"; return 1; } ;;
+	dovecot) dovecot_fill "$DC" "$user" "$first" "$count" ;;
+	dovecot-crypt) dovecot_fill "$DCC" "$user" "$first" "$count" \
+		-o "plugin/mail_crypt_private_password=$PASSWORD" ;;
+	esac
+	log "fill $srv $user: $count messages in $((SECONDS - t0)) s"
+}
+# dovecot_fill DIR USER FIRST COUNT [doveadm options]: doveadm import from
+# the mbox of those messages (fill_mbox).
+dovecot_fill() {
+	local dir=$1 user=$2 first=$3 count=$4
+	shift 4
+	doveadm -c "$dir/dovecot.conf" -o mail_fsync=never "$@" import -u "$user" \
+		"mbox:$TMP/fill/root:INBOX=$TMP/fill/$first-$count.mbox:INDEX=MEMORY" "" \
+		mailbox INBOX all
+}
+fill_mbox() {   # FIRST COUNT: the mbox dovecot_fill reads, written once
+	local src=$TMP/fill/$1-$2.mbox
+	mkdir -p "$TMP/fill/root"
+	chmod 755 "$TMP/fill" "$TMP/fill/root"
+	[ -f "$src" ] || "$BIN/bench-imap" mbox --first "$1" --count "$2" --out "$src"
+	chmod 644 "$src"
+}
+# fill_each USER FIRST COUNT: into every server, all at once (untimed).
+fill_each() {
+	local pids=() s
+	if want dovecot || want dovecot-crypt; then fill_mbox "$2" "$3"; fi
+	for s in "${SERVERS[@]}"; do
+		fill "$s" "$@" &
+		pids+=($!)
+	done
+	for s in "${pids[@]}"; do wait "$s"; done
+	rm -f "$TMP/fill/$2-$3.mbox"
+}
 if ! skip append; then
 	each append_1 append --user "$U_BENCH" --conns 1 --count 1000
 	each append_10 append --user "$U_BENCH" --conns 10 --first 1000 --count $((N - 1000))
 	# the mixed workload's mailboxes: 100 messages each (not a figure)
 	each fill_mix append --user "mix%02d@$DOMAIN" --users "$NMIX" --conns "$NMIX" \
 		--first "$N" --count $((NMIX * 100))
-	if [ "$BIG" -gt 0 ]; then
-		each fill_big append --user "big@$DOMAIN" --conns 10 --count "$BIG"
+else
+	if ! skip select || ! skip fetch || ! skip search; then
+		fill_each "$U_BENCH" 0 "$N"
 	fi
+	if ! skip mixed; then
+		for i in $(seq 1 "$NMIX"); do
+			fill_each "$(printf "mix%02d@%s" "$i" "$DOMAIN")" $((N + (i - 1) * 100)) 100
+		done
+	fi
+fi
+if [ "$BIG" -gt 0 ]; then
+	fill_each "big@$DOMAIN" 0 "$BIG"
 fi
 if ! skip select; then
 	each select_10k select --user "$U_BENCH" --repeat 5
-	[ "$BIG" -gt 0 ] && each select_big select --user "big@$DOMAIN" --repeat 3
+	if [ "$BIG" -gt 0 ]; then each select_big select --user "big@$DOMAIN" --repeat 5; fi
 fi
 if ! skip fetch; then
 	each fetch_headers fetchhdr --user "$U_BENCH" --repeat 3
