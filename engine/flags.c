@@ -1,6 +1,7 @@
 /*
- * Message metadata: FETCH of flags and dates, STORE, COPY/MOVE, EXPUNGE
- * and the CONDSTORE/QRESYNC change log.
+ * Message metadata: FETCH of flags and dates, the sequence map of a
+ * SELECT (UIDs and flags only, and the mailbox's keywords), STORE,
+ * COPY/MOVE, EXPUNGE and the CONDSTORE/QRESYNC change log.
  *
  * Every change of a message row gives it the transaction's MODSEQ and
  * raises its mailbox's HIGHESTMODSEQ; every removed row leaves (uid,
@@ -135,6 +136,59 @@ int eng_fetch_meta_want(eng_store *st, int64_t mailbox_id,
 	}
 	store_release(st, stmt);
 	return rc == SQLITE_DONE ? 0 : store_err(st, rc, "fetch");
+}
+
+/* ---- The sequence map (SELECT) ---- */
+
+int eng_mailbox_view(eng_store *st, int64_t mailbox_id, eng_view_cb *cb,
+		     void *ctx)
+{
+	int err, rc;
+	sqlite3_stmt *stmt = store_prepare(st, "SELECT uid, flags FROM message "
+					   "WHERE mailbox_id = ? ORDER BY uid",
+					   &err);
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, mailbox_id);
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		int ret = cb(ctx, (uint32_t)sqlite3_column_int64(stmt, 0),
+			     (uint32_t)sqlite3_column_int64(stmt, 1));
+
+		if (ret != 0) {
+			store_release(st, stmt);
+			return ret;
+		}
+	}
+	store_release(st, stmt);
+	return rc == SQLITE_DONE ? 0 : store_err(st, rc, "view");
+}
+
+int eng_mailbox_keywords(eng_store *st, int64_t mailbox_id, size_t max,
+			 eng_keyword_cb *cb, void *ctx)
+{
+	int err, rc;
+	/* Per keyword (few), the first of its messages in this mailbox. */
+	sqlite3_stmt *stmt = store_prepare(st, "SELECT k.name FROM keyword k "
+		"WHERE EXISTS (SELECT 1 FROM message_keyword mk JOIN message m "
+		"ON m.id = mk.message_id WHERE mk.keyword_id = k.id AND "
+		"m.mailbox_id = ?1) ORDER BY k.id LIMIT ?2", &err);
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, mailbox_id);
+	sqlite3_bind_int64(stmt, 2, max > INT64_MAX ? INT64_MAX : (int64_t)max);
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		const char *name = (const char *)sqlite3_column_text(stmt, 0);
+		int ret = name != NULL ? cb(ctx, name) : 0;
+
+		if (ret != 0) {
+			store_release(st, stmt);
+			return ret;
+		}
+	}
+	store_release(st, stmt);
+	return rc == SQLITE_DONE ? 0 : store_err(st, rc, "keywords");
 }
 
 /* ---- STORE ---- */

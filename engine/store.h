@@ -228,6 +228,20 @@ int eng_fetch_meta_want(eng_store *st, int64_t mailbox_id,
 			const eng_uidset *uids, uint64_t changedsince,
 			unsigned want, eng_msg_cb *cb, void *ctx);
 
+/*
+ * The sequence map of a SELECT, without the rest of the metadata: cb once
+ * per message with its UID and flags (enum eng_flags), in UID order.
+ */
+typedef int eng_view_cb(void *ctx, uint32_t uid, uint32_t flags);
+int eng_mailbox_view(eng_store *st, int64_t mailbox_id, eng_view_cb *cb,
+		     void *ctx);
+
+/* The keywords set on at least one message of the mailbox, at most max,
+ * oldest keyword first: cb once each. */
+typedef int eng_keyword_cb(void *ctx, const char *name);
+int eng_mailbox_keywords(eng_store *st, int64_t mailbox_id, size_t max,
+			 eng_keyword_cb *cb, void *ctx);
+
 typedef struct eng_append_opts {
 	uint32_t flags;
 	const char *const *keywords;

@@ -76,6 +76,7 @@ enum rpc_opcode {
 	RPC_OP_THREAD = 57,
 	RPC_OP_CHANGES = 58,
 	RPC_OP_QUOTA_GET = 59,
+	RPC_OP_MAILBOX_VIEW = 60,
 
 	RPC_OP_DELIVER = 64,
 	RPC_OP_DIR_LOOKUP = 65,
@@ -183,6 +184,7 @@ enum rpc_tag {
 	RPC_T_VANISHED = 64,         /* [bytes] packed ranges */
 	RPC_T_QUOTA_USED = 65,       /* [u] bytes */
 	RPC_T_QUOTA_LIMIT = 66,      /* [u] bytes, 0 = none */
+	RPC_T_FLAG_RUNS = 67,        /* [bytes] packed (count, flags) u32 pairs */
 
 	/* search, sort, thread */
 	RPC_T_QUERY = 70,            /* [group] one query node */

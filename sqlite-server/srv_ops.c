@@ -1,7 +1,7 @@
 /*
  * The dispatch table: opcode -> handler. The handlers live in one file per
  * family (srv_ops_conn.c: PING, STATS, SERVER_STATUS; srv_ops_session.c:
- * UNLOCK, LOCK; srv_ops_mailbox.c, srv_ops_message.c, srv_ops_search.c:
+ * UNLOCK, LOCK; srv_ops_mailbox.c, srv_ops_message.c, srv_ops_search.c, srv_ops_view.c:
  * the mailbox opcodes; srv_ops_dir.c: DIR_LOOKUP, DELIVER and the admin
  * opcodes; srv_ops_backup.c: BACKUP_PREPARE, RESTORE_ALIAS). The pre-dispatch checks (opcode known, session, limits, body)
  * are the core's, in srv_net.c, driven by rpc_op_lookup()'s flags.
@@ -35,6 +35,7 @@ srv_handler_fn srv_op_sort __attribute__((weak));
 srv_handler_fn srv_op_thread __attribute__((weak));
 srv_handler_fn srv_op_changes __attribute__((weak));
 srv_handler_fn srv_op_quota_get __attribute__((weak));
+srv_handler_fn srv_op_mailbox_view __attribute__((weak));
 srv_handler_fn srv_op_deliver __attribute__((weak));
 srv_handler_fn srv_op_dir_lookup __attribute__((weak));
 srv_handler_fn srv_op_domain_add __attribute__((weak));
@@ -76,6 +77,7 @@ static const struct {
 	{ RPC_OP_THREAD, srv_op_thread },
 	{ RPC_OP_CHANGES, srv_op_changes },
 	{ RPC_OP_QUOTA_GET, srv_op_quota_get },
+	{ RPC_OP_MAILBOX_VIEW, srv_op_mailbox_view },
 	{ RPC_OP_DELIVER, srv_op_deliver },
 	{ RPC_OP_DIR_LOOKUP, srv_op_dir_lookup },
 	{ RPC_OP_DOMAIN_ADD, srv_op_domain_add },

@@ -12,8 +12,10 @@
  * SELECT / EXAMINE (RFC 9051 6.3.2, RFC 3501 6.3.1, RFC 7162):
  *   leave the selected mailbox first ("* OK [CLOSED]" under QRESYNC or
  *   IMAP4rev2), so a failed SELECT leaves the session unselected;
- *   MAILBOX_STATUS -> FETCH_META of every message (the sequence map and
- *   the flags) -> [CHANGES since the client's MODSEQ for QRESYNC] ->
+ *   MAILBOX_STATUS -> MAILBOX_VIEW (the sequence map and the flags as
+ *   UID ranges and flag runs, and the mailbox's keywords; FETCH_META of
+ *   every message from a sqlited without it) -> [CHANGES since the
+ *   client's MODSEQ for QRESYNC] ->
  *   FLAGS, PERMANENTFLAGS, EXISTS, [0 RECENT, UNSEEN under IMAP4rev1],
  *   UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, [VANISHED (EARLIER), FETCH],
  *   tagged OK [READ-WRITE] / [READ-ONLY].
@@ -46,6 +48,8 @@ const size_t imap_n_special_uses =
 
 /* Distinct keywords listed in FLAGS / PERMANENTFLAGS at most. */
 #define SELECT_KEYWORDS_MAX 1000
+/* Messages in a selected mailbox at most (8 bytes each in the view). */
+#define IMAP_SELECT_MAX_MESSAGES (1u << 24)
 
 /* ---- Shared plumbing (imap_mailbox.h) ---- */
 
@@ -582,6 +586,18 @@ static void cmd_select(imap_cmd *cmd)
 }
 
 static void on_select_meta(imap_cmd *cmd, int err, const rpc_view *resp);
+static void on_select_view(imap_cmd *cmd, int err, const rpc_view *resp);
+
+/* opcode (MAILBOX_VIEW or FETCH_META) on the mailbox MAILBOX_STATUS named. */
+static void select_call(imap_cmd *cmd, uint16_t opcode, imap_rpc_cb *cb)
+{
+	select_op *op = cmd->op;
+
+	imap_rpc_begin(cmd->s, &op->pl);
+	rpc_put_str(&op->pl, RPC_T_MAILBOX, op->info.name);
+	rpc_put_u64(&op->pl, RPC_T_UIDVALIDITY, op->info.uidvalidity);
+	imap_mbx_call(cmd, opcode, &op->pl, cb, select_free);
+}
 
 static void on_select_status(imap_cmd *cmd, int err, const rpc_view *resp)
 {
@@ -605,11 +621,7 @@ static void on_select_status(imap_cmd *cmd, int err, const rpc_view *resp)
 			      "Mailbox is not selectable");
 		return;
 	}
-	imap_rpc_begin(cmd->s, &op->pl);
-	rpc_put_str(&op->pl, RPC_T_MAILBOX, op->info.name);
-	rpc_put_u64(&op->pl, RPC_T_UIDVALIDITY, op->info.uidvalidity);
-	imap_mbx_call(cmd, RPC_OP_FETCH_META, &op->pl, on_select_meta,
-		      select_free);
+	select_call(cmd, RPC_OP_MAILBOX_VIEW, on_select_view);
 }
 
 static void keyword_note(select_op *op, const rpc_field *f)
@@ -626,15 +638,11 @@ static void keyword_note(select_op *op, const rpc_field *f)
 	op->kw[op->n_kw++] = eng_strndup(k, f->u);
 }
 
-/* The view from FETCH_META's MESSAGE groups (UID order). */
-static int select_build(select_op *op, const rpc_view *resp)
+/* The new view, before its messages are known (n: how many). */
+static imap_selected *select_new_view(select_op *op, size_t n)
 {
-	size_t n = rpc_count(resp, RPC_T_MESSAGE);
 	imap_selected *sel = eng_calloc(1, sizeof(*sel));
-	const rpc_field *f;
-	rpc_iter it;
 
-	op->sel = sel;
 	sel->name = eng_strdup(op->info.name);
 	sel->readonly = op->readonly;
 	sel->uidvalidity = op->info.uidvalidity;
@@ -643,6 +651,19 @@ static int select_build(select_op *op, const rpc_view *resp)
 	sel->cap = n > 0 ? n : 1;
 	sel->uids = eng_malloc(sel->cap * sizeof(*sel->uids));
 	sel->flags = eng_malloc(sel->cap * sizeof(*sel->flags));
+	return sel;
+}
+
+/* The view from FETCH_META's MESSAGE groups (UID order): from a sqlited
+ * without MAILBOX_VIEW. */
+static int select_build(select_op *op, const rpc_view *resp)
+{
+	size_t n = rpc_count(resp, RPC_T_MESSAGE);
+	imap_selected *sel = select_new_view(op, n);
+	const rpc_field *f;
+	rpc_iter it;
+
+	op->sel = sel;
 	rpc_iter_init(&it, resp);
 	while ((f = rpc_iter_next(&it, RPC_T_MESSAGE)) != NULL) {
 		rpc_view g = rpc_field_group(f);
@@ -664,6 +685,87 @@ static int select_build(select_op *op, const rpc_view *resp)
 	}
 	if (sel->n > 0 && sel->uidnext <= sel->uids[sel->n - 1])
 		sel->uidnext = sel->uids[sel->n - 1] + 1;
+	return 0;
+}
+
+/* The UIDs of MAILBOX_VIEW's UIDSET fields (ascending, disjoint ranges)
+ * into sel->uids, exactly sel->cap of them when check is false; with
+ * check, only counted into *n_r (nothing written). */
+static int view_uids(const rpc_view *resp, imap_selected *sel, bool check,
+		     uint64_t *n_r)
+{
+	uint64_t n = 0, last = 0;
+	const rpc_field *f;
+	rpc_iter it;
+
+	rpc_iter_init(&it, resp);
+	while ((f = rpc_iter_next(&it, RPC_T_UIDSET)) != NULL) {
+		if (f->type != RPC_W_BYTES || f->u % 8 != 0)
+			return ENG_EIO;
+		for (size_t i = 0; i < f->u; i += 8) {
+			uint32_t lo = rpc_uids_at(f->data + i, 0);
+			uint32_t hi = rpc_uids_at(f->data + i, 1);
+
+			if (lo == 0 || lo > hi || lo <= last ||
+			    n + (hi - lo) + 1 > IMAP_SELECT_MAX_MESSAGES)
+				return ENG_EIO;
+			for (uint64_t u = lo; !check && u <= hi; u++)
+				sel->uids[sel->n++] = (uint32_t)u;
+			n += (uint64_t)(hi - lo) + 1;
+			last = hi;
+		}
+	}
+	*n_r = n;
+	return 0;
+}
+
+/* The FLAG_RUNS fields: exactly sel->n flags into sel->flags. */
+static int view_flags(const rpc_view *resp, imap_selected *sel)
+{
+	size_t done = 0;
+	const rpc_field *f;
+	rpc_iter it;
+
+	rpc_iter_init(&it, resp);
+	while ((f = rpc_iter_next(&it, RPC_T_FLAG_RUNS)) != NULL) {
+		if (f->type != RPC_W_BYTES || f->u % 8 != 0)
+			return ENG_EIO;
+		for (size_t i = 0; i < f->u; i += 8) {
+			uint32_t len = rpc_uids_at(f->data + i, 0);
+			uint32_t flags = rpc_uids_at(f->data + i, 1) & ENG_F_ALL;
+
+			if (len == 0 || len > sel->n - done)
+				return ENG_EIO;
+			for (uint32_t k = 0; k < len; k++)
+				sel->flags[done++] = flags;
+		}
+	}
+	return done == sel->n ? 0 : ENG_EIO;
+}
+
+/* The view from MAILBOX_VIEW: MESSAGES, UIDSET ranges, FLAG_RUNS,
+ * KEYWORD*; the counts must agree. */
+static int select_build_view(select_op *op, const rpc_view *resp)
+{
+	uint64_t n = 0, counted = 0;
+	const rpc_field *f;
+	rpc_iter it;
+	int err;
+
+	if (rpc_get_u64(resp, RPC_T_MESSAGES, &n) != 0 ||
+	    n > IMAP_SELECT_MAX_MESSAGES ||
+	    view_uids(resp, NULL, true, &counted) != 0 || counted != n)
+		return ENG_EIO;
+	op->sel = select_new_view(op, (size_t)n);
+	if ((err = view_uids(resp, op->sel, false, &counted)) != 0 ||
+	    (err = view_flags(resp, op->sel)) != 0)
+		return err;
+	rpc_iter_init(&it, resp);
+	while ((f = rpc_iter_next(&it, RPC_T_KEYWORD)) != NULL)
+		if (f->type == RPC_W_BYTES)
+			keyword_note(op, f);
+	if (op->sel->n > 0 && op->sel->uidnext <= op->sel->uids[op->sel->n - 1])
+		op->sel->uidnext = op->sel->uids[op->sel->n - 1] + 1;
 	return 0;
 }
 
@@ -727,16 +829,35 @@ static void select_finish(imap_cmd *cmd)
 
 static void on_select_changes(imap_cmd *cmd, int err, const rpc_view *resp);
 
-static void on_select_meta(imap_cmd *cmd, int err, const rpc_view *resp)
-{
-	select_op *op = cmd->op;
+static void select_built(imap_cmd *cmd, int err);
 
+static void on_select_view(imap_cmd *cmd, int err, const rpc_view *resp)
+{
 	if (cmd->aborted) {
 		select_free(cmd);
 		return;
 	}
-	if (err == 0)
-		err = select_build(op, resp);
+	if (err == RPC_EOPCODE) {    /* an older sqlited */
+		select_call(cmd, RPC_OP_FETCH_META, on_select_meta);
+		return;
+	}
+	select_built(cmd, err == 0 ? select_build_view(cmd->op, resp) : err);
+}
+
+static void on_select_meta(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	if (cmd->aborted) {
+		select_free(cmd);
+		return;
+	}
+	select_built(cmd, err == 0 ? select_build(cmd->op, resp) : err);
+}
+
+/* The view is built (err 0): the untagged answers, then QRESYNC's. */
+static void select_built(imap_cmd *cmd, int err)
+{
+	select_op *op = cmd->op;
+
 	if (err != 0) {
 		select_fail(cmd, err);
 		return;

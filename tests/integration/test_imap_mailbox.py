@@ -189,6 +189,49 @@ class MailboxTest(unittest.TestCase):
         self.assertEqual(c.unselect()[0], "OK")
         self.assert_unselected(c)
 
+    def test_select_sequence_map(self):
+        """SELECT's sequence map (sqlited's MAILBOX_VIEW: UID ranges and
+        flag runs) matches the mailbox: gaps left by EXPUNGE, the first
+        unseen message, the keywords in FLAGS, sequence numbers."""
+        c = self.login()
+        self.assertEqual(c.create("Map")[0], "OK")
+        for i in range(12):
+            self.assertEqual(c.append("Map", None, None, message(300 + i))[0], "OK")
+        c.select("Map")
+        self.assertEqual(c.uid("STORE", "1:4", "+FLAGS.SILENT", r"(\Seen)")[0], "OK")
+        self.assertEqual(c.uid("STORE", "5,9", "+FLAGS.SILENT", r"(\Deleted)")[0], "OK")
+        self.assertEqual(c.uid("STORE", "7", "+FLAGS.SILENT", r"(\Seen $Mapped)")[0], "OK")
+        self.assertEqual(c.expunge()[0], "OK")
+        self.assertEqual(c.uid("STORE", "6", "+FLAGS.SILENT", r"(\Seen)")[0], "OK")
+        c.unselect()
+        typ, data = c.select("Map")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(int(data[0]), 10)                  # 12 - UIDs 5 and 9
+        r = c.untagged_responses
+        # UIDs 1-4, 6, 7 are \Seen: the first unseen is UID 8, sequence 7.
+        self.assertEqual(r["UNSEEN"], [b"7"])
+        self.assertIn(b"$Mapped", r["FLAGS"][0])
+        self.assertIn(b"$Mapped", r["PERMANENTFLAGS"][0])
+        self.assertEqual(int(r["UIDNEXT"][0]), 13)
+        typ, data = c.fetch("1:*", "(UID FLAGS)")
+        self.assertEqual(typ, "OK")
+        got = [(int(d.split()[0]), int(re.search(rb"UID (\d+)", d).group(1)),
+                b"\\Seen" in re.search(rb"FLAGS \(([^)]*)\)", d).group(1)) for d in data]
+        want = [(seq + 1, uid, uid in (1, 2, 3, 4, 6, 7))
+                for seq, uid in enumerate([1, 2, 3, 4, 6, 7, 8, 10, 11, 12])]
+        self.assertEqual(got, want)
+        # Every message seen: no UNSEEN; an empty mailbox: 0 EXISTS.
+        self.assertEqual(c.store("1:*", "+FLAGS.SILENT", r"(\Seen)")[0], "OK")
+        c.unselect()
+        typ, data = c.select("Map")
+        self.assertNotIn("UNSEEN", c.untagged_responses)
+        self.assertEqual(c.store("1:*", "+FLAGS.SILENT", r"(\Deleted)")[0], "OK")
+        self.assertEqual(c.expunge()[0], "OK")
+        c.unselect()
+        typ, data = c.select("Map")
+        self.assertEqual((typ, int(data[0])), ("OK", 0))
+        self.assertEqual(int(c.untagged_responses["UIDNEXT"][0]), 13)
+
     def test_select_rev2_and_closed(self):
         r = self.raw(enable="IMAP4rev2 QRESYNC")
         out, t = self.rcmd(r, b"SELECT INBOX")

@@ -1094,6 +1094,138 @@ static void test_fetch_meta_parts(void **state)
 	rpc_sync_free(&c);
 }
 
+/* ---- MAILBOX_VIEW: the sequence map of a SELECT ---- */
+
+/* A STORE of flags (and keyword kw, if any) on lo..hi, mode ADD. */
+static void store_flags(rpc_sync *c, const uint8_t *s, const char *mailbox,
+			uint32_t lo, uint32_t hi, uint32_t flags, const char *kw)
+{
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	eng_buf b = ENG_BUF_INIT;
+
+	begin(&b, s, mailbox);
+	put_uidset(&b, RPC_T_UIDSET, lo, hi);
+	rpc_put_u64(&b, RPC_T_MODE, RPC_MODE_ADD);
+	rpc_put_u64(&b, RPC_T_FLAGS, flags);
+	if (kw != NULL)
+		rpc_put_str(&b, RPC_T_KEYWORD, kw);
+	assert_int_equal(call(c, RPC_OP_STORE, &b, &resp), 0);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+}
+
+/* Expands MAILBOX_VIEW's UIDSET ranges and FLAG_RUNS into m (uid, flags);
+ * checks that both cover MESSAGES messages. Returns that count. */
+static size_t expand_view(const rpc_view *v, struct meta *m, size_t max)
+{
+	size_t n = 0, nf = 0, count = (size_t)get_u(v, RPC_T_MESSAGES);
+	const rpc_field *fld;
+	rpc_iter it;
+
+	rpc_iter_init(&it, v);
+	while ((fld = rpc_iter_next(&it, RPC_T_UIDSET)) != NULL) {
+		assert_int_equal(fld->u % 8, 0);
+		for (size_t i = 0; i < fld->u / 4; i += 2) {
+			uint32_t lo = rpc_uids_at(fld->data, i);
+			uint32_t hi = rpc_uids_at(fld->data, i + 1);
+
+			assert_true(lo >= 1 && lo <= hi);
+			for (uint32_t u = lo; u <= hi; u++) {
+				assert_true(n < max);
+				m[n++].uid = u;
+			}
+		}
+	}
+	rpc_iter_init(&it, v);
+	while ((fld = rpc_iter_next(&it, RPC_T_FLAG_RUNS)) != NULL) {
+		assert_int_equal(fld->u % 8, 0);
+		for (size_t i = 0; i < fld->u / 4; i += 2) {
+			uint32_t len = rpc_uids_at(fld->data, i);
+
+			assert_true(len >= 1 && nf + len <= n);
+			for (uint32_t k = 0; k < len; k++)
+				m[nf++].flags = rpc_uids_at(fld->data, i + 1);
+		}
+	}
+	assert_int_equal(n, count);
+	assert_int_equal(nf, count);
+	return n;
+}
+
+/* MAILBOX_VIEW holds exactly FETCH_META's UIDs and flags (gaps, runs of
+ * flags), the mailbox's keywords once each, and checks UIDVALIDITY. */
+static void test_mailbox_view(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT;
+	rpc_sync *c = connect_client(f);
+	struct meta meta[32], view[32];
+	uint32_t uid, uidvalidity;
+	size_t n;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	begin(&b, s, "V");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_CREATE, &b, &resp), 0);
+	uidvalidity = (uint32_t)get_u(&resp.view, RPC_T_UIDVALIDITY);
+	/* Empty: MESSAGES 0, no ranges, no runs. */
+	begin(&b, s, "V");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_VIEW, &b, &resp), 0);
+	assert_int_equal(get_u(&resp.view, RPC_T_MESSAGES), 0);
+	assert_int_equal(rpc_count(&resp.view, RPC_T_UIDSET), 0);
+	assert_int_equal(rpc_count(&resp.view, RPC_T_FLAG_RUNS), 0);
+	for (int i = 0; i < 20; i++)
+		assert_int_equal(append(c, s, "V", "Subject: v\r\n\r\nv\r\n",
+					17, 0, NULL, &uid), 0);
+	store_flags(c, s, "V", 1, 6, ENG_F_SEEN, NULL);
+	store_flags(c, s, "V", 9, 9, ENG_F_FLAGGED, "$Work");
+	store_flags(c, s, "V", 12, 12, 0, "$Later");
+	store_flags(c, s, "V", 13, 13, 0, "$work");     /* the same, any case */
+	/* Gaps: 7, 8 and 15 go. */
+	store_flags(c, s, "V", 7, 8, ENG_F_DELETED, NULL);
+	store_flags(c, s, "V", 15, 15, ENG_F_DELETED, NULL);
+	begin(&b, s, "V");
+	assert_int_equal(call(c, RPC_OP_EXPUNGE, &b, &resp), 0);
+
+	begin(&b, s, "V");
+	assert_int_equal(call(c, RPC_OP_FETCH_META, &b, &resp), 0);
+	n = get_messages(&resp.view, meta, 32);
+	assert_int_equal(n, 17);
+	begin(&b, s, "V");
+	rpc_put_u64(&b, RPC_T_UIDVALIDITY, uidvalidity);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_VIEW, &b, &resp), 0);
+	assert_int_equal(expand_view(&resp.view, view, 32), n);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(view[i].uid, meta[i].uid);
+		assert_int_equal(view[i].flags, meta[i].flags);
+	}
+	/* 1-6, 9-14, 16-20: three ranges; \Seen x6, \Flagged, none x10:
+	 * three runs, not one pair per message. */
+	assert_int_equal(rpc_count(&resp.view, RPC_T_UIDSET), 1);
+	{
+		const uint8_t *p;
+		size_t len;
+
+		assert_int_equal(rpc_get_bytes(&resp.view, RPC_T_UIDSET, &p,
+					       &len), 0);
+		assert_int_equal(len, 3 * 8);
+		assert_int_equal(rpc_get_bytes(&resp.view, RPC_T_FLAG_RUNS, &p,
+					       &len), 0);
+		assert_int_equal(len, 3 * 8);
+	}
+	assert_int_equal(rpc_count(&resp.view, RPC_T_KEYWORD), 2);
+	/* Another UIDVALIDITY: EMODIFIED; a missing mailbox: ENOTFOUND. */
+	begin(&b, s, "V");
+	rpc_put_u64(&b, RPC_T_UIDVALIDITY, uidvalidity + 1);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_VIEW, &b, &resp), ENG_EMODIFIED);
+	begin(&b, s, "Nope");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_VIEW, &b, &resp), ENG_ENOTFOUND);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
 /* ---- FETCH_META WANT: headers and MIME structures inline ---- */
 
 /* The MESSAGE groups of resp, in order (at most max). */
@@ -1352,6 +1484,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_unlock_throttle, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_meta_want, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_mailbox_view, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_meta_parts, setup,
 						teardown),
