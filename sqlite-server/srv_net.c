@@ -254,6 +254,7 @@ typedef struct net_write {
 	uv_write_t w;
 	srv_conn *c;
 	size_t len;
+	char *owned;                 /* the bytes, if not in data[] */
 	char data[];
 } net_write;
 
@@ -268,7 +269,8 @@ static void on_write(uv_write_t *w, int status)
 
 	(void)status;
 	c->out_bytes -= nw->len;
-	sodium_memzero(nw->data, nw->len);
+	sodium_memzero(nw->owned != NULL ? nw->owned : nw->data, nw->len);
+	free(nw->owned);
 	free(nw);
 	if (c->state == C_CLOSING)
 		return;
@@ -293,22 +295,35 @@ static void read_stop(srv_conn *c)
 	uv_read_stop(&c->h.stream);
 }
 
-static void wire_write(srv_conn *c, const void *data, size_t len)
+/*
+ * Queues bytes for the socket: a copy of data, or, with owned, data
+ * itself, which the write then frees (wiped, like the copy) when done.
+ */
+static void wire_queue(srv_conn *c, const void *data, size_t len, bool owned)
 {
 	net_write *nw;
 	uv_buf_t b;
 
-	if (len == 0 || uv_is_closing(&c->h.handle))
+	if (len == 0 || uv_is_closing(&c->h.handle)) {
+		if (owned) {
+			sodium_memzero((void *)data, len);
+			free((void *)data);
+		}
 		return;
-	nw = eng_malloc(sizeof(*nw) + len);
+	}
+	nw = eng_malloc(sizeof(*nw) + (owned ? 0 : len));
 	nw->c = c;
 	nw->len = len;
-	memcpy(nw->data, data, len);
-	b = uv_buf_init(nw->data, (unsigned)len);
+	nw->owned = owned ? (char *)data : NULL;
+	if (!owned)
+		memcpy(nw->data, data, len);
+	b = uv_buf_init(owned ? nw->owned : nw->data, (unsigned)len);
 	c->out_bytes += len;
 	c->net->srv->bytes_out += len;
 	if (uv_write(&nw->w, &c->h.stream, &b, 1, on_write) != 0) {
 		c->out_bytes -= len;
+		sodium_memzero(b.base, len);
+		free(nw->owned);
 		free(nw);
 		conn_close(c, false);
 		return;
@@ -322,6 +337,11 @@ static void wire_write(srv_conn *c, const void *data, size_t len)
 			c->frame_timer_on = false;
 		}
 	}
+}
+
+static void wire_write(srv_conn *c, const void *data, size_t len)
+{
+	wire_queue(c, data, len, false);
 }
 
 /* Moves what TLS produced to the socket. */
@@ -369,10 +389,21 @@ static int send_frame(srv_conn *c, uint8_t kind, uint8_t flags, uint16_t opcode,
 	size_t mark;
 	int rc;
 
+	/* Room for all of it at once: no realloc leaves a copy behind. */
+	eng_buf_reserve(&b, RPC_HEADER_BYTES + len);
 	mark = rpc_frame_begin(&b, kind, flags, opcode, id);
 	if (len > 0)
 		eng_buf_append(&b, payload, len);
 	rc = rpc_frame_end(&b, mark, NULL);
+	if (rc == 0 && c->ssl == NULL && c->state != C_CLOSING) {
+		/* Plaintext: the frame's buffer itself goes to the socket (one
+		 * copy of the payload and one wipe, not two of each). */
+		size_t n;
+		char *data = eng_buf_steal(&b, &n);
+
+		wire_queue(c, data, n, true);
+		return 0;
+	}
 	if (rc == 0)
 		conn_write(c, b.data, b.len);
 	eng_buf_free_wipe(&b);
