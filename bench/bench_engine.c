@@ -141,7 +141,7 @@ static void run(const char *path, bool plaintext, const uint8_t *key,
 		size_t hl;
 
 		check(eng_message_open(st, mb.id, uids.v[i], &m), "open message");
-		eng_message_header(m, &h, &hl);
+		check(eng_message_header(m, &h, &hl), "header");
 		if (hl == 0)
 			check(ENG_ECORRUPT, "empty header");
 		eng_message_close(&m);

@@ -61,6 +61,7 @@ struct eng_message {
 	int64_t content_id;
 	uint64_t size;
 	uint32_t chunks;
+	bool meta_loaded;           /* mime_blob and header read */
 	void *mime_blob;
 	size_t mime_len;
 	eng_mime_part *mime;
@@ -939,8 +940,10 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 		     eng_message **m_r)
 {
 	int err;
+	/* Columns before mime and header only: a content row whose header
+	 * spills into overflow pages is not decrypted for a body read. */
 	sqlite3_stmt *stmt = store_prepare(st,
-		"SELECT c.id, c.size, c.chunks, c.mime, c.header FROM message m "
+		"SELECT c.id, c.size, c.chunks FROM message m "
 		"JOIN content c ON c.id = m.content_id "
 		"WHERE m.mailbox_id = ? AND m.uid = ?", &err);
 	eng_message *m;
@@ -962,17 +965,42 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 	m->content_id = sqlite3_column_int64(stmt, 0);
 	m->size = (uint64_t)sqlite3_column_int64(stmt, 1);
 	m->chunks = (uint32_t)sqlite3_column_int64(stmt, 2);
-	m->mime_len = (size_t)sqlite3_column_bytes(stmt, 3);
-	m->mime_blob = eng_malloc(m->mime_len);
-	if (m->mime_len > 0)
-		memcpy(m->mime_blob, sqlite3_column_blob(stmt, 3), m->mime_len);
-	m->header_len = (size_t)sqlite3_column_bytes(stmt, 4);
-	m->header = eng_malloc(m->header_len);
-	if (m->header_len > 0)
-		memcpy(m->header, sqlite3_column_blob(stmt, 4), m->header_len);
 	m->cached_seq = -1;
 	store_release(st, stmt);
 	*m_r = m;
+	return 0;
+}
+
+/* Reads the MIME blob and the header of the content row, once. */
+static int load_meta(eng_message *m)
+{
+	int err;
+	sqlite3_stmt *stmt;
+	int rc;
+
+	if (m->meta_loaded)
+		return 0;
+	stmt = store_prepare(m->st, "SELECT mime, header FROM content "
+			     "WHERE id = ?", &err);
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, m->content_id);
+	rc = sqlite3_step(stmt);
+	if (rc != SQLITE_ROW) {
+		store_release(m->st, stmt);
+		return rc == SQLITE_DONE ? ENG_ENOTFOUND :
+			store_err(m->st, rc, "message meta");
+	}
+	m->mime_len = (size_t)sqlite3_column_bytes(stmt, 0);
+	m->mime_blob = eng_malloc(m->mime_len);
+	if (m->mime_len > 0)
+		memcpy(m->mime_blob, sqlite3_column_blob(stmt, 0), m->mime_len);
+	m->header_len = (size_t)sqlite3_column_bytes(stmt, 1);
+	m->header = eng_malloc(m->header_len);
+	if (m->header_len > 0)
+		memcpy(m->header, sqlite3_column_blob(stmt, 1), m->header_len);
+	store_release(m->st, stmt);
+	m->meta_loaded = true;
 	return 0;
 }
 
@@ -999,6 +1027,8 @@ int eng_message_mime(eng_message *m, const eng_mime_part **root_r)
 {
 	int err;
 
+	if ((err = load_meta(m)) != 0)
+		return err;
 	if (m->mime == NULL) {
 		err = eng_mime_decode(m->mime_blob, m->mime_len, m->size,
 				      &m->mime);
@@ -1012,11 +1042,17 @@ int eng_message_mime(eng_message *m, const eng_mime_part **root_r)
 	return 0;
 }
 
-void eng_message_header(const eng_message *m, const void **data_r,
-			size_t *len_r)
+int eng_message_header(eng_message *m, const void **data_r, size_t *len_r)
 {
+	int err;
+
+	*data_r = NULL;
+	*len_r = 0;
+	if ((err = load_meta(m)) != 0)
+		return err;
 	*data_r = m->header;
 	*len_r = m->header_len;
+	return 0;
 }
 
 /* One zstd decompression context per thread, made at its first chunk

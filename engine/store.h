@@ -273,6 +273,9 @@ int eng_append_message(eng_store *st, int64_t mailbox_id, const void *data,
 /* An opened message: content, MIME structure and header. */
 typedef struct eng_message eng_message;
 
+/* Opening reads the size only: the MIME tree and the header are read at
+ * their first use (a whole-body read never needs them), which must come
+ * while the message exists (ENG_ENOTFOUND after its content is gone). */
 int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 		     eng_message **m_r);
 void eng_message_close(eng_message **m);
@@ -280,8 +283,7 @@ uint64_t eng_message_size(const eng_message *m);
 /* The MIME tree stored at append time (decoded on first use). */
 int eng_message_mime(eng_message *m, const eng_mime_part **root_r);
 /* The top-level header, straight from its own column (no decompression). */
-void eng_message_header(const eng_message *m, const void **data_r,
-			size_t *len_r);
+int eng_message_header(eng_message *m, const void **data_r, size_t *len_r);
 /*
  * Copies up to len bytes of the raw message from offset into buf. Returns
  * the count (0 at the end) or a negative code. Only the chunks that hold

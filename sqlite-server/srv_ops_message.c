@@ -605,7 +605,8 @@ static int fetch_body_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 		const void *hdr;
 		size_t hdr_len;
 
-		eng_message_header(m, &hdr, &hdr_len);
+		if ((err = eng_message_header(m, &hdr, &hdr_len)) != 0)
+			return err;
 		rpc_put_bytes(srv_mbop_part(op, 1, hdr_len + 16), RPC_T_HEADER,
 			      hdr, hdr_len);
 	}

@@ -636,7 +636,7 @@ static void inline_check(struct fixture *f, const struct inline_row *r,
 	assert_int_equal(eng_message_open(f->st, f->inbox, r->uid, &m), 0);
 	assert_int_equal(eng_message_size(m), r->size);
 	if (want & ENG_FETCH_WANT_HEADER) {
-		eng_message_header(m, &hdr, &hlen);
+		assert_int_equal(eng_message_header(m, &hdr, &hlen), 0);
 		assert_true(hlen > 0);
 		assert_int_equal(r->header.len, hlen);
 		assert_memory_equal(r->header.data, hdr, hlen);
@@ -757,7 +757,7 @@ static void test_read_sections(void **state)
 	assert_memory_equal(back, msg + ENG_CHUNK_BYTES - 10, 20);
 	assert_int_equal(eng_message_read(m, len, back, 10), 0);
 
-	eng_message_header(m, &hdr, &hlen);
+	assert_int_equal(eng_message_header(m, &hdr, &hlen), 0);
 	assert_true(hlen > 0);
 	assert_memory_equal(hdr, msg, hlen);
 	assert_memory_equal((const char *)hdr + hlen - 4, "\r\n\r\n", 4);
@@ -919,6 +919,49 @@ static void test_read_snapshot(void **state)
 	check_invariants(f->st);
 }
 
+/* eng_message_open reads the size only; the header and MIME tree come at
+ * first use, from the content row (gone once the message is expunged). */
+static void test_message_lazy_meta(void **state)
+{
+	struct fixture *f = *state;
+	uint32_t uid = append(f, f->inbox, simple_msg, ENG_F_DELETED);
+	size_t len = strlen(simple_msg), hlen;
+	eng_uidset set = { 0 };
+	const eng_mime_part *root;
+	eng_message *m, *gone;
+	char back[sizeof(simple_msg)];
+	const void *hdr;
+	uint32_t *uids;
+	size_t n;
+
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+	assert_int_equal(eng_message_size(m), len);
+	assert_int_equal(eng_message_read(m, 0, back, sizeof(back)), (long)len);
+	assert_memory_equal(back, simple_msg, len);
+	assert_int_equal(eng_message_header(m, &hdr, &hlen), 0);
+	assert_int_equal(hlen, strstr(simple_msg, "\r\n\r\n") + 4 - simple_msg);
+	assert_memory_equal(hdr, simple_msg, hlen);
+	assert_int_equal(eng_message_mime(m, &root), 0);
+	assert_int_equal(eng_message_size(m), len);
+	/* Read once: the same again, without the row. */
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &gone), 0);
+	eng_uidset_add(&set, uid, uid);
+	assert_int_equal(eng_expunge(f->st, f->inbox, &set, &uids, &n), 0);
+	assert_int_equal(n, 1);
+	free(uids);
+	eng_uidset_free(&set);
+	assert_int_equal(eng_message_header(m, &hdr, &hlen), 0);
+	assert_memory_equal(hdr, simple_msg, hlen);
+	/* Never read before the expunge: the content row is gone. */
+	assert_int_equal(eng_message_header(gone, &hdr, &hlen), ENG_ENOTFOUND);
+	assert_null(hdr);
+	assert_int_equal(hlen, 0);
+	assert_int_equal(eng_message_mime(gone, &root), ENG_ENOTFOUND);
+	eng_message_close(&gone);
+	eng_message_close(&m);
+	check_invariants(f->st);
+}
+
 static void test_quota_and_limits(void **state)
 {
 	struct fixture *f = *state;
@@ -1062,6 +1105,8 @@ int main(void)
 		cmocka_unit_test(test_uidset_parse),
 		cmocka_unit_test_setup_teardown(test_stmt_cache, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_read_snapshot, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_message_lazy_meta, setup,
 						teardown),
 	};
 
