@@ -297,9 +297,8 @@ void srv_mbop_put_uid_ranges(srv_mbop *op, uint32_t tag,
 	free(packed);
 }
 
-static int mbop_work(srv_alias *a, void *ctx)
+int srv_mbop_work(srv_alias *a, srv_mbop *op)
 {
-	srv_mbop *op = ctx;
 	eng_store *st = srv_alias_store(a);
 	eng_mailbox mb;
 	int err;
@@ -324,9 +323,13 @@ static int mbop_work(srv_alias *a, void *ctx)
 	return err;
 }
 
-static void mbop_done(void *ctx, int result)
+static int mbop_work(srv_alias *a, void *ctx)
 {
-	srv_mbop *op = ctx;
+	return srv_mbop_work(a, ctx);
+}
+
+void srv_mbop_done(srv_mbop *op, int result)
+{
 	srv_req *req = op->req;
 
 	if (result != 0) {
@@ -351,6 +354,11 @@ static void mbop_done(void *ctx, int result)
 			       op->parts[op->n_parts - 1].len);
 	srv_reply(req);
 	srv_mbop_free(&op);
+}
+
+static void mbop_done(void *ctx, int result)
+{
+	srv_mbop_done(ctx, result);
 }
 
 void srv_mbop_submit(srv_mbop *op, srv_mbop_run_fn *run)

@@ -92,6 +92,11 @@ void srv_mbop_free(srv_mbop **op);
 void srv_mbop_submit(srv_mbop *op, srv_mbop_run_fn *run);
 /* Fails req with err and frees op (loop thread). */
 void srv_mbop_fail(srv_mbop *op, int err);
+/* The two halves of srv_mbop_submit's work item, for a handler that runs
+ * several mbops (op->run set) in one item of its own: the pool half
+ * (mailbox lookup, then run) and the loop half (answer or fail; frees op). */
+int srv_mbop_work(srv_alias *a, srv_mbop *op);
+void srv_mbop_done(srv_mbop *op, int result);
 
 /* Where a handler's field check fails: answer and stop. */
 #define CHECK(op, expr) do { \

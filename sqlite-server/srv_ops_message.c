@@ -9,11 +9,14 @@
  * of at most the client's window and RPC_MAX_CHUNK_BYTES, each read by its
  * own work item with the message handle kept open between them (memory
  * only, no statement), so that other requests of the alias run between
- * the pieces and a slow reader holds no database state.
+ * the pieces and a slow reader holds no database state. First work items
+ * of FETCH_BODY requests pipelined for one alias share one work item
+ * (body batches, below).
  */
 #include "srv_ops_mbox.h"
 #include "eng_error.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -735,6 +738,130 @@ static void fetch_body_done(srv_mbop *op)
 	body_pump(req);
 }
 
+/*
+ * Body batches. A client that pipelines body FETCHes (the imapd asks for
+ * the next messages while it writes one) has several FETCH_BODY of one
+ * alias waiting at once; each would cost a pool hand-off both ways and
+ * its own read snapshot. A FETCH_BODY that arrives while an earlier one
+ * of the same alias still waits for the pool joins it instead: one work
+ * item runs the first work of all (one snapshot), and each request is
+ * then answered on its own, in order. A batch is open until the pool
+ * starts it, for at most BODY_BATCH_MAX requests; each holds at most its
+ * first piece (the initial window), as it would alone.
+ *
+ * Joining runs a FETCH_BODY before requests of the alias queued after the
+ * batch (and before it arrived). It reads only immutable content, so the
+ * only difference is that a message expunged by one of those is still
+ * served, as by a request that came first; a request sent after another
+ * one's answer never joins a batch queued before that one (the queue is
+ * in order: the batch had started).
+ */
+#define BODY_BATCH_MAX 16
+
+struct body_batch {
+	struct body_batch *next;     /* open_batches (under batches_mu) */
+	srv *srv;
+	char alias_id[SRV_ALIAS_ID_MAX + 1];
+	pthread_mutex_t mu;
+	bool started;                /* under mu: no more joins */
+	size_t n;                    /* under mu until started */
+	srv_mbop *ops[BODY_BATCH_MAX];
+	int results[BODY_BATCH_MAX];
+};
+
+/* Batches queued and not yet done, of every srv of the process. */
+static pthread_mutex_t batches_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct body_batch *open_batches;
+
+static void batch_unlink(struct body_batch *b)
+{
+	struct body_batch **pp;
+
+	pthread_mutex_lock(&batches_mu);
+	for (pp = &open_batches; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == b) {
+			*pp = b->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&batches_mu);
+}
+
+static int body_batch_work(srv_alias *a, void *ctx)
+{
+	struct body_batch *b = ctx;
+	eng_store *st = srv_alias_store(a);
+	bool snapshot;
+	size_t n;
+
+	pthread_mutex_lock(&b->mu);
+	b->started = true;
+	n = b->n;
+	pthread_mutex_unlock(&b->mu);
+	snapshot = st != NULL && eng_store_read_begin(st) == 0;
+	for (size_t i = 0; i < n; i++) {
+		/* After an I/O error the store must be reopened first (the
+		 * queue does it after this item): fail the rest. */
+		if (st != NULL && eng_store_needs_reopen(st))
+			b->results[i] = ENG_EIO;
+		else
+			b->results[i] = srv_mbop_work(a, b->ops[i]);
+	}
+	if (snapshot)
+		eng_store_read_end(st);
+	return 0;
+}
+
+static void body_batch_done(void *ctx, int result)
+{
+	struct body_batch *b = ctx;
+
+	batch_unlink(b);
+	for (size_t i = 0; i < b->n; i++)
+		srv_mbop_done(b->ops[i], result != 0 ? result : b->results[i]);
+	pthread_mutex_destroy(&b->mu);
+	free(b);
+}
+
+/* Queues op's first work, in an open batch of its alias if there is one. */
+static void body_batch_add(srv_mbop *op)
+{
+	struct body_batch *b;
+	bool joined = false;
+	int err;
+
+	pthread_mutex_lock(&batches_mu);
+	for (b = open_batches; b != NULL && !joined; b = b->next) {
+		if (b->srv != op->srv || strcmp(b->alias_id, op->alias_id) != 0)
+			continue;
+		pthread_mutex_lock(&b->mu);
+		if (!b->started && b->n < BODY_BATCH_MAX) {
+			b->ops[b->n++] = op;
+			joined = true;
+		}
+		pthread_mutex_unlock(&b->mu);
+	}
+	pthread_mutex_unlock(&batches_mu);
+	if (joined)
+		return;
+	b = eng_calloc(1, sizeof(*b));
+	b->srv = op->srv;
+	memcpy(b->alias_id, op->alias_id, sizeof(b->alias_id));
+	pthread_mutex_init(&b->mu, NULL);
+	b->ops[b->n++] = op;
+	pthread_mutex_lock(&batches_mu);
+	b->next = open_batches;
+	open_batches = b;
+	pthread_mutex_unlock(&batches_mu);
+	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
+				    body_batch_work, body_batch_done, b)) != 0) {
+		batch_unlink(b);
+		pthread_mutex_destroy(&b->mu);
+		free(b);
+		srv_mbop_fail(op, err);
+	}
+}
+
 void srv_op_fetch_body(srv_req *req)
 {
 	struct body_ctx *c;
@@ -762,5 +889,6 @@ void srv_op_fetch_body(srv_req *req)
 	c->length = UINT64_MAX;
 	CHECK(op, srv_arg_u64(&req->args, RPC_T_LENGTH, false, UINT64_MAX,
 			      &c->length));
-	srv_mbop_submit(op, fetch_body_run);
+	op->run = fetch_body_run;
+	body_batch_add(op);
 }

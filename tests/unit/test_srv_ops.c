@@ -1471,12 +1471,112 @@ static void test_fetch_body_cancel(void **state)
 	rpc_sync_free(&c);
 }
 
+/*
+ * FETCH_BODY requests pipelined for one alias share work items (body
+ * batches, srv_ops_message.c): each is still answered on its own, in the
+ * order sent, byte for byte, a missing UID among them with its own ERROR;
+ * and fewer work items ran than requests were sent.
+ */
+static void test_fetch_body_batch(void **state)
+{
+	enum { N = 14, MISSING = 6 };
+	struct fx *f = *state;
+	rpc_sync *c = connect_client(f);
+	uint8_t s[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT, got[N];
+	char *msgs[N];
+	size_t lens[N];
+	uint32_t uids[N], ids[N];
+	srv_alias_stats before, after;
+	size_t next_first = 0, done = 0;
+
+	memset(got, 0, sizeof(got));
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	for (int i = 0; i < N; i++) {
+		/* 60 bytes to 200 KB: all within the first window. */
+		size_t fill = (size_t)60 << (i % 12);
+		eng_buf m = ENG_BUF_INIT;
+
+		eng_buf_printf(&m, "Subject: batch %d\r\n\r\n", i);
+		for (size_t k = 0; k < fill; k++)
+			eng_buf_putc(&m, (char)('a' + (k * 7 + (size_t)i) % 26));
+		msgs[i] = eng_buf_steal(&m, &lens[i]);
+		if (i == MISSING) {
+			uids[i] = 999999;
+			continue;
+		}
+		assert_int_equal(append(c, s, "INBOX", msgs[i], lens[i], 0, NULL,
+					&uids[i]), 0);
+	}
+	srv_aliases_stats(f->s.aliases, &before);
+	for (int i = 0; i < N; i++) {
+		begin(&b, s, "INBOX");
+		rpc_put_u64(&b, RPC_T_UID, uids[i]);
+		rpc_put_u64(&b, RPC_T_WANT, RPC_WANT_BODY);
+		ids[i] = rpc_sync_next_id(c);
+		assert_int_equal(rpc_sync_send(c, RPC_K_REQUEST, 0,
+					       RPC_OP_FETCH_BODY, ids[i], b.data,
+					       b.len), 0);
+	}
+	while (done < N) {
+		rpc_frame fr;
+		int i = -1;
+
+		assert_int_equal(rpc_sync_recv(c, 10000, &fr), 0);
+		for (int k = 0; k < N; k++)
+			if (ids[k] == fr.request_id)
+				i = k;
+		assert_true(i >= 0);
+		if (fr.kind == RPC_K_RESPONSE || fr.kind == RPC_K_ERROR) {
+			/* Answers begin in the order the requests were sent. */
+			assert_int_equal(i, (int)next_first);
+			next_first++;
+		}
+		if (fr.kind == RPC_K_ERROR) {
+			assert_int_equal(i, MISSING);
+			assert_int_equal(rpc_sync_error_code(&fr), ENG_ENOTFOUND);
+			done++;
+		} else if (fr.kind == RPC_K_DATA) {
+			eng_buf_append(&got[i], fr.payload, fr.payload_len);
+			if (fr.flags & RPC_F_END)
+				done++;
+		} else {
+			assert_int_equal(fr.kind, RPC_K_RESPONSE);
+			assert_true(fr.flags & RPC_F_BODY);
+		}
+	}
+	srv_aliases_stats(f->s.aliases, &after);
+	for (int i = 0; i < N; i++) {
+		if (i != MISSING) {
+			assert_int_equal(got[i].len, lens[i]);
+			assert_memory_equal(got[i].data, msgs[i], lens[i]);
+		}
+		eng_buf_free(&got[i]);
+		free(msgs[i]);
+	}
+	/* One work item per request would be N; batches take several. */
+	assert_true(after.work_done - before.work_done < N);
+	/* The connection goes on as usual afterwards. */
+	{
+		rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+
+		fetch_body(c, s, uids[0], RPC_WANT_BODY, NULL, 0, UINT64_MAX,
+			   &resp);
+		assert_int_equal(resp.body.len, lens[0]);
+		rpc_sync_resp_clear(&resp);
+	}
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_unlock_lock, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_mailboxes, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_append_fetch, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fetch_body_batch, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_messages, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_query_bounds, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_appends, setup,
