@@ -98,9 +98,13 @@ int main(int argc, char **argv)
 		usage();
 		return 1;
 	}
-	/* Database work runs on libuv's pool, sized before its first use. */
+	/* Database work runs on libuv's pool, sized before its first use. A
+	 * commit holds its thread through the WAL fdatasync (5-25 ms on a
+	 * loaded disk), so the pool, not the CPU, capped how many aliases
+	 * commit at once: 32 lets 20 mailboxes' APPENDs overlap their syncs
+	 * (bench/README.md, "IMAP APPEND (2026-11-26 session 2)"). */
 	if (getenv("UV_THREADPOOL_SIZE") == NULL)
-		setenv("UV_THREADPOOL_SIZE", "8", 1);
+		setenv("UV_THREADPOOL_SIZE", "32", 1);
 	signal(SIGPIPE, SIG_IGN);
 	if (eng_crypto_init() != 0) {
 		fprintf(stderr, "sqlited: libsodium failed to initialise\n");
