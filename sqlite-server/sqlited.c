@@ -152,6 +152,7 @@ int main(int argc, char **argv)
 	acfg.data_dir = cfg->data_dir;
 	acfg.cache_size = (unsigned)cfg->db_cache_size;
 	acfg.idle_seconds = (unsigned)cfg->db_idle_seconds;
+	acfg.release_seconds = (unsigned)cfg->db_release_seconds;
 	acfg.kdf_params.opslimit = cfg->argon2_opslimit;
 	acfg.kdf_params.memlimit_bytes = cfg->argon2_memlimit_mib * 1024 * 1024;
 	d.s.kdf = acfg.kdf_params;

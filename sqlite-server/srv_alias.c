@@ -4,13 +4,21 @@
  * State diagram of an alias (loop thread's view):
  *
  *   locked ──unlock──▶ open ◀──(more sessions / work)──┐
- *     ▲                 │                              │
+ *     ▲                 │  ▲                           │
+ *     │      no work for│  │next request               │
+ *     │  release_seconds▼  │(srv_alias_store)          │
+ *     │               released (keys kept, db closed)  │
  *     └──close work─────┴── idle & no session ─────────┘
+ *
+ * "Unlocked" is a->mk != NULL (open or released); a->st != NULL only while
+ * open. Release exists for memory (bench/README.md, "IMAP idle memory"):
+ * an idle SQLCipher connection holds ~0.5 MB of page cache, statements and
+ * cipher buffers; the keys cost a few pages.
  *
  * Invariants:
  *  - at most one work item of an alias is on the pool at a time
  *    (a->running), so a->st, a->mk and a->sk are only touched by that
- *    item; the loop thread reads a->st only while !a->running;
+ *    item; the loop thread reads a->st and a->mk only while !a->running;
  *  - a->sessions counts the live session handles that point at a;
  *  - an alias with sessions > 0 is never closed (its key would be lost);
  *  - an alias entry is freed only when it is locked, idle, has no
@@ -27,6 +35,7 @@
 #include "eng_error.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +68,7 @@ struct srv_alias {
 	eng_store *st;
 	uint8_t *mk;
 	uint8_t *sk;
+	bool reopened;                 /* srv_alias_store reopened it */
 	/* Loop thread. */
 	struct work_item *head, *tail;
 	unsigned queued;
@@ -112,6 +122,8 @@ struct srv_aliases {
 	unsigned unlocks_running, unlocks_waiting;
 	uint64_t work_done;
 	uint64_t fast_unlocks;
+	uint64_t releases, reopens;
+	bool trim_pending;             /* a release freed memory: malloc_trim */
 	eng_keyring *dummy;            /* same cost as real ones: see srv_unlock */
 	uint8_t *verifier_key;         /* secret memory; random per process */
 	uv_timer_t timer;
@@ -126,6 +138,7 @@ void srv_alias_config_default(srv_alias_config *cfg)
 	cfg->cache_size = 128;
 	cfg->idle_seconds = 300;
 	cfg->session_idle_seconds = 1800;
+	cfg->release_seconds = 10;
 	cfg->max_concurrent_unlocks = 2;
 	cfg->kdf_params = eng_kdf_default();
 	eng_store_options_default(&cfg->store_opt);
@@ -204,6 +217,7 @@ static void queue_start(srv_alias *a);
 static void verifiers_clear(srv_alias *a);
 
 static int alias_open(srv_alias *a, const uint8_t *mk, bool create);
+static int release_work(srv_alias *a, void *ctx);
 
 static void work_cb(uv_work_t *req)
 {
@@ -235,9 +249,16 @@ static void after_work_cb(uv_work_t *req, int status)
 	/* The item may have closed it (an I/O error it could not reopen
 	 * from, srv_alias_close_now): MK is gone, so are the verifiers. An
 	 * open queued earlier that runs later reopens it and re-arms them. */
-	if (a->st == NULL && a->n_verifiers > 0)
+	if (a->mk == NULL && a->n_verifiers > 0)
 		verifiers_clear(a);
-	a->last_used_ms = uv_now(a->owner->loop);
+	if (a->reopened) {
+		a->reopened = false;
+		a->owner->reopens++;
+	}
+	/* A release is not a use: the idle close still counts from the
+	 * last real one. */
+	if (w->work != release_work)
+		a->last_used_ms = uv_now(a->owner->loop);
 	if (w->done != NULL)
 		w->done(w->ctx, status == UV_ECANCELED ? ENG_EBUSY : w->result);
 	free(w);
@@ -303,6 +324,17 @@ int srv_alias_submit(srv_aliases *as, const char *alias_id, srv_work_fn *work,
 
 eng_store *srv_alias_store(srv_alias *a)
 {
+	int err;
+
+	/* Released (keys kept, connection closed): reopen with the raw key. */
+	if (a->st == NULL && a->mk != NULL) {
+		if ((err = alias_open(a, a->mk, false)) != 0)
+			eng_log(ENG_LOG_ERROR, "alias %s: cannot reopen its "
+				"released database: %s", a->id,
+				eng_strerror(err));
+		else
+			a->reopened = true;
+	}
 	return a->st;
 }
 
@@ -318,16 +350,18 @@ const char *srv_alias_spool_dir(const srv_alias *a)
 
 int srv_alias_drain(srv_alias *a, eng_drain_cb *cb, void *ctx, size_t *n_r)
 {
+	eng_store *st;
+
 	if (n_r != NULL)
 		*n_r = 0;
-	if (a->st == NULL || a->sk == NULL)
+	if (a->sk == NULL || (st = srv_alias_store(a)) == NULL)
 		return 0;
-	return eng_store_drain_spool(a->st, a->spool_dir, a->sk, cb, ctx, n_r);
+	return eng_store_drain_spool(st, a->spool_dir, a->sk, cb, ctx, n_r);
 }
 
 const uint8_t *srv_alias_mk(srv_alias *a)
 {
-	return a->st != NULL ? a->mk : NULL;
+	return a->mk;
 }
 
 static void alias_close(srv_alias *a);
@@ -362,7 +396,8 @@ static int mkdir_p(const char *path)
 	return ret;
 }
 
-/* Opens (creating when asked) the alias's database with MK. */
+/* Opens (creating when asked) the alias's database with MK: the raw key
+ * (BLAKE2b of MK) costs no Argon2id, so a released alias reopens cheaply. */
 static int alias_open(srv_alias *a, const uint8_t *mk, bool create)
 {
 	eng_store_options opt = a->owner->cfg.store_opt;
@@ -401,6 +436,30 @@ static int close_work(srv_alias *a, void *ctx)
 	return 0;
 }
 
+/*
+ * Release: the connection goes (checkpointed: nothing of it stays in the
+ * WAL), the keys stay; srv_alias_store reopens. Queued by the timer only
+ * when nothing of the alias is queued or running; anything queued after
+ * it finds a->st NULL and reopens.
+ */
+static int release_work(srv_alias *a, void *ctx)
+{
+	(void)ctx;
+	if (a->st == NULL || a->mk == NULL)
+		return 0;
+	eng_store_close(&a->st);
+	return 0;
+}
+
+static void release_done(void *ctx, int result)
+{
+	srv_aliases *as = ctx;
+
+	(void)result;
+	as->releases++;
+	as->trim_pending = true;
+}
+
 struct create_ctx {
 	uint8_t *mk;
 	srv_done_fn *done;
@@ -410,10 +469,9 @@ struct create_ctx {
 static int create_work(srv_alias *a, void *ctx)
 {
 	struct create_ctx *c = ctx;
-	eng_store *keep = a->st;
 	int err;
 
-	if (keep != NULL)
+	if (a->st != NULL || a->mk != NULL)
 		return ENG_EEXIST;
 	err = alias_open(a, c->mk, true);
 	if (err == 0)
@@ -538,9 +596,9 @@ static int open_work(srv_alias *a, void *ctx)
 	struct unlock_req *u = ctx;
 	int err;
 
-	if (a->st != NULL) {
-		/* Already open: the password opened the same MK, or the
-		 * keyring is not this alias's. */
+	if (a->mk != NULL) {
+		/* Already unlocked (maybe released): the password opened the
+		 * same MK, or the keyring is not this alias's. */
 		if (sodium_memcmp(a->mk, u->mk, ENG_MK_BYTES) != 0)
 			return ENG_EAUTH;
 		return 0;
@@ -704,7 +762,7 @@ static bool unlock_fast(srv_aliases *as, const char *alias_id,
 
 	/* a->st may be read only while nothing of a runs. */
 	if (a == NULL || a->closing || a->n_verifiers == 0 ||
-	    (!a->running && a->st == NULL))
+	    (!a->running && a->mk == NULL))
 		return false;
 	compute_verifier(as, alias_id, keyring, keyring_len,
 			 (const uint8_t *)password, password_len, v);
@@ -853,12 +911,28 @@ static void closed_cb(void *ctx, int result)
 		check_shutdown_done(as);
 }
 
+/*
+ * SQLite's page cache and statements are many small blocks in the pool
+ * threads' malloc arenas: freed, they stay in the process until trimmed.
+ * Once per timer tick after releases, give the free pages back.
+ */
+static void release_trim(srv_aliases *as)
+{
+	if (!as->trim_pending)
+		return;
+	as->trim_pending = false;
+#ifdef __GLIBC__
+	(void)malloc_trim(0);
+#endif
+}
+
 static void timer_cb(uv_timer_t *t)
 {
 	srv_aliases *as = t->data;
 	uint64_t now = uv_now(as->loop);
 	uint64_t session_idle_ms = (uint64_t)as->cfg.session_idle_seconds * 1000;
 	uint64_t idle_ms = (uint64_t)as->cfg.idle_seconds * 1000;
+	uint64_t release_ms = (uint64_t)as->cfg.release_seconds * 1000;
 	unsigned open = 0;
 
 	for (size_t b = 0; b < SESSION_BUCKETS; b++) {
@@ -878,15 +952,21 @@ static void timer_cb(uv_timer_t *t)
 			next = a->hash_next;
 			if (a->running || a->queued > 0)
 				continue;
-			if (a->st != NULL && a->sessions == 0 &&
-			    now - a->last_used_ms > idle_ms)
+			if (a->mk != NULL && a->sessions == 0 &&
+			    now - a->last_used_ms > idle_ms) {
 				(void)close_submit(as, a, NULL, NULL);
-			else if (a->st != NULL)
+			} else if (a->mk != NULL) {
 				open++;
-			else if (a->sessions == 0)
+				if (a->st != NULL && release_ms > 0 &&
+				    now - a->last_used_ms > release_ms)
+					(void)submit(as, a->id, release_work,
+						     release_done, as, false);
+			} else if (a->sessions == 0) {
 				alias_unlink_free(as, a);
+			}
 		}
 	}
+	release_trim(as);
 	/* Over the cache bound: close the least recently used idle ones. */
 	while (open > as->cfg.cache_size) {
 		srv_alias *lru = NULL;
@@ -894,7 +974,7 @@ static void timer_cb(uv_timer_t *t)
 		for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
 			for (srv_alias *a = as->buckets[b]; a != NULL;
 			     a = a->hash_next) {
-				if (a->st != NULL && a->sessions == 0 &&
+				if (a->mk != NULL && a->sessions == 0 &&
 				    !a->running && a->queued == 0 &&
 				    (lru == NULL ||
 				     a->last_used_ms < lru->last_used_ms))
@@ -974,7 +1054,8 @@ static void check_shutdown_done(srv_aliases *as)
 
 	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
 		for (srv_alias *a = as->buckets[b]; a != NULL; a = a->hash_next) {
-			if (a->running || a->queued > 0 || a->st != NULL)
+			if (a->running || a->queued > 0 || a->mk != NULL ||
+			    a->st != NULL)
 				return;
 		}
 	}
@@ -1009,7 +1090,8 @@ void srv_aliases_shutdown(srv_aliases *as, void (*done)(void *ctx), void *ctx)
 	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
 		for (srv_alias *a = as->buckets[b]; a != NULL; a = a->hash_next) {
 			alias_mark_closing(a);
-			if (a->st != NULL || a->running || a->queued > 0)
+			if (a->mk != NULL || a->st != NULL || a->running ||
+			    a->queued > 0)
 				(void)close_submit(as, a, closed_cb, as);
 		}
 	}
@@ -1059,8 +1141,14 @@ void srv_aliases_stats(const srv_aliases *as, srv_alias_stats *stats)
 	stats->unlocks_waiting = as->unlocks_waiting;
 	stats->work_done = as->work_done;
 	stats->fast_unlocks = as->fast_unlocks;
+	stats->releases = as->releases;
+	stats->reopens = as->reopens;
 	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {
-		for (srv_alias *a = as->buckets[b]; a != NULL; a = a->hash_next)
-			stats->open += !a->running && a->st != NULL;
+		for (srv_alias *a = as->buckets[b]; a != NULL; a = a->hash_next) {
+			if (a->running || a->mk == NULL)
+				continue;
+			stats->open++;
+			stats->released += a->st == NULL;
+		}
 	}
 }

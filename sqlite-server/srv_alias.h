@@ -14,6 +14,13 @@
  * are held in guarded memory (eng_secret_new). When the last session has
  * gone and the alias has been idle for idle_seconds, or the cache needs
  * room, the database is checkpointed and closed and the keys are wiped.
+ *
+ * Release. An open alias that has had no work for release_seconds (its
+ * sessions idle, e.g. in IMAP IDLE) has its database connection
+ * checkpointed and closed (page cache, prepared statements, SQLCipher's
+ * buffers) but keeps its keys: srv_alias_store() reopens it with the raw
+ * key derived from MK on the next request (no Argon2id; about a
+ * millisecond), so sessions never notice.
  * Unlocks (Argon2id) run under a concurrency cap so a login flood cannot
  * exhaust memory: those over the cap wait in a FIFO on the loop thread.
  *
@@ -42,6 +49,8 @@ typedef struct srv_alias_config {
 	unsigned cache_size;              /* open databases kept, default 128 */
 	unsigned idle_seconds;            /* grace period, default 300 */
 	unsigned session_idle_seconds;    /* a session unused this long ends, default 1800 */
+	unsigned release_seconds;         /* no work this long: connection closed,
+					   * keys kept; 0 never, default 10 */
 	unsigned max_concurrent_unlocks;  /* Argon2id runs at once, default 2 */
 	eng_kdf_params kdf_params;        /* cost of the timing-equaliser keyring */
 	eng_store_options store_opt;
@@ -123,7 +132,9 @@ int srv_alias_create_db(srv_aliases *aliases, const char *alias_id,
 
 /* ---- for work functions (pool thread) ---- */
 
-/* The open store, or NULL while the alias is locked. */
+/* The open store, or NULL while the alias is locked. A released alias
+ * (see Release above) is reopened here; NULL (and a log line) if that
+ * fails, the keys being kept for the next try. */
 eng_store *srv_alias_store(srv_alias *a);
 const char *srv_alias_id(const srv_alias *a);
 /* data_dir/spool/<id>: where mail for it is sealed while locked. */
@@ -150,12 +161,15 @@ void srv_alias_close_now(srv_alias *a);
 
 typedef struct srv_alias_stats {
 	unsigned aliases;       /* known to the table */
-	unsigned open;          /* with an open database */
+	unsigned open;          /* unlocked: keys in memory */
+	unsigned released;      /* of those, with the database closed (Release) */
 	unsigned sessions;
 	unsigned unlocks_running;
 	unsigned unlocks_waiting;
 	uint64_t work_done;
 	uint64_t fast_unlocks;  /* repeated logins that skipped Argon2id */
+	uint64_t releases;      /* connections closed by Release */
+	uint64_t reopens;       /* and reopened by a later request */
 } srv_alias_stats;
 
 void srv_aliases_stats(const srv_aliases *aliases, srv_alias_stats *stats);

@@ -94,6 +94,9 @@ static const struct key_def keys[] = {
 	  SM_CONFIG_DEFAULT_DB_CACHE_SIZE },
 	{ "db_idle_seconds", KT_UINT, OFF(db_idle_seconds), 0, 86400, NULL,
 	  SM_CONFIG_DEFAULT_DB_IDLE_SECONDS },
+	/* 0: never release an unlocked alias's connection. */
+	{ "db_release_seconds", KT_UINT, OFF(db_release_seconds), 0, 86400,
+	  NULL, SM_CONFIG_DEFAULT_DB_RELEASE_SECONDS },
 	/* 1 KiB .. 1 GiB: smaller cannot hold headers, larger no MTA relays. */
 	{ "max_message_bytes", KT_UINT, OFF(max_message_bytes), 1024,
 	  1024ull * 1024 * 1024, NULL, SM_CONFIG_DEFAULT_MAX_MESSAGE_BYTES },

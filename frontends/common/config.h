@@ -46,6 +46,7 @@
 #define SM_CONFIG_DEFAULT_ARGON2_MEMLIMIT_MIB 64
 #define SM_CONFIG_DEFAULT_DB_CACHE_SIZE 128
 #define SM_CONFIG_DEFAULT_DB_IDLE_SECONDS 300
+#define SM_CONFIG_DEFAULT_DB_RELEASE_SECONDS 10
 #define SM_CONFIG_DEFAULT_MAX_MESSAGE_BYTES (50u * 1024 * 1024)
 #define SM_CONFIG_DEFAULT_BACKUP_KEEP_DAILY 7
 #define SM_CONFIG_DEFAULT_BACKUP_KEEP_WEEKLY 4
@@ -115,6 +116,7 @@ typedef struct sm_config {
 	uint64_t argon2_memlimit_mib;
 	uint64_t db_cache_size;     /* alias databases sqlited keeps open at once */
 	uint64_t db_idle_seconds;   /* idle time before a database is closed, MK wiped */
+	uint64_t db_release_seconds; /* no request this long: connection closed, keys kept */
 	uint64_t max_message_bytes;
 
 	/* MX limits (docs/configuration.md, docs/mx.md); a rate of 0 is off. */

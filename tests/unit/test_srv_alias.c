@@ -1,6 +1,7 @@
 /*
  * sqlited's alias table: unlock (right, wrong and unknown), the Argon2id
- * cap, per-alias serialised work, spool drain at unlock, idle close and
+ * cap, per-alias serialised work, spool drain at unlock, idle close,
+ * release of idle connections (keys kept, reopened on the next request) and
  * graceful shutdown. A real libuv loop and thread pool, real databases.
  */
 #include <setjmp.h>
@@ -33,7 +34,8 @@ struct fx {
 	uint8_t pk[ENG_PK_BYTES];
 };
 
-static void make_aliases(struct fx *f, unsigned idle_seconds)
+static void make_aliases_release(struct fx *f, unsigned idle_seconds,
+				 unsigned release_seconds)
 {
 	srv_alias_config cfg;
 
@@ -41,8 +43,14 @@ static void make_aliases(struct fx *f, unsigned idle_seconds)
 	cfg.data_dir = f->dir;
 	cfg.kdf_params = fast;
 	cfg.idle_seconds = idle_seconds;
+	cfg.release_seconds = release_seconds;
 	cfg.max_concurrent_unlocks = 1;
 	assert_int_equal(srv_aliases_new(&f->loop, &cfg, &f->as), 0);
+}
+
+static void make_aliases(struct fx *f, unsigned idle_seconds)
+{
+	make_aliases_release(f, idle_seconds, 10);
 }
 
 static void created(void *ctx, int result)
@@ -344,6 +352,128 @@ static void test_spool_and_idle_close(void **state)
 	assert_int_equal(run_work(f, count_work, &count), ENG_EPERM);
 }
 
+static void remake_aliases(struct fx *f, unsigned idle_seconds,
+			   unsigned release_seconds)
+{
+	int done = 0;
+
+	srv_aliases_shutdown(f->as, shutdown_done, &done);
+	while (!done)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	srv_aliases_free(&f->as);
+	make_aliases_release(f, idle_seconds, release_seconds);
+}
+
+/* Runs the loop until the stats say stop(st) or 10 s have passed. */
+static void wait_stats(struct fx *f, bool (*stop)(const srv_alias_stats *),
+		       srv_alias_stats *st)
+{
+	uint64_t start = uv_now(&f->loop);
+
+	do {
+		uv_run(&f->loop, UV_RUN_ONCE);
+		srv_aliases_stats(f->as, st);
+	} while (!stop(st) && uv_now(&f->loop) - start < 10000);
+}
+
+static bool is_released(const srv_alias_stats *st)
+{
+	return st->released > 0;
+}
+
+static bool is_locked(const srv_alias_stats *st)
+{
+	return st->open == 0;
+}
+
+static int drain_work(srv_alias *a, void *ctx)
+{
+	return srv_alias_drain(a, NULL, NULL, ctx);
+}
+
+static void spool_one(struct fx *f, const char *msg)
+{
+	char spool_dir[4096], id[ENG_SPOOL_ID_LEN + 1];
+	eng_spool_writer *w;
+
+	snprintf(spool_dir, sizeof(spool_dir), "%s/spool/a1", f->dir);
+	assert_int_equal(eng_spool_writer_open(spool_dir, f->pk, 0, 0, &w), 0);
+	assert_int_equal(eng_spool_write(w, msg, strlen(msg)), 0);
+	assert_int_equal(eng_spool_commit(&w, id), 0);
+}
+
+/*
+ * An alias idle for release_seconds keeps its keys and sessions but not
+ * its database connection; the next request (a read, a spool drain)
+ * reopens it and sees everything; a repeated login still skips Argon2id;
+ * ending the last session still closes it and wipes the keys.
+ */
+static void test_release(void **state)
+{
+	struct fx *f = *state;
+	struct append_ctx c = { .msg = "Subject: r\r\n\r\nreleased\r\n" };
+	uint8_t s1[SRV_SESSION_BYTES], s2[SRV_SESSION_BYTES];
+	char id[SRV_ALIAS_ID_MAX + 1];
+	uint32_t count = 0;
+	size_t drained = 0;
+	srv_alias_stats st;
+
+	remake_aliases(f, 1, 1);
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", s1), 0);
+	assert_int_equal(run_work(f, append_work, &c), 0);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.released, 0);
+	wait_stats(f, is_released, &st);
+	assert_int_equal(st.released, 1);
+	assert_int_equal(st.open, 1);
+	assert_int_equal(st.sessions, 1);
+	assert_int_equal(st.releases, 1);
+	assert_int_equal(st.reopens, 0);
+
+	/* The session's next request reopens it, with the data. */
+	assert_int_equal(srv_session_alias(f->as, s1, id), 0);
+	assert_int_equal(run_work(f, count_work, &count), 0);
+	assert_int_equal(count, 1);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.released, 0);
+	assert_int_equal(st.reopens, 1);
+
+	/* Released again: a delivery's drain reopens it too. */
+	wait_stats(f, is_released, &st);
+	assert_int_equal(st.released, 1);
+	spool_one(f, c.msg);
+	assert_int_equal(run_work(f, drain_work, &drained), 0);
+	assert_int_equal(drained, 1);
+	assert_int_equal(run_work(f, count_work, &count), 0);
+	assert_int_equal(count, 2);
+
+	/* Released: a repeated login is still a fast one. */
+	wait_stats(f, is_released, &st);
+	assert_int_equal(st.released, 1);
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", s2), 0);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.fast_unlocks, 1);
+	assert_int_equal(st.sessions, 2);
+
+	/* LOCK of both: closed and wiped after idle_seconds, released or
+	 * not; later work finds it locked (no reopen without keys). */
+	wait_stats(f, is_released, &st);
+	assert_int_equal(srv_session_end(f->as, s1), 0);
+	assert_int_equal(srv_session_end(f->as, s2), 0);
+	wait_stats(f, is_locked, &st);
+	assert_int_equal(st.open, 0);
+	assert_int_equal(st.released, 0);
+	assert_int_equal(run_work(f, count_work, &count), ENG_EPERM);
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
+				"secret pw", s1), 0);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.fast_unlocks, 1);
+	assert_int_equal(run_work(f, count_work, &count), 0);
+	assert_int_equal(count, 2);
+}
+
 static void test_unlock_cap(void **state)
 {
 	struct fx *f = *state;
@@ -596,6 +726,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_spool_and_idle_close, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_unlock_cap, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_release, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fast_unlock, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fast_unlock_busy, setup,
 						teardown),
