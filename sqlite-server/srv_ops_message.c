@@ -504,6 +504,7 @@ struct body_ctx {
 	eng_store *m_store;
 	/* The piece read (pool) and not yet all sent (loop). */
 	uint8_t *piece;
+	size_t piece_cap;            /* bytes allocated at piece */
 	size_t piece_len;
 	size_t piece_sent;
 	size_t piece_want;
@@ -525,8 +526,13 @@ static int body_read_piece(struct body_ctx *c)
 {
 	int err = 0;
 
-	if (c->piece == NULL)
-		c->piece = eng_malloc(RPC_MAX_CHUNK_BYTES);
+	/* As large as the piece (at most RPC_MAX_CHUNK_BYTES): most bodies
+	 * are a few KiB, and a batch holds one piece per request. */
+	if (c->piece_cap < c->piece_want) {
+		free(c->piece);
+		c->piece = eng_malloc(c->piece_want);
+		c->piece_cap = c->piece_want;
+	}
 	c->piece_len = 0;
 	c->piece_sent = 0;
 	while (c->piece_len < c->piece_want) {
