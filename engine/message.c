@@ -397,20 +397,58 @@ int eng_append_begin(eng_store *st, int64_t mailbox_id,
 	return append_begin(st, mailbox_id, opts, NULL, ap_r);
 }
 
+/*
+ * Compression contexts kept for reuse: ZSTD_compress() allocates and
+ * initialises one (hundreds of KiB, mmap'd) per chunk. At most
+ * CCTX_KEEP are kept, whatever the number of threads compressing, so the
+ * memory they hold stays bounded; a thread that finds none makes one.
+ */
+#define CCTX_KEEP 4
+static pthread_mutex_t cctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static ZSTD_CCtx *cctx_free[CCTX_KEEP];
+static unsigned cctx_n;
+
+static ZSTD_CCtx *cctx_get(void)
+{
+	ZSTD_CCtx *c = NULL;
+
+	pthread_mutex_lock(&cctx_lock);
+	if (cctx_n > 0)
+		c = cctx_free[--cctx_n];
+	pthread_mutex_unlock(&cctx_lock);
+	if (c == NULL && (c = ZSTD_createCCtx()) == NULL)
+		eng_oom(ENG_CHUNK_BYTES);
+	return c;
+}
+
+static void cctx_put(ZSTD_CCtx *c)
+{
+	pthread_mutex_lock(&cctx_lock);
+	if (cctx_n < CCTX_KEEP) {
+		cctx_free[cctx_n++] = c;
+		c = NULL;
+	}
+	pthread_mutex_unlock(&cctx_lock);
+	ZSTD_freeCCtx(c);
+}
+
 static int flush_chunk(eng_append *ap)
 {
 	eng_store *st = ap->st;
 	size_t bound = ZSTD_compressBound(ap->chunk_len);
 	size_t zlen;
 	sqlite3_stmt *stmt;
+	ZSTD_CCtx *cctx;
 	int err;
 
 	if (ap->chunk_len == 0)
 		return 0;
 	eng_buf_reset(&ap->zbuf);
 	eng_buf_reserve(&ap->zbuf, bound);
-	zlen = ZSTD_compress(ap->zbuf.data, bound, ap->chunk, ap->chunk_len,
-			     st->opt.zstd_level);
+	cctx = cctx_get();
+	zlen = ZSTD_compressCCtx(cctx, ap->zbuf.data, bound, ap->chunk,
+				 ap->chunk_len, st->opt.zstd_level);
+	cctx_put(cctx);
 	if (ZSTD_isError(zlen)) {
 		eng_log(ENG_LOG_ERROR, "zstd: %s", ZSTD_getErrorName(zlen));
 		return ENG_EIO;
