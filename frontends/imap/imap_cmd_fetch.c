@@ -32,9 +32,10 @@
  *
  * Body pipelining: when the spec is one streamed body item and nothing
  * that needs phase A (BODY.PEEK[], RFC822, BODY[1], a partial range), the
- * FETCH_BODY of the next FETCH_BODY_AHEAD messages goes out while the
- * current one is written (fill_bodies, in message order, so that an error
- * still belongs to the oldest request); what arrives before its turn is
+ * FETCH_BODY of the next FETCH_BODY_AHEAD messages (as many as
+ * FETCH_BODY_AHEAD_BYTES allows) goes out while the current one is
+ * written (fill_bodies, in message order, so that an error still belongs
+ * to the oldest request); what arrives before its turn is
  * kept with its credit withheld (at most one window each), and at its
  * turn item_adopt writes it and lets the request go on as the item's.
  *
@@ -79,8 +80,12 @@
 #define FETCH_PIPELINE 16
 #define FETCH_REQS (FETCH_PIPELINE + 4)
 /* Bodies asked for ahead of the message being written (see fill_bodies);
- * each holds at most one RPC window (256 KiB) until its turn. */
-#define FETCH_BODY_AHEAD 3
+ * each holds at most one RPC window (256 KiB) until its turn, and those
+ * ahead together at most FETCH_BODY_AHEAD_BYTES (by their sizes, a window
+ * each at most), so that many small ones go ahead (sqlited reads them in
+ * one work item) and big ones hold no more than 4 windows. */
+#define FETCH_BODY_AHEAD 8
+#define FETCH_BODY_AHEAD_BYTES (1024u * 1024)
 /* Encoded parts up to this size are decoded in memory for BINARY. */
 #define FETCH_DECODE_MEM (1024u * 1024)
 /* Bytes of a part read for PREVIEW, and of a part header for
@@ -1159,18 +1164,30 @@ static fahead *ahead_free(fetch_op *op)
 	return NULL;
 }
 
+/* What a body asked ahead may hold until its turn: its size, at most
+ * one window. */
+static uint64_t ahead_bytes(const fetch_op *op, size_t msg)
+{
+	uint64_t size = op->msgs[msg].size;
+
+	return size < RPC_INITIAL_WINDOW_BYTES ? size : RPC_INITIAL_WINDOW_BYTES;
+}
+
 /* Asks for the bodies of the next messages, the current one first, in
  * order (an error, which names no request, goes to the oldest). */
 static int fill_bodies(fetch_op *op)
 {
 	const imap_fetch_item *it = &op->spec.items[0];
 	char section[200];
-	uint64_t off, len;
+	uint64_t off, len, held = 0;
 
 	if (!op->body_ahead)
 		return 0;
 	if (op->next_b < op->cur)
 		op->next_b = op->cur;
+	for (size_t i = 0; i < FETCH_BODY_AHEAD; i++)
+		if (op->ahead[i].used && op->ahead[i].msg > op->cur)
+			held += ahead_bytes(op, op->ahead[i].msg);
 	body_range(it, section, sizeof(section), &off, &len);
 	while (op->next_b < op->n && op->next_b <= op->cur + FETCH_BODY_AHEAD) {
 		fahead *a;
@@ -1180,6 +1197,13 @@ static int fill_bodies(fetch_op *op)
 		if (op->msgs[op->next_b].seq == 0) {
 			op->next_b++;        /* skipped */
 			continue;
+		}
+		/* The current message always; those after it within budget. */
+		if (op->next_b > op->cur) {
+			if (held > 0 && held + ahead_bytes(op, op->next_b) >
+			    FETCH_BODY_AHEAD_BYTES)
+				break;
+			held += ahead_bytes(op, op->next_b);
 		}
 		if ((a = ahead_free(op)) == NULL ||
 		    (r = req_new(op, RQ_P)) == NULL)
