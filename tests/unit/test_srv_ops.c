@@ -1152,8 +1152,32 @@ static size_t expand_view(const rpc_view *v, struct meta *m, size_t max)
 	return n;
 }
 
+/* MAILBOX_VIEW of mailbox against FETCH_META: the same UIDs and flags.
+ * Returns the count; resp keeps the view's answer. */
+static size_t view_matches_meta(rpc_sync *c, const uint8_t *s,
+				const char *mailbox, rpc_sync_resp *resp)
+{
+	struct meta meta[32], view[32];
+	eng_buf b = ENG_BUF_INIT;
+	size_t n;
+
+	begin(&b, s, mailbox);
+	assert_int_equal(call(c, RPC_OP_FETCH_META, &b, resp), 0);
+	n = get_messages(&resp->view, meta, 32);
+	begin(&b, s, mailbox);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_VIEW, &b, resp), 0);
+	assert_int_equal(expand_view(&resp->view, view, 32), n);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(view[i].uid, meta[i].uid);
+		assert_int_equal(view[i].flags, meta[i].flags);
+	}
+	eng_buf_free(&b);
+	return n;
+}
+
 /* MAILBOX_VIEW holds exactly FETCH_META's UIDs and flags (gaps, runs of
- * flags), the mailbox's keywords once each, and checks UIDVALIDITY. */
+ * flags), the mailbox's keywords once each, and checks UIDVALIDITY; a
+ * repeated view (sqlited's cache) follows every change. */
 static void test_mailbox_view(void **state)
 {
 	struct fx *f = *state;
@@ -1161,9 +1185,7 @@ static void test_mailbox_view(void **state)
 	uint8_t s[SRV_SESSION_BYTES];
 	eng_buf b = ENG_BUF_INIT;
 	rpc_sync *c = connect_client(f);
-	struct meta meta[32], view[32];
 	uint32_t uid, uidvalidity;
-	size_t n;
 
 	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
 	begin(&b, s, "V");
@@ -1189,17 +1211,9 @@ static void test_mailbox_view(void **state)
 	assert_int_equal(call(c, RPC_OP_EXPUNGE, &b, &resp), 0);
 
 	begin(&b, s, "V");
-	assert_int_equal(call(c, RPC_OP_FETCH_META, &b, &resp), 0);
-	n = get_messages(&resp.view, meta, 32);
-	assert_int_equal(n, 17);
-	begin(&b, s, "V");
 	rpc_put_u64(&b, RPC_T_UIDVALIDITY, uidvalidity);
 	assert_int_equal(call(c, RPC_OP_MAILBOX_VIEW, &b, &resp), 0);
-	assert_int_equal(expand_view(&resp.view, view, 32), n);
-	for (size_t i = 0; i < n; i++) {
-		assert_int_equal(view[i].uid, meta[i].uid);
-		assert_int_equal(view[i].flags, meta[i].flags);
-	}
+	assert_int_equal(view_matches_meta(c, s, "V", &resp), 17);
 	/* 1-6, 9-14, 16-20: three ranges; \Seen x6, \Flagged, none x10:
 	 * three runs, not one pair per message. */
 	assert_int_equal(rpc_count(&resp.view, RPC_T_UIDSET), 1);
@@ -1215,6 +1229,18 @@ static void test_mailbox_view(void **state)
 		assert_int_equal(len, 3 * 8);
 	}
 	assert_int_equal(rpc_count(&resp.view, RPC_T_KEYWORD), 2);
+	/* Each change shows in the next view: a flag, an expunge, an append,
+	 * and the same answer again without a change. */
+	store_flags(c, s, "V", 10, 10, ENG_F_ANSWERED, NULL);
+	assert_int_equal(view_matches_meta(c, s, "V", &resp), 17);
+	assert_int_equal(view_matches_meta(c, s, "V", &resp), 17);
+	store_flags(c, s, "V", 20, 20, ENG_F_DELETED, NULL);
+	begin(&b, s, "V");
+	assert_int_equal(call(c, RPC_OP_EXPUNGE, &b, &resp), 0);
+	assert_int_equal(view_matches_meta(c, s, "V", &resp), 16);
+	assert_int_equal(append(c, s, "V", "Subject: v\r\n\r\nv\r\n", 17, 0,
+				NULL, &uid), 0);
+	assert_int_equal(view_matches_meta(c, s, "V", &resp), 17);
 	/* Another UIDVALIDITY: EMODIFIED; a missing mailbox: ENOTFOUND. */
 	begin(&b, s, "V");
 	rpc_put_u64(&b, RPC_T_UIDVALIDITY, uidvalidity + 1);
