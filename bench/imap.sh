@@ -15,8 +15,9 @@
 # server by the fastest honest way it has, all servers at once: Sealmail
 # through IMAP APPEND over FILL_CONNS connections; Dovecot by `doveadm
 # import` of an mbox that bench-imap writes with the same messages (its own
-# save path, as APPEND's, with mail_fsync=never for the fill only). Here
-# (2 shared cores) 100,000 messages take ~10 min either way.
+# save path, as APPEND's, with mail_fsync=never for the fill only). On the
+# 2 shared cores here (load 12-20) 100,000 messages took 9 min into
+# Dovecot and 20 min into Sealmail (its APPEND rate is the limit).
 #
 # Environment (defaults in brackets): N [10000] messages in the big mailbox;
 # BIG [0] also fill a second mailbox (user big) to BIG messages for the
