@@ -208,6 +208,13 @@ static SSL_CTX *tls_ctx_load(const char *cert, const char *key, char **err_r)
 			    SSL_OP_NO_TICKET);
 	/* An idle connection (IMAP IDLE) keeps no record buffers (~34 KiB). */
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	/* No resumption: TLS 1.3 would send 2 stateful tickets per
+	 * connection (SSL_OP_NO_TICKET) and keep each session in the
+	 * context's cache for 2 hours, up to 20,480 of them (~1 KiB each);
+	 * TLS 1.2 would cache every session ID. A full handshake costs a
+	 * fraction of a millisecond (bench/README.md, "IMAP idle memory"). */
+	SSL_CTX_set_num_tickets(ctx, 0);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	/* Intermediate: the client chooses among suites that are all good. */
 	SSL_CTX_clear_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
 	SSL_CTX_set_dh_auto(ctx, 1);
@@ -565,6 +572,42 @@ static void wire_write_owned(sm_net_conn *c, eng_buf *b)
 	nw_send(c, nw, nw->owned, len);
 }
 
+/*
+ * A drained memory BIO keeps the largest buffer it ever held (BUF_MEM
+ * never shrinks): an idle connection would keep the records of its
+ * handshake or of its biggest answer (~87 KiB after a 64 KiB SSL_write).
+ * After each input (tls_pump), a drained one holding memory is swapped for
+ * a fresh, empty BIO (the SSL frees the old one). Only there: a streamed
+ * answer (no input meanwhile) keeps its buffer and does not regrow it at
+ * every chunk; the client's next command (IDLE) frees it.
+ */
+static BIO *mem_bio_fresh(BIO *b)
+{
+	BUF_MEM *bm = NULL;
+	BIO *nb;
+
+	if (BIO_ctrl_pending(b) != 0 || BIO_get_mem_ptr(b, &bm) != 1 ||
+	    bm == NULL || bm->max == 0)
+		return NULL;
+	if ((nb = BIO_new(BIO_s_mem())) == NULL)
+		eng_oom(sizeof(BIO *));
+	return nb;
+}
+
+static void tls_shrink_bios(sm_net_conn *c)
+{
+	BIO *b;
+
+	if ((b = mem_bio_fresh(c->rbio)) != NULL) {
+		SSL_set0_rbio(c->ssl, b);
+		c->rbio = b;
+	}
+	if ((b = mem_bio_fresh(c->wbio)) != NULL) {
+		SSL_set0_wbio(c->ssl, b);
+		c->wbio = b;
+	}
+}
+
 /* Moves the records TLS produced to the socket, in one write. */
 static void tls_flush(sm_net_conn *c)
 {
@@ -752,6 +795,7 @@ static void tls_pump(sm_net_conn *c)
 	}
 	sodium_memzero(plain, sizeof(plain));
 	tls_flush(c);
+	tls_shrink_bios(c);
 	if (!c->tls_done && SSL_is_init_finished(c->ssl)) {
 		c->tls_done = true;
 		if (c->tls_early.len > 0) {
