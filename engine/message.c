@@ -18,6 +18,7 @@
 #include "eng_error.h"
 #include "keys.h"
 #include "spool.h"
+#include "search_private.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -205,7 +206,7 @@ static int delete_content_rows(eng_store *st, int64_t content_id)
 		if ((err = store_step_done(st, stmt)) != 0)
 			return err;
 	}
-	return 0;
+	return search_fields_delete(st, content_id);
 }
 
 int store_content_unref(eng_store *st, int64_t content_id)
@@ -592,7 +593,10 @@ static int fill_content(eng_append *ap, const uint8_t *sha,
 	sqlite3_bind_text(stmt, 3, sum->body_text.data != NULL ?
 			  sum->body_text.data : "", (int)sum->body_text.len,
 			  SQLITE_STATIC);
-	return store_step_done(st, stmt);
+	if ((err = store_step_done(st, stmt)) != 0)
+		return err;
+	return search_fields_put(st, ap->content_id, sum->header_text.data,
+				 sum->header_text.len);
 }
 
 static int thread_lookup(eng_store *st, const char *msgid, int64_t *thread_r)

@@ -19,6 +19,7 @@
  * merged into one set, so a long OR of UIDs is one parameter.
  */
 #include "search.h"
+#include "search_private.h"
 #include "store_private.h"
 #include "eng_error.h"
 
@@ -141,119 +142,6 @@ void eng_query_free(eng_query **qp)
 	free(q);
 }
 
-/* ---- case folding and substring matching ---- */
-
-/* Simple case folding of the scripts most mail is written in. */
-static uint32_t fold_cp(uint32_t c)
-{
-	if (c < 0x80)
-		return c >= 'A' && c <= 'Z' ? c + 32 : c;
-	if (c >= 0xc0 && c <= 0xde && c != 0xd7)
-		return c + 32;
-	if (c >= 0x100 && c <= 0x17f) {
-		if (c == 0x130 || c == 0x131)
-			return 'i';
-		if (c == 0x178)
-			return 0xff;
-		if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e))
-			return (c & 1) ? c + 1 : c;
-		if (c == 0x138 || c == 0x149 || c == 0x17f)
-			return c;
-		return (c & 1) ? c : c + 1;
-	}
-	if (c >= 0x391 && c <= 0x3a9 && c != 0x3a2)
-		return c + 32;
-	if (c == 0x3c2)
-		return 0x3c3;
-	if (c >= 0x410 && c <= 0x42f)
-		return c + 32;
-	if (c >= 0x400 && c <= 0x40f)
-		return c + 80;
-	return c;
-}
-
-static void put_cp(eng_buf *out, uint32_t c)
-{
-	char b[4];
-
-	if (c < 0x80) {
-		b[0] = (char)c;
-		eng_buf_append(out, b, 1);
-	} else if (c < 0x800) {
-		b[0] = (char)(0xc0 | (c >> 6));
-		b[1] = (char)(0x80 | (c & 0x3f));
-		eng_buf_append(out, b, 2);
-	} else if (c < 0x10000) {
-		b[0] = (char)(0xe0 | (c >> 12));
-		b[1] = (char)(0x80 | ((c >> 6) & 0x3f));
-		b[2] = (char)(0x80 | (c & 0x3f));
-		eng_buf_append(out, b, 3);
-	} else {
-		b[0] = (char)(0xf0 | (c >> 18));
-		b[1] = (char)(0x80 | ((c >> 12) & 0x3f));
-		b[2] = (char)(0x80 | ((c >> 6) & 0x3f));
-		b[3] = (char)(0x80 | (c & 0x3f));
-		eng_buf_append(out, b, 4);
-	}
-}
-
-/*
- * Appends s folded: case folded, every run of white space one space.
- * Bytes that are not valid UTF-8 are copied as they are, so matching
- * degrades to byte comparison rather than failing.
- */
-static void fold_append(eng_buf *out, const char *s, size_t len)
-{
-	const unsigned char *p = (const unsigned char *)s;
-	const unsigned char *end = p + len;
-	bool space = false;
-
-	eng_buf_reserve(out, len);
-	while (p < end) {
-		uint32_t c = *p;
-		size_t n = 1;
-
-		if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
-			if (!space)
-				eng_buf_putc(out, ' ');
-			space = true;
-			p++;
-			continue;
-		}
-		space = false;
-		if (c >= 0xc2 && c <= 0xdf && end - p >= 2 &&
-		    (p[1] & 0xc0) == 0x80) {
-			c = ((c & 0x1f) << 6) | (p[1] & 0x3f);
-			n = 2;
-		} else if (c >= 0xe0 && c <= 0xef && end - p >= 3 &&
-			   (p[1] & 0xc0) == 0x80 && (p[2] & 0xc0) == 0x80) {
-			c = ((c & 0x0f) << 12) | ((uint32_t)(p[1] & 0x3f) << 6) |
-				(p[2] & 0x3f);
-			n = 3;
-		} else if (c >= 0x80) {
-			/* 4-byte sequences and stray bytes: no folding. */
-			eng_buf_append(out, p, 1);
-			p++;
-			continue;
-		}
-		put_cp(out, fold_cp(c));
-		p += n;
-	}
-}
-
-/* scratch holds the folded haystack; the caller reuses it across calls. */
-static bool folded_contains(const char *hay, size_t hay_len,
-			    const eng_buf *needle, eng_buf *scratch)
-{
-	if (needle->len == 0)
-		return true;
-	eng_buf_reset(scratch);
-	fold_append(scratch, hay, hay_len);
-	return scratch->len >= needle->len &&
-		memmem(scratch->data, scratch->len, needle->data,
-		       needle->len) != NULL;
-}
-
 /* ---- SQL functions ---- */
 
 static void aux_buf_free(void *p)
@@ -277,7 +165,8 @@ static const eng_buf *folded_arg(sqlite3_context *ctx, sqlite3_value **argv,
 	s = (const char *)sqlite3_value_text(argv[i]);
 	eng_buf_puts(b, "");
 	if (s != NULL)
-		fold_append(b, s, (size_t)sqlite3_value_bytes(argv[i]));
+		search_fold_append(b, s,
+				   (size_t)sqlite3_value_bytes(argv[i]));
 	sqlite3_set_auxdata(ctx, i, b, aux_buf_free);
 	/* set_auxdata may free it at once (non-constant argument). */
 	b = sqlite3_get_auxdata(ctx, i);
@@ -318,31 +207,6 @@ static void fn_in_set(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 	sqlite3_result_int(ctx, 0);
 }
 
-/* Walks "Name: value\n" lines; calls back for each line named field. */
-static bool header_find(const char *text, size_t len, const char *field,
-			bool (*cb)(void *, const char *, size_t), void *arg)
-{
-	size_t flen = strlen(field);
-	const char *p = text, *end = text + len;
-
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		const char *eol = nl != NULL ? nl : end;
-
-		if ((size_t)(eol - p) > flen && p[flen] == ':' &&
-		    strncasecmp(p, field, flen) == 0) {
-			const char *v = p + flen + 1;
-
-			while (v < eol && (*v == ' ' || *v == '\t'))
-				v++;
-			if (cb(arg, v, (size_t)(eol - v)))
-				return true;
-		}
-		p = eol + 1;
-	}
-	return false;
-}
-
 struct contains_arg {
 	const eng_buf *needle;
 	eng_buf scratch;
@@ -352,7 +216,7 @@ static bool contains_cb(void *arg, const char *v, size_t len)
 {
 	struct contains_arg *a = arg;
 
-	return folded_contains(v, len, a->needle, &a->scratch);
+	return search_folded_contains(v, len, a->needle, &a->scratch);
 }
 
 static const eng_buf *needle_arg(sqlite3_context *ctx, sqlite3_value **argv,
@@ -366,7 +230,8 @@ static const eng_buf *needle_arg(sqlite3_context *ctx, sqlite3_value **argv,
 	s = (const char *)sqlite3_value_text(argv[i]);
 	eng_buf_puts(tmp, "");
 	if (s != NULL)
-		fold_append(tmp, s, (size_t)sqlite3_value_bytes(argv[i]));
+		search_fold_append(tmp, s,
+				   (size_t)sqlite3_value_bytes(argv[i]));
 	return tmp;
 }
 
@@ -385,8 +250,8 @@ static void fn_header_has(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 		return;
 	}
 	a.needle = needle_arg(ctx, argv, 2, &tmp);
-	found = header_find(text, (size_t)sqlite3_value_bytes(argv[0]), field,
-			    contains_cb, &a);
+	found = search_header_find(text, (size_t)sqlite3_value_bytes(argv[0]),
+				   field, contains_cb, &a);
 	eng_buf_free(&a.scratch);
 	eng_buf_free(&tmp);
 	sqlite3_result_int(ctx, found);
@@ -402,13 +267,35 @@ static void fn_contains(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 
 	(void)argc;
 	needle = needle_arg(ctx, argv, 1, &tmp);
-	found = folded_contains(text != NULL ? text : "",
-				text != NULL ?
-				(size_t)sqlite3_value_bytes(argv[0]) : 0, needle,
-				&scratch);
+	found = search_folded_contains(text != NULL ? text : "",
+				       text != NULL ?
+				       (size_t)sqlite3_value_bytes(argv[0]) : 0,
+				       needle, &scratch);
 	eng_buf_free(&scratch);
 	eng_buf_free(&tmp);
 	sqlite3_result_int(ctx, found);
+}
+
+/*
+ * sm_folded_has(folded value, folded needle): a byte substring test of
+ * two values folded already (header_field.value and the needle folded
+ * when the SQL was built); an empty needle matches.
+ */
+static void fn_folded_has(sqlite3_context *ctx, int argc,
+			  sqlite3_value **argv)
+{
+	const void *hay = sqlite3_value_blob(argv[0]);
+	size_t hay_len = (size_t)sqlite3_value_bytes(argv[0]);
+	const void *needle = sqlite3_value_blob(argv[1]);
+	size_t needle_len = (size_t)sqlite3_value_bytes(argv[1]);
+
+	(void)argc;
+	if (needle_len == 0) {
+		sqlite3_result_int(ctx, 1);
+		return;
+	}
+	sqlite3_result_int(ctx, hay != NULL && hay_len >= needle_len &&
+			   memmem(hay, hay_len, needle, needle_len) != NULL);
 }
 
 /*
@@ -495,8 +382,9 @@ static void fn_sent_day(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 	}
 	sent = sqlite3_value_int64(argv[1]);
 	if (text != NULL)
-		(void)header_find(text, (size_t)sqlite3_value_bytes(argv[0]),
-				  "Date", zone_cb, &zone);
+		(void)search_header_find(text,
+					 (size_t)sqlite3_value_bytes(argv[0]),
+					 "Date", zone_cb, &zone);
 	/* Far-off dates cannot overflow: zone is under a day. */
 	if (sent > INT64_MIN + 2 * DAY_SECONDS &&
 	    sent < INT64_MAX - 2 * DAY_SECONDS)
@@ -520,10 +408,11 @@ static int register_functions(eng_store *st)
 		{ "sm_header_has", 3, fn_header_has },
 		{ "sm_contains", 2, fn_contains },
 		{ "sm_sent_day", 2, fn_sent_day },
+		{ "sm_folded_has", 2, fn_folded_has },
 	};
 	sqlite3_stmt *stmt = NULL;
 
-	if (sqlite3_prepare_v2(st->db, "SELECT sm_sent_day(NULL, NULL)", -1,
+	if (sqlite3_prepare_v2(st->db, "SELECT sm_folded_has(NULL, NULL)", -1,
 			       &stmt, NULL) == SQLITE_OK) {
 		sqlite3_finalize(stmt);
 		return 0;
@@ -562,6 +451,7 @@ struct sqlgen {
 	struct bind *binds;
 	size_t n_binds;
 	size_t nodes;
+	bool need_content;          /* the SQL names content c */
 	int err;
 };
 
@@ -880,6 +770,13 @@ void eng_search_legacy_header_scan(bool on)
 
 #define fts_header \
 	(legacy_header_scan ? fts_header_module : fts_header_direct)
+
+static bool header_fields_off;
+
+void eng_search_header_fields(bool on)
+{
+	header_fields_off = !on;
+}
 static const char fts_body[] =
 	"(SELECT body FROM fts WHERE docid = m.content_id)";
 
@@ -956,6 +853,27 @@ static int gen_fts(struct sqlgen *g, const eng_query *q)
 	return 0;
 }
 
+/*
+ * HEADER of a field table header_field holds (engine/search_fields.c):
+ * its folded values against the needle folded here, the same answer as
+ * sm_header_has over the header text without reading it.
+ */
+static void gen_header_field(struct sqlgen *g, const eng_query *q)
+{
+	eng_buf needle = ENG_BUF_INIT;
+	size_t len;
+
+	search_fold_append(&needle, q->text, strlen(q->text));
+	len = needle.len;
+	eng_buf_puts(&g->sql, "EXISTS (SELECT 1 FROM header_field h WHERE "
+		     "h.name = ");
+	bind_text(g, search_field_stored(q->field));
+	eng_buf_puts(&g->sql, " AND h.content_id = m.content_id AND "
+		     "sm_folded_has(h.value, ");
+	bind_blob(g, eng_buf_steal(&needle, NULL), len);
+	eng_buf_puts(&g->sql, "))");
+}
+
 static int gen(struct sqlgen *g, const eng_query *q, int depth)
 {
 	const eng_query *self = q;
@@ -1019,6 +937,7 @@ static int gen(struct sqlgen *g, const eng_query *q, int depth)
 				ENG_Q_BEFORE : q->kind == ENG_Q_SENTON ?
 				ENG_Q_ON : ENG_Q_SINCE;
 
+			g->need_content = true;
 			eng_buf_printf(&e, "sm_sent_day(%s, c.sent_date)",
 				       fts_header);
 			gen_day(g, e.data, k, q->number, true);
@@ -1042,6 +961,11 @@ static int gen(struct sqlgen *g, const eng_query *q, int depth)
 		if (q->field == NULL || q->text == NULL || q->field[0] == '\0' ||
 		    strchr(q->field, ':') != NULL)
 			return ENG_EINVAL;
+		if (search_field_stored(q->field) != NULL &&
+		    !header_fields_off && !legacy_header_scan) {
+			gen_header_field(g, q);
+			return 0;
+		}
 		eng_buf_printf(&g->sql, "sm_header_has(%s, ", fts_header);
 		bind_text(g, q->field);
 		eng_buf_puts(&g->sql, ", ");
@@ -1106,6 +1030,18 @@ static const char *sort_expr(enum eng_sort_field f)
 	return NULL;
 }
 
+/* The whole statement: the FROM clause, then the WHERE and ORDER BY. */
+static char *with_from(const struct sqlgen *g)
+{
+	eng_buf out = ENG_BUF_INIT;
+
+	eng_buf_puts(&out, "SELECT m.uid, m.modseq FROM message m");
+	if (g->need_content)
+		eng_buf_puts(&out, " JOIN content c ON c.id = m.content_id");
+	eng_buf_append(&out, g->sql.data, g->sql.len);
+	return eng_buf_steal(&out, NULL);
+}
+
 int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
 	       const eng_sort_key *sort, size_t n_sort,
 	       const uint32_t *seq_map, size_t n_seq_map,
@@ -1113,6 +1049,7 @@ int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
 {
 	struct sqlgen g;
 	sqlite3_stmt *stmt = NULL;
+	char *sql = NULL;
 	uint32_t *uids = NULL;
 	size_t n = 0, cap = 0;
 	uint64_t highest = 0;
@@ -1133,9 +1070,9 @@ int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
 	g.max_uid = -1;
 	if ((err = register_functions(st)) != 0)
 		return err;
-	eng_buf_puts(&g.sql, "SELECT m.uid, m.modseq FROM message m "
-		     "JOIN content c ON c.id = m.content_id "
-		     "WHERE m.mailbox_id = ");
+	/* The FROM clause goes in front at the end: content c is joined
+	 * only if a key or sort key needs it (its rows are wide). */
+	eng_buf_puts(&g.sql, " WHERE m.mailbox_id = ");
 	bind_int(&g, mailbox_id);
 	if (query != NULL) {
 		eng_buf_puts(&g.sql, " AND ");
@@ -1150,16 +1087,20 @@ int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
 			err = ENG_EINVAL;
 			goto out;
 		}
+		/* A sort expression names content as "c.column". */
+		if (strstr(e, "c.") != NULL)
+			g.need_content = true;
 		eng_buf_puts(&g.sql, e);
 		eng_buf_puts(&g.sql, sort[i].reverse ? " DESC, " : " ASC, ");
 	}
 	eng_buf_puts(&g.sql, "m.uid");
+	sql = with_from(&g);
 	if (g.n_binds > (size_t)sqlite3_limit(st->db,
 					      SQLITE_LIMIT_VARIABLE_NUMBER, -1)) {
 		err = ENG_ELIMIT;
 		goto out;
 	}
-	if ((stmt = store_prepare_once(st, g.sql.data, &err)) == NULL)
+	if ((stmt = store_prepare_once(st, sql, &err)) == NULL)
 		goto out;
 	for (size_t i = 0; i < g.n_binds; i++) {
 		const struct bind *b = &g.binds[i];
@@ -1196,6 +1137,7 @@ int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
 	err = 0;
 out:
 	store_release(st, stmt);
+	free(sql);
 	binds_free(&g);
 	eng_buf_free(&g.sql);
 	return err;

@@ -185,9 +185,11 @@ typedef struct eng_sort_key {
  * or bound values, more than 16 sort keys), store errors. A keyword no
  * message has is not an error: KEYWORD matches nothing, UNKEYWORD all.
  *
- * Cost: one statement. HEADER, SENT* and the substring check of
- * BODY/TEXT read the content's FTS row for each candidate; put cheap
- * keys first in an AND, SQLite evaluates it left to right.
+ * Cost: one statement. HEADER of From, To, Cc, Bcc or Subject reads the
+ * field's folded values (table header_field, a few narrow rows); other
+ * HEADER fields, SENT* and the substring check of BODY/TEXT read the
+ * content's FTS row for each candidate; put cheap keys first in an AND,
+ * SQLite evaluates it left to right.
  */
 int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
 	       const eng_sort_key *sort, size_t n_sort,
@@ -200,6 +202,13 @@ int eng_search(eng_store *st, int64_t mailbox_id, const eng_query *query,
  * of its shadow table), to compare both. Process-wide; default false.
  */
 void eng_search_legacy_header_scan(bool on);
+
+/*
+ * Tests and benchmarks only: false makes HEADER of the fields table
+ * header_field holds (From, To, Cc, Bcc, Subject) scan the header text
+ * like any other field, to compare both. Process-wide; default true.
+ */
+void eng_search_header_fields(bool on);
 
 /* ---- THREAD (RFC 5256) ---- */
 

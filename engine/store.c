@@ -13,6 +13,7 @@
 #include "store_private.h"
 #include "eng_error.h"
 #include "keys.h"
+#include "search_private.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -113,13 +114,25 @@ static const char schema_v1[] =
 	"CREATE TABLE schema_version (version INTEGER PRIMARY KEY NOT NULL,"
 	" applied INTEGER NOT NULL);";
 
+/* Schema version 2: the folded values of the header fields IMAP searches
+ * by name (engine/search_fields.c), filled from the fts rows. */
+static const char schema_v2[] =
+	"CREATE TABLE header_field (name TEXT NOT NULL,"
+	" content_id INTEGER NOT NULL, value BLOB NOT NULL,"
+	" PRIMARY KEY (name, content_id)) WITHOUT ROWID;";
+
 /*
  * Forward migrations: migrations[i] takes a database from version i to
- * i + 1. A database with a version above ENG_SCHEMA_VERSION is refused
- * (ENG_ENEWER); one below is migrated at open in one transaction.
+ * i + 1: its SQL, then its fill function (NULL: none) for what SQL alone
+ * cannot compute. A database with a version above ENG_SCHEMA_VERSION is
+ * refused (ENG_ENEWER); one below is migrated at open in one transaction.
  */
-static const char *const migrations[] = {
-	schema_v1,
+static const struct {
+	const char *sql;
+	int (*fill)(eng_store *st);
+} migrations[] = {
+	{ schema_v1, NULL },
+	{ schema_v2, search_fields_backfill },
 };
 
 static const struct {
@@ -425,7 +438,9 @@ static int migrate(eng_store *st, int from)
 	if ((err = eng_store_tx_begin(st)) != 0)
 		return err;
 	for (int v = from; v < to; v++) {
-		if ((err = store_exec(st, migrations[v])) != 0)
+		if ((err = store_exec(st, migrations[v].sql)) != 0 ||
+		    (migrations[v].fill != NULL &&
+		     (err = migrations[v].fill(st)) != 0))
 			goto fail;
 		stmt = store_prepare(st, "INSERT INTO schema_version "
 				     "(version, applied) VALUES (?, ?)", &err);

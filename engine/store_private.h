@@ -12,7 +12,7 @@
 
 struct store_stmt_cache;
 
-#define ENG_SCHEMA_VERSION 1
+#define ENG_SCHEMA_VERSION 2
 /* Raw bytes per content chunk; each chunk is compressed on its own so that
  * a byte-range read decompresses only what it needs. */
 #define ENG_CHUNK_BYTES (256u * 1024)
