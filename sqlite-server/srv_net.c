@@ -996,7 +996,8 @@ static void upload_kick(net_upload *up)
 
 /*
  * A body of at most max_memory_body_bytes (no more than the initial
- * window, so the client never waits for credit) is kept in memory while
+ * window: no credit is sent for it, so it must end within the window) is
+ * kept in memory while
  * all bodies so kept stay within memory_bodies_budget: no staging file,
  * no key pair, no thread-pool round trip; the handler runs at its END.
  * A body that outgrows either limit goes to a staging file from then on
@@ -1008,9 +1009,12 @@ static bool upload_keep_in_memory(net_req *r, size_t added)
 	net_upload *up = r->up;
 	net_state *n = up->net;
 	srv_body *b = up->body;
+	uint64_t max = n->opt.max_memory_body_bytes < RPC_INITIAL_WINDOW_BYTES ?
+		n->opt.max_memory_body_bytes : RPC_INITIAL_WINDOW_BYTES;
 
-	if (up->received <= n->opt.max_memory_body_bytes &&
-	    up->received <= RPC_INITIAL_WINDOW_BYTES &&
+	/* A body that used up the whole window without ending goes to a
+	 * file now: only credit for written bytes lets the client go on. */
+	if ((up->end ? up->received <= max : up->received < max) &&
 	    n->memory_bodies + added <= n->opt.memory_bodies_budget) {
 		n->memory_bodies += added;
 		b->reserved += added;
