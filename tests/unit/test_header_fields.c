@@ -144,7 +144,8 @@ static char *field_value(struct fixture *f, uint32_t uid, const char *name)
 		size_t n = (size_t)sqlite3_column_bytes(stmt, 0);
 
 		v = calloc(1, n + 1);
-		memcpy(v, sqlite3_column_blob(stmt, 0), n);
+		if (n > 0)
+			memcpy(v, sqlite3_column_blob(stmt, 0), n);
 	}
 	sqlite3_finalize(stmt);
 	return v;
