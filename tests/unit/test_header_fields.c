@@ -258,14 +258,27 @@ static void test_search_answers_from_fields(void **state)
 	}
 }
 
+/* STORE +FLAGS \Deleted and EXPUNGE of INBOX's UIDs lo..hi. */
+static void expunge_uids(struct fixture *f, uint32_t lo, uint32_t hi)
+{
+	eng_uidset set = { NULL, 0, 0 };
+	uint32_t *gone = NULL;
+	size_t n = 0;
+
+	eng_uidset_add(&set, lo, hi);
+	assert_int_equal(eng_store_flags(f->st, f->inbox, &set, ENG_STORE_ADD,
+					 ENG_F_DELETED, NULL, 0, 0, NULL, NULL,
+					 NULL), 0);
+	assert_int_equal(eng_expunge(f->st, f->inbox, &set, &gone, &n), 0);
+	free(gone);
+	eng_uidset_free(&set);
+}
+
 static void test_rows_go_with_the_content(void **state)
 {
 	struct fixture *f = *state;
-	eng_uidset set = { NULL, 0, 0 };
 	eng_append_opts ao;
 	uint32_t uid;
-	size_t n = 0;
-	uint32_t *gone = NULL;
 
 	/* A second copy shares the content: no second set of rows. */
 	memset(&ao, 0, sizeof(ao));
@@ -273,24 +286,12 @@ static void test_rows_go_with_the_content(void **state)
 					    strlen(msgs[0]), &ao, &uid, NULL), 0);
 	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 9);
-	eng_uidset_add(&set, 1, 1);
-	assert_int_equal(eng_store_flags(f->st, f->inbox, &set, ENG_STORE_ADD,
-					 ENG_F_DELETED, NULL, 0, 0, NULL, NULL,
-					 NULL), 0);
-	assert_int_equal(eng_expunge(f->st, f->inbox, &set, &gone, &n), 0);
-	free(gone);
+	expunge_uids(f, 1, 1);
 	/* The copy (uid 4) still holds the content. */
 	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 9);
 	assert_search(f, "From", "anna", "4");
-	eng_uidset_free(&set);
-	eng_uidset_add(&set, 2, 4);
-	assert_int_equal(eng_store_flags(f->st, f->inbox, &set, ENG_STORE_ADD,
-					 ENG_F_DELETED, NULL, 0, 0, NULL, NULL,
-					 NULL), 0);
-	assert_int_equal(eng_expunge(f->st, f->inbox, &set, &gone, &n), 0);
-	free(gone);
-	eng_uidset_free(&set);
+	expunge_uids(f, 2, 4);
 	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content"), 0);
 	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 0);
@@ -361,17 +362,8 @@ static void test_migration_from_version_1(void **state)
 static void test_migration_of_an_empty_store(void **state)
 {
 	struct fixture *f = *state;
-	eng_uidset set = { NULL, 0, 0 };
-	uint32_t *gone = NULL;
-	size_t n = 0;
 
-	eng_uidset_add(&set, 1, 3);
-	assert_int_equal(eng_store_flags(f->st, f->inbox, &set, ENG_STORE_ADD,
-					 ENG_F_DELETED, NULL, 0, 0, NULL, NULL,
-					 NULL), 0);
-	assert_int_equal(eng_expunge(f->st, f->inbox, &set, &gone, &n), 0);
-	free(gone);
-	eng_uidset_free(&set);
+	expunge_uids(f, 1, 3);
 	sql_exec(f->st, "DROP TABLE header_field; "
 		 "DELETE FROM schema_version WHERE version > 1");
 	eng_store_close(&f->st);
