@@ -16,6 +16,8 @@
 #define IMAP_LINE_MAX_AUTH 65536
 /* While idling, the view is synced at least this often (lost events). */
 #define IMAP_IDLE_SYNC_MS 30000u
+/* ... every this many of them while Redis events are up (5 minutes). */
+#define IMAP_IDLE_EVENTS_TICKS 10u
 
 /* ---- imapd.c ---- */
 

@@ -74,6 +74,7 @@ typedef struct imap_main {
 	imap_events ev;
 	uv_timer_t kick;             /* imapd_kick_later */
 	uv_timer_t idle_tick;        /* IMAP_IDLE_SYNC_MS */
+	unsigned idle_ticks;
 	bool kick_pending;
 } imap_main;
 
@@ -309,10 +310,22 @@ void imapd_kick_later(imapd *d)
 	uv_timer_start(&m->kick, on_kick, 0, 0);
 }
 
+/*
+ * While the Redis subscriber is up, events tell idlers when to sync and a
+ * reconnect marks every view dirty: the safety-net sync runs only every
+ * IMAP_IDLE_EVENTS_TICKS ticks, so sqlited can release idle mailboxes
+ * (db_release_seconds) between them. Without Redis, every tick.
+ */
 static void on_idle_tick(uv_timer_t *t)
 {
 	imap_main *m = t->data;
+	bool events_up = m->ev.conn != NULL &&
+		sm_redis_conn_ready(m->ev.conn) != NULL;
 
+	if (events_up && ++m->idle_ticks % IMAP_IDLE_EVENTS_TICKS != 0) {
+		imap_idle_keepalive(&m->d);
+		return;
+	}
 	imap_sessions_idle_tick(&m->d);
 }
 
