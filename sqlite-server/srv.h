@@ -129,6 +129,14 @@ void srv_fail(srv_req *req, int err);
 void srv_reply_body(srv_req *req);
 size_t srv_window(const srv_req *req);
 void srv_send_data(srv_req *req, const void *data, size_t len, bool end);
+/*
+ * A whole body of len bytes within the first window: srv_reply_body()
+ * and srv_send_data(data, len, true) in one write (RESPONSE and DATA
+ * frames back to back), and req freed; true. False when it cannot (the
+ * connection's output is held back, len too large): then it has done
+ * srv_reply_body() only and the handler goes on as after it.
+ */
+bool srv_reply_body_end(srv_req *req, const void *data, size_t len);
 
 /*
  * A received request body: a temporary file sealed to an ephemeral key

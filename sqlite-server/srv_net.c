@@ -811,6 +811,47 @@ void srv_send_data(srv_req *req, const void *data, size_t len, bool end)
 		req_free(r);
 }
 
+bool srv_reply_body_end(srv_req *req, const void *data, size_t len)
+{
+	net_req *r = to_net(req);
+	eng_buf b = ENG_BUF_INIT;
+	size_t mark, n;
+	char *bytes;
+
+	/* Plaintext (a unix socket, loopback TCP) only: over TLS each frame
+	 * stays its own SSL_write, as before. */
+	if (len > RPC_INITIAL_WINDOW_BYTES || len > RPC_MAX_CHUNK_BYTES ||
+	    (req_live(r) && (req->conn->paused || req->conn->ssl != NULL))) {
+		srv_reply_body(req);
+		return false;
+	}
+	r->streaming = true;
+	r->send_window = RPC_INITIAL_WINDOW_BYTES - len;
+	if (req_live(r)) {
+		/* Room for both frames: no realloc leaves a copy behind. */
+		eng_buf_reserve(&b, 2 * RPC_HEADER_BYTES + req->reply.len + len);
+		mark = rpc_frame_begin(&b, RPC_K_RESPONSE, RPC_F_BODY,
+				       req->op->opcode, req->id);
+		eng_buf_append(&b, req->reply.data, req->reply.len);
+		if (rpc_frame_end(&b, mark, NULL) != 0) {
+			eng_buf_free_wipe(&b);
+			srv_reply_body(req);
+			return false;
+		}
+		mark = rpc_frame_begin(&b, RPC_K_DATA, RPC_F_END, 0, req->id);
+		if (len > 0)
+			eng_buf_append(&b, data, len);
+		/* Cannot fail: len is within the chunk bound checked above. */
+		(void)rpc_frame_end(&b, mark, NULL);
+		bytes = eng_buf_steal(&b, &n);
+		wire_queue(req->conn, bytes, n, true);
+	}
+	eng_buf_free_wipe(&b);
+	eng_buf_reset(&req->reply);
+	req_free(r);
+	return true;
+}
+
 /* Output drained below the bound: streams with credit may go on. */
 static void resume_streams(srv_conn *c)
 {

@@ -739,7 +739,15 @@ static void fetch_body_done(srv_mbop *op)
 		srv_mbop_free(&op);
 		return;
 	}
-	srv_reply_body(req);
+	/* The whole body in hand: RESPONSE and DATA in one write. */
+	if (c->left == 0 && !req->cancelled) {
+		if (srv_reply_body_end(req, c->piece, c->piece_len)) {
+			srv_mbop_free(&op);
+			return;
+		}
+	} else {
+		srv_reply_body(req);
+	}
 	req->data = op;
 	body_pump(req);
 }
