@@ -1,0 +1,377 @@
+/*
+ * bench-view: sqlited's MAILBOX_VIEW (what an IMAP SELECT reads) of a big
+ * mailbox, right after a change and repeated.
+ *
+ *   bench-view [MESSAGES [ROUNDS]]     (default 100000 and 7)
+ *
+ * An sqlited runs in this process (its loop on a thread, a unix socket in
+ * a temporary directory, Redis absent), as in tests/unit/test_srv_ops.c.
+ * The alias's INBOX is filled with MESSAGES tiny messages through the
+ * engine directly (one transaction: minutes less than APPEND over RPC),
+ * then an rpc_sync client (the blocking client) unlocks it and times, per
+ * round: a repeated MAILBOX_VIEW (nothing changed), the first one after
+ * one APPEND, and the first one after one STORE of a flag on a message in
+ * the middle. Wall time of the call and this process's CPU (client and
+ * server) around it; medians and min-max over the rounds. No assertions:
+ * a figure, not a test.
+ */
+#include <inttypes.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "dir.h"
+#include "eng_error.h"
+#include "keys.h"
+#include "rpc_codec.h"
+#include "rpc_sync.h"
+#include "srv.h"
+#include "srv_alias.h"
+#include "srv_net.h"
+#include "store.h"
+
+#define MAX_ROUNDS 64
+
+static const eng_kdf_params fast = { 1, 8192 };
+static const char password[] = "bench password";
+
+struct server {
+	char dir[64];
+	sm_config *cfg;
+	uv_loop_t loop;
+	uv_thread_t thread;
+	uv_async_t stop;
+	srv s;
+	char alias_id[DIR_ID_HEX_LEN + 1];
+	int stopped;
+};
+
+static void die(const char *what, int err)
+{
+	fprintf(stderr, "bench-view: %s: %s\n", what, eng_strerror(err));
+	exit(1);
+}
+
+static double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static double cpu_ms(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e3 +
+		(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e3;
+}
+
+/* ---- the server ---- */
+
+static void db_created(void *ctx, int result)
+{
+	*(int *)ctx = result;
+}
+
+/* The alias, its database, and n messages in its INBOX (engine direct). */
+static void add_alias(struct server *f, unsigned n)
+{
+	dir_alias_spec spec = { 0 };
+	eng_store_options opt = { .create = false };
+	eng_keyring *kr;
+	eng_store *st;
+	eng_mailbox mb;
+	uint8_t *mk, *blob, *dbkey;
+	size_t blob_len;
+	char path[256];
+	int result = 1, err;
+	double t0 = now_ms();
+
+	if ((err = eng_keyring_create(password, strlen(password), fast, &kr,
+				      &mk)) != 0 ||
+	    (err = eng_keyring_encode(kr, &blob, &blob_len)) != 0)
+		die("keyring", err);
+	spec.kind = DIR_MAILBOX;
+	spec.keyring = blob;
+	spec.keyring_len = blob_len;
+	if ((err = dir_alias_add(f->s.dir, "big@example.org", &spec,
+				 f->alias_id)) != 0 ||
+	    (err = srv_alias_create_db(f->s.aliases, f->alias_id, mk,
+				       db_created, &result)) != 0)
+		die("alias", err);
+	while (result == 1)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	if (result != 0)
+		die("create db", result);
+	snprintf(path, sizeof(path), "%s/mailboxes/%s.db", f->dir, f->alias_id);
+	if ((err = eng_derive_db_key(mk, &dbkey)) != 0 ||
+	    (err = eng_store_open(path, dbkey, &opt, &st)) != 0 ||
+	    (err = eng_mailbox_get(st, "INBOX", &mb)) != 0 ||
+	    (err = eng_store_tx_begin(st)) != 0)
+		die("open", err);
+	for (unsigned i = 0; i < n; i++) {
+		char msg[128];
+		int len = snprintf(msg, sizeof(msg), "Subject: m%u\r\n\r\n"
+				   "body %u\r\n", i, i);
+		/* Some flags, so the view has several runs. */
+		eng_append_opts ao = { .flags = i % 7 == 0 ? ENG_F_SEEN : 0 };
+
+		if ((err = eng_append_message(st, mb.id, msg, (size_t)len, &ao,
+					      NULL, NULL)) != 0)
+			die("append", err);
+	}
+	if ((err = eng_store_tx_commit(st)) != 0)
+		die("commit", err);
+	eng_mailbox_clear(&mb);
+	eng_store_close(&st);
+	eng_secret_free(&dbkey);
+	eng_secret_free(&mk);
+	eng_keyring_free(&kr);
+	free(blob);
+	fprintf(stderr, "filled %u messages in %.0f s\n", n,
+		(now_ms() - t0) / 1e3);
+}
+
+static void aliases_closed(void *ctx)
+{
+	struct server *f = ctx;
+
+	srv_events_free(&f->s.events);
+	uv_close((uv_handle_t *)&f->stop, NULL);
+	f->stopped = 1;
+}
+
+static void net_stopped(void *ctx)
+{
+	struct server *f = ctx;
+
+	srv_aliases_shutdown(f->s.aliases, aliases_closed, f);
+}
+
+static void stop_cb(uv_async_t *a)
+{
+	struct server *f = a->data;
+
+	srv_net_stop(&f->s, net_stopped, f);
+}
+
+static void loop_thread(void *arg)
+{
+	struct server *f = arg;
+
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+}
+
+static void server_start(struct server *f, unsigned n)
+{
+	srv_alias_config acfg;
+	srv_net_options opt;
+	char text[256], tmp[128];
+
+	snprintf(f->dir, sizeof(f->dir), "/tmp/bench-view-XXXXXX");
+	if (mkdtemp(f->dir) == NULL || eng_crypto_init() != 0)
+		die("setup", ENG_EIO);
+	snprintf(text, sizeof(text), "data_dir = %s\n", f->dir);
+	if (sm_config_parse(text, strlen(text), "bench.conf", &f->cfg,
+			    NULL) != 0)
+		die("config", ENG_EINVAL);
+	f->cfg->sqlited_port = 0;
+	snprintf(tmp, sizeof(tmp), "%s/tmp", f->dir);
+	mkdir(tmp, 0700);
+	uv_loop_init(&f->loop);
+	f->s.loop = &f->loop;
+	f->s.cfg = f->cfg;
+	f->s.kdf = fast;
+	f->s.tmp_dir = strdup(tmp);
+	f->s.rpc_secret = eng_secret_new(32);
+	randombytes_buf(f->s.rpc_secret, 32);
+	srv_alias_config_default(&acfg);
+	acfg.data_dir = f->dir;
+	acfg.kdf_params = fast;
+	if (srv_aliases_new(&f->loop, &acfg, &f->s.aliases) != 0 ||
+	    dir_open(NULL, f->dir, &f->s.dir) != 0 ||
+	    srv_events_new(&f->s, "redis://127.0.0.1:1", &f->s.events) != 0 ||
+	    dir_domain_add(f->s.dir, "example.org") != 0)
+		die("server", ENG_EIO);
+	add_alias(f, n);
+	srv_net_options_default(&opt);
+	if (srv_net_start(&f->s, &opt) != 0)
+		die("listen", ENG_EIO);
+	uv_async_init(&f->loop, &f->stop, stop_cb);
+	f->stop.data = f;
+	uv_thread_create(&f->thread, loop_thread, f);
+}
+
+static void server_stop(struct server *f)
+{
+	char cmd[128];
+
+	uv_async_send(&f->stop);
+	uv_thread_join(&f->thread);
+	srv_net_free(&f->s);
+	srv_aliases_free(&f->s.aliases);
+	uv_run(&f->loop, UV_RUN_DEFAULT);
+	uv_loop_close(&f->loop);
+	dir_close(&f->s.dir);
+	eng_secret_free(&f->s.rpc_secret);
+	free(f->s.tmp_dir);
+	sm_config_free(&f->cfg);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", f->dir);
+}
+
+/* ---- the client ---- */
+
+static void call(rpc_sync *c, uint16_t op, eng_buf *b, rpc_sync_resp *resp)
+{
+	int err = rpc_sync_call(c, op, b->data, b->len, resp);
+
+	if (err != 0)
+		die("call", err);
+	eng_buf_reset(b);
+}
+
+static void begin(eng_buf *b, const uint8_t *s, const char *mailbox)
+{
+	eng_buf_reset(b);
+	rpc_put_bytes(b, RPC_T_SESSION, s, SRV_SESSION_BYTES);
+	if (mailbox != NULL)
+		rpc_put_str(b, RPC_T_MAILBOX, mailbox);
+}
+
+/* One MAILBOX_VIEW of INBOX: wall into *wall, CPU into *cpu. */
+static void view(rpc_sync *c, const uint8_t *s, unsigned expect, double *wall,
+		 double *cpu)
+{
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	eng_buf b = ENG_BUF_INIT;
+	uint64_t n = 0;
+	double w0, c0;
+
+	begin(&b, s, "INBOX");
+	c0 = cpu_ms();
+	w0 = now_ms();
+	call(c, RPC_OP_MAILBOX_VIEW, &b, &resp);
+	*wall = now_ms() - w0;
+	*cpu = cpu_ms() - c0;
+	if (rpc_get_u64(&resp.view, RPC_T_MESSAGES, &n) != 0 || n != expect)
+		die("view count", ENG_ECORRUPT);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+}
+
+static void append_one(rpc_sync *c, const uint8_t *s)
+{
+	static const char msg[] = "Subject: new\r\n\r\nnew\r\n";
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	rpc_sync_call_opts opts = { .has_body = true, .body = msg,
+				    .body_len = sizeof(msg) - 1 };
+	eng_buf b = ENG_BUF_INIT;
+	int err;
+
+	begin(&b, s, "INBOX");
+	rpc_put_u64(&b, RPC_T_SIZE, sizeof(msg) - 1);
+	err = rpc_sync_call_ex(c, RPC_OP_APPEND, b.data, b.len, &opts, &resp);
+	if (err != 0)
+		die("append", err);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+}
+
+/* STORE: \Flagged on or off (the round's parity) on UID uid. */
+static void store_one(rpc_sync *c, const uint8_t *s, uint32_t uid, bool on)
+{
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	eng_buf b = ENG_BUF_INIT;
+	eng_uidset set = { 0 };
+
+	begin(&b, s, "INBOX");
+	eng_uidset_add(&set, uid, uid);
+	rpc_put_uidset(&b, RPC_T_UIDSET, &set);
+	eng_uidset_free(&set);
+	rpc_put_u64(&b, RPC_T_MODE, on ? RPC_MODE_ADD : RPC_MODE_REMOVE);
+	rpc_put_u64(&b, RPC_T_FLAGS, ENG_F_FLAGGED);
+	call(c, RPC_OP_STORE, &b, &resp);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void row(const char *name, double *v, double *cpu, unsigned n)
+{
+	qsort(v, n, sizeof(*v), cmp_double);
+	qsort(cpu, n, sizeof(*cpu), cmp_double);
+	printf("| %s | %.3f | %.3f-%.3f | %.3f |\n", name, v[n / 2], v[0],
+	       v[n - 1], cpu[n / 2]);
+}
+
+int main(int argc, char **argv)
+{
+	unsigned n = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 100000;
+	unsigned rounds = argc > 2 ? (unsigned)strtoul(argv[2], NULL, 10) : 7;
+	double rep[MAX_ROUNDS], app[MAX_ROUNDS], sto[MAX_ROUNDS];
+	double rep_c[MAX_ROUNDS], app_c[MAX_ROUNDS], sto_c[MAX_ROUNDS];
+	double first, first_c;
+	struct server f;
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	eng_buf b = ENG_BUF_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	const uint8_t *p;
+	size_t len;
+	rpc_sync *c = NULL;
+	unsigned count = n;
+
+	if (n < 2 || rounds < 1 || rounds > MAX_ROUNDS) {
+		fprintf(stderr, "usage: bench-view [MESSAGES [ROUNDS<=64]]\n");
+		return 2;
+	}
+	memset(&f, 0, sizeof(f));
+	server_start(&f, n);
+	if (rpc_sync_connect_unix(f.cfg->sqlited_socket, f.s.rpc_secret,
+				  "bench@view", 60000, &c) != 0)
+		die("connect", ENG_EIO);
+	rpc_put_str(&b, RPC_T_ALIAS, "big@example.org");
+	rpc_put_str(&b, RPC_T_PASSWORD, password);
+	call(c, RPC_OP_UNLOCK, &b, &resp);
+	if (rpc_get_bytes(&resp.view, RPC_T_SESSION, &p, &len) != 0 ||
+	    len != SRV_SESSION_BYTES)
+		die("unlock", ENG_EAUTH);
+	memcpy(s, p, len);
+	view(c, s, count, &first, &first_c);
+	for (unsigned r = 0; r < rounds; r++) {
+		view(c, s, count, &rep[r], &rep_c[r]);
+		append_one(c, s);
+		view(c, s, ++count, &app[r], &app_c[r]);
+		store_one(c, s, n / 2 + r / 2, r % 2 == 0);
+		view(c, s, count, &sto[r], &sto_c[r]);
+	}
+	printf("MAILBOX_VIEW of %u messages, %u rounds: ms wall (median, "
+	       "min-max), ms CPU of this process (median)\n\n", n, rounds);
+	printf("| view | wall ms | min-max | CPU ms |\n|---|---:|---:|---:|\n");
+	printf("| first (full scan, cold) | %.3f | | %.3f |\n", first, first_c);
+	row("repeated, unchanged", rep, rep_c, rounds);
+	row("first after one APPEND", app, app_c, rounds);
+	row("first after one STORE", sto, sto_c, rounds);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+	server_stop(&f);
+	return 0;
+}
