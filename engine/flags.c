@@ -164,6 +164,61 @@ int eng_mailbox_view(eng_store *st, int64_t mailbox_id, eng_view_cb *cb,
 	return rc == SQLITE_DONE ? 0 : store_err(st, rc, "view");
 }
 
+/* cb for each row of stmt (bound, column 0 a UID, column 1 flags or
+ * none: flags 0), in its order; a non-zero return stops and is returned. */
+static int view_rows(eng_store *st, sqlite3_stmt *stmt, bool with_flags,
+		     eng_view_cb *cb, void *ctx)
+{
+	int rc;
+
+	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+		int ret = cb(ctx, (uint32_t)sqlite3_column_int64(stmt, 0),
+			     with_flags ? (uint32_t)sqlite3_column_int64(stmt, 1)
+			     : 0);
+
+		if (ret != 0) {
+			store_release(st, stmt);
+			return ret;
+		}
+	}
+	store_release(st, stmt);
+	return rc == SQLITE_DONE ? 0 : store_err(st, rc, "view since");
+}
+
+int eng_mailbox_view_since(eng_store *st, int64_t mailbox_id, uint64_t modseq,
+			   eng_view_cb *changed, eng_view_cb *vanished,
+			   void *ctx)
+{
+	int err;
+	sqlite3_stmt *stmt;
+
+	/* One read transaction: both lists describe the same state. The
+	 * (mailbox_id, modseq) indexes, named: the planner would otherwise
+	 * take (mailbox_id, uid) to save the sort and walk every row. */
+	if ((err = store_exec(st, "SAVEPOINT view_since")) != 0)
+		return err;
+	stmt = store_prepare(st, "SELECT uid, flags FROM message INDEXED BY "
+			     "message_modseq WHERE mailbox_id = ?1 AND "
+			     "modseq > ?2 ORDER BY uid", &err);
+	if (stmt == NULL)
+		goto out;
+	sqlite3_bind_int64(stmt, 1, mailbox_id);
+	sqlite3_bind_int64(stmt, 2, (int64_t)modseq);
+	if ((err = view_rows(st, stmt, true, changed, ctx)) != 0)
+		goto out;
+	stmt = store_prepare(st, "SELECT uid FROM expunged INDEXED BY "
+			     "expunged_modseq WHERE mailbox_id = ?1 AND "
+			     "modseq > ?2 ORDER BY uid", &err);
+	if (stmt == NULL)
+		goto out;
+	sqlite3_bind_int64(stmt, 1, mailbox_id);
+	sqlite3_bind_int64(stmt, 2, (int64_t)modseq);
+	err = view_rows(st, stmt, false, vanished, ctx);
+out:
+	(void)store_exec(st, "RELEASE view_since");
+	return err;
+}
+
 int eng_mailbox_keywords(eng_store *st, int64_t mailbox_id, size_t max,
 			 eng_keyword_cb *cb, void *ctx)
 {

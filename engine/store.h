@@ -236,6 +236,21 @@ typedef int eng_view_cb(void *ctx, uint32_t uid, uint32_t flags);
 int eng_mailbox_view(eng_store *st, int64_t mailbox_id, eng_view_cb *cb,
 		     void *ctx);
 
+/*
+ * What changed in a mailbox since modseq (a view's HIGHESTMODSEQ), read
+ * from the two (mailbox_id, modseq) indexes, not from every message:
+ * changed once per message whose MODSEQ is above it (appended, copied or
+ * moved in, flags or keywords stored) with its UID and flags, then
+ * vanished once per UID expunged or moved out since (flags 0), each in
+ * UID order. The `expunged` log is kept while the mailbox exists; only a
+ * DELETE that leaves the row as a \Noselect parent (MESSAGES 0) clears it
+ * without a MODSEQ, so a caller patching a view must check its count
+ * against MESSAGES. A non-zero return of a callback stops and is returned.
+ */
+int eng_mailbox_view_since(eng_store *st, int64_t mailbox_id, uint64_t modseq,
+			   eng_view_cb *changed, eng_view_cb *vanished,
+			   void *ctx);
+
 /* The keywords set on at least one message of the mailbox, at most max,
  * oldest keyword first: cb once each. */
 typedef int eng_keyword_cb(void *ctx, const char *name);

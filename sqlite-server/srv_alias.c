@@ -32,6 +32,7 @@
  *    records a verifier again and clears a->closing.
  */
 #include "srv_alias.h"
+#include "srv_ops_view.h"
 #include "eng_error.h"
 
 #include <errno.h>
@@ -421,6 +422,7 @@ static int alias_open(srv_alias *a, const uint8_t *mk, bool create)
 
 static void alias_close(srv_alias *a)
 {
+	srv_view_cache_forget(a->id);   /* no UIDs/flags after the keys go */
 	eng_store_close(&a->st);
 	eng_secret_free(&a->mk);
 	eng_secret_free(&a->sk);

@@ -22,8 +22,27 @@
  * mailbox with children, then CREATE) has another MESSAGES; so a key that
  * matches is the same state, and a repeated SELECT of an unchanged
  * mailbox reads no message row.
+ *
+ * After a change the mailbox's older entry (same alias, mailbox id and
+ * UIDVALIDITY, a lower HIGHESTMODSEQ M) is patched instead of reading
+ * every row: the messages with a MODSEQ above M (new UIDs and new flag
+ * bits) and the UIDs expunged since M (eng_mailbox_view_since, two
+ * index range scans) are merged into its ranges and runs. The runs hold
+ * the flags column as stored (system flag bits; keywords are not in it,
+ * and neither is \Recent: RECENT is 0), so a row's current flags replace
+ * the old ones. MODSEQs only grow, so a message not listed as changed
+ * existed at M with the flags it has; hence the patched list holds every
+ * message of the mailbox, plus any UID whose expunge was not logged (a
+ * DELETE that leaves a \Noselect parent clears the log without a
+ * MODSEQ). The patch is kept only if its count equals MESSAGES, which
+ * then rules those out; otherwise, or if the changes pass
+ * VIEW_PATCH_MAX_CHANGES or the result VIEW_CACHE_MAX_BYTES, every row
+ * is read as before. The entries of an alias are dropped when it is
+ * closed (srv_view_cache_forget from srv_alias.c): they must not outlive
+ * its keys.
  */
 #include "srv_ops_mbox.h"
+#include "srv_ops_view.h"
 
 #include "eng_error.h"
 #include "rpc_codec.h"
@@ -41,6 +60,9 @@ srv_handler_fn srv_op_mailbox_view;
 
 #define VIEW_CACHE_SLOTS 16
 #define VIEW_CACHE_MAX_BYTES (64u * 1024)
+/* Changed messages (and, apart, expunged UIDs) a patch takes at most:
+ * 512 KiB and 256 KiB transiently; past that, the rows are read. */
+#define VIEW_PATCH_MAX_CHANGES 65536u
 
 struct view_key {
 	char alias_id[SRV_ALIAS_ID_MAX + 1];
@@ -68,26 +90,44 @@ static void put_pair(eng_buf *b, uint32_t a, uint32_t z)
 	eng_buf_append(b, p, sizeof(p));
 }
 
-static int view_cb(void *ctx, uint32_t uid, uint32_t flags)
+/* Appends the UIDs lo..hi (above every UID so far), all with flags. */
+static void view_add(struct view_ctx *c, uint32_t lo, uint32_t hi,
+		     uint32_t flags)
 {
-	struct view_ctx *c = ctx;
+	uint64_t count = (uint64_t)hi - lo + 1;
 
-	if (c->n > 0 && uid == c->hi + 1) {
-		c->hi = uid;
+	if (c->n > 0 && lo == (uint64_t)c->hi + 1) {
+		c->hi = hi;
 	} else {
 		if (c->n > 0)
 			put_pair(&c->ranges, c->lo, c->hi);
-		c->lo = c->hi = uid;
+		c->lo = lo;
+		c->hi = hi;
 	}
-	if (c->n > 0 && flags == c->run_flags && c->run_len < UINT32_MAX) {
-		c->run_len++;
+	if (c->n > 0 && flags == c->run_flags &&
+	    c->run_len + count <= UINT32_MAX) {
+		c->run_len += (uint32_t)count;
 	} else {
 		if (c->n > 0)
 			put_pair(&c->runs, c->run_len, c->run_flags);
 		c->run_flags = flags;
-		c->run_len = 1;
+		c->run_len = (uint32_t)count;
 	}
-	c->n++;
+	c->n += count;
+}
+
+/* The last range and run, once every UID is in. */
+static void view_finish(struct view_ctx *c)
+{
+	if (c->n > 0) {
+		put_pair(&c->ranges, c->lo, c->hi);
+		put_pair(&c->runs, c->run_len, c->run_flags);
+	}
+}
+
+static int view_cb(void *ctx, uint32_t uid, uint32_t flags)
+{
+	view_add(ctx, uid, uid, flags);
 	return 0;
 }
 
@@ -109,6 +149,7 @@ static struct view_entry {
 	eng_buf ranges, runs;
 } view_cache[VIEW_CACHE_SLOTS];
 static uint64_t view_clock;
+static struct srv_view_stats view_stats;
 static pthread_mutex_t view_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void view_key_of(const srv_mbop *op, const eng_mailbox *mb,
@@ -146,9 +187,65 @@ static bool view_cache_get(const struct view_key *k, struct view_ctx *c)
 		c->n = e->n;
 		e->last_use = ++view_clock;
 		hit = true;
+		view_stats.hits++;
 	}
 	pthread_mutex_unlock(&view_lock);
 	return hit;
+}
+
+/* An older state of k's mailbox (same UIDVALIDITY, lower HIGHESTMODSEQ)
+ * into c, its HIGHESTMODSEQ into *modseq_r; false if none is kept. */
+static bool view_cache_base(const struct view_key *k, struct view_ctx *c,
+			    uint64_t *modseq_r)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&view_lock);
+	for (size_t i = 0; i < VIEW_CACHE_SLOTS && !found; i++) {
+		struct view_entry *e = &view_cache[i];
+
+		if (!e->used || strcmp(e->key.alias_id, k->alias_id) != 0 ||
+		    e->key.mailbox_id != k->mailbox_id ||
+		    e->key.uidvalidity != k->uidvalidity ||
+		    e->key.highestmodseq >= k->highestmodseq)
+			continue;
+		buf_copy(&c->ranges, &e->ranges);
+		buf_copy(&c->runs, &e->runs);
+		c->n = e->n;
+		*modseq_r = e->key.highestmodseq;
+		found = true;
+	}
+	pthread_mutex_unlock(&view_lock);
+	return found;
+}
+
+void srv_view_cache_forget(const char *alias_id)
+{
+	pthread_mutex_lock(&view_lock);
+	for (size_t i = 0; i < VIEW_CACHE_SLOTS; i++) {
+		struct view_entry *e = &view_cache[i];
+
+		if (!e->used || (alias_id != NULL &&
+				 strcmp(e->key.alias_id, alias_id) != 0))
+			continue;
+		/* UIDs and flags: not secrets, but not left behind either. */
+		eng_buf_free(&e->ranges);
+		eng_buf_free(&e->runs);
+		memset(e, 0, sizeof(*e));
+	}
+	pthread_mutex_unlock(&view_lock);
+}
+
+void srv_view_cache_stats(const char *alias_id, struct srv_view_stats *out)
+{
+	pthread_mutex_lock(&view_lock);
+	*out = view_stats;
+	out->entries = 0;
+	for (size_t i = 0; i < VIEW_CACHE_SLOTS; i++)
+		out->entries += view_cache[i].used &&
+			(alias_id == NULL ||
+			 strcmp(view_cache[i].key.alias_id, alias_id) == 0);
+	pthread_mutex_unlock(&view_lock);
 }
 
 /* Keeps c's answer for k in the least recently used slot (if small). */
@@ -197,11 +294,198 @@ static int view_read(eng_store *st, const eng_mailbox *mb, struct view_ctx *c)
 {
 	int err = eng_mailbox_view(st, mb->id, view_cb, c);
 
-	if (err == 0 && c->n > 0) {
-		put_pair(&c->ranges, c->lo, c->hi);
-		put_pair(&c->runs, c->run_len, c->run_flags);
-	}
+	if (err == 0)
+		view_finish(c);
+	pthread_mutex_lock(&view_lock);
+	view_stats.scanned++;
+	pthread_mutex_unlock(&view_lock);
 	return err;
+}
+
+/* ---- patching an older view with the changes since its MODSEQ ---- */
+
+struct view_change {
+	uint32_t uid, flags;
+};
+
+struct view_changes {
+	struct view_change *changed;
+	uint32_t *vanished;
+	size_t n_changed, n_vanished;
+};
+
+/* Returned by the callbacks past VIEW_PATCH_MAX_CHANGES: not an error. */
+#define VIEW_TOO_MANY 1
+
+static int changed_cb(void *ctx, uint32_t uid, uint32_t flags)
+{
+	struct view_changes *ch = ctx;
+
+	if (ch->n_changed >= VIEW_PATCH_MAX_CHANGES)
+		return VIEW_TOO_MANY;
+	if (ch->n_changed % 256 == 0)
+		ch->changed = eng_realloc(ch->changed, (ch->n_changed + 256) *
+					  sizeof(*ch->changed));
+	ch->changed[ch->n_changed].uid = uid;
+	ch->changed[ch->n_changed++].flags = flags;
+	return 0;
+}
+
+static int vanished_cb(void *ctx, uint32_t uid, uint32_t flags)
+{
+	struct view_changes *ch = ctx;
+
+	(void)flags;
+	if (ch->n_vanished >= VIEW_PATCH_MAX_CHANGES)
+		return VIEW_TOO_MANY;
+	if (ch->n_vanished % 256 == 0)
+		ch->vanished = eng_realloc(ch->vanished, (ch->n_vanished + 256) *
+					   sizeof(*ch->vanished));
+	ch->vanished[ch->n_vanished++] = uid;
+	return 0;
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+		(uint32_t)p[2] << 8 | p[3];
+}
+
+/* A walk over a cached view's UIDs, a block at a time. */
+struct view_walk {
+	const uint8_t *ranges, *runs;
+	size_t n_ranges, n_runs, ri, fi;
+	uint64_t uid, hi;            /* the next UID, its range's end */
+	uint32_t left, flags;        /* UIDs left in the run, its flags */
+	bool done;
+};
+
+/* Loads range ri and run fi; false if the runs end before the ranges. */
+static bool walk_load(struct view_walk *w)
+{
+	if (w->ri >= w->n_ranges) {
+		w->done = true;
+		return true;
+	}
+	w->uid = get_u32(w->ranges + 8 * w->ri);
+	w->hi = get_u32(w->ranges + 8 * w->ri + 4);
+	if (w->left == 0) {
+		if (w->fi >= w->n_runs)
+			return false;
+		w->left = get_u32(w->runs + 8 * w->fi);
+		w->flags = get_u32(w->runs + 8 * w->fi + 4);
+	}
+	return w->uid >= 1 && w->uid <= w->hi && w->left > 0;
+}
+
+/* Moves k UIDs on (k within the range and the run). */
+static bool walk_skip(struct view_walk *w, uint64_t k)
+{
+	w->uid += k;
+	w->left -= (uint32_t)k;
+	if (w->left == 0)
+		w->fi++;
+	if (w->uid > w->hi) {
+		w->ri++;
+		return walk_load(w);
+	}
+	if (w->left == 0) {
+		if (w->fi >= w->n_runs)
+			return false;
+		w->left = get_u32(w->runs + 8 * w->fi);
+		w->flags = get_u32(w->runs + 8 * w->fi + 4);
+	}
+	return w->left > 0;
+}
+
+/* base's UIDs and flags with ch applied, into out (empty); false if base
+ * is malformed or out would pass VIEW_CACHE_MAX_BYTES. */
+static bool view_merge(const struct view_ctx *base,
+		       const struct view_changes *ch, struct view_ctx *out)
+{
+	struct view_walk w = {
+		.ranges = (const uint8_t *)base->ranges.data,
+		.runs = (const uint8_t *)base->runs.data,
+		.n_ranges = base->ranges.len / 8, .n_runs = base->runs.len / 8,
+	};
+	size_t ci = 0, vi = 0;
+
+	if (!walk_load(&w))
+		return false;
+	for (;;) {
+		uint64_t cu = ci < ch->n_changed ? ch->changed[ci].uid : UINT64_MAX;
+		uint64_t vu = vi < ch->n_vanished ? ch->vanished[vi] :
+			UINT64_MAX;
+		uint64_t next = cu < vu ? cu : vu;
+
+		if (out->ranges.len + out->runs.len > VIEW_CACHE_MAX_BYTES)
+			return false;
+		if (w.done && next == UINT64_MAX)
+			break;
+		if (!w.done && w.uid < next) {
+			/* An unchanged block: up to the range's or the run's
+			 * end, or the next change. */
+			uint64_t k = w.hi - w.uid + 1;
+
+			if (k > w.left)
+				k = w.left;
+			if (k > next - w.uid)
+				k = next - w.uid;
+			view_add(out, (uint32_t)w.uid,
+				 (uint32_t)(w.uid + k - 1), w.flags);
+			if (!walk_skip(&w, k))
+				return false;
+			continue;
+		}
+		if (!w.done && w.uid == next && !walk_skip(&w, 1))
+			return false;
+		if (cu == next) {    /* the row is there: its flags now */
+			view_add(out, ch->changed[ci].uid, ch->changed[ci].uid,
+				 ch->changed[ci].flags);
+			ci++;
+		}
+		if (vu == next)
+			vi++;
+	}
+	view_finish(out);
+	return true;
+}
+
+/*
+ * The view of mb from an older cached one and the changes since: 1 and
+ * the view in c, 0 if there is no older view or the patch does not hold
+ * (c is then empty and the rows must be read), or an engine error.
+ */
+static int view_patch(eng_store *st, const eng_mailbox *mb,
+		      const struct view_key *key, struct view_ctx *c)
+{
+	struct view_ctx base = { .ranges = ENG_BUF_INIT, .runs = ENG_BUF_INIT };
+	struct view_changes ch = { 0 };
+	uint64_t since = 0;
+	int err, ok = 0;
+
+	if (!view_cache_base(key, &base, &since))
+		return 0;
+	err = eng_mailbox_view_since(st, mb->id, since, changed_cb,
+				     vanished_cb, &ch);
+	if (err == 0 && view_merge(&base, &ch, c) && c->n == mb->messages)
+		ok = 1;
+	if (err == VIEW_TOO_MANY)
+		err = 0;
+	if (ok == 0) {
+		eng_buf_reset(&c->ranges);
+		eng_buf_reset(&c->runs);
+		c->n = 0;
+	} else {
+		pthread_mutex_lock(&view_lock);
+		view_stats.patched++;
+		pthread_mutex_unlock(&view_lock);
+	}
+	eng_buf_free(&base.ranges);
+	eng_buf_free(&base.runs);
+	free(ch.changed);
+	free(ch.vanished);
+	return err != 0 ? err : ok;
 }
 
 static int view_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
@@ -212,8 +496,16 @@ static int view_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 	int err = 0;
 
 	view_key_of(op, mb, &key);
-	if (!view_cache_get(&key, &c) && (err = view_read(st, mb, &c)) == 0)
-		view_cache_put(&key, &c);
+	if (!view_cache_get(&key, &c)) {
+		int patched = view_patch(st, mb, &key, &c);
+
+		if (patched < 0)
+			err = patched;
+		else if (patched == 0)
+			err = view_read(st, mb, &c);
+		if (err == 0)
+			view_cache_put(&key, &c);
+	}
 	if (err == 0)
 		err = eng_mailbox_keywords(st, mb->id, VIEW_KEYWORDS_MAX,
 					   keyword_cb, &c);

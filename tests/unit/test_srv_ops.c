@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "config.h"
@@ -27,6 +28,7 @@
 #include "srv.h"
 #include "srv_alias.h"
 #include "srv_net.h"
+#include "srv_ops_view.h"
 #include "testutil.h"
 
 static const eng_kdf_params fast = { 1, 8192 };
@@ -105,7 +107,9 @@ static void loop_thread(void *arg)
 	uv_run(&f->loop, UV_RUN_DEFAULT);
 }
 
-static int setup(void **state)
+/* idle_seconds < 0: the default (300), else an alias without sessions
+ * is closed at the next tick after that long (srv_alias.c). */
+static int setup_cfg(void **state, int idle_seconds)
 {
 	struct fx *f = calloc(1, sizeof(*f));
 	srv_alias_config acfg;
@@ -131,6 +135,8 @@ static int setup(void **state)
 	f->s.rpc_secret = eng_secret_new(32);
 	randombytes_buf(f->s.rpc_secret, 32);
 	srv_alias_config_default(&acfg);
+	if (idle_seconds >= 0)
+		acfg.idle_seconds = (unsigned)idle_seconds;
 	acfg.data_dir = f->dir;
 	acfg.kdf_params = fast;
 	assert_int_equal(srv_aliases_new(&f->loop, &acfg, &f->s.aliases), 0);
@@ -148,6 +154,17 @@ static int setup(void **state)
 	assert_int_equal(uv_thread_create(&f->thread, loop_thread, f), 0);
 	*state = f;
 	return 0;
+}
+
+static int setup(void **state)
+{
+	return setup_cfg(state, -1);
+}
+
+/* An alias closes (keys wiped) about a second after its last LOCK. */
+static int setup_closing(void **state)
+{
+	return setup_cfg(state, 0);
 }
 
 static int teardown(void **state)
@@ -1252,6 +1269,207 @@ static void test_mailbox_view(void **state)
 	rpc_sync_free(&c);
 }
 
+/* ---- MAILBOX_VIEW: a cached view patched after each change ---- */
+
+#define PATCH_MAX 256
+
+/* One request with just the session and mailbox (and dest, if any). */
+static void simple_call(rpc_sync *c, const uint8_t *s, uint16_t op,
+			const char *mailbox, const char *dest, uint32_t lo,
+			uint32_t hi)
+{
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	eng_buf b = ENG_BUF_INIT;
+
+	begin(&b, s, mailbox);
+	if (lo > 0)
+		put_uidset(&b, RPC_T_UIDSET, lo, hi);
+	if (dest != NULL)
+		rpc_put_str(&b, RPC_T_DEST_MAILBOX, dest);
+	assert_int_equal(call(c, op, &b, &resp), 0);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+}
+
+static void expunge_uid(rpc_sync *c, const uint8_t *s, const char *mailbox,
+			uint32_t uid)
+{
+	store_flags(c, s, mailbox, uid, uid, ENG_F_DELETED, NULL);
+	simple_call(c, s, RPC_OP_EXPUNGE, mailbox, NULL, uid, uid);
+}
+
+/*
+ * MAILBOX_VIEW of mailbox against FETCH_META (every row read afresh): the
+ * same UIDs and flags, count and keywords; and which way sqlited made it
+ * (how: 'h' the same state cached, 'p' an older one patched, 's' every
+ * row read). Returns the count.
+ */
+static size_t view_check(struct fx *f, rpc_sync *c, const uint8_t *s,
+			 const char *mailbox, char how, size_t keywords)
+{
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	struct meta *meta = calloc(PATCH_MAX, sizeof(*meta));
+	struct meta *view = calloc(PATCH_MAX, sizeof(*view));
+	struct srv_view_stats a, z;
+	eng_buf b = ENG_BUF_INIT;
+	size_t n;
+
+	begin(&b, s, mailbox);
+	assert_int_equal(call(c, RPC_OP_FETCH_META, &b, &resp), 0);
+	n = get_messages(&resp.view, meta, PATCH_MAX);
+	srv_view_cache_stats(f->alias_id, &a);
+	begin(&b, s, mailbox);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_VIEW, &b, &resp), 0);
+	srv_view_cache_stats(f->alias_id, &z);
+	assert_int_equal(expand_view(&resp.view, view, PATCH_MAX), n);
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(view[i].uid, meta[i].uid);
+		assert_int_equal(view[i].flags, meta[i].flags);
+	}
+	assert_int_equal(rpc_count(&resp.view, RPC_T_KEYWORD), keywords);
+	assert_int_equal(z.hits - a.hits, how == 'h');
+	assert_int_equal(z.patched - a.patched, how == 'p');
+	assert_int_equal(z.scanned - a.scanned, how == 's');
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	free(meta);
+	free(view);
+	return n;
+}
+
+static void append_n(rpc_sync *c, const uint8_t *s, const char *mailbox,
+		     int n, uint32_t flags)
+{
+	uint32_t uid;
+
+	for (int i = 0; i < n; i++)
+		assert_int_equal(append(c, s, mailbox, "Subject: p\r\n\r\np\r\n",
+					17, flags, NULL, &uid), 0);
+}
+
+/* After every kind of change, the patched view is what reading every row
+ * gives; a mailbox re-created (new UIDVALIDITY, or the same row emptied
+ * by a DELETE that left it \Noselect) is read afresh. */
+static void test_mailbox_view_patch(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync *c = connect_client(f);
+	uint8_t s[SRV_SESSION_BYTES];
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "P", NULL, 0, 0);
+	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "Q", NULL, 0, 0);
+	append_n(c, s, "P", 30, ENG_F_SEEN);
+	append_n(c, s, "Q", 5, 0);
+	assert_int_equal(view_check(f, c, s, "P", 's', 0), 30);
+	assert_int_equal(view_check(f, c, s, "P", 'h', 0), 30);
+	append_n(c, s, "P", 1, 0);                      /* append one */
+	assert_int_equal(view_check(f, c, s, "P", 'p', 0), 31);
+	append_n(c, s, "P", 20, ENG_F_SEEN);            /* append many */
+	assert_int_equal(view_check(f, c, s, "P", 'p', 0), 51);
+	/* A flag in the middle of the run of \Seen 1..30, then off again. */
+	store_flags(c, s, "P", 15, 15, ENG_F_FLAGGED, NULL);
+	assert_int_equal(view_check(f, c, s, "P", 'p', 0), 51);
+	store_flags(c, s, "P", 16, 17, ENG_F_ANSWERED, NULL);
+	assert_int_equal(view_check(f, c, s, "P", 'p', 0), 51);
+	{
+		rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+		eng_buf b = ENG_BUF_INIT;
+
+		begin(&b, s, "P");
+		put_uidset(&b, RPC_T_UIDSET, 15, 15);
+		rpc_put_u64(&b, RPC_T_MODE, RPC_MODE_REMOVE);
+		rpc_put_u64(&b, RPC_T_FLAGS, ENG_F_FLAGGED);
+		assert_int_equal(call(c, RPC_OP_STORE, &b, &resp), 0);
+		rpc_sync_resp_clear(&resp);
+		eng_buf_free(&b);
+	}
+	assert_int_equal(view_check(f, c, s, "P", 'p', 0), 51);
+	/* A keyword alone: the MODSEQ moves, the flag bits do not. */
+	store_flags(c, s, "P", 20, 20, 0, "$Later");
+	assert_int_equal(view_check(f, c, s, "P", 'p', 1), 51);
+	/* Expunge the first, one in the middle, the last. */
+	expunge_uid(c, s, "P", 1);
+	assert_int_equal(view_check(f, c, s, "P", 'p', 1), 50);
+	expunge_uid(c, s, "P", 25);
+	assert_int_equal(view_check(f, c, s, "P", 'p', 1), 49);
+	expunge_uid(c, s, "P", 51);
+	assert_int_equal(view_check(f, c, s, "P", 'p', 1), 48);
+	/* Several changes at once: expunge two, flag one, append two. */
+	store_flags(c, s, "P", 2, 3, ENG_F_DELETED, NULL);
+	simple_call(c, s, RPC_OP_EXPUNGE, "P", NULL, 0, 0);
+	store_flags(c, s, "P", 40, 40, ENG_F_DRAFT, NULL);
+	append_n(c, s, "P", 2, ENG_F_SEEN);
+	assert_int_equal(view_check(f, c, s, "P", 'p', 1), 48);
+	/* Moved in from Q, copied in, moved out to Q (both sides). */
+	assert_int_equal(view_check(f, c, s, "Q", 's', 0), 5);
+	simple_call(c, s, RPC_OP_MOVE, "Q", "P", 2, 3);
+	assert_int_equal(view_check(f, c, s, "P", 'p', 1), 50);
+	assert_int_equal(view_check(f, c, s, "Q", 'p', 0), 3);
+	simple_call(c, s, RPC_OP_COPY, "Q", "P", 1, 1);
+	assert_int_equal(view_check(f, c, s, "P", 'p', 1), 51);
+	simple_call(c, s, RPC_OP_MOVE, "P", "Q", 10, 12);
+	assert_int_equal(view_check(f, c, s, "P", 'p', 1), 48);
+	assert_int_equal(view_check(f, c, s, "Q", 'p', 0), 6);
+	/* Everything expunged: an empty view, then one message again. */
+	store_flags(c, s, "Q", 1, UINT32_MAX, ENG_F_DELETED, NULL);
+	simple_call(c, s, RPC_OP_EXPUNGE, "Q", NULL, 0, 0);
+	assert_int_equal(view_check(f, c, s, "Q", 'p', 0), 0);
+	append_n(c, s, "Q", 1, 0);
+	assert_int_equal(view_check(f, c, s, "Q", 'p', 0), 1);
+
+	/* Deleted and re-created: another UIDVALIDITY (and row). */
+	simple_call(c, s, RPC_OP_MAILBOX_DELETE, "Q", NULL, 0, 0);
+	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "Q", NULL, 0, 0);
+	append_n(c, s, "Q", 2, 0);
+	assert_int_equal(view_check(f, c, s, "Q", 's', 0), 2);
+	/* A parent deleted keeps its row (\Noselect) and UIDVALIDITY but
+	 * loses its messages and expunge log: re-created and refilled to
+	 * fewer messages than before, the patch would keep the old UIDs;
+	 * MESSAGES tells, and every row is read. */
+	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "Q/Child", NULL, 0, 0);
+	append_n(c, s, "Q", 1, ENG_F_SEEN);
+	assert_int_equal(view_check(f, c, s, "Q", 'p', 0), 3);
+	simple_call(c, s, RPC_OP_MAILBOX_DELETE, "Q", NULL, 0, 0);
+	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "Q", NULL, 0, 0);
+	append_n(c, s, "Q", 1, 0);
+	assert_int_equal(view_check(f, c, s, "Q", 's', 0), 1);
+	assert_int_equal(view_check(f, c, s, "Q", 'h', 0), 1);
+	rpc_sync_free(&c);
+}
+
+/* The alias's views go when it is closed after its last LOCK (keys
+ * wiped); the next view after a new UNLOCK reads every row. */
+static void test_mailbox_view_lock(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync *c = connect_client(f);
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	eng_buf b = ENG_BUF_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	struct srv_view_stats st;
+	int waited = 0;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	append_n(c, s, "INBOX", 3, 0);
+	assert_int_equal(view_check(f, c, s, "INBOX", 's', 0), 3);
+	srv_view_cache_stats(f->alias_id, &st);
+	assert_int_equal(st.entries, 1);
+	begin(&b, s, NULL);
+	assert_int_equal(call(c, RPC_OP_LOCK, &b, &resp), 0);
+	do {
+		usleep(100 * 1000);
+		srv_view_cache_stats(f->alias_id, &st);
+	} while (st.entries > 0 && ++waited < 100);
+	assert_int_equal(st.entries, 0);
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	assert_int_equal(view_check(f, c, s, "INBOX", 's', 0), 3);
+	assert_int_equal(view_check(f, c, s, "INBOX", 'h', 0), 3);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
 /* ---- FETCH_META WANT: headers and MIME structures inline ---- */
 
 /* The MESSAGE groups of resp, in order (at most max). */
@@ -1613,6 +1831,10 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_mailbox_view, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_mailbox_view_patch, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_mailbox_view_lock,
+						setup_closing, teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_meta_parts, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_body_cancel, setup,

@@ -1,0 +1,28 @@
+/*
+ * sqlited's cache of MAILBOX_VIEW answers (srv_ops_view.c), as seen from
+ * outside it: the alias code drops an alias's entries when it closes the
+ * alias (LOCK, idle close, ALIAS_REMOVE, RESTORE_ALIAS: the UIDs and flags
+ * of its mailboxes must not outlive its keys), and tests read counters.
+ *
+ * Rules: thread-safe (one mutex); callable from the loop or the pool.
+ */
+#ifndef SRV_OPS_VIEW_H
+#define SRV_OPS_VIEW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Drops every cached view of the alias (NULL: of every alias). */
+void srv_view_cache_forget(const char *alias_id);
+
+struct srv_view_stats {
+	uint64_t hits;      /* answered from an entry of the same state */
+	uint64_t patched;   /* an older entry patched with the changes since */
+	uint64_t scanned;   /* every message row read */
+	size_t entries;     /* entries now held for the alias asked about */
+};
+
+/* The counters since start, and the entries of alias_id (NULL: all). */
+void srv_view_cache_stats(const char *alias_id, struct srv_view_stats *out);
+
+#endif
