@@ -1184,6 +1184,22 @@ bool sm_net_is_tls(const sm_net_conn *c)
 	return c->ssl != NULL && c->tls_done;
 }
 
+const char *sm_net_tls_describe(const sm_net_conn *c, char *buf, size_t len)
+{
+	const SSL_CIPHER *cipher;
+	int alg_bits = 0, bits;
+
+	if (len == 0)
+		return buf;
+	buf[0] = '\0';
+	if (!sm_net_is_tls(c) || (cipher = SSL_get_current_cipher(c->ssl)) == NULL)
+		return buf;
+	bits = SSL_CIPHER_get_bits(cipher, &alg_bits);
+	snprintf(buf, len, "%s with cipher %s (%d/%d bits)", SSL_get_version(c->ssl),
+		 SSL_CIPHER_get_name(cipher), bits, alg_bits);
+	return buf;
+}
+
 bool sm_net_can_starttls(const sm_net_conn *c)
 {
 	return c->ssl == NULL && c->l->cfg.tls != NULL && !c->starttls_pending;

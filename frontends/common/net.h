@@ -161,6 +161,12 @@ const char *sm_net_peer_addr(const sm_net_conn *c);
 bool sm_net_is_loopback(const sm_net_conn *c);
 /* TLS is on and its handshake has finished. */
 bool sm_net_is_tls(const sm_net_conn *c);
+/*
+ * The negotiated protocol and cipher, as Received headers give them:
+ * "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"; "" when
+ * TLS is not on. Returns buf.
+ */
+const char *sm_net_tls_describe(const sm_net_conn *c, char *buf, size_t len);
 /* STARTTLS is possible: a context is configured and TLS is not on yet. */
 bool sm_net_can_starttls(const sm_net_conn *c);
 bool sm_net_closing(const sm_net_conn *c);

@@ -175,8 +175,11 @@ static void put_received(deliver_job *j, eng_buf *b, const char *rcpt)
 
 	gmtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-	eng_buf_printf(b, "Received: from %s ([%s])\r\n\tby %s (Sealmail) with %s "
-		       "id %s\r\n\tfor <%s>; %s\r\n", e->helo, e->client_ip,
+	eng_buf_printf(b, "Received: from %s ([%s])\r\n", e->helo, e->client_ip);
+	/* The cipher as a comment, as Postfix and Exim write it. */
+	if (e->tls_info != NULL && e->tls_info[0] != '\0')
+		eng_buf_printf(b, "\t(using %s)\r\n", e->tls_info);
+	eng_buf_printf(b, "\tby %s (Sealmail) with %s id %s\r\n\tfor <%s>; %s\r\n",
 		       j->d->cfg->hostname, with, e->queue_id, rcpt, date);
 }
 

@@ -77,6 +77,7 @@ typedef struct mx_envelope {
 	size_t n_rcpts;
 	bool esmtp;                  /* EHLO, not HELO */
 	bool tls;
+	const char *tls_info;        /* sm_net_tls_describe(), "" without TLS */
 	bool smtputf8;
 	const uint8_t *message;      /* CRLF line ends; valid until the callback */
 	size_t len;

@@ -77,6 +77,7 @@ struct mx_session {
 	unsigned pending_notify;
 	unsigned postmaster_try;     /* RCPT TO:<Postmaster>: candidates tried */
 	char queue_id[MX_QUEUE_ID_CHARS + 1];
+	char tls_info[160];          /* for the Received header */
 	/* the message */
 	enum mx_reading reading;
 	bool used_bdat;
@@ -620,6 +621,8 @@ static void deliver(mx_session *s)
 	env.n_rcpts = s->n_rcpts;
 	env.esmtp = s->esmtp;
 	env.tls = sm_net_is_tls(s->c);
+	env.tls_info = sm_net_tls_describe(s->c, s->tls_info,
+					    sizeof(s->tls_info));
 	env.smtputf8 = s->smtputf8;
 	env.message = (const uint8_t *)s->msg.data;
 	env.len = s->msg.len;

@@ -265,6 +265,10 @@ class MxDeliveryTest(unittest.TestCase):
         msgs = self.inbox()
         self.assertEqual(len(msgs), 1)
         self.assertIn(b"with ESMTPS id", msgs[0])
+        # The Received header names the protocol and cipher (as a comment).
+        received = msgs[0].split(b"\r\n\tby ", 1)[0]
+        self.assertRegex(received, rb"\r\n\t\(using TLSv1\.[23] with cipher [A-Z0-9_-]+ "
+                                   rb"\(\d+/\d+ bits\)\)$")
 
     def test_forward_queued_with_srs(self):
         # sqlited queues a forward (sealed outbound queue, SRS sender) before DELIVER
