@@ -3,6 +3,9 @@
  * mailbox, right after a change and repeated.
  *
  *   bench-view [MESSAGES [ROUNDS]]     (default 100000 and 7)
+ *   bench-view --fill DATA_DIR ADDRESS MESSAGES
+ *       (password in BENCH_VIEW_PASSWORD: fills an alias of a real
+ *       sqlited's data directory the same way, for an IMAP-level run)
  *
  * An sqlited runs in this process (its loop on a thread, a unix socket in
  * a temporary directory, Redis absent), as in tests/unit/test_srv_ops.c.
@@ -83,37 +86,17 @@ static void db_created(void *ctx, int result)
 	*(int *)ctx = result;
 }
 
-/* The alias, its database, and n messages in its INBOX (engine direct). */
-static void add_alias(struct server *f, unsigned n)
+/* n tiny messages into the INBOX of the database at path (engine direct,
+ * one transaction). */
+static void fill(const char *path, const uint8_t *mk, unsigned n)
 {
-	dir_alias_spec spec = { 0 };
 	eng_store_options opt = { .create = false };
-	eng_keyring *kr;
 	eng_store *st;
 	eng_mailbox mb;
-	uint8_t *mk, *blob, *dbkey;
-	size_t blob_len;
-	char path[256];
-	int result = 1, err;
+	uint8_t *dbkey;
+	int err;
 	double t0 = now_ms();
 
-	if ((err = eng_keyring_create(password, strlen(password), fast, &kr,
-				      &mk)) != 0 ||
-	    (err = eng_keyring_encode(kr, &blob, &blob_len)) != 0)
-		die("keyring", err);
-	spec.kind = DIR_MAILBOX;
-	spec.keyring = blob;
-	spec.keyring_len = blob_len;
-	if ((err = dir_alias_add(f->s.dir, "big@example.org", &spec,
-				 f->alias_id)) != 0 ||
-	    (err = srv_alias_create_db(f->s.aliases, f->alias_id, mk,
-				       db_created, &result)) != 0)
-		die("alias", err);
-	while (result == 1)
-		uv_run(&f->loop, UV_RUN_ONCE);
-	if (result != 0)
-		die("create db", result);
-	snprintf(path, sizeof(path), "%s/mailboxes/%s.db", f->dir, f->alias_id);
 	if ((err = eng_derive_db_key(mk, &dbkey)) != 0 ||
 	    (err = eng_store_open(path, dbkey, &opt, &st)) != 0 ||
 	    (err = eng_mailbox_get(st, "INBOX", &mb)) != 0 ||
@@ -139,11 +122,72 @@ static void add_alias(struct server *f, unsigned n)
 	eng_mailbox_clear(&mb);
 	eng_store_close(&st);
 	eng_secret_free(&dbkey);
+	fprintf(stderr, "filled %u messages in %.0f s\n", n,
+		(now_ms() - t0) / 1e3);
+}
+
+/* The alias, its database, and n messages in its INBOX. */
+static void add_alias(struct server *f, unsigned n)
+{
+	dir_alias_spec spec = { 0 };
+	eng_keyring *kr;
+	uint8_t *mk, *blob;
+	size_t blob_len;
+	char path[256];
+	int result = 1, err;
+
+	if ((err = eng_keyring_create(password, strlen(password), fast, &kr,
+				      &mk)) != 0 ||
+	    (err = eng_keyring_encode(kr, &blob, &blob_len)) != 0)
+		die("keyring", err);
+	spec.kind = DIR_MAILBOX;
+	spec.keyring = blob;
+	spec.keyring_len = blob_len;
+	if ((err = dir_alias_add(f->s.dir, "big@example.org", &spec,
+				 f->alias_id)) != 0 ||
+	    (err = srv_alias_create_db(f->s.aliases, f->alias_id, mk,
+				       db_created, &result)) != 0)
+		die("alias", err);
+	while (result == 1)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	if (result != 0)
+		die("create db", result);
+	snprintf(path, sizeof(path), "%s/mailboxes/%s.db", f->dir, f->alias_id);
+	fill(path, mk, n);
 	eng_secret_free(&mk);
 	eng_keyring_free(&kr);
 	free(blob);
-	fprintf(stderr, "filled %u messages in %.0f s\n", n,
-		(now_ms() - t0) / 1e3);
+}
+
+/* --fill: an existing alias of a data directory (a real sqlited's, for
+ * an IMAP-level run), its password in BENCH_VIEW_PASSWORD. */
+static int fill_existing(const char *data_dir, const char *address,
+			 unsigned n)
+{
+	const char *pw = getenv("BENCH_VIEW_PASSWORD");
+	dir *d = NULL;
+	dir_alias a;
+	eng_keyring *kr = NULL;
+	uint8_t *mk = NULL;
+	char path[4096];
+	int err;
+
+	if (pw == NULL)
+		die("BENCH_VIEW_PASSWORD", ENG_EINVAL);
+	if ((err = eng_crypto_init()) != 0 ||
+	    (err = dir_open(NULL, data_dir, &d)) != 0 ||
+	    (err = dir_alias_get(d, address, &a)) != 0)
+		die("alias", err);
+	if ((err = eng_keyring_decode(a.keyring, a.keyring_len, &kr)) != 0 ||
+	    (err = eng_keyring_unlock(kr, pw, strlen(pw), &mk, NULL)) != 0)
+		die("unlock", err);
+	snprintf(path, sizeof(path), "%s/mailboxes/%s.db", data_dir, a.id);
+	fill(path, mk, n);
+	eng_secret_free(&mk);
+	eng_keyring_free(&kr);
+	dir_alias_clear(&a);
+	dir_close(&d);
+	return 0;
 }
 
 static void aliases_closed(void *ctx)
@@ -326,10 +370,8 @@ static void row(const char *name, double *v, double *cpu, unsigned n)
 	       v[n - 1], cpu[n / 2]);
 }
 
-int main(int argc, char **argv)
+static int run(unsigned n, unsigned rounds)
 {
-	unsigned n = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 100000;
-	unsigned rounds = argc > 2 ? (unsigned)strtoul(argv[2], NULL, 10) : 7;
 	double rep[MAX_ROUNDS], app[MAX_ROUNDS], sto[MAX_ROUNDS];
 	double rep_c[MAX_ROUNDS], app_c[MAX_ROUNDS], sto_c[MAX_ROUNDS];
 	double first, first_c;
@@ -363,7 +405,7 @@ int main(int argc, char **argv)
 		view(c, s, count, &rep[r], &rep_c[r]);
 		append_one(c, s);
 		view(c, s, ++count, &app[r], &app_c[r]);
-		store_one(c, s, n / 2 + r / 2, r % 2 == 0);
+		store_one(c, s, n / 2 + 2 + r / 2, r % 2 == 0);
 		view(c, s, count, &sto[r], &sto_c[r]);
 	}
 	printf("MAILBOX_VIEW of %u messages, %u rounds: ms wall (median, "
@@ -378,4 +420,14 @@ int main(int argc, char **argv)
 	rpc_sync_free(&c);
 	server_stop(&f);
 	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	unsigned n = argc > 1 ? (unsigned)strtoul(argv[1], NULL, 10) : 100000;
+
+	if (argc == 5 && strcmp(argv[1], "--fill") == 0)
+		return fill_existing(argv[2], argv[3],
+				     (unsigned)strtoul(argv[4], NULL, 10));
+	return run(n, argc > 2 ? (unsigned)strtoul(argv[2], NULL, 10) : 7);
 }

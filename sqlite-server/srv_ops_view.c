@@ -354,28 +354,36 @@ static uint32_t get_u32(const uint8_t *p)
 /* A walk over a cached view's UIDs, a block at a time. */
 struct view_walk {
 	const uint8_t *ranges, *runs;
-	size_t n_ranges, n_runs, ri, fi;
+	size_t n_ranges, n_runs;
+	size_t ri, fi;               /* the current range, the next run */
 	uint64_t uid, hi;            /* the next UID, its range's end */
 	uint32_t left, flags;        /* UIDs left in the run, its flags */
 	bool done;
 };
 
-/* Loads range ri and run fi; false if the runs end before the ranges. */
+/* The next run once the current one is used up; false if there is none. */
+static bool walk_run(struct view_walk *w)
+{
+	if (w->left > 0)
+		return true;
+	if (w->fi >= w->n_runs)
+		return false;
+	w->left = get_u32(w->runs + 8 * w->fi);
+	w->flags = get_u32(w->runs + 8 * w->fi + 4);
+	w->fi++;
+	return w->left > 0;
+}
+
+/* Loads range ri; false if the ranges and the runs do not match. */
 static bool walk_load(struct view_walk *w)
 {
 	if (w->ri >= w->n_ranges) {
 		w->done = true;
-		return true;
+		return w->left == 0 && w->fi == w->n_runs;
 	}
 	w->uid = get_u32(w->ranges + 8 * w->ri);
 	w->hi = get_u32(w->ranges + 8 * w->ri + 4);
-	if (w->left == 0) {
-		if (w->fi >= w->n_runs)
-			return false;
-		w->left = get_u32(w->runs + 8 * w->fi);
-		w->flags = get_u32(w->runs + 8 * w->fi + 4);
-	}
-	return w->uid >= 1 && w->uid <= w->hi && w->left > 0;
+	return w->uid >= 1 && w->uid <= w->hi && walk_run(w);
 }
 
 /* Moves k UIDs on (k within the range and the run). */
@@ -383,19 +391,11 @@ static bool walk_skip(struct view_walk *w, uint64_t k)
 {
 	w->uid += k;
 	w->left -= (uint32_t)k;
-	if (w->left == 0)
-		w->fi++;
 	if (w->uid > w->hi) {
 		w->ri++;
 		return walk_load(w);
 	}
-	if (w->left == 0) {
-		if (w->fi >= w->n_runs)
-			return false;
-		w->left = get_u32(w->runs + 8 * w->fi);
-		w->flags = get_u32(w->runs + 8 * w->fi + 4);
-	}
-	return w->left > 0;
+	return walk_run(w);
 }
 
 /* base's UIDs and flags with ch applied, into out (empty); false if base
