@@ -263,8 +263,8 @@ int eng_mailbox_create(eng_store *st, const char *name, uint32_t special_use,
 	}
 	err = store_mailbox_id(st, canon, &id, &noselect);
 	if (err == 0 && noselect) {
-		/* Re-creating a \Noselect parent makes it a mailbox again;
-		 * a new UIDVALIDITY is not needed: it has no messages. */
+		/* Re-creating a \Noselect parent makes it a mailbox again,
+		 * with the UIDVALIDITY its DELETE gave it (not the old one). */
 		sqlite3_stmt *stmt = store_prepare(st,
 			"UPDATE mailbox SET noselect = 0, special_use = ? "
 			"WHERE id = ?", &err);
@@ -459,6 +459,7 @@ int eng_mailbox_delete(eng_store *st, const char *name)
 	char *canon;
 	int64_t id;
 	bool noselect, children = false;
+	uint32_t uidvalidity = 0;
 	int err;
 	sqlite3_stmt *stmt;
 
@@ -482,17 +483,24 @@ int eng_mailbox_delete(eng_store *st, const char *name)
 	}
 	if ((err = delete_messages(st, id)) != 0)
 		goto out;
+	/* The placeholder gets a new UIDVALIDITY: its messages and their
+	 * expunge log went without a MODSEQ, so a client's QRESYNC state
+	 * (or a cached view) of the old one must not match it. */
+	if (children && (err = next_uidvalidity(st, &uidvalidity)) != 0)
+		goto out;
 	if (children)
 		stmt = store_prepare(st, "UPDATE mailbox SET noselect = 1, "
 				     "messages = 0, unseen = 0, deleted = 0, "
-				     "size = 0, special_use = 0 WHERE id = ?",
-				     &err);
+				     "size = 0, special_use = 0, uidvalidity = ?2 "
+				     "WHERE id = ?1", &err);
 	else
 		stmt = store_prepare(st, "DELETE FROM mailbox WHERE id = ?",
 				     &err);
 	if (stmt == NULL)
 		goto out;
 	sqlite3_bind_int64(stmt, 1, id);
+	if (children)
+		sqlite3_bind_int64(stmt, 2, uidvalidity);
 	if ((err = store_step_done(st, stmt)) != 0)
 		goto out;
 	err = eng_store_tx_commit(st);

@@ -242,10 +242,11 @@ int eng_mailbox_view(eng_store *st, int64_t mailbox_id, eng_view_cb *cb,
  * changed once per message whose MODSEQ is above it (appended, copied or
  * moved in, flags or keywords stored) with its UID and flags, then
  * vanished once per UID expunged or moved out since (flags 0), each in
- * UID order. The `expunged` log is kept while the mailbox exists; only a
- * DELETE that leaves the row as a \Noselect parent (MESSAGES 0) clears it
- * without a MODSEQ, so a caller patching a view must check its count
- * against MESSAGES. A non-zero return of a callback stops and is returned.
+ * UID order. The `expunged` log is kept as long as the mailbox keeps its
+ * UIDVALIDITY (a DELETE that leaves the row as a \Noselect parent clears
+ * it and gives a new one); a caller patching a view checks its count
+ * against MESSAGES all the same. A non-zero return of a callback stops
+ * and is returned.
  */
 int eng_mailbox_view_since(eng_store *st, int64_t mailbox_id, uint64_t modseq,
 			   eng_view_cb *changed, eng_view_cb *vanished,

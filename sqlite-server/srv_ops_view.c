@@ -32,12 +32,12 @@
  * and neither is \Recent: RECENT is 0), so a row's current flags replace
  * the old ones. MODSEQs only grow, so a message not listed as changed
  * existed at M with the flags it has; hence the patched list holds every
- * message of the mailbox, plus any UID whose expunge was not logged (a
- * DELETE that leaves a \Noselect parent clears the log without a
- * MODSEQ). The patch is kept only if its count equals MESSAGES, which
- * then rules those out; otherwise, or if the changes pass
- * VIEW_PATCH_MAX_CHANGES or the result VIEW_CACHE_MAX_BYTES, every row
- * is read as before. The entries of an alias are dropped when it is
+ * message of the mailbox, plus any UID whose expunge was not logged (none
+ * while the UIDVALIDITY stays: a DELETE that clears the log of a parent
+ * it keeps as \Noselect gives it a new one). The patch is kept only if
+ * its count equals MESSAGES, which rules those out; otherwise, or if the
+ * changes pass VIEW_PATCH_MAX_CHANGES or the result VIEW_CACHE_MAX_BYTES,
+ * every row is read as before. The entries of an alias are dropped when it is
  * closed (srv_view_cache_forget from srv_alias.c): they must not outlive
  * its keys.
  */

@@ -1423,10 +1423,9 @@ static void test_mailbox_view_patch(void **state)
 	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "Q", NULL, 0, 0);
 	append_n(c, s, "Q", 2, 0);
 	assert_int_equal(view_check(f, c, s, "Q", 's', 0), 2);
-	/* A parent deleted keeps its row (\Noselect) and UIDVALIDITY but
-	 * loses its messages and expunge log: re-created and refilled to
-	 * fewer messages than before, the patch would keep the old UIDs;
-	 * MESSAGES tells, and every row is read. */
+	/* A parent deleted keeps its row (\Noselect) but loses its
+	 * messages and expunge log: a patch would keep the old UIDs; the
+	 * DELETE gave it a new UIDVALIDITY, and every row is read. */
 	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "Q/Child", NULL, 0, 0);
 	append_n(c, s, "Q", 1, ENG_F_SEEN);
 	assert_int_equal(view_check(f, c, s, "Q", 'p', 0), 3);

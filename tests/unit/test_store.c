@@ -271,6 +271,20 @@ static void test_hierarchy(void **state)
 	assert_true(mb.uidvalidity > uidvalidity);
 	assert_int_equal(mb.messages, 0);
 	eng_mailbox_clear(&mb);
+	/* So does a parent that kept its row: its messages and expunge log
+	 * went without a MODSEQ, QRESYNC state of the old one must not hold. */
+	assert_int_equal(eng_mailbox_create(f->st, "Keep/Sub", 0, NULL), 0);
+	assert_int_equal(eng_mailbox_get(f->st, "Keep", &mb), 0);
+	append(f, mb.id, simple_msg, 0);
+	uidvalidity = mb.uidvalidity;
+	eng_mailbox_clear(&mb);
+	assert_int_equal(eng_mailbox_delete(f->st, "Keep"), 0);
+	assert_int_equal(eng_mailbox_create(f->st, "Keep", 0, NULL), 0);
+	assert_int_equal(eng_mailbox_get(f->st, "Keep", &mb), 0);
+	assert_false(mb.noselect);
+	assert_true(mb.uidvalidity > uidvalidity);
+	assert_int_equal(mb.messages, 0);
+	eng_mailbox_clear(&mb);
 	check_invariants(f->st);
 }
 
