@@ -476,6 +476,7 @@ static int view_patch(eng_store *st, const eng_mailbox *mb,
 		eng_buf_reset(&c->ranges);
 		eng_buf_reset(&c->runs);
 		c->n = 0;
+		c->lo = c->hi = c->run_flags = c->run_len = 0;
 	} else {
 		pthread_mutex_lock(&view_lock);
 		view_stats.patched++;
