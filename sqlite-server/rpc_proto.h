@@ -213,6 +213,7 @@ enum rpc_tag {
 	RPC_T_PATH = 92,             /* [bytes] a staging directory in data_dir/tmp/ */
 	RPC_T_ALIAS_ID = 93,         /* [bytes] the alias's directory id (hex): its event channel */
 	RPC_T_SENDER = 94,           /* [bytes] envelope sender (MAIL FROM), "" = null sender */
+	RPC_T_MAILBOX_ID = 95,       /* [u] the mailbox row's id: kept by RENAME */
 };
 
 enum rpc_store_mode { RPC_MODE_SET = 0, RPC_MODE_ADD = 1, RPC_MODE_REMOVE = 2 };

@@ -375,10 +375,11 @@ void srv_mbop_submit(srv_mbop *op, srv_mbop_run_fn *run)
 
 static void put_mailbox_info(srv_mbop *op, const eng_mailbox *mb)
 {
-	eng_buf *b = srv_mbop_part(op, 12, strlen(mb->name) + 16 + 11 * 11);
+	eng_buf *b = srv_mbop_part(op, 13, strlen(mb->name) + 16 + 12 * 11);
 	size_t mark = rpc_group_begin(b, RPC_T_MAILBOX_INFO);
 
 	rpc_put_str(b, RPC_T_MAILBOX, mb->name);
+	rpc_put_u64(b, RPC_T_MAILBOX_ID, (uint64_t)mb->id);
 	rpc_put_u64(b, RPC_T_UIDVALIDITY, mb->uidvalidity);
 	rpc_put_u64(b, RPC_T_UIDNEXT, mb->uidnext);
 	rpc_put_u64(b, RPC_T_HIGHESTMODSEQ, mb->highestmodseq);
@@ -439,8 +440,10 @@ static int create_run(srv_mbop *op, eng_store *st, eng_mailbox *unused)
 		return err;
 	/* Committed: a failure to read it back does not undo it. */
 	if (eng_mailbox_get(st, op->mailbox, &mb) == 0) {
-		rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_UIDVALIDITY,
-			    mb.uidvalidity);
+		eng_buf *b = srv_mbop_part(op, 2, 2 * 11);
+
+		rpc_put_u64(b, RPC_T_UIDVALIDITY, mb.uidvalidity);
+		rpc_put_u64(b, RPC_T_MAILBOX_ID, (uint64_t)mb.id);
 		srv_mbop_event(op, SRV_EV_MAILBOX, mb.name, 0,
 			       mb.highestmodseq);
 		eng_mailbox_clear(&mb);

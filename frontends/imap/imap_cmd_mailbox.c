@@ -21,8 +21,17 @@
  *   tagged OK [READ-WRITE] / [READ-ONLY].
  *   HIGHESTMODSEQ is the one MAILBOX_STATUS gave, read before the
  *   messages: a change in between is reported again by the next sync
- *   rather than lost. sqlited has no mailbox id, so there is no MAILBOXID
- *   (RFC 8474); OBJECTID covers EMAILID and THREADID only.
+ *   rather than lost. "* OK [MAILBOXID (id)]" follows HIGHESTMODSEQ.
+ *
+ * MAILBOXID (RFC 8474): "M<row id>-<UIDVALIDITY>" from MAILBOX_STATUS /
+ *   MAILBOX_LIST's MAILBOX_ID and UIDVALIDITY (imap_mailboxid_format);
+ *   CREATE's tagged OK carries it from MAILBOX_CREATE's answer, STATUS
+ *   (and LIST-STATUS) has a MAILBOXID item. RENAME keeps the row and its
+ *   UIDVALIDITY; RENAME INBOX moves the row, so the renamed mailbox keeps
+ *   INBOX's id and the new INBOX gets another; a re-created mailbox (and
+ *   the \Noselect row DELETE leaves of a parent) gets a new UIDVALIDITY,
+ *   so the id is never reused. From a sqlited without MAILBOX_ID there is
+ *   no MAILBOXID at all (never a guessed one).
  */
 #include "imap_mailbox.h"
 
@@ -63,6 +72,7 @@ int imap_mbx_info_read(const rpc_view *g, imap_mbx_info *info)
 		imap_mbx_info_clear(info);
 		return ENG_EMALFORMED;
 	}
+	rpc_get_u64(g, RPC_T_MAILBOX_ID, &info->mailbox_id);
 	rpc_get_u32(g, RPC_T_UIDNEXT, &info->uidnext);
 	rpc_get_u64(g, RPC_T_HIGHESTMODSEQ, &info->highestmodseq);
 	rpc_get_u32(g, RPC_T_SPECIAL_USE, &info->special_use);
@@ -96,6 +106,7 @@ static const struct {
 	{ "SIZE", IMAP_ST_SIZE },
 	{ "HIGHESTMODSEQ", IMAP_ST_HIGHESTMODSEQ },
 	{ "APPENDLIMIT", IMAP_ST_APPENDLIMIT },
+	{ "MAILBOXID", IMAP_ST_MAILBOXID },
 };
 #define N_STATUS_NAMES (sizeof(status_names) / sizeof(status_names[0]))
 
@@ -141,20 +152,44 @@ static uint64_t status_value(const imap_session *s, const imap_mbx_info *m,
 	}
 }
 
+bool imap_mailboxid_format(char *out, uint64_t mailbox_id,
+			   uint32_t uidvalidity)
+{
+	out[0] = '\0';
+	if (mailbox_id == 0)
+		return false;
+	snprintf(out, IMAP_MAILBOXID_MAX, "M%llu-%u",
+		 (unsigned long long)mailbox_id, uidvalidity);
+	return true;
+}
+
 void imap_status_put(const imap_session *s, eng_buf *b,
 		     const imap_mbx_info *info, const uint8_t *items, size_t n)
 {
+	char id[IMAP_MAILBOXID_MAX];
+	bool have_id = imap_mailboxid_format(id, info->mailbox_id,
+					     info->uidvalidity);
+	const char *sep = "";
+
 	eng_buf_puts(b, "* STATUS ");
 	imap_put_mailbox(s, b, info->name);
 	eng_buf_puts(b, " (");
 	for (size_t i = 0; i < n; i++) {
+		if (items[i] == IMAP_ST_MAILBOXID) {
+			if (have_id) {
+				eng_buf_printf(b, "%sMAILBOXID (%s)", sep, id);
+				sep = " ";
+			}
+			continue;
+		}
 		for (size_t k = 0; k < N_STATUS_NAMES; k++) {
 			if (status_names[k].item != items[i])
 				continue;
-			eng_buf_printf(b, "%s%s %llu", i > 0 ? " " : "",
+			eng_buf_printf(b, "%s%s %llu", sep,
 				       status_names[k].name,
 				       (unsigned long long)status_value(
 					       s, info, items[i]));
+			sep = " ";
 		}
 	}
 	eng_buf_puts(b, ")\r\n");
@@ -244,12 +279,29 @@ static void selected_renamed(imap_session *s, const char *old_name,
 	sel->name = eng_buf_steal(&b, NULL);
 }
 
+/* CREATE's tagged OK, with [MAILBOXID (id)] when sqlited gave the row id
+ * (RFC 8474 4.1). */
+static void create_done(imap_cmd *cmd, const rpc_view *resp)
+{
+	char id[IMAP_MAILBOXID_MAX], code[IMAP_MAILBOXID_MAX + 16];
+	uint64_t mailbox_id = 0;
+	uint32_t uidvalidity = 0;
+
+	if (rpc_get_u64(resp, RPC_T_MAILBOX_ID, &mailbox_id) != 0 ||
+	    rpc_get_u32(resp, RPC_T_UIDVALIDITY, &uidvalidity) != 0 ||
+	    !imap_mailboxid_format(id, mailbox_id, uidvalidity)) {
+		imap_cmd_done(cmd, IMAP_OK, NULL, "CREATE completed");
+		return;
+	}
+	snprintf(code, sizeof(code), "MAILBOXID (%s)", id);
+	imap_cmd_done(cmd, IMAP_OK, code, "CREATE completed");
+}
+
 static void on_simple(imap_cmd *cmd, int err, const rpc_view *resp)
 {
 	simple_op *op = cmd->op;
 	imap_session *s = cmd->s;
 
-	(void)resp;
 	if (cmd->aborted) {
 		simple_free(cmd);
 		return;
@@ -257,6 +309,11 @@ static void on_simple(imap_cmd *cmd, int err, const rpc_view *resp)
 	if (err != 0) {
 		simple_free(cmd);
 		imap_cmd_fail_rpc(cmd, err, cmd->name);
+		return;
+	}
+	if (strcmp(cmd->name, "CREATE") == 0) {
+		simple_free(cmd);
+		create_done(cmd, resp);
 		return;
 	}
 	if (strcmp(cmd->name, "RENAME") == 0) {
@@ -784,6 +841,7 @@ static void select_write(imap_cmd *cmd)
 	imap_session *s = cmd->s;
 	const imap_selected *sel = op->sel;
 	bool rev2 = (s->enabled & IMAP_EN_REV2) != 0;
+	char id[IMAP_MAILBOXID_MAX];
 	eng_buf b = ENG_BUF_INIT;
 
 	eng_buf_puts(&b, "* FLAGS ");
@@ -810,6 +868,9 @@ static void select_write(imap_cmd *cmd)
 		       "* OK [HIGHESTMODSEQ %llu] Highest\r\n",
 		       sel->uidvalidity, sel->uidnext,
 		       (unsigned long long)sel->highestmodseq);
+	if (imap_mailboxid_format(id, op->info.mailbox_id,
+				  op->info.uidvalidity))
+		eng_buf_printf(&b, "* OK [MAILBOXID (%s)] Mailbox id\r\n", id);
 	imap_write_buf(s, &b);
 	eng_buf_free(&b);
 }

@@ -13,6 +13,7 @@
 /* One MAILBOX_INFO group of sqlited (docs/rpc.md). */
 typedef struct imap_mbx_info {
 	char *name;                  /* UTF-8 */
+	uint64_t mailbox_id;         /* MAILBOX_ID, 0 = none (older sqlited) */
 	uint32_t uidvalidity;
 	uint32_t uidnext;
 	uint64_t highestmodseq;
@@ -34,7 +35,7 @@ void imap_mbx_info_clear(imap_mbx_info *info);
 enum imap_status_item {
 	IMAP_ST_MESSAGES = 1, IMAP_ST_RECENT, IMAP_ST_UIDNEXT,
 	IMAP_ST_UIDVALIDITY, IMAP_ST_UNSEEN, IMAP_ST_DELETED, IMAP_ST_SIZE,
-	IMAP_ST_HIGHESTMODSEQ, IMAP_ST_APPENDLIMIT,
+	IMAP_ST_HIGHESTMODSEQ, IMAP_ST_APPENDLIMIT, IMAP_ST_MAILBOXID,
 };
 #define IMAP_ST_MAX 16
 
@@ -42,7 +43,15 @@ enum imap_status_item {
  * empty list or too many. HIGHESTMODSEQ enables CONDSTORE (RFC 7162 3.1). */
 int imap_status_items_parse(imap_session *s, const imap_arg *list,
 			    uint8_t *items, size_t *n_r);
-/* Writes "* STATUS <name> (...)\r\n" to b. */
+/* RFC 8474 MAILBOXID "M<row id>-<uidvalidity>" into out (at least
+ * IMAP_MAILBOXID_MAX bytes); false (out = "") when sqlited gave no row id.
+ * RENAME keeps both numbers; a re-created mailbox gets a new UIDVALIDITY,
+ * so an id never names another mailbox even if a row id is reused. */
+#define IMAP_MAILBOXID_MAX 40
+bool imap_mailboxid_format(char *out, uint64_t mailbox_id,
+			   uint32_t uidvalidity);
+/* Writes "* STATUS <name> (...)\r\n" to b; MAILBOXID is left out when
+ * there is none. */
 void imap_status_put(const imap_session *s, eng_buf *b,
 		     const imap_mbx_info *info, const uint8_t *items, size_t n);
 

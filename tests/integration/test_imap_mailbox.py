@@ -458,6 +458,92 @@ class MailboxTest(unittest.TestCase):
         self.assertIn(b"NONEXISTENT", data[0])
         self.assertEqual(self.bad_or_no(c, "STATUS", "St", "(BOGUS)"), "BAD")
 
+    # ---- MAILBOXID (RFC 8474) ----
+
+    MAILBOXID_RE = re.compile(rb"MAILBOXID \(([A-Za-z0-9_-]{1,255})\)")
+
+    def mailboxid_of(self, lines):
+        """The one MAILBOXID in the response lines (asserts there is one)."""
+        ids = [m.group(1) for x in lines for m in self.MAILBOXID_RE.finditer(x)]
+        self.assertEqual(len(ids), 1, lines)
+        return ids[0]
+
+    def created_id(self, r, name):
+        out, t = self.rcmd(r, b"CREATE " + name)
+        self.assertTrue(out[-1].startswith(t + b" OK [MAILBOXID ("), out)
+        return self.mailboxid_of(out[-1:])
+
+    def status_id(self, r, name):
+        out, t = self.rcmd(r, b"STATUS " + name + b" (MESSAGES MAILBOXID UIDNEXT)")
+        self.assertIn(t + b" OK", out[-1])
+        self.assertTrue(re.match(rb"\* STATUS \S+ \(MESSAGES \d+ MAILBOXID \(\S+\) "
+                                 rb"UIDNEXT \d+\)$", out[0]), out)
+        return self.mailboxid_of(out[:1])
+
+    def select_id(self, r, name, command=b"SELECT "):
+        out, t = self.rcmd(r, command + name)
+        self.assertIn(t + b" OK", out[-1])
+        ok = [x for x in out if x.startswith(b"* OK [MAILBOXID (")]
+        self.assertEqual(len(ok), 1, out)
+        return self.mailboxid_of(ok)
+
+    def test_mailboxid(self):
+        r = self.raw()
+        out, t = self.rcmd(r, b"CAPABILITY")
+        self.assertIn(b" OBJECTID", out[0])
+        a = self.created_id(r, b"Mid")
+        self.assertEqual(self.select_id(r, b"Mid"), a)
+        self.assertEqual(self.select_id(r, b"Mid", b"EXAMINE "), a)
+        self.assertEqual(self.status_id(r, b"Mid"), a)
+        b = self.created_id(r, b"Mid2")
+        self.assertNotEqual(a, b)
+        inbox = self.status_id(r, b"INBOX")
+        self.assertNotIn(inbox, (a, b))
+        self.assertEqual(self.select_id(r, b"INBOX"), inbox)
+        # RENAME keeps the id, also of a child renamed with its parent.
+        child = self.created_id(r, b"Mid/Child")
+        out, t = self.rcmd(r, b"RENAME Mid Mid-renamed")
+        self.assertIn(t + b" OK", out[-1])
+        self.assertEqual(self.status_id(r, b"Mid-renamed"), a)
+        self.assertEqual(self.status_id(r, b"Mid-renamed/Child"), child)
+        self.assertEqual(self.select_id(r, b"Mid-renamed"), a)
+        # DELETE + CREATE of the same name: a new id, never an old one.
+        seen = {a, b, inbox, child}
+        for name in (b"Mid2", b"Mid2"):
+            out, t = self.rcmd(r, b"DELETE " + name)
+            self.assertIn(t + b" OK", out[-1])
+            again = self.created_id(r, name)
+            self.assertNotIn(again, seen)
+            seen.add(again)
+            self.assertEqual(self.status_id(r, name), again)
+        # LIST-STATUS gives the same ids as STATUS.
+        out, t = self.rcmd(r, b'LIST "" "*" RETURN (STATUS (MAILBOXID))')
+        self.assertIn(t + b" OK", out[-1])
+        listed = {}
+        for x in out:
+            m = re.match(rb'\* STATUS "?([^" ]+)"? \(MAILBOXID \(([^)]+)\)\)$', x)
+            if m:
+                listed[m.group(1)] = m.group(2)
+        self.assertEqual(listed[b"INBOX"], inbox)
+        self.assertEqual(listed[b"Mid-renamed"], a)
+        self.assertEqual(listed[b"Mid-renamed/Child"], child)
+        self.assertEqual(listed[b"Mid2"], again)
+        self.assertEqual(len(set(listed.values())), len(listed), listed)
+
+    def test_mailboxid_rename_inbox(self):
+        """RENAME INBOX moves its messages (and its row) to the new name: that
+        mailbox keeps INBOX's id, the new empty INBOX gets one never seen."""
+        who, pw = "erin@example.org", "erin's renamed inbox password"
+        self.srv.add_alias(who, pw)
+        r = self.raw(who=who, pw=pw)
+        old = self.status_id(r, b"INBOX")
+        out, t = self.rcmd(r, b"RENAME INBOX OldInbox")
+        self.assertIn(t + b" OK", out[-1])
+        self.assertEqual(self.status_id(r, b"OldInbox"), old)
+        new = self.status_id(r, b"INBOX")
+        self.assertNotEqual(new, old)
+        self.assertEqual(self.select_id(r, b"INBOX"), new)
+
     # ---- APPEND ----
 
     def test_append_byte_for_byte(self):
