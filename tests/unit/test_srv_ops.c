@@ -395,7 +395,7 @@ static void test_mailboxes(void **state)
 	uint8_t s[SRV_SESSION_BYTES];
 	eng_buf b = ENG_BUF_INIT;
 	rpc_sync *c = connect_client(f);
-	uint64_t uidvalidity;
+	uint64_t uidvalidity, mailbox_id;
 	rpc_view info;
 
 	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
@@ -404,6 +404,9 @@ static void test_mailboxes(void **state)
 	assert_int_equal(call(c, RPC_OP_MAILBOX_CREATE, &b, &resp), 0);
 	uidvalidity = get_u(&resp.view, RPC_T_UIDVALIDITY);
 	assert_true(uidvalidity > 0);
+	/* MAILBOX_ID (IMAP MAILBOXID): the row id, STATUS and RENAME agree. */
+	mailbox_id = get_u(&resp.view, RPC_T_MAILBOX_ID);
+	assert_true(mailbox_id > 0);
 	begin(&b, s, "Work/Projects");
 	assert_int_equal(call(c, RPC_OP_MAILBOX_CREATE, &b, &resp), ENG_EEXIST);
 	begin(&b, s, "Bad");
@@ -424,6 +427,7 @@ static void test_mailboxes(void **state)
 	assert_int_equal(rpc_get_group(&resp.view, RPC_T_MAILBOX_INFO, &info), 0);
 	assert_int_equal(get_u(&info, RPC_T_UIDVALIDITY), uidvalidity);
 	assert_int_equal(get_u(&info, RPC_T_SPECIAL_USE), 16);
+	assert_int_equal(get_u(&info, RPC_T_MAILBOX_ID), mailbox_id);
 	assert_int_equal(get_u(&info, RPC_T_MESSAGES), 0);
 	assert_int_equal(get_u(&info, RPC_T_UIDNEXT), 1);
 	begin(&b, s, "Work/Projects");
@@ -440,6 +444,9 @@ static void test_mailboxes(void **state)
 			 ENG_ENOTFOUND);
 	begin(&b, s, "Work/Done");
 	assert_int_equal(call(c, RPC_OP_MAILBOX_STATUS, &b, &resp), 0);
+	assert_int_equal(rpc_get_group(&resp.view, RPC_T_MAILBOX_INFO, &info), 0);
+	assert_int_equal(get_u(&info, RPC_T_MAILBOX_ID), mailbox_id);
+	assert_int_equal(get_u(&info, RPC_T_UIDVALIDITY), uidvalidity);
 
 	/* SUBSCRIBE, and LIST of the subscribed only. */
 	begin(&b, s, "Work/Done");
