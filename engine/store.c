@@ -11,6 +11,7 @@
  *  - a spool id in spool_applied has its message committed.
  */
 #include "store_private.h"
+#include "cipher_provider.h"
 #include "eng_error.h"
 #include "keys.h"
 #include "search_private.h"
@@ -256,6 +257,7 @@ int eng_store_tx_begin(eng_store *st)
 		if (err != 0)
 			return err;
 		st->tx_modseq = 0;
+		st->tx_content_next = 0;
 	} else {
 		snprintf(sql, sizeof(sql), "SAVEPOINT sp%d", st->tx_depth);
 		if ((err = store_exec(st, sql)) != 0)
@@ -290,6 +292,7 @@ int eng_store_tx_commit(eng_store *st)
 		return err;
 	st->tx_depth = 0;
 	st->tx_modseq = 0;
+	st->tx_content_next = 0;
 	return 0;
 }
 
@@ -311,6 +314,7 @@ void eng_store_tx_rollback(eng_store *st)
 		(void)sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
 	st->tx_depth = 0;
 	st->tx_modseq = 0;
+	st->tx_content_next = 0;
 }
 
 int eng_store_read_begin(eng_store *st)
@@ -362,6 +366,36 @@ int store_tx_modseq(eng_store *st, uint64_t *modseq_r)
 		st->tx_modseq = (uint64_t)cur + 1;
 	}
 	*modseq_r = st->tx_modseq;
+	return 0;
+}
+
+/*
+ * max(id) + 1 is the id SQLite itself would give the next content row (no
+ * AUTOINCREMENT); the write lock is held, so only this transaction can
+ * insert, and ids handed out but not inserted yet are skipped.
+ */
+int store_content_id_reserve(eng_store *st, int64_t *id_r)
+{
+	int err;
+	sqlite3_stmt *stmt;
+	int rc;
+	int64_t next;
+
+	if (st->tx_depth <= 0)
+		return ENG_EINVAL;
+	stmt = store_prepare(st, "SELECT coalesce(max(id), 0) + 1 FROM content",
+			     &err);
+	if (stmt == NULL)
+		return err;
+	rc = sqlite3_step(stmt);
+	next = rc == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : 0;
+	store_release(st, stmt);
+	if (rc != SQLITE_ROW)
+		return store_err(st, rc, "content id");
+	if (next < st->tx_content_next)
+		next = st->tx_content_next;
+	st->tx_content_next = next + 1;
+	*id_r = next;
 	return 0;
 }
 
@@ -578,6 +612,7 @@ int eng_store_open(const char *path, const uint8_t *db_key,
 	*st_r = NULL;
 	if (path == NULL || (db_key == NULL && (opt == NULL || !opt->plaintext)))
 		return ENG_EINVAL;
+	(void)eng_cipher_provider_install(); /* once, before any keyed open */
 	st = eng_calloc(1, sizeof(*st));
 	st->path = eng_strdup(path);
 	if (opt != NULL)
