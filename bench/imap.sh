@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # IMAP side by side: Sealmail (sqlited + sealmail-imapd + redis) against
 # Dovecot (Debian's dovecot-imapd) plain and with the mail-crypt plugin, and
-# Dovecot with IDLE hibernation for the memory figure; the same users and
+# Dovecot with IDLE hibernation (dovecot-hib) for the memory figure, checked
+# in its log to have hibernated the connections; the same users and
 # passwords, the same messages (msggen.c) in each, the same load from
 # bench-imap (bench/bench_imap.c), each load run against each server in
 # turn. Prints a table of every figure with the ratios Sealmail/Dovecot and
@@ -26,16 +27,25 @@
 # [20] users for the first-login figure; NIDLE [500] users the IDLE
 # connections are spread over (20 each at 10,000); IDLE_N
 # ["1000 10000"] IDLE connection counts; ONLY ["sealmail dovecot
-# dovecot-crypt"] the servers to measure; SKIP ["" or words of: append
+# dovecot-crypt dovecot-hib"] the servers to measure (dovecot-hib: IDLE
+# memory only; a Dovecot not named is not even started); HIB_TIMEOUT [2]
+# Dovecot's imap_hibernate_timeout in seconds; SKIP ["" or words of: append
 # select fetch search mixed login idle] loads to leave out;
 # RESULTS [/tmp/bench-imap-results.txt] raw RESULT lines are kept there;
+# NO_BUILD [0] 1: use BUILD_DIR/bin as it is (a tree others are editing);
 # KEEP [0] 1: the temporary directory (every server's data) is left.
 #
 # Builds what it needs (cmake RelWithDebInfo in BUILD_DIR), installs
 # dovecot-imapd with apt-get if it is missing (root), and runs everything
 # on 127.0.0.1 high ports under one temporary directory that is removed at
 # the end (unless KEEP=1); every process started is stopped. Needs root for Dovecot's
-# mail-user switch and for /proc/PID/smaps_rollup of Dovecot's processes.
+# mail-user switch and for /proc/PID/smaps_rollup of Dovecot's processes;
+# for the IDLE runs against Dovecot it raises fs.inotify.max_user_instances
+# to 2 x the largest IDLE_N + 1024 (see lib_dovecot.sh: hibernation fails
+# silently past the default 128) and restores it at the end.
+#
+# The memory table only, three-way:
+#   ONLY="sealmail dovecot dovecot-hib" SKIP="append select fetch search mixed login" bench/imap.sh
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,6 +58,7 @@ NMIX=${NMIX:-20}
 NFIRST=${NFIRST:-20}
 NIDLE=${NIDLE:-500}
 IDLE_N=${IDLE_N:-"1000 10000"}
+HIB_TIMEOUT=${HIB_TIMEOUT:-2}
 SKIP=${SKIP:-}
 FILL_CONNS=${FILL_CONNS:-10}
 RESULTS=${RESULTS:-/tmp/bench-imap-results.txt}
@@ -59,13 +70,26 @@ DOMAIN=example.org
 skip() { [[ " $SKIP " == *" $1 "* ]]; }
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# ---- build ----
-if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-	cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+# ---- build (NO_BUILD=1: the binaries in BUILD_DIR/bin as they are) ----
+if [ "${NO_BUILD:-0}" = 1 ]; then
+	for b in sealmail sqlited sealmail-imapd bench-imap; do
+		[ -x "$BIN/$b" ] || { echo "imap.sh: $BIN/$b is missing" >&2; exit 1; }
+	done
+else
+	if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+		cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	fi
+	cmake --build "$BUILD_DIR" -j2 --target sealmail sqlited sealmail-imapd bench-imap >/dev/null
 fi
-cmake --build "$BUILD_DIR" -j2 --target sealmail sqlited sealmail-imapd bench-imap >/dev/null
 dovecot_ensure_installed dovecot-imapd
 command -v redis-server >/dev/null || { echo "imap.sh: redis-server is missing" >&2; exit 1; }
+# Dovecot's processes inherit this limit (10,000 connections: 20,000 fds in
+# imap-login, 2 per hibernated connection in imap-hibernate, see
+# lib_dovecot.sh): the hard limit is raised where root may (not in every
+# container).
+if [ "$(id -u)" -eq 0 ] && [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt 65536 ]; then
+	ulimit -Hn 65536 2>/dev/null || true
+fi
 ulimit -n "$(ulimit -Hn)"
 
 TMP=$(mktemp -d /tmp/bench-imap.XXXXXX)
@@ -75,9 +99,16 @@ cleanup() {
 	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	for d in dc dcc dch; do dovecot_stop "$TMP/$d" 2>/dev/null || true; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	dovecot_inotify_restore
 	if [ "${KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
+
+read -ra SERVERS <<< "${ONLY:-sealmail dovecot dovecot-crypt dovecot-hib}"
+want() { [[ " ${SERVERS[*]} " == *" $1 "* ]]; }
+# the loads other than IDLE run against these (dovecot-hib: IDLE only)
+LOAD_SERVERS=()
+for s in "${SERVERS[@]}"; do [ "$s" = dovecot-hib ] || LOAD_SERVERS+=("$s"); done
 
 free_port() {
 	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -173,9 +204,15 @@ service anvil {
 !include_try $dir/extra.conf
 EOF
 }
+if ! skip idle && { want dovecot || want dovecot-hib; }; then
+	max_idle=0
+	for n in $IDLE_N; do [ "$n" -gt "$max_idle" ] && max_idle=$n; done
+	dovecot_inotify_room $((2 * max_idle + 1024))
+fi
 DC=$TMP/dc; DC_PORT=$(free_port); DC_TLS=$(free_port)
 DCC=$TMP/dcc; DCC_PORT=$(free_port); DCC_TLS=$(free_port)
-dovecot_imap "$DC" "$DC_PORT" "$DC_TLS"
+if want dovecot; then dovecot_imap "$DC" "$DC_PORT" "$DC_TLS"; fi
+if want dovecot-crypt; then
 dovecot_imap "$DCC" "$DCC_PORT" "$DCC_TLS"
 # mail-crypt: per-user EC key pairs, the private key encrypted with the
 # user's password (given to the plugin at login from the passdb), every
@@ -197,7 +234,6 @@ EOF
 # the passdb block of dovecot.conf goes: extra.conf has the one with the password field
 awk '/^passdb \{/ && !done { skip = 1 } skip && /^\}/ { skip = 0; done = 1; next } !skip' \
 	"$DCC/dovecot.conf" > "$DCC/dovecot.conf.new" && mv "$DCC/dovecot.conf.new" "$DCC/dovecot.conf"
-dovecot_start "$DC" "$DC_PORT"
 dovecot_start "$DCC" "$DCC_PORT"
 log "dovecot+mail-crypt: generating the users' password-protected keys"
 for a in "${ADDRS[@]}"; do
@@ -205,12 +241,12 @@ for a in "${ADDRS[@]}"; do
 	doveadm -c "$DCC/dovecot.conf" -o "plugin/mail_crypt_private_password=$PASSWORD" \
 		mailbox cryptokey generate -u "$a" -U >/dev/null
 done
+fi
+if want dovecot; then dovecot_start "$DC" "$DC_PORT"; fi
 dc_pids() { dovecot_master_pid "$1"; }
 
 # ---- running the loads ----
 : > "$RESULTS"
-read -ra SERVERS <<< "${ONLY:-sealmail dovecot dovecot-crypt}"
-want() { [[ " ${SERVERS[*]} " == *" $1 "* ]]; }
 port_of() { case $1 in sealmail) echo "$SM_PORT" ;; dovecot) echo "$DC_PORT" ;; dovecot-crypt) echo "$DCC_PORT" ;; esac; }
 pids_of() {
 	case $1 in
@@ -233,7 +269,7 @@ run() {
 each() {   # LOAD args...: the load against every server, in turn
 	local load=$1
 	shift
-	for s in "${SERVERS[@]}"; do run "$load" "$s" "$@"; done
+	for s in "${LOAD_SERVERS[@]}"; do run "$load" "$s" "$@"; done
 }
 
 U_BENCH="bench@$DOMAIN"
@@ -272,7 +308,7 @@ fill_mbox() {   # FIRST COUNT: the mbox dovecot_fill reads, written once
 fill_each() {
 	local pids=() s
 	if want dovecot || want dovecot-crypt; then fill_mbox "$2" "$3"; fi
-	for s in "${SERVERS[@]}"; do
+	for s in "${LOAD_SERVERS[@]}"; do
 		fill "$s" "$@" &
 		pids+=($!)
 	done
@@ -320,19 +356,36 @@ fi
 
 # ---- memory per IDLE connection ----
 if ! skip idle; then
+	# idle_closes SERVER OFFSET N: wait (up to 2 min) until Dovecot's log
+	# says all N connections closed, then print "hibernated=H
+	# imap_closed=I inotify_warnings=W" (see dovecot_idle_closes): H is
+	# how many were hibernated when bench-imap measured and closed them.
+	idle_closes() {
+		local dir=$DC c=(0 0 0)
+		[ "$1" = dovecot-hib ] && dir=$DCH
+		for _ in $(seq 240); do
+			read -ra c <<< "$(dovecot_idle_closes "$dir" "$2")"
+			[ $((c[0] + c[1])) -ge "$3" ] && break
+			sleep 0.5
+		done
+		echo "hibernated=${c[0]} imap_closed=${c[1]} inotify_warnings=${c[2]}"
+	}
 	idle_run() {   # NAME SERVER PORT TLS? CONNS SETTLE
-		local out
-		want "${2%-hib}" || return 0
+		local out off=0
+		want "$2" || return 0
 		# the previous run's connections must be gone (Dovecot: their
 		# processes exit one by one) before the PSS baseline is read
 		for _ in $(seq 240); do
 			[ "$(pgrep -c -P "$(pids_of "$2" | cut -d, -f1)")" -lt 30 ] && break
 			sleep 0.5
 		done
+		case $2 in dovecot) off=$(dovecot_log_size "$DC") ;;
+			dovecot-hib) off=$(dovecot_log_size "$DCH") ;; esac
 		out=$("$BIN/bench-imap" idle --user "idle%03d@$DOMAIN" --users "$NIDLE" \
 			--conns "$5" --port "$3" $4 --pass "$PASSWORD" --pids "$(pids_of "$2")" \
 			--settle "$6" --setup-limit 50) || { log "$1 on $2 FAILED"; return 0; }
 		out=$(grep '^RESULT' <<<"$out" | tail -1)
+		[ "$2" = sealmail ] || out="$out $(idle_closes "$2" "$off" "$5")"
 		echo "$1 $2 $out" >> "$RESULTS"
 		log "$1 $2: $out"
 	}
@@ -344,29 +397,22 @@ if ! skip idle; then
 	done
 	# Dovecot with IDLE hibernation: a third instance, the plain one's
 	# settings plus imap_hibernate_timeout (an IDLE connection's imap
-	# process hands it to imap-hibernate after 2 s and exits).
-	dovecot_stop "$DC"
-	DCH=$TMP/dch; DCH_PORT=$(free_port); DCH_TLS=$(free_port)
-	dovecot_imap "$DCH" "$DCH_PORT" "$DCH_TLS"
-	cat > "$DCH/extra.conf" <<EOF
-imap_hibernate_timeout = 2s
-service imap-hibernate {
-  client_limit = 15000
-  unix_listener imap-hibernate {
-    mode = 0666
-  }
-}
-service imap {
-  unix_listener imap-master {
-    mode = 0666
-  }
-}
-EOF
-	dovecot_start "$DCH" "$DCH_PORT"
-	for n in $IDLE_N; do
-		idle_run "idle_${n}" dovecot-hib "$DCH_PORT" "" "$n" 8
-		idle_run "idle_${n}_tls" dovecot-hib "$DCH_TLS" --tls "$n" 8
-	done
+	# process hands it to imap-hibernate after HIB_TIMEOUT s and exits).
+	# Measured HIB_TIMEOUT + 8 s after the last connection idles; the log
+	# then tells how many connections imap-hibernate held (imap_table.py
+	# marks the figure invalid below 99%).
+	if want dovecot-hib; then
+		if want dovecot; then dovecot_stop "$DC"; fi
+		DCH=$TMP/dch; DCH_PORT=$(free_port); DCH_TLS=$(free_port)
+		dovecot_imap "$DCH" "$DCH_PORT" "$DCH_TLS"
+		dovecot_hibernate_conf "$DCH" "$HIB_TIMEOUT"
+		dovecot_start "$DCH" "$DCH_PORT"
+		for n in $IDLE_N; do
+			idle_run "idle_${n}" dovecot-hib "$DCH_PORT" "" "$n" $((HIB_TIMEOUT + 8))
+			idle_run "idle_${n}_tls" dovecot-hib "$DCH_TLS" --tls "$n" \
+				$((HIB_TIMEOUT + 8))
+		done
+	fi
 fi
 
 # ---- the table ----

@@ -7,8 +7,12 @@ Each input line is "LOAD SERVER RESULT mode value=V unit=U wall=S ops=N
 bytes=B srv_cpu=S gen_cpu=S errors=E [more key=value]" (bench-imap's
 output behind the load's and the server's names). Prints the figures
 (Sealmail, Dovecot, Dovecot+mail-crypt and the two ratios Sealmail/other),
-the memory per IDLE connection, the server CPU seconds per 1,000
-operations, and the generator's CPU beside the server's for every run.
+the memory per IDLE connection (Sealmail, Dovecot, Dovecot with IDLE
+hibernation: that figure is marked INVALID unless imap-hibernate held at
+least 99% of the connections, from the "hibernated=" count imap.sh reads in
+Dovecot's log), the server CPU seconds per 1,000 operations, and the
+generator's CPU beside the server's for every run. Tables with no figure
+are left out.
 """
 import sys
 
@@ -51,6 +55,61 @@ def cpu_per_1000(res, load_name, server):
     return float(kv["srv_cpu"]) / ops * 1000 if ops else None
 
 
+IDLE_SERVERS = ("sealmail", "dovecot", "dovecot-hib")
+HIB_MIN = 0.99      # below this share of hibernated connections: invalid
+
+
+def hib_state(res, ld):
+    """(valid, text) for Dovecot+hibernation's run ld: did imap-hibernate
+    hold the connections (its log, see imap.sh's idle_closes)?"""
+    kv = res.get((ld, "dovecot-hib"))
+    if not kv:
+        return False, "not run"
+    if "hibernated" not in kv:
+        return False, "no hibernation count (old harness)"
+    conns, hib = int(kv["conns"]), int(kv["hibernated"])
+    return hib >= HIB_MIN * conns, f"{hib} of {conns} hibernated"
+
+
+def print_idle(res, idle):
+    print("\n| PSS per IDLE connection, KiB (all server processes / conns) | Sealmail "
+          "| Dovecot | Dovecot + hibernation | Sealmail/Dovecot | Sealmail/Dovecot+hib |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for ld in idle:
+        ok, _ = hib_state(res, ld)
+        label = ld.replace("idle_", "") + (" (TLS)" if ld.endswith("_tls") else " (plain)")
+        label = label.replace("_tls", "")
+        for key, suffix in (("value", " connections"), ("per_conn_growth_kib", ", growth only")):
+            v = [get(res, ld, s, key) for s in IDLE_SERVERS]
+            hib = fmt(v[2]) if ok or v[2] is None else f"{fmt(v[2])} INVALID"
+            print(f"| {label}{suffix} | {fmt(v[0])} | {fmt(v[1])} | {hib} "
+                  f"| {ratio(v[0], v[1])} | {ratio(v[0], v[2]) if ok else '-'} |")
+    print("\n| Dovecot + hibernation: check | connections hibernated (imap-hibernate's log) "
+          "| server processes at measurement | inotify-limit warnings | figure |")
+    print("|---|---:|---:|---:|---|")
+    for ld in idle:
+        kv = res.get((ld, "dovecot-hib"))
+        if not kv:
+            continue
+        ok, text = hib_state(res, ld)
+        print(f"| {ld.replace('idle_', '')} | {text} | {kv.get('procs', '-')} "
+              f"| {kv.get('inotify_warnings', '-')} | {'valid' if ok else 'INVALID'} |")
+
+
+def table(res, title, rows):
+    """A Sealmail / Dovecot / Dovecot+mail-crypt table of the rows that have
+    a figure; nothing when none has."""
+    rows = [(name, v) for name, v in rows if any(x is not None for x in v)]
+    if not rows:
+        return
+    print(f"\n| {title} | Sealmail | Dovecot | Dovecot+mail-crypt | Sealmail/Dovecot "
+          "| Sealmail/Dovecot+mail-crypt |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, v in rows:
+        print(f"| {name} | {fmt(v[0])} | {fmt(v[1])} | {fmt(v[2])} | {ratio(v[0], v[1])} "
+              f"| {ratio(v[0], v[2])} |")
+
+
 def main():
     res = load(sys.argv[1])
     n = int(get(res, "select_10k", "sealmail", "exists") or
@@ -75,52 +134,28 @@ def main():
         ("first login of a mailbox, logins/s", "login_first", "value"),
         ("repeated login of an open mailbox, logins/s", "login_repeat", "value"),
     ]
-    print("| figure | Sealmail | Dovecot | Dovecot+mail-crypt | Sealmail/Dovecot "
-          "| Sealmail/Dovecot+mail-crypt |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, ld, key in rows:
-        v = [get(res, ld, s, key) for s in SERVERS]
-        if all(x is None for x in v):
-            continue
-        print(f"| {name} | {fmt(v[0])} | {fmt(v[1])} | {fmt(v[2])} | {ratio(v[0], v[1])} "
-              f"| {ratio(v[0], v[2])} |")
+    table(res, "figure", [(name, [get(res, ld, s, key) for s in SERVERS])
+                          for name, ld, key in rows])
     for ld, what in (("search_header", "header"), ("search_body", "body")):
         hits = [res.get((ld, s), {}).get("hits", "-") for s in SERVERS]
-        print(f"\nSEARCH {what} hits: " + ", ".join(f"{s} {h}" for s, h in zip(SERVERS, hits)))
+        if hits != ["-"] * len(SERVERS):
+            print(f"\nSEARCH {what} hits: " +
+                  ", ".join(f"{s} {h}" for s, h in zip(SERVERS, hits)))
 
     idle = sorted({k[0] for k in res if k[0].startswith("idle_")},
                   key=lambda x: (int(x.split("_")[1]), x))
     if idle:
-        print("\n| PSS per IDLE connection, KiB (all server processes / conns) | Sealmail "
-              "| Dovecot | Dovecot + hibernation | Sealmail/Dovecot | Sealmail/Dovecot+hib |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for ld in idle:
-            v = [get(res, ld, s) for s in ("sealmail", "dovecot", "dovecot-hib")]
-            g = [get(res, ld, s, "per_conn_growth_kib") for s in ("sealmail", "dovecot",
-                                                                   "dovecot-hib")]
-            label = ld.replace("idle_", "") + (" (TLS)" if ld.endswith("_tls") else " (plain)")
-            label = label.replace("_tls", "")
-            print(f"| {label} connections | {fmt(v[0])} | {fmt(v[1])} | {fmt(v[2])} "
-                  f"| {ratio(v[0], v[1])} | {ratio(v[0], v[2])} |")
-            print(f"| {label}, growth only | {fmt(g[0])} | {fmt(g[1])} | {fmt(g[2])} "
-                  f"| {ratio(g[0], g[1])} | {ratio(g[0], g[2])} |")
+        print_idle(res, idle)
 
-    print("\n| server CPU s per 1,000 operations (lower is better) | Sealmail | Dovecot "
-          "| Dovecot+mail-crypt | Sealmail/Dovecot | Sealmail/Dovecot+mail-crypt |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, ld in (("APPEND, 1 client (per message)", "append_1"),
-                     ("APPEND, 10 clients (per message)", "append_10"),
-                     ("APPEND, 20 clients, 20 mailboxes (per message)", "fill_mix"),
-                     ("header FETCH (per message)", "fetch_headers"),
-                     ("body FETCH (per message)", "fetch_bodies"),
-                     ("mixed workload (per command)", "mixed"),
-                     ("first login", "login_first"), ("repeated login", "login_repeat")):
-        v = [cpu_per_1000(res, ld, s) for s in SERVERS]
-        if all(x is None for x in v):
-            continue
-        print(f"| {name} | {fmt(v[0])} | {fmt(v[1])} | {fmt(v[2])} | {ratio(v[0], v[1])} "
-              f"| {ratio(v[0], v[2])} |")
-
+    table(res, "server CPU s per 1,000 operations (lower is better)",
+          [(name, [cpu_per_1000(res, ld, s) for s in SERVERS]) for name, ld in (
+              ("APPEND, 1 client (per message)", "append_1"),
+              ("APPEND, 10 clients (per message)", "append_10"),
+              ("APPEND, 20 clients, 20 mailboxes (per message)", "fill_mix"),
+              ("header FETCH (per message)", "fetch_headers"),
+              ("body FETCH (per message)", "fetch_bodies"),
+              ("mixed workload (per command)", "mixed"),
+              ("first login", "login_first"), ("repeated login", "login_repeat"))])
     print("\n| run | server | wall s | server CPU % of a core | generator CPU % of a core "
           "| errors |")
     print("|---|---|---:|---:|---:|---:|")

@@ -8,9 +8,22 @@
 #   dovecot_write_conf DIR PROTO PORT TLS_PORT  # base config in DIR/dovecot.conf
 #   dovecot_passwd DIR PASSWORD USER...         # SHA512-CRYPT passwd-file
 #   dovecot_start DIR PORT / dovecot_stop DIR / dovecot_master_pid DIR
+#   dovecot_hibernate_conf DIR SECS             # IDLE hibernation in extra.conf
+#   dovecot_inotify_room N / dovecot_inotify_restore
+#   dovecot_log_size DIR / dovecot_idle_closes DIR OFFSET
 #
 # Extra settings go into DIR/extra.conf (included at the end), so a caller
 # can switch plugins or hibernation on and restart.
+#
+# IDLE hibernation needs one inotify instance per hibernated connection: the
+# imap process hands imap-hibernate the inotify fd that watches the maildir
+# (mailbox_watch_extract_notify_fd), besides the one it holds itself, all
+# charged to the mail user's uid (here every user is the same uid, as with
+# the usual single "vmail" uid). Linux allows 128 per uid by default
+# (fs.inotify.max_user_instances): past that Dovecot logs "Inotify instance
+# limit for user ... exceeded" and the hibernation attempt fails without a
+# word (imap-client-hibernate.c gives up, "don't bother retrying"), so the
+# connection keeps its imap process. dovecot_inotify_room raises the limit.
 
 dovecot_ensure_installed() {
 	local pkg=$1
@@ -141,4 +154,71 @@ dovecot_stop() {
 		sleep 0.1
 	done
 	kill -KILL "$pid" 2>/dev/null || true
+}
+
+# dovecot_hibernate_conf DIR SECS: IDLE connections move to imap-hibernate
+# after SECS. imap-hibernate gets the client fds over its socket (the imap
+# processes run as the mail user: mode 0666 here, the docs' way is the
+# dovecot group) and, to wake a client, connects to imap-master (as the
+# internal user: 0666 too). Every hibernated connection is a client of an
+# imap-hibernate process and holds 2 fds there (the client's and its inotify
+# fd): 5,000 per process keeps each under a 20,000 fd limit (here the hard
+# limit, which the harness cannot raise), more processes as needed
+# (Dovecot's default is 1,000 per process, default_client_limit).
+dovecot_hibernate_conf() {
+	cat >> "$1/extra.conf" <<EOF
+imap_hibernate_timeout = ${2}s
+service imap-hibernate {
+  client_limit = 5000
+  process_limit = 16
+  unix_listener imap-hibernate {
+    mode = 0666
+  }
+}
+service imap {
+  unix_listener imap-master {
+    mode = 0666
+  }
+}
+EOF
+}
+
+# dovecot_inotify_room N: at least N inotify instances per uid (see the
+# header); root only. The old value is restored by dovecot_inotify_restore
+# unless someone changed it again meanwhile.
+DC_INOTIFY_OLD=
+DC_INOTIFY_SET=
+dovecot_inotify_room() {
+	local f=/proc/sys/fs/inotify/max_user_instances cur
+	cur=$(cat "$f")
+	[ "$cur" -ge "$1" ] && return 0
+	if [ "$(id -u)" -ne 0 ] || ! echo "$1" > "$f" 2>/dev/null; then
+		echo "fs.inotify.max_user_instances is $cur (< $1): Dovecot's IDLE" \
+			"hibernation will fail past ~$((cur / 2)) connections" >&2
+		return 0
+	fi
+	echo "fs.inotify.max_user_instances: $cur -> $1 (restored at the end)" >&2
+	DC_INOTIFY_OLD=$cur
+	DC_INOTIFY_SET=$1
+}
+dovecot_inotify_restore() {
+	local f=/proc/sys/fs/inotify/max_user_instances
+	[ -n "$DC_INOTIFY_OLD" ] || return 0
+	[ "$(cat "$f")" = "$DC_INOTIFY_SET" ] && echo "$DC_INOTIFY_OLD" > "$f"
+	DC_INOTIFY_OLD=
+}
+
+dovecot_log_size() {
+	stat -c %s "$1/dovecot.log" 2>/dev/null || echo 0
+}
+
+# dovecot_idle_closes DIR OFFSET: "H I W" for the log written since OFFSET:
+# H connections closed while hibernated (logged by imap-hibernate), I closed
+# by their own imap process (never hibernated, or woken), W inotify-limit
+# warnings.
+dovecot_idle_closes() {
+	tail -c +"$(($2 + 1))" "$1/dovecot.log" | awk '
+		/: Info: Disconnected/ { if ($0 ~ / imap-hibernate\(/) h++; else if ($0 ~ / imap\(/) i++ }
+		/Inotify instance limit/ { w++ }
+		END { printf "%d %d %d\n", h, i, w }'
 }
