@@ -28,6 +28,7 @@
 #include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -453,7 +454,10 @@ static bool cp_open_anchor(void)
 static const char *cp_setup(void)
 {
 	eng_sqlcipher_provider *p;
+	const char *env = getenv("SEALMAIL_SQLCIPHER_PROVIDER");
 
+	if (env != NULL && strcmp(env, "builtin") == 0)
+		return "SEALMAIL_SQLCIPHER_PROVIDER=builtin";
 	if (sodium_init() < 0)
 		return "libsodium did not initialise";
 	if (!cp_open_anchor())

@@ -62,7 +62,8 @@ typedef struct {
  * provider is in place); call before the first keyed connection
  * (eng_store_open does). Returns 0 when the provider is in place, ENG_EPERM
  * when SQLCipher was left with its own (other version or provider, failed
- * self-check: logged once, without key material).
+ * self-check, or the environment has SEALMAIL_SQLCIPHER_PROVIDER=builtin:
+ * logged once, without key material).
  */
 int eng_cipher_provider_install(void);
 
