@@ -403,13 +403,13 @@ static int alias_open(srv_alias *a, const uint8_t *mk, bool create)
 {
 	eng_store_options opt = a->owner->cfg.store_opt;
 	uint8_t *dbkey = NULL;
-	char *dir;
+	char *parent;
 	int err;
 
-	dir = eng_strdup(a->db_path);
-	*strrchr(dir, '/') = '\0';
-	err = mkdir_p(dir);
-	free(dir);
+	parent = eng_strdup(a->db_path);
+	*strrchr(parent, '/') = '\0';
+	err = mkdir_p(parent);
+	free(parent);
 	if (err != 0)
 		return err;
 	opt.create = create;
