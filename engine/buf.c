@@ -38,6 +38,11 @@ void eng_buf_puts(eng_buf *b, const char *s)
 
 void eng_buf_putc(eng_buf *b, char c)
 {
+	if (b->data != NULL && b->len + 2 <= b->cap) {
+		b->data[b->len++] = c;
+		b->data[b->len] = '\0';
+		return;
+	}
 	eng_buf_append(b, &c, 1);
 }
 

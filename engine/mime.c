@@ -2,10 +2,12 @@
  * The incremental MIME parser.
  *
  * Invariants:
- * - Input is consumed one byte at a time by feed_byte(); all state lives in
- *   the parser, so any split of the input gives the same result, and the
- *   work per byte is bounded (by the nesting depth at a line end), so the
- *   whole parse is linear.
+ * - Input is consumed one byte at a time by feed_byte() (or, for the rest of
+ *   a body line that cannot be a boundary, by feed_run(), which does the
+ *   same per byte in one pass); all state lives in the parser, so any
+ *   split of the input gives the same result, and the work per byte is
+ *   bounded (by the nesting depth at a line end), so the whole parse is
+ *   linear.
  * - The parser keeps a stack of frames, one per part being parsed: the
  *   root, then each open multipart child or embedded message. Only the top
  *   frame receives header or body bytes. A frame is either in its header
@@ -794,14 +796,50 @@ static void feed_byte(eng_mime_parser *p, uint8_t c)
 	p->off++;
 }
 
+/*
+ * What feed_byte does for each of n bytes, none of them an LF, in the
+ * middle of a body line that can no longer be a boundary (the bulk of a
+ * message: attachments, text): the flags, the text, the offsets. The
+ * result is the same as n calls of feed_byte.
+ */
+static void feed_run(eng_mime_parser *p, struct frame *f, const uint8_t *s,
+		     size_t n)
+{
+	uint8_t any = 0;
+
+	for (size_t i = 0; i < n; i++)
+		any |= s[i];
+	if (any & 0x80)
+		f->part->flags |= ENG_MIME_HAS_8BIT;
+	if (memchr(s, 0, n) != NULL)
+		f->part->flags |= ENG_MIME_HAS_NUL;
+	if (p->text_kind != TEXT_NONE)
+		text_bytes(p, s, n);
+	p->last_byte = s[n - 1];
+	p->off += n;
+}
+
 void eng_mime_parser_feed(eng_mime_parser *p, const void *data, size_t len)
 {
 	const uint8_t *s = data;
+	size_t i = 0;
 
 	if (p == NULL || p->finished)
 		return;
-	for (size_t i = 0; i < len; i++)
-		feed_byte(p, s[i]);
+	while (i < len) {
+		struct frame *f = &p->st[p->n_st - 1];
+
+		if (p->off != p->line_start && !p->cand && !f->in_header &&
+		    s[i] != '\n') {
+			const uint8_t *nl = memchr(s + i, '\n', len - i);
+			size_t n = nl != NULL ? (size_t)(nl - (s + i)) : len - i;
+
+			feed_run(p, f, s + i, n);
+			i += n;
+			continue;
+		}
+		feed_byte(p, s[i++]);
+	}
 }
 
 /* RFC 8970 preview: the first 200 characters of the text, white space

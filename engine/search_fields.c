@@ -18,8 +18,10 @@
  *  - the rows are written in the transaction that writes the fts row
  *    (search_fields_put from the append) and deleted with it
  *    (search_fields_delete when the content goes);
- *  - name is the lower-case field name; the key (name, content_id) keeps
- *    the values of one field together, so a search of it reads few pages.
+ *  - name is the lower-case field name; the key (content_id, name) (schema
+ *    version 3; (name, content_id) in version 2) keeps a message's rows in
+ *    one leaf page, so an append writes one page of this table, not one
+ *    per field name; a search reads a message's row by its key either way.
  */
 #include "search_private.h"
 #include "store_private.h"
@@ -103,12 +105,12 @@ int search_fields_delete(eng_store *st, int64_t content_id)
 
 	for (size_t i = 0; i < N_STORED_FIELDS && err == 0; i++) {
 		sqlite3_stmt *stmt = store_prepare(st, "DELETE FROM header_field "
-			"WHERE name = ? AND content_id = ?", &err);
+			"WHERE content_id = ? AND name = ?", &err);
 
 		if (stmt == NULL)
 			return err;
-		sqlite3_bind_text(stmt, 1, stored_fields[i], -1, SQLITE_STATIC);
-		sqlite3_bind_int64(stmt, 2, content_id);
+		sqlite3_bind_int64(stmt, 1, content_id);
+		sqlite3_bind_text(stmt, 2, stored_fields[i], -1, SQLITE_STATIC);
 		err = store_step_done(st, stmt);
 	}
 	return err;

@@ -122,6 +122,20 @@ static const char schema_v2[] =
 	" content_id INTEGER NOT NULL, value BLOB NOT NULL,"
 	" PRIMARY KEY (name, content_id)) WITHOUT ROWID;";
 
+/* Schema version 3: header_field keyed by (content_id, name), so that a
+ * message's rows sit side by side in one leaf page: keyed by name first,
+ * an append wrote up to five leaf pages far apart (one per field name),
+ * each a page to encrypt, to log in the WAL and to checkpoint. */
+static const char schema_v3[] =
+	"CREATE TABLE header_field_v3 (name TEXT NOT NULL,"
+	" content_id INTEGER NOT NULL, value BLOB NOT NULL,"
+	" PRIMARY KEY (content_id, name)) WITHOUT ROWID;"
+	"INSERT INTO header_field_v3 (name, content_id, value)"
+	" SELECT name, content_id, value FROM header_field"
+	" ORDER BY content_id, name;"
+	"DROP TABLE header_field;"
+	"ALTER TABLE header_field_v3 RENAME TO header_field;";
+
 /*
  * Forward migrations: migrations[i] takes a database from version i to
  * i + 1: its SQL, then its fill function (NULL: none) for what SQL alone
@@ -134,6 +148,7 @@ static const struct {
 } migrations[] = {
 	{ schema_v1, NULL },
 	{ schema_v2, search_fields_backfill },
+	{ schema_v3, NULL },
 };
 
 static const struct {

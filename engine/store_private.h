@@ -12,7 +12,7 @@
 
 struct store_stmt_cache;
 
-#define ENG_SCHEMA_VERSION 2
+#define ENG_SCHEMA_VERSION 3
 /* Raw bytes per content chunk; each chunk is compressed on its own so that
  * a byte-range read decompresses only what it needs. */
 #define ENG_CHUNK_BYTES (256u * 1024)
@@ -23,11 +23,17 @@ struct eng_store {
 	eng_store_options opt;
 	int tx_depth;
 	uint64_t tx_modseq;         /* 0 until the transaction needs one */
+	int64_t tx_content_next;    /* 0, or the next content id this
+	                             * transaction hands to an append */
 	int read_depth;             /* eng_store_read_begin calls not ended */
 	bool read_tx;               /* the outermost of them ran BEGIN */
 	bool broken;                /* I/O error or full disk seen */
 	struct store_stmt_cache *stmts;  /* store_stmt.c; NULL until used */
 };
+
+/* A content id no row has and no other append of this transaction was
+ * given (engine/message.c writes chunks under it before its row). */
+int store_content_id_reserve(eng_store *st, int64_t *id_r);
 
 /* Maps a SQLite result code to an engine error (and marks I/O trouble). */
 int store_err(eng_store *st, int rc, const char *what);

@@ -337,7 +337,7 @@ static void test_migration_from_version_1(void **state)
 	eng_store_close(&f->st);
 
 	open_store(f, false);
-	assert_int_equal(eng_store_schema_version(f->st), 2);
+	assert_int_equal(eng_store_schema_version(f->st), ENG_SCHEMA_VERSION);
 	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM schema_version "
 				 "WHERE version = 2"), 1);
 	after = dump_fields(f->st);
@@ -353,7 +353,7 @@ static void test_migration_from_version_1(void **state)
 	eng_store_close(&f->st);
 	open_store(f, false);
 	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM schema_version"),
-			 2);
+			 ENG_SCHEMA_VERSION);
 	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 9);
 }
@@ -368,7 +368,7 @@ static void test_migration_of_an_empty_store(void **state)
 		 "DELETE FROM schema_version WHERE version > 1");
 	eng_store_close(&f->st);
 	open_store(f, false);
-	assert_int_equal(eng_store_schema_version(f->st), 2);
+	assert_int_equal(eng_store_schema_version(f->st), ENG_SCHEMA_VERSION);
 	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 0);
 	assert_search(f, "From", "", "");
