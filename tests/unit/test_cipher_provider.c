@@ -16,6 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cipher_provider.h"
 #include "eng_error.h"
@@ -202,6 +205,39 @@ static void test_random(void **state)
 	assert_null(f);
 }
 
+/* After fork the child's contexts reseed: parent and child never hand out
+ * the same reserve bytes from a context they both inherited. */
+static void test_random_after_fork(void **state)
+{
+	unsigned char mine[48], theirs[48];
+	void *f = NULL;
+	int fds[2], status;
+	pid_t pid;
+
+	(void)state;
+	assert_int_equal(F->ctx_init(&f), SQLITE_OK);
+	assert_int_equal(F->random(f, mine, sizeof(mine)), SQLITE_OK);
+	assert_int_equal(pipe(fds), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		unsigned char out[48];
+		int ok = F->random(f, out, sizeof(out)) == SQLITE_OK &&
+			 write(fds[1], out, sizeof(out)) == (ssize_t)sizeof(out);
+
+		_exit(ok ? 0 : 1);
+	}
+	close(fds[1]);
+	assert_int_equal(read(fds[0], theirs, sizeof(theirs)),
+			 (ssize_t)sizeof(theirs));
+	close(fds[0]);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	assert_int_equal(F->random(f, mine, sizeof(mine)), SQLITE_OK);
+	assert_memory_not_equal(mine, theirs, sizeof(mine));
+	F->ctx_free(&f);
+}
+
 /* ---- whole files ---- */
 
 struct rawdb {
@@ -336,6 +372,45 @@ static void test_files_cross_read(void **state)
 	assert_int_equal(raw_check(r, 40), SQLITE_OK);
 	eng_cipher_provider_use_builtin(false);
 	rawdb_free(r);
+}
+
+/* Connections on several threads at once, one file each: every thread's
+ * pages go through its own contexts and read back right. (An assert that
+ * fails inside a thread takes the whole binary down: still a failure.) */
+static void *thread_main(void *arg)
+{
+	struct rawdb *r = arg;
+	uint64_t fast0, builtin0, fast1, builtin1;
+	intptr_t ok;
+
+	eng_cipher_provider_thread_pages(&fast0, &builtin0);
+	for (int i = 0; i < 4; i++)
+		raw_write(r, i * 5, 5);
+	ok = raw_check(r, 20) == SQLITE_OK;
+	eng_cipher_provider_thread_pages(&fast1, &builtin1);
+	return (void *)(intptr_t)(ok && fast1 - fast0 > 20 * 3 &&
+				  builtin1 == builtin0);
+}
+
+static void test_threads(void **state)
+{
+	enum { N = 4 };
+	pthread_t t[N];
+	struct rawdb *r[N];
+
+	(void)state;
+	for (int i = 0; i < N; i++) {
+		r[i] = rawdb_new();
+		assert_int_equal(pthread_create(&t[i], NULL, thread_main, r[i]),
+				 0);
+	}
+	for (int i = 0; i < N; i++) {
+		void *ok = NULL;
+
+		assert_int_equal(pthread_join(t[i], &ok), 0);
+		assert_true(ok != NULL);
+		rawdb_free(r[i]);
+	}
 }
 
 /* Flips one byte of the file at off. */
@@ -528,7 +603,9 @@ int main(void)
 		cmocka_unit_test(test_differential),
 		cmocka_unit_test(test_other_cipher_falls_back),
 		cmocka_unit_test(test_random),
+		cmocka_unit_test(test_random_after_fork),
 		cmocka_unit_test(test_files_cross_read),
+		cmocka_unit_test(test_threads),
 		cmocka_unit_test(test_tamper_detected),
 		cmocka_unit_test(test_store_cross_open),
 		cmocka_unit_test(test_install_idempotent),
