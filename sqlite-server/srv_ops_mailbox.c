@@ -15,6 +15,7 @@
  *    committed, and never for a request that fails.
  */
 #include "srv_ops_mbox.h"
+#include "srv_ops_view.h"
 #include "eng_error.h"
 
 #include <stdlib.h>
@@ -373,7 +374,7 @@ void srv_mbop_submit(srv_mbop *op, srv_mbop_run_fn *run)
 
 /* ---- MAILBOX_* and QUOTA_GET ---- */
 
-static void put_mailbox_info(srv_mbop *op, const eng_mailbox *mb)
+void srv_mbop_put_mailbox_info(srv_mbop *op, const eng_mailbox *mb)
 {
 	eng_buf *b = srv_mbop_part(op, 13, strlen(mb->name) + 16 + 12 * 11);
 	size_t mark = rpc_group_begin(b, RPC_T_MAILBOX_INFO);
@@ -405,7 +406,7 @@ static int list_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 		return err;
 	for (size_t i = 0; i < n; i++) {
 		if (!subscribed_only || list[i].subscribed)
-			put_mailbox_info(op, &list[i]);
+			srv_mbop_put_mailbox_info(op, &list[i]);
 	}
 	eng_mailbox_list_free(&list, n);
 	return 0;
@@ -545,7 +546,7 @@ void srv_op_mailbox_subscribe(srv_req *req)
 static int status_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 {
 	(void)st;
-	put_mailbox_info(op, mb);
+	srv_mbop_put_mailbox_info(op, mb);
 	return 0;
 }
 

@@ -5,6 +5,8 @@
  * message count, and the keywords set in the mailbox (docs/rpc.md). For
  * 100,000 messages that is a few bytes where FETCH_META sends a MESSAGE
  * group of nine fields each; the imapd expands it into its sequence map.
+ * The answer carries the mailbox's MAILBOX_INFO too (the row read for the
+ * view), so a SELECT is this one request.
  *
  * Rules: read only; runs on the alias's queue like every mailbox opcode
  * (srv_ops_mbox.h), so the count, the ranges and the runs are of one
@@ -12,9 +14,11 @@
  * entries and every part stays under the frame limits.
  *
  * The ranges and runs of the last VIEW_CACHE_SLOTS views (each at most
- * VIEW_CACHE_MAX_BYTES, so at most 1 MiB in all, whatever the number of
- * aliases; UIDs and flag bits only: no names, keywords are read each
- * time) are kept, keyed by the alias id, the mailbox id and the mailbox
+ * VIEW_CACHE_MAX_BYTES: a 100,000-message mailbox where every message is
+ * its own range and run fits; the buffers of all at most
+ * VIEW_CACHE_BUDGET bytes, whatever the number of aliases, the least
+ * recently used dropped first; UIDs and flag bits only: no names,
+ * keywords are read each time) are kept, keyed by the alias id, the mailbox id and the mailbox
  * row's UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and MESSAGES: every change of
  * a message (APPEND, STORE of flags or keywords, EXPUNGE, COPY/MOVE in)
  * raises HIGHESTMODSEQ in the same transaction (engine/flags.c,
@@ -59,7 +63,8 @@ srv_handler_fn srv_op_mailbox_view;
 #define VIEW_KEYWORDS_MAX 1000
 
 #define VIEW_CACHE_SLOTS 16
-#define VIEW_CACHE_MAX_BYTES (64u * 1024)
+#define VIEW_CACHE_MAX_BYTES (2u * 1024 * 1024)
+#define VIEW_CACHE_BUDGET (8u * 1024 * 1024)
 /* Changed messages (and, apart, expunged UIDs) a patch takes at most:
  * 512 KiB and 256 KiB transiently; past that, the rows are read. */
 #define VIEW_PATCH_MAX_CHANGES 65536u
@@ -149,6 +154,7 @@ static struct view_entry {
 	eng_buf ranges, runs;
 } view_cache[VIEW_CACHE_SLOTS];
 static uint64_t view_clock;
+static size_t view_cache_bytes;     /* capacity of every entry's buffers */
 static struct srv_view_stats view_stats;
 static pthread_mutex_t view_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -219,19 +225,25 @@ static bool view_cache_base(const struct view_key *k, struct view_ctx *c,
 	return found;
 }
 
+/* Empties a slot (the lock held). */
+static void view_entry_drop(struct view_entry *e)
+{
+	view_cache_bytes -= e->ranges.cap + e->runs.cap;
+	/* UIDs and flags: not secrets, but not left behind either. */
+	eng_buf_free(&e->ranges);
+	eng_buf_free(&e->runs);
+	memset(e, 0, sizeof(*e));
+}
+
 void srv_view_cache_forget(const char *alias_id)
 {
 	pthread_mutex_lock(&view_lock);
 	for (size_t i = 0; i < VIEW_CACHE_SLOTS; i++) {
 		struct view_entry *e = &view_cache[i];
 
-		if (!e->used || (alias_id != NULL &&
-				 strcmp(e->key.alias_id, alias_id) != 0))
-			continue;
-		/* UIDs and flags: not secrets, but not left behind either. */
-		eng_buf_free(&e->ranges);
-		eng_buf_free(&e->runs);
-		memset(e, 0, sizeof(*e));
+		if (e->used && (alias_id == NULL ||
+				strcmp(e->key.alias_id, alias_id) == 0))
+			view_entry_drop(e);
 	}
 	pthread_mutex_unlock(&view_lock);
 }
@@ -248,31 +260,60 @@ void srv_view_cache_stats(const char *alias_id, struct srv_view_stats *out)
 	pthread_mutex_unlock(&view_lock);
 }
 
-/* Keeps c's answer for k in the least recently used slot (if small). */
+/* Drops the least recently used entries but keep until need more bytes
+ * fit in VIEW_CACHE_BUDGET (the lock held). */
+static void view_cache_make_room(const struct view_entry *keep, size_t need)
+{
+	while (view_cache_bytes + need > VIEW_CACHE_BUDGET) {
+		struct view_entry *lru = NULL;
+
+		for (size_t i = 0; i < VIEW_CACHE_SLOTS; i++) {
+			struct view_entry *x = &view_cache[i];
+
+			if (x->used && x != keep &&
+			    (lru == NULL || x->last_use < lru->last_use))
+				lru = x;
+		}
+		if (lru == NULL)
+			return;
+		view_entry_drop(lru);
+	}
+}
+
+/* Keeps c's answer for k in this mailbox's slot, else a free one, else
+ * the least recently used one (if it is not too big). */
 static void view_cache_put(const struct view_key *k, const struct view_ctx *c)
 {
-	struct view_entry *e = &view_cache[0];
+	struct view_entry *e = NULL;
+	size_t need = c->ranges.len + c->runs.len;
 
-	if (c->ranges.len + c->runs.len > VIEW_CACHE_MAX_BYTES)
+	if (need > VIEW_CACHE_MAX_BYTES)
 		return;
 	pthread_mutex_lock(&view_lock);
 	for (size_t i = 0; i < VIEW_CACHE_SLOTS; i++) {
 		struct view_entry *x = &view_cache[i];
 
-		if (!x->used || (strcmp(x->key.alias_id, k->alias_id) == 0 &&
-				 x->key.mailbox_id == k->mailbox_id)) {
-			e = x;     /* a free slot, or this mailbox's older state */
+		if (x->used && strcmp(x->key.alias_id, k->alias_id) == 0 &&
+		    x->key.mailbox_id == k->mailbox_id) {
+			e = x;     /* this mailbox's older state */
 			break;
 		}
-		if (x->last_use < e->last_use)
+		if (e == NULL || (e->used && (!x->used ||
+					      x->last_use < e->last_use)))
 			e = x;
 	}
+	if (e->used)
+		view_entry_drop(e);
+	/* The buffers are allocated afresh below: each at most twice its
+	 * length + 1 (eng_buf doubles). */
+	view_cache_make_room(e, 2 * need + 4);
 	e->used = true;
 	e->key = *k;
 	e->n = c->n;
 	e->last_use = ++view_clock;
 	buf_copy(&e->ranges, &c->ranges);
 	buf_copy(&e->runs, &c->runs);
+	view_cache_bytes += e->ranges.cap + e->runs.cap;
 	pthread_mutex_unlock(&view_lock);
 }
 
@@ -513,6 +554,7 @@ static int view_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 	if (err == 0) {
 		/* The scalars first: they belong in the first part. */
 		rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_MESSAGES, c.n);
+		srv_mbop_put_mailbox_info(op, mb);
 		for (size_t off = 0; off < c.keywords.len;) {
 			const char *k = c.keywords.data + off;
 			size_t len = strlen(k);

@@ -1,6 +1,6 @@
 /*
  * sqlited's cache of MAILBOX_VIEW answers (srv_ops_view.c), as seen from
- * outside it: the alias code drops an alias's entries when it closes the
+ * outside it, and the MAILBOX_INFO group both answer: the alias code drops an alias's entries when it closes the
  * alias (LOCK, idle close, ALIAS_REMOVE, RESTORE_ALIAS: the UIDs and flags
  * of its mailboxes must not outlive its keys), and tests read counters.
  *
@@ -11,6 +11,15 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+struct srv_mbop;
+struct eng_mailbox;
+
+/* The MAILBOX_INFO group of mb (srv_ops_mailbox.c): MAILBOX_STATUS and
+ * MAILBOX_LIST answer it, and MAILBOX_VIEW with its view, so a SELECT
+ * is one request. */
+void srv_mbop_put_mailbox_info(struct srv_mbop *op,
+			       const struct eng_mailbox *mb);
 
 /* Drops every cached view of the alias (NULL: of every alias). */
 void srv_view_cache_forget(const char *alias_id);

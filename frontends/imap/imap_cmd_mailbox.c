@@ -12,16 +12,18 @@
  * SELECT / EXAMINE (RFC 9051 6.3.2, RFC 3501 6.3.1, RFC 7162):
  *   leave the selected mailbox first ("* OK [CLOSED]" under QRESYNC or
  *   IMAP4rev2), so a failed SELECT leaves the session unselected;
- *   MAILBOX_STATUS -> MAILBOX_VIEW (the sequence map and the flags as
- *   UID ranges and flag runs, and the mailbox's keywords; FETCH_META of
- *   every message from a sqlited without it) -> [CHANGES since the
- *   client's MODSEQ for QRESYNC] ->
+ *   MAILBOX_VIEW (the mailbox's MAILBOX_INFO, the sequence map and the
+ *   flags as UID ranges and flag runs, and the mailbox's keywords: one
+ *   request; from an older sqlited whose answer has no MAILBOX_INFO,
+ *   MAILBOX_STATUS and then MAILBOX_VIEW again; from one without
+ *   MAILBOX_VIEW, MAILBOX_STATUS and FETCH_META of every message) ->
+ *   [CHANGES since the client's MODSEQ for QRESYNC] ->
  *   FLAGS, PERMANENTFLAGS, EXISTS, [0 RECENT, UNSEEN under IMAP4rev1],
  *   UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, [VANISHED (EARLIER), FETCH],
  *   tagged OK [READ-WRITE] / [READ-ONLY].
- *   HIGHESTMODSEQ is the one MAILBOX_STATUS gave, read before the
- *   messages: a change in between is reported again by the next sync
- *   rather than lost. "* OK [MAILBOXID (id)]" follows HIGHESTMODSEQ.
+ *   HIGHESTMODSEQ is the one MAILBOX_INFO gave, read in the same request
+ *   as the messages (or before them, from an older sqlited: a change in
+ *   between is then reported again by the next sync rather than lost). "* OK [MAILBOXID (id)]" follows HIGHESTMODSEQ.
  *
  * MAILBOXID (RFC 8474): "M<row id>-<UIDVALIDITY>" from MAILBOX_STATUS /
  *   MAILBOX_LIST's MAILBOX_ID and UIDVALIDITY (imap_mailboxid_format);
@@ -518,6 +520,15 @@ typedef struct select_op {
 	bool q_has_known;
 	imap_mbx_info info;
 	imap_selected *sel;
+	/* The arrays of the view the session left (reused, see
+	 * select_new_view), NULL if none. */
+	uint32_t *spare_uids, *spare_flags;
+	size_t spare_cap;
+	/* Sequence number of the first message without \Seen, 0 if none. */
+	size_t first_unseen;
+	/* What follows MAILBOX_STATUS: MAILBOX_VIEW or FETCH_META (an older
+	 * sqlited); 0 while the first MAILBOX_VIEW is out. */
+	uint16_t after_status;
 	/* Keywords seen in the mailbox, for FLAGS and PERMANENTFLAGS. */
 	char **kw;
 	size_t n_kw;
@@ -535,6 +546,8 @@ static void select_free(imap_cmd *cmd)
 	imap_mbx_info_clear(&op->info);
 	if (op->sel != NULL)
 		imap_selected_free(op->sel);
+	free(op->spare_uids);
+	free(op->spare_flags);
 	for (size_t i = 0; i < op->n_kw; i++)
 		free(op->kw[i]);
 	free(op->kw);
@@ -603,24 +616,41 @@ static int select_params(imap_session *s, const imap_arg *a, select_op *op)
 }
 
 static void on_select_status(imap_cmd *cmd, int err, const rpc_view *resp);
+static void on_select_view(imap_cmd *cmd, int err, const rpc_view *resp);
+
+/* Leaves the selected mailbox, keeping its arrays in op for the new view:
+ * a SELECT of 100,000 messages then writes into memory it already has
+ * instead of faulting in 800 KB of fresh pages (and unmapping the old). */
+static void select_leave(imap_session *s, select_op *op)
+{
+	imap_selected *old = s->sel;
+
+	if (old == NULL)
+		return;
+	op->spare_uids = old->uids;
+	op->spare_flags = old->flags;
+	op->spare_cap = old->cap;
+	old->uids = old->flags = NULL;
+	old->n = old->cap = 0;
+	imap_select_clear(s);
+	if (s->enabled & (IMAP_EN_QRESYNC | IMAP_EN_REV2))
+		imap_printf(s, "* OK [CLOSED] Previous mailbox is now "
+			    "closed\r\n");
+}
 
 static void cmd_select(imap_cmd *cmd)
 {
 	imap_session *s = cmd->s;
-	select_op *op;
+	select_op *op = eng_calloc(1, sizeof(*op));
 	char *name;
 
-	if (s->sel != NULL) {
-		imap_select_clear(s);
-		if (s->enabled & (IMAP_EN_QRESYNC | IMAP_EN_REV2))
-			imap_printf(s, "* OK [CLOSED] Previous mailbox is "
-				    "now closed\r\n");
-	}
+	select_leave(s, op);
 	if (cmd->n_args < 1 || cmd->n_args > 2) {
+		cmd->op = op;
+		select_free(cmd);
 		imap_cmd_done(cmd, IMAP_BAD, NULL, "Wrong number of arguments");
 		return;
 	}
-	op = eng_calloc(1, sizeof(*op));
 	op->readonly = strcmp(cmd->name, "EXAMINE") == 0;
 	if (cmd->n_args == 2 && select_params(s, &cmd->args[1], op) != 0) {
 		cmd->op = op;
@@ -631,6 +661,8 @@ static void cmd_select(imap_cmd *cmd)
 	}
 	if ((name = imap_mbx_name_arg(cmd, &cmd->args[0])) == NULL) {
 		/* Answered: cmd is gone, only op is left to free. */
+		free(op->spare_uids);
+		free(op->spare_flags);
 		free(op);
 		return;
 	}
@@ -638,12 +670,24 @@ static void cmd_select(imap_cmd *cmd)
 	cmd->op = op;
 	imap_rpc_begin(s, &op->pl);
 	rpc_put_str(&op->pl, RPC_T_MAILBOX, name);
+	imap_mbx_call(cmd, RPC_OP_MAILBOX_VIEW, &op->pl, on_select_view,
+		      select_free);
+}
+
+/* An older sqlited: MAILBOX_STATUS, then opcode (MAILBOX_VIEW again, or
+ * FETCH_META). */
+static void select_status(imap_cmd *cmd, uint16_t opcode)
+{
+	select_op *op = cmd->op;
+
+	op->after_status = opcode;
+	imap_rpc_begin(cmd->s, &op->pl);
+	rpc_put_str(&op->pl, RPC_T_MAILBOX, op->name);
 	imap_mbx_call(cmd, RPC_OP_MAILBOX_STATUS, &op->pl, on_select_status,
 		      select_free);
 }
 
 static void on_select_meta(imap_cmd *cmd, int err, const rpc_view *resp);
-static void on_select_view(imap_cmd *cmd, int err, const rpc_view *resp);
 
 /* opcode (MAILBOX_VIEW or FETCH_META) on the mailbox MAILBOX_STATUS named. */
 static void select_call(imap_cmd *cmd, uint16_t opcode, imap_rpc_cb *cb)
@@ -656,29 +700,43 @@ static void select_call(imap_cmd *cmd, uint16_t opcode, imap_rpc_cb *cb)
 	imap_mbx_call(cmd, opcode, &op->pl, cb, select_free);
 }
 
-static void on_select_status(imap_cmd *cmd, int err, const rpc_view *resp)
+/* The MAILBOX_INFO group of resp into op->info; false after answering
+ * (an error, or a \Noselect mailbox). */
+static bool select_info(imap_cmd *cmd, int err, const rpc_view *resp)
 {
 	select_op *op = cmd->op;
 	rpc_view g;
 
-	if (cmd->aborted) {
-		select_free(cmd);
-		return;
-	}
 	if (err == 0 && (rpc_get_group(resp, RPC_T_MAILBOX_INFO, &g) != 0 ||
 			 imap_mbx_info_read(&g, &op->info) != 0))
 		err = ENG_EIO;
 	if (err != 0) {
 		select_fail(cmd, err);
-		return;
+		return false;
 	}
 	if (op->info.noselect) {
 		select_free(cmd);
 		imap_cmd_done(cmd, IMAP_NO, "NONEXISTENT",
 			      "Mailbox is not selectable");
+		return false;
+	}
+	return true;
+}
+
+static void on_select_status(imap_cmd *cmd, int err, const rpc_view *resp)
+{
+	select_op *op = cmd->op;
+
+	if (cmd->aborted) {
+		select_free(cmd);
 		return;
 	}
-	select_call(cmd, RPC_OP_MAILBOX_VIEW, on_select_view);
+	if (!select_info(cmd, err, resp))
+		return;
+	if (op->after_status == RPC_OP_FETCH_META)
+		select_call(cmd, RPC_OP_FETCH_META, on_select_meta);
+	else
+		select_call(cmd, RPC_OP_MAILBOX_VIEW, on_select_view);
 }
 
 static void keyword_note(select_op *op, const rpc_field *f)
@@ -695,19 +753,28 @@ static void keyword_note(select_op *op, const rpc_field *f)
 	op->kw[op->n_kw++] = eng_strndup(k, f->u);
 }
 
-/* The new view, before its messages are known (n: how many). */
+/* The new view, before its messages are known (n: how many). The arrays
+ * of the view the session left are reused when their size fits (at most
+ * twice what is needed, so a session does not keep a big mailbox's memory
+ * for a small one), else resized: realloc keeps the pages it can. A few
+ * spare places take the next messages without a move. */
 static imap_selected *select_new_view(select_op *op, size_t n)
 {
 	imap_selected *sel = eng_calloc(1, sizeof(*sel));
+	size_t cap = op->spare_cap;
 
+	if (op->spare_uids == NULL || cap < n || cap > 2 * n + 1024)
+		cap = n + n / 64 + 16;
 	sel->name = eng_strdup(op->info.name);
 	sel->readonly = op->readonly;
 	sel->uidvalidity = op->info.uidvalidity;
 	sel->uidnext = op->info.uidnext;
 	sel->highestmodseq = op->info.highestmodseq;
-	sel->cap = n > 0 ? n : 1;
-	sel->uids = eng_malloc(sel->cap * sizeof(*sel->uids));
-	sel->flags = eng_malloc(sel->cap * sizeof(*sel->flags));
+	sel->cap = cap;
+	sel->uids = eng_realloc(op->spare_uids, cap * sizeof(*sel->uids));
+	sel->flags = eng_realloc(op->spare_flags, cap * sizeof(*sel->flags));
+	op->spare_uids = op->spare_flags = NULL;
+	op->spare_cap = 0;
 	return sel;
 }
 
@@ -735,6 +802,8 @@ static int select_build(select_op *op, const rpc_view *resp)
 		sel->uids[sel->n] = uid;
 		sel->flags[sel->n] = flags & ENG_F_ALL;
 		sel->n++;
+		if (op->first_unseen == 0 && (flags & ENG_F_SEEN) == 0)
+			op->first_unseen = sel->n;
 		rpc_iter_init(&ki, &g);
 		while ((k = rpc_iter_next(&ki, RPC_T_KEYWORD)) != NULL)
 			if (k->type == RPC_W_BYTES)
@@ -746,12 +815,12 @@ static int select_build(select_op *op, const rpc_view *resp)
 }
 
 /* The UIDs of MAILBOX_VIEW's UIDSET fields (ascending, disjoint ranges)
- * into sel->uids, exactly sel->cap of them when check is false; with
- * check, only counted into *n_r (nothing written). */
-static int view_uids(const rpc_view *resp, imap_selected *sel, bool check,
-		     uint64_t *n_r)
+ * into sel->uids (room for *n_r of them, counted before) when sel is not
+ * NULL; else only counted into *n_r (nothing written). */
+static int view_uids(const rpc_view *resp, imap_selected *sel, uint64_t *n_r)
 {
 	uint64_t n = 0, last = 0;
+	uint32_t *out = sel != NULL ? sel->uids : NULL;
 	const rpc_field *f;
 	rpc_iter it;
 
@@ -764,22 +833,28 @@ static int view_uids(const rpc_view *resp, imap_selected *sel, bool check,
 			uint32_t hi = rpc_uids_at(f->data + i, 1);
 
 			if (lo == 0 || lo > hi || lo <= last ||
-			    n + (hi - lo) + 1 > IMAP_SELECT_MAX_MESSAGES)
+			    n + (hi - lo) + 1 > IMAP_SELECT_MAX_MESSAGES ||
+			    (out != NULL && n + (hi - lo) + 1 > *n_r))
 				return ENG_EIO;
-			for (uint64_t u = lo; !check && u <= hi; u++)
-				sel->uids[sel->n++] = (uint32_t)u;
+			for (uint32_t k = 0; out != NULL && k <= hi - lo; k++)
+				out[n + k] = lo + k;
 			n += (uint64_t)(hi - lo) + 1;
 			last = hi;
 		}
 	}
+	if (sel != NULL)
+		sel->n = (size_t)n;
 	*n_r = n;
 	return 0;
 }
 
-/* The FLAG_RUNS fields: exactly sel->n flags into sel->flags. */
-static int view_flags(const rpc_view *resp, imap_selected *sel)
+/* The FLAG_RUNS fields: exactly sel->n flags into sel->flags; the first
+ * message without \Seen into *first_unseen_r (0: none). */
+static int view_flags(const rpc_view *resp, imap_selected *sel,
+		      size_t *first_unseen_r)
 {
 	size_t done = 0;
+	uint32_t *out = sel->flags;
 	const rpc_field *f;
 	rpc_iter it;
 
@@ -793,8 +868,11 @@ static int view_flags(const rpc_view *resp, imap_selected *sel)
 
 			if (len == 0 || len > sel->n - done)
 				return ENG_EIO;
+			if (*first_unseen_r == 0 && (flags & ENG_F_SEEN) == 0)
+				*first_unseen_r = done + 1;
 			for (uint32_t k = 0; k < len; k++)
-				sel->flags[done++] = flags;
+				out[done + k] = flags;
+			done += len;
 		}
 	}
 	return done == sel->n ? 0 : ENG_EIO;
@@ -811,11 +889,11 @@ static int select_build_view(select_op *op, const rpc_view *resp)
 
 	if (rpc_get_u64(resp, RPC_T_MESSAGES, &n) != 0 ||
 	    n > IMAP_SELECT_MAX_MESSAGES ||
-	    view_uids(resp, NULL, true, &counted) != 0 || counted != n)
+	    view_uids(resp, NULL, &counted) != 0 || counted != n)
 		return ENG_EIO;
 	op->sel = select_new_view(op, (size_t)n);
-	if ((err = view_uids(resp, op->sel, false, &counted)) != 0 ||
-	    (err = view_flags(resp, op->sel)) != 0)
+	if ((err = view_uids(resp, op->sel, &counted)) != 0 ||
+	    (err = view_flags(resp, op->sel, &op->first_unseen)) != 0)
 		return err;
 	rpc_iter_init(&it, resp);
 	while ((f = rpc_iter_next(&it, RPC_T_KEYWORD)) != NULL)
@@ -855,13 +933,9 @@ static void select_write(imap_cmd *cmd)
 	eng_buf_printf(&b, "* %zu EXISTS\r\n", sel->n);
 	if (!rev2) {
 		eng_buf_puts(&b, "* 0 RECENT\r\n");
-		for (size_t i = 0; i < sel->n; i++) {
-			if ((sel->flags[i] & ENG_F_SEEN) == 0) {
-				eng_buf_printf(&b, "* OK [UNSEEN %zu] First "
-					       "unseen\r\n", i + 1);
-				break;
-			}
-		}
+		if (op->first_unseen > 0)
+			eng_buf_printf(&b, "* OK [UNSEEN %zu] First unseen\r\n",
+				       op->first_unseen);
 	}
 	eng_buf_printf(&b, "* OK [UIDVALIDITY %u] UIDs valid\r\n"
 		       "* OK [UIDNEXT %u] Predicted next UID\r\n"
@@ -894,15 +968,26 @@ static void select_built(imap_cmd *cmd, int err);
 
 static void on_select_view(imap_cmd *cmd, int err, const rpc_view *resp)
 {
+	select_op *op = cmd->op;
+
 	if (cmd->aborted) {
 		select_free(cmd);
 		return;
 	}
-	if (err == RPC_EOPCODE) {    /* an older sqlited */
-		select_call(cmd, RPC_OP_FETCH_META, on_select_meta);
-		return;
+	if (op->after_status == 0) {     /* the first request */
+		if (err == RPC_EOPCODE) {    /* a sqlited without MAILBOX_VIEW */
+			select_status(cmd, RPC_OP_FETCH_META);
+			return;
+		}
+		if (err == 0 && rpc_count(resp, RPC_T_MAILBOX_INFO) == 0) {
+			/* A sqlited whose MAILBOX_VIEW has no MAILBOX_INFO. */
+			select_status(cmd, RPC_OP_MAILBOX_VIEW);
+			return;
+		}
+		if (!select_info(cmd, err, resp))
+			return;
 	}
-	select_built(cmd, err == 0 ? select_build_view(cmd->op, resp) : err);
+	select_built(cmd, err == 0 ? select_build_view(op, resp) : err);
 }
 
 static void on_select_meta(imap_cmd *cmd, int err, const rpc_view *resp)

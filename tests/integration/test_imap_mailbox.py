@@ -232,6 +232,109 @@ class MailboxTest(unittest.TestCase):
         self.assertEqual((typ, int(data[0])), ("OK", 0))
         self.assertEqual(int(c.untagged_responses["UIDNEXT"][0]), 13)
 
+    def test_select_scattered_flags_model(self):
+        """SELECT of a mailbox with scattered flags and UID gaps (many flag
+        runs and UID ranges in MAILBOX_VIEW), after changes made by another
+        session each time (sqlited patches its cached view) and after
+        SELECTs of smaller and bigger mailboxes in the same session (the
+        imapd reuses its arrays): EXISTS, UNSEEN, UIDNEXT, FETCH (UID
+        FLAGS) and SEARCH agree with a model of the mailbox."""
+        import random
+        rnd = random.Random(8)
+        names = [r"\Seen", r"\Answered", r"\Flagged", r"\Draft"]
+        a, b = self.login(), self.login()
+        self.assertEqual(a.create("Scat")[0], "OK")
+        self.assertEqual(a.create("ScatSmall")[0], "OK")
+        self.assertEqual(a.append("ScatSmall", None, None, message(1))[0], "OK")
+        model, uidnext = {}, 1
+
+        def add(conn, k, seen=False):
+            nonlocal uidnext
+            for _ in range(k):
+                fl = {f for f in names if rnd.random() < 0.3}
+                if seen:
+                    fl.add(r"\Seen")
+                typ, _ = conn.append("Scat", "(%s)" % " ".join(sorted(fl)), None,
+                                     message(uidnext))
+                self.assertEqual(typ, "OK")
+                model[uidnext] = fl
+                uidnext += 1
+
+        def change(conn):
+            """Random flags on and off, a few expunged, a few appended."""
+            conn.select("Scat")
+            uids = sorted(model)
+            for f in names:
+                for op in ("+FLAGS.SILENT", "-FLAGS.SILENT"):
+                    # \Seen is taken off the newer half only: the first
+                    # unseen message stays far from the first.
+                    pool = uids[len(uids) // 2:] if op[0] == "-" and f == r"\Seen" else uids
+                    pick = rnd.sample(pool, max(1, len(uids) // 15))
+                    self.assertEqual(conn.uid("STORE", ",".join(map(str, pick)), op,
+                                              "(%s)" % f)[0], "OK")
+                    for u in pick:
+                        (model[u].add if op[0] == "+" else model[u].discard)(f)
+            gone = rnd.sample(uids, max(1, len(uids) // 20))
+            self.assertEqual(conn.uid("STORE", ",".join(map(str, gone)), "+FLAGS.SILENT",
+                                      r"(\Deleted)")[0], "OK")
+            self.assertEqual(conn.expunge()[0], "OK")
+            for u in gone:
+                del model[u]
+            conn.unselect()
+            add(conn, 3)
+
+        def check(command="SELECT"):
+            typ, data = a.select("Scat", readonly=command == "EXAMINE")
+            self.assertEqual(typ, "OK")
+            r = a.untagged_responses
+            uids = sorted(model)
+            self.assertEqual(int(r["EXISTS"][-1]), len(uids))
+            self.assertEqual(int(r["UIDNEXT"][-1]), uidnext)
+            unseen = [i + 1 for i, u in enumerate(uids) if r"\Seen" not in model[u]]
+            self.assertEqual(r.get("UNSEEN", [None])[-1],
+                             str(unseen[0]).encode() if unseen else None)
+            typ, data = a.fetch("1:*", "(UID FLAGS)")
+            self.assertEqual(typ, "OK")
+            got = []
+            for d in data:
+                seq = int(d.split()[0])
+                uid = int(re.search(rb"UID (\d+)", d).group(1))
+                fl = set(re.search(rb"FLAGS \(([^)]*)\)", d).group(1).decode().split())
+                got.append((seq, uid, fl))
+            self.assertEqual(got, [(i + 1, u, model[u]) for i, u in enumerate(uids)])
+            for key, flag in (("UNSEEN", r"\Seen"), ("ANSWERED", r"\Answered"),
+                              ("FLAGGED", r"\Flagged"), ("UNDRAFT", r"\Draft")):
+                typ, data = a.search(None, key)
+                want = [i + 1 for i, u in enumerate(uids)
+                        if (flag in model[u]) != (key.startswith("UN"))]
+                self.assertEqual([int(x) for x in data[0].split()], want, key)
+            typ, data = a.uid("SEARCH", "SEEN")
+            self.assertEqual([int(x) for x in data[0].split()],
+                             [u for u in uids if r"\Seen" in model[u]])
+            a.untagged_responses.clear()
+
+        add(a, 120, seen=True)
+        add(a, 120)
+        check()
+        check()                          # the same state: cached
+        for rnd_round in range(3):
+            change(b)
+            check("EXAMINE" if rnd_round == 1 else "SELECT")
+            a.select("ScatSmall")        # a smaller view, then the big one
+            self.assertEqual(int(a.untagged_responses["EXISTS"][-1]), 1)
+            a.untagged_responses.clear()
+        check()
+        # Not selectable, or absent: NO, and the session is left unselected.
+        self.assertEqual(a.create("ScatParent/Child")[0], "OK")
+        self.assertEqual(a.select("ScatParent")[0], "OK")
+        self.assertEqual(a.delete("ScatParent")[0], "OK")
+        typ, data = a.select("ScatParent")
+        self.assertEqual(typ, "NO")
+        self.assertIn(b"NONEXISTENT", data[0])
+        self.assertEqual(a.select("ScatNowhere")[0], "NO")
+        self.assert_unselected(a)
+        check()
+
     def test_select_rev2_and_closed(self):
         r = self.raw(enable="IMAP4rev2 QRESYNC")
         out, t = self.rcmd(r, b"SELECT INBOX")
