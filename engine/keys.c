@@ -13,6 +13,7 @@
  */
 #include "keys.h"
 #include "eng_error.h"
+#include "store.h"
 
 #include <sodium.h>
 #include <stdlib.h>
@@ -74,6 +75,8 @@ struct eng_keyring {
 
 int eng_crypto_init(void)
 {
+	/* Every daemon calls this first, before any SQLite use. */
+	eng_store_global_init();
 	if (sodium_init() < 0) {
 		eng_log(ENG_LOG_ERROR, "libsodium initialisation failed");
 		return ENG_EIO;

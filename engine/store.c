@@ -18,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,6 +217,17 @@ int store_exec(eng_store *st, const char *sql)
 	return rc == SQLITE_OK ? 0 : store_err(st, rc, "exec");
 }
 
+/* store_exec for the few fixed statements every write transaction runs
+ * (BEGIN, COMMIT, savepoints): from the statement cache, not parsed and
+ * compiled again each time as sqlite3_exec does. */
+static int store_exec_cached(eng_store *st, const char *sql)
+{
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st, sql, &err);
+
+	return stmt != NULL ? store_step_done(st, stmt) : err;
+}
+
 int store_step_done(eng_store *st, sqlite3_stmt *stmt)
 {
 	int rc = sqlite3_step(stmt);
@@ -268,14 +280,14 @@ int eng_store_tx_begin(eng_store *st)
 	if (st->tx_depth == 0) {
 		/* IMMEDIATE: take the write lock now, so two writers never
 		 * deadlock upgrading read locks. */
-		err = store_exec(st, "BEGIN IMMEDIATE");
+		err = store_exec_cached(st, "BEGIN IMMEDIATE");
 		if (err != 0)
 			return err;
 		st->tx_modseq = 0;
 		st->tx_content_next = 0;
 	} else {
 		snprintf(sql, sizeof(sql), "SAVEPOINT sp%d", st->tx_depth);
-		if ((err = store_exec(st, sql)) != 0)
+		if ((err = store_exec_cached(st, sql)) != 0)
 			return err;
 	}
 	st->tx_depth++;
@@ -291,7 +303,7 @@ int eng_store_tx_commit(eng_store *st)
 		return ENG_EINVAL;
 	if (st->tx_depth > 1) {
 		snprintf(sql, sizeof(sql), "RELEASE sp%d", st->tx_depth - 1);
-		err = store_exec(st, sql);
+		err = store_exec_cached(st, sql);
 		if (err == 0)
 			st->tx_depth--;
 		return err;
@@ -302,7 +314,7 @@ int eng_store_tx_commit(eng_store *st)
 			return err;
 	}
 	/* synchronous=FULL: COMMIT returns after the WAL is fsynced. */
-	err = store_exec(st, "COMMIT");
+	err = store_exec_cached(st, "COMMIT");
 	if (err != 0)
 		return err;
 	st->tx_depth = 0;
@@ -616,6 +628,27 @@ static int apply_pragmas(eng_store *st)
 	return 0;
 }
 
+/*
+ * SQLite's process-wide settings, before its first use: no memory
+ * statistics. With them (the default) every sqlite3_malloc and free takes
+ * one global mutex, and Debian's SQLCipher is built without lookaside, so
+ * an APPEND's thousands of small allocations (FTS tokens, cells) had its
+ * pool threads queueing on that mutex (futex waits in the profile of 20
+ * mailboxes appending at once). Nothing here reads the statistics.
+ */
+static pthread_once_t sqlite_global_once = PTHREAD_ONCE_INIT;
+
+static void sqlite_global_config(void)
+{
+	/* SQLITE_MISUSE if SQLite is in use already: the default stays. */
+	(void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+}
+
+void eng_store_global_init(void)
+{
+	(void)pthread_once(&sqlite_global_once, sqlite_global_config);
+}
+
 int eng_store_open(const char *path, const uint8_t *db_key,
 		   const eng_store_options *opt, eng_store **st_r)
 {
@@ -627,6 +660,7 @@ int eng_store_open(const char *path, const uint8_t *db_key,
 	*st_r = NULL;
 	if (path == NULL || (db_key == NULL && (opt == NULL || !opt->plaintext)))
 		return ENG_EINVAL;
+	eng_store_global_init();
 	(void)eng_cipher_provider_install(); /* once, before any keyed open */
 	st = eng_calloc(1, sizeof(*st));
 	st->path = eng_strdup(path);

@@ -48,6 +48,10 @@ typedef struct eng_store_options {
 
 void eng_store_options_default(eng_store_options *opt);
 
+/* SQLite's process-wide settings (store.c): called by eng_crypto_init and
+ * eng_store_open; only the first call before any SQLite use counts. */
+void eng_store_global_init(void);
+
 /*
  * Opens (or with opt->create, creates) the database at path with the raw
  * 32-byte key (from eng_derive_db_key; ignored when opt->plaintext).

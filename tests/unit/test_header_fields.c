@@ -358,6 +358,42 @@ static void test_migration_from_version_1(void **state)
 			 9);
 }
 
+/*
+ * A version 2 database: header_field keyed (name, content_id). Opening it
+ * rebuilds the table keyed (content_id, name) (version 3): the same rows,
+ * the same answers.
+ */
+static void test_migration_from_version_2(void **state)
+{
+	struct fixture *f = *state;
+	char *before = dump_fields(f->st), *after;
+
+	sql_exec(f->st, "CREATE TABLE hf2 (name TEXT NOT NULL, content_id "
+		 "INTEGER NOT NULL, value BLOB NOT NULL, PRIMARY KEY (name, "
+		 "content_id)) WITHOUT ROWID; INSERT INTO hf2 SELECT name, "
+		 "content_id, value FROM header_field; DROP TABLE header_field; "
+		 "ALTER TABLE hf2 RENAME TO header_field; "
+		 "DELETE FROM schema_version WHERE version > 2");
+	assert_int_equal(eng_store_schema_version(f->st), 2);
+	eng_store_close(&f->st);
+
+	open_store(f, false);
+	assert_int_equal(eng_store_schema_version(f->st), 3);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM sqlite_master "
+				 "WHERE name = 'header_field' AND sql LIKE "
+				 "'%PRIMARY KEY (content_id, name)%'"), 1);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM sqlite_master "
+				 "WHERE name LIKE 'h%f%' AND type = 'table'"), 1);
+	after = dump_fields(f->st);
+	assert_string_equal(after, before);
+	free(before);
+	free(after);
+	assert_search(f, "From", "m\xc3\xbcller", "1");
+	assert_search(f, "Subject", "kowalski", "3");
+	assert_search(f, "Cc", "", "3");
+	assert_int_equal(eng_store_check(f->st, NULL), 0);
+}
+
 /* A version 1 database with no message at all migrates too. */
 static void test_migration_of_an_empty_store(void **state)
 {
@@ -384,6 +420,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_rows_go_with_the_content,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migration_from_version_1,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migration_from_version_2,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_migration_of_an_empty_store,
 						setup, teardown),

@@ -1090,6 +1090,56 @@ static void test_uidset_parse(void **state)
 	assert_int_equal(eng_uidset_parse("1:2:3", &s), ENG_EINVAL);
 }
 
+/*
+ * An append writes its chunks under a content id reserved at begin and
+ * inserts the content row at commit (engine/message.c): appends in one
+ * outer transaction get distinct ids, a duplicate drops its chunks, an
+ * aborted one leaves nothing, and the rows are what a lone append writes.
+ */
+static void test_content_id_reserved(void **state)
+{
+	struct fixture *f = *state;
+	static const char other[] = "Subject: other\r\n\r\nsecond body\r\n";
+	eng_append *ap;
+
+	assert_int_equal(eng_store_tx_begin(f->st), 0);
+	(void)append(f, f->inbox, simple_msg, 0);
+	(void)append(f, f->inbox, other, 0);
+	(void)append(f, f->inbox, simple_msg, 0);       /* shares the first */
+	assert_int_equal(eng_append_begin(f->st, f->inbox, NULL, &ap), 0);
+	assert_int_equal(eng_append_write(ap, "Subject: x\r\n\r\ny", 16), 0);
+	eng_append_abort(&ap);
+	assert_int_equal(eng_store_tx_commit(f->st), 0);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content"), 2);
+	assert_int_equal(sql_int(f->st, "SELECT count(DISTINCT content_id) "
+				 "FROM message"), 2);
+	assert_int_equal(sql_int(f->st, "SELECT refs FROM content WHERE "
+				 "subject = 'Hello'"), 2);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM fts"), 2);
+	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content c WHERE "
+				 "c.chunks != (SELECT count(*) FROM chunk k "
+				 "WHERE k.content_id = c.id)"), 0);
+	/* The next transaction's id follows the highest one. */
+	(void)append(f, f->inbox, "Subject: third\r\n\r\nz\r\n", 0);
+	assert_int_equal(sql_int(f->st, "SELECT max(id) FROM content"),
+			 sql_int(f->st, "SELECT id FROM content WHERE "
+				 "subject = 'third'"));
+	check_invariants(f->st);
+}
+
+/* SQLite keeps no memory statistics (eng_store_global_init): with them,
+ * every allocation of every pool thread took one global mutex. */
+static void test_sqlite_memstatus_off(void **state)
+{
+	struct fixture *f = *state;
+	sqlite3_int64 cur = -1, hi = -1;
+
+	(void)append(f, f->inbox, simple_msg, 0);
+	assert_int_equal(sqlite3_status64(SQLITE_STATUS_MEMORY_USED, &cur, &hi,
+					  0), SQLITE_OK);
+	assert_int_equal(cur, 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1121,6 +1171,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_read_snapshot, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_message_lazy_meta, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_content_id_reserved, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_sqlite_memstatus_off, setup,
 						teardown),
 	};
 
