@@ -814,6 +814,52 @@ static int select_build(select_op *op, const rpc_view *resp)
 	return 0;
 }
 
+/*
+ * Expanding a view into the per-message arrays is what a SELECT of a big
+ * mailbox costs the imapd (100,000 messages: 800 KB written), so these
+ * write several values a step rather than one value a loop turn.
+ */
+
+/* The i-th big-endian u32 of a packed field (rpc_uids_at, inlined). */
+static inline uint32_t be32_at(const uint8_t *p, size_t i)
+{
+	p += 4 * i;
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+		(uint32_t)p[2] << 8 | p[3];
+}
+
+/* out[k] = first + k for k < n. */
+static void fill_seq(uint32_t *out, uint32_t first, size_t n)
+{
+	size_t k = 0;
+
+	for (; n - k >= 4; k += 4) {
+		uint32_t u = first + (uint32_t)k;
+
+		out[k] = u;
+		out[k + 1] = u + 1;
+		out[k + 2] = u + 2;
+		out[k + 3] = u + 3;
+	}
+	for (; k < n; k++)
+		out[k] = first + (uint32_t)k;
+}
+
+/* out[k] = v for k < n: a few stores, then copies of what is written. */
+static void fill_same(uint32_t *out, uint32_t v, size_t n)
+{
+	size_t m = n < 16 ? n : 16;
+
+	for (size_t k = 0; k < m; k++)
+		out[k] = v;
+	while (m < n) {
+		size_t c = n - m < m ? n - m : m;
+
+		memcpy(out + m, out, c * sizeof(*out));
+		m += c;
+	}
+}
+
 /* The UIDs of MAILBOX_VIEW's UIDSET fields (ascending, disjoint ranges)
  * into sel->uids (room for *n_r of them, counted before) when sel is not
  * NULL; else only counted into *n_r (nothing written). */
@@ -828,16 +874,17 @@ static int view_uids(const rpc_view *resp, imap_selected *sel, uint64_t *n_r)
 	while ((f = rpc_iter_next(&it, RPC_T_UIDSET)) != NULL) {
 		if (f->type != RPC_W_BYTES || f->u % 8 != 0)
 			return ENG_EIO;
-		for (size_t i = 0; i < f->u; i += 8) {
-			uint32_t lo = rpc_uids_at(f->data + i, 0);
-			uint32_t hi = rpc_uids_at(f->data + i, 1);
+		const uint8_t *p = f->data, *end = f->data + f->u;
+
+		for (; p < end; p += 8) {
+			uint32_t lo = be32_at(p, 0), hi = be32_at(p, 1);
 
 			if (lo == 0 || lo > hi || lo <= last ||
 			    n + (hi - lo) + 1 > IMAP_SELECT_MAX_MESSAGES ||
 			    (out != NULL && n + (hi - lo) + 1 > *n_r))
 				return ENG_EIO;
-			for (uint32_t k = 0; out != NULL && k <= hi - lo; k++)
-				out[n + k] = lo + k;
+			if (out != NULL)
+				fill_seq(out + n, lo, (size_t)(hi - lo) + 1);
 			n += (uint64_t)(hi - lo) + 1;
 			last = hi;
 		}
@@ -862,16 +909,25 @@ static int view_flags(const rpc_view *resp, imap_selected *sel,
 	while ((f = rpc_iter_next(&it, RPC_T_FLAG_RUNS)) != NULL) {
 		if (f->type != RPC_W_BYTES || f->u % 8 != 0)
 			return ENG_EIO;
-		for (size_t i = 0; i < f->u; i += 8) {
-			uint32_t len = rpc_uids_at(f->data + i, 0);
-			uint32_t flags = rpc_uids_at(f->data + i, 1) & ENG_F_ALL;
+		const uint8_t *p = f->data, *end = f->data + f->u;
+
+		for (; p < end; p += 8) {
+			uint32_t len = be32_at(p, 0);
+			uint32_t flags = be32_at(p, 1) & ENG_F_ALL;
 
 			if (len == 0 || len > sel->n - done)
 				return ENG_EIO;
 			if (*first_unseen_r == 0 && (flags & ENG_F_SEEN) == 0)
 				*first_unseen_r = done + 1;
-			for (uint32_t k = 0; k < len; k++)
-				out[done + k] = flags;
+			if (len <= 4 && sel->n - done >= 4) {
+				/* Short runs (scattered flags): four stores
+				 * without a branch per message; the next runs
+				 * overwrite what is past this one. */
+				out[done] = out[done + 1] = flags;
+				out[done + 2] = out[done + 3] = flags;
+			} else {
+				fill_same(out + done, flags, len);
+			}
 			done += len;
 		}
 	}
