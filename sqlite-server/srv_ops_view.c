@@ -155,6 +155,8 @@ static struct view_entry {
 } view_cache[VIEW_CACHE_SLOTS];
 static uint64_t view_clock;
 static size_t view_cache_bytes;     /* capacity of every entry's buffers */
+static size_t view_entry_max = VIEW_CACHE_MAX_BYTES;
+static size_t view_budget = VIEW_CACHE_BUDGET;
 static struct srv_view_stats view_stats;
 static pthread_mutex_t view_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -260,11 +262,31 @@ void srv_view_cache_stats(const char *alias_id, struct srv_view_stats *out)
 	pthread_mutex_unlock(&view_lock);
 }
 
+void srv_view_cache_limits(size_t entry_max, size_t budget)
+{
+	pthread_mutex_lock(&view_lock);
+	view_entry_max = entry_max > 0 && entry_max < VIEW_CACHE_MAX_BYTES ?
+		entry_max : VIEW_CACHE_MAX_BYTES;
+	view_budget = budget > 0 ? budget : VIEW_CACHE_BUDGET;
+	pthread_mutex_unlock(&view_lock);
+}
+
+/* The capacity eng_buf gives a copy of len bytes (64, doubled until
+ * len + 1 fit). */
+static size_t buf_cap_for(size_t len)
+{
+	size_t cap = 64;
+
+	while (cap < len + 1)
+		cap *= 2;
+	return cap;
+}
+
 /* Drops the least recently used entries but keep until need more bytes
- * fit in VIEW_CACHE_BUDGET (the lock held). */
+ * fit in view_budget (the lock held). */
 static void view_cache_make_room(const struct view_entry *keep, size_t need)
 {
-	while (view_cache_bytes + need > VIEW_CACHE_BUDGET) {
+	while (view_cache_bytes + need > view_budget) {
 		struct view_entry *lru = NULL;
 
 		for (size_t i = 0; i < VIEW_CACHE_SLOTS; i++) {
@@ -285,11 +307,13 @@ static void view_cache_make_room(const struct view_entry *keep, size_t need)
 static void view_cache_put(const struct view_key *k, const struct view_ctx *c)
 {
 	struct view_entry *e = NULL;
-	size_t need = c->ranges.len + c->runs.len;
+	size_t need = buf_cap_for(c->ranges.len) + buf_cap_for(c->runs.len);
 
-	if (need > VIEW_CACHE_MAX_BYTES)
-		return;
 	pthread_mutex_lock(&view_lock);
+	if (c->ranges.len + c->runs.len > view_entry_max || need > view_budget) {
+		pthread_mutex_unlock(&view_lock);
+		return;
+	}
 	for (size_t i = 0; i < VIEW_CACHE_SLOTS; i++) {
 		struct view_entry *x = &view_cache[i];
 
@@ -304,9 +328,7 @@ static void view_cache_put(const struct view_key *k, const struct view_ctx *c)
 	}
 	if (e->used)
 		view_entry_drop(e);
-	/* The buffers are allocated afresh below: each at most twice its
-	 * length + 1 (eng_buf doubles). */
-	view_cache_make_room(e, 2 * need + 4);
+	view_cache_make_room(e, need);     /* the buffers are made afresh */
 	e->used = true;
 	e->key = *k;
 	e->n = c->n;

@@ -34,4 +34,9 @@ struct srv_view_stats {
 /* The counters since start, and the entries of alias_id (NULL: all). */
 void srv_view_cache_stats(const char *alias_id, struct srv_view_stats *out);
 
+/* Tests: a view's ranges and runs are kept up to entry_max bytes, the
+ * buffers of all entries up to budget bytes (0: the defaults, 2 MiB and
+ * 8 MiB; entry_max at most the default). */
+void srv_view_cache_limits(size_t entry_max, size_t budget);
+
 #endif

@@ -1476,6 +1476,68 @@ static void test_mailbox_view_lock(void **state)
 	rpc_sync_free(&c);
 }
 
+/* Appends n messages whose flags alternate (\Seen on the odd ones): n
+ * flag runs in the view. */
+static void append_alternating(rpc_sync *c, const uint8_t *s,
+			       const char *mailbox, int n)
+{
+	for (int i = 0; i < n; i++)
+		append_n(c, s, mailbox, 1, i % 2 ? ENG_F_SEEN : 0);
+}
+
+/* The cache's limits: a view over the per-entry bound is never kept (every
+ * row read each time), and the least recently used views go when the
+ * buffers of all would pass the budget. MAILBOX_VIEW's answer carries the
+ * mailbox's MAILBOX_INFO of the same state. */
+static void test_mailbox_view_budget(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync *c = connect_client(f);
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	eng_buf b = ENG_BUF_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	struct srv_view_stats st;
+	rpc_view info;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "M1", NULL, 0, 0);
+	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "M2", NULL, 0, 0);
+	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "M3", NULL, 0, 0);
+	simple_call(c, s, RPC_OP_MAILBOX_CREATE, "Big", NULL, 0, 0);
+	append_alternating(c, s, "M1", 6);    /* 8 + 48 bytes: 2 x 64 kept */
+	append_alternating(c, s, "M2", 6);
+	append_alternating(c, s, "M3", 6);
+	append_alternating(c, s, "Big", 12);  /* 8 + 96 bytes */
+	srv_view_cache_limits(100, 300);      /* two small views fit */
+	assert_int_equal(view_check(f, c, s, "M1", 's', 0), 6);
+	assert_int_equal(view_check(f, c, s, "M1", 'h', 0), 6);
+	assert_int_equal(view_check(f, c, s, "Big", 's', 0), 12);
+	assert_int_equal(view_check(f, c, s, "Big", 's', 0), 12);
+	assert_int_equal(view_check(f, c, s, "M2", 's', 0), 6);
+	assert_int_equal(view_check(f, c, s, "M1", 'h', 0), 6);
+	assert_int_equal(view_check(f, c, s, "M3", 's', 0), 6); /* M2 goes */
+	srv_view_cache_stats(f->alias_id, &st);
+	assert_int_equal(st.entries, 2);
+	assert_int_equal(view_check(f, c, s, "M1", 'h', 0), 6);
+	assert_int_equal(view_check(f, c, s, "M3", 'h', 0), 6);
+	assert_int_equal(view_check(f, c, s, "M2", 's', 0), 6); /* M1 goes */
+	assert_int_equal(view_check(f, c, s, "M3", 'h', 0), 6);
+	assert_int_equal(view_check(f, c, s, "M1", 's', 0), 6);
+	append_n(c, s, "M1", 1, 0);
+	assert_int_equal(view_check(f, c, s, "M1", 'p', 0), 7);
+	/* The MAILBOX_INFO in the answer: the state the view is of. */
+	begin(&b, s, "M1");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_VIEW, &b, &resp), 0);
+	assert_int_equal(rpc_get_group(&resp.view, RPC_T_MAILBOX_INFO, &info), 0);
+	assert_int_equal(get_u(&info, RPC_T_MESSAGES), 7);
+	assert_int_equal(get_u(&info, RPC_T_UIDNEXT), 8);
+	assert_int_equal(get_u(&resp.view, RPC_T_MESSAGES), 7);
+	srv_view_cache_limits(0, 0);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
 /* ---- FETCH_META WANT: headers and MIME structures inline ---- */
 
 /* The MESSAGE groups of resp, in order (at most max). */
@@ -1841,6 +1903,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_mailbox_view_lock,
 						setup_closing, teardown),
+		cmocka_unit_test_setup_teardown(test_mailbox_view_budget,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_meta_parts, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_body_cancel, setup,
