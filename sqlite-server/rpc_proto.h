@@ -48,6 +48,19 @@ enum rpc_flag {
 /* Initial flow-control window of every body stream, each direction. */
 #define RPC_INITIAL_WINDOW_BYTES (256u * 1024)
 
+/*
+ * FETCH_BODIES (docs/rpc.md): at most this many UIDs in one request, and
+ * its body stream is a record per UID, each a head of RPC_BODIES_HEAD_BYTES
+ * (UID u32, status u32, size u64, big-endian; rpc_bodies.h) and then the
+ * message's bytes.
+ */
+#define RPC_BODIES_MAX_UIDS 4096u
+#define RPC_BODIES_HEAD_BYTES 16u
+enum rpc_bodies_status {
+	RPC_BODIES_PRESENT = 0,      /* size bytes of the message follow */
+	RPC_BODIES_GONE = 1,         /* no such message (expunged): size 0 */
+};
+
 /* ---- Opcodes (header bytes 8-9) ---- */
 
 enum rpc_opcode {
@@ -77,6 +90,7 @@ enum rpc_opcode {
 	RPC_OP_CHANGES = 58,
 	RPC_OP_QUOTA_GET = 59,
 	RPC_OP_MAILBOX_VIEW = 60,
+	RPC_OP_FETCH_BODIES = 61,
 
 	RPC_OP_DELIVER = 64,
 	RPC_OP_DIR_LOOKUP = 65,

@@ -26,6 +26,7 @@ srv_handler_fn srv_op_mailbox_status __attribute__((weak));
 srv_handler_fn srv_op_append __attribute__((weak));
 srv_handler_fn srv_op_fetch_meta __attribute__((weak));
 srv_handler_fn srv_op_fetch_body __attribute__((weak));
+srv_handler_fn srv_op_fetch_bodies __attribute__((weak));
 srv_handler_fn srv_op_store __attribute__((weak));
 srv_handler_fn srv_op_copy __attribute__((weak));
 srv_handler_fn srv_op_move __attribute__((weak));
@@ -78,6 +79,7 @@ static const struct {
 	{ RPC_OP_CHANGES, srv_op_changes },
 	{ RPC_OP_QUOTA_GET, srv_op_quota_get },
 	{ RPC_OP_MAILBOX_VIEW, srv_op_mailbox_view },
+	{ RPC_OP_FETCH_BODIES, srv_op_fetch_bodies },
 	{ RPC_OP_DELIVER, srv_op_deliver },
 	{ RPC_OP_DIR_LOOKUP, srv_op_dir_lookup },
 	{ RPC_OP_DOMAIN_ADD, srv_op_domain_add },

@@ -145,6 +145,7 @@ srv_handler_fn srv_op_mailbox_list, srv_op_mailbox_create,
 	srv_op_mailbox_rename, srv_op_mailbox_delete, srv_op_mailbox_subscribe,
 	srv_op_mailbox_status, srv_op_quota_get;
 srv_handler_fn srv_op_append, srv_op_fetch_meta, srv_op_fetch_body,
+	srv_op_fetch_bodies,
 	srv_op_store, srv_op_copy, srv_op_move, srv_op_expunge, srv_op_changes;
 srv_handler_fn srv_op_search, srv_op_sort, srv_op_thread;
 

@@ -11,10 +11,12 @@
  * only, no statement), so that other requests of the alias run between
  * the pieces and a slow reader holds no database state. First work items
  * of FETCH_BODY requests pipelined for one alias share one work item
- * (body batches, below).
+ * (body batches, below). FETCH_BODIES streams the whole bodies of many
+ * messages, one record after the other, in pieces read the same way.
  */
 #include "srv_ops_mbox.h"
 #include "eng_error.h"
+#include "rpc_bodies.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -671,55 +673,71 @@ static void body_piece_done(void *ctx, int result)
 }
 
 /*
- * Sends what the window allows of the piece read, then queues the next
- * read, or waits for window credit. Loop thread; no work of this request
- * is queued or running when it is called.
+ * The loop half of FETCH_BODY and FETCH_BODIES (req->data is the mbop):
+ * sends what the window allows of the piece read, buf[*sent, len), the
+ * last bytes with END when last (nothing is left to read), which ends the
+ * request; or waits for window credit (req->on_window = again). True when
+ * the next piece is to be read, of at most *window_r bytes. No work of the
+ * request is queued or running when it is called.
  */
-static void body_pump(srv_req *req)
+static bool piece_pump(srv_req *req, const uint8_t *buf, size_t len,
+		       size_t *sent, bool last, void (*again)(srv_req *),
+		       size_t *window_r)
 {
 	srv_mbop *op = req->data;
-	struct body_ctx *c = op->ctx;
 	size_t window, n;
-	int err;
 
 	req->on_window = NULL;
 	if (req->cancelled) {
 		srv_mbop_fail(op, RPC_ECANCELLED);
-		return;
+		return false;
 	}
 	window = srv_window(req);
-	if (c->piece_sent < c->piece_len) {
+	if (*sent < len) {
 		bool end;
 
 		if (window == 0) {
-			req->on_window = body_pump;
-			return;
+			req->on_window = again;
+			return false;
 		}
-		n = c->piece_len - c->piece_sent;
-		if (n > window)
-			n = window;
-		end = c->left == 0 && c->piece_sent + n == c->piece_len;
-		srv_send_data(req, c->piece + c->piece_sent, n, end);
+		n = len - *sent < window ? len - *sent : window;
+		end = last && *sent + n == len;
+		srv_send_data(req, buf + *sent, n, end);
 		if (end) {
 			srv_mbop_free(&op);
-			return;
+			return false;
 		}
-		c->piece_sent += n;
+		*sent += n;
 		window -= n;
-		if (c->piece_sent < c->piece_len) {
-			req->on_window = body_pump;
-			return;
+		if (*sent < len) {
+			req->on_window = again;
+			return false;
 		}
 	}
-	if (c->left == 0) {
+	if (last) {
 		srv_send_data(req, NULL, 0, true);
 		srv_mbop_free(&op);
-		return;
+		return false;
 	}
 	if (window == 0) {
-		req->on_window = body_pump;
-		return;
+		req->on_window = again;
+		return false;
 	}
+	*window_r = window;
+	return true;
+}
+
+/* Sends the piece read, then queues the next read or waits for credit. */
+static void body_pump(srv_req *req)
+{
+	srv_mbop *op = req->data;
+	struct body_ctx *c = op->ctx;
+	size_t window;
+	int err;
+
+	if (!piece_pump(req, c->piece, c->piece_len, &c->piece_sent,
+			c->left == 0, body_pump, &window))
+		return;
 	c->piece_want = body_piece_size(c, window);
 	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
 				    body_piece_work, body_piece_done, op)) != 0)
@@ -905,4 +923,240 @@ void srv_op_fetch_body(srv_req *req)
 			      &c->length));
 	op->run = fetch_body_run;
 	body_batch_add(op);
+}
+
+/* ---- FETCH_BODIES ---- */
+
+/*
+ * Whole bodies of many messages in one body stream (docs/rpc.md): for
+ * each UID of the request, in its order, a record head (rpc_bodies.h) and
+ * the message's bytes, or a GONE head for a UID that has no message. The
+ * stream is cut into pieces of at most the window and RPC_MAX_CHUNK_BYTES
+ * regardless of where records begin, so a piece holds many small messages
+ * and a 50 MB one takes many pieces. Each piece is one work item under
+ * one read snapshot (the first also looks the mailbox up), and the next
+ * is queued as soon as the previous one has been handed to the socket and
+ * the window is open, as FETCH_BODY does; a message begun in one piece
+ * keeps its handle (memory only) for the next.
+ */
+struct bodies_ctx {
+	uint32_t *uids;
+	size_t n;
+	size_t next;                 /* next UID to begin a record for */
+	int64_t mailbox_id;
+	/* The record in progress: its head not all in pieces yet, then its
+	 * bytes with the open message (pool thread only). */
+	uint8_t head[RPC_BODIES_HEAD_BYTES];
+	size_t head_off, head_len;
+	uint32_t uid;
+	eng_message *m;
+	eng_store *m_store;
+	uint64_t pos, left;
+	bool read_all;               /* every record is in the pieces read */
+	/* The piece read (pool) and not yet all sent (loop). */
+	uint8_t *piece;
+	size_t piece_len;
+	size_t piece_sent;
+	size_t piece_want;
+};
+
+static void bodies_ctx_free(void *p)
+{
+	struct bodies_ctx *c = p;
+
+	eng_message_close(&c->m);
+	free(c->uids);
+	free(c->piece);
+	free(c);
+}
+
+/* Begins the record of the next UID: its head, and the message open. */
+static int bodies_begin(struct bodies_ctx *c, eng_store *st)
+{
+	rpc_bodies_head h = { .uid = c->uids[c->next++] };
+	int err = eng_message_open(st, c->mailbox_id, h.uid, &c->m);
+
+	if (err == ENG_ENOTFOUND) {
+		h.gone = true;       /* expunged, or never was */
+		err = 0;
+	}
+	if (err != 0)
+		return err;
+	c->uid = h.uid;
+	c->m_store = st;
+	c->pos = 0;
+	c->left = h.gone ? 0 : eng_message_size(c->m);
+	h.size = c->left;
+	if (c->left == 0)
+		eng_message_close(&c->m);
+	rpc_bodies_head_put(c->head, &h);
+	c->head_off = 0;
+	c->head_len = sizeof(c->head);
+	return 0;
+}
+
+/* Fills the piece with c->piece_want bytes of the stream (fewer at its
+ * end). Pool, inside a read snapshot. */
+static int bodies_fill(struct bodies_ctx *c, eng_store *st)
+{
+	int err = 0;
+
+	if (c->piece == NULL)
+		c->piece = eng_malloc(RPC_MAX_CHUNK_BYTES);
+	c->piece_len = 0;
+	c->piece_sent = 0;
+	/* The store was closed (and maybe reopened) since the last piece. */
+	if (c->m != NULL && c->m_store != st) {
+		eng_message_close(&c->m);
+		if ((err = eng_message_open(st, c->mailbox_id, c->uid,
+					    &c->m)) != 0)
+			return err;
+		c->m_store = st;
+	}
+	while (c->piece_len < c->piece_want) {
+		size_t room = c->piece_want - c->piece_len;
+
+		if (c->head_off < c->head_len) {
+			size_t k = c->head_len - c->head_off;
+
+			k = k < room ? k : room;
+			memcpy(c->piece + c->piece_len, c->head + c->head_off, k);
+			c->head_off += k;
+			c->piece_len += k;
+			continue;
+		}
+		if (c->left > 0) {
+			long got = eng_message_read(c->m, c->pos, c->piece +
+						    c->piece_len, room < c->left ?
+						    room : (size_t)c->left);
+
+			if (got <= 0)
+				return got < 0 ? (int)got : ENG_ECORRUPT;
+			c->pos += (uint64_t)got;
+			c->left -= (uint64_t)got;
+			c->piece_len += (size_t)got;
+			if (c->left == 0)
+				eng_message_close(&c->m);
+			continue;
+		}
+		if (c->next == c->n) {
+			c->read_all = true;
+			break;
+		}
+		if ((err = bodies_begin(c, st)) != 0)
+			return err;
+	}
+	if (c->next == c->n && c->left == 0 && c->head_off == c->head_len)
+		c->read_all = true;
+	return 0;
+}
+
+static int fetch_bodies_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
+{
+	struct bodies_ctx *c = op->ctx;
+
+	c->mailbox_id = mb->id;
+	rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_MESSAGES, c->n);
+	c->piece_want = RPC_INITIAL_WINDOW_BYTES < RPC_MAX_CHUNK_BYTES ?
+		RPC_INITIAL_WINDOW_BYTES : RPC_MAX_CHUNK_BYTES;
+	return bodies_fill(c, st);
+}
+
+static void bodies_pump(srv_req *req);
+
+static int bodies_piece_work(srv_alias *a, void *ctx)
+{
+	srv_mbop *op = ctx;
+	struct bodies_ctx *c = op->ctx;
+	eng_store *st = srv_alias_store(a);
+	int err;
+
+	if (st == NULL) {
+		eng_message_close(&c->m);
+		return RPC_ENOSESSION;
+	}
+	if ((err = eng_store_read_begin(st)) != 0)
+		return err;
+	err = bodies_fill(c, st);
+	eng_store_read_end(st);
+	return err;
+}
+
+static void bodies_piece_done(void *ctx, int result)
+{
+	srv_mbop *op = ctx;
+
+	if (result != 0) {
+		srv_mbop_fail(op, result);
+		return;
+	}
+	bodies_pump(op->req);
+}
+
+/* Sends the piece read, then queues the next read or waits for credit. */
+static void bodies_pump(srv_req *req)
+{
+	srv_mbop *op = req->data;
+	struct bodies_ctx *c = op->ctx;
+	size_t window;
+	int err;
+
+	if (!piece_pump(req, c->piece, c->piece_len, &c->piece_sent,
+			c->read_all, bodies_pump, &window))
+		return;
+	c->piece_want = window < RPC_MAX_CHUNK_BYTES ? window :
+		RPC_MAX_CHUNK_BYTES;
+	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
+				    bodies_piece_work, bodies_piece_done,
+				    op)) != 0)
+		srv_mbop_fail(op, err);
+}
+
+static void fetch_bodies_done(srv_mbop *op)
+{
+	struct bodies_ctx *c = op->ctx;
+	srv_req *req = op->req;
+
+	if (op->n_parts > 0)
+		eng_buf_append(&req->reply, op->parts[0].data,
+			       op->parts[0].len);
+	/* The whole stream in the first piece: RESPONSE and DATA in one
+	 * write. */
+	if (c->read_all && !req->cancelled) {
+		if (srv_reply_body_end(req, c->piece, c->piece_len)) {
+			srv_mbop_free(&op);
+			return;
+		}
+	} else {
+		srv_reply_body(req);
+	}
+	req->data = op;
+	bodies_pump(req);
+}
+
+void srv_op_fetch_bodies(srv_req *req)
+{
+	struct bodies_ctx *c;
+	const uint8_t *p;
+	size_t n;
+	srv_mbop *op;
+
+	NEW_OP(op, req, true);
+	c = eng_calloc(1, sizeof(*c));
+	op->ctx = c;
+	op->free_fn = bodies_ctx_free;
+	op->done_fn = fetch_bodies_done;
+	op->read_only = true;
+	/* The count is checked before anything is allocated for it. */
+	CHECK(op, rpc_get_uids(&req->args, RPC_T_UIDS, &p, &n));
+	if (n == 0 || n > RPC_BODIES_MAX_UIDS)
+		CHECK(op, ENG_EINVAL);
+	c->uids = eng_malloc(n * sizeof(*c->uids));
+	for (size_t i = 0; i < n; i++) {
+		c->uids[i] = rpc_uids_at(p, i);
+		if (c->uids[i] == 0)
+			CHECK(op, ENG_EINVAL);
+	}
+	c->n = n;
+	srv_mbop_submit(op, fetch_bodies_run);
 }

@@ -39,6 +39,20 @@
  * kept with its credit withheld (at most one window each), and at its
  * turn item_adopt writes it and lets the request go on as the item's.
  *
+ * Whole bodies in one stream: when that one item is a whole message
+ * (BODY[], BODY.PEEK[], RFC822; no partial range) and at least two
+ * messages are left in the chunk, one FETCH_BODIES asks for the bodies of
+ * all of them (up to RPC_BODIES_MAX_UIDS): sqlited answers with one body
+ * stream, a record per UID (rpc_bodies.h), under one window. Its bytes are
+ * kept as they arrive with their credit withheld (at most a window) and
+ * consumed by the message being written (stream_run): each record's head
+ * gives the literal's size, or says the message is gone (expunged
+ * meanwhile: skipped, as a FETCH_BODY ENOTFOUND would be); the credit of
+ * what is written goes back at once, or when the output drains. A sqlited
+ * without FETCH_BODIES answers EOPCODE before any byte: the command goes
+ * on with the FETCH_BODY per message above. A lone message (the last one
+ * of a chunk) takes that path too.
+ *
  * Backpressure: when the session's output is full (imap_write_blocked), a
  * streamed chunk is HELD (no credit to sqlited) and handed back with
  * rpc_client_consumed() when cmd->on_drained runs; no new message is
@@ -68,6 +82,7 @@
 
 #include "eng_error.h"
 #include "mime.h"
+#include "rpc_bodies.h"
 #include "rpc_codec.h"
 #include "rpc_proto.h"
 
@@ -147,7 +162,7 @@ typedef struct fslot {
 	bool hdr_complete;
 } fslot;
 
-enum req_kind { RQ_A = 1, RQ_B, RQ_P };
+enum req_kind { RQ_A = 1, RQ_B, RQ_P, RQ_S };
 
 /* Phase B request modes. */
 enum bmode { BM_STREAM = 1, BM_BUFFER, BM_COUNT, BM_DECODE_OUT };
@@ -170,6 +185,25 @@ typedef struct fahead {
 	size_t held;                 /* bytes without credit */
 	eng_buf data;
 } fahead;
+
+/* The FETCH_BODIES stream (RQ_S): the messages it asked for, in order,
+ * and its bytes not consumed yet (their credit withheld). */
+typedef struct fstream {
+	bool busy;                   /* its request is open (sent, no END) */
+	bool got_any;                /* a byte (or END) came: no fallback */
+	bool ended;                  /* its last DATA came */
+	int err;                     /* it failed (after what came) */
+	bool has_id;
+	uint32_t id;
+	uint32_t *uids;              /* the UIDs asked, in order */
+	size_t *msgs;                /* their messages in op->msgs */
+	size_t n;                    /* records asked */
+	rpc_bodies_reader rd;        /* rd.records: records begun */
+	bool attached;               /* the current item takes the record */
+	eng_buf buf;                 /* arrived, from off on not consumed */
+	size_t off;
+	size_t to_credit;            /* consumed, credit not yet given */
+} fstream;
 
 struct freq {
 	fetch_op *op;
@@ -222,6 +256,10 @@ struct fetch_op {
 	 * nothing else, the bodies of the next messages are asked for while
 	 * the current one is written (answers kept in order in ahead[]). */
 	bool body_ahead;
+	/* ...and as one FETCH_BODIES stream while it is whole messages and
+	 * sqlited knows it (see the top). */
+	bool bodies;
+	fstream st;
 	fahead ahead[FETCH_BODY_AHEAD];
 	size_t next_b;               /* next message to ask the body of */
 	size_t cur;                  /* the message being written */
@@ -271,6 +309,11 @@ struct fetch_op {
 };
 
 static void pump(fetch_op *op);
+static void stream_failed(fetch_op *op, int err);
+static int stream_fill(fetch_op *op);
+static int stream_data(freq *r, uint32_t id, const uint8_t *data, size_t len,
+		       bool end);
+static void stream_run(fetch_op *op);
 static void out_drop_open(fetch_op *op);
 static int send_meta(fetch_op *op);
 static bool chunk_install(fetch_op *op);
@@ -296,6 +339,9 @@ static void op_free(fetch_op *op)
 	eng_buf_free(&op->inl.hdr);
 	for (size_t i = 0; i < FETCH_BODY_AHEAD; i++)
 		eng_buf_free(&op->ahead[i].data);
+	free(op->st.uids);
+	free(op->st.msgs);
+	eng_buf_free(&op->st.buf);
 	eng_buf_free(&op->blobs);
 	imap_fetch_spec_clear(&op->spec);
 	eng_uidset_free(&op->set);
@@ -535,6 +581,10 @@ static void req_failed(fetch_op *op, freq *r, int err)
 		r->ahead->err = err;
 		r->ahead->ended = true;
 		r->ahead->r = NULL;
+		return;
+	}
+	if (r->kind == RQ_S) {
+		stream_failed(op, err);
 		return;
 	}
 	op->item_busy = false;
@@ -1039,6 +1089,8 @@ static int on_data(void *ctx, uint32_t id, const rpc_view *head,
 	}
 	if (r->kind == RQ_P)
 		return ahead_data(r, id, head, data, len, end);
+	if (r->kind == RQ_S)
+		return stream_data(r, id, data, len, end);
 	rc = b_data(op, id, head, data, len, end);
 	if (end) {
 		r->ended = true;
@@ -1183,6 +1235,12 @@ static int fill_bodies(fetch_op *op)
 
 	if (!op->body_ahead)
 		return 0;
+	if (op->bodies) {
+		int rc = stream_fill(op);
+
+		if (rc <= 0)
+			return rc;
+	}
 	if (op->next_b < op->cur)
 		op->next_b = op->cur;
 	for (size_t i = 0; i < FETCH_BODY_AHEAD; i++)
@@ -1275,6 +1333,249 @@ static int item_adopt(fetch_op *op, const imap_fetch_item *it)
 	return 1;
 }
 
+/* ---- FETCH_BODIES: whole bodies in one stream ---- */
+
+/* An item FETCH_BODIES serves: a whole message, as it is stored. */
+static bool item_whole(const imap_fetch_item *it)
+{
+	return it->kind == IMAP_FK_BODY && it->part[0] == '\0' &&
+		it->text == IMAP_FT_ALL && !it->partial;
+}
+
+/* The stream's next record is the current message's. */
+static bool stream_covers(const fetch_op *op)
+{
+	const fstream *st = &op->st;
+
+	return op->bodies && !st->rd.in_body && st->rd.records < st->n &&
+		st->msgs[st->rd.records] == op->cur;
+}
+
+/* The next messages of the chunk, the current one first, in one
+ * FETCH_BODIES once the previous stream is all consumed. 0: the stream
+ * serves them (or still runs), 1: not this time (fewer than two left, or
+ * the current one already asked by FETCH_BODY), < 0: an error. */
+static int stream_fill(fetch_op *op)
+{
+	fstream *st = &op->st;
+	eng_buf pl = ENG_BUF_INIT;
+	rpc_client_opts opts;
+	size_t n = 0, from;
+	freq *r;
+	int rc;
+
+	if (st->busy || st->rd.in_body || st->rd.records < st->n)
+		return 0;
+	/* From the first message no request has asked for (next_b: the
+	 * current one may be the last record of the stream just read). */
+	if (ahead_of(op, op->cur) != NULL)
+		return 1;
+	from = op->next_b > op->cur ? op->next_b : op->cur;
+	for (size_t i = from; i < op->n && n < RPC_BODIES_MAX_UIDS; i++)
+		n += op->msgs[i].seq != 0;
+	if (n < 2 || (r = req_new(op, RQ_S)) == NULL)
+		return 1;
+	free(st->uids);
+	free(st->msgs);
+	eng_buf_reset(&st->buf);
+	st->uids = eng_malloc(n * sizeof(*st->uids));
+	st->msgs = eng_malloc(n * sizeof(*st->msgs));
+	st->n = 0;
+	for (size_t i = from; st->n < n; i++) {
+		if (op->msgs[i].seq == 0)
+			continue;
+		st->uids[st->n] = op->msgs[i].uid;
+		st->msgs[st->n++] = i;
+		op->next_b = i + 1;
+	}
+	rpc_bodies_reader_init(&st->rd);
+	st->off = st->to_credit = 0;
+	st->ended = st->got_any = st->has_id = st->attached = false;
+	st->err = 0;
+	payload_begin(op, &pl);
+	rpc_put_uids(&pl, RPC_T_UIDS, st->uids, n);
+	memset(&opts, 0, sizeof(opts));
+	opts.data = on_data;
+	opts.data_ctx = r;
+	opts.retries = 1;            /* idempotent; not resent after a byte */
+	opts.timeout_ms = FETCH_STREAM_TIMEOUT_MS;
+	rc = imap_rpc_call(op->cmd, RPC_OP_FETCH_BODIES, &pl, &opts,
+			   on_rpc_done);
+	eng_buf_free_wipe(&pl);
+	if (rc != 0) {
+		r->used = false;
+		st->n = 0;
+		return rc;
+	}
+	st->busy = true;
+	op->inflight++;
+	return 0;
+}
+
+/* The request failed (from on_rpc_done). */
+static void stream_failed(fetch_op *op, int err)
+{
+	fstream *st = &op->st;
+
+	st->busy = false;
+	if (err == RPC_EOPCODE && !st->got_any) {
+		/* A sqlited without FETCH_BODIES: FETCH_BODY per message from
+		 * here on; an item waiting for its record starts again. */
+		op->bodies = false;
+		if (st->n > 0)
+			op->next_b = st->msgs[0];    /* none of them came */
+		st->n = 0;
+		rpc_bodies_reader_init(&st->rd);
+		if (st->attached) {
+			st->attached = false;
+			op->item_busy = false;
+			op->item_done = false;
+			op->item_err = 0;
+		}
+		return;
+	}
+	/* What came before the error is still written; the item that finds
+	 * the buffer dry fails (stream_run). */
+	st->err = err;
+}
+
+/* Credit for what stream_run consumed. */
+static void stream_credit(fetch_op *op)
+{
+	fstream *st = &op->st;
+
+	if (st->to_credit > 0 && st->has_id && !st->ended)
+		rpc_client_consumed(op->s->d->rpc, st->id, st->to_credit);
+	st->to_credit = 0;
+}
+
+/* The current item's record is over: written (0), gone (ENG_ENOTFOUND:
+ * item_finished skips the message) or failed. */
+static void stream_item_end(fetch_op *op, int err)
+{
+	op->st.attached = false;
+	op->item_busy = false;
+	op->item_err = err;
+	op->item_done = err == 0;
+	op->repump = true;
+}
+
+/*
+ * Gives the attached item what has arrived of its record: the literal's
+ * head, then its bytes as far as the output takes them. Stops at the
+ * record's end (the next record waits for its message), when the output
+ * is full (the bytes stay, their credit withheld: sqlited stops at a
+ * window) or when nothing is left.
+ */
+static void stream_run(fetch_op *op)
+{
+	fstream *st = &op->st;
+	const imap_fetch_item *it = &op->spec.items[op->item];
+
+	while (st->attached) {
+		size_t n = st->buf.len - st->off, used;
+		uint32_t expect = 0;
+		rpc_bodies_ev ev;
+		int rc;
+
+		if (n == 0) {
+			if (st->err != 0 || st->ended)
+				stream_item_end(op, st->err != 0 ? st->err :
+						ENG_EMALFORMED);
+			break;
+		}
+		if (imap_write_blocked(op->s))
+			break;
+		if (!st->rd.in_body)
+			expect = st->rd.records < st->n ?
+				st->uids[st->rd.records] : 0;
+		rc = rpc_bodies_step(&st->rd, (const uint8_t *)st->buf.data +
+				     st->off, n, 0, expect, &used, &ev);
+		if (rc != 0) {
+			/* A record sqlited should not have sent: nothing of
+			 * this stream can be trusted from here on. */
+			st->err = rc;
+			stream_item_end(op, rc);
+			break;
+		}
+		st->off += used;
+		st->to_credit += used;
+		if (ev.kind == RPC_BODIES_HEAD && ev.head.gone) {
+			stream_item_end(op, ENG_ENOTFOUND);
+			break;
+		}
+		if (ev.kind == RPC_BODIES_HEAD) {
+			op->lit_started = true;
+			op->lit_size = ev.head.size;
+			put_literal_head(op, it, ev.head.size, false);
+		} else if (ev.kind == RPC_BODIES_DATA) {
+			out_flush(op);       /* the literal's head first */
+			imap_write(op->s, ev.data, ev.len);
+		}
+		if (ev.kind != RPC_BODIES_NEED && ev.rec_end) {
+			stream_item_end(op, 0);
+			break;
+		}
+	}
+	if (st->off == st->buf.len) {
+		eng_buf_reset(&st->buf);
+		st->off = 0;
+	}
+	stream_credit(op);
+}
+
+/* Bytes of the stream: kept (credit withheld until consumed), and given
+ * to the item waiting for them. */
+static int stream_data(freq *r, uint32_t id, const uint8_t *data, size_t len,
+		       bool end)
+{
+	fetch_op *op = r->op;
+	fstream *st = &op->st;
+
+	st->has_id = true;
+	st->id = id;
+	st->got_any = true;
+	if (st->off > 0 && st->off == st->buf.len) {
+		eng_buf_reset(&st->buf);
+		st->off = 0;
+	}
+	eng_buf_append(&st->buf, data, len);
+	if (end) {
+		st->ended = true;
+		st->busy = false;
+		r->ended = true;
+		r->used = false;
+	}
+	/* The pump may end the command: op lives until this returns (the
+	 * request counts until its own completion, unless cancelled). */
+	op->inflight++;
+	stream_run(op);
+	if (op->repump)
+		pump(op);
+	op->inflight--;
+	if (op->finished || op->aborted) {
+		if (op->inflight == 0)
+			op_end(op);
+		return RPC_ECANCELLED;
+	}
+	return end || len == 0 ? 0 : RPC_CLIENT_HOLD;
+}
+
+/* The current item takes its record from the stream: 1 (it runs, or is
+ * done and the pump goes round). */
+static int stream_attach(fetch_op *op)
+{
+	op->mode = BM_STREAM;
+	op->item_done = false;
+	op->item_err = 0;
+	op->lit_started = false;
+	op->decoded = 0;
+	op->item_busy = true;
+	op->st.attached = true;
+	stream_run(op);
+	return 1;
+}
+
 /* Starts the current item: 1 an RPC runs, 0 done, < 0 failed. */
 static int item_start(fetch_op *op)
 {
@@ -1282,8 +1583,14 @@ static int item_start(fetch_op *op)
 	char section[200];
 
 	op->literal8 = false;
-	if (op->body_ahead)
+	if (op->body_ahead) {
+		if (op->bodies && !stream_covers(op) &&
+		    ahead_of(op, op->cur) == NULL && fill_bodies(op) != 0)
+			return -1;
+		if (stream_covers(op))
+			return stream_attach(op);
 		return item_adopt(op, it);
+	}
 	if (it->kind != IMAP_FK_BODY)
 		return item_binary(op, it);
 	if (item_from_header(op, it))
@@ -1667,6 +1974,8 @@ static void pump(fetch_op *op)
 	op->pumping = true;
 	for (;;) {
 		op->repump = false;
+		if (op->st.attached)
+			stream_run(op);      /* after a drain, or bytes in hand */
 		if (op->pend && !a_open(op) && (rc = send_pending(op)) != 0) {
 			op->pumping = false;
 			finish_rpc_error(op, rc);
@@ -2154,6 +2463,7 @@ static void plan(fetch_op *op)
 		sp->items[0].kind == IMAP_FK_BODY &&
 		sp->items[0].text != IMAP_FT_FIELDS &&
 		sp->items[0].text != IMAP_FT_FIELDS_NOT;
+	op->bodies = op->body_ahead && item_whole(&sp->items[0]);
 }
 
 static void cmd_fetch(imap_cmd *cmd)

@@ -1034,6 +1034,7 @@ static void test_tables(void **state)
 	assert_null(rpc_op_lookup(UINT16_MAX));
 	assert_true(rpc_op_lookup(RPC_OP_APPEND)->flags & RPC_OPF_BODY_IN);
 	assert_true(rpc_op_lookup(RPC_OP_FETCH_BODY)->flags & RPC_OPF_BODY_OUT);
+	assert_true(rpc_op_lookup(RPC_OP_FETCH_BODIES)->flags & RPC_OPF_BODY_OUT);
 	assert_true(rpc_op_lookup(RPC_OP_DELIVER)->flags & RPC_OPF_BODY_IN);
 	assert_false(rpc_op_lookup(RPC_OP_UNLOCK)->flags & RPC_OPF_SESSION);
 	assert_true(rpc_op_lookup(RPC_OP_DOMAIN_ADD)->flags & RPC_OPF_ADMIN);
@@ -1326,6 +1327,14 @@ static void test_write_corpus(void **state)
 	rpc_frame_end(&b, m, NULL);
 	write_seed(dir, "copy-response", 0x05, &b);
 	eng_uidset_free(&set);
+
+	eng_buf_reset(&b);
+	m = rpc_frame_begin(&b, RPC_K_REQUEST, 0, RPC_OP_FETCH_BODIES, 5);
+	rpc_put_bytes(&b, RPC_T_SESSION, nonce, 32);
+	rpc_put_str(&b, RPC_T_MAILBOX, "INBOX");
+	rpc_put_uids(&b, RPC_T_UIDS, uids, 3);
+	rpc_frame_end(&b, m, NULL);
+	write_seed(dir, "fetch-bodies", 0x21, &b);
 
 	eng_buf_reset(&b);
 	m = rpc_frame_begin(&b, RPC_K_ERROR, 0, 0, 0);

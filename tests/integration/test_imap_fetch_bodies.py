@@ -1,0 +1,150 @@
+"""IMAP FETCH of whole bodies over FETCH_BODIES: many messages, one request.
+
+When a FETCH asks for whole messages (BODY[], BODY.PEEK[], RFC822) of more
+than one message, sealmail-imapd asks sqlited for all their bodies in one
+FETCH_BODIES request, answered as one body stream (docs/rpc.md). These
+tests check what a client sees, byte for byte against what was appended:
+small messages mixed with ones above the 256 KiB window and a 3 MB one,
+with other items beside the body, over sequence sets with holes, across
+FETCH_META chunks (SEALMAIL_IMAP_FETCH_CHUNK), and that sqlited served
+them with a few requests, not one per message.
+
+    SEALMAIL_BIN_DIR=build/bin python3 -m unittest tests/integration/test_imap_fetch_bodies.py
+"""
+import os
+import re
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import rpcclient  # noqa: E402
+from imap_server import ImapServer, skip_unless_built  # noqa: E402
+from test_imap_fetch_pipeline import read_exact  # noqa: E402
+
+ADDR = "bodies@example.org"
+PW = "fetch bodies password 1"
+CHUNK = 6
+# Small ones between bodies around and above the window (256 KiB).
+SIZES = [120, 33000, 256 * 1024 - 80, 256 * 1024 + 1, 5, 900 * 1024, 2000,
+         3 * 1024 * 1024, 60, 70, 80, 300 * 1024, 10, 27000, 27000, 1]
+
+
+def message(i, size):
+    head = (f"From: sender{i}@example.org\r\nTo: {ADDR}\r\n"
+            f"Subject: bodies {i}\r\nMessage-ID: <b{i}@example.org>\r\n\r\n").encode()
+    body = bytes((i * 7 + k * 13) % 94 + 33 for k in range(size))
+    # CRLF lines of at most 100 bytes, as a mail body has.
+    lines = [body[k:k + 98] for k in range(0, len(body), 98)]
+    return head + b"\r\n".join(lines) + b"\r\n"
+
+
+def sqlited_requests(srv):
+    """sqlited's count of requests so far (STATS; this call included)."""
+    with srv.rpc() as rc:
+        return rpcclient.stats(rc.call(rpcclient.OP_STATS))["requests"]
+
+
+def read_fetch(raw, tag):
+    """The responses up to the tagged OK: [(seq, line, literal)]; the rest
+    of each response (after the literal) is checked to close it."""
+    out = []
+    while True:
+        line = raw.line()
+        if line.startswith(tag + b" "):
+            if not line.startswith(tag + b" OK"):
+                raise AssertionError("FETCH failed: %r" % line)
+            return out
+        m = re.match(rb"\* (\d+) FETCH \((.*)\{(\d+)\}$", line)
+        if m is None:
+            raise AssertionError("unexpected line %r" % line)
+        data = read_exact(raw, int(m.group(3)))
+        if raw.line() != b")":
+            raise AssertionError("response not closed after the literal")
+        out.append((int(m.group(1)), m.group(2), data))
+
+
+class FetchBodiesTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        if not skip_unless_built():
+            raise unittest.SkipTest("binaries not built")
+        os.environ["SEALMAIL_IMAP_FETCH_CHUNK"] = str(CHUNK)
+        try:
+            cls.srv = ImapServer(config={"max_message_bytes": str(16 * 1024 * 1024)})
+        finally:
+            del os.environ["SEALMAIL_IMAP_FETCH_CHUNK"]
+        try:
+            cls.srv.add_alias(ADDR, PW)
+            cls.msgs = [message(i, s) for i, s in enumerate(SIZES)]
+            c = cls.srv.login(ADDR, PW)
+            for raw in cls.msgs:
+                typ, _ = c.append("INBOX", None, None, raw)
+                assert typ == "OK"
+            c.logout()
+        except BaseException:
+            cls.srv.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.srv.stop()
+
+    def tearDown(self):
+        self.assertEqual(self.srv.sanitizer_reports(), [])
+
+    def login_raw(self, tls):
+        raw = self.srv.raw(tls=tls, timeout=60)
+        raw.cmd(b"l", f'LOGIN "{ADDR}" "{PW}"'.encode())
+        lines = raw.cmd(b"s", b"SELECT INBOX")
+        self.assertTrue(lines[-1].startswith(b"s OK"), lines[-1])
+        return raw
+
+    def test_all_bodies_byte_for_byte(self):
+        for tls in (False, True):
+            raw = self.login_raw(tls)
+            before = sqlited_requests(self.srv)
+            raw.send(b"f UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[])\r\n")
+            got = read_fetch(raw, b"f")
+            used = sqlited_requests(self.srv) - before - 1
+            self.assertEqual([s for s, _, _ in got], list(range(1, len(SIZES) + 1)))
+            for (seq, items, data), want in zip(got, self.msgs):
+                self.assertEqual(len(data), len(want), "message %d" % seq)
+                self.assertEqual(data, want, "message %d" % seq)
+                self.assertIn(b"UID %d " % seq, items)
+                self.assertIn(b"RFC822.SIZE %d " % len(want), items)
+                self.assertTrue(items.endswith(b"BODY[] "), items)
+            # Per chunk of CHUNK messages one FETCH_META and one
+            # FETCH_BODIES (a lone last message: one FETCH_BODY), not a
+            # request per message.
+            chunks = -(-len(SIZES) // CHUNK)
+            self.assertLessEqual(used, 2 * chunks + 1, "%d requests" % used)
+            raw.close()
+
+    def test_sequence_set_with_holes(self):
+        raw = self.login_raw(False)
+        raw.send(b"f FETCH 2,4:6,8,11:13 (BODY.PEEK[])\r\n")
+        got = read_fetch(raw, b"f")
+        want = [2, 4, 5, 6, 8, 11, 12, 13]
+        self.assertEqual([s for s, _, _ in got], want)
+        for seq, _, data in got:
+            self.assertEqual(data, self.msgs[seq - 1], "message %d" % seq)
+        raw.close()
+
+    def test_rfc822_sets_seen(self):
+        raw = self.login_raw(False)
+        raw.send(b"f FETCH 1:4 RFC822\r\n")
+        got = read_fetch(raw, b"f")
+        self.assertEqual([s for s, _, _ in got], [1, 2, 3, 4])
+        for seq, items, data in got:
+            self.assertEqual(data, self.msgs[seq - 1], "message %d" % seq)
+            self.assertIn(b"\\Seen", items)
+        lines = raw.cmd(b"g", b"FETCH 1:5 (FLAGS)")
+        seen = [ln for ln in lines if b"\\Seen" in ln]
+        self.assertEqual(len(seen), 4)
+        raw.cmd(b"h", b"STORE 1:* -FLAGS.SILENT (\\Seen)")
+        raw.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
