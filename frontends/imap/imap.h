@@ -145,8 +145,6 @@ struct imap_session {
 	void *zin;
 	void *zout;
 	eng_buf inflated;            /* inflated input not yet parsed */
-	/* Per-command scratch owned by the session layer. */
-	eng_buf out;
 };
 
 /*

@@ -8,7 +8,8 @@
  * tree is a flat array of nodes in parse order (each knows its parent) and
  * is laid out as imap_arg arrays (each list's elements contiguous) only
  * when an event hands it out. Nodes and buffer grow by doubling and are
- * reset per command (per message of a MULTIAPPEND).
+ * reset per command (per message of a MULTIAPPEND); imap_parser_trim frees
+ * them between commands (an IDLE session keeps neither).
  *
  * Invariants:
  *  - non-literal bytes of a command (CR and LF excluded) <= line_max;
@@ -57,6 +58,7 @@ enum pstate {
 enum reset { RESET_NONE, RESET_ALL, RESET_ARGS };
 
 #define NO_PARENT UINT32_MAX
+#define IMAP_PARSER_BUF_INIT 256
 
 struct node {
 	imap_arg_kind kind;
@@ -148,7 +150,7 @@ imap_parser *imap_parser_new(const imap_parser_limits *lim)
 		p->lim.args_max = def.args_max;
 	if (p->lim.errors_max == 0)
 		p->lim.errors_max = def.errors_max;
-	p->bcap = 256;
+	p->bcap = IMAP_PARSER_BUF_INIT;
 	p->buf = eng_malloc(p->bcap);
 	p->state = S_START;
 	return p;
@@ -162,7 +164,8 @@ void imap_parser_free(imap_parser **pp)
 		return;
 	p = *pp;
 	/* LOGIN and AUTHENTICATE lines carry credentials. */
-	explicit_bzero(p->buf, p->bcap);
+	if (p->buf != NULL)
+		explicit_bzero(p->buf, p->bcap);
 	free(p->buf);
 	free(p->nodes);
 	free(p->out);
@@ -197,8 +200,10 @@ static void buf_reserve(imap_parser *p, size_t extra)
 {
 	size_t cap = p->bcap;
 
-	if (p->blen + extra <= cap)
+	if (p->blen + extra <= cap && p->buf != NULL)
 		return;
+	if (cap == 0)                /* after imap_parser_trim */
+		cap = IMAP_PARSER_BUF_INIT;
 	while (cap < p->blen + extra)
 		cap *= 2;
 	p->buf = eng_realloc(p->buf, cap);
@@ -213,7 +218,8 @@ static void buf_putc(imap_parser *p, char c)
 
 static void reset_args(imap_parser *p)
 {
-	explicit_bzero(p->buf + p->args_base, p->blen - p->args_base);
+	if (p->buf != NULL)
+		explicit_bzero(p->buf + p->args_base, p->blen - p->args_base);
 	p->blen = p->args_base;
 	p->n_nodes = 0;
 	p->depth = 0;
@@ -224,7 +230,8 @@ static void reset_args(imap_parser *p)
 
 static void reset_all(imap_parser *p)
 {
-	explicit_bzero(p->buf, p->blen);
+	if (p->buf != NULL)
+		explicit_bzero(p->buf, p->blen);
 	p->blen = 0;
 	p->line_bytes = 0;
 	p->lit_total = 0;
@@ -943,6 +950,27 @@ size_t imap_parser_feed(imap_parser *p, const uint8_t *data, size_t len,
 			return pos;
 	}
 	return len;
+}
+
+void imap_parser_trim(imap_parser *p)
+{
+	if (p->reset != RESET_ALL || p->state != S_START || p->pending_end)
+		return;
+	apply_reset(p);
+	free(p->nodes);
+	free(p->out);
+	free(p->stack);
+	p->nodes = NULL;
+	p->out = NULL;
+	p->stack = NULL;
+	p->nodes_cap = p->out_cap = 0;
+	p->stack_cap = 0;
+	if (p->buf != NULL) {
+		explicit_bzero(p->buf, p->bcap);
+		free(p->buf);
+		p->buf = NULL;
+		p->bcap = 0;
+	}
 }
 
 void imap_parser_skip_command(imap_parser *p)

@@ -186,6 +186,16 @@ void imap_parser_expect_line(imap_parser *p);
  * refused synchronising literal, nothing more of it is expected. */
 void imap_parser_skip_command(imap_parser *p);
 
+/*
+ * Frees what the parser keeps from earlier commands (the argument arrays
+ * and the byte buffer, wiped; the next line allocates them again) while a
+ * session waits for a long time (IDLE). Acts only between lines, right
+ * after a COMMAND (or LINE) event and before the next feed: that event's
+ * strings and arguments become invalid at once, so its command must not
+ * use them any more. Does nothing in any other state.
+ */
+void imap_parser_trim(imap_parser *p);
+
 /* ---- Mailbox names: modified UTF-7 (RFC 3501 5.1.3) ---- */
 
 /*

@@ -170,15 +170,29 @@ void imap_write_buf(imap_session *s, eng_buf *b)
 	eng_buf_reset(b);
 }
 
+/* Formatted on the stack (a heap buffer for a long line): a session keeps
+ * no formatting buffer between its lines. */
 void imap_printf(imap_session *s, const char *fmt, ...)
 {
+	char line[512];
+	eng_buf b = ENG_BUF_INIT;
 	va_list ap;
+	int n;
 
-	eng_buf_reset(&s->out);
 	va_start(ap, fmt);
-	eng_buf_vprintf(&s->out, fmt, ap);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	imap_write_buf(s, &s->out);
+	if (n < 0)
+		return;
+	if ((size_t)n < sizeof(line)) {
+		imap_write(s, line, (size_t)n);
+		return;
+	}
+	va_start(ap, fmt);
+	eng_buf_vprintf(&b, fmt, ap);
+	va_end(ap);
+	imap_write_buf(s, &b);
+	eng_buf_free(&b);
 }
 
 bool imap_write_blocked(const imap_session *s)
@@ -264,7 +278,6 @@ static void session_free(imap_session *s)
 	imap_selected_free(s->sel);
 	zstreams_free(s);
 	eng_buf_free(&s->inflated);
-	eng_buf_free(&s->out);
 	sodium_memzero(s->handle, sizeof(s->handle));
 	free(s->user);
 	free(f);
@@ -918,12 +931,9 @@ static void write_tagged(imap_session *s, cmd_full *cf)
 {
 	static const char *const words[] = { "OK", "NO", "BAD" };
 
-	eng_buf_reset(&s->out);
-	eng_buf_printf(&s->out, "%s %s ", cf->cmd.tag, words[cf->r]);
-	if (cf->code != NULL)
-		eng_buf_printf(&s->out, "[%s] ", cf->code);
-	eng_buf_printf(&s->out, "%s\r\n", cf->text != NULL ? cf->text : "");
-	imap_write_buf(s, &s->out);
+	imap_printf(s, "%s %s %s%s%s%s\r\n", cf->cmd.tag, words[cf->r],
+		    cf->code != NULL ? "[" : "", cf->code != NULL ? cf->code : "",
+		    cf->code != NULL ? "] " : "", cf->text != NULL ? cf->text : "");
 }
 
 /* The updates are out: the tagged line, then the next command. */
@@ -1443,9 +1453,15 @@ int imap_session_compress(imap_session *s)
 	return 0;
 }
 
+/* Entering IDLE, the session may wait for minutes: the parser frees what
+ * it kept of earlier commands (IDLE has no arguments to keep). */
 void imap_session_set_idling(imap_session *s, bool on)
 {
 	s->idling = on;
+	if (on && s->cmd != NULL && s->cmd->n_args == 0 && s->parser != NULL) {
+		s->cmd->args = NULL;
+		imap_parser_trim(s->parser);
+	}
 }
 
 static void idle_synced(imap_cmd *cmd)

@@ -120,15 +120,23 @@ static const char *err_name(int err)
 static void record(imap_parser *p, const imap_event *ev, const struct setup *su,
 		   eng_buf *out)
 {
+	bool idle;
+
 	switch (ev->kind) {
 	case IMAP_EV_COMMAND:
 		eng_buf_puts(out, "CMD");
 		put_cmd(out, &ev->cmd);
 		assert_non_null(ev->cmd.tag);
 		assert_non_null(ev->cmd.name);
+		idle = strcmp(ev->cmd.name, "IDLE") == 0;
 		if ((strcmp(ev->cmd.name, "AUTHENTICATE") == 0 && ev->cmd.n_args == 1) ||
-		    strcmp(ev->cmd.name, "IDLE") == 0)
+		    idle)
 			imap_parser_expect_line(p);
+		/* What the session does entering IDLE (ev's strings are
+		 * gone): every IDLE of these transcripts is parsed on with
+		 * trimmed memory. */
+		if (idle)
+			imap_parser_trim(p);
 		break;
 	case IMAP_EV_CONTINUE:
 		eng_buf_printf(out, "CONT %llu%s",
@@ -709,6 +717,56 @@ static void test_huge_announcements(void **state)
 	imap_parser_free(&p);
 }
 
+/* imap_parser_trim: an idle session's parser keeps no memory of earlier
+ * commands, and parses the next lines and commands as before. */
+static void test_trim(void **state)
+{
+	imap_parser *p = imap_parser_new(NULL);
+	eng_buf big = ENG_BUF_INIT;
+	imap_event ev;
+
+	(void)state;
+	/* A command with many arguments grows the buffer and the nodes. */
+	eng_buf_puts(&big, "a1 STORE 1:* +FLAGS (");
+	for (int i = 0; i < 100; i++)
+		eng_buf_printf(&big, "%s$Keyword%03d", i > 0 ? " " : "", i);
+	eng_buf_puts(&big, ")\r\n");
+	feed_expect(p, big.data, big.len, IMAP_EV_COMMAND);
+	assert_true(imap_parser_test_bufcap(p) > 512);
+	/* Mid-command, trim does nothing. */
+	feed_expect(p, "a2 NOOP", 7, IMAP_EV_NEED_MORE);
+	imap_parser_trim(p);
+	assert_true(imap_parser_test_bufcap(p) > 0);
+	feed_expect(p, "\r\n", 2, IMAP_EV_COMMAND);
+	feed_expect(p, "a3 IDLE\r\n", 9, IMAP_EV_COMMAND);
+	imap_parser_trim(p);
+	assert_int_equal(imap_parser_test_bufcap(p), 0);
+	imap_parser_trim(p);           /* twice: still nothing to free */
+	imap_parser_expect_line(p);
+	assert_int_equal(imap_parser_feed(p, (const uint8_t *)"DONE\r\n", 6, &ev), 6);
+	assert_int_equal(ev.kind, IMAP_EV_LINE);
+	assert_int_equal(ev.len, 4);
+	assert_memory_equal(ev.data, "DONE", 5);
+	assert_int_equal(imap_parser_feed(p, (const uint8_t *)big.data, big.len, &ev),
+			 big.len);
+	assert_int_equal(ev.kind, IMAP_EV_COMMAND);
+	assert_int_equal(ev.cmd.n_args, 3);
+	assert_string_equal(ev.cmd.tag, "a1");
+	assert_int_equal(ev.cmd.args[2].kind, IMAP_ARG_LIST);
+	assert_int_equal(ev.cmd.args[2].n_list, 100);
+	assert_string_equal(ev.cmd.args[2].list[99].s, "$Keyword099");
+	/* A trim right after a command, then an empty feed and a new one. */
+	imap_parser_trim(p);
+	assert_int_equal(imap_parser_test_bufcap(p), 0);
+	feed_expect(p, "", 0, IMAP_EV_NEED_MORE);
+	feed_expect(p, "a4 SELECT {5}\r\n", 15, IMAP_EV_CONTINUE);
+	assert_int_equal(imap_parser_feed(p, (const uint8_t *)"INBOX\r\n", 7, &ev), 7);
+	assert_int_equal(ev.kind, IMAP_EV_COMMAND);
+	assert_string_equal(ev.cmd.args[0].s, "INBOX");
+	eng_buf_free(&big);
+	imap_parser_free(&p);
+}
+
 /* ---- Modified UTF-7 ---- */
 
 static void mutf7_pair(const char *utf8, const char *mutf7)
@@ -881,6 +939,7 @@ int main(void)
 		cmocka_unit_test(test_skip_honours_literals),
 		cmocka_unit_test(test_errors_max),
 		cmocka_unit_test(test_huge_announcements),
+		cmocka_unit_test(test_trim),
 		cmocka_unit_test(test_mutf7_examples),
 		cmocka_unit_test(test_mutf7_round_trip),
 		cmocka_unit_test(test_mutf7_strict),

@@ -4,13 +4,17 @@
  * with blocking sockets and OpenSSL: implicit TLS with a clean close
  * (close_notify), a STARTTLS upgrade whose pipelined plaintext is
  * discarded, backpressure on a client that does not read, the per-IP
- * limit (with and without a limit_reply), the idle timeout, and a
- * certificate reload.
+ * limit (with and without a limit_reply), the idle timeout, a
+ * certificate reload, an idle connection holding no buffer (plain, TLS,
+ * after STARTTLS, after big answers) and held input re-offered after
+ * sm_net_resume on several connections at once.
  *
  * The protocol: greeting "HI"; "STARTTLS" -> "OK" then TLS; "BIG n" -> n
  * bytes of 'x' then "\r\nEND", written while sm_net_write_blocked() is
  * false and resumed from on_drained; "QUIT" -> "BYE" and a graceful
- * close; anything else -> "ECHO <line>".
+ * close; "MEMLATER" -> 100 ms later, "MEM <bytes of buffers the
+ * connection holds>"; "HOLD" -> sm_net_hold, sm_net_resume 30 ms later;
+ * anything else -> "ECHO <line>".
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -42,7 +46,13 @@
 typedef struct srv_conn_state {
 	size_t big_left;
 	bool tls_asked;
+	sm_net_conn *c;
+	uv_timer_t *later;           /* MEMLATER, HOLD */
+	bool held;
 } srv_conn_state;
+
+/* net.c's test hook: the bytes of buffers a connection holds. */
+extern size_t sm_net_test_buffered(const sm_net_conn *c);
 
 typedef struct fixture {
 	uv_loop_t loop;
@@ -89,10 +99,38 @@ static void big_pump(sm_net_conn *c, srv_conn_state *st)
 		g_f->blocked_seen++;
 }
 
+static void on_later(uv_timer_t *t)
+{
+	srv_conn_state *st = t->data;
+	char out[64];
+	int m;
+
+	if (st->held) {
+		st->held = false;
+		sm_net_resume(st->c);
+		return;
+	}
+	m = snprintf(out, sizeof(out), "MEM %zu\r\n", sm_net_test_buffered(st->c));
+	sm_net_write(st->c, out, (size_t)m);
+}
+
+static void later(srv_conn_state *st, uint64_t ms)
+{
+	if (st->later == NULL) {
+		st->later = calloc(1, sizeof(*st->later));
+		uv_timer_init(&g_f->loop, st->later);
+		st->later->data = st;
+	}
+	uv_timer_start(st->later, on_later, ms, 0);
+}
+
 static void s_accept(sm_net_conn *c, void *lctx)
 {
+	srv_conn_state *st = calloc(1, sizeof(*st));
+
 	(void)lctx;
-	sm_net_set_ctx(c, calloc(1, sizeof(srv_conn_state)));
+	st->c = c;
+	sm_net_set_ctx(c, st);
 	g_f->accepted++;
 	sm_net_write(c, "HI\r\n", 4);
 }
@@ -131,6 +169,16 @@ static size_t s_data(sm_net_conn *c, void *ctx, const uint8_t *p, size_t len)
 			big_pump(c, st);
 			continue;
 		}
+		if (strcmp(line, "MEMLATER") == 0) {
+			later(st, 100);
+			continue;
+		}
+		if (strcmp(line, "HOLD") == 0) {
+			sm_net_hold(c);
+			st->held = true;
+			later(st, 30);
+			return off;
+		}
 		if (strcmp(line, "QUIT") == 0) {
 			sm_net_write(c, "BYE\r\n", 5);
 			sm_net_close(c);
@@ -156,8 +204,14 @@ static void s_drained(sm_net_conn *c, void *ctx)
 
 static void s_close(sm_net_conn *c, void *ctx, enum sm_net_reason why)
 {
+	srv_conn_state *st = ctx;
+
 	(void)c;
-	free(ctx);
+	if (st->later != NULL) {
+		uv_timer_stop(st->later);
+		uv_close((uv_handle_t *)st->later, (uv_close_cb)free);
+	}
+	free(st);
 	g_f->closed++;
 	if (why == SM_NET_IDLE)
 		g_f->close_idle++;
@@ -396,6 +450,189 @@ static void test_starttls_discards_pipelined(void **state)
 	assert_int_equal(f->lines_hello, 2);
 }
 
+/* ---- an idle connection holds no buffer ---- */
+
+/* Sends cmd (unless NULL) and reads one line: is it want? */
+static bool tls_ask(SSL *ssl, const char *cmd, const char *want)
+{
+	char buf[256];
+
+	if (cmd != NULL && SSL_write(ssl, cmd, (int)strlen(cmd)) != (int)strlen(cmd))
+		return false;
+	return tls_line(ssl, buf, sizeof(buf)) > 0 && strcmp(buf, want) == 0;
+}
+
+/* QUIT, BYE, and the client's side freed. */
+static bool tls_quit(SSL *ssl, SSL_CTX *ctx, int fd)
+{
+	bool ok = tls_ask(ssl, "QUIT\r\n", "BYE\r\n");
+
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(fd);
+	return ok;
+}
+
+/* BIG n under TLS: n bytes of 'x', then "\r\n" and "END\r\n". */
+static bool tls_big(SSL *ssl, size_t n)
+{
+	static char chunk[16384];
+	char cmd[64], buf[64];
+	size_t got = 0;
+	int m = snprintf(cmd, sizeof(cmd), "BIG %zu\r\n", n);
+
+	if (SSL_write(ssl, cmd, m) != m)
+		return false;
+	while (got < n) {
+		int r = SSL_read(ssl, chunk, (int)(n - got < sizeof(chunk) ?
+						   n - got : sizeof(chunk)));
+
+		if (r <= 0)
+			return false;
+		for (int i = 0; i < r; i++)
+			if (chunk[i] != 'x')
+				return false;
+		got += (size_t)r;
+	}
+	return tls_line(ssl, buf, sizeof(buf)) == 2 && tls_line(ssl, buf, sizeof(buf)) > 0 &&
+	       strcmp(buf, "END\r\n") == 0;
+}
+
+/* 50 lines one by one, then 50 in one write: each echoed in order. */
+static bool tls_echoes(SSL *ssl)
+{
+	char all[2048], buf[256], want[64];
+	size_t len = 0;
+
+	for (int i = 0; i < 50; i++) {
+		int m = snprintf(want, sizeof(want), "line %d\r\n", i);
+
+		if (SSL_write(ssl, want, m) != m || tls_line(ssl, buf, sizeof(buf)) <= 0)
+			return false;
+		snprintf(want, sizeof(want), "ECHO line %d tls\r\n", i);
+		if (strcmp(buf, want) != 0)
+			return false;
+	}
+	for (int i = 0; i < 50; i++)
+		len += (size_t)snprintf(all + len, sizeof(all) - len, "p%d\r\n", i);
+	if (SSL_write(ssl, all, (int)len) != (int)len)
+		return false;
+	for (int i = 0; i < 50; i++) {
+		snprintf(want, sizeof(want), "ECHO p%d tls\r\n", i);
+		if (tls_line(ssl, buf, sizeof(buf)) <= 0 || strcmp(buf, want) != 0)
+			return false;
+	}
+	return true;
+}
+
+static void client_idle_tls(fixture *f)
+{
+	char buf[256];
+	SSL_CTX *ctx;
+	int fd = tcp_connect(f->port);
+	SSL *ssl;
+
+	CHECK(fd >= 0);
+	ssl = tls_client(&ctx, fd);
+	CHECK(ssl != NULL);
+	CHECK(tls_ask(ssl, NULL, "HI\r\n"));
+	/* Right after the handshake and the greeting: nothing kept. */
+	CHECK(tls_ask(ssl, "MEMLATER\r\n", "MEM 0\r\n"));
+	/* After a big answer (records of several SSL_writes) and echoes. */
+	CHECK(tls_big(ssl, 300000));
+	CHECK(tls_echoes(ssl));
+	CHECK(tls_ask(ssl, "MEMLATER\r\n", "MEM 0\r\n"));
+	/* Idle, then used again: small and big. */
+	usleep(200 * 1000);
+	CHECK(tls_echoes(ssl));
+	CHECK(tls_big(ssl, 1000000));
+	CHECK(tls_ask(ssl, "MEMLATER\r\n", "MEM 0\r\n"));
+	CHECK(tls_ask(ssl, "QUIT\r\n", "BYE\r\n"));
+	CHECK(SSL_read(ssl, buf, 1) == 0 && SSL_get_error(ssl, 0) == SSL_ERROR_ZERO_RETURN);
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(fd);
+	f->client_ok = true;
+}
+
+static void test_idle_tls_holds_nothing(void **state)
+{
+	fixture *f = *state;
+
+	run(f, true, NULL, client_idle_tls);
+	assert_true(f->client_ok);
+}
+
+static void client_idle_starttls(fixture *f)
+{
+	char buf[256];
+	SSL_CTX *ctx;
+	int fd = tcp_connect(f->port);
+	SSL *ssl;
+
+	CHECK(fd >= 0);
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "HI\r\n") == 0);
+	CHECK(write(fd, "hello\r\nMEMLATER\r\n", 17) == 17);
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "ECHO hello\r\n") == 0);
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "MEM 0\r\n") == 0);
+	CHECK(write(fd, "STARTTLS\r\n", 10) == 10);
+	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "OK\r\n") == 0);
+	ssl = tls_client(&ctx, fd);
+	CHECK(ssl != NULL);
+	CHECK(tls_echoes(ssl));
+	CHECK(tls_ask(ssl, "MEMLATER\r\n", "MEM 0\r\n"));
+	CHECK(tls_big(ssl, 200000));
+	CHECK(tls_quit(ssl, ctx, fd));
+	f->client_ok = true;
+}
+
+static void test_idle_starttls_holds_nothing(void **state)
+{
+	fixture *f = *state;
+
+	run(f, false, NULL, client_idle_starttls);
+	assert_true(f->client_ok);
+}
+
+/* ---- held input, re-offered after sm_net_resume ---- */
+
+static void client_hold(fixture *f)
+{
+	SSL_CTX *ctx[3];
+	SSL *ssl[3];
+	int fd[3];
+	const char req[] = "HOLD\r\nhello\r\nHOLD\r\nHOLD\r\nmore\r\nQUIT\r\n";
+
+	for (int i = 0; i < 3; i++) {
+		fd[i] = tcp_connect(f->port);
+		CHECK(fd[i] >= 0);
+		ssl[i] = tls_client(&ctx[i], fd[i]);
+		CHECK(ssl[i] != NULL);
+		CHECK(tls_ask(ssl[i], NULL, "HI\r\n"));
+	}
+	/* All three held at once: each resume is a kick of its own. */
+	for (int i = 0; i < 3; i++)
+		CHECK(SSL_write(ssl[i], req, (int)sizeof(req) - 1) == (int)sizeof(req) - 1);
+	for (int i = 0; i < 3; i++) {
+		CHECK(tls_ask(ssl[i], NULL, "ECHO hello tls\r\n"));
+		CHECK(tls_ask(ssl[i], NULL, "ECHO more tls\r\n"));
+		CHECK(tls_ask(ssl[i], NULL, "BYE\r\n"));
+		SSL_free(ssl[i]);
+		SSL_CTX_free(ctx[i]);
+		close(fd[i]);
+	}
+	f->client_ok = true;
+}
+
+static void test_hold_resume(void **state)
+{
+	fixture *f = *state;
+
+	run(f, true, NULL, client_hold);
+	assert_true(f->client_ok);
+	assert_int_equal(f->lines_hello, 3);
+}
+
 /* ---- backpressure ---- */
 
 static void client_backpressure(fixture *f)
@@ -616,6 +853,9 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_implicit_tls, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_starttls_discards_pipelined, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_idle_tls_holds_nothing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_idle_starttls_holds_nothing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_hold_resume, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits_and_idle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limit_reply, setup, teardown),
