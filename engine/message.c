@@ -1187,8 +1187,13 @@ static int load_chunk_into(eng_message *m, int64_t seq, void *out,
 	rc = sqlite3_step(stmt);
 	if (rc != SQLITE_ROW) {
 		store_release(st, stmt);
-		return rc == SQLITE_DONE ? ENG_ECORRUPT :
-			store_err(st, rc, "chunk");
+		/* A primary-key lookup failing with a plain SQLITE_ERROR is
+		 * SQLCipher refusing a page (HMAC mismatch): damage. */
+		if (rc == SQLITE_DONE || rc == SQLITE_ERROR) {
+			(void)store_err(st, rc, "chunk");
+			return ENG_ECORRUPT;
+		}
+		return store_err(st, rc, "chunk");
 	}
 	raw_len = (size_t)sqlite3_column_int64(stmt, 0);
 	if (raw_len > ENG_CHUNK_BYTES || raw_len > room) {
