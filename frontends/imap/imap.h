@@ -275,6 +275,9 @@ void imap_sync(imap_cmd *cmd, bool allow_expunge, void (*done)(imap_cmd *cmd));
 void imap_select_set(imap_session *s, imap_selected *sel);
 void imap_select_clear(imap_session *s);
 void imap_selected_free(imap_selected *sel);
+/* imap_cmd_mailbox.c: takes a view's uids and flags arrays (cap entries
+ * each) for a later SELECT to reuse, or frees them. */
+void imap_view_arrays_put(uint32_t *uids, uint32_t *flags, size_t cap);
 
 /*
  * APPEND streaming (imap_cmd_mailbox.c; called by imap_session.c). The

@@ -546,8 +546,7 @@ static void select_free(imap_cmd *cmd)
 	imap_mbx_info_clear(&op->info);
 	if (op->sel != NULL)
 		imap_selected_free(op->sel);
-	free(op->spare_uids);
-	free(op->spare_flags);
+	imap_view_arrays_put(op->spare_uids, op->spare_flags, op->spare_cap);
 	for (size_t i = 0; i < op->n_kw; i++)
 		free(op->kw[i]);
 	free(op->kw);
@@ -618,6 +617,65 @@ static int select_params(imap_session *s, const imap_arg *a, select_op *op)
 static void on_select_status(imap_cmd *cmd, int err, const rpc_view *resp);
 static void on_select_view(imap_cmd *cmd, int err, const rpc_view *resp);
 
+/*
+ * Spare view arrays, shared by the sessions of this imapd: the arrays of
+ * a view that ends (imap_selected_free) wait here for the next SELECT, so
+ * a session's first SELECT of a big mailbox writes into memory the
+ * process has rather than faulting in fresh pages. The imapd runs on one
+ * loop: no lock. At most SPARE_MAX pairs and SPARE_MAX_BYTES in all;
+ * past that they are freed.
+ */
+#define SPARE_MAX 4
+#define SPARE_MAX_BYTES (4u << 20)
+
+static struct spare {
+	uint32_t *uids, *flags;
+	size_t cap;
+} spares[SPARE_MAX];
+static size_t n_spares, spare_bytes;
+
+void imap_view_arrays_put(uint32_t *uids, uint32_t *flags, size_t cap)
+{
+	size_t bytes = cap * 2 * sizeof(uint32_t);
+
+	if (uids == NULL || flags == NULL || n_spares == SPARE_MAX ||
+	    bytes > SPARE_MAX_BYTES - spare_bytes) {
+		free(uids);
+		free(flags);
+		return;
+	}
+	spares[n_spares].uids = uids;
+	spares[n_spares].flags = flags;
+	spares[n_spares].cap = cap;
+	n_spares++;
+	spare_bytes += bytes;
+}
+
+/* The spare pair that best takes n messages into op (the smallest that
+ * holds n, else the biggest), if there is one. */
+static void spare_take(select_op *op, size_t n)
+{
+	size_t best = SPARE_MAX;
+
+	for (size_t i = 0; i < n_spares; i++) {
+		bool fits = spares[i].cap >= n;
+
+		if (best == SPARE_MAX ||
+		    (fits && (spares[best].cap < n ||
+			      spares[i].cap < spares[best].cap)) ||
+		    (!fits && spares[best].cap < n &&
+		     spares[i].cap > spares[best].cap))
+			best = i;
+	}
+	if (best == SPARE_MAX)
+		return;
+	op->spare_uids = spares[best].uids;
+	op->spare_flags = spares[best].flags;
+	op->spare_cap = spares[best].cap;
+	spare_bytes -= spares[best].cap * 2 * sizeof(uint32_t);
+	spares[best] = spares[--n_spares];
+}
+
 /* Leaves the selected mailbox, keeping its arrays in op for the new view:
  * a SELECT of 100,000 messages then writes into memory it already has
  * instead of faulting in 800 KB of fresh pages (and unmapping the old). */
@@ -661,8 +719,8 @@ static void cmd_select(imap_cmd *cmd)
 	}
 	if ((name = imap_mbx_name_arg(cmd, &cmd->args[0])) == NULL) {
 		/* Answered: cmd is gone, only op is left to free. */
-		free(op->spare_uids);
-		free(op->spare_flags);
+		imap_view_arrays_put(op->spare_uids, op->spare_flags,
+				     op->spare_cap);
 		free(op);
 		return;
 	}
@@ -754,15 +812,19 @@ static void keyword_note(select_op *op, const rpc_field *f)
 }
 
 /* The new view, before its messages are known (n: how many). The arrays
- * of the view the session left are reused when their size fits (at most
+ * of the view the session left (else a spare pair) are reused when their
+ * size fits (at most
  * twice what is needed, so a session does not keep a big mailbox's memory
  * for a small one), else resized: realloc keeps the pages it can. A few
  * spare places take the next messages without a move. */
 static imap_selected *select_new_view(select_op *op, size_t n)
 {
 	imap_selected *sel = eng_calloc(1, sizeof(*sel));
-	size_t cap = op->spare_cap;
+	size_t cap;
 
+	if (op->spare_uids == NULL)
+		spare_take(op, n);
+	cap = op->spare_cap;
 	if (op->spare_uids == NULL || cap < n || cap > 2 * n + 1024)
 		cap = n + n / 64 + 16;
 	sel->name = eng_strdup(op->info.name);

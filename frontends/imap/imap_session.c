@@ -308,8 +308,7 @@ void imap_selected_free(imap_selected *sel)
 	if (sel == NULL)
 		return;
 	free(sel->name);
-	free(sel->uids);
-	free(sel->flags);
+	imap_view_arrays_put(sel->uids, sel->flags, sel->cap);
 	free(sel->saved);
 	free(sel);
 }

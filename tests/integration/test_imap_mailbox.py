@@ -334,6 +334,15 @@ class MailboxTest(unittest.TestCase):
         self.assertEqual(a.select("ScatNowhere")[0], "NO")
         self.assert_unselected(a)
         check()
+        # New sessions' first SELECTs write into the arrays that views of
+        # ended sessions left (the imapd's spare pairs, of other sizes).
+        for _ in range(2):
+            a.logout()
+            a = self.login()
+            self.assertEqual(a.select("ScatSmall")[0], "OK")
+            a.logout()
+            a = self.login()
+            check()
 
     def test_select_rev2_and_closed(self):
         r = self.raw(enable="IMAP4rev2 QRESYNC")
