@@ -29,7 +29,8 @@
 # ["1000 10000"] IDLE connection counts; ONLY ["sealmail dovecot
 # dovecot-crypt dovecot-hib"] the servers to measure (dovecot-hib: IDLE
 # memory only; a Dovecot not named is not even started); HIB_TIMEOUT [2]
-# Dovecot's imap_hibernate_timeout in seconds; SKIP ["" or words of: append
+# Dovecot's imap_hibernate_timeout in seconds; IDLE_SETUP_LIMIT [50] IDLE
+# connections being set up (LOGIN, SELECT) at once; SKIP ["" or words of: append
 # select fetch search mixed login idle] loads to leave out;
 # RESULTS [/tmp/bench-imap-results.txt] raw RESULT lines are kept there;
 # NO_BUILD [0] 1: use BUILD_DIR/bin as it is (a tree others are editing);
@@ -59,6 +60,7 @@ NFIRST=${NFIRST:-20}
 NIDLE=${NIDLE:-500}
 IDLE_N=${IDLE_N:-"1000 10000"}
 HIB_TIMEOUT=${HIB_TIMEOUT:-2}
+IDLE_SETUP_LIMIT=${IDLE_SETUP_LIMIT:-50}
 SKIP=${SKIP:-}
 FILL_CONNS=${FILL_CONNS:-10}
 RESULTS=${RESULTS:-/tmp/bench-imap-results.txt}
@@ -383,7 +385,7 @@ if ! skip idle; then
 			dovecot-hib) off=$(dovecot_log_size "$DCH") ;; esac
 		out=$("$BIN/bench-imap" idle --user "idle%03d@$DOMAIN" --users "$NIDLE" \
 			--conns "$5" --port "$3" $4 --pass "$PASSWORD" --pids "$(pids_of "$2")" \
-			--settle "$6" --setup-limit 50) || { log "$1 on $2 FAILED"; return 0; }
+			--settle "$6" --setup-limit "$IDLE_SETUP_LIMIT") || { log "$1 on $2 FAILED"; return 0; }
 		out=$(grep '^RESULT' <<<"$out" | tail -1)
 		[ "$2" = sealmail ] || out="$out $(idle_closes "$2" "$off" "$5")"
 		echo "$1 $2 $out" >> "$RESULTS"
