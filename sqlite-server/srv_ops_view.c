@@ -179,28 +179,6 @@ static void buf_copy(eng_buf *to, const eng_buf *from)
 		eng_buf_append(to, from->data, from->len);
 }
 
-/* The cached answer for k into c; false if there is none. */
-static bool view_cache_get(const struct view_key *k, struct view_ctx *c)
-{
-	bool hit = false;
-
-	pthread_mutex_lock(&view_lock);
-	for (size_t i = 0; i < VIEW_CACHE_SLOTS && !hit; i++) {
-		struct view_entry *e = &view_cache[i];
-
-		if (!e->used || memcmp(&e->key, k, sizeof(*k)) != 0)
-			continue;
-		buf_copy(&c->ranges, &e->ranges);
-		buf_copy(&c->runs, &e->runs);
-		c->n = e->n;
-		e->last_use = ++view_clock;
-		hit = true;
-		view_stats.hits++;
-	}
-	pthread_mutex_unlock(&view_lock);
-	return hit;
-}
-
 /* An older state of k's mailbox (same UIDVALIDITY, lower HIGHESTMODSEQ)
  * into c, its HIGHESTMODSEQ into *modseq_r; false if none is kept. */
 static bool view_cache_base(const struct view_key *k, struct view_ctx *c,
@@ -552,41 +530,71 @@ static int view_patch(eng_store *st, const eng_mailbox *mb,
 	return err != 0 ? err : ok;
 }
 
+/* The answer: MESSAGES and MAILBOX_INFO first (the scalars belong in the
+ * first part), the keywords (NUL-terminated names in kw), the ranges and
+ * the runs. */
+static void view_answer(srv_mbop *op, const eng_mailbox *mb, uint64_t n,
+			const eng_buf *kw, const eng_buf *ranges,
+			const eng_buf *runs)
+{
+	rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_MESSAGES, n);
+	srv_mbop_put_mailbox_info(op, mb);
+	for (size_t off = 0; off < kw->len;) {
+		const char *k = kw->data + off;
+		size_t len = strlen(k);
+
+		rpc_put_str(srv_mbop_part(op, 1, len + 8), RPC_T_KEYWORD, k);
+		off += len + 1;
+	}
+	put_packed(op, RPC_T_UIDSET, ranges);
+	put_packed(op, RPC_T_FLAG_RUNS, runs);
+}
+
+/* The answer from the cached view of k's state, written from the entry
+ * itself (no copy of its ranges and runs first); false if there is none. */
+static bool view_cache_answer(srv_mbop *op, const eng_mailbox *mb,
+			      const struct view_key *k, const eng_buf *kw)
+{
+	bool hit = false;
+
+	pthread_mutex_lock(&view_lock);
+	for (size_t i = 0; i < VIEW_CACHE_SLOTS && !hit; i++) {
+		struct view_entry *e = &view_cache[i];
+
+		if (!e->used || memcmp(&e->key, k, sizeof(*k)) != 0)
+			continue;
+		view_answer(op, mb, e->n, kw, &e->ranges, &e->runs);
+		e->last_use = ++view_clock;
+		hit = true;
+		view_stats.hits++;
+	}
+	pthread_mutex_unlock(&view_lock);
+	return hit;
+}
+
 static int view_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 {
 	struct view_ctx c = { .ranges = ENG_BUF_INIT, .runs = ENG_BUF_INIT,
 			      .keywords = ENG_BUF_INIT };
 	struct view_key key;
-	int err = 0;
+	int err, patched;
 
+	/* The keywords first: no statement runs under the cache's lock. */
+	if ((err = eng_mailbox_keywords(st, mb->id, VIEW_KEYWORDS_MAX,
+					keyword_cb, &c)) != 0)
+		goto out;
 	view_key_of(op, mb, &key);
-	if (!view_cache_get(&key, &c)) {
-		int patched = view_patch(st, mb, &key, &c);
-
-		if (patched < 0)
-			err = patched;
-		else if (patched == 0)
-			err = view_read(st, mb, &c);
-		if (err == 0)
-			view_cache_put(&key, &c);
-	}
-	if (err == 0)
-		err = eng_mailbox_keywords(st, mb->id, VIEW_KEYWORDS_MAX,
-					   keyword_cb, &c);
+	if (view_cache_answer(op, mb, &key, &c.keywords))
+		goto out;
+	if ((patched = view_patch(st, mb, &key, &c)) < 0)
+		err = patched;
+	else if (patched == 0)
+		err = view_read(st, mb, &c);
 	if (err == 0) {
-		/* The scalars first: they belong in the first part. */
-		rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_MESSAGES, c.n);
-		srv_mbop_put_mailbox_info(op, mb);
-		for (size_t off = 0; off < c.keywords.len;) {
-			const char *k = c.keywords.data + off;
-			size_t len = strlen(k);
-
-			rpc_put_str(srv_mbop_part(op, 1, len + 8), RPC_T_KEYWORD, k);
-			off += len + 1;
-		}
-		put_packed(op, RPC_T_UIDSET, &c.ranges);
-		put_packed(op, RPC_T_FLAG_RUNS, &c.runs);
+		view_cache_put(&key, &c);
+		view_answer(op, mb, c.n, &c.keywords, &c.ranges, &c.runs);
 	}
+out:
 	eng_buf_free(&c.ranges);
 	eng_buf_free(&c.runs);
 	eng_buf_free(&c.keywords);
