@@ -439,7 +439,7 @@ class CrashUnderLoad(Base):
         self.assertEqual(dup_app, {}, "an APPEND was stored twice")
         # Exactly once for DELIVER too: a keyed delivery's spool entry is named
         # from its key, so a crash between the spool commit and the idempotency
-        # record no longer lets a retry store it twice (srv_ops_dir.c).
+        # record no longer lets a retry store it twice (srv_ops_deliver.c).
         self.assertEqual(set(found["INBOX"]), want_del, "an acknowledged DELIVER is missing "
                          "or an unknown one appeared")
         self.assertEqual(dup_del, {}, "a DELIVER retry was stored twice")
