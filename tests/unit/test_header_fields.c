@@ -22,15 +22,8 @@
 #include "search.h"
 #include "store.h"
 #include "store_private.h"
+#include "teststore.h"
 #include "testutil.h"
-
-struct fixture {
-	char *dir;
-	char *path;
-	uint8_t key[32];
-	eng_store *st;
-	int64_t inbox;
-};
 
 static const char *const msgs[] = {
 	/* 1: two From fields, an encoded word, white space to fold */
@@ -58,7 +51,7 @@ static void quiet_log(enum eng_log_level level, const char *msg)
 	(void)msg;
 }
 
-static void open_store(struct fixture *f, bool create)
+static void open_store(tu_store *f, bool create)
 {
 	eng_store_options opt;
 
@@ -69,18 +62,10 @@ static void open_store(struct fixture *f, bool create)
 
 static int setup(void **state)
 {
-	struct fixture *f = calloc(1, sizeof(*f));
-	eng_mailbox mb;
+	tu_store *f = calloc(1, sizeof(*f));
 
 	eng_set_log(quiet_log);
-	assert_int_equal(eng_crypto_init(), 0);
-	f->dir = tu_tmpdir();
-	assert_true(asprintf(&f->path, "%s/alias.db", f->dir) > 0);
-	randombytes_buf(f->key, sizeof(f->key));
-	open_store(f, true);
-	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
-	f->inbox = mb.id;
-	eng_mailbox_clear(&mb);
+	tu_store_open(f);
 	for (size_t i = 0; i < N_MSGS; i++) {
 		eng_append_opts ao;
 		uint32_t uid;
@@ -97,27 +82,11 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 
-	eng_store_close(&f->st);
-	tu_rmrf(f->dir);
-	free(f->dir);
-	free(f->path);
+	tu_store_close(f);
 	free(f);
 	return 0;
-}
-
-static int64_t sql_int(eng_store *st, const char *sql)
-{
-	sqlite3_stmt *stmt;
-	int64_t v = -1;
-
-	assert_int_equal(sqlite3_prepare_v2(st->db, sql, -1, &stmt, NULL),
-			 SQLITE_OK);
-	if (sqlite3_step(stmt) == SQLITE_ROW)
-		v = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
-	return v;
 }
 
 static void sql_exec(eng_store *st, const char *sql)
@@ -128,7 +97,7 @@ static void sql_exec(eng_store *st, const char *sql)
 
 /* The stored value of field name for the content of INBOX's uid, or
  * NULL without a row (free() it). */
-static char *field_value(struct fixture *f, uint32_t uid, const char *name)
+static char *field_value(tu_store *f, uint32_t uid, const char *name)
 {
 	sqlite3_stmt *stmt;
 	char *v = NULL;
@@ -151,7 +120,7 @@ static char *field_value(struct fixture *f, uint32_t uid, const char *name)
 	return v;
 }
 
-static void assert_field(struct fixture *f, uint32_t uid, const char *name,
+static void assert_field(tu_store *f, uint32_t uid, const char *name,
 			 const char *want)
 {
 	char *v = field_value(f, uid, name);
@@ -169,7 +138,7 @@ static void assert_field(struct fixture *f, uint32_t uid, const char *name,
 }
 
 /* The UIDs of HEADER field text in INBOX, as "1,3" ("" for none). */
-static char *header_uids(struct fixture *f, const char *field,
+static char *header_uids(tu_store *f, const char *field,
 			 const char *text, bool use_fields)
 {
 	eng_query *q = eng_query_new_header(field, text);
@@ -189,7 +158,7 @@ static char *header_uids(struct fixture *f, const char *field,
 	return out;
 }
 
-static void assert_search(struct fixture *f, const char *field,
+static void assert_search(tu_store *f, const char *field,
 			  const char *text, const char *want)
 {
 	char *fields = header_uids(f, field, text, true);
@@ -204,7 +173,7 @@ static void assert_search(struct fixture *f, const char *field,
 
 static void test_values_written_at_append(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 
 	/* Every line of the field, folded, one per line. */
 	assert_field(f, 1, "from", "anna <anna@x.example>\n"
@@ -220,16 +189,16 @@ static void test_values_written_at_append(void **state)
 	assert_field(f, 3, "from", NULL);
 	assert_field(f, 3, "cc", "dave <dave@x.example>, erin@x.example");
 	/* Only the five search fields are stored. */
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field "
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM header_field "
 				 "WHERE name NOT IN ('from', 'to', 'cc', "
 				 "'bcc', 'subject')"), 0);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 9);
 }
 
 static void test_search_answers_from_fields(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 
 	assert_search(f, "From", "J\xc3\x9cRGEN", "1");
 	assert_search(f, "FROM", "anna@x", "1");
@@ -259,7 +228,7 @@ static void test_search_answers_from_fields(void **state)
 }
 
 /* STORE +FLAGS \Deleted and EXPUNGE of INBOX's UIDs lo..hi. */
-static void expunge_uids(struct fixture *f, uint32_t lo, uint32_t hi)
+static void expunge_uids(tu_store *f, uint32_t lo, uint32_t hi)
 {
 	eng_uidset set = { NULL, 0, 0 };
 	uint32_t *gone = NULL;
@@ -276,7 +245,7 @@ static void expunge_uids(struct fixture *f, uint32_t lo, uint32_t hi)
 
 static void test_rows_go_with_the_content(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	eng_append_opts ao;
 	uint32_t uid;
 
@@ -284,16 +253,16 @@ static void test_rows_go_with_the_content(void **state)
 	memset(&ao, 0, sizeof(ao));
 	assert_int_equal(eng_append_message(f->st, f->inbox, msgs[0],
 					    strlen(msgs[0]), &ao, &uid, NULL), 0);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 9);
 	expunge_uids(f, 1, 1);
 	/* The copy (uid 4) still holds the content. */
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 9);
 	assert_search(f, "From", "anna", "4");
 	expunge_uids(f, 2, 4);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content"), 0);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM content"), 0);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 0);
 }
 
@@ -326,7 +295,7 @@ static char *dump_fields(eng_store *st)
  */
 static void test_migration_from_version_1(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	char *before = dump_fields(f->st), *after;
 
 	assert_int_equal(eng_store_schema_version(f->st), ENG_SCHEMA_VERSION);
@@ -338,7 +307,7 @@ static void test_migration_from_version_1(void **state)
 
 	open_store(f, false);
 	assert_int_equal(eng_store_schema_version(f->st), ENG_SCHEMA_VERSION);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM schema_version "
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM schema_version "
 				 "WHERE version = 2"), 1);
 	after = dump_fields(f->st);
 	assert_string_equal(after, before);
@@ -352,9 +321,9 @@ static void test_migration_from_version_1(void **state)
 	/* Opening again migrates nothing more. */
 	eng_store_close(&f->st);
 	open_store(f, false);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM schema_version"),
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM schema_version"),
 			 ENG_SCHEMA_VERSION);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 9);
 }
 
@@ -365,7 +334,7 @@ static void test_migration_from_version_1(void **state)
  */
 static void test_migration_from_version_2(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	char *before = dump_fields(f->st), *after;
 
 	sql_exec(f->st, "CREATE TABLE hf2 (name TEXT NOT NULL, content_id "
@@ -379,10 +348,10 @@ static void test_migration_from_version_2(void **state)
 
 	open_store(f, false);
 	assert_int_equal(eng_store_schema_version(f->st), 3);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM sqlite_master "
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM sqlite_master "
 				 "WHERE name = 'header_field' AND sql LIKE "
 				 "'%PRIMARY KEY (content_id, name)%'"), 1);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM sqlite_master "
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM sqlite_master "
 				 "WHERE name LIKE 'h%f%' AND type = 'table'"), 1);
 	after = dump_fields(f->st);
 	assert_string_equal(after, before);
@@ -397,7 +366,7 @@ static void test_migration_from_version_2(void **state)
 /* A version 1 database with no message at all migrates too. */
 static void test_migration_of_an_empty_store(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 
 	expunge_uids(f, 1, 3);
 	sql_exec(f->st, "DROP TABLE header_field; "
@@ -405,7 +374,7 @@ static void test_migration_of_an_empty_store(void **state)
 	eng_store_close(&f->st);
 	open_store(f, false);
 	assert_int_equal(eng_store_schema_version(f->st), ENG_SCHEMA_VERSION);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM header_field"),
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM header_field"),
 			 0);
 	assert_search(f, "From", "", "");
 }

@@ -20,6 +20,7 @@
 #include "keys.h"
 #include "search.h"
 #include "store.h"
+#include "teststore.h"
 #include "testutil.h"
 
 /* 2024-01-01 00:00:00 UTC */
@@ -160,11 +161,7 @@ static const uint32_t msg_flags[N_MSGS] = {
 };
 
 struct fixture {
-	char *dir;
-	char *path;
-	uint8_t key[32];
-	eng_store *st;
-	int64_t inbox;
+	tu_store s;             /* the store, INBOX (teststore.h) */
 	int64_t archive;
 };
 
@@ -177,22 +174,11 @@ static void quiet_log(enum eng_log_level level, const char *msg)
 static int setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
-	eng_store_options opt;
 	eng_mailbox mb;
 
 	eng_set_log(quiet_log);
-	assert_int_equal(eng_crypto_init(), 0);
-	f->dir = tu_tmpdir();
-	assert_true(asprintf(&f->path, "%s/alias.db", f->dir) > 0);
-	randombytes_buf(f->key, sizeof(f->key));
-	eng_store_options_default(&opt);
-	opt.create = true;
-	opt.plaintext = false;
-	assert_int_equal(eng_store_open(f->path, f->key, &opt, &f->st), 0);
-	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
-	f->inbox = mb.id;
-	eng_mailbox_clear(&mb);
-	assert_int_equal(eng_mailbox_get(f->st, "Archive", &mb), 0);
+	tu_store_open(&f->s);
+	assert_int_equal(eng_mailbox_get(f->s.st, "Archive", &mb), 0);
 	f->archive = mb.id;
 	eng_mailbox_clear(&mb);
 	for (int i = 0; i < N_MSGS; i++) {
@@ -211,7 +197,7 @@ static int setup(void **state)
 			ao.keywords = imp;
 			ao.n_keywords = 1;
 		}
-		assert_int_equal(eng_append_message(f->st, f->inbox, msgs[i],
+		assert_int_equal(eng_append_message(f->s.st, f->s.inbox, msgs[i],
 						    strlen(msgs[i]), &ao, &uid,
 						    NULL), 0);
 		assert_int_equal(uid, (uint32_t)i + 1);
@@ -224,10 +210,7 @@ static int teardown(void **state)
 {
 	struct fixture *f = *state;
 
-	eng_store_close(&f->st);
-	tu_rmrf(f->dir);
-	free(f->dir);
-	free(f->path);
+	tu_store_close(&f->s);
 	free(f);
 	return 0;
 }
@@ -240,7 +223,7 @@ static void check_sorted(struct fixture *f, int64_t mailbox, eng_query *q,
 {
 	uint32_t *uids = NULL;
 	size_t n = 0;
-	int err = eng_search(f->st, mailbox, q, sort, n_sort, seq_map,
+	int err = eng_search(f->s.st, mailbox, q, sort, n_sort, seq_map,
 			     n_seq_map, &uids, &n, NULL);
 
 	if (err != 0)
@@ -264,14 +247,14 @@ static void check_sorted(struct fixture *f, int64_t mailbox, eng_query *q,
 
 #define CHECK(q, ...) do { \
 	const uint32_t want_[] = { 0, __VA_ARGS__ }; \
-	check_sorted(f, f->inbox, (q), NULL, 0, NULL, 0, want_ + 1, \
+	check_sorted(f, f->s.inbox, (q), NULL, 0, NULL, 0, want_ + 1, \
 		     sizeof(want_) / 4 - 1, __LINE__); \
 } while (0)
 #define CHECK_NONE(q) \
-	check_sorted(f, f->inbox, (q), NULL, 0, NULL, 0, NULL, 0, __LINE__)
+	check_sorted(f, f->s.inbox, (q), NULL, 0, NULL, 0, NULL, 0, __LINE__)
 #define CHECK_SORT(keys, ...) do { \
 	const uint32_t want_[] = { __VA_ARGS__ }; \
-	check_sorted(f, f->inbox, NULL, (keys), sizeof(keys) / \
+	check_sorted(f, f->s.inbox, NULL, (keys), sizeof(keys) / \
 		     sizeof((keys)[0]), NULL, 0, want_, \
 		     sizeof(want_) / 4, __LINE__); \
 } while (0)
@@ -343,11 +326,11 @@ static void test_uid_and_seq_sets(void **state)
 	{
 		const uint32_t want[] = { 2, 3, 5, 10 };
 
-		check_sorted(f, f->inbox, q, NULL, 0, map, 9, want, 4, __LINE__);
+		check_sorted(f, f->s.inbox, q, NULL, 0, map, 9, want, 4, __LINE__);
 	}
 	/* No map: a sequence set cannot be resolved. */
 	q = eng_query_new_set(ENG_Q_SEQ, &set);
-	assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL, 0,
+	assert_int_equal(eng_search(f->s.st, f->s.inbox, q, NULL, 0, NULL, 0,
 				    &uids, &n, NULL), ENG_EINVAL);
 	assert_null(uids);
 	eng_query_free(&q);
@@ -355,7 +338,7 @@ static void test_uid_and_seq_sets(void **state)
 	/* Sequence numbers past the view match nothing; '*' alone the last. */
 	assert_int_equal(eng_uidset_parse("12:15", &set), 0);
 	q = eng_query_new_set(ENG_Q_SEQ, &set);
-	check_sorted(f, f->inbox, q, NULL, 0, map, 9, NULL, 0, __LINE__);
+	check_sorted(f, f->s.inbox, q, NULL, 0, map, 9, NULL, 0, __LINE__);
 	eng_uidset_free(&set);
 	/* NOT of a sequence set through the map. */
 	assert_int_equal(eng_uidset_parse("1:8", &set), 0);
@@ -363,7 +346,7 @@ static void test_uid_and_seq_sets(void **state)
 	{
 		const uint32_t want[] = { 4, 10 };
 
-		check_sorted(f, f->inbox, q, NULL, 0, map, 9, want, 2, __LINE__);
+		check_sorted(f, f->s.inbox, q, NULL, 0, map, 9, want, 2, __LINE__);
 	}
 	eng_uidset_free(&set);
 }
@@ -415,11 +398,11 @@ static void test_within(void **state)
 
 	memset(&ao, 0, sizeof(ao));
 	ao.internal_date = (int64_t)time(NULL) - 30 * DAY;
-	assert_int_equal(eng_append_message(f->st, f->archive, msgs[0],
+	assert_int_equal(eng_append_message(f->s.st, f->archive, msgs[0],
 					    strlen(msgs[0]), &ao, &uid, NULL), 0);
 	assert_int_equal(uid, 1);
 	ao.internal_date = (int64_t)time(NULL) - 100;
-	assert_int_equal(eng_append_message(f->st, f->archive, msgs[4],
+	assert_int_equal(eng_append_message(f->s.st, f->archive, msgs[4],
 					    strlen(msgs[4]), &ao, &uid, NULL), 0);
 	assert_int_equal(uid, 2);
 
@@ -452,7 +435,7 @@ static void test_sizes(void **state)
 			want[n++] = (uint32_t)i + 1;
 	}
 	assert_true(n > 0 && n < N_MSGS - 1);
-	check_sorted(f, f->inbox, eng_query_new_number(ENG_Q_LARGER,
+	check_sorted(f, f->s.inbox, eng_query_new_number(ENG_Q_LARGER,
 		     (int64_t)pivot), NULL, 0, NULL, 0, want, n, __LINE__);
 	n = 0;
 	for (int i = 0; i < N_MSGS; i++) {
@@ -460,10 +443,10 @@ static void test_sizes(void **state)
 			want[n++] = (uint32_t)i + 1;
 	}
 	assert_true(n > 0);
-	check_sorted(f, f->inbox, eng_query_new_number(ENG_Q_SMALLER,
+	check_sorted(f, f->s.inbox, eng_query_new_number(ENG_Q_SMALLER,
 		     (int64_t)pivot), NULL, 0, NULL, 0, want, n, __LINE__);
 	/* Neither larger nor smaller than itself. */
-	check_sorted(f, f->inbox, eng_query_new_and(
+	check_sorted(f, f->s.inbox, eng_query_new_and(
 		     eng_query_new_not(eng_query_new_number(ENG_Q_LARGER,
 							    (int64_t)pivot)),
 		     eng_query_new_not(eng_query_new_number(ENG_Q_SMALLER,
@@ -594,7 +577,7 @@ static void search_uids(struct fixture *f, eng_query *q, enum header_read how,
 {
 	eng_search_legacy_header_scan(how == READ_MODULE);
 	eng_search_header_fields(how == READ_FIELDS);
-	assert_int_equal(eng_search(f->st, f->archive, q, NULL, 0, NULL, 0,
+	assert_int_equal(eng_search(f->s.st, f->archive, q, NULL, 0, NULL, 0,
 				    uids, n, NULL), 0);
 	eng_search_legacy_header_scan(false);
 	eng_search_header_fields(true);
@@ -647,7 +630,7 @@ static void test_header_scan_equivalence(void **state)
 				eng_buf_puts(&big, "filler text kowalski line\r\n");
 			memset(&ao, 0, sizeof(ao));
 			ao.internal_date = JAN1;
-			assert_int_equal(eng_append_message(f->st, f->archive,
+			assert_int_equal(eng_append_message(f->s.st, f->archive,
 				big.data, big.len, &ao, &uid, NULL), 0);
 		}
 	}
@@ -676,7 +659,7 @@ static void test_header_scan_equivalence(void **state)
 	assert_true(partial > 40);
 	assert_true(hits > 0 && checks > 400);
 	/* And the direct read finds what the header holds. */
-	f->inbox = f->archive;
+	f->s.inbox = f->archive;
 	CHECK(eng_query_new_header("From", "KOWALSKI"), 1, 2, 3, 4, 9, 10);
 	CHECK(eng_query_new_header("Subject", "second subject"), 9, 10);
 	CHECK(eng_query_new_header("To", "istanbul"));
@@ -752,7 +735,7 @@ static void test_modseq_and_ids(void **state)
 	struct meta m5 = { 5, { 0 } };
 
 	eng_uidset_add(&set, 5, 5);
-	assert_int_equal(eng_store_flags(f->st, f->inbox, &set, ENG_STORE_ADD,
+	assert_int_equal(eng_store_flags(f->s.st, f->s.inbox, &set, ENG_STORE_ADD,
 					 ENG_F_FLAGGED, NULL, 0, 0, NULL,
 					 keep_modseq, &modseq), 0);
 	eng_uidset_free(&set);
@@ -760,7 +743,7 @@ static void test_modseq_and_ids(void **state)
 	CHECK(eng_query_new_number(ENG_Q_MODSEQ, (int64_t)modseq), 5);
 	CHECK(eng_query_new_flag(ENG_F_FLAGGED, true), 3, 5, 8);
 	q = eng_query_new_number(ENG_Q_MODSEQ, 1);
-	assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL, 0,
+	assert_int_equal(eng_search(f->s.st, f->s.inbox, q, NULL, 0, NULL, 0,
 				    &uids, &n, &highest), 0);
 	assert_int_equal(n, 10);
 	assert_int_equal(highest, modseq);
@@ -768,7 +751,7 @@ static void test_modseq_and_ids(void **state)
 	eng_query_free(&q);
 	/* highest MODSEQ of the matches only. */
 	q = uidset("1:3");
-	assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL, 0,
+	assert_int_equal(eng_search(f->s.st, f->s.inbox, q, NULL, 0, NULL, 0,
 				    &uids, &n, &highest), 0);
 	assert_int_equal(n, 3);
 	assert_true(highest > 0 && highest < modseq);
@@ -776,9 +759,9 @@ static void test_modseq_and_ids(void **state)
 	eng_query_free(&q);
 
 	/* EMAILID and THREADID come from the message metadata. */
-	assert_int_equal(eng_fetch_meta(f->st, f->inbox, NULL, 0, keep_meta,
+	assert_int_equal(eng_fetch_meta(f->s.st, f->s.inbox, NULL, 0, keep_meta,
 					&m2), 0);
-	assert_int_equal(eng_fetch_meta(f->st, f->inbox, NULL, 0, keep_meta,
+	assert_int_equal(eng_fetch_meta(f->s.st, f->s.inbox, NULL, 0, keep_meta,
 					&m5), 0);
 	CHECK(eng_query_new_number(ENG_Q_EMAILID, m2.msg.content_id), 2);
 	/* 2 replies to 1, 6 to 5: same threads; 1 and 5 differ. */
@@ -787,11 +770,11 @@ static void test_modseq_and_ids(void **state)
 		size_t n2 = 0, n5 = 0;
 
 		q = eng_query_new_number(ENG_Q_THREADID, m2.msg.thread_id);
-		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+		assert_int_equal(eng_search(f->s.st, f->s.inbox, q, NULL, 0, NULL,
 					    0, &t2, &n2, NULL), 0);
 		eng_query_free(&q);
 		q = eng_query_new_number(ENG_Q_THREADID, m5.msg.thread_id);
-		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+		assert_int_equal(eng_search(f->s.st, f->s.inbox, q, NULL, 0, NULL,
 					    0, &t5, &n5, NULL), 0);
 		eng_query_free(&q);
 		assert_true(n2 >= 2 && t2[0] == 1 && t2[1] == 2);
@@ -861,20 +844,20 @@ static void test_boolean(void **state)
 		q = eng_query_new(ENG_Q_ALL);
 		for (int i = 0; i < ENG_QUERY_MAX_DEPTH + 5; i++)
 			q = eng_query_new_not(q);
-		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+		assert_int_equal(eng_search(f->s.st, f->s.inbox, q, NULL, 0, NULL,
 					    0, &uids, &n, NULL), ENG_ELIMIT);
 		eng_query_free(&q);
 		/* Bad queries. */
 		q = eng_query_new_flag(ENG_F_SEEN | ENG_F_DRAFT, true);
-		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+		assert_int_equal(eng_search(f->s.st, f->s.inbox, q, NULL, 0, NULL,
 					    0, &uids, &n, NULL), ENG_EINVAL);
 		eng_query_free(&q);
 		q = eng_query_new(ENG_Q_NOT);
-		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+		assert_int_equal(eng_search(f->s.st, f->s.inbox, q, NULL, 0, NULL,
 					    0, &uids, &n, NULL), ENG_EINVAL);
 		eng_query_free(&q);
 		q = eng_query_new_header("Bad:Name", "x");
-		assert_int_equal(eng_search(f->st, f->inbox, q, NULL, 0, NULL,
+		assert_int_equal(eng_search(f->s.st, f->s.inbox, q, NULL, 0, NULL,
 					    0, &uids, &n, NULL), ENG_EINVAL);
 		eng_query_free(&q);
 		assert_null(uids);
@@ -961,13 +944,13 @@ static void test_sort(void **state)
 				rwant[j - 1] = t;
 			}
 		}
-		check_sorted(f, f->inbox, NULL, size, 1, NULL, 0, want, N_MSGS,
+		check_sorted(f, f->s.inbox, NULL, size, 1, NULL, 0, want, N_MSGS,
 			     __LINE__);
-		check_sorted(f, f->inbox, NULL, rsize, 1, NULL, 0, rwant,
+		check_sorted(f, f->s.inbox, NULL, rsize, 1, NULL, 0, rwant,
 			     N_MSGS, __LINE__);
 	}
 	/* Sorting a search result. */
-	check_sorted(f, f->inbox, eng_query_new_flag(ENG_F_SEEN, true),
+	check_sorted(f, f->s.inbox, eng_query_new_flag(ENG_F_SEEN, true),
 		     rarrival, 1, NULL, 0, (const uint32_t[]){ 10, 8, 6, 2, 1 },
 		     5, __LINE__);
 }
@@ -977,7 +960,7 @@ static void check_thread(struct fixture *f, enum eng_thread_algorithm alg,
 {
 	eng_thread_node *tree = NULL;
 	eng_buf out = ENG_BUF_INIT;
-	int err = eng_thread(f->st, f->inbox, alg, q, NULL, 0, &tree);
+	int err = eng_thread(f->s.st, f->s.inbox, alg, q, NULL, 0, &tree);
 
 	eng_query_free(&q);
 	if (err != 0)
@@ -1092,7 +1075,7 @@ static void test_thread_edge_cases(void **state)
 
 		memset(&ao, 0, sizeof(ao));
 		ao.internal_date = IDATE(1);
-		assert_int_equal(eng_append_message(f->st, f->archive, extra[i],
+		assert_int_equal(eng_append_message(f->s.st, f->archive, extra[i],
 						    strlen(extra[i]), &ao, &uid,
 						    NULL), 0);
 		assert_int_equal(uid, (uint32_t)i + 1);
@@ -1105,7 +1088,7 @@ static void test_thread_edge_cases(void **state)
 	 * 7 to 5 (its last reference). 4 "Dup" merges with 3 "Dup": both
 	 * non-replies, a new dummy. 6 has no subject: alone.
 	 */
-	assert_int_equal(eng_thread(f->st, f->archive, ENG_THREAD_REFERENCES,
+	assert_int_equal(eng_thread(f->s.st, f->archive, ENG_THREAD_REFERENCES,
 				    NULL, NULL, 0, &tree), 0);
 	eng_thread_write(tree, &out);
 	assert_string_equal(out.data, "(2 1)((3 5 7)(4))(6)");

@@ -19,68 +19,31 @@
 #include "mime.h"
 #include "store.h"
 #include "store_private.h"
+#include "teststore.h"
 #include "testutil.h"
-
-struct fixture {
-	char *dir;
-	char *path;
-	uint8_t key[32];
-	eng_store *st;
-	int64_t inbox;
-};
 
 static int setup(void **state)
 {
-	struct fixture *f = calloc(1, sizeof(*f));
-	eng_store_options opt;
+	tu_store *f = calloc(1, sizeof(*f));
 
-	assert_int_equal(eng_crypto_init(), 0);
-	f->dir = tu_tmpdir();
-	assert_true(asprintf(&f->path, "%s/alias.db", f->dir) > 0);
-	randombytes_buf(f->key, sizeof(f->key));
-	eng_store_options_default(&opt);
-	opt.create = true;
-	assert_int_equal(eng_store_open(f->path, f->key, &opt, &f->st), 0);
-	{
-		eng_mailbox mb;
-
-		assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
-		f->inbox = mb.id;
-		eng_mailbox_clear(&mb);
-	}
+	tu_store_open(f);
 	*state = f;
 	return 0;
 }
 
 static int teardown(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 
-	eng_store_close(&f->st);
-	tu_rmrf(f->dir);
-	free(f->dir);
-	free(f->path);
+	tu_store_close(f);
 	free(f);
 	return 0;
-}
-
-static int64_t sql_int(eng_store *st, const char *sql)
-{
-	sqlite3_stmt *stmt;
-	int64_t v = -1;
-
-	assert_int_equal(sqlite3_prepare_v2(st->db, sql, -1, &stmt, NULL),
-			 SQLITE_OK);
-	if (sqlite3_step(stmt) == SQLITE_ROW)
-		v = sqlite3_column_int64(stmt, 0);
-	sqlite3_finalize(stmt);
-	return v;
 }
 
 /* The invariants at the top of engine/store.c, checked with plain SQL. */
 static void check_invariants(eng_store *st)
 {
-	assert_int_equal(sql_int(st,
+	assert_int_equal(tu_sql_int(st,
 		"SELECT count(*) FROM mailbox b WHERE b.messages != "
 		"(SELECT count(*) FROM message m WHERE m.mailbox_id = b.id) "
 		"OR b.unseen != (SELECT count(*) FROM message m WHERE "
@@ -89,18 +52,18 @@ static void check_invariants(eng_store *st)
 		"m.mailbox_id = b.id AND (m.flags & 8) != 0) "
 		"OR b.size != (SELECT coalesce(sum(size), 0) FROM message m "
 		"WHERE m.mailbox_id = b.id)"), 0);
-	assert_int_equal(sql_int(st,
+	assert_int_equal(tu_sql_int(st,
 		"SELECT count(*) FROM content c WHERE c.refs != "
 		"(SELECT count(*) FROM message m WHERE m.content_id = c.id) "
 		"OR c.refs <= 0"), 0);
-	assert_int_equal(sql_int(st,
+	assert_int_equal(tu_sql_int(st,
 		"SELECT count(*) FROM mailbox b WHERE b.uidnext <= "
 		"(SELECT coalesce(max(uid), 0) FROM message m WHERE "
 		"m.mailbox_id = b.id)"), 0);
-	assert_int_equal(sql_int(st,
+	assert_int_equal(tu_sql_int(st,
 		"SELECT count(*) FROM message WHERE modseq > "
 		"(SELECT value FROM meta WHERE key = 'modseq')"), 0);
-	assert_int_equal(sql_int(st,
+	assert_int_equal(tu_sql_int(st,
 		"SELECT count(*) FROM chunk WHERE content_id NOT IN "
 		"(SELECT id FROM content)"), 0);
 	assert_int_equal(eng_store_check(st, NULL), 0);
@@ -115,7 +78,7 @@ static const char simple_msg[] =
 	"\r\n"
 	"Hi Bob,\r\nhow are you?\r\n";
 
-static uint32_t append(struct fixture *f, int64_t mbox, const char *msg,
+static uint32_t append(tu_store *f, int64_t mbox, const char *msg,
 		       uint32_t flags)
 {
 	eng_append_opts o = { .flags = flags };
@@ -133,7 +96,7 @@ static uint32_t append(struct fixture *f, int64_t mbox, const char *msg,
  * and unbound on release; a nested user of a busy one gets its own. */
 static void test_stmt_cache(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	const char *sql = "SELECT ?";
 	sqlite3_stmt *a, *b, *c;
 	int err;
@@ -175,7 +138,7 @@ static void test_stmt_cache(void **state)
 
 static void test_defaults(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	eng_mailbox *list;
 	size_t n;
 	uint32_t su = 0;
@@ -201,7 +164,7 @@ static void test_defaults(void **state)
 
 static void test_names(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	static const char *const bad[] = {
 		"", "/a", "a/", "a//b", "a/../b", "..", ".", "tab\there",
 		"\xc3", "\xc0\x80", "\xed\xa0\x80", "bad\x7f",
@@ -231,7 +194,7 @@ static void test_names(void **state)
 
 static void test_hierarchy(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	eng_mailbox mb;
 	int64_t id;
 	uint32_t uidvalidity;
@@ -290,7 +253,7 @@ static void test_hierarchy(void **state)
 
 static void test_rename_inbox(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	eng_mailbox mb;
 
 	append(f, f->inbox, simple_msg, 0);
@@ -341,7 +304,7 @@ static void collect_clear(struct collect *c)
 
 static void test_append_fetch_flags(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	const char *kws[] = { "$Label1", "work" };
 	eng_append_opts o = { .flags = ENG_F_FLAGGED, .keywords = kws,
 			      .n_keywords = 2, .internal_date = 1700000000 };
@@ -447,7 +410,7 @@ static void test_append_fetch_flags(void **state)
 
 static void test_expunge_changes(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	eng_uidset set = { 0 };
 	uint32_t *uids, *vanished;
 	size_t n, nv;
@@ -502,7 +465,7 @@ static void test_expunge_changes(void **state)
 
 static void test_copy_move_dedup(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	eng_mailbox arch;
 	eng_uidset set = { 0 };
 	uint32_t *src, *dst;
@@ -513,8 +476,8 @@ static void test_copy_move_dedup(void **state)
 	append(f, f->inbox, simple_msg, 0);
 	append(f, f->inbox, simple_msg, ENG_F_SEEN);   /* same content */
 	append(f, f->inbox, "Subject: other\r\n\r\nx\r\n", 0);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content"), 2);
-	assert_int_equal(sql_int(f->st, "SELECT max(refs) FROM content"), 2);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM content"), 2);
+	assert_int_equal(tu_sql_int(f->st, "SELECT max(refs) FROM content"), 2);
 
 	assert_int_equal(eng_mailbox_get(f->st, "Archive", &arch), 0);
 	eng_uidset_add(&set, 1, 3);
@@ -527,8 +490,8 @@ static void test_copy_move_dedup(void **state)
 	free(src);
 	free(dst);
 	/* Copies share content. */
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content"), 2);
-	assert_int_equal(sql_int(f->st, "SELECT max(refs) FROM content"), 4);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM content"), 2);
+	assert_int_equal(tu_sql_int(f->st, "SELECT max(refs) FROM content"), 4);
 
 	assert_int_equal(eng_fetch_meta(f->st, arch.id, NULL, 0, collect_cb,
 					&c), 0);
@@ -548,10 +511,10 @@ static void test_copy_move_dedup(void **state)
 	assert_int_equal(eng_message_copy(f->st, f->inbox, &set, trash, true,
 					  NULL, NULL, &n), 0);
 	assert_int_equal(n, 3);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM message WHERE "
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM message WHERE "
 				 "mailbox_id = (SELECT id FROM mailbox WHERE "
 				 "name = 'INBOX')"), 0);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM expunged"), 3);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM expunged"), 3);
 	assert_int_equal(eng_message_copy(f->st, trash, &set, trash, true,
 					  NULL, NULL, &n), ENG_EINVAL);
 
@@ -559,9 +522,9 @@ static void test_copy_move_dedup(void **state)
 	eng_uidset_free(&set);
 	assert_int_equal(eng_mailbox_delete(f->st, "Archive"), 0);
 	assert_int_equal(eng_mailbox_delete(f->st, "Trash"), 0);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content"), 0);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM chunk"), 0);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM fts"), 0);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM content"), 0);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM chunk"), 0);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM fts"), 0);
 	eng_mailbox_clear(&arch);
 	check_invariants(f->st);
 }
@@ -636,7 +599,7 @@ static void inline_clear(struct inline_collect *c)
 }
 
 /* The row's blobs are those eng_message_open gives for the same UID. */
-static void inline_check(struct fixture *f, const struct inline_row *r,
+static void inline_check(tu_store *f, const struct inline_row *r,
 			 unsigned want)
 {
 	eng_message *m;
@@ -667,7 +630,7 @@ static void inline_check(struct fixture *f, const struct inline_row *r,
 
 static void test_fetch_meta_inline(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	char *big = big_message(40 * 1024);
 	const unsigned wants[] = { 0, ENG_FETCH_WANT_HEADER, ENG_FETCH_WANT_MIME,
 				   ENG_FETCH_WANT_HEADER | ENG_FETCH_WANT_MIME };
@@ -741,7 +704,7 @@ static void test_fetch_meta_inline(void **state)
 
 static void test_read_sections(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	char *msg = big_message(700 * 1024);
 	size_t len = strlen(msg);
 	eng_append *ap;
@@ -802,7 +765,7 @@ static void test_read_sections(void **state)
 
 static void test_embedded_message_sections(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	static const char msg[] =
 		"Subject: fwd\r\nContent-Type: message/rfc822\r\n\r\n"
 		"Subject: inner\r\nFrom: x@y\r\n\r\ninner body\r\n";
@@ -825,7 +788,7 @@ static void test_embedded_message_sections(void **state)
 
 static void test_idempotency_and_tx(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	eng_append_opts o = { .idempotency_key = "delivery-42" };
 	uint32_t uid1, uid2;
 	eng_mailbox mb;
@@ -876,7 +839,7 @@ static void test_idempotency_and_tx(void **state)
  * no write transaction inside, a no-op inside a write transaction. */
 static void test_read_snapshot(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	eng_store_options opt;
 	eng_store *other;
 	eng_mailbox mb;
@@ -937,7 +900,7 @@ static void test_read_snapshot(void **state)
  * first use, from the content row (gone once the message is expunged). */
 static void test_message_lazy_meta(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	uint32_t uid = append(f, f->inbox, simple_msg, ENG_F_DELETED);
 	size_t len = strlen(simple_msg), hlen;
 	eng_uidset set = { 0 };
@@ -978,7 +941,7 @@ static void test_message_lazy_meta(void **state)
 
 static void test_quota_and_limits(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	uint64_t used, limit, count;
 	uint32_t uid;
 
@@ -1018,7 +981,7 @@ static void test_quota_and_limits(void **state)
 
 static void test_reopen_and_wrong_key(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	uint8_t wrong[32];
 	eng_store *st;
 	eng_store_options opt;
@@ -1045,7 +1008,7 @@ static void test_reopen_and_wrong_key(void **state)
 /* Thread ids: by References/In-Reply-To, else by base subject for replies. */
 static void test_thread_ids(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	struct collect c = { .n = 0 };
 
 	append(f, f->inbox, "Message-ID: <p@x>\r\nSubject: Lunch?\r\n\r\na\r\n", 0);
@@ -1098,7 +1061,7 @@ static void test_uidset_parse(void **state)
  */
 static void test_content_id_reserved(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	static const char other[] = "Subject: other\r\n\r\nsecond body\r\n";
 	eng_append *ap;
 
@@ -1110,19 +1073,19 @@ static void test_content_id_reserved(void **state)
 	assert_int_equal(eng_append_write(ap, "Subject: x\r\n\r\ny", 16), 0);
 	eng_append_abort(&ap);
 	assert_int_equal(eng_store_tx_commit(f->st), 0);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content"), 2);
-	assert_int_equal(sql_int(f->st, "SELECT count(DISTINCT content_id) "
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM content"), 2);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(DISTINCT content_id) "
 				 "FROM message"), 2);
-	assert_int_equal(sql_int(f->st, "SELECT refs FROM content WHERE "
+	assert_int_equal(tu_sql_int(f->st, "SELECT refs FROM content WHERE "
 				 "subject = 'Hello'"), 2);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM fts"), 2);
-	assert_int_equal(sql_int(f->st, "SELECT count(*) FROM content c WHERE "
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM fts"), 2);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM content c WHERE "
 				 "c.chunks != (SELECT count(*) FROM chunk k "
 				 "WHERE k.content_id = c.id)"), 0);
 	/* The next transaction's id follows the highest one. */
 	(void)append(f, f->inbox, "Subject: third\r\n\r\nz\r\n", 0);
-	assert_int_equal(sql_int(f->st, "SELECT max(id) FROM content"),
-			 sql_int(f->st, "SELECT id FROM content WHERE "
+	assert_int_equal(tu_sql_int(f->st, "SELECT max(id) FROM content"),
+			 tu_sql_int(f->st, "SELECT id FROM content WHERE "
 				 "subject = 'third'"));
 	check_invariants(f->st);
 }
@@ -1131,7 +1094,7 @@ static void test_content_id_reserved(void **state)
  * every allocation of every pool thread took one global mutex. */
 static void test_sqlite_memstatus_off(void **state)
 {
-	struct fixture *f = *state;
+	tu_store *f = *state;
 	sqlite3_int64 cur = -1, hi = -1;
 
 	(void)append(f, f->inbox, simple_msg, 0);
