@@ -24,7 +24,8 @@
  *    finds them again (RFC 3501 7.4.1, RFC 7162 3.2.10).
  *  - COMPRESS (RFC 4978): raw deflate both ways. Input is inflated at most
  *    IMAP_INFLATE_CHUNK at a time and only when the previous inflated bytes
- *    were parsed, so it is bounded like plain input. Output goes through
+ *    were parsed, so it is bounded like plain input (and freed once
+ *    parsed). Output goes through
  *    deflate without flushing and is flushed (Z_SYNC_FLUSH) once per loop
  *    turn: one flush per batch of writes.
  *  - Client-visible texts are fixed sentences; the log gets addresses and
@@ -1360,6 +1361,9 @@ static void feed_inflated(session_full *f)
 		memmove(s->inflated.data, s->inflated.data + n, s->inflated.len - n);
 		s->inflated.len -= n;
 	}
+	/* All parsed: an idle compressed session keeps no 16 KiB chunk. */
+	if (s->inflated.len == 0)
+		eng_buf_free_wipe(&s->inflated);
 }
 
 static size_t on_data_compressed(imap_session *s, const uint8_t *p, size_t len)

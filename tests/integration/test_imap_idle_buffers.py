@@ -5,7 +5,8 @@ An idle connection gives its buffers back (net.c: the input, output and TLS
 record buffers are freed when drained, one BIO per TLS connection;
 imap_parser_trim when IDLE starts; imap_printf formats on the stack), so
 everything after an IDLE allocates them again. These tests drive that over
-implicit TLS and after STARTTLS: events during IDLE, a STORE with many
+implicit TLS, after STARTTLS and under COMPRESS=DEFLATE (whose inflated
+input buffer is freed once parsed): events during IDLE, a STORE with many
 arguments and a large FETCH right after DONE, many small commands one by
 one and pipelined, IDLE and DONE in one write; and they bound the memory a
 batch of idle TLS connections adds to sealmail-imapd (not under ASan).
@@ -17,6 +18,7 @@ import socket
 import sys
 import time
 import unittest
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -29,6 +31,45 @@ BIG_BODY = b"".join(b"line %06d of a large message body, to be fetched after IDL
 
 def big_message():
     return b"Subject: big\r\nFrom: a@example.org\r\n\r\n" + BIG_BODY
+
+
+class Deflated:
+    """RawImap's interface over COMPRESS=DEFLATE (raw deflate both ways)."""
+
+    def __init__(self, raw):
+        self.s = raw.s
+        self.z_out = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -15)
+        self.z_in = zlib.decompressobj(-15)
+        self.buf = self.z_in.decompress(raw.buf) if raw.buf else b""
+
+    def send(self, data):
+        self.s.sendall(self.z_out.compress(data) + self.z_out.flush(zlib.Z_SYNC_FLUSH))
+
+    def more(self):
+        d = self.s.recv(1 << 20)
+        if not d:
+            raise EOFError("connection closed")
+        self.buf += self.z_in.decompress(d)
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            self.more()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    until_tagged = RawImap.until_tagged
+    cmd = RawImap.cmd
+
+
+def more(r):
+    """Reads one more chunk into r.buf (RawImap or Deflated)."""
+    if isinstance(r, Deflated):
+        r.more()
+        return
+    d = r.s.recv(1 << 20)
+    if not d:
+        raise EOFError("closed inside a literal")
+    r.buf += d
 
 
 def sanitized(pid):
@@ -65,9 +106,7 @@ class IdleBuffers(unittest.TestCase):
         self.assertTrue(line.endswith(b"}"), line)
         size = int(line.rsplit(b"{", 1)[1][:-1])
         while len(r.buf) < size:
-            d = r.s.recv(1 << 20)
-            self.assertTrue(d, "closed inside a literal")
-            r.buf += d
+            more(r)
         body, r.buf = r.buf[:size], r.buf[size:]
         return body, r.until_tagged(tag)[-1]
 
@@ -117,6 +156,16 @@ class IdleBuffers(unittest.TestCase):
         exists = self.login(r)
         for k in range(10, 12):
             exists = self.after_idle_round(r, exists, k)
+        r.close()
+
+    def test_compress(self):
+        r = self.srv.raw(tls=True)
+        exists = self.login(r)
+        r.send(b"c COMPRESS DEFLATE\r\n")
+        self.assertEqual(r.line(), b"c OK DEFLATE active.")
+        z = Deflated(r)
+        for k in range(20, 22):
+            exists = self.after_idle_round(z, exists, k)
         r.close()
 
     def test_idle_done_pipelined(self):
