@@ -632,44 +632,66 @@ static int fetch_body_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 	return 0;
 }
 
-static void body_pump(srv_req *req);
-
-static int body_piece_work(srv_alias *a, void *ctx)
+/*
+ * The pool half of a later piece, FETCH_BODY's and FETCH_BODIES': fill
+ * reads it inside one read snapshot; without a store (the alias was
+ * closed) the open message *m is closed and the request ends.
+ */
+static int piece_work(srv_alias *a, eng_message **m,
+		      int (*fill)(void *c, eng_store *st), void *c)
 {
-	srv_mbop *op = ctx;
-	struct body_ctx *c = op->ctx;
 	eng_store *st = srv_alias_store(a);
 	int err;
 
 	if (st == NULL) {
-		eng_message_close(&c->m);
+		eng_message_close(m);
 		return RPC_ENOSESSION;
 	}
-	/* The alias was closed (and maybe reopened) since the last piece:
-	 * the handle's store is gone; open the message again. */
 	if ((err = eng_store_read_begin(st)) != 0)
 		return err;
+	err = fill(c, st);
+	eng_store_read_end(st);
+	return err;
+}
+
+/* Its loop half: the error, or pump (which sends the piece). */
+static void piece_done(srv_mbop *op, int result, void (*pump)(srv_req *req))
+{
+	if (result != 0)
+		srv_mbop_fail(op, result);
+	else
+		pump(op->req);
+}
+
+/* The next piece of FETCH_BODY. The alias was closed (and maybe
+ * reopened) since the last piece: the handle's store is gone; open the
+ * message again. */
+static int body_fill(void *ctx, eng_store *st)
+{
+	struct body_ctx *c = ctx;
+	int err = 0;
+
 	if (c->m == NULL || c->m_store != st) {
 		eng_message_close(&c->m);
 		if ((err = eng_message_open(st, c->mailbox_id, c->uid,
 					    &c->m)) == 0)
 			c->m_store = st;
 	}
-	if (err == 0)
-		err = body_read_piece(c);
-	eng_store_read_end(st);
-	return err;
+	return err != 0 ? err : body_read_piece(c);
+}
+
+static void body_pump(srv_req *req);
+
+static int body_piece_work(srv_alias *a, void *ctx)
+{
+	struct body_ctx *c = ((srv_mbop *)ctx)->ctx;
+
+	return piece_work(a, &c->m, body_fill, c);
 }
 
 static void body_piece_done(void *ctx, int result)
 {
-	srv_mbop *op = ctx;
-
-	if (result != 0) {
-		srv_mbop_fail(op, result);
-		return;
-	}
-	body_pump(op->req);
+	piece_done(ctx, result, body_pump);
 }
 
 /*
@@ -997,8 +1019,9 @@ static int bodies_begin(struct bodies_ctx *c, eng_store *st)
 
 /* Fills the piece with c->piece_want bytes of the stream (fewer at its
  * end). Pool, inside a read snapshot. */
-static int bodies_fill(struct bodies_ctx *c, eng_store *st)
+static int bodies_fill(void *ctx, eng_store *st)
 {
+	struct bodies_ctx *c = ctx;
 	int err = 0;
 
 	if (c->piece == NULL)
@@ -1066,31 +1089,14 @@ static void bodies_pump(srv_req *req);
 
 static int bodies_piece_work(srv_alias *a, void *ctx)
 {
-	srv_mbop *op = ctx;
-	struct bodies_ctx *c = op->ctx;
-	eng_store *st = srv_alias_store(a);
-	int err;
+	struct bodies_ctx *c = ((srv_mbop *)ctx)->ctx;
 
-	if (st == NULL) {
-		eng_message_close(&c->m);
-		return RPC_ENOSESSION;
-	}
-	if ((err = eng_store_read_begin(st)) != 0)
-		return err;
-	err = bodies_fill(c, st);
-	eng_store_read_end(st);
-	return err;
+	return piece_work(a, &c->m, bodies_fill, c);
 }
 
 static void bodies_piece_done(void *ctx, int result)
 {
-	srv_mbop *op = ctx;
-
-	if (result != 0) {
-		srv_mbop_fail(op, result);
-		return;
-	}
-	bodies_pump(op->req);
+	piece_done(ctx, result, bodies_pump);
 }
 
 /* Sends the piece read, then queues the next read or waits for credit. */
