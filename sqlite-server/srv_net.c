@@ -49,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define NET_READ_BYTES 65536
@@ -1700,6 +1701,7 @@ static int listen_tcp(net_state *n, const sm_config *cfg)
 
 static int listen_unix(net_state *n, const char *path)
 {
+	char tmp[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	struct stat st;
 	mode_t old;
 	int rc;
@@ -1712,12 +1714,22 @@ static int listen_unix(net_state *n, const char *path)
 	uv_pipe_init(n->srv->loop, n->pipe, 0);
 	n->pipe->data = n;
 	n->listeners_open++;
-	/* Created 0600 from the start, not chmod'ed after a window. */
+	/* Bound and listening under a temporary name, then renamed: a
+	 * client that sees the path never finds a socket that refuses
+	 * (bind creates the file before listen). Created 0600 from the
+	 * start, not chmod'ed after a window. */
+	if (snprintf(tmp, sizeof(tmp), "%s.new", path) >= (int)sizeof(tmp))
+		snprintf(tmp, sizeof(tmp), "%s", path);
+	if (strcmp(tmp, path) != 0 && lstat(tmp, &st) == 0 &&
+	    S_ISSOCK(st.st_mode))
+		unlink(tmp);
 	old = umask(0177);
-	rc = uv_pipe_bind(n->pipe, path);
+	rc = uv_pipe_bind(n->pipe, tmp);
 	umask(old);
 	if (rc == 0)
 		rc = uv_listen((uv_stream_t *)n->pipe, 512, on_connection);
+	if (rc == 0 && strcmp(tmp, path) != 0 && rename(tmp, path) != 0)
+		rc = uv_translate_sys_error(errno);
 	if (rc != 0) {
 		eng_log(ENG_LOG_ERROR, "sqlited: cannot listen on %s: %s", path,
 			uv_strerror(rc));
