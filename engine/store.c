@@ -11,6 +11,7 @@
  *  - a spool id in spool_applied has its message committed.
  */
 #include "store_private.h"
+#include "sqlite_mem.h"
 #include "cipher_provider.h"
 #include "eng_error.h"
 #include "keys.h"
@@ -642,6 +643,7 @@ static void sqlite_global_config(void)
 {
 	/* SQLITE_MISUSE if SQLite is in use already: the default stays. */
 	(void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+	(void)eng_sqlite_mem_install();    /* sqlite_mem.c: SQLCipher's lock */
 }
 
 void eng_store_global_init(void)
