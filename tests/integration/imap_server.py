@@ -186,11 +186,11 @@ class Installation:
     self._tmp (a TemporaryDirectory) and self.tmp. Shared by ImapServer and
     mx_server.MxServer. _start_redis also needs self.redis_sock."""
 
-    def _spawn(self, args, name):
+    def _spawn(self, args, name, env=None):
         log = os.path.join(self.tmp, name + ".log")
         out = open(log, "ab")
         p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)
+                             stdin=subprocess.DEVNULL, env=env)
         out.close()
         self.procs.append(p)
         return p
@@ -241,7 +241,12 @@ class ImapdMixin:
     log_text(), imapds = [] and imaps_port/imap_port (the first imapd's)."""
 
     def _start_imapd(self, conf, imaps_port, imap_port, name, host="127.0.0.1"):
-        p = self._spawn([IMAPD, "--config", conf], name)
+        env = None
+        if getattr(self, "fetch_chunk", None):
+            # Test hook: FETCH_META asks this many messages at a time
+            # (4,096 otherwise), so that small tests cross chunks.
+            env = dict(os.environ, SEALMAIL_IMAP_FETCH_CHUNK=str(self.fetch_chunk))
+        p = self._spawn([IMAPD, "--config", conf], name, env)
         ok = wait_for(lambda: (port_open(imaps_port, host) and port_open(imap_port, host))
                       or p.poll() is not None)
         if not ok or p.poll() is not None:
@@ -277,11 +282,12 @@ class ImapdMixin:
 
 
 class ImapServer(Installation, ImapdMixin):
-    def __init__(self, config=None, start=True):
+    def __init__(self, config=None, start=True, fetch_chunk=None):
         if not skip_unless_built():
             raise unittest.SkipTest("sealmail-imapd, sqlited, sealmail or redis-server "
                                     "is missing")
         self.extra = dict(config or {})
+        self.fetch_chunk = fetch_chunk
         self.procs = []
         self.imapds = []        # [(Popen, imaps_port, imap_port)]
         self.domains = set()

@@ -941,11 +941,7 @@ class FetchManyTest(unittest.TestCase):
         count = 1000
         # FETCH_META is asked for 4,096 messages at a time; a test hook
         # makes that 300 here, so that the command crosses chunks.
-        os.environ["SEALMAIL_IMAP_FETCH_CHUNK"] = "300"
-        try:
-            srv = ImapServer()
-        finally:
-            del os.environ["SEALMAIL_IMAP_FETCH_CHUNK"]
+        srv = ImapServer(fetch_chunk=300)
         with srv:
             srv.add_alias(ADDR, PW)
             with srv.rpc("imap@localhost") as rc:

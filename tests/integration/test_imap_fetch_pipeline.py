@@ -72,11 +72,8 @@ class FetchPipelineTest(unittest.TestCase):
     def setUpClass(cls):
         if not skip_unless_built():
             raise unittest.SkipTest("binaries not built")
-        os.environ["SEALMAIL_IMAP_FETCH_CHUNK"] = "5"
-        try:
-            cls.srv = ImapServer(config={"max_message_bytes": str(16 * 1024 * 1024)})
-        finally:
-            del os.environ["SEALMAIL_IMAP_FETCH_CHUNK"]
+        cls.srv = ImapServer(config={"max_message_bytes": str(16 * 1024 * 1024)},
+                             fetch_chunk=5)
         try:
             cls.srv.add_alias(ADDR, PW)
             cls.msgs = [message(i, s) for i, s in enumerate(SIZES)]
