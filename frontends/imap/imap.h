@@ -12,7 +12,10 @@
  *   imap_cmd_mailbox.c SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE
  *                      UNSUBSCRIBE LIST LSUB STATUS APPEND UNSELECT CLOSE
  *                      CHECK GETQUOTA GETQUOTAROOT
- *   imap_cmd_fetch.c   FETCH, UID FETCH (+ BODYSTRUCTURE, BINARY, PREVIEW)
+ *   imap_cmd_fetch.c   FETCH, UID FETCH (+ BODYSTRUCTURE, BINARY, PREVIEW):
+ *                      the command; imap_fetch_meta.c its metadata,
+ *                      imap_fetch_body.c its body items
+ *                      (imap_fetch_private.h)
  *   imap_cmd_message.c STORE COPY MOVE EXPUNGE SEARCH SORT THREAD and the
  *                      UID forms
  *
