@@ -9,9 +9,12 @@
  *                      string and flag writers, RPC error mapping
  *   imap_cmd_auth.c    CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE
  *                      ENABLE ID NAMESPACE IDLE COMPRESS
- *   imap_cmd_mailbox.c SELECT EXAMINE CREATE DELETE RENAME SUBSCRIBE
- *                      UNSUBSCRIBE LIST LSUB STATUS APPEND UNSELECT CLOSE
- *                      CHECK GETQUOTA GETQUOTAROOT
+ *   imap_cmd_mailbox.c CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE STATUS
+ *                      UNSELECT CLOSE CHECK GETQUOTA GETQUOTAROOT and the
+ *                      table of the mailbox commands (imap_mailbox.h)
+ *   imap_cmd_select.c  SELECT EXAMINE, the view (sequence map, flags)
+ *   imap_cmd_list.c    LIST LSUB
+ *   imap_cmd_append.c  APPEND
  *   imap_cmd_fetch.c   FETCH, UID FETCH (+ BODYSTRUCTURE, BINARY, PREVIEW):
  *                      the command; imap_fetch_meta.c its metadata,
  *                      imap_fetch_body.c its body items
@@ -278,12 +281,12 @@ void imap_sync(imap_cmd *cmd, bool allow_expunge, void (*done)(imap_cmd *cmd));
 void imap_select_set(imap_session *s, imap_selected *sel);
 void imap_select_clear(imap_session *s);
 void imap_selected_free(imap_selected *sel);
-/* imap_cmd_mailbox.c: takes a view's uids and flags arrays (cap entries
+/* imap_cmd_select.c: takes a view's uids and flags arrays (cap entries
  * each) for a later SELECT to reuse, or frees them. */
 void imap_view_arrays_put(uint32_t *uids, uint32_t *flags, size_t cap);
 
 /*
- * APPEND streaming (imap_cmd_mailbox.c; called by imap_session.c). The
+ * APPEND streaming (imap_cmd_append.c; called by imap_session.c). The
  * message literals of APPEND are never buffered whole: on the parser's
  * IMAP_EV_LITERAL the session creates the APPEND command (the first time:
  * tag, name "APPEND", args = what was parsed so far; cmd->args is updated

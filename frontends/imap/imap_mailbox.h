@@ -1,8 +1,9 @@
 /*
  * What the mailbox command files share (imap_cmd_mailbox.c: the table and
- * SELECT ... GETQUOTAROOT; imap_cmd_list.c: LIST, LSUB; imap_cmd_append.c:
- * APPEND): sqlited's MAILBOX_INFO read into a struct, STATUS items, the
- * special-use attributes, and the small RPC plumbing every handler uses.
+ * CREATE ... GETQUOTAROOT; imap_cmd_select.c: SELECT, EXAMINE and the view;
+ * imap_cmd_list.c: LIST, LSUB; imap_cmd_append.c: APPEND): sqlited's
+ * MAILBOX_INFO read into a struct, STATUS items, the special-use
+ * attributes, and the small RPC plumbing every handler uses.
  */
 #ifndef IMAP_MAILBOX_H
 #define IMAP_MAILBOX_H
@@ -72,6 +73,7 @@ bool imap_mbx_call(imap_cmd *cmd, uint16_t opcode, const eng_buf *payload,
 char *imap_mbx_name_arg(imap_cmd *cmd, const imap_arg *a);
 
 /* Handlers of the other files, in imap_cmd_mailbox.c's table. */
+void imap_cmd_select(imap_cmd *cmd);
 void imap_cmd_list(imap_cmd *cmd);
 void imap_cmd_lsub(imap_cmd *cmd);
 void imap_cmd_append(imap_cmd *cmd);
