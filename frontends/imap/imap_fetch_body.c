@@ -53,14 +53,36 @@ static int stream_data(freq *r, uint32_t id, const uint8_t *data, size_t len,
 
 /* ---- FETCH_BODY, literals ---- */
 
+/* Sends a FETCH_BODY or FETCH_BODIES whose bytes go to on_data with r;
+ * frees pl. On failure r is released. */
+static int call_body(fetch_op *op, freq *r, uint16_t opcode, eng_buf *pl,
+		     bool stream)
+{
+	rpc_client_opts opts;
+	int rc;
+
+	memset(&opts, 0, sizeof(opts));
+	opts.data = on_data;
+	opts.data_ctx = r;
+	opts.retries = 1;            /* idempotent; not resent after a byte */
+	if (stream)
+		opts.timeout_ms = FETCH_STREAM_TIMEOUT_MS;
+	rc = imap_rpc_call(op->cmd, opcode, pl, &opts, fetch_on_rpc_done);
+	eng_buf_free_wipe(pl);
+	if (rc != 0) {
+		r->used = false;
+		return rc;
+	}
+	op->inflight++;
+	return 0;
+}
+
 /* A FETCH_BODY for the message of UID uid: section, byte range, WANT. */
 int fetch_send_body(fetch_op *op, freq *r, uint32_t uid, const char *section,
 		    uint32_t want, uint64_t offset, uint64_t length,
 		    bool stream)
 {
 	eng_buf pl = ENG_BUF_INIT;
-	rpc_client_opts opts;
-	int rc;
 
 	fetch_payload_begin(op, &pl);
 	rpc_put_u64(&pl, RPC_T_UID, uid);
@@ -71,21 +93,7 @@ int fetch_send_body(fetch_op *op, freq *r, uint32_t uid, const char *section,
 		rpc_put_u64(&pl, RPC_T_OFFSET, offset);
 	if (length != UINT64_MAX)
 		rpc_put_u64(&pl, RPC_T_LENGTH, length);
-	memset(&opts, 0, sizeof(opts));
-	opts.data = on_data;
-	opts.data_ctx = r;
-	opts.retries = 1;            /* FETCH_BODY is idempotent */
-	if (stream)
-		opts.timeout_ms = FETCH_STREAM_TIMEOUT_MS;
-	rc = imap_rpc_call(op->cmd, RPC_OP_FETCH_BODY, &pl, &opts,
-			   fetch_on_rpc_done);
-	eng_buf_free_wipe(&pl);
-	if (rc != 0) {
-		r->used = false;
-		return rc;
-	}
-	op->inflight++;
-	return 0;
+	return call_body(op, r, RPC_OP_FETCH_BODY, &pl, stream);
 }
 
 /* The space between two items of one FETCH response. */
@@ -573,7 +581,6 @@ static int stream_fill(fetch_op *op)
 {
 	fstream *st = &op->st;
 	eng_buf pl = ENG_BUF_INIT;
-	rpc_client_opts opts;
 	size_t n = 0, from;
 	freq *r;
 	int rc;
@@ -608,21 +615,12 @@ static int stream_fill(fetch_op *op)
 	st->err = 0;
 	fetch_payload_begin(op, &pl);
 	rpc_put_uids(&pl, RPC_T_UIDS, st->uids, n);
-	memset(&opts, 0, sizeof(opts));
-	opts.data = on_data;
-	opts.data_ctx = r;
-	opts.retries = 1;            /* idempotent; not resent after a byte */
-	opts.timeout_ms = FETCH_STREAM_TIMEOUT_MS;
-	rc = imap_rpc_call(op->cmd, RPC_OP_FETCH_BODIES, &pl, &opts,
-			   fetch_on_rpc_done);
-	eng_buf_free_wipe(&pl);
+	rc = call_body(op, r, RPC_OP_FETCH_BODIES, &pl, true);
 	if (rc != 0) {
-		r->used = false;
 		st->n = 0;
 		return rc;
 	}
 	st->busy = true;
-	op->inflight++;
 	return 0;
 }
 
