@@ -3,11 +3,17 @@
  * served on the test's loop (main thread), and clients in a second thread
  * with blocking sockets and OpenSSL: implicit TLS with a clean close
  * (close_notify), a STARTTLS upgrade whose pipelined plaintext is
- * discarded, backpressure on a client that does not read, the per-IP
- * limit (with and without a limit_reply), the idle timeout, a
+ * discarded, backpressure on a client that does not read (plain and TLS),
+ * the per-IP limit (with and without a limit_reply), the idle timeout, a
  * certificate reload, an idle connection holding no buffer (plain, TLS,
  * after STARTTLS, after big answers) and held input re-offered after
  * sm_net_resume on several connections at once.
+ *
+ * Rules: correct under any scheduling (the machine may be loaded 10x):
+ * the client waits for what the server reports (a semaphore), never for a
+ * sleep; a failed client check aborts the server's connections so the
+ * test ends at once; a watchdog (SIGALRM, TEST_GUARD_S) turns a hang into
+ * a failure that names the stuck client.
  *
  * The protocol: greeting "HI"; "STARTTLS" -> "OK" then TLS; "BIG n" -> n
  * bytes of 'x' then "\r\nEND", written while sm_net_write_blocked() is
@@ -23,15 +29,20 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -40,8 +51,12 @@
 #include "testutil.h"
 #include "tls_selfsigned.h"
 
-#define BIG_BYTES (4u * 1024 * 1024)
 #define MAX_OUT (64u * 1024)
+/* A test that has not ended after this long hangs (normal: < 1 s). */
+#define TEST_GUARD_S 120
+/* How long a client waits for the server before its check fails: a
+ * guard against a hang, not a timing assumption. */
+#define CLIENT_WAIT_S 60
 
 typedef struct srv_conn_state {
 	size_t big_left;
@@ -49,6 +64,8 @@ typedef struct srv_conn_state {
 	sm_net_conn *c;
 	uv_timer_t *later;           /* MEMLATER, HOLD */
 	bool held;
+	bool big_told;               /* blocked_sem posted for this BIG */
+	struct srv_conn_state *next; /* the fixture's open connections */
 } srv_conn_state;
 
 /* net.c's test hook: the bytes of buffers a connection holds. */
@@ -64,10 +81,14 @@ typedef struct fixture {
 	uint16_t port;
 	pthread_t th;
 	void (*client)(struct fixture *f);
+	int listen_sndbuf;           /* SO_SNDBUF of accepted sockets, 0: default */
+	srv_conn_state *conns;       /* open on the server */
+	sem_t blocked_sem;           /* a BIG answer blocked (or ended) */
 	/* what the server saw */
 	atomic_int lines_evil;
 	atomic_int lines_hello;
 	atomic_int blocked_seen;
+	atomic_size_t produced;      /* bytes of BIG answers written so far */
 	atomic_int drained;
 	atomic_int accepted;
 	atomic_int closed;
@@ -90,6 +111,7 @@ static void big_pump(sm_net_conn *c, srv_conn_state *st)
 
 		sm_net_write(c, chunk, n);
 		st->big_left -= n;
+		g_f->produced += n;
 		if (sm_net_write_queued(c) > g_f->max_queued)
 			g_f->max_queued = sm_net_write_queued(c);
 	}
@@ -97,6 +119,12 @@ static void big_pump(sm_net_conn *c, srv_conn_state *st)
 		sm_net_write(c, "\r\nEND\r\n", 7);
 	else
 		g_f->blocked_seen++;
+	/* The client waits for the first of the two: an answer written
+	 * whole at once (no backpressure) wakes it up too. */
+	if (!st->big_told) {
+		st->big_told = true;
+		sem_post(&g_f->blocked_sem);
+	}
 }
 
 static void on_later(uv_timer_t *t)
@@ -130,6 +158,8 @@ static void s_accept(sm_net_conn *c, void *lctx)
 
 	(void)lctx;
 	st->c = c;
+	st->next = g_f->conns;
+	g_f->conns = st;
 	sm_net_set_ctx(c, st);
 	g_f->accepted++;
 	sm_net_write(c, "HI\r\n", 4);
@@ -166,6 +196,7 @@ static size_t s_data(sm_net_conn *c, void *ctx, const uint8_t *p, size_t len)
 			g_f->lines_hello++;
 		if (strncmp(line, "BIG ", 4) == 0) {
 			st->big_left = strtoul(line + 4, NULL, 10);
+			st->big_told = false;
 			big_pump(c, st);
 			continue;
 		}
@@ -207,6 +238,11 @@ static void s_close(sm_net_conn *c, void *ctx, enum sm_net_reason why)
 	srv_conn_state *st = ctx;
 
 	(void)c;
+	for (srv_conn_state **pp = &g_f->conns; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == st) {
+			*pp = st->next;
+			break;
+		}
 	if (st->later != NULL) {
 		uv_timer_stop(st->later);
 		uv_close((uv_handle_t *)st->later, (uv_close_cb)free);
@@ -226,20 +262,43 @@ static const sm_net_callbacks s_cb = {
 
 /* ---- client helpers (second thread, blocking) ---- */
 
-static int tcp_connect(uint16_t port)
+/*
+ * rcvbuf > 0: a slow reader's socket, its receive buffer that small and
+ * segments of at most 1 KiB, both set BEFORE connect. A receive buffer
+ * shrunk after connect leaves the window under the loopback MSS (64 KiB):
+ * the sender then moves data only on zero-window probes (40 KB/s), whose
+ * backoff grows to seconds whenever the reader is descheduled.
+ */
+static int tcp_connect_rcvbuf(uint16_t port, int rcvbuf)
 {
 	struct sockaddr_in a;
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct timeval tv = { 5, 0 };
+	struct timeval tv = { CLIENT_WAIT_S, 0 };
+	int mss = 1024;
 
 	memset(&a, 0, sizeof(a));
 	a.sin_family = AF_INET;
 	a.sin_port = htons(port);
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0)
+	if (fd < 0)
 		return -1;
+	if (rcvbuf > 0 &&
+	    (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) != 0 ||
+	     setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof(mss)) != 0)) {
+		close(fd);
+		return -1;
+	}
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+		close(fd);
+		return -1;
+	}
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	return fd;
+}
+
+static int tcp_connect(uint16_t port)
+{
+	return tcp_connect_rcvbuf(port, 0);
 }
 
 /* Reads one line (plain) into buf; length or -1 at EOF/error. */
@@ -304,6 +363,11 @@ static void on_done(uv_async_t *a)
 {
 	fixture *f = a->data;
 
+	/* A client that failed a check left its sockets open: without this
+	 * the loop would wait for the idle timeout (10 minutes). */
+	if (!f->client_ok)
+		for (srv_conn_state *st = f->conns; st != NULL; st = st->next)
+			sm_net_abort(st->c);
 	sm_net_listener_close(f->l, NULL, NULL);
 	uv_close((uv_handle_t *)&f->done_async, NULL);
 }
@@ -317,8 +381,52 @@ static void *client_main(void *arg)
 	return NULL;
 }
 
-static void run(fixture *f, bool implicit, const sm_net_listener_config *tweak,
-		void (*client)(fixture *f))
+/* The client running, for the watchdog's message. */
+static const char *volatile g_running = "setup";
+
+static void guard_write(const char *s)
+{
+	ssize_t r = write(STDERR_FILENO, s, strlen(s));
+
+	(void)r;
+}
+
+#define GUARD_TEXT_(n) #n
+#define GUARD_TEXT(n) GUARD_TEXT_(n)
+
+/* SIGALRM: a test ran for TEST_GUARD_S (async-signal-safe calls only). */
+static void on_guard(int sig)
+{
+	(void)sig;
+	guard_write("test_net: HANG: the test running ");
+	guard_write(g_running);
+	guard_write(" did not finish within " GUARD_TEXT(TEST_GUARD_S) " s\n");
+	_exit(1);
+}
+
+/* The listening socket of port (net.h does not expose it), found among
+ * the process's descriptors; -1 if none. */
+static int listener_fd(uint16_t port)
+{
+	for (int fd = 3; fd < 1024; fd++) {
+		struct sockaddr_in a;
+		socklen_t len = sizeof(a);
+		int on = 0;
+		socklen_t olen = sizeof(on);
+
+		if (getsockname(fd, (struct sockaddr *)&a, &len) != 0 ||
+		    a.sin_family != AF_INET || ntohs(a.sin_port) != port)
+			continue;
+		if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &olen) == 0 && on)
+			return fd;
+	}
+	return -1;
+}
+
+#define run(f, implicit, tweak, client) run_client(f, implicit, tweak, client, #client)
+
+static void run_client(fixture *f, bool implicit, const sm_net_listener_config *tweak,
+		       void (*client)(fixture *f), const char *client_name)
 {
 	sm_net_listener_config lc;
 
@@ -336,6 +444,15 @@ static void run(fixture *f, bool implicit, const sm_net_listener_config *tweak,
 	assert_int_equal(sm_net_listen(&f->loop, &lc, &f->l), 0);
 	f->port = sm_net_listener_port(f->l);
 	assert_true(f->port != 0);
+	/* Accepted sockets inherit the listener's SO_SNDBUF (Linux). */
+	if (f->listen_sndbuf > 0) {
+		int fd = listener_fd(f->port);
+
+		assert_true(fd >= 0);
+		assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &f->listen_sndbuf,
+					    sizeof(f->listen_sndbuf)), 0);
+	}
+	g_running = client_name;
 	uv_async_init(&f->loop, &f->done_async, on_done);
 	f->done_async.data = f;
 	f->client = client;
@@ -358,8 +475,11 @@ static int setup(void **state)
 						  &created, &err), 0);
 	assert_int_equal(sm_net_tls_new(f->cert, f->key, &f->tls, &err), 0);
 	assert_int_equal(uv_loop_init(&f->loop), 0);
+	assert_int_equal(sem_init(&f->blocked_sem, 0, 0), 0);
 	g_f = f;
 	*state = f;
+	g_running = "setup";
+	alarm(TEST_GUARD_S);
 	return 0;
 }
 
@@ -367,8 +487,11 @@ static int teardown(void **state)
 {
 	fixture *f = *state;
 
+	g_running = "teardown";
 	uv_run(&f->loop, UV_RUN_DEFAULT);
+	alarm(0);
 	assert_int_equal(uv_loop_close(&f->loop), 0);
+	sem_destroy(&f->blocked_sem);
 	sm_net_tls_free(&f->tls);
 	tu_rmrf(f->dir);
 	free(f->dir);
@@ -635,32 +758,78 @@ static void test_hold_resume(void **state)
 
 /* ---- backpressure ---- */
 
+/*
+ * A client that does not read, then reads slowly (4 KiB at a time), with
+ * small kernel buffers at both ends (its receive buffer and, inherited
+ * from the listener, the server's send buffer: 16 KiB each, doubled by
+ * Linux), so that the BIG answer (BP_BYTES) is far larger than what the
+ * sockets hold: the server must stop, and be woken up again each time the
+ * socket drains (on_write, on_drained) until the END line.
+ *
+ * Before it reads anything, the client waits for the server to say it is
+ * blocked (blocked_sem) and then takes what the server produced so far:
+ * at that point every produced byte is either in net's queue (at most
+ * MAX_OUT plus one chunk, and over TLS the records' overhead) or in the
+ * two kernel buffers, whatever the scheduling. A server without
+ * backpressure would have produced the whole answer at once.
+ */
+#define BP_BYTES (2u * 1024 * 1024)
+#define BP_SOCKBUF 16384
+#define BP_PRODUCED_MAX (512u * 1024)
+
+/* Waits (bounded by CLIENT_WAIT_S: a guard, not a timing) for the server
+ * to block (or to end the answer); what it produced by then, or
+ * SIZE_MAX. */
+static size_t bp_wait_blocked(fixture *f)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += CLIENT_WAIT_S;
+	while (sem_timedwait(&f->blocked_sem, &until) != 0)
+		if (errno != EINTR)
+			return SIZE_MAX;
+	return f->produced;
+}
+
+/* Reads n bytes of 'x' in 4 KiB reads, over plain (ssl NULL) or TLS. */
+static bool bp_read_all(int fd, SSL *ssl, size_t n)
+{
+	char buf[4096];
+	size_t got = 0;
+
+	while (got < n) {
+		size_t want = n - got < sizeof(buf) ? n - got : sizeof(buf);
+		ssize_t r = ssl != NULL ? SSL_read(ssl, buf, (int)want) :
+					  read(fd, buf, want);
+
+		if (r <= 0)
+			return false;
+		for (ssize_t i = 0; i < r; i++)
+			if (buf[i] != 'x')
+				return false;
+		got += (size_t)r;
+	}
+	return true;
+}
+
 static void client_backpressure(fixture *f)
 {
 	char buf[256];
-	static char big[65536];
-	size_t got = 0;
-	int fd = tcp_connect(f->port);
-	int rcv = 4096;
+	int fd = tcp_connect_rcvbuf(f->port, BP_SOCKBUF);
+	size_t produced;
 
 	CHECK(fd >= 0);
-	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
 	CHECK(plain_line(fd, buf, sizeof(buf)) > 0);
-	CHECK(write(fd, "BIG 4194304\r\n", 13) == 13);
-	usleep(300 * 1000);          /* do not read: the server must stop */
-	CHECK(f->blocked_seen > 0);
-	while (got < BIG_BYTES) {
-		ssize_t n = read(fd, big, sizeof(big) < BIG_BYTES - got ?
-				 sizeof(big) : BIG_BYTES - got);
-
-		CHECK(n > 0);
-		for (ssize_t i = 0; i < n; i++)
-			CHECK(big[i] == 'x');
-		got += (size_t)n;
-	}
+	snprintf(buf, sizeof(buf), "BIG %u\r\n", BP_BYTES);
+	CHECK(write(fd, buf, strlen(buf)) == (ssize_t)strlen(buf));
+	produced = bp_wait_blocked(f);
+	CHECK(produced != SIZE_MAX);
+	CHECK(produced <= BP_PRODUCED_MAX);
+	CHECK(bp_read_all(fd, NULL, BP_BYTES));
 	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "\r\n") == 0);
 	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "END\r\n") == 0);
-	write(fd, "QUIT\r\n", 6);
+	CHECK(write(fd, "QUIT\r\n", 6) == 6);
 	CHECK(plain_line(fd, buf, sizeof(buf)) > 0 && strcmp(buf, "BYE\r\n") == 0);
 	CHECK(read(fd, buf, 1) == 0);
 	close(fd);
@@ -671,11 +840,58 @@ static void test_backpressure(void **state)
 {
 	fixture *f = *state;
 
+	f->listen_sndbuf = BP_SOCKBUF;
 	run(f, false, NULL, client_backpressure);
 	assert_true(f->client_ok);
-	assert_true(f->drained > 0);
+	assert_int_equal(f->produced, BP_BYTES);
+	/* Woken up again many times: the sockets hold a small part of it. */
+	assert_true(f->blocked_seen > 1);
+	assert_true(f->drained > 1);
 	/* Never more than the bound plus one chunk queued. */
 	assert_true(f->max_queued <= MAX_OUT + 16384);
+}
+
+static void client_backpressure_tls(fixture *f)
+{
+	char buf[256];
+	SSL_CTX *ctx;
+	int fd = tcp_connect_rcvbuf(f->port, BP_SOCKBUF);
+	SSL *ssl;
+	size_t produced;
+
+	CHECK(fd >= 0);
+	ssl = tls_client(&ctx, fd);
+	CHECK(ssl != NULL);
+	CHECK(tls_ask(ssl, NULL, "HI\r\n"));
+	snprintf(buf, sizeof(buf), "BIG %u\r\n", BP_BYTES);
+	CHECK(SSL_write(ssl, buf, (int)strlen(buf)) == (int)strlen(buf));
+	produced = bp_wait_blocked(f);
+	CHECK(produced != SIZE_MAX);
+	CHECK(produced <= BP_PRODUCED_MAX);
+	CHECK(bp_read_all(fd, ssl, BP_BYTES));
+	CHECK(tls_ask(ssl, NULL, "\r\n"));
+	CHECK(tls_ask(ssl, NULL, "END\r\n"));
+	CHECK(tls_ask(ssl, "QUIT\r\n", "BYE\r\n"));
+	CHECK(SSL_read(ssl, buf, 1) == 0 && SSL_get_error(ssl, 0) == SSL_ERROR_ZERO_RETURN);
+	SSL_free(ssl);
+	SSL_CTX_free(ctx);
+	close(fd);
+	f->client_ok = true;
+}
+
+static void test_backpressure_tls(void **state)
+{
+	fixture *f = *state;
+
+	f->listen_sndbuf = BP_SOCKBUF;
+	run(f, true, NULL, client_backpressure_tls);
+	assert_true(f->client_ok);
+	assert_int_equal(f->produced, BP_BYTES);
+	assert_true(f->blocked_seen > 1);
+	assert_true(f->drained > 1);
+	/* The bound, one chunk, and the records' headers and tags (at most
+	 * 22 bytes per 16 KiB record under TLS 1.3, 29 under 1.2). */
+	assert_true(f->max_queued <= MAX_OUT + 16384 + 6 * 32);
 }
 
 /* ---- per-IP limit and idle timeout ---- */
@@ -857,6 +1073,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_idle_starttls_holds_nothing, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_hold_resume, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_backpressure_tls, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits_and_idle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limit_reply, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limit_reply_not_under_tls, setup, teardown),
@@ -864,5 +1081,6 @@ int main(void)
 	};
 
 	signal(SIGPIPE, SIG_IGN);
+	signal(SIGALRM, on_guard);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
