@@ -165,6 +165,7 @@ int main(int argc, char **argv)
 	acfg.kdf_params.opslimit = cfg->argon2_opslimit;
 	acfg.kdf_params.memlimit_bytes = cfg->argon2_memlimit_mib * 1024 * 1024;
 	d.s.kdf = acfg.kdf_params;
+	srv_alias_config_test_env(&acfg);
 	rc = srv_aliases_new(&loop, &acfg, &d.s.aliases);
 	if (rc != 0) {
 		fprintf(stderr, "sqlited: cannot set up the mailbox table: %s\n",

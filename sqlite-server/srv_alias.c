@@ -32,6 +32,7 @@
  *    records a verifier again and clears a->closing.
  */
 #include "srv_alias.h"
+#include "srv_keyslab.h"
 #include "srv_ops_view.h"
 #include "eng_error.h"
 
@@ -48,6 +49,8 @@
 #define QUEUE_MAX 1024
 /* Passwords remembered per open alias (main + a few app passwords). */
 #define SRV_VERIFIERS 4
+/* Full unlocks (Argon2id) waiting for a slot at most, by default. */
+#define UNLOCK_WAITING_DEFAULT 256
 
 struct work_item {
 	struct work_item *next;
@@ -66,9 +69,10 @@ struct srv_alias {
 	char *db_path;
 	char *spool_dir;
 	/* Touched only by this alias's running work item. MK and the X25519
-	 * key share one guarded allocation (alias_keys_set): sk is mk +
-	 * ENG_MK_BYTES, freed with it (a sodium_malloc costs 2 resident pages
-	 * and 4 mappings; one per alias, not two). */
+	 * key share one slot of the guarded key pages (alias_keys_set,
+	 * srv_keyslab.h): sk is mk + ENG_MK_BYTES, given back with it (a
+	 * sodium_malloc of its own costs 2 resident pages and 4 mappings;
+	 * a slot is 64 bytes of a shared guarded page). */
 	eng_store *st;
 	uint8_t *mk;
 	uint8_t *sk;
@@ -97,8 +101,19 @@ struct session {
 	uint64_t last_used_ms;
 };
 
+/* A login that waits for the result of an identical one (see srv_unlock). */
+struct unlock_join {
+	struct unlock_join *next;
+	srv_unlock_done *done;
+	void *ctx;
+};
+
 struct unlock_req {
 	struct unlock_req *next;
+	/* In as->pending from srv_unlock until its result is handed out. */
+	struct unlock_req *pend_prev, *pend_next;
+	uint8_t join_key[crypto_generichash_BYTES];
+	struct unlock_join *joined, *joined_tail;
 	uv_work_t req;
 	srv_aliases *owner;
 	char alias_id[SRV_ALIAS_ID_MAX + 1];
@@ -123,13 +138,17 @@ struct srv_aliases {
 	struct session *sessions[SESSION_BUCKETS];
 	unsigned n_aliases, n_sessions;
 	struct unlock_req *wait_head, *wait_tail;
-	unsigned unlocks_running, unlocks_waiting;
+	struct unlock_req *pending;    /* every full unlock not yet answered */
+	unsigned unlocks_running, unlocks_waiting, unlocks_joined;
+	uint64_t unlocks_refused;
+	uint64_t refused_logged_ms;    /* last "queue full" log line */
 	uint64_t work_done;
 	uint64_t fast_unlocks;
 	uint64_t releases, reopens;
 	bool trim_pending;             /* a release freed memory: malloc_trim */
 	eng_keyring *dummy;            /* same cost as real ones: see srv_unlock */
 	uint8_t *verifier_key;         /* secret memory; random per process */
+	srv_keyslab *keys;             /* the aliases' MK + sk slots */
 	uv_timer_t timer;
 	bool shutting_down;
 	void (*shutdown_done)(void *ctx);
@@ -144,6 +163,7 @@ void srv_alias_config_default(srv_alias_config *cfg)
 	cfg->session_idle_seconds = 1800;
 	cfg->release_seconds = 10;
 	cfg->max_concurrent_unlocks = 2;
+	cfg->max_waiting_unlocks = UNLOCK_WAITING_DEFAULT;
 	cfg->kdf_params = eng_kdf_default();
 	eng_store_options_default(&cfg->store_opt);
 }
@@ -223,11 +243,11 @@ static void verifiers_clear(srv_alias *a);
 static int alias_open(srv_alias *a, const uint8_t *mk, bool create);
 static int release_work(srv_alias *a, void *ctx);
 
-/* Takes MK and the secret key into one guarded allocation (their own are
- * wiped and freed). */
+/* Takes MK and the secret key into one slot of the guarded key pages
+ * (their own allocations are wiped and freed). */
 static void alias_keys_set(srv_alias *a, uint8_t **mk, uint8_t **sk)
 {
-	uint8_t *keys = eng_secret_new(ENG_MK_BYTES + ENG_SK_BYTES);
+	uint8_t *keys = srv_keyslab_get(a->owner->keys);
 
 	memcpy(keys, *mk, ENG_MK_BYTES);
 	memcpy(keys + ENG_MK_BYTES, *sk, ENG_SK_BYTES);
@@ -239,7 +259,7 @@ static void alias_keys_set(srv_alias *a, uint8_t **mk, uint8_t **sk)
 
 static void alias_keys_free(srv_alias *a)
 {
-	eng_secret_free(&a->mk);        /* sk with it */
+	srv_keyslab_put(a->owner->keys, &a->mk);   /* sk with it */
 	a->sk = NULL;
 }
 
@@ -535,6 +555,7 @@ int srv_alias_create_db(srv_aliases *as, const char *alias_id,
 
 static void unlock_req_free(struct unlock_req *u)
 {
+	sodium_memzero(u->join_key, sizeof(u->join_key));
 	eng_keyring_free(&u->keyring);
 	free(u->blob);
 	sodium_memzero(u->verifier, sizeof(u->verifier));
@@ -613,6 +634,7 @@ static void kdf_work_cb(uv_work_t *req)
 }
 
 static void unlock_start_next(srv_aliases *as);
+static void check_shutdown_done(srv_aliases *as);
 
 static int open_work(srv_alias *a, void *ctx)
 {
@@ -642,6 +664,162 @@ static int open_work(srv_alias *a, void *ctx)
 	return 0;
 }
 
+/*
+ * The unlock queue. A full unlock (Argon2id, then the open on the alias's
+ * queue) is "pending" from srv_unlock until its result is handed out; a
+ * login identical to a pending one (same login name as asked, same alias
+ * and keyring, same password: a keyed BLAKE2b join key, never the password
+ * itself) joins it instead of running Argon2id again, and gets the same
+ * result when it comes (its own session on success). Known and unknown
+ * aliases, right and wrong passwords join alike, so joining says nothing
+ * the client did not know. Full unlocks start in FIFO order under
+ * max_concurrent_unlocks; at most max_waiting_unlocks wait for a slot, and
+ * one more is refused at once with ENG_EBUSY (a prompt "try again later"
+ * rather than a wait longer than the frontends' login timeout).
+ */
+static void compute_join_key(const srv_aliases *as, const char *login,
+			     const char *alias_id, const uint8_t *keyring,
+			     size_t keyring_len, const uint8_t *password,
+			     size_t password_len,
+			     uint8_t out[crypto_generichash_BYTES])
+{
+	static const char domain[] = "sealmail unlock join";
+	crypto_generichash_state st;
+	uint8_t len_le[8];
+
+	crypto_generichash_init(&st, as->verifier_key, 32, crypto_generichash_BYTES);
+	crypto_generichash_update(&st, (const uint8_t *)domain, sizeof(domain));
+	crypto_generichash_update(&st, (const uint8_t *)login, strlen(login) + 1);
+	crypto_generichash_update(&st, (const uint8_t *)alias_id,
+				  strlen(alias_id) + 1);
+	for (int i = 0; i < 8; i++)
+		len_le[i] = (uint8_t)((uint64_t)keyring_len >> (8 * i));
+	crypto_generichash_update(&st, len_le, sizeof(len_le));
+	if (keyring_len > 0)
+		crypto_generichash_update(&st, keyring, keyring_len);
+	crypto_generichash_update(&st, password, password_len);
+	crypto_generichash_final(&st, out, crypto_generichash_BYTES);
+	sodium_memzero(&st, sizeof(st));
+}
+
+static void pending_add(srv_aliases *as, struct unlock_req *u)
+{
+	u->pend_prev = NULL;
+	u->pend_next = as->pending;
+	if (as->pending != NULL)
+		as->pending->pend_prev = u;
+	as->pending = u;
+}
+
+static void pending_remove(srv_aliases *as, struct unlock_req *u)
+{
+	if (u->pend_prev != NULL)
+		u->pend_prev->pend_next = u->pend_next;
+	else if (as->pending == u)
+		as->pending = u->pend_next;
+	if (u->pend_next != NULL)
+		u->pend_next->pend_prev = u->pend_prev;
+	u->pend_prev = u->pend_next = NULL;
+}
+
+/* Bounded by max_waiting_unlocks + max_concurrent_unlocks + the opens
+ * queued on aliases: a linear scan of 32-byte keys. */
+static struct unlock_req *pending_find(srv_aliases *as,
+				       const uint8_t key[crypto_generichash_BYTES])
+{
+	for (struct unlock_req *u = as->pending; u != NULL; u = u->pend_next) {
+		if (sodium_memcmp(u->join_key, key, crypto_generichash_BYTES) == 0)
+			return u;
+	}
+	return NULL;
+}
+
+static void pending_join(srv_aliases *as, struct unlock_req *lead,
+			 srv_unlock_done *done, void *ctx)
+{
+	struct unlock_join *j = eng_calloc(1, sizeof(*j));
+
+	j->done = done;
+	j->ctx = ctx;
+	if (lead->joined_tail != NULL)
+		lead->joined_tail->next = j;
+	else
+		lead->joined = j;
+	lead->joined_tail = j;
+	as->unlocks_joined++;
+}
+
+static void session_add(srv_aliases *as, srv_alias *a,
+			uint8_t handle[SRV_SESSION_BYTES]);
+
+/* One login's answer: a session of a on success (result 0). */
+static void unlock_answer_one(srv_aliases *as, srv_unlock_done *done,
+			      void *ctx, int result, srv_alias *a)
+{
+	uint8_t handle[SRV_SESSION_BYTES];
+
+	if (result != 0) {
+		done(ctx, result, NULL);
+		return;
+	}
+	session_add(as, a, handle);
+	done(ctx, 0, handle);
+	sodium_memzero(handle, sizeof(handle));
+}
+
+/*
+ * Hands the result of the full unlock u to its login and to every login
+ * that joined it, in arrival order, then frees u. u leaves the pending list
+ * first, so a callback that unlocks again starts a new one. a: the alias,
+ * when result is 0.
+ */
+static void unlock_answer(srv_aliases *as, struct unlock_req *u, int result,
+			  srv_alias *a)
+{
+	struct unlock_join *j = u->joined;
+
+	pending_remove(as, u);
+	u->joined = u->joined_tail = NULL;
+	unlock_answer_one(as, u->done, u->ctx, result, a);
+	while (j != NULL) {
+		struct unlock_join *next = j->next;
+
+		as->unlocks_joined--;
+		unlock_answer_one(as, j->done, j->ctx, result, a);
+		free(j);
+		j = next;
+	}
+	unlock_req_free(u);
+}
+
+/* A refused login is logged at most once a second (no name, no secret). */
+static void unlock_refused(srv_aliases *as)
+{
+	uint64_t now = uv_now(as->loop);
+
+	as->unlocks_refused++;
+	if (as->refused_logged_ms != 0 && now - as->refused_logged_ms < 1000)
+		return;
+	as->refused_logged_ms = now;
+	eng_log(ENG_LOG_WARN, "unlock: %u logins already wait for Argon2id "
+		"(%u at once): login refused as temporarily unavailable "
+		"(%llu refused so far)", as->unlocks_waiting,
+		as->cfg.max_concurrent_unlocks,
+		(unsigned long long)as->unlocks_refused);
+}
+
+void srv_alias_config_test_env(srv_alias_config *cfg)
+{
+	const char *e = getenv("SEALMAIL_SQLITED_TEST_UNLOCKS");
+	unsigned running, waiting;
+
+	if (e != NULL && sscanf(e, "%u,%u", &running, &waiting) == 2 &&
+	    running > 0 && waiting > 0) {
+		cfg->max_concurrent_unlocks = running;
+		cfg->max_waiting_unlocks = waiting;
+	}
+}
+
 static void session_add(srv_aliases *as, srv_alias *a,
 			uint8_t handle[SRV_SESSION_BYTES])
 {
@@ -664,10 +842,10 @@ static void open_done(void *ctx, int result)
 {
 	struct unlock_req *u = ctx;
 	srv_aliases *as = u->owner;
-	uint8_t handle[SRV_SESSION_BYTES];
+	srv_alias *a = NULL;
 
 	if (result == 0) {
-		srv_alias *a = alias_get(as, u->alias_id);
+		a = alias_get(as, u->alias_id);
 		/* A close queued after this open runs after it: remember
 		 * nothing, the key is about to go. */
 		bool stale = a->close_gen != u->close_gen;
@@ -685,13 +863,8 @@ static void open_done(void *ctx, int result)
 			if (a->n_verifiers < SRV_VERIFIERS)
 				a->n_verifiers++;
 		}
-		session_add(as, a, handle);
-		u->done(u->ctx, 0, handle);
-		sodium_memzero(handle, sizeof(handle));
-	} else {
-		u->done(u->ctx, result, NULL);
 	}
-	unlock_req_free(u);
+	unlock_answer(as, u, result, a);
 }
 
 static void kdf_after_cb(uv_work_t *req, int status)
@@ -709,10 +882,12 @@ static void kdf_after_cb(uv_work_t *req, int status)
 		u->close_gen = a != NULL ? a->close_gen : 0;
 		err = srv_alias_submit(as, u->alias_id, open_work, open_done, u);
 	}
-	if (err != 0) {
-		u->done(u->ctx, err, NULL);
-		unlock_req_free(u);
-	}
+	if (err != 0)
+		unlock_answer(as, u, err, NULL);
+	/* A shutdown that found this run going waits for it (and may end
+	 * here when no alias was open). */
+	if (as->shutting_down)
+		check_shutdown_done(as);
 }
 
 static void unlock_start_next(srv_aliases *as)
@@ -730,8 +905,7 @@ static void unlock_start_next(srv_aliases *as)
 		if (uv_queue_work(as->loop, &u->req, kdf_work_cb,
 				  kdf_after_cb) != 0) {
 			as->unlocks_running--;
-			u->done(u->ctx, ENG_EIO, NULL);
-			unlock_req_free(u);
+			unlock_answer(as, u, ENG_EIO, NULL);
 		}
 	}
 }
@@ -810,6 +984,18 @@ int srv_unlock(srv_aliases *as, const char *alias_id,
 	       const char *password, size_t password_len,
 	       srv_unlock_done *done, void *ctx)
 {
+	return srv_unlock_login(as, alias_id, alias_id, keyring, keyring_len,
+				password, password_len, done, ctx);
+}
+
+int srv_unlock_login(srv_aliases *as, const char *login, const char *alias_id,
+		     const uint8_t *keyring, size_t keyring_len,
+		     const char *password, size_t password_len,
+		     srv_unlock_done *done, void *ctx)
+{
+	uint8_t key[crypto_generichash_BYTES];
+	unsigned max_waiting = as->cfg.max_waiting_unlocks > 0 ?
+		as->cfg.max_waiting_unlocks : UNLOCK_WAITING_DEFAULT;
 	struct unlock_req *u;
 	int err;
 
@@ -821,13 +1007,29 @@ int srv_unlock(srv_aliases *as, const char *alias_id,
 	if (keyring != NULL && unlock_fast(as, alias_id, keyring, keyring_len,
 					   password, password_len, done, ctx))
 		return 0;
+	compute_join_key(as, login != NULL ? login : "",
+			 keyring != NULL ? alias_id : "", keyring,
+			 keyring != NULL ? keyring_len : 0,
+			 (const uint8_t *)password, password_len, key);
+	if ((u = pending_find(as, key)) != NULL) {
+		sodium_memzero(key, sizeof(key));
+		pending_join(as, u, done, ctx);
+		return 0;
+	}
+	if (as->unlocks_waiting >= max_waiting) {
+		sodium_memzero(key, sizeof(key));
+		unlock_refused(as);
+		return ENG_EBUSY;
+	}
 	u = eng_calloc(1, sizeof(*u));
 	u->owner = as;
+	memcpy(u->join_key, key, sizeof(key));
+	sodium_memzero(key, sizeof(key));
 	snprintf(u->alias_id, sizeof(u->alias_id), "%s",
 		 keyring != NULL ? alias_id : "");
 	if (keyring != NULL &&
 	    (err = eng_keyring_decode(keyring, keyring_len, &u->keyring)) != 0) {
-		free(u);
+		unlock_req_free(u);
 		return err;
 	}
 	if (keyring != NULL) {
@@ -846,6 +1048,7 @@ int srv_unlock(srv_aliases *as, const char *alias_id,
 		as->wait_head = u;
 	as->wait_tail = u;
 	as->unlocks_waiting++;
+	pending_add(as, u);
 	unlock_start_next(as);
 	return 0;
 }
@@ -1043,6 +1246,7 @@ int srv_aliases_new(uv_loop_t *loop, const srv_alias_config *cfg,
 	as->data_dir = eng_strdup(cfg->data_dir);
 	as->verifier_key = eng_secret_new(32);
 	randombytes_buf(as->verifier_key, 32);
+	as->keys = srv_keyslab_new(ENG_MK_BYTES + ENG_SK_BYTES);
 	as->cfg.data_dir = as->data_dir;
 	if (as->cfg.max_concurrent_unlocks == 0)
 		as->cfg.max_concurrent_unlocks = 1;
@@ -1060,6 +1264,7 @@ int srv_aliases_new(uv_loop_t *loop, const srv_alias_config *cfg,
 	}
 	if (err != 0) {
 		eng_secret_free(&as->verifier_key);
+		srv_keyslab_free(&as->keys);
 		free(as->data_dir);
 		free(as);
 		return err;
@@ -1101,8 +1306,7 @@ void srv_aliases_shutdown(srv_aliases *as, void (*done)(void *ctx), void *ctx)
 		struct unlock_req *u = as->wait_head;
 
 		as->wait_head = u->next;
-		u->done(u->ctx, ENG_EBUSY, NULL);
-		unlock_req_free(u);
+		unlock_answer(as, u, ENG_EBUSY, NULL);
 	}
 	as->wait_tail = NULL;
 	as->unlocks_waiting = 0;
@@ -1151,6 +1355,7 @@ void srv_aliases_free(srv_aliases **asp)
 	}
 	eng_keyring_free(&as->dummy);
 	eng_secret_free(&as->verifier_key);
+	srv_keyslab_free(&as->keys);
 	/* The timer handle is freed in its close callback. */
 	uv_close((uv_handle_t *)&as->timer, timer_closed);
 }
@@ -1162,6 +1367,8 @@ void srv_aliases_stats(const srv_aliases *as, srv_alias_stats *stats)
 	stats->sessions = as->n_sessions;
 	stats->unlocks_running = as->unlocks_running;
 	stats->unlocks_waiting = as->unlocks_waiting;
+	stats->unlocks_joined = as->unlocks_joined;
+	stats->unlocks_refused = as->unlocks_refused;
 	stats->work_done = as->work_done;
 	stats->fast_unlocks = as->fast_unlocks;
 	stats->releases = as->releases;

@@ -22,7 +22,10 @@
  * key derived from MK on the next request (no Argon2id; about a
  * millisecond), so sessions never notice.
  * Unlocks (Argon2id) run under a concurrency cap so a login flood cannot
- * exhaust memory: those over the cap wait in a FIFO on the loop thread.
+ * exhaust memory: those over the cap wait in a FIFO on the loop thread,
+ * at most max_waiting_unlocks of them (one more is refused at once with
+ * ENG_EBUSY), and a login identical to one already pending waits for its
+ * result instead of running Argon2id again (srv_unlock_login).
  *
  * Files: data_dir/mailboxes/<alias id>.db and data_dir/spool/<alias id>/,
  * alias ids being the directory's random hex ids, never addresses.
@@ -52,11 +55,15 @@ typedef struct srv_alias_config {
 	unsigned release_seconds;         /* no work this long: connection closed,
 					   * keys kept; 0 never, default 10 */
 	unsigned max_concurrent_unlocks;  /* Argon2id runs at once, default 2 */
+	unsigned max_waiting_unlocks;     /* waiting for a slot, default 256 */
 	eng_kdf_params kdf_params;        /* cost of the timing-equaliser keyring */
 	eng_store_options store_opt;
 } srv_alias_config;
 
 void srv_alias_config_default(srv_alias_config *cfg);
+/* Test hook of the daemon: SEALMAIL_SQLITED_TEST_UNLOCKS="C,W" sets
+ * max_concurrent_unlocks C and max_waiting_unlocks W (both > 0). */
+void srv_alias_config_test_env(srv_alias_config *cfg);
 
 /* Runs on a pool thread with the alias's queue held. Returns 0 or an
  * engine error, handed to the srv_done_fn. */
@@ -100,12 +107,29 @@ typedef void srv_unlock_done(void *ctx, int result,
  * once (so it is ordered before any later close). Any other unlock,
  * including every wrong password and any unlock once a close is
  * submitted, pays the full cost. keyring is copied. done is never called
- * before srv_unlock returns.
+ * before srv_unlock returns. keyring NULL: an unknown alias (alias_id is
+ * then ignored): the same Argon2id cost, then ENG_EAUTH.
+ *
+ * The queue: full unlocks start in FIFO order, at most
+ * max_concurrent_unlocks at once. When max_waiting_unlocks already wait
+ * for a slot, a new one is refused at once with ENG_EBUSY (done is not
+ * called). A login identical to a full unlock not yet answered (the same
+ * login name, alias, keyring and password, compared by a keyed BLAKE2b of
+ * them) joins it, whatever the bound: no Argon2id of its own, and the same
+ * result when it comes (a session of its own on success). Right and wrong
+ * passwords, known and unknown aliases join alike.
  */
 int srv_unlock(srv_aliases *aliases, const char *alias_id,
 	       const uint8_t *keyring, size_t keyring_len,
 	       const char *password, size_t password_len,
 	       srv_unlock_done *done, void *ctx);
+/* The same, login being the name the client gave (normalised): the join
+ * key's first part, so that unknown aliases join like known ones.
+ * srv_unlock uses alias_id for it. */
+int srv_unlock_login(srv_aliases *aliases, const char *login,
+		     const char *alias_id, const uint8_t *keyring,
+		     size_t keyring_len, const char *password,
+		     size_t password_len, srv_unlock_done *done, void *ctx);
 
 /*
  * Finds the alias of a session handle (and marks the session used).
@@ -166,6 +190,8 @@ typedef struct srv_alias_stats {
 	unsigned sessions;
 	unsigned unlocks_running;
 	unsigned unlocks_waiting;
+	unsigned unlocks_joined;    /* logins waiting for an identical unlock */
+	uint64_t unlocks_refused;   /* refused: max_waiting_unlocks reached */
 	uint64_t work_done;
 	uint64_t fast_unlocks;  /* repeated logins that skipped Argon2id */
 	uint64_t releases;      /* connections closed by Release */

@@ -7,8 +7,10 @@
  *   2. pool (srv_blocking): look the address up in the directory and take
  *      the keyring of a mailbox alias;
  *   3. loop: wait for the login throttle's delay (a uv timer);
- *   4. srv_unlock(): Argon2id under the cap, then the database and spool
- *      on the alias's queue; the answer goes back on the loop.
+ *   4. srv_unlock_login(): Argon2id under the cap, then the database and
+ *      spool on the alias's queue; the answer goes back on the loop. A
+ *      login identical to one in progress waits for its result; when too
+ *      many wait for Argon2id already, ENG_EBUSY at once (temporary).
  * An unknown address, a forward-only alias, an address that is not one
  * at all, or a keyring that does not decode all go through step 4 with no
  * keyring: the same Argon2id work and the same EAUTH as a wrong password,
@@ -118,9 +120,10 @@ static void unlock_start(struct unlock_op *u)
 {
 	int err;
 
-	err = srv_unlock(u->srv->aliases, u->alias_id, u->keyring,
-			 u->keyring_len, (const char *)u->password,
-			 u->password_len, unlock_done, u);
+	err = srv_unlock_login(u->srv->aliases, u->throttle_key, u->alias_id,
+			       u->keyring, u->keyring_len,
+			       (const char *)u->password, u->password_len,
+			       unlock_done, u);
 	if (err != 0 && err != ENG_EBUSY && u->keyring != NULL) {
 		/* A keyring in the directory that does not decode: log it,
 		 * and answer as for any failed login. */
@@ -129,9 +132,9 @@ static void unlock_start(struct unlock_op *u)
 		free(u->keyring);
 		u->keyring = NULL;
 		u->keyring_len = 0;
-		err = srv_unlock(u->srv->aliases, "", NULL, 0,
-				 (const char *)u->password, u->password_len,
-				 unlock_done, u);
+		err = srv_unlock_login(u->srv->aliases, u->throttle_key, "",
+				       NULL, 0, (const char *)u->password,
+				       u->password_len, unlock_done, u);
 	}
 	eng_secret_free(&u->password);
 	if (err != 0)

@@ -1,6 +1,7 @@
 /*
  * sqlited's alias table: unlock (right, wrong and unknown), the Argon2id
- * cap, per-alias serialised work, spool drain at unlock, idle close,
+ * cap, the unlock queue (FIFO, identical logins joined, bounded),
+ * per-alias serialised work, spool drain at unlock, idle close,
  * release of idle connections (keys kept, reopened on the next request) and
  * graceful shutdown. A real libuv loop and thread pool, real databases.
  */
@@ -34,8 +35,8 @@ struct fx {
 	uint8_t pk[ENG_PK_BYTES];
 };
 
-static void make_aliases_release(struct fx *f, unsigned idle_seconds,
-				 unsigned release_seconds)
+static void make_aliases_cfg(struct fx *f, unsigned idle_seconds,
+			     unsigned release_seconds, unsigned max_waiting)
 {
 	srv_alias_config cfg;
 
@@ -45,7 +46,15 @@ static void make_aliases_release(struct fx *f, unsigned idle_seconds,
 	cfg.idle_seconds = idle_seconds;
 	cfg.release_seconds = release_seconds;
 	cfg.max_concurrent_unlocks = 1;
+	if (max_waiting > 0)
+		cfg.max_waiting_unlocks = max_waiting;
 	assert_int_equal(srv_aliases_new(&f->loop, &cfg, &f->as), 0);
+}
+
+static void make_aliases_release(struct fx *f, unsigned idle_seconds,
+				 unsigned release_seconds)
+{
+	make_aliases_cfg(f, idle_seconds, release_seconds, 0);
 }
 
 static void make_aliases(struct fx *f, unsigned idle_seconds)
@@ -482,14 +491,21 @@ static void test_unlock_cap(void **state)
 	int done = 0;
 
 	memset(r, 0, sizeof(r));
-	for (int i = 0; i < 6; i++)
-		assert_int_equal(srv_unlock(f->as, "a1", f->keyring,
-					    f->keyring_len, i % 2 ? "secret pw" :
-					    "nope", i % 2 ? 9 : 4, unlock_cb,
-					    &r[i]), 0);
+	/* Distinct login names: six full unlocks, none joins another. */
+	for (int i = 0; i < 6; i++) {
+		char login[16];
+
+		snprintf(login, sizeof(login), "login%d", i);
+		assert_int_equal(srv_unlock_login(f->as, login, "a1", f->keyring,
+						  f->keyring_len, i % 2 ?
+						  "secret pw" : "nope",
+						  i % 2 ? 9 : 4, unlock_cb,
+						  &r[i]), 0);
+	}
 	srv_aliases_stats(f->as, &st);
 	assert_true(st.unlocks_running <= 1);
 	assert_int_equal(st.unlocks_running + st.unlocks_waiting, 6);
+	assert_int_equal(st.unlocks_joined, 0);
 	while (done < 6) {
 		uv_run(&f->loop, UV_RUN_ONCE);
 		srv_aliases_stats(f->as, &st);
@@ -718,6 +734,185 @@ static void test_fast_unlock_vs_close(void **state)
 	assert_int_equal(run_work(f, count_work, &n), 0);
 }
 
+/* ---- the unlock queue: FIFO, joins, bound ---- */
+
+struct ordered_result {
+	struct unlock_result r;
+	int *seq;
+	int order;
+};
+
+static void ordered_cb(void *ctx, int result, const uint8_t *session)
+{
+	struct ordered_result *o = ctx;
+
+	o->order = (*o->seq)++;
+	unlock_cb(&o->r, result, session);
+}
+
+static void run_until(struct fx *f, struct ordered_result *o, int n)
+{
+	for (;;) {
+		int done = 0;
+
+		for (int i = 0; i < n; i++)
+			done += o[i].r.done;
+		if (done == n)
+			break;
+		uv_run(&f->loop, UV_RUN_ONCE);
+	}
+}
+
+static int start_login(struct fx *f, const char *login, const uint8_t *kr,
+		       size_t kr_len, const char *pw, struct ordered_result *o,
+		       int *seq)
+{
+	memset(o, 0, sizeof(*o));
+	o->seq = seq;
+	o->order = -1;
+	return srv_unlock_login(f->as, login, kr != NULL ? "a1" : "", kr, kr_len,
+				pw, strlen(pw), ordered_cb, o);
+}
+
+/*
+ * Identical logins (same name, alias, keyring, password) made while one
+ * of them is pending run Argon2id once: the others join it and get the
+ * same answer, each its own session on success. Wrong passwords and
+ * unknown aliases join alike; another name or password does not join.
+ * Full unlocks are answered in arrival order.
+ */
+static void test_unlock_join(void **state)
+{
+	struct fx *f = *state;
+	struct ordered_result o[12];
+	srv_alias_stats st;
+	int seq = 0;
+
+	/* 0: full; 1-3: join it; 4: wrong pw, full; 5: joins 4; 6: other
+	 * name, full; 7, 8: unknown alias, 8 joins 7; 9: unknown with another
+	 * password, full. */
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(start_login(f, "u@x", f->keyring, f->keyring_len,
+					     "secret pw", &o[i], &seq), 0);
+	for (int i = 4; i < 6; i++)
+		assert_int_equal(start_login(f, "u@x", f->keyring, f->keyring_len,
+					     "wrong", &o[i], &seq), 0);
+	assert_int_equal(start_login(f, "U2@x", f->keyring, f->keyring_len,
+				     "secret pw", &o[6], &seq), 0);
+	for (int i = 7; i < 9; i++)
+		assert_int_equal(start_login(f, "nobody@x", NULL, 0, "secret pw",
+					     &o[i], &seq), 0);
+	assert_int_equal(start_login(f, "nobody@x", NULL, 0, "other pw", &o[9],
+				     &seq), 0);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.unlocks_joined, 5);
+	assert_int_equal(st.unlocks_running, 1);
+	assert_int_equal(st.unlocks_waiting, 4);
+	run_until(f, o, 10);
+	for (int i = 0; i < 10; i++) {
+		bool ok = i < 4 || i == 6;
+
+		assert_int_equal(o[i].r.result, ok ? 0 : ENG_EAUTH);
+	}
+	/* Each joined login has its own session. */
+	for (int i = 1; i < 4; i++)
+		assert_memory_not_equal(o[0].r.session, o[i].r.session,
+					SRV_SESSION_BYTES);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.sessions, 5);
+	assert_int_equal(st.unlocks_joined, 0);
+	/* FIFO: full unlocks start in arrival order (one at a time here). A
+	 * failed one is answered right after its Argon2id run, a successful
+	 * one after its open on the alias's queue: compare within each kind.
+	 * Joiners are answered right after their full unlock. */
+	assert_true(o[4].order < o[7].order && o[7].order < o[9].order);
+	assert_true(o[0].order < o[6].order);
+	for (int i = 1; i < 4; i++)
+		assert_int_equal(o[i].order, o[0].order + i);
+	assert_int_equal(o[5].order, o[4].order + 1);
+	assert_int_equal(o[8].order, o[7].order + 1);
+	/* Once answered, the same login is a new unlock (here the fast path,
+	 * the alias being open). */
+	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len, "wrong",
+				NULL), ENG_EAUTH);
+}
+
+/*
+ * At most max_waiting_unlocks wait for a slot: one more is refused at once
+ * with ENG_EBUSY (and no callback); a login joining a pending one is still
+ * taken; once the queue drains, logins are taken again.
+ */
+static void test_unlock_bound(void **state)
+{
+	struct fx *f = *state;
+	struct ordered_result o[5], late;
+	srv_alias_stats st;
+	int seq = 0, done = 0;
+
+	srv_aliases_shutdown(f->as, shutdown_done, &done);
+	while (!done)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	srv_aliases_free(&f->as);
+	make_aliases_cfg(f, 300, 10, 2);
+	/* 0 runs, 1 and 2 wait; 3 is refused; 4 joins 1. */
+	for (int i = 0; i < 3; i++) {
+		char login[16];
+
+		snprintf(login, sizeof(login), "l%d@x", i);
+		assert_int_equal(start_login(f, login, f->keyring, f->keyring_len,
+					     "secret pw", &o[i], &seq), 0);
+	}
+	assert_int_equal(start_login(f, "l3@x", f->keyring, f->keyring_len,
+				     "secret pw", &o[3], &seq), ENG_EBUSY);
+	assert_int_equal(start_login(f, "l1@x", f->keyring, f->keyring_len,
+				     "secret pw", &o[4], &seq), 0);
+	/* Refused whatever the password or alias: no oracle in the refusal. */
+	assert_int_equal(start_login(f, "nobody@x", NULL, 0, "x", &late, &seq),
+			 ENG_EBUSY);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.unlocks_running, 1);
+	assert_int_equal(st.unlocks_waiting, 2);
+	assert_int_equal(st.unlocks_joined, 1);
+	assert_int_equal(st.unlocks_refused, 2);
+	uv_run(&f->loop, UV_RUN_NOWAIT);
+	assert_int_equal(o[3].r.done, 0);
+	assert_int_equal(late.r.done, 0);
+	o[3].r.done = 1;                      /* refused: no callback to wait for */
+	run_until(f, o, 5);
+	for (int i = 0; i < 5; i++) {
+		if (i != 3)
+			assert_int_equal(o[i].r.result, 0);
+	}
+	assert_int_equal(start_login(f, "l3@x", f->keyring, f->keyring_len,
+				     "wrong", &late, &seq), 0);
+	run_until(f, &late, 1);
+	assert_int_equal(late.r.result, ENG_EAUTH);
+}
+
+/* Shutdown: logins waiting for a slot, and those that joined them, get
+ * ENG_EBUSY at once; the running one finishes. */
+static void test_unlock_join_shutdown(void **state)
+{
+	struct fx *f = *state;
+	struct ordered_result o[4];
+	int seq = 0, done = 0;
+
+	assert_int_equal(start_login(f, "a@x", f->keyring, f->keyring_len,
+				     "secret pw", &o[0], &seq), 0);
+	for (int i = 1; i < 4; i++)
+		assert_int_equal(start_login(f, "b@x", f->keyring, f->keyring_len,
+					     "secret pw", &o[i], &seq), 0);
+	srv_aliases_shutdown(f->as, shutdown_done, &done);
+	for (int i = 1; i < 4; i++) {
+		assert_int_equal(o[i].r.done, 1);
+		assert_int_equal(o[i].r.result, ENG_EBUSY);
+	}
+	while (!done || !o[0].r.done)
+		uv_run(&f->loop, UV_RUN_ONCE);
+	srv_aliases_free(&f->as);
+	make_aliases(f, 300);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -731,6 +926,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_fast_unlock_busy, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_fast_unlock_vs_close, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_unlock_join, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unlock_bound, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_unlock_join_shutdown, setup,
 						teardown),
 	};
 
