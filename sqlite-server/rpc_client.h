@@ -75,6 +75,19 @@
 
 typedef struct rpc_client rpc_client;
 
+/*
+ * The timeout frontends give UNLOCK (a login), instead of the per-request
+ * default: a first login runs Argon2id in sqlited, under a concurrency cap,
+ * so after a restart of sqlited (every alias locked again) a burst of
+ * logins queues there for a while. sqlited bounds that queue and answers
+ * at once with ENG_EBUSY when it is full (docs/rpc.md, UNLOCK), so a login
+ * that waits is one that will be served: it may take minutes, not fail
+ * after the default 30 s. A dropped connection still fails it at once
+ * (RPC_EUNAVAILABLE). Shorter than the frontends' idle timeouts (POP3 10
+ * minutes, IMAP 31), so a waiting login is never cut by them.
+ */
+#define RPC_CLIENT_LOGIN_TIMEOUT_MS (5u * 60 * 1000)
+
 /* The connection came up (err 0) or went down / failed (err < 0). */
 typedef void rpc_client_state_fn(void *ctx, bool up, int err);
 

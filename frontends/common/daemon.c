@@ -171,6 +171,15 @@ int sm_daemon_connect_rpc(sm_daemon *dm)
 	rc_cfg.peer_name = peer;
 	rc_cfg.backoff_max_ms = dm->spec->rpc_backoff_max_ms;
 	rc_cfg.max_queued = dm->spec->rpc_max_queued;
+	/* Test hook: a short default request timeout (tests of requests that
+	 * must not depend on it, e.g. logins: tests/integration/
+	 * test_login_burst.py). Not a configuration key. */
+	{
+		const char *e = getenv("SEALMAIL_RPC_TEST_TIMEOUT_MS");
+
+		if (e != NULL && atoi(e) > 0)
+			rc_cfg.timeout_ms = (uint32_t)atoi(e);
+	}
 	rc = rpc_client_new(&dm->loop, &rc_cfg, &dm->rpc);
 	sm_secret_free(&dm->secret);
 	if (rc != 0)

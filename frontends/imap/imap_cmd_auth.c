@@ -8,7 +8,10 @@
  * failure that is not a temporary one is the same "NO
  * [AUTHENTICATIONFAILED] Authentication failed." whether the alias exists
  * or not; a temporary one is NO [UNAVAILABLE]; the third failure ends the
- * connection. Before TLS, LOGIN and AUTHENTICATE are refused (CAPABILITY
+ * connection. The UNLOCK has the long login timeout (rpc_client.h): after
+ * a restart of sqlited a burst of first logins waits in its Argon2id
+ * queue, and sqlited itself says EBUSY (NO [UNAVAILABLE], at once) when
+ * that queue is full. Before TLS, LOGIN and AUTHENTICATE are refused (CAPABILITY
  * says LOGINDISABLED) except from loopback. The sqlited session is one
  * per alias per process, shared by the alias's connections here
  * (imap_session_logged_in): a LOGIN whose alias already has one LOCKs
@@ -231,7 +234,12 @@ static void on_unlock(imap_cmd *cmd, int err, const rpc_view *resp)
 	eng_buf_free(&b);
 }
 
-/* Starts UNLOCK; answers at once when it cannot be sent. */
+/* Starts UNLOCK; answers at once when it cannot be sent. It may wait
+ * minutes in sqlited's Argon2id queue (rpc_client.h, the login timeout). */
+static const rpc_client_opts login_opts = {
+	.timeout_ms = RPC_CLIENT_LOGIN_TIMEOUT_MS
+};
+
 static void start_login(imap_cmd *cmd, const char *user, size_t user_len,
 			const char *pw, size_t pw_len)
 {
@@ -248,7 +256,7 @@ static void start_login(imap_cmd *cmd, const char *user, size_t user_len,
 	rpc_put_bytes(&pl, RPC_T_PASSWORD, pw, pw_len);
 	rpc_put_str(&pl, RPC_T_CLIENT_ADDR, sm_net_peer_addr(s->c));
 	cmd->op = eng_strndup(user, user_len);
-	err = imap_rpc_call(cmd, RPC_OP_UNLOCK, &pl, NULL, on_unlock);
+	err = imap_rpc_call(cmd, RPC_OP_UNLOCK, &pl, &login_opts, on_unlock);
 	eng_buf_free_wipe(&pl);
 	if (err != 0) {
 		free(cmd->op);

@@ -227,13 +227,15 @@ static void put_session(pop3_session *s, eng_buf *pl)
 	rpc_put_str(pl, RPC_T_MAILBOX, POP3_INBOX);
 }
 
-/* Sends a request for this session; false (and the answer given) if it
- * could not even be queued. */
-static bool call(pop3_session *s, uint16_t op, eng_buf *pl, rpc_client_cb *cb)
+/* Sends a request for this session (timeout_ms 0: the client's default);
+ * false if it could not even be queued (the caller answers). */
+static bool call_timeout(pop3_session *s, uint16_t op, eng_buf *pl,
+			 uint32_t timeout_ms, rpc_client_cb *cb)
 {
 	/* sqlited down: say so now rather than after the request timeout. */
 	int rc = rpc_client_connected(s->d->rpc) ?
-		 rpc_client_call(s->d->rpc, op, pl->data, pl->len, 0, cb, s, NULL) :
+		 rpc_client_call(s->d->rpc, op, pl->data, pl->len, timeout_ms,
+				 cb, s, NULL) :
 		 RPC_EUNAVAILABLE;
 
 	eng_buf_free_wipe(pl);
@@ -245,6 +247,11 @@ static bool call(pop3_session *s, uint16_t op, eng_buf *pl, rpc_client_cb *cb)
 	}
 	s->refs++;
 	return true;
+}
+
+static bool call(pop3_session *s, uint16_t op, eng_buf *pl, rpc_client_cb *cb)
+{
+	return call_timeout(s, op, pl, 0, cb);
 }
 
 /* ---- login: UNLOCK, lock, MAILBOX_STATUS, FETCH_META ---- */
@@ -448,7 +455,10 @@ static void start_login(pop3_session *s, const char *user, size_t user_len,
 	rpc_put_bytes(&pl, RPC_T_PASSWORD, pw, pw_len);
 	rpc_put_str(&pl, RPC_T_CLIENT_ADDR, sm_net_peer_addr(s->c));
 	s->busy = true;
-	if (!call(s, RPC_OP_UNLOCK, &pl, on_unlock)) {
+	/* A first login may wait minutes in sqlited's Argon2id queue; a full
+	 * queue answers EBUSY at once ([SYS/TEMP]). */
+	if (!call_timeout(s, RPC_OP_UNLOCK, &pl, RPC_CLIENT_LOGIN_TIMEOUT_MS,
+			  on_unlock)) {
 		reply(s, ERR_TEMP);
 		s->busy = false;
 	}
