@@ -140,7 +140,7 @@ struct srv_aliases {
 	struct unlock_req *wait_head, *wait_tail;
 	struct unlock_req *pending;    /* every full unlock not yet answered */
 	unsigned unlocks_running, unlocks_waiting, unlocks_joined;
-	uint64_t unlocks_refused;
+	uint64_t unlocks_refused, unlocks_joins;
 	uint64_t refused_logged_ms;    /* last "queue full" log line */
 	uint64_t work_done;
 	uint64_t fast_unlocks;
@@ -747,6 +747,7 @@ static void pending_join(srv_aliases *as, struct unlock_req *lead,
 		lead->joined = j;
 	lead->joined_tail = j;
 	as->unlocks_joined++;
+	as->unlocks_joins++;
 }
 
 static void session_add(srv_aliases *as, srv_alias *a,
@@ -1369,6 +1370,7 @@ void srv_aliases_stats(const srv_aliases *as, srv_alias_stats *stats)
 	stats->unlocks_waiting = as->unlocks_waiting;
 	stats->unlocks_joined = as->unlocks_joined;
 	stats->unlocks_refused = as->unlocks_refused;
+	stats->unlocks_joins = as->unlocks_joins;
 	stats->work_done = as->work_done;
 	stats->fast_unlocks = as->fast_unlocks;
 	stats->releases = as->releases;

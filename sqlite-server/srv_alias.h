@@ -192,6 +192,7 @@ typedef struct srv_alias_stats {
 	unsigned unlocks_waiting;
 	unsigned unlocks_joined;    /* logins waiting for an identical unlock */
 	uint64_t unlocks_refused;   /* refused: max_waiting_unlocks reached */
+	uint64_t unlocks_joins;     /* logins that joined one (no Argon2id) */
 	uint64_t work_done;
 	uint64_t fast_unlocks;  /* repeated logins that skipped Argon2id */
 	uint64_t releases;      /* connections closed by Release */

@@ -53,6 +53,8 @@ static void put_alias_stats(srv *s, eng_buf *b)
 	put_stat(b, "unlocks_waiting", st.unlocks_waiting);
 	put_stat(b, "alias_work_done", st.work_done);
 	put_stat(b, "unlocks_without_kdf", st.fast_unlocks);
+	put_stat(b, "unlocks_joined", st.unlocks_joins);
+	put_stat(b, "unlocks_refused", st.unlocks_refused);
 }
 
 /* STATS: -> STAT* (connection and server counters). */

@@ -806,6 +806,7 @@ static void test_unlock_join(void **state)
 				     &seq), 0);
 	srv_aliases_stats(f->as, &st);
 	assert_int_equal(st.unlocks_joined, 5);
+	assert_int_equal(st.unlocks_joins, 5);
 	assert_int_equal(st.unlocks_running, 1);
 	assert_int_equal(st.unlocks_waiting, 4);
 	run_until(f, o, 10);
