@@ -74,6 +74,7 @@ struct rpc_req {
 	uint32_t id;
 	uint16_t opcode;
 	uint8_t state;               /* enum req_state */
+	bool may_wait;               /* opts.may_wait: see flush_queue */
 	bool pinned;                 /* its data callback is running */
 	bool dead;                   /* freed while pinned */
 	rpc_req *prev, *next;        /* c->queue or c->active */
@@ -168,6 +169,7 @@ struct rpc_client {
 
 	req_list queue;
 	req_list active;
+	uint32_t active_may_wait;    /* of active, requests with may_wait */
 	rpc_req *up_head, *up_tail;
 	rpc_req *buckets[HASH_BUCKETS];
 	uint32_t next_id;
@@ -216,8 +218,16 @@ static void frame_wipe_free(eng_buf *b)
 
 /* ---- lists and the id hash ---- */
 
+/* Keeps c->active_may_wait: r enters (d 1) or leaves (d -1) list l. */
+static void count_may_wait(req_list *l, rpc_req *r, int d)
+{
+	if (r->may_wait && l == &r->c->active)
+		r->c->active_may_wait = (uint32_t)((int)r->c->active_may_wait + d);
+}
+
 static void list_push_back(req_list *l, rpc_req *r)
 {
+	count_may_wait(l, r, 1);
 	r->prev = l->tail;
 	r->next = NULL;
 	if (l->tail != NULL)
@@ -230,6 +240,7 @@ static void list_push_back(req_list *l, rpc_req *r)
 
 static void list_push_front(req_list *l, rpc_req *r)
 {
+	count_may_wait(l, r, 1);
 	r->prev = NULL;
 	r->next = l->head;
 	if (l->head != NULL)
@@ -242,6 +253,7 @@ static void list_push_front(req_list *l, rpc_req *r)
 
 static void list_remove(req_list *l, rpc_req *r)
 {
+	count_may_wait(l, r, -1);
 	if (r->prev != NULL)
 		r->prev->next = r->next;
 	else
@@ -567,11 +579,35 @@ static void send_request(rpc_req *r)
 	}
 }
 
+/*
+ * The next queued request to send: the oldest, except that requests that
+ * may wait long at the server (may_wait: logins in sqlited's Argon2id
+ * queue) hold at most half of the in-flight slots (at least one), so a
+ * burst of them never holds up the others; they keep their FIFO order
+ * among themselves. NULL: nothing may go now.
+ */
+static rpc_req *next_to_send(const rpc_client *c)
+{
+	uint32_t lim = in_flight_limit(c);
+	uint32_t wait_lim = lim > 1 ? lim / 2 : 1;
+	rpc_req *r = c->queue.head;
+
+	if (c->active_may_wait < wait_lim)
+		return r;
+	while (r != NULL && r->may_wait)
+		r = r->next;
+	return r;
+}
+
 static void flush_queue(rpc_client *c)
 {
-	while (live(c) && !c->closing && c->queue.head != NULL &&
-	       c->active.n < in_flight_limit(c))
-		send_request(c->queue.head);
+	rpc_req *r;
+
+	/* The queue is read again after each send: a callback (a request
+	 * that failed to send) may have changed it. */
+	while (live(c) && !c->closing && c->active.n < in_flight_limit(c) &&
+	       (r = next_to_send(c)) != NULL)
+		send_request(r);
 	if (live(c))
 		pump(c);
 }
@@ -1482,6 +1518,7 @@ int rpc_client_call_ex(rpc_client *c, uint16_t opcode, const void *payload,
 	r->cb = cb;
 	r->ctx = ctx;
 	r->retries = opts->retries;
+	r->may_wait = opts->may_wait;
 	r->has_body = opts->has_body;
 	r->body = opts->body;
 	r->body_len = opts->body_len;

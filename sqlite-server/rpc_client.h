@@ -25,7 +25,8 @@
  *    stays in use (and counts as in flight) until the server finishes it.
  *
  * Queueing: a request made while the connection is down, or while the
- * server's MAX_IN_FLIGHT is reached, waits in a FIFO queue bounded by
+ * server's MAX_IN_FLIGHT is reached (or half of it by may_wait requests,
+ * for one of those), waits in a FIFO queue bounded by
  * cfg->max_queued (past it, rpc_client_call returns RPC_EUNAVAILABLE at
  * once, without a callback). A queued request is sent when there is room;
  * its timeout runs from the call, waiting included. After a failed
@@ -87,6 +88,9 @@ typedef struct rpc_client rpc_client;
  * minutes, IMAP 31), so a waiting login is never cut by them.
  */
 #define RPC_CLIENT_LOGIN_TIMEOUT_MS (5u * 60 * 1000)
+/* The options of a login's UNLOCK: that timeout, and may_wait. */
+#define RPC_CLIENT_LOGIN_OPTS { .timeout_ms = RPC_CLIENT_LOGIN_TIMEOUT_MS, \
+				.may_wait = true }
 
 /* The connection came up (err 0) or went down / failed (err < 0). */
 typedef void rpc_client_state_fn(void *ctx, bool up, int err);
@@ -186,6 +190,12 @@ typedef struct rpc_client_opts {
 	 * failing with RPC_EUNAVAILABLE (see the idempotency note above). A
 	 * download is not resent once a chunk reached the data callback. */
 	unsigned retries;
+	/* The server may keep it long (UNLOCK: a login in sqlited's Argon2id
+	 * queue). Such requests hold at most half of the in-flight slots (at
+	 * least one): past that they stay queued, in order, while other
+	 * requests are sent past them, so a burst of logins never holds up
+	 * the requests of users already logged in. */
+	bool may_wait;
 } rpc_client_opts;
 
 /*

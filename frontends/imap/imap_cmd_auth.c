@@ -236,9 +236,7 @@ static void on_unlock(imap_cmd *cmd, int err, const rpc_view *resp)
 
 /* Starts UNLOCK; answers at once when it cannot be sent. It may wait
  * minutes in sqlited's Argon2id queue (rpc_client.h, the login timeout). */
-static const rpc_client_opts login_opts = {
-	.timeout_ms = RPC_CLIENT_LOGIN_TIMEOUT_MS
-};
+static const rpc_client_opts login_opts = RPC_CLIENT_LOGIN_OPTS;
 
 static void start_login(imap_cmd *cmd, const char *user, size_t user_len,
 			const char *pw, size_t pw_len)

@@ -227,15 +227,15 @@ static void put_session(pop3_session *s, eng_buf *pl)
 	rpc_put_str(pl, RPC_T_MAILBOX, POP3_INBOX);
 }
 
-/* Sends a request for this session (timeout_ms 0: the client's default);
+/* Sends a request for this session (opts NULL: the client's defaults);
  * false if it could not even be queued (the caller answers). */
-static bool call_timeout(pop3_session *s, uint16_t op, eng_buf *pl,
-			 uint32_t timeout_ms, rpc_client_cb *cb)
+static bool call_opts(pop3_session *s, uint16_t op, eng_buf *pl,
+		      const rpc_client_opts *opts, rpc_client_cb *cb)
 {
 	/* sqlited down: say so now rather than after the request timeout. */
 	int rc = rpc_client_connected(s->d->rpc) ?
-		 rpc_client_call(s->d->rpc, op, pl->data, pl->len, timeout_ms,
-				 cb, s, NULL) :
+		 rpc_client_call_ex(s->d->rpc, op, pl->data, pl->len, opts, cb,
+				    s, NULL) :
 		 RPC_EUNAVAILABLE;
 
 	eng_buf_free_wipe(pl);
@@ -251,7 +251,7 @@ static bool call_timeout(pop3_session *s, uint16_t op, eng_buf *pl,
 
 static bool call(pop3_session *s, uint16_t op, eng_buf *pl, rpc_client_cb *cb)
 {
-	return call_timeout(s, op, pl, 0, cb);
+	return call_opts(s, op, pl, NULL, cb);
 }
 
 /* ---- login: UNLOCK, lock, MAILBOX_STATUS, FETCH_META ---- */
@@ -442,6 +442,7 @@ static void on_unlock(void *ctx, int err, const rpc_view *resp)
 static void start_login(pop3_session *s, const char *user, size_t user_len,
 			const char *pw, size_t pw_len)
 {
+	static const rpc_client_opts login_opts = RPC_CLIENT_LOGIN_OPTS;
 	eng_buf pl = ENG_BUF_INIT;
 
 	if (user_len == 0 || pw_len == 0 || pw_len > 4096 ||
@@ -457,8 +458,7 @@ static void start_login(pop3_session *s, const char *user, size_t user_len,
 	s->busy = true;
 	/* A first login may wait minutes in sqlited's Argon2id queue; a full
 	 * queue answers EBUSY at once ([SYS/TEMP]). */
-	if (!call_timeout(s, RPC_OP_UNLOCK, &pl, RPC_CLIENT_LOGIN_TIMEOUT_MS,
-			  on_unlock)) {
+	if (!call_opts(s, RPC_OP_UNLOCK, &pl, &login_opts, on_unlock)) {
 		reply(s, ERR_TEMP);
 		s->busy = false;
 	}

@@ -839,6 +839,69 @@ static void test_in_flight_limit(void **state)
 	fake_stop(&f);
 }
 
+/* A PING that may wait long at the server (as a login's UNLOCK). */
+static int ping_may_wait(env *e, const char *echo, result *r)
+{
+	rpc_client_opts o;
+	eng_buf p = ENG_BUF_INIT;
+	int rc;
+
+	memset(&o, 0, sizeof(o));
+	o.may_wait = true;
+	rpc_put_str(&p, RPC_T_ECHO, echo);
+	rc = rpc_client_call_ex(e->c, RPC_OP_PING, p.data, p.len, &o, on_result,
+				r, NULL);
+	eng_buf_free(&p);
+	return rc;
+}
+
+/*
+ * may_wait requests hold at most half of the in-flight slots: the others
+ * are sent past the ones queued, and the held ones go, in order, as slots
+ * free up.
+ */
+static void test_may_wait_half_of_in_flight(void **state)
+{
+	fake f;
+	env e;
+	rpc_client_config cfg;
+	result w[4], n[2];
+
+	(void)state;
+	memset(w, 0, sizeof(w));
+	memset(n, 0, sizeof(n));
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.max_in_flight = 4;
+	fake_init(&f, secret_a);
+	f.ping_batch = 3;            /* answered when three wait at the server */
+	fake_start(&f);
+	env_open(&e, &f, secret_a, &cfg);
+	RUN_UNTIL(&e, rpc_client_connected(e.c), 5000);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(ping_may_wait(&e, "login", &w[i]), 0);
+	/* Two sent (half of 4), two held. */
+	assert_int_equal(rpc_client_in_flight(e.c), 2);
+	assert_int_equal(rpc_client_queued(e.c), 2);
+	/* An ordinary request is sent past the held ones: the server then
+	 * has three and answers them. */
+	assert_int_equal(ping(&e, "other", 0, &n[0], NULL), 0);
+	assert_int_equal(rpc_client_queued(e.c), 2);
+	RUN_UNTIL(&e, n[0].calls == 1 && w[0].calls == 1 && w[1].calls == 1, 5000);
+	assert_int_equal(n[0].err, 0);
+	/* The two held ones went next; one more ordinary request and the
+	 * server answers those three too. */
+	RUN_UNTIL(&e, rpc_client_queued(e.c) == 0, 5000);
+	assert_int_equal(w[2].calls + w[3].calls, 0);
+	assert_int_equal(ping(&e, "other", 0, &n[1], NULL), 0);
+	RUN_UNTIL(&e, total_calls(w, 4) == 4 && n[1].calls == 1, 5000);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(w[i].err, 0);
+	assert_true(atomic_load(&f.max_pending) <= 3);
+	assert_int_equal(rpc_client_in_flight(e.c), 0);
+	env_close(&e);
+	fake_stop(&f);
+}
+
 static void test_timeout(void **state)
 {
 	fake f;
@@ -1897,6 +1960,7 @@ int main(void)
 		cmocka_unit_test(test_bad_server_proof),
 		cmocka_unit_test(test_pipelined_out_of_order),
 		cmocka_unit_test(test_in_flight_limit),
+		cmocka_unit_test(test_may_wait_half_of_in_flight),
 		cmocka_unit_test(test_timeout),
 		cmocka_unit_test(test_cancel),
 		cmocka_unit_test(test_drop_and_reconnect),
