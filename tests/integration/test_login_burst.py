@@ -149,7 +149,8 @@ class LoginBurst(unittest.TestCase):
         # of 16 first logins takes many times RPC_TIMEOUT_MS.
         cls.srv = BurstServer(config={"pop3_port": free_port(),
                                       "argon2_memlimit_mib": "32",
-                                      "argon2_opslimit": "2"})
+                                      "argon2_opslimit": "2",
+                                      "imap_max_conns_per_ip": "200"})
         try:
             cls.srv.pop3_port = int(cls.srv.extra["pop3_port"])
             cls.srv.start_pop3d()
