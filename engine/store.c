@@ -263,12 +263,37 @@ int store_meta_get_int(eng_store *st, const char *key, int64_t *value_r)
 	return rc == SQLITE_DONE ? ENG_ENOTFOUND : store_err(st, rc, "meta");
 }
 
+/*
+ * An UPDATE of the one row, and an INSERT only when there was none. Not
+ * INSERT OR REPLACE: a REPLACE may delete rows, so inside a transaction
+ * SQLite runs it in a statement journal, which copies (and SQLCipher
+ * encrypts) every page the statement touches, and it makes FTS flush its
+ * pending terms under that savepoint: with the two meta writes of each
+ * APPEND (next_thread, modseq) that was ~4 page encryptions per APPEND
+ * on top of the ~28 pages it writes. Outside a transaction (no other
+ * statement can come between the two in one) the REPLACE stays.
+ */
 int store_meta_set_int(eng_store *st, const char *key, int64_t value)
 {
 	int err;
-	sqlite3_stmt *stmt = store_prepare(st,
-		"INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", &err);
+	sqlite3_stmt *stmt;
 
+	if (!sqlite3_get_autocommit(st->db)) {
+		stmt = store_prepare(st, "UPDATE meta SET value = ? WHERE key = ?",
+				     &err);
+		if (stmt == NULL)
+			return err;
+		sqlite3_bind_int64(stmt, 1, value);
+		sqlite3_bind_text(stmt, 2, key, -1, SQLITE_STATIC);
+		if ((err = store_step_done(st, stmt)) != 0 ||
+		    sqlite3_changes(st->db) > 0)
+			return err;
+		stmt = store_prepare(st, "INSERT INTO meta (key, value) "
+				     "VALUES (?, ?)", &err);
+	} else {
+		stmt = store_prepare(st, "INSERT OR REPLACE INTO meta (key, "
+				     "value) VALUES (?, ?)", &err);
+	}
 	if (stmt == NULL)
 		return err;
 	sqlite3_bind_text(stmt, 1, key, -1, SQLITE_STATIC);

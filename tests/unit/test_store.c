@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cipher_provider.h"
 #include "eng_error.h"
 #include "keys.h"
 #include "mime.h"
@@ -1103,6 +1104,77 @@ static void test_sqlite_memstatus_off(void **state)
 	assert_int_equal(cur, 0);
 }
 
+/* The WAL frames of the last commit (a wal hook: no autocheckpoint). */
+static int last_wal_frames;
+
+static int count_wal(void *ctx, sqlite3 *db, const char *name, int frames)
+{
+	(void)ctx;
+	(void)db;
+	(void)name;
+	last_wal_frames = frames;
+	return SQLITE_OK;
+}
+
+static uint64_t cipher_ops(void)
+{
+	uint64_t fast, builtin;
+
+	eng_cipher_provider_thread_pages(&fast, &builtin);
+	return fast + builtin;
+}
+
+/*
+ * An APPEND encrypts the pages it writes to the WAL and the pages it reads
+ * from disk, nothing else: no statement journal (SQLCipher encrypts every
+ * page copied into one). store_meta_set_int's INSERT OR REPLACE ran one
+ * for each of an APPEND's two meta writes (~4 extra page encryptions).
+ * And the meta values it writes are right, inside a transaction and out.
+ */
+static void test_append_no_statement_journal(void **state)
+{
+	tu_store *f = *state;
+	sqlite3 *db = f->st->db;
+	int64_t v = 0, modseq0 = 0, modseq1 = 0;
+	int miss0, miss1, hi;
+	uint64_t ops0, ops1;
+	int frames0;
+
+	(void)append(f, f->inbox, simple_msg, 0);
+	assert_int_equal(store_meta_get_int(f->st, "modseq", &modseq0), 0);
+	sqlite3_wal_hook(db, count_wal, NULL);
+	(void)append(f, f->inbox, simple_msg, 0);
+	frames0 = last_wal_frames;
+	assert_int_equal(sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_MISS,
+					   &miss0, &hi, 0), SQLITE_OK);
+	ops0 = cipher_ops();
+	(void)append(f, f->inbox, "Subject: another\r\n\r\nbody\r\n", 0);
+	ops1 = cipher_ops();
+	assert_int_equal(sqlite3_db_status(db, SQLITE_DBSTATUS_CACHE_MISS,
+					   &miss1, &hi, 0), SQLITE_OK);
+	assert_true(last_wal_frames > frames0 + 5);
+	assert_int_equal(ops1 - ops0,
+			 (uint64_t)(last_wal_frames - frames0 + miss1 - miss0));
+	sqlite3_wal_autocheckpoint(db, 1000);
+	assert_int_equal(store_meta_get_int(f->st, "modseq", &modseq1), 0);
+	assert_true(modseq1 > modseq0);
+
+	/* Both ways of store_meta_set_int: a new key and an existing one. */
+	assert_int_equal(eng_store_tx_begin(f->st), 0);
+	assert_int_equal(store_meta_set_int(f->st, "test_key", 7), 0);
+	assert_int_equal(store_meta_set_int(f->st, "test_key", 8), 0);
+	assert_int_equal(eng_store_tx_commit(f->st), 0);
+	assert_int_equal(store_meta_get_int(f->st, "test_key", &v), 0);
+	assert_int_equal(v, 8);
+	assert_int_equal(store_meta_set_int(f->st, "test_key2", 9), 0);
+	assert_int_equal(store_meta_set_int(f->st, "test_key2", 10), 0);
+	assert_int_equal(store_meta_get_int(f->st, "test_key2", &v), 0);
+	assert_int_equal(v, 10);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM meta WHERE "
+				    "key LIKE 'test_key%'"), 2);
+	check_invariants(f->st);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1137,6 +1209,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_content_id_reserved, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_append_no_statement_journal,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sqlite_memstatus_off, setup,
 						teardown),
 	};
