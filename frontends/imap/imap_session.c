@@ -100,7 +100,10 @@ struct session_full {
 typedef struct rpc_call_ctx {
 	cmd_full *cf;
 	imap_rpc_cb *cb;
+	uint16_t opcode;
 } rpc_call_ctx;
+
+static void send_lock(imapd *d, const uint8_t *handle, size_t len);
 
 static session_full *g_kick_list;
 
@@ -344,11 +347,21 @@ static void on_rpc_answer(void *ctx, int err, const rpc_view *resp)
 	cmd_full *cf = rc->cf;
 	imap_session *s = cf->cmd.s;
 	imap_rpc_cb *cb = rc->cb;
+	uint16_t opcode = rc->opcode;
 
 	free(rc);
 	cf->rpcs--;
 	if (cf->cmd.aborted || s->c == NULL) {
+		const uint8_t *h;
+		size_t hlen;
+
 		cf->cmd.aborted = true;
+		/* A LOGIN whose client has gone: nobody here uses the session
+		 * sqlited opened for it; end it rather than leave the alias
+		 * unlocked until sqlited's session idle timeout. */
+		if (err == 0 && opcode == RPC_OP_UNLOCK &&
+		    rpc_get_bytes(resp, RPC_T_SESSION, &h, &hlen) == 0)
+			send_lock(s->d, h, hlen);
 		cb(&cf->cmd, RPC_ECANCELLED, NULL);
 	} else {
 		cb(&cf->cmd, err, resp);
@@ -375,6 +388,7 @@ int imap_rpc_call(imap_cmd *cmd, uint16_t opcode, const eng_buf *payload,
 	rc = eng_malloc(sizeof(*rc));
 	rc->cf = cfull(cmd);
 	rc->cb = cb;
+	rc->opcode = opcode;
 	err = rpc_client_call_ex(s->d->rpc, opcode, payload->data, payload->len, opts,
 				 on_rpc_answer, rc, &cmd->rpc_id);
 	if (err != 0) {

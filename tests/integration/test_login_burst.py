@@ -26,9 +26,11 @@ Passwords never appear in assertion messages.
 """
 import os
 import poplib
-import subprocess
+import socket
+import struct
 import sys
 import threading
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -229,6 +231,39 @@ class LoginBurst(unittest.TestCase):
             r = (imap_login if p == "imap" else pop3_login)(self.srv, i)
             self.assertEqual(r, "OK", f"{p} login {i} on retry")
 
+    def test_abandoned_login_leaves_no_session(self):
+        # A client that sends LOGIN and resets the connection before the
+        # answer (it gave up waiting in the queue): the session sqlited then
+        # opens for it is ended by the imapd (LOCK), not left holding the
+        # alias unlocked until sqlited's session idle timeout.
+        srv = self.srv
+        before = self.fresh_sqlited("1,64")
+        self.assertTrue(wait_for(lambda: srv.stats()["sessions"] == 0, 30),
+                        "the probes' sessions did not end")
+        open_before = srv.stats()["aliases_open"]
+        # Other first logins ahead in the queue, so that this one is still
+        # waiting when its client goes.
+        ahead = threading.Thread(target=burst, args=(
+            [lambda i=i: imap_login(srv, i) for i in range(1, 7)],))
+        ahead.start()
+        try:
+            wait_for(lambda: srv.stats()["unlocks_waiting"] >= 3, 30)
+            raw = srv.raw(tls=False)
+            raw.send(b"a LOGIN " + address(0).encode() + b' "' + password(0).encode() +
+                     b'"\r\n')
+            time.sleep(0.2)      # let the imapd read it before the reset
+            raw.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raw.close()
+        finally:
+            ahead.join(600)
+
+        def settled():
+            st = srv.stats()
+            return (st["aliases_open"] == open_before + 7 and st["sessions"] == 0 and
+                    st["unlocks_running"] == 0 and st["unlocks_waiting"] == 0)
+        self.assertTrue(wait_for(settled, 30),
+                        f"sqlited after the abandoned LOGIN: {srv.stats()}")
+        self.assertEqual(srv.stats()["unlocks_refused"], before["unlocks_refused"])
 
 if __name__ == "__main__":
     unittest.main()
