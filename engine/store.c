@@ -361,9 +361,15 @@ void eng_store_tx_rollback(eng_store *st)
 	if (st->tx_depth <= 0)
 		return;
 	if (st->tx_depth > 1) {
-		snprintf(sql, sizeof(sql), "ROLLBACK TO sp%d; RELEASE sp%d",
-			 st->tx_depth - 1, st->tx_depth - 1);
-		(void)sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+		/* When SQLite has already rolled back the whole transaction
+		 * there is no savepoint left: the outer levels' statements and
+		 * commit then fail (store_prepare) until they roll back too. */
+		if (!sqlite3_get_autocommit(st->db)) {
+			snprintf(sql, sizeof(sql), "ROLLBACK TO sp%d; "
+				 "RELEASE sp%d", st->tx_depth - 1,
+				 st->tx_depth - 1);
+			(void)sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+		}
 		st->tx_depth--;
 		return;
 	}

@@ -91,6 +91,17 @@ sqlite3_stmt *store_prepare(eng_store *st, const char *sql, int *err_r)
 	struct stmt_slot *s;
 	sqlite3_stmt *stmt;
 
+	/* SQLite ends the whole transaction itself on some errors (a full
+	 * disk or an I/O error in a statement without a statement journal).
+	 * A caller that still thinks it is inside one must not go on in
+	 * autocommit mode, where each statement would commit on its own:
+	 * every statement fails until the transaction is rolled back. */
+	if (st->tx_depth > 0 && sqlite3_get_autocommit(st->db)) {
+		eng_log(ENG_LOG_ERROR, "statement refused: the transaction "
+			"was rolled back by SQLite after an error");
+		*err_r = ENG_EIO;
+		return NULL;
+	}
 	if (st->stmts == NULL)
 		st->stmts = eng_calloc(1, sizeof(*st->stmts));
 	s = cache_find(st->stmts, sql, hash);

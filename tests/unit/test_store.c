@@ -835,6 +835,42 @@ static void test_idempotency_and_tx(void **state)
 	check_invariants(f->st);
 }
 
+/* SQLite may end the whole transaction itself on an error inside a nested
+ * level (a full disk in a statement without a statement journal): the
+ * outer level must then fail, never go on in autocommit mode. Simulated by
+ * a ROLLBACK behind the engine's back. */
+static void test_tx_lost_inside_nested(void **state)
+{
+	tu_store *f = *state;
+	eng_append_opts o = { 0 };
+	eng_mailbox mb;
+	uint32_t uid;
+
+	assert_int_equal(eng_store_tx_begin(f->st), 0);
+	append(f, f->inbox, "Subject: a\r\n\r\na\r\n", 0);
+	assert_int_equal(eng_store_tx_begin(f->st), 0);
+	append(f, f->inbox, "Subject: b\r\n\r\nb\r\n", 0);
+	assert_int_equal(sqlite3_exec(f->st->db, "ROLLBACK", NULL, NULL, NULL),
+			 SQLITE_OK);
+	eng_store_tx_rollback(f->st);
+	/* The outer level's next write and its commit fail... */
+	assert_int_not_equal(eng_append_message(f->st, f->inbox,
+			     "Subject: c\r\n\r\nc\r\n", 18, &o, &uid, NULL),
+			     0);
+	assert_int_not_equal(eng_store_tx_commit(f->st), 0);
+	eng_store_tx_rollback(f->st);
+	/* ...and nothing of the three is stored. */
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 0);
+	eng_mailbox_clear(&mb);
+	/* The store works again afterwards. */
+	append(f, f->inbox, "Subject: d\r\n\r\nd\r\n", 0);
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(mb.messages, 1);
+	eng_mailbox_clear(&mb);
+	check_invariants(f->st);
+}
+
 /* eng_store_read_begin/end: one snapshot for the reads between them (a
  * write from another connection is seen only after the end), nesting,
  * no write transaction inside, a no-op inside a write transaction. */
@@ -1193,6 +1229,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_read_sections, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_embedded_message_sections,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tx_lost_inside_nested,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idempotency_and_tx, setup,
 						teardown),
