@@ -22,8 +22,8 @@
 #include "srv.h"
 #include "srv_alias.h"
 #include "srv_net.h"
+#include "srv_malloc.h"
 
-#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,14 +99,9 @@ int main(int argc, char **argv)
 		usage();
 		return 1;
 	}
-#ifdef __GLIBC__
-	/* Fixed malloc thresholds: glibc otherwise raises both to the size
-	 * of the largest mmapped block freed (Argon2id's), after which the
-	 * memory of released aliases (srv_alias.h, Release) stayed resident
-	 * at the top of the pool threads' arenas. */
-	mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
-	mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
-#endif
+	/* The thread cache off (a re-exec), fastbins off, fixed thresholds:
+	 * what released aliases used goes back to the system (srv_malloc.h). */
+	srv_malloc_tune(argv);
 	/* Database work runs on libuv's pool, sized before its first use. A
 	 * commit holds its thread through the WAL fdatasync (5-25 ms on a
 	 * loaded disk), so the pool, not the CPU, capped how many aliases

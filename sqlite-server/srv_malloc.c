@@ -1,0 +1,80 @@
+/*
+ * sqlited's malloc settings (srv_malloc.h): the thread cache off through
+ * a re-exec with GLIBC_TUNABLES, fastbins off, fixed trim and mmap
+ * thresholds.
+ *
+ * Rules: runs before anything else in main (no thread, no open file that
+ * matters: the exec keeps descriptors, and there are none yet besides the
+ * standard ones); the re-exec happens at most once (the variable it sets
+ * is what it checks); an administrator's glibc.malloc.tcache_count wins.
+ */
+#include "srv_malloc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+#define TCACHE_TUNABLE "glibc.malloc.tcache_count"
+#define TCACHE_OFF TCACHE_TUNABLE "=0"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZER_ALLOCATOR 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SANITIZER_ALLOCATOR 1
+#endif
+#endif
+
+bool srv_malloc_tcache_off(void)
+{
+	const char *t = getenv("GLIBC_TUNABLES");
+
+	return t != NULL && strstr(t, TCACHE_OFF) != NULL;
+}
+
+#if defined(__GLIBC__) && !defined(SANITIZER_ALLOCATOR)
+/* Once: GLIBC_TUNABLES with the cache off, then exec ourselves. */
+static void reexec_without_tcache(char **argv)
+{
+	const char *cur = getenv("GLIBC_TUNABLES");
+	char *prev = cur != NULL ? strdup(cur) : NULL;
+	char *val;
+
+	if (cur != NULL && strstr(cur, TCACHE_TUNABLE "=") != NULL) {
+		free(prev);
+		return;                 /* set already: by us or by the admin */
+	}
+	if (cur != NULL && *cur != '\0') {
+		if (asprintf(&val, "%s:%s", cur, TCACHE_OFF) < 0)
+			val = NULL;
+	} else {
+		val = strdup(TCACHE_OFF);
+	}
+	if (val != NULL && setenv("GLIBC_TUNABLES", val, 1) == 0)
+		execv("/proc/self/exe", argv);
+	/* No exec (no /proc?): run on with the cache, environment as it was. */
+	free(val);
+	if (prev != NULL)
+		setenv("GLIBC_TUNABLES", prev, 1);
+	else
+		unsetenv("GLIBC_TUNABLES");
+	free(prev);
+}
+#endif
+
+void srv_malloc_tune(char **argv)
+{
+#if defined(__GLIBC__) && !defined(SANITIZER_ALLOCATOR)
+	reexec_without_tcache(argv);
+	mallopt(M_MXFAST, 0);
+	mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+	mallopt(M_TOP_PAD, 64 * 1024);
+	mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
+#else
+	(void)argv;
+#endif
+}

@@ -1,0 +1,40 @@
+/*
+ * sqlited's malloc settings: memory given back at rest.
+ *
+ * sqlited's work runs on 32 pool threads (sqlited.c). With glibc's
+ * defaults, what a released alias's SQLite connection had used (srv_alias.h,
+ * Release) stayed resident in the pool threads' arenas even after
+ * malloc_trim: each thread's cache (tcache: up to 7 freed chunks of each
+ * of 64 sizes, held as "in use") kept ~450 chunks scattered over the
+ * arena, one or more per page; fastbin chunks merged into an arena's top
+ * only later, where malloc_trim does not reach (it trims the tops of the
+ * main arena only). 20 MB of sqlited's 25 MB at rest, 1,000 IDLE
+ * connections over 500 users (bench/README.md, "Memory at 1,000 IDLE
+ * connections over 500 users").
+ *
+ * srv_malloc_tune, first thing in main():
+ *  - the thread cache off: only a glibc tunable can do that, and glibc
+ *    reads tunables at exec, so when GLIBC_TUNABLES does not mention
+ *    glibc.malloc.tcache_count the process re-executes itself
+ *    (/proc/self/exe, same pid, same arguments) once with
+ *    glibc.malloc.tcache_count=0 added; an administrator's own setting of
+ *    it is kept as it is; if the exec fails, it runs on with the cache;
+ *  - no fastbins (M_MXFAST 0): a freed chunk merges with its neighbours
+ *    and the top at once;
+ *  - an arena's top is given back past 128 KiB (M_TRIM_THRESHOLD), 64
+ *    KiB kept (M_TOP_PAD); blocks of 1 MiB or more are mmapped
+ *    (M_MMAP_THRESHOLD). Both fixed, so that glibc does not raise them to
+ *    the size of the largest mmapped block freed (Argon2id's).
+ * Not glibc (or under a sanitizer's allocator): nothing changes.
+ */
+#ifndef SRV_MALLOC_H
+#define SRV_MALLOC_H
+
+#include <stdbool.h>
+
+/* May not return (re-exec). argv as main's. */
+void srv_malloc_tune(char **argv);
+/* Whether this process runs without glibc's thread cache (tests). */
+bool srv_malloc_tcache_off(void);
+
+#endif
