@@ -1,6 +1,6 @@
 /*
  * sqlited's malloc settings (srv_malloc.h): the thread cache off through
- * a re-exec with GLIBC_TUNABLES, fastbins off, fixed trim and mmap
+ * a re-exec with GLIBC_TUNABLES, fastbins off, fixed trim (256 KiB) and mmap
  * thresholds.
  *
  * Rules: runs before anything else in main (no thread, no open file that
@@ -71,7 +71,7 @@ void srv_malloc_tune(char **argv)
 #if defined(__GLIBC__) && !defined(SANITIZER_ALLOCATOR)
 	reexec_without_tcache(argv);
 	mallopt(M_MXFAST, 0);
-	mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 256 * 1024);
 	mallopt(M_TOP_PAD, 64 * 1024);
 	mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
 #else

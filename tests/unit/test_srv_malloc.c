@@ -131,7 +131,7 @@ static void test_freed_memory_goes_back(void **state)
 	assert_true(before > 0);
 	/* ~3.6 MB allocated per thread; with glibc's defaults about half of
 	 * it stays resident. Tuned: each arena keeps at most its top's
-	 * 128 KiB and a few pages. */
+	 * 256 KiB and a few pages. */
 	printf("resident growth after free + trim: %ld KiB\n", after - before);
 	assert_true(after - before < THREADS * 512);
 }
