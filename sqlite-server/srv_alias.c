@@ -504,6 +504,7 @@ static void release_done(void *ctx, int result)
 }
 
 struct create_ctx {
+	srv_aliases *as;
 	uint8_t *mk;
 	srv_done_fn *done;
 	void *ctx;
@@ -527,6 +528,10 @@ static void create_done(void *ctx, int result)
 {
 	struct create_ctx *c = ctx;
 
+	/* The new database was opened and closed on a pool thread: what its
+	 * creation allocated is free in that thread's arena, trimmed on the
+	 * next tick like a release's (541 creations left ~2 MB). */
+	c->as->trim_pending = true;
 	eng_secret_free(&c->mk);
 	if (c->done != NULL)
 		c->done(c->ctx, result);
@@ -539,6 +544,7 @@ int srv_alias_create_db(srv_aliases *as, const char *alias_id,
 	struct create_ctx *c = eng_calloc(1, sizeof(*c));
 	int err;
 
+	c->as = as;
 	c->mk = eng_secret_new(ENG_MK_BYTES);
 	memcpy(c->mk, mk, ENG_MK_BYTES);
 	c->done = done;

@@ -17,6 +17,9 @@
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #define TCACHE_TUNABLE "glibc.malloc.tcache_count"
 #define TCACHE_OFF TCACHE_TUNABLE "=0"
@@ -64,12 +67,29 @@ static void reexec_without_tcache(char **argv)
 		unsetenv("GLIBC_TUNABLES");
 	free(prev);
 }
+
+/* The exec of /proc/self/exe named the process "exe" (comm, what ps -C,
+ * pgrep and top show): give it argv[0]'s base name back. */
+static void name_from_argv0(char **argv)
+{
+#ifdef __linux__
+	const char *slash;
+
+	if (argv == NULL || argv[0] == NULL || argv[0][0] == '\0')
+		return;
+	slash = strrchr(argv[0], '/');
+	(void)prctl(PR_SET_NAME, slash != NULL ? slash + 1 : argv[0], 0, 0, 0);
+#else
+	(void)argv;
+#endif
+}
 #endif
 
 void srv_malloc_tune(char **argv)
 {
 #if defined(__GLIBC__) && !defined(SANITIZER_ALLOCATOR)
 	reexec_without_tcache(argv);
+	name_from_argv0(argv);
 	mallopt(M_MXFAST, 0);
 	mallopt(M_TRIM_THRESHOLD, 256 * 1024);
 	mallopt(M_TOP_PAD, 64 * 1024);

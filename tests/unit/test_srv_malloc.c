@@ -2,11 +2,12 @@
  * srv_malloc_tune (sqlite-server/srv_malloc.h): sqlited's malloc settings.
  * The test binary tunes itself as sqlited does (first thing in main: a
  * re-exec with the thread cache off), then: the cache is off in the
- * re-executed process, with the arguments kept; an administrator's own
- * glibc.malloc.tcache_count is kept (no re-exec); and memory that several
- * long-lived threads allocated and freed in a scattered order (what the
- * pool threads do with an SQLite connection's memory before a release)
- * goes back to the system after malloc_trim, the threads still alive.
+ * re-executed process, with the arguments and the process name (comm) kept;
+ * an administrator's own glibc.malloc.tcache_count is kept (no re-exec);
+ * and memory that several long-lived threads allocated and freed in a
+ * scattered order (what the pool threads do with an SQLite connection's
+ * memory before a release) goes back to the system after malloc_trim,
+ * the threads still alive.
  * That last one fails with glibc's defaults (each thread's cache pins
  * pages all over its arena). Skipped where glibc's allocator is not the
  * one in use (sanitizers).
@@ -146,6 +147,17 @@ static void test_tcache_off_after_reexec(void **state)
 	/* The re-exec kept the arguments. */
 	assert_true(g_argc >= 1);
 	assert_non_null(strstr(g_argv[0], "test_srv_malloc"));
+	/* Named after argv[0] again, not "exe" (what ps -C and pgrep see). */
+	{
+		char comm[32] = "";
+		FILE *f = fopen("/proc/self/comm", "r");
+
+		assert_non_null(f);
+		assert_non_null(fgets(comm, sizeof(comm), f));
+		fclose(f);
+		comm[strcspn(comm, "\n")] = '\0';
+		assert_string_equal(comm, "test_srv_malloc");
+	}
 }
 
 /* An administrator's tcache_count is kept: no re-exec, no change. */
