@@ -32,6 +32,15 @@
 #endif
 #endif
 
+bool srv_malloc_tunes(void)
+{
+#if defined(__GLIBC__) && !defined(SANITIZER_ALLOCATOR)
+	return true;
+#else
+	return false;
+#endif
+}
+
 bool srv_malloc_tcache_off(void)
 {
 	const char *t = getenv("GLIBC_TUNABLES");

@@ -38,5 +38,8 @@
 void srv_malloc_tune(char **argv);
 /* Whether this process runs without glibc's thread cache (tests). */
 bool srv_malloc_tcache_off(void);
+/* Whether srv_malloc_tune changes anything in this build: glibc, and not
+ * under a sanitizer's allocator (tests skip what it cannot show). */
+bool srv_malloc_tunes(void);
 
 #endif

@@ -29,14 +29,6 @@
 #include <malloc.h>
 #endif
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZER_ALLOCATOR 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZER_ALLOCATOR 1
-#endif
-#endif
-
 #define THREADS 6
 #define BLOCKS 20000
 
@@ -106,9 +98,8 @@ static void test_freed_memory_goes_back(void **state)
 	long before, after;
 
 	(void)state;
-#ifdef SANITIZER_ALLOCATOR
-	skip();
-#endif
+	if (!srv_malloc_tunes())
+		skip();
 	for (uintptr_t i = 0; i < THREADS; i++)
 		assert_int_equal(pthread_create(&t[i], NULL, churn, (void *)(i + 1)), 0);
 	usleep(100 * 1000);
@@ -140,9 +131,8 @@ static void test_freed_memory_goes_back(void **state)
 static void test_tcache_off_after_reexec(void **state)
 {
 	(void)state;
-#ifdef SANITIZER_ALLOCATOR
-	skip();
-#endif
+	if (!srv_malloc_tunes())
+		skip();
 	assert_true(srv_malloc_tcache_off());
 	/* The re-exec kept the arguments. */
 	assert_true(g_argc >= 1);
@@ -167,9 +157,8 @@ static void test_admin_setting_kept(void **state)
 	int status;
 
 	(void)state;
-#ifdef SANITIZER_ALLOCATOR
-	skip();
-#endif
+	if (!srv_malloc_tunes())
+		skip();
 	pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0) {
