@@ -21,11 +21,11 @@
  * buffers) but keeps its keys: srv_alias_store() reopens it with the raw
  * key derived from MK on the next request (no Argon2id; about a
  * millisecond), so sessions never notice.
- * Unlocks (Argon2id) run under a concurrency cap so a login flood cannot
- * exhaust memory: those over the cap wait in a FIFO on the loop thread,
- * at most max_waiting_unlocks of them (one more is refused at once with
- * ENG_EBUSY), and a login identical to one already pending waits for its
- * result instead of running Argon2id again (srv_unlock_login).
+ * Unlocks (Argon2id, srv_unlock.c) run under a concurrency cap so a login
+ * flood cannot exhaust memory: those over the cap wait in a FIFO on the
+ * loop thread, at most max_waiting_unlocks of them (one more is refused at
+ * once with ENG_EBUSY), and a login identical to one already pending waits
+ * for its result instead of running Argon2id again (srv_unlock_login).
  *
  * Files: data_dir/mailboxes/<alias id>.db and data_dir/spool/<alias id>/,
  * alias ids being the directory's random hex ids, never addresses.
