@@ -26,8 +26,15 @@
  * Error mapping: 401/403 -> ENG_EAUTH, 404 -> ENG_ENOTFOUND, everything
  * else (network, timeouts, 5xx after the retries, other 4xx, malformed
  * answers) -> ENG_EIO, with the details (status, S3 error code) logged.
+ *
+ * Built as the module sealmail-bk-s3.so (sm_module.h), loaded by
+ * bk_target.c at the first s3:// target: its one export is the descriptor
+ * at the end (entry: bk_s3_open); it links libcurl and libxml2 and calls
+ * the process back only for the eng_* helpers listed in
+ * backup/CMakeLists.txt.
  */
 #include "bk_target.h"
+#include "sm_module.h"
 #include "eng_error.h"
 
 #include <curl/curl.h>
@@ -1012,3 +1019,10 @@ int bk_s3_open(const bk_s3_params *p, void **impl_r,
 	*ops_r = &s3_ops;
 	return 0;
 }
+
+/* The module's one entry point (sm_module.h). */
+SM_MODULE_EXPORT const sm_module_desc sealmail_bk_s3_module = {
+	.abi = SM_MODULE_ABI,
+	.name = "bk-s3",
+	.entry = (void *)bk_s3_open,
+};

@@ -1,6 +1,9 @@
 /*
  * bk_target: the URI decides the backend (bk_local.c or bk_s3.c); every
- * operation is a call through its ops table.
+ * operation is a call through its ops table. The S3 backend is the module
+ * sealmail-bk-s3.so, loaded here at the first s3:// target, so that a
+ * process backing up to a directory (or not at all) never maps libcurl
+ * and libxml2.
  *
  * "s3://bucket/prefix" takes endpoint, region and the two key files from
  * the configuration; the secret key is read into guarded memory, handed to
@@ -16,10 +19,17 @@
 
 #include "bk_target.h"
 #include "eng_error.h"
+#include "sm_module.h"
 
-/* Weak so that a build without bk_s3.c still links: s3:// then says so. */
-extern int bk_s3_open(const bk_s3_params *p, void **impl_r,
-		      const struct bk_target_ops **ops_r) __attribute__((weak));
+int bk_s3_load(bk_s3_open_fn **open_r)
+{
+	void *entry;
+	int r = sm_module_load(SM_MODULE_BK_S3, SM_MODULE_BK_S3_SYM,
+			       "the S3 backup target", &entry);
+
+	*open_r = r == 0 ? (bk_s3_open_fn *)entry : NULL;
+	return r;
+}
 
 struct bk_target {
 	void *impl;
@@ -73,10 +83,12 @@ static int open_s3(const char *uri, const sm_config *cfg, bk_target *t,
 	char *bucket, *prefix, *endpoint = NULL;
 	char *access = NULL, *secret = NULL;
 	bk_s3_params p = { 0 };
+	bk_s3_open_fn *s3_open;
 	int r;
 
-	if (bk_s3_open == NULL) {
-		*why_r = "S3 support is not built into this sealmail";
+	if (bk_s3_load(&s3_open) != 0) {
+		*why_r = "the S3 module (sealmail-bk-s3.so) is missing or cannot "
+			 "be loaded: see the log";
 		return ENG_EINVAL;
 	}
 	if (cfg == NULL) {
@@ -130,7 +142,7 @@ static int open_s3(const char *uri, const sm_config *cfg, bk_target *t,
 	p.access_key = access;
 	p.secret_key = secret;
 	p.max_retries = 5;
-	r = bk_s3_open(&p, &t->impl, &t->ops);
+	r = s3_open(&p, &t->impl, &t->ops);
 	if (r < 0)
 		*why_r = "the S3 target could not be opened";
 out:

@@ -85,7 +85,13 @@ typedef struct bk_s3_params {
 	int path_style;          /* 1: endpoint/bucket/key (s3rver, MinIO) */
 	unsigned max_retries;    /* default 5 */
 } bk_s3_params;
-int bk_s3_open(const bk_s3_params *p, void **impl_r,
-	       const struct bk_target_ops **ops_r);
+/* In the module sealmail-bk-s3.so (libcurl, libxml2): bk_target_open()
+ * loads it at the first s3:// target; bk_s3_load() gives its constructor
+ * to a caller that wants it directly (ENG_ENOTFOUND if it is not
+ * installed, logged). */
+typedef int bk_s3_open_fn(const bk_s3_params *p, void **impl_r,
+			  const struct bk_target_ops **ops_r);
+bk_s3_open_fn bk_s3_open;
+int bk_s3_load(bk_s3_open_fn **open_r);
 
 #endif

@@ -80,6 +80,10 @@ typedef struct dir dir;
  *  - "mongodb://..." or "mongodb+srv://...": MongoDB; the database is the
  *    one named in the URI, else "sealmail". Writes use journaled majority
  *    write concern; open pings the server and fails if it does not answer.
+ *    The backend is the module sealmail-dir-mongo.so (frontends/common/
+ *    sm_module.h), loaded at the first such open: a process that never
+ *    opens one never maps libmongoc. ENG_ENOTFOUND (logged) if the module
+ *    is not installed, ENG_EINVAL if it cannot be loaded.
  * A directory written by a newer Sealmail is refused with ENG_ENEWER; an
  * older one is migrated forward in one transaction. ENG_EINVAL for an
  * unknown scheme or a malformed URI, ENG_EIO if the store cannot be

@@ -10,6 +10,7 @@
 #include "dir_private.h"
 #include "eng_error.h"
 #include "keys.h"
+#include "sm_module.h"
 
 #include <sodium.h>
 #include <stdio.h>
@@ -231,6 +232,19 @@ void dir_resolved_clear(dir_resolved *r)
 
 /* ---- open / close ---- */
 
+/* The MongoDB backend is a module (libmongoc and its ~20 libraries are
+ * mapped only by a process that opens such a directory). */
+static int mongo_open(dir *d, const char *uri)
+{
+	void *entry;
+	int err = sm_module_load(SM_MODULE_DIR_MONGO, SM_MODULE_DIR_MONGO_SYM,
+				 "the MongoDB directory", &entry);
+
+	if (err != 0)
+		return err;
+	return ((dir_backend_open_fn *)entry)(d, uri);
+}
+
 static bool has_prefix(const char *s, const char *prefix)
 {
 	return strncmp(s, prefix, strlen(prefix)) == 0;
@@ -265,7 +279,7 @@ int dir_open(const char *uri, const char *data_dir, dir **d_r)
 		err = dir_sqlite_open(d, uri + 7);
 	} else if (has_prefix(uri, "mongodb://") ||
 		   has_prefix(uri, "mongodb+srv://")) {
-		err = dir_mongo_open(d, uri);
+		err = mongo_open(d, uri);
 	} else {
 		eng_log(ENG_LOG_ERROR, "directory: unknown URI scheme");
 		err = ENG_EINVAL;

@@ -26,9 +26,15 @@
  *
  * The client is not thread-safe; dir_common.c's per-handle mutex
  * serialises every call.
+ *
+ * Built as the module sealmail-dir-mongo.so (sm_module.h): its one export
+ * is the descriptor at the end, whose entry is dir_mongo_open; it links
+ * libmongoc, and calls the process back only for the helpers listed in
+ * sqlite-server/CMakeLists.txt (SM_DIR_MODULE_HOST_SYMBOLS).
  */
 #include "dir_private.h"
 #include "eng_error.h"
+#include "sm_module.h"
 
 #include <mongoc/mongoc.h>
 #include <pthread.h>
@@ -731,3 +737,10 @@ int dir_mongo_open(dir *d, const char *uri_string)
 	d->impl = m;
 	return 0;
 }
+
+/* The module's one entry point (sm_module.h). */
+SM_MODULE_EXPORT const sm_module_desc sealmail_dir_mongo_module = {
+	.abi = SM_MODULE_ABI,
+	.name = "dir-mongo",
+	.entry = (void *)dir_mongo_open,
+};

@@ -62,7 +62,11 @@ struct dir {
 };
 
 /* Backend constructors: fill d->ops and d->impl, or return an error and
- * leave them NULL. */
+ * leave them NULL. dir_mongo_open is in the module sealmail-dir-mongo.so
+ * (its descriptor's entry, dir_common.c loads it); the module calls back
+ * only the dir_* and eng_* helpers listed in sqlite-server/CMakeLists.txt
+ * (SM_DIR_MODULE_HOST_SYMBOLS), which executables export. */
+typedef int dir_backend_open_fn(dir *d, const char *uri);
 int dir_sqlite_open(dir *d, const char *path);
 int dir_mongo_open(dir *d, const char *uri);
 
