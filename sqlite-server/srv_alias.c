@@ -824,6 +824,7 @@ void srv_aliases_stats(const srv_aliases *as, srv_alias_stats *stats)
 	stats->unlocks_joins = as->unlocks_joins;
 	stats->work_done = as->work_done;
 	stats->fast_unlocks = as->fast_unlocks;
+	stats->kdf_unlocks = as->kdf_unlocks;
 	stats->releases = as->releases;
 	stats->reopens = as->reopens;
 	for (size_t b = 0; b < ALIAS_BUCKETS; b++) {

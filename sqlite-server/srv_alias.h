@@ -195,6 +195,7 @@ typedef struct srv_alias_stats {
 	uint64_t unlocks_joins;     /* logins that joined one (no Argon2id) */
 	uint64_t work_done;
 	uint64_t fast_unlocks;  /* repeated logins that skipped Argon2id */
+	uint64_t kdf_unlocks;   /* logins that ran Argon2id (any password) */
 	uint64_t releases;      /* connections closed by Release */
 	uint64_t reopens;       /* and reopened by a later request */
 } srv_alias_stats;

@@ -97,6 +97,7 @@ struct srv_aliases {
 	uint64_t refused_logged_ms;    /* last "queue full" log line */
 	uint64_t work_done;
 	uint64_t fast_unlocks;
+	uint64_t kdf_unlocks;          /* Argon2id runs started (STATS unlocks_kdf) */
 	uint64_t releases, reopens;
 	bool trim_pending;             /* a release freed memory: malloc_trim */
 	eng_keyring *dummy;            /* same cost as real ones: see srv_unlock */

@@ -48,10 +48,14 @@ static void put_alias_stats(srv *s, eng_buf *b)
 		srv_aliases_stats(s->aliases, &st);
 	put_stat(b, "aliases", st.aliases);
 	put_stat(b, "aliases_open", st.open);
+	put_stat(b, "aliases_released", st.released);
 	put_stat(b, "sessions", st.sessions);
 	put_stat(b, "unlocks_running", st.unlocks_running);
 	put_stat(b, "unlocks_waiting", st.unlocks_waiting);
 	put_stat(b, "alias_work_done", st.work_done);
+	put_stat(b, "alias_releases", st.releases);
+	put_stat(b, "alias_reopens", st.reopens);
+	put_stat(b, "unlocks_kdf", st.kdf_unlocks);
 	put_stat(b, "unlocks_without_kdf", st.fast_unlocks);
 	put_stat(b, "unlocks_joined", st.unlocks_joins);
 	put_stat(b, "unlocks_refused", st.unlocks_refused);

@@ -336,6 +336,8 @@ static void unlock_start_next(srv_aliases *as)
 				  kdf_after_cb) != 0) {
 			as->unlocks_running--;
 			unlock_answer(as, u, ENG_EIO, NULL);
+		} else {
+			as->kdf_unlocks++;
 		}
 	}
 }

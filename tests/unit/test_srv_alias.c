@@ -164,6 +164,10 @@ static void test_unlock(void **state)
 	srv_aliases_stats(f->as, &st);
 	assert_int_equal(st.sessions, 2);
 	assert_int_equal(st.open, 1);
+	/* Argon2id ran for the wrong password, the unknown alias and the
+	 * first right one; the repeated login took the fast path. */
+	assert_int_equal(st.kdf_unlocks, 3);
+	assert_int_equal(st.fast_unlocks, 1);
 	assert_int_equal(srv_session_end(f->as, s1), 0);
 	assert_int_equal(srv_session_end(f->as, s1), ENG_ENOTFOUND);
 	assert_int_equal(srv_session_alias(f->as, s1, id), ENG_ENOTFOUND);
@@ -457,13 +461,18 @@ static void test_release(void **state)
 	assert_int_equal(run_work(f, count_work, &count), 0);
 	assert_int_equal(count, 2);
 
-	/* Released: a repeated login is still a fast one. */
+	/* Released: a repeated login is still a fast one: no Argon2id (the
+	 * session 5 look at the memory harness: its repeated logins reopen
+	 * released databases, which costs memory until the next release,
+	 * never an Argon2id run). */
 	wait_stats(f, is_released, &st);
 	assert_int_equal(st.released, 1);
+	assert_int_equal(st.kdf_unlocks, 1);
 	assert_int_equal(unlock(f, "a1", f->keyring, f->keyring_len,
 				"secret pw", s2), 0);
 	srv_aliases_stats(f->as, &st);
 	assert_int_equal(st.fast_unlocks, 1);
+	assert_int_equal(st.kdf_unlocks, 1);
 	assert_int_equal(st.sessions, 2);
 
 	/* LOCK of both: closed and wiped after idle_seconds, released or
@@ -516,6 +525,8 @@ static void test_unlock_cap(void **state)
 	}
 	for (int i = 0; i < 6; i++)
 		assert_int_equal(r[i].result, i % 2 ? 0 : ENG_EAUTH);
+	srv_aliases_stats(f->as, &st);
+	assert_int_equal(st.kdf_unlocks, 6);
 }
 
 /*
@@ -545,6 +556,7 @@ static void test_fast_unlock(void **state)
 				"secret pX", NULL), ENG_EAUTH);
 	srv_aliases_stats(f->as, &st);
 	assert_int_equal(st.fast_unlocks, 1);
+	assert_int_equal(st.kdf_unlocks, 2);    /* the first and the wrong one */
 
 	/* A changed keyring (an app password added) invalidates it. */
 	assert_int_equal(eng_keyring_decode(f->keyring, f->keyring_len, &kr), 0);
@@ -559,6 +571,7 @@ static void test_fast_unlock(void **state)
 	assert_int_equal(unlock(f, "a1", blob2, blob2_len, "secret pw", NULL), 0);
 	srv_aliases_stats(f->as, &st);
 	assert_int_equal(st.fast_unlocks, 2);
+	assert_int_equal(st.kdf_unlocks, 3);
 	/* A revoked app password: it opened the alias before (remembered),
 	 * but with the keyring that no longer has its slot it fails. */
 	{
@@ -579,6 +592,7 @@ static void test_fast_unlock(void **state)
 	}
 	srv_aliases_stats(f->as, &st);
 	assert_int_equal(st.fast_unlocks, 2);
+	assert_int_equal(st.kdf_unlocks, 5);
 	eng_secret_free(&mk);
 	eng_keyring_free(&kr);
 	free(blob2);
@@ -822,6 +836,7 @@ static void test_unlock_join(void **state)
 	srv_aliases_stats(f->as, &st);
 	assert_int_equal(st.sessions, 5);
 	assert_int_equal(st.unlocks_joined, 0);
+	assert_int_equal(st.kdf_unlocks, 5);    /* 0, 4, 6, 7 and 9 */
 	/* FIFO: full unlocks start in arrival order (one at a time here). A
 	 * failed one is answered right after its Argon2id run, a successful
 	 * one after its open on the alias's queue: compare within each kind.
