@@ -405,19 +405,40 @@ int rpc_reader_feed(rpc_reader *r, const uint8_t *data, size_t len,
 
 /* ---- Frame writer ---- */
 
-size_t rpc_frame_begin(eng_buf *b, uint8_t kind, uint8_t flags,
-		       uint16_t opcode, uint32_t request_id)
+/* A header with its length left 0. */
+static void header_fill(uint8_t hdr[RPC_HEADER_BYTES], uint8_t kind,
+			uint8_t flags, uint16_t opcode, uint32_t request_id)
 {
-	uint8_t hdr[RPC_HEADER_BYTES] = { 0 };
-	size_t mark = b->len;
-
+	memset(hdr, 0, RPC_HEADER_BYTES);
 	hdr[4] = RPC_VERSION;
 	hdr[5] = kind;
 	hdr[6] = flags;
 	set_be16(hdr + 8, opcode);
 	set_be32(hdr + 12, request_id);
+}
+
+size_t rpc_frame_begin(eng_buf *b, uint8_t kind, uint8_t flags,
+		       uint16_t opcode, uint32_t request_id)
+{
+	uint8_t hdr[RPC_HEADER_BYTES];
+	size_t mark = b->len;
+
+	header_fill(hdr, kind, flags, opcode, request_id);
 	eng_buf_append(b, hdr, sizeof(hdr));
 	return mark;
+}
+
+int rpc_frame_header(uint8_t hdr[RPC_HEADER_BYTES], uint8_t kind,
+		     uint8_t flags, uint16_t opcode, uint32_t request_id,
+		     size_t payload_len)
+{
+	if (payload_len > RPC_MAX_FRAME_BYTES - RPC_HEADER_BYTES)
+		return RPC_EFRAMESIZE;
+	if (kind == RPC_K_DATA && payload_len > RPC_MAX_CHUNK_BYTES)
+		return RPC_ECHUNKSIZE;
+	header_fill(hdr, kind, flags, opcode, request_id);
+	set_be32(hdr, (uint32_t)(RPC_HEADER_BYTES - 4 + payload_len));
+	return 0;
 }
 
 int rpc_frame_end(eng_buf *b, size_t mark, const rpc_limits *lim)

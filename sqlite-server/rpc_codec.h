@@ -143,6 +143,14 @@ size_t rpc_frame_begin(eng_buf *b, uint8_t kind, uint8_t flags,
  * RPC_EFRAMESIZE / RPC_ECHUNKSIZE returned.
  */
 int rpc_frame_end(eng_buf *b, size_t mark, const rpc_limits *lim);
+/*
+ * A frame built in place: writes at hdr the header of a frame whose
+ * payload_len bytes follow it (the caller's buffer holds the payload after
+ * RPC_HEADER_BYTES). Checks as rpc_frame_end with the default limits.
+ */
+int rpc_frame_header(uint8_t hdr[RPC_HEADER_BYTES], uint8_t kind,
+		     uint8_t flags, uint16_t opcode, uint32_t request_id,
+		     size_t payload_len);
 /* Writes f (header and f->payload) as one frame; checks like frame_end. */
 int rpc_frame_write(eng_buf *b, const rpc_frame *f, const rpc_limits *lim);
 

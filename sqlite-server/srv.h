@@ -130,6 +130,15 @@ void srv_reply_body(srv_req *req);
 size_t srv_window(const srv_req *req);
 void srv_send_data(srv_req *req, const void *data, size_t len, bool end);
 /*
+ * srv_send_data of the len bytes at buf + RPC_HEADER_BYTES, where buf is
+ * a srv_pieces buffer (srv_bufpool.h) the caller gives up: the DATA frame
+ * is built in place (its header in buf's first RPC_HEADER_BYTES) and buf
+ * itself goes to the socket, back to the pool once written. Over TLS (or
+ * when the request's answer is dropped) as srv_send_data, and buf goes
+ * back at once. len within the window and RPC_MAX_CHUNK_BYTES.
+ */
+void srv_send_data_buf(srv_req *req, uint8_t *buf, size_t len, bool end);
+/*
  * A whole body of len bytes within the first window: srv_reply_body()
  * and srv_send_data(data, len, true) in one write (RESPONSE and DATA
  * frames back to back), and req freed; true. False when it cannot (the

@@ -37,6 +37,7 @@
 #include "eng_error.h"
 #include "rpc_auth.h"
 #include "spool.h"
+#include "srv_bufpool.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -251,13 +252,30 @@ static void peer_put(net_state *n, net_peer **pp)
 
 /* ---- output ---- */
 
+/* Whose bytes a write sends: a copy in the write itself, a block it
+ * frees, or a piece buffer it gives back to srv_pieces (srv_bufpool.h). */
+enum wire_own { W_COPY, W_OWNED, W_POOLED };
+
 typedef struct net_write {
 	uv_write_t w;
 	srv_conn *c;
 	size_t len;
 	char *owned;                 /* the bytes, if not in data[] */
+	bool pooled;                 /* owned is a srv_pieces buffer */
 	char data[];
 } net_write;
+
+/* Owned bytes of a write, done with: wiped, then freed or given back to
+ * the piece pool (which wipes them itself). */
+static void owned_release(char *p, size_t len, bool pooled)
+{
+	if (pooled) {
+		srv_bufpool_put(&srv_pieces, (uint8_t *)p, len);
+		return;
+	}
+	sodium_memzero(p, len);
+	free(p);
+}
 
 static void resume_streams(srv_conn *c);
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
@@ -270,8 +288,10 @@ static void on_write(uv_write_t *w, int status)
 
 	(void)status;
 	c->out_bytes -= nw->len;
-	sodium_memzero(nw->owned != NULL ? nw->owned : nw->data, nw->len);
-	free(nw->owned);
+	if (nw->owned != NULL)
+		owned_release(nw->owned, nw->len, nw->pooled);
+	else
+		sodium_memzero(nw->data, nw->len);
 	free(nw);
 	if (c->state == C_CLOSING)
 		return;
@@ -297,25 +317,27 @@ static void read_stop(srv_conn *c)
 }
 
 /*
- * Queues bytes for the socket: a copy of data, or, with owned, data
- * itself, which the write then frees (wiped, like the copy) when done.
+ * Queues bytes for the socket: a copy of data (W_COPY), or data itself,
+ * which the write then frees (W_OWNED) or gives back to the piece pool
+ * (W_POOLED) when done, wiped like the copy.
  */
-static void wire_queue(srv_conn *c, const void *data, size_t len, bool owned)
+static void wire_queue(srv_conn *c, const void *data, size_t len,
+		       enum wire_own own)
 {
+	bool owned = own != W_COPY;
 	net_write *nw;
 	uv_buf_t b;
 
 	if (len == 0 || uv_is_closing(&c->h.handle)) {
-		if (owned) {
-			sodium_memzero((void *)data, len);
-			free((void *)data);
-		}
+		if (owned)
+			owned_release((char *)data, len, own == W_POOLED);
 		return;
 	}
 	nw = eng_malloc(sizeof(*nw) + (owned ? 0 : len));
 	nw->c = c;
 	nw->len = len;
 	nw->owned = owned ? (char *)data : NULL;
+	nw->pooled = own == W_POOLED;
 	if (!owned)
 		memcpy(nw->data, data, len);
 	b = uv_buf_init(owned ? nw->owned : nw->data, (unsigned)len);
@@ -323,8 +345,10 @@ static void wire_queue(srv_conn *c, const void *data, size_t len, bool owned)
 	c->net->srv->bytes_out += len;
 	if (uv_write(&nw->w, &c->h.stream, &b, 1, on_write) != 0) {
 		c->out_bytes -= len;
-		sodium_memzero(b.base, len);
-		free(nw->owned);
+		if (owned)
+			owned_release(nw->owned, len, nw->pooled);
+		else
+			sodium_memzero(nw->data, len);
 		free(nw);
 		conn_close(c, false);
 		return;
@@ -342,7 +366,7 @@ static void wire_queue(srv_conn *c, const void *data, size_t len, bool owned)
 
 static void wire_write(srv_conn *c, const void *data, size_t len)
 {
-	wire_queue(c, data, len, false);
+	wire_queue(c, data, len, W_COPY);
 }
 
 /* Moves what TLS produced to the socket. */
@@ -402,7 +426,7 @@ static int send_frame(srv_conn *c, uint8_t kind, uint8_t flags, uint16_t opcode,
 		size_t n;
 		char *data = eng_buf_steal(&b, &n);
 
-		wire_queue(c, data, n, true);
+		wire_queue(c, data, n, W_OWNED);
 		return 0;
 	}
 	if (rc == 0)
@@ -812,6 +836,25 @@ void srv_send_data(srv_req *req, const void *data, size_t len, bool end)
 		req_free(r);
 }
 
+void srv_send_data_buf(srv_req *req, uint8_t *buf, size_t len, bool end)
+{
+	net_req *r = to_net(req);
+	uint8_t flags = end ? RPC_F_END : 0;
+
+	/* Over TLS each frame is its own SSL_write (a copy anyway); what
+	 * srv_send_data drops or refuses it drops or refuses the same way. */
+	if (!req_live(r) || len > r->send_window || req->conn->ssl != NULL ||
+	    rpc_frame_header(buf, RPC_K_DATA, flags, 0, req->id, len) != 0) {
+		srv_send_data(req, buf + RPC_HEADER_BYTES, len, end);
+		srv_bufpool_put(&srv_pieces, buf, RPC_HEADER_BYTES + len);
+		return;
+	}
+	r->send_window -= len;
+	wire_queue(req->conn, buf, RPC_HEADER_BYTES + len, W_POOLED);
+	if (end)
+		req_free(r);
+}
+
 bool srv_reply_body_end(srv_req *req, const void *data, size_t len)
 {
 	net_req *r = to_net(req);
@@ -845,7 +888,7 @@ bool srv_reply_body_end(srv_req *req, const void *data, size_t len)
 		/* Cannot fail: len is within the chunk bound checked above. */
 		(void)rpc_frame_end(&b, mark, NULL);
 		bytes = eng_buf_steal(&b, &n);
-		wire_queue(req->conn, bytes, n, true);
+		wire_queue(req->conn, bytes, n, W_OWNED);
 	}
 	eng_buf_free_wipe(&b);
 	eng_buf_reset(&req->reply);

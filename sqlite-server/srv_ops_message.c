@@ -17,8 +17,10 @@
 #include "srv_ops_mbox.h"
 #include "eng_error.h"
 #include "rpc_bodies.h"
+#include "srv_bufpool.h"
 
 #include <pthread.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -700,11 +702,14 @@ static void body_piece_done(void *ctx, int result)
  * last bytes with END when last (nothing is left to read), which ends the
  * request; or waits for window credit (req->on_window = again). True when
  * the next piece is to be read, of at most *window_r bytes. No work of the
- * request is queued or running when it is called.
+ * request is queued or running when it is called. With pooled (the
+ * srv_pieces buffer buf is in, RPC_HEADER_BYTES in), a piece that goes
+ * whole goes in that buffer itself (srv_send_data_buf: no copy) and
+ * *pooled becomes NULL.
  */
 static bool piece_pump(srv_req *req, const uint8_t *buf, size_t len,
 		       size_t *sent, bool last, void (*again)(srv_req *),
-		       size_t *window_r)
+		       size_t *window_r, uint8_t **pooled)
 {
 	srv_mbop *op = req->data;
 	size_t window, n;
@@ -724,7 +729,14 @@ static bool piece_pump(srv_req *req, const uint8_t *buf, size_t len,
 		}
 		n = len - *sent < window ? len - *sent : window;
 		end = last && *sent + n == len;
-		srv_send_data(req, buf + *sent, n, end);
+		if (pooled != NULL && *pooled != NULL && *sent == 0 && n == len) {
+			uint8_t *whole = *pooled;
+
+			*pooled = NULL;      /* the socket's now */
+			srv_send_data_buf(req, whole, n, end);
+		} else {
+			srv_send_data(req, buf + *sent, n, end);
+		}
 		if (end) {
 			srv_mbop_free(&op);
 			return false;
@@ -758,7 +770,7 @@ static void body_pump(srv_req *req)
 	int err;
 
 	if (!piece_pump(req, c->piece, c->piece_len, &c->piece_sent,
-			c->left == 0, body_pump, &window))
+			c->left == 0, body_pump, &window, NULL))
 		return;
 	c->piece_want = body_piece_size(c, window);
 	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
@@ -959,7 +971,10 @@ void srv_op_fetch_body(srv_req *req)
  * one read snapshot (the first also looks the mailbox up), and the next
  * is queued as soon as the previous one has been handed to the socket and
  * the window is open, as FETCH_BODY does; a message begun in one piece
- * keeps its handle (memory only) for the next.
+ * keeps its handle (memory only) for the next. A piece is read into a
+ * srv_pieces buffer (srv_bufpool.h) after room for a frame header, and
+ * a piece that goes whole is sent as one DATA frame built in place: the
+ * buffer goes to the socket, and the next piece takes another.
  */
 struct bodies_ctx {
 	uint32_t *uids;
@@ -975,8 +990,11 @@ struct bodies_ctx {
 	eng_store *m_store;
 	uint64_t pos, left;
 	bool read_all;               /* every record is in the pieces read */
-	/* The piece read (pool) and not yet all sent (loop). */
-	uint8_t *piece;
+	bool held;                   /* holds srv_pieces */
+	/* The piece read (pool) and not yet all sent (loop), at
+	 * buf + RPC_HEADER_BYTES; buf NULL once handed to the socket. */
+	uint8_t *buf;
+	size_t buf_dirty;            /* bytes of buf that may hold data */
 	size_t piece_len;
 	size_t piece_sent;
 	size_t piece_want;
@@ -988,8 +1006,16 @@ static void bodies_ctx_free(void *p)
 
 	eng_message_close(&c->m);
 	free(c->uids);
-	free(c->piece);
+	srv_bufpool_put(&srv_pieces, c->buf, c->buf_dirty);
+	if (c->held)
+		srv_bufpool_unhold(&srv_pieces);
 	free(c);
+}
+
+/* The piece read, or NULL once its buffer went to the socket. */
+static uint8_t *bodies_piece(const struct bodies_ctx *c)
+{
+	return c->buf != NULL ? c->buf + RPC_HEADER_BYTES : NULL;
 }
 
 /* Begins the record of the next UID: its head, and the message open. */
@@ -1017,17 +1043,12 @@ static int bodies_begin(struct bodies_ctx *c, eng_store *st)
 	return 0;
 }
 
-/* Fills the piece with c->piece_want bytes of the stream (fewer at its
- * end). Pool, inside a read snapshot. */
-static int bodies_fill(void *ctx, eng_store *st)
+/* bodies_fill's reading into piece. */
+static int bodies_fill_piece(struct bodies_ctx *c, eng_store *st,
+			     uint8_t *piece)
 {
-	struct bodies_ctx *c = ctx;
 	int err = 0;
 
-	if (c->piece == NULL)
-		c->piece = eng_malloc(RPC_MAX_CHUNK_BYTES);
-	c->piece_len = 0;
-	c->piece_sent = 0;
 	/* The store was closed (and maybe reopened) since the last piece. */
 	if (c->m != NULL && c->m_store != st) {
 		eng_message_close(&c->m);
@@ -1043,13 +1064,13 @@ static int bodies_fill(void *ctx, eng_store *st)
 			size_t k = c->head_len - c->head_off;
 
 			k = k < room ? k : room;
-			memcpy(c->piece + c->piece_len, c->head + c->head_off, k);
+			memcpy(piece + c->piece_len, c->head + c->head_off, k);
 			c->head_off += k;
 			c->piece_len += k;
 			continue;
 		}
 		if (c->left > 0) {
-			long got = eng_message_read(c->m, c->pos, c->piece +
+			long got = eng_message_read(c->m, c->pos, piece +
 						    c->piece_len, room < c->left ?
 						    room : (size_t)c->left);
 
@@ -1071,6 +1092,37 @@ static int bodies_fill(void *ctx, eng_store *st)
 	}
 	if (c->next == c->n && c->left == 0 && c->head_off == c->head_len)
 		c->read_all = true;
+	return 0;
+}
+
+/* Fills the piece with c->piece_want bytes of the stream (fewer at its
+ * end). Pool, inside a read snapshot. */
+static int bodies_fill(void *ctx, eng_store *st)
+{
+	struct bodies_ctx *c = ctx;
+	uint8_t *piece;
+	int err;
+
+	if (c->buf == NULL) {
+		c->buf = srv_bufpool_get(&srv_pieces);
+		c->buf_dirty = 0;
+	}
+	piece = bodies_piece(c);
+	c->piece_len = 0;
+	c->piece_sent = 0;
+	if ((err = bodies_fill_piece(c, st, piece)) != 0) {
+		/* A read that failed may have written anywhere in it. */
+		if (c->buf_dirty < RPC_HEADER_BYTES + c->piece_want)
+			c->buf_dirty = RPC_HEADER_BYTES + c->piece_want;
+		return err;
+	}
+	/* Only the piece's bytes stay: what an earlier, longer piece left in
+	 * a buffer reused after a partial send is wiped, so the pool's wipe
+	 * of a frame's length covers everything. */
+	if (c->buf_dirty > RPC_HEADER_BYTES + c->piece_len)
+		sodium_memzero(piece + c->piece_len, c->buf_dirty -
+			       RPC_HEADER_BYTES - c->piece_len);
+	c->buf_dirty = RPC_HEADER_BYTES + c->piece_len;
 	return 0;
 }
 
@@ -1107,8 +1159,8 @@ static void bodies_pump(srv_req *req)
 	size_t window;
 	int err;
 
-	if (!piece_pump(req, c->piece, c->piece_len, &c->piece_sent,
-			c->read_all, bodies_pump, &window))
+	if (!piece_pump(req, bodies_piece(c), c->piece_len, &c->piece_sent,
+			c->read_all, bodies_pump, &window, &c->buf))
 		return;
 	c->piece_want = window < RPC_MAX_CHUNK_BYTES ? window :
 		RPC_MAX_CHUNK_BYTES;
@@ -1129,7 +1181,7 @@ static void fetch_bodies_done(srv_mbop *op)
 	/* The whole stream in the first piece: RESPONSE and DATA in one
 	 * write. */
 	if (c->read_all && !req->cancelled) {
-		if (srv_reply_body_end(req, c->piece, c->piece_len)) {
+		if (srv_reply_body_end(req, bodies_piece(c), c->piece_len)) {
 			srv_mbop_free(&op);
 			return;
 		}
@@ -1149,6 +1201,8 @@ void srv_op_fetch_bodies(srv_req *req)
 
 	NEW_OP(op, req, true);
 	c = eng_calloc(1, sizeof(*c));
+	srv_bufpool_hold(&srv_pieces);
+	c->held = true;
 	op->ctx = c;
 	op->free_fn = bodies_ctx_free;
 	op->done_fn = fetch_bodies_done;

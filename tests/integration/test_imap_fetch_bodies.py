@@ -7,7 +7,9 @@ tests check what a client sees, byte for byte against what was appended:
 small messages mixed with ones above the 256 KiB window and a 3 MB one,
 with other items beside the body, over sequence sets with holes, across
 FETCH_META chunks (SEALMAIL_IMAP_FETCH_CHUNK), and that sqlited served
-them with a few requests, not one per message.
+them with a few requests, not one per message; then all of it again with
+sqlited reached over TCP with TLS (its pieces then go out through
+SSL_write, not in their own buffers: srv_send_data_buf's other path).
 
     SEALMAIL_BIN_DIR=build/bin python3 -m unittest tests/integration/test_imap_fetch_bodies.py
 """
@@ -66,11 +68,14 @@ def read_fetch(raw, tag):
 
 class FetchBodiesTest(unittest.TestCase):
     @classmethod
+    def server_config(cls):
+        return {"max_message_bytes": str(16 * 1024 * 1024)}
+
+    @classmethod
     def setUpClass(cls):
         if not skip_unless_built():
             raise unittest.SkipTest("binaries not built")
-        cls.srv = ImapServer(config={"max_message_bytes": str(16 * 1024 * 1024)},
-                             fetch_chunk=CHUNK)
+        cls.srv = ImapServer(config=cls.server_config(), fetch_chunk=CHUNK)
         try:
             cls.srv.add_alias(ADDR, PW)
             cls.msgs = [message(i, s) for i, s in enumerate(SIZES)]
@@ -141,6 +146,18 @@ class FetchBodiesTest(unittest.TestCase):
         self.assertEqual(len(seen), 4)
         raw.cmd(b"h", b"STORE 1:* -FLAGS.SILENT (\\Seen)")
         raw.close()
+
+
+class FetchBodiesSqlitedTlsTest(FetchBodiesTest):
+    """The same tests with the imapd reaching sqlited over TCP with TLS."""
+
+    @classmethod
+    def server_config(cls):
+        from imap_server import free_port
+        conf = super().server_config()
+        conf.update({"sqlited_port": free_port(), "sqlited_host": "127.0.0.1",
+                     "sqlited_tls": "always"})
+        return conf
 
 
 if __name__ == "__main__":

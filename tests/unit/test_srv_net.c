@@ -7,8 +7,9 @@
  * families where a test needs control: STATS parks a request until
  * SERVER_STATUS releases every parked one, DELIVER reads its sealed body
  * back and answers its size and BLAKE2b hash, DIR_LOOKUP streams LENGTH
- * bytes of a pattern under the client's WINDOW credit. PING is the real
- * srv_op_ping.
+ * bytes of a pattern under the client's WINDOW credit (with NUMBER 1 in
+ * srv_pieces buffers sent as they are, srv_send_data_buf). PING is the
+ * real srv_op_ping.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -21,6 +22,7 @@
 #include "keys.h"
 #include "rpc_sync.h"
 #include "srv.h"
+#include "srv_bufpool.h"
 #include "srv_net.h"
 #include "testutil.h"
 
@@ -121,11 +123,19 @@ static void op_body(srv_req *req)
 
 typedef struct dl {
 	uint64_t total, sent;
+	bool pooled;                 /* pieces in srv_pieces buffers */
 } dl;
 
 static uint8_t pattern(uint64_t i)
 {
 	return (uint8_t)((i * 7) ^ (i >> 11));
+}
+
+static void dl_free(dl *d)
+{
+	if (d->pooled)
+		srv_bufpool_unhold(&srv_pieces);
+	free(d);
 }
 
 static void dl_pump(srv_req *req)
@@ -134,7 +144,7 @@ static void dl_pump(srv_req *req)
 	uint8_t buf[100000];
 
 	if (req->cancelled) {
-		free(d);
+		dl_free(d);
 		srv_fail(req, RPC_ECANCELLED);
 		return;
 	}
@@ -151,12 +161,26 @@ static void dl_pump(srv_req *req)
 			n = w;
 		if (n > d->total - d->sent)
 			n = (size_t)(d->total - d->sent);
+		if (d->pooled) {
+			uint8_t *pb = srv_bufpool_get(&srv_pieces);
+
+			for (size_t i = 0; i < n; i++)
+				pb[RPC_HEADER_BYTES + i] = pattern(d->sent + i);
+			d->sent += n;
+			end = d->sent == d->total;
+			if (end)
+				dl_free(d);
+			srv_send_data_buf(req, pb, n, end);
+			if (end)
+				return;
+			continue;
+		}
 		for (size_t i = 0; i < n; i++)
 			buf[i] = pattern(d->sent + i);
 		d->sent += n;
 		end = d->sent == d->total;
 		if (end) {
-			free(d);
+			dl_free(d);
 			srv_send_data(req, buf, n, true);
 			return;
 		}
@@ -167,12 +191,17 @@ static void dl_pump(srv_req *req)
 static void op_download(srv_req *req)
 {
 	dl *d = calloc(1, sizeof(*d));
+	uint64_t pooled = 0;
 
 	if (rpc_get_u64(&req->args, RPC_T_LENGTH, &d->total) != 0) {
 		free(d);
 		srv_fail(req, RPC_EMISSING);
 		return;
 	}
+	(void)rpc_get_u64(&req->args, RPC_T_NUMBER, &pooled);
+	d->pooled = pooled == 1;
+	if (d->pooled)
+		srv_bufpool_hold(&srv_pieces);
 	req->data = d;
 	rpc_put_u64(&req->reply, RPC_T_SIZE, d->total);
 	srv_reply_body(req);
@@ -824,18 +853,18 @@ static void test_upload_too_large(void **state)
 	rpc_sync_free(&c);
 }
 
-static void test_download(void **state)
+static void download(rpc_sync *c, bool pooled)
 {
-	rpc_sync *c = connect_tcp();
 	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
 	eng_buf pl = ENG_BUF_INIT;
 	uint64_t sizes[] = { 0, 5, 262144, 3000001 };
 	uint64_t size;
 
-	(void)state;
 	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
 		eng_buf_reset(&pl);
 		rpc_put_u64(&pl, RPC_T_LENGTH, sizes[k]);
+		if (pooled)
+			rpc_put_u64(&pl, RPC_T_NUMBER, 1);
 		assert_int_equal(rpc_sync_call(c, RPC_OP_DIR_LOOKUP, pl.data, pl.len,
 					       &resp), 0);
 		assert_true(resp.has_body);
@@ -849,7 +878,40 @@ static void test_download(void **state)
 	}
 	eng_buf_free(&pl);
 	rpc_sync_resp_clear(&resp);
+}
+
+static void test_download(void **state)
+{
+	rpc_sync *c = connect_tcp();
+
+	(void)state;
+	download(c, false);
 	rpc_sync_free(&c);
+}
+
+/*
+ * Pieces sent in their own srv_pieces buffers (DATA frames built in
+ * place): the same bytes arrive, over TCP and the unix socket, and every
+ * buffer comes back to the pool once written; with the stream over,
+ * nothing is kept. The writes' callbacks may run just after the client
+ * has read the bytes: waits at most 10 s for them.
+ */
+static void test_download_pooled(void **state)
+{
+	rpc_sync *conns[2] = { connect_tcp(), connect_unix() };
+
+	(void)state;
+	for (size_t i = 0; i < 2; i++) {
+		int waited = 0;
+
+		download(conns[i], true);
+		while (srv_bufpool_out(&srv_pieces) > 0 && waited++ < 1000)
+			usleep(10000);
+		assert_int_equal(srv_bufpool_out(&srv_pieces), 0);
+		assert_int_equal(srv_bufpool_kept(&srv_pieces), 0);
+		ping(conns[i], "after the pooled downloads");
+		rpc_sync_free(&conns[i]);
+	}
 }
 
 int main(void)
@@ -877,6 +939,7 @@ int main(void)
 		cmocka_unit_test(test_upload),
 		cmocka_unit_test(test_upload_too_large),
 		cmocka_unit_test(test_download),
+		cmocka_unit_test(test_download_pooled),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
