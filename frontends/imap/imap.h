@@ -3,8 +3,14 @@
  *
  *   imapd.c            the daemon: config, listeners, the sqlited client,
  *                      the Redis subscriber (events for IDLE), signals
- *   imap_session.c     one connection: feeding the parser, the command
- *                      lifecycle, untagged updates (imap_sync), COMPRESS
+ *   imap_session.c     one connection: output, lifetime, RPC calls, the
+ *                      command lifecycle, STARTTLS/COMPRESS set-up, the
+ *                      per-alias sqlited session, the net callbacks
+ *   imap_input.c       feeding the parser (COMPRESS's inflate side), the
+ *                      dispatch, APPEND streaming
+ *   imap_sync.c        untagged updates (imap_sync), coalesced IDLE syncs,
+ *                      IDLE's plumbing (the three session files share
+ *                      imap_session_private.h)
  *   imap_util.c        shared helpers: sequence sets, mailbox names,
  *                      string and flag writers, RPC error mapping
  *   imap_cmd_auth.c    CAPABILITY NOOP LOGOUT STARTTLS LOGIN AUTHENTICATE
@@ -227,7 +233,7 @@ typedef struct imap_cmd_def {
 	bool uid_ok;                 /* "UID <name>" exists */
 } imap_cmd_def;
 
-/* The tables of each command file, concatenated by imap_session.c's
+/* The tables of each command file, concatenated by imap_input.c's
  * dispatcher (name lookup, case-insensitive). Each ends with a NULL name. */
 extern const imap_cmd_def imap_auth_cmds[];
 extern const imap_cmd_def imap_mailbox_cmds[];
@@ -286,7 +292,7 @@ void imap_selected_free(imap_selected *sel);
 void imap_view_arrays_put(uint32_t *uids, uint32_t *flags, size_t cap);
 
 /*
- * APPEND streaming (imap_cmd_append.c; called by imap_session.c). The
+ * APPEND streaming (imap_cmd_append.c; called by imap_input.c). The
  * message literals of APPEND are never buffered whole: on the parser's
  * IMAP_EV_LITERAL the session creates the APPEND command (the first time:
  * tag, name "APPEND", args = what was parsed so far; cmd->args is updated
@@ -320,7 +326,7 @@ void imap_append_literal_end(imap_cmd *cmd);
  * When imap_append_literal returns false, the handler has answered (or
  * will, from an RPC callback): the session must not touch cmd after it. */
 void imap_append_error(imap_cmd *cmd, const imap_event *ev);
-/* imap_session.c: offer the held input again (from a later loop turn). */
+/* imap_input.c: offer the held input again (from a later loop turn). */
 void imap_append_resume(imap_cmd *cmd);
 
 /* ---- Helpers (imap_util.c) ---- */

@@ -1,5 +1,6 @@
 /*
- * What imapd.c, imap_session.c and imap_cmd_auth.c share beyond imap.h
+ * What imapd.c, the session (imap_session.c, imap_input.c, imap_sync.c)
+ * and imap_cmd_auth.c share beyond imap.h
  * (the daemon's own plumbing; command files other than imap_cmd_auth.c do
  * not need it).
  */
@@ -31,7 +32,7 @@ void imapd_kick_later(imapd *d);
 /* Every few idle ticks: "* OK Still here" to idling sessions (NAT). */
 void imap_idle_keepalive(imapd *d);
 
-/* ---- imap_session.c ---- */
+/* ---- the session: imap_session.c, imap_input.c, imap_sync.c ---- */
 
 /* Offers held inflated input (COMPRESS) again: for each session that
  * asked, from imapd_kick_later's loop turn. */
