@@ -101,22 +101,10 @@ void srv_bufpool_put(srv_bufpool *p, uint8_t *buf, size_t used)
 		free(buf);
 }
 
-size_t srv_bufpool_kept(srv_bufpool *p)
+void srv_bufpool_counts(srv_bufpool *p, size_t *kept_r, size_t *out_r)
 {
-	size_t n;
-
 	pthread_mutex_lock(&p->mu);
-	n = p->n_kept;
+	*kept_r = p->n_kept;
+	*out_r = p->out;
 	pthread_mutex_unlock(&p->mu);
-	return n;
-}
-
-size_t srv_bufpool_out(srv_bufpool *p)
-{
-	size_t n;
-
-	pthread_mutex_lock(&p->mu);
-	n = p->out;
-	pthread_mutex_unlock(&p->mu);
-	return n;
 }

@@ -58,8 +58,7 @@ uint8_t *srv_bufpool_get(srv_bufpool *p);
  * it is kept or freed. */
 void srv_bufpool_put(srv_bufpool *p, uint8_t *buf, size_t used);
 
-/* Counts, for tests and SERVER_STATUS-like checks. */
-size_t srv_bufpool_kept(srv_bufpool *p);
-size_t srv_bufpool_out(srv_bufpool *p);
+/* Buffers kept, and taken and not given back (tests). */
+void srv_bufpool_counts(srv_bufpool *p, size_t *kept_r, size_t *out_r);
 
 #endif
