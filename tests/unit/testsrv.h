@@ -1,0 +1,63 @@
+/*
+ * The sqlited fixture the end-to-end opcode tests share (test_srv_ops,
+ * test_srv_ops_fetch, test_srv_ops_view): a real server (srv_net) on a
+ * unix socket in a temporary directory, its loop on a thread of its own,
+ * a real directory with one alias (alice@example.org, password "correct
+ * horse"), Redis absent (events and the throttle fall back to memory),
+ * and helpers for the blocking client rpc_sync on the test's thread.
+ * Built into sm_testutil, so only tests that use it pull it in (they link
+ * sm_sqlited: their names start with test_srv).
+ */
+#ifndef TESTSRV_H
+#define TESTSRV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "dir.h"
+#include "keys.h"
+#include "rpc_codec.h"
+#include "rpc_sync.h"
+#include "srv.h"
+#include "srv_alias.h"
+
+struct fx {
+	char *dir;
+	sm_config *cfg;
+	uv_loop_t loop;
+	uv_thread_t thread;
+	uv_async_t stop;
+	srv s;
+	char alias_id[DIR_ID_HEX_LEN + 1];
+	int stopped;
+};
+
+struct meta {
+	uint32_t uid;
+	uint64_t modseq;
+	uint32_t flags;
+	size_t n_keywords;
+};
+
+extern const char password[];
+int setup_cfg(void **state, int idle_seconds);
+int setup(void **state);
+int teardown(void **state);
+rpc_sync *connect_client(struct fx *f);
+int call(rpc_sync *c, uint16_t op, eng_buf *req, rpc_sync_resp *resp);
+int unlock(rpc_sync *c, const char *alias, const char *pw,
+	   uint8_t session[SRV_SESSION_BYTES]);
+void begin(eng_buf *b, const uint8_t *session, const char *mailbox);
+uint64_t get_u(const rpc_view *v, uint32_t tag);
+void put_uidset(eng_buf *b, uint32_t tag, uint32_t lo, uint32_t hi);
+int append(rpc_sync *c, const uint8_t *session, const char *mailbox,
+	   const void *msg, size_t len, uint32_t flags, const char *key,
+	   uint32_t *uid_r);
+char *small_message(const char *subject, const char *msgid,
+		    const char *references, const char *body);
+size_t get_messages(const rpc_view *v, struct meta *out, size_t max);
+
+#endif
