@@ -18,7 +18,13 @@
  * srv_cpu is the CPU (utime+stime, with children's) of the server
  * process trees given by --pids in the measured window; gen_cpu is this
  * program's own, so a reader sees whether the generator was the limit.
- * idle prints the summed PSS (/proc/PID/smaps_rollup) of the same trees.
+ * idle prints the summed PSS (/proc/PID/smaps_rollup) of the same trees,
+ * read --settle seconds after the last connection went IDLE, and then
+ * (with --settle-cmd) only once that command exits 0, run every 0.5 s up
+ * to --settle-max seconds: the server says it is at rest (imap.sh: sqlited
+ * has released every alias's database), so the figure does not depend on
+ * how fast a loaded machine got there. settled_s= and settle_ok= say when
+ * and whether it did.
  *
  * Rules: a benchmark, not a test: it exits non-zero on the first
  * unexpected answer (a NO where OK was expected, a closed connection) and
@@ -43,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -93,15 +100,15 @@ struct conn {
 
 static struct {
 	enum mode mode;
-	const char *host, *user_fmt, *pass, *mailbox, *query, *pids, *out;
+	const char *host, *user_fmt, *pass, *mailbox, *query, *pids, *out, *settle_cmd;
 	int port, users, user_base, conns, count, first, repeat, setup_limit;
 	bool tls, hold;
-	double seconds, settle, max_seconds;
+	double seconds, settle, max_seconds, settle_max;
 } opt = {
 	.host = "127.0.0.1", .user_fmt = NULL, .pass = NULL, .mailbox = "INBOX",
 	.query = "FROM \"Kowalski\"", .users = 1, .user_base = 1, .conns = 1,
 	.count = 1000, .repeat = 3, .setup_limit = 100, .seconds = 10,
-	.settle = 3, .max_seconds = 60,
+	.settle = 3, .max_seconds = 60, .settle_max = 60,
 };
 
 static struct {
@@ -120,6 +127,7 @@ static struct {
 	bool lazy;              /* append: generated as sent (count > PREGEN_MAX) */
 	struct msggen small[N_SMALL];
 	double pss_before_kib;
+	double t_all_idle;      /* idle: when the last connection went IDLE */
 	char pss_roots_before[256];
 	uv_timer_t timer;
 	char readbuf[READ_BUF];
@@ -1087,21 +1095,46 @@ static void start_login_conns(void)
 /* idle: LOGIN, SELECT INBOX, IDLE; when all idle, wait, measure PSS. */
 static void open_more(void);
 
-static void on_settled(uv_timer_t *t)
+static void measure_idle(bool settle_ok)
 {
 	int nprocs;
 	double pss = server_pss_kib(&nprocs);
 	char extra[1024], by_root[256];
 
-	(void)t;
 	window_end();
 	pss_by_root(by_root, sizeof(by_root));
 	snprintf(extra, sizeof(extra), "conns=%d pss_total_kib=%.0f pss_before_kib=%.0f "
-		 "per_conn_growth_kib=%.2f procs=%d pss_by_root=%s pss_by_root_before=%s",
+		 "per_conn_growth_kib=%.2f procs=%d pss_by_root=%s pss_by_root_before=%s "
+		 "settled_s=%.1f settle_ok=%d",
 		 opt.conns, pss, g.pss_before_kib, (pss - g.pss_before_kib) / opt.conns, nprocs,
-		 by_root, g.pss_roots_before);
+		 by_root, g.pss_roots_before, now_s() - g.t_all_idle, settle_ok ? 1 : 0);
 	print_result("idle", pss / opt.conns, "KiB/conn", extra);
 	uv_stop(g.loop);
+}
+
+/* --settle-cmd: run every 0.5 s (the connections stay IDLE meanwhile; the
+ * loop waits for the command, a few ms) until it exits 0 or --settle-max
+ * seconds have passed since the last connection went IDLE. */
+static void on_settled(uv_timer_t *t)
+{
+	int rc;
+
+	if (opt.settle_cmd == NULL) {
+		measure_idle(true);
+		return;
+	}
+	rc = system(opt.settle_cmd);
+	if (rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0) {
+		measure_idle(true);
+		return;
+	}
+	if (now_s() - g.t_all_idle >= opt.settle_max) {
+		fprintf(stderr, "bench-imap: --settle-cmd did not succeed within %.0f s: "
+			"measured anyway (settle_ok=0)\n", opt.settle_max);
+		measure_idle(false);
+		return;
+	}
+	uv_timer_start(t, on_settled, 500, 0);
 }
 
 static void script_idle(struct conn *c, enum ev ev, const char *line, bool ok)
@@ -1112,6 +1145,7 @@ static void script_idle(struct conn *c, enum ev ev, const char *line, bool ok)
 		c->step = -2;
 		g.n_setting_up--;
 		if (++g.n_ready == opt.conns) {
+			g.t_all_idle = now_s();
 			uv_timer_start(&g.timer, on_settled, (uint64_t)(opt.settle * 1000), 0);
 		}
 		open_more();
@@ -1155,6 +1189,8 @@ static void usage(void)
 	      "  mixed      --conns C --users U --seconds T: sessions of 9 commands\n"
 	      "  login      --conns C --users U (--count N | --seconds T [--hold])\n"
 	      "  idle       --conns C --users U --settle S: PSS per IDLE connection\n"
+	      "             [--settle-cmd CMD [--settle-max S2]]: then also wait until\n"
+	      "             CMD (sh -c, every 0.5 s) exits 0, S2 [60] s at most\n"
 	      "  mbox       --out FILE --count N [--first F]: append's messages into\n"
 	      "             an mbox file (no server)\n"
 	      "  (select, fetch*, search: no new run after --max-seconds [60])\n"
@@ -1176,7 +1212,8 @@ static void parse_args(int argc, char **argv)
 		{ "settle", 1, NULL, 'S' }, { "host", 1, NULL, 'h' },
 		{ "user-base", 1, NULL, 'b' }, { "first", 1, NULL, 'f' },
 		{ "max-seconds", 1, NULL, 'M' }, { "setup-limit", 1, NULL, 'L' },
-		{ "out", 1, NULL, 'o' },
+		{ "out", 1, NULL, 'o' }, { "settle-cmd", 1, NULL, 'C' },
+		{ "settle-max", 1, NULL, 'X' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int ch;
@@ -1213,6 +1250,8 @@ static void parse_args(int argc, char **argv)
 		case 'M': opt.max_seconds = atof(optarg); break;
 		case 'L': opt.setup_limit = atoi(optarg); break;
 		case 'o': opt.out = optarg; break;
+		case 'C': opt.settle_cmd = optarg; break;
+		case 'X': opt.settle_max = atof(optarg); break;
 		default: usage();
 		}
 	}
