@@ -1,0 +1,100 @@
+/*
+ * The fixture the libuv RPC client's tests share (test_rpc_client,
+ * test_rpc_client_stream, test_rpc_client_real): a fake server (testrpc.c)
+ * and the client side's loop, watchdog and result helpers. Built into
+ * sm_testutil, so only tests that use it pull it in (they link sm_rpc:
+ * their names start with test_rpc).
+ */
+#ifndef TESTRPC_H
+#define TESTRPC_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "rpc_auth.h"
+#include "rpc_client.h"
+#include "rpc_codec.h"
+
+#define MIB (1024u * 1024)
+
+typedef struct fake {
+	char dir[256];
+	char path[108];
+	int lfd;
+	pthread_t th;
+	bool started;
+	atomic_bool stop;
+	uint8_t secret[RPC_SECRET_BYTES];
+	/* behaviour, set before start */
+	int ping_batch;              /* answer PINGs once this many wait */
+	bool batch_only;             /* ... and never when quiet for 20 ms */
+	bool lie_in_auth_ok;         /* send a wrong server proof */
+	atomic_bool drop_after_store_once;
+	/* what happened */
+	atomic_int conns;
+	atomic_int requests;
+	atomic_int cancels;
+	atomic_int max_pending;      /* most PINGs waiting at once */
+	atomic_int out_of_order;     /* answers sent not in id order */
+	atomic_int window_violations;
+	atomic_int stored;
+	atomic_int dedup;            /* APPENDs answered from the key table */
+	atomic_int download_stalls;  /* times the download ran out of credit */
+	atomic_int max_chunk;        /* largest upload DATA payload */
+	char keys[8][129];
+	int n_keys;
+} fake;
+
+typedef struct env {
+	uv_loop_t loop;
+	uv_timer_t watchdog;
+	bool expired;
+	rpc_client *c;
+	int ups, downs;
+	int last_down_err;
+	bool closed;
+} env;
+
+/* Runs the loop until cond holds; fails the test after ms. */
+#define RUN_UNTIL(e, cond, ms) do { \
+	(e)->expired = false; \
+	uv_timer_start(&(e)->watchdog, on_watchdog, (ms), 0); \
+	while (!(cond) && !(e)->expired) \
+		uv_run(&(e)->loop, UV_RUN_ONCE); \
+	uv_timer_stop(&(e)->watchdog); \
+	assert_true(cond); \
+} while (0)
+
+typedef struct result {
+	int calls;
+	int err;
+	uint8_t echo[64];
+	size_t echo_len;
+	uint64_t size;
+	uint8_t hash[32];
+	bool has_hash;
+} result;
+
+uint8_t pattern_byte(uint64_t off);
+void fake_init(fake *f, const uint8_t secret[32]);
+void fake_start(fake *f);
+void fake_stop(fake *f);
+extern const uint8_t secret_a[32];
+extern const uint8_t secret_b[32];
+void on_watchdog(uv_timer_t *t);
+void run_for(env *e, uint64_t ms);
+void env_open(env *e, const fake *f, const uint8_t *secret,
+	      rpc_client_config *cfg_in);
+void on_closed(void *ctx);
+void watchdog_closed(uv_handle_t *h);
+void env_close(env *e);
+void on_result(void *ctx, int err, const rpc_view *resp);
+int total_calls(const result *r, int n);
+int ping(env *e, const char *echo, uint32_t timeout_ms, result *r,
+	 uint32_t *id_r);
+
+#endif
