@@ -8,7 +8,7 @@
  *       sqlited's data directory the same way, for an IMAP-level run)
  *
  * An sqlited runs in this process (its loop on a thread, a unix socket in
- * a temporary directory, Redis absent), as in tests/unit/test_srv_ops.c.
+ * a temporary directory, Redis absent), as in tests/unit/testsrv.c.
  * The alias's INBOX is filled with MESSAGES tiny messages through the
  * engine directly (one transaction: minutes less than APPEND over RPC),
  * then an rpc_sync client (the blocking client) unlocks it and times, per
