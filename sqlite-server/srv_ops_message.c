@@ -17,6 +17,7 @@
 #include "srv_ops_mbox.h"
 #include "eng_error.h"
 #include "rpc_bodies.h"
+#include "sqlite_mem.h"
 #include "srv_bufpool.h"
 
 #include <pthread.h>
@@ -1007,8 +1008,10 @@ static void bodies_ctx_free(void *p)
 	eng_message_close(&c->m);
 	free(c->uids);
 	srv_bufpool_put(&srv_pieces, c->buf, c->buf_dirty);
-	if (c->held)
+	if (c->held) {
 		srv_bufpool_unhold(&srv_pieces);
+		eng_sqlite_mem_keep_big(false);
+	}
 	free(c);
 }
 
@@ -1201,7 +1204,10 @@ void srv_op_fetch_bodies(srv_req *req)
 
 	NEW_OP(op, req, true);
 	c = eng_calloc(1, sizeof(*c));
+	/* Piece buffers, and SQLite's blocks of the chunks' blobs, are
+	 * reused while the stream runs (srv_bufpool.h, sqlite_mem.h). */
 	srv_bufpool_hold(&srv_pieces);
+	eng_sqlite_mem_keep_big(true);
 	c->held = true;
 	op->ctx = c;
 	op->free_fn = bodies_ctx_free;
