@@ -1,7 +1,8 @@
 /*
- * The libuv RPC client against the real sqlited core (srv_net), as in
- * test_srv_ops.c: the server's loop on a thread of its own, the client on
- * the test's; big uploads and downloads compared byte for byte.
+ * The libuv RPC client against the real sqlited core (srv_net), with the
+ * fixture of test_srv_ops (testsrv.c): the server's loop on a thread of
+ * its own, the client on the test's; big uploads and downloads compared
+ * byte for byte.
  *
  * Every test runs its own loop and closes the client; uv_loop_close()
  * returning 0 checks that every handle was closed.
@@ -12,170 +13,33 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <errno.h>
-#include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
-#include <sodium.h>
 #include <uv.h>
 
-#include <sys/stat.h>
-
-#include "config.h"
-#include "dir.h"
 #include "eng_error.h"
 #include "keys.h"
-#include "rpc_auth.h"
 #include "rpc_client.h"
 #include "rpc_codec.h"
 #include "rpc_proto.h"
-#include "srv.h"
-#include "srv_alias.h"
 #include "srv_net.h"
-#include "testutil.h"
 #include "testrpc.h"
+#include "testsrv.h"
 
-/* ------------------------------------------------------------------ */
-/* Against the real sqlited core (srv_net), as in test_srv_ops.c: the  */
-/* server's loop on a thread of its own, the client on the test's.     */
-/* ------------------------------------------------------------------ */
-
-static const eng_kdf_params fast_kdf = { 1, 8192 };
-static const char alice_pw[] = "correct horse";
-
-typedef struct real {
-	char *dir;
-	sm_config *cfg;
-	uv_loop_t loop;
-	uv_thread_t thread;
-	uv_async_t stop;
-	srv s;
-	int stopped;
-} real;
-
-static void real_db_created(void *ctx, int rc)
+/* The server is testsrv.c's (alice@example.org, password "correct
+ * horse"), with a short delay before ENOTAUTH for the wrong secret. */
+static int setup_real(void **state)
 {
-	*(int *)ctx = rc;
-}
-
-static void real_aliases_closed(void *ctx)
-{
-	real *f = ctx;
-
-	srv_events_free(&f->s.events);
-	uv_close((uv_handle_t *)&f->stop, NULL);
-	f->stopped = 1;
-}
-
-static void real_net_stopped(void *ctx)
-{
-	real *f = ctx;
-
-	srv_aliases_shutdown(f->s.aliases, real_aliases_closed, f);
-}
-
-static void real_stop_cb(uv_async_t *a)
-{
-	real *f = a->data;
-
-	srv_net_stop(&f->s, real_net_stopped, f);
-}
-
-static void real_thread(void *arg)
-{
-	real *f = arg;
-
-	uv_run(&f->loop, UV_RUN_DEFAULT);
-}
-
-static real *real_start(void)
-{
-	real *f = calloc(1, sizeof(*f));
-	srv_alias_config acfg;
 	srv_net_options opt;
-	dir_alias_spec spec = { 0 };
-	eng_keyring *kr;
-	uint8_t *mk, *blob;
-	size_t blob_len;
-	char id[DIR_ID_HEX_LEN + 1];
-	char *text, tmp[4096];
-	int db_rc = 1;
 
-	f->dir = tu_tmpdir();
-	text = malloc(strlen(f->dir) + 64);
-	sprintf(text, "data_dir = %s\n", f->dir);
-	assert_int_equal(sm_config_parse(text, strlen(text), "t.conf", &f->cfg,
-					 NULL), 0);
-	free(text);
-	f->cfg->sqlited_port = 0;
-	snprintf(tmp, sizeof(tmp), "%s/tmp", f->dir);
-	assert_int_equal(mkdir(tmp, 0700), 0);
-	assert_int_equal(uv_loop_init(&f->loop), 0);
-	f->s.loop = &f->loop;
-	f->s.cfg = f->cfg;
-	f->s.kdf = fast_kdf;
-	f->s.tmp_dir = strdup(tmp);
-	f->s.rpc_secret = eng_secret_new(32);
-	randombytes_buf(f->s.rpc_secret, 32);
-	srv_alias_config_default(&acfg);
-	acfg.data_dir = f->dir;
-	acfg.kdf_params = fast_kdf;
-	assert_int_equal(srv_aliases_new(&f->loop, &acfg, &f->s.aliases), 0);
-	assert_int_equal(dir_open(NULL, f->dir, &f->s.dir), 0);
-	/* Nothing listens on port 1: events stay in memory. */
-	assert_int_equal(srv_events_new(&f->s, "redis://127.0.0.1:1",
-					&f->s.events), 0);
-	assert_int_equal(dir_domain_add(f->s.dir, "example.org"), 0);
-	assert_int_equal(eng_keyring_create(alice_pw, strlen(alice_pw), fast_kdf,
-					    &kr, &mk), 0);
-	assert_int_equal(eng_keyring_encode(kr, &blob, &blob_len), 0);
-	spec.kind = DIR_MAILBOX;
-	spec.keyring = blob;
-	spec.keyring_len = blob_len;
-	assert_int_equal(dir_alias_add(f->s.dir, "alice@example.org", &spec, id), 0);
-	assert_int_equal(srv_alias_create_db(f->s.aliases, id, mk,
-					     real_db_created, &db_rc), 0);
-	while (db_rc == 1)
-		uv_run(&f->loop, UV_RUN_ONCE);
-	assert_int_equal(db_rc, 0);
-	eng_secret_free(&mk);
-	eng_keyring_free(&kr);
-	free(blob);
 	srv_net_options_default(&opt);
 	opt.auth_fail_delay_ms = 50;
-	assert_int_equal(srv_net_start(&f->s, &opt), 0);
-	assert_int_equal(uv_async_init(&f->loop, &f->stop, real_stop_cb), 0);
-	f->stop.data = f;
-	assert_int_equal(uv_thread_create(&f->thread, real_thread, f), 0);
-	return f;
+	return setup_net(state, -1, &opt);
 }
 
-static void real_stop(real *f)
-{
-	uv_async_send(&f->stop);
-	uv_thread_join(&f->thread);
-	assert_int_equal(f->stopped, 1);
-	srv_net_free(&f->s);
-	srv_aliases_free(&f->s.aliases);
-	uv_run(&f->loop, UV_RUN_DEFAULT);
-	assert_int_equal(uv_loop_close(&f->loop), 0);
-	dir_close(&f->s.dir);
-	eng_secret_free(&f->s.rpc_secret);
-	free(f->s.tmp_dir);
-	sm_config_free(&f->cfg);
-	tu_rmrf(f->dir);
-	free(f->dir);
-	free(f);
-}
-
-static void env_open_real(env *e, real *f, const uint8_t *secret)
+static void env_open_real(env *e, struct fx *f, const uint8_t *secret)
 {
 	fake path_only;
 
@@ -301,7 +165,7 @@ static uint8_t *make_message(size_t target, size_t *len_r)
 
 static void test_real_server(void **state)
 {
-	real *f;
+	struct fx *f = *state;
 	env e, bad;
 	result pr = { 0 }, pipes[100];
 	real_result un = { 0 }, ap = { 0 }, ap2 = { 0 }, fb = { 0 }, wrong = { 0 };
@@ -314,9 +178,7 @@ static void test_real_server(void **state)
 	cmp_sink snk;
 	int done;
 
-	(void)state;
 	memset(pipes, 0, sizeof(pipes));
-	f = real_start();
 	env_open_real(&e, f, f->s.rpc_secret);
 
 	/* PING, then 100 pipelined. */
@@ -336,7 +198,7 @@ static void test_real_server(void **state)
 
 	/* UNLOCK. */
 	rpc_put_str(&p, RPC_T_ALIAS, "alice@example.org");
-	rpc_put_str(&p, RPC_T_PASSWORD, alice_pw);
+	rpc_put_str(&p, RPC_T_PASSWORD, password);
 	assert_int_equal(rpc_client_call(e.c, RPC_OP_UNLOCK, p.data, p.len, 20000,
 					 on_real, &un, NULL), 0);
 	eng_buf_reset(&p);
@@ -410,7 +272,6 @@ static void test_real_server(void **state)
 	env_close(&bad);
 
 	env_close(&e);
-	real_stop(f);
 	eng_buf_free(&p);
 	free(msg);
 }
@@ -418,7 +279,8 @@ static void test_real_server(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_real_server),
+		cmocka_unit_test_setup_teardown(test_real_server, setup_real,
+						teardown),
 	};
 
 	if (eng_crypto_init() != 0)

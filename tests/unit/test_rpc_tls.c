@@ -27,6 +27,7 @@
 #include "rpc_tls.h"
 #include "srv.h"
 #include "srv_net.h"
+#include "testrpc.h"
 #include "testutil.h"
 #include "tls_selfsigned.h"
 
@@ -452,111 +453,33 @@ static void test_server_policy(void **state)
 
 /* ---- rpc_client ---- */
 
-typedef struct env {
-	uv_loop_t loop;
-	uv_timer_t watchdog;
-	bool expired;
-	rpc_client *c;
-	int ups, downs, last_down_err;
-	bool closed;
-} env;
+/* A download checked against pattern(), beside the call's result. */
+typedef struct download {
+	result r;
+	uint64_t got, bad_at;
+	bool bad;
+} download;
 
-static void on_state(void *ctx, bool up, int err)
-{
-	env *e = ctx;
-
-	if (up) {
-		e->ups++;
-	} else {
-		e->downs++;
-		e->last_down_err = err;
-	}
-}
-
-static void on_watchdog(uv_timer_t *t)
-{
-	env *e = t->data;
-
-	e->expired = true;
-}
-
-#define RUN_UNTIL(e, cond, ms) do { \
-	(e)->expired = false; \
-	uv_timer_start(&(e)->watchdog, on_watchdog, (ms), 0); \
-	while (!(cond) && !(e)->expired) \
-		uv_run(&(e)->loop, UV_RUN_ONCE); \
-	uv_timer_stop(&(e)->watchdog); \
-	assert_true(cond); \
-} while (0)
-
-static int env_open(env *e, const char *host, const rpc_tls_config *tls)
+/* A client of testrpc.c's env (loop, watchdog, state counts) on TCP. */
+static int tls_env_open(env *e, const char *host, const rpc_tls_config *tls)
 {
 	rpc_client_config cc;
 
-	memset(e, 0, sizeof(*e));
-	assert_int_equal(uv_loop_init(&e->loop), 0);
-	uv_timer_init(&e->loop, &e->watchdog);
-	e->watchdog.data = e;
 	memset(&cc, 0, sizeof(cc));
 	cc.host = host;
 	cc.port = port;
 	cc.tls = tls;
 	cc.secret = secret;
 	cc.peer_name = PEER;
-	cc.on_state = on_state;
-	cc.state_ctx = e;
 	cc.backoff_min_ms = 50;
 	cc.backoff_max_ms = 200;
-	return rpc_client_new(&e->loop, &cc, &e->c);
-}
-
-static void on_closed(void *ctx)
-{
-	((env *)ctx)->closed = true;
-}
-
-static void env_close(env *e)
-{
-	if (e->c != NULL) {
-		rpc_client_close(e->c, on_closed, e);
-		e->c = NULL;
-		RUN_UNTIL(e, e->closed, 5000);
-	}
-	uv_close((uv_handle_t *)&e->watchdog, NULL);
-	uv_run(&e->loop, UV_RUN_DEFAULT);
-	assert_int_equal(uv_loop_close(&e->loop), 0);
-}
-
-typedef struct result {
-	int calls, err;
-	uint64_t size;
-	uint8_t echo[64];
-	size_t echo_len;
-	uint64_t got, bad_at;
-	bool bad;
-} result;
-
-static void on_result(void *ctx, int err, const rpc_view *resp)
-{
-	result *r = ctx;
-	const uint8_t *p;
-	size_t len;
-
-	r->calls++;
-	r->err = err;
-	if (err != 0)
-		return;
-	(void)rpc_get_u64(resp, RPC_T_SIZE, &r->size);
-	if (rpc_get_bytes(resp, RPC_T_ECHO, &p, &len) == 0 && len <= sizeof(r->echo)) {
-		memcpy(r->echo, p, len);
-		r->echo_len = len;
-	}
+	return env_open_cfg(e, &cc);
 }
 
 static int on_chunk(void *ctx, uint32_t id, const rpc_view *head,
 		    const uint8_t *data, size_t len, bool end)
 {
-	result *r = ctx;
+	download *r = ctx;
 
 	(void)id;
 	(void)head;
@@ -592,11 +515,12 @@ static void test_client_tls(void **state)
 	rpc_client_opts o;
 	eng_buf pl = ENG_BUF_INIT;
 	uint8_t *body = big_body(), hash[32];
-	result up = { 0 }, down = { 0 };
+	result up = { 0 };
+	download down = { 0 };
 	env e;
 
 	(void)state;
-	assert_int_equal(env_open(&e, "127.0.0.1", &t), 0);
+	assert_int_equal(tls_env_open(&e, "127.0.0.1", &t), 0);
 	RUN_UNTIL(&e, rpc_client_connected(e.c), 10000);
 	client_ping(&e, "libuv through TLS");
 
@@ -614,14 +538,14 @@ static void test_client_tls(void **state)
 	o.data_ctx = &down;
 	o.timeout_ms = 60000;
 	assert_int_equal(rpc_client_call_ex(e.c, RPC_OP_DIR_LOOKUP, pl.data, pl.len,
-					    &o, on_result, &down, NULL), 0);
-	RUN_UNTIL(&e, up.calls == 1 && down.calls == 1, 60000);
+					    &o, on_result, &down.r, NULL), 0);
+	RUN_UNTIL(&e, up.calls == 1 && down.r.calls == 1, 60000);
 	assert_int_equal(up.err, 0);
 	assert_int_equal(up.size, BIG_BYTES);
 	crypto_generichash(hash, sizeof(hash), body, BIG_BYTES, NULL, 0);
 	assert_int_equal(up.echo_len, 32);
 	assert_memory_equal(up.echo, hash, 32);
-	assert_int_equal(down.err, 0);
+	assert_int_equal(down.r.err, 0);
 	assert_int_equal(down.got, BIG_BYTES);
 	if (down.bad)
 		fail_msg("download byte %llu differs", (unsigned long long)down.bad_at);
@@ -643,7 +567,7 @@ static void test_client_tls_errors(void **state)
 	/* A client trusting another certificate: refused, the queued request
 	 * fails with ENOTAUTH (waiting cannot help). */
 	t.ca_file = cert_b;
-	assert_int_equal(env_open(&e, "127.0.0.1", &t), 0);
+	assert_int_equal(tls_env_open(&e, "127.0.0.1", &t), 0);
 	rpc_put_str(&pl, RPC_T_ECHO, "never");
 	assert_int_equal(rpc_client_call(e.c, RPC_OP_PING, pl.data, pl.len, 5000,
 					 on_result, &r, NULL), 0);
@@ -657,7 +581,7 @@ static void test_client_tls_errors(void **state)
 	t.ca_file = cert_a;
 	t.server_name = "other.example";
 	memset(&r, 0, sizeof(r));
-	assert_int_equal(env_open(&e, "127.0.0.1", &t), 0);
+	assert_int_equal(tls_env_open(&e, "127.0.0.1", &t), 0);
 	assert_int_equal(rpc_client_call(e.c, RPC_OP_PING, pl.data, pl.len, 5000,
 					 on_result, &r, NULL), 0);
 	RUN_UNTIL(&e, r.calls == 1, 10000);
@@ -666,7 +590,7 @@ static void test_client_tls_errors(void **state)
 
 	/* A plaintext rpc_client against the TLS port never comes up. */
 	memset(&r, 0, sizeof(r));
-	assert_int_equal(env_open(&e, "127.0.0.1", NULL), 0);
+	assert_int_equal(tls_env_open(&e, "127.0.0.1", NULL), 0);
 	assert_int_equal(rpc_client_call(e.c, RPC_OP_PING, pl.data, pl.len, 1500,
 					 on_result, &r, NULL), 0);
 	RUN_UNTIL(&e, r.calls == 1, 10000);
@@ -676,13 +600,13 @@ static void test_client_tls_errors(void **state)
 
 	/* Configuration: no TLS to a non-loopback address; TLS needs a CA;
 	 * a CA file that does not load. */
-	assert_int_equal(env_open(&e, "192.0.2.1", NULL), ENG_EPERM);
+	assert_int_equal(tls_env_open(&e, "192.0.2.1", NULL), ENG_EPERM);
 	env_close(&e);
 	t.ca_file = NULL;
-	assert_int_equal(env_open(&e, "192.0.2.1", &t), ENG_EINVAL);
+	assert_int_equal(tls_env_open(&e, "192.0.2.1", &t), ENG_EINVAL);
 	env_close(&e);
 	t.ca_file = "/nonexistent/ca.pem";
-	assert_int_equal(env_open(&e, "127.0.0.1", &t), ENG_EIO);
+	assert_int_equal(tls_env_open(&e, "127.0.0.1", &t), ENG_EIO);
 	env_close(&e);
 	eng_buf_free(&pl);
 }

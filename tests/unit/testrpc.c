@@ -532,15 +532,25 @@ void run_for(env *e, uint64_t ms)
 		uv_run(&e->loop, UV_RUN_ONCE);
 }
 
+/* Opens e's loop and watchdog and a client with cfg, whose state
+ * callback counts ups and downs in e; returns rpc_client_new's error
+ * (test_rpc_tls's clients, over TCP and TLS, start here too). */
+int env_open_cfg(env *e, rpc_client_config *cfg)
+{
+	memset(e, 0, sizeof(*e));
+	assert_int_equal(uv_loop_init(&e->loop), 0);
+	uv_timer_init(&e->loop, &e->watchdog);
+	e->watchdog.data = e;
+	cfg->on_state = on_state;
+	cfg->state_ctx = e;
+	return rpc_client_new(&e->loop, cfg, &e->c);
+}
+
 void env_open(env *e, const fake *f, const uint8_t *secret,
 	      rpc_client_config *cfg_in)
 {
 	rpc_client_config cfg;
 
-	memset(e, 0, sizeof(*e));
-	assert_int_equal(uv_loop_init(&e->loop), 0);
-	uv_timer_init(&e->loop, &e->watchdog);
-	e->watchdog.data = e;
 	if (cfg_in != NULL)
 		cfg = *cfg_in;
 	else
@@ -548,13 +558,11 @@ void env_open(env *e, const fake *f, const uint8_t *secret,
 	cfg.unix_path = f->path;
 	cfg.secret = secret;
 	cfg.peer_name = "test@client";
-	cfg.on_state = on_state;
-	cfg.state_ctx = e;
 	if (cfg.backoff_min_ms == 0)
 		cfg.backoff_min_ms = 20;
 	if (cfg.backoff_max_ms == 0)
 		cfg.backoff_max_ms = 200;
-	assert_int_equal(rpc_client_new(&e->loop, &cfg, &e->c), 0);
+	assert_int_equal(env_open_cfg(e, &cfg), 0);
 }
 
 void on_closed(void *ctx)
@@ -569,11 +577,14 @@ void watchdog_closed(uv_handle_t *h)
 	(void)h;
 }
 
+/* Closes the client (if one was made) and the loop. */
 void env_close(env *e)
 {
-	rpc_client_close(e->c, on_closed, e);
-	e->c = NULL;
-	RUN_UNTIL(e, e->closed, 5000);
+	if (e->c != NULL) {
+		rpc_client_close(e->c, on_closed, e);
+		e->c = NULL;
+		RUN_UNTIL(e, e->closed, 5000);
+	}
 	uv_close((uv_handle_t *)&e->watchdog, watchdog_closed);
 	uv_run(&e->loop, UV_RUN_DEFAULT);
 	/* Every handle closed, nothing left behind. */

@@ -1,7 +1,8 @@
 /*
  * The fixture the libuv RPC client's tests share (test_rpc_client,
  * test_rpc_client_stream, test_rpc_client_real): a fake server (testrpc.c)
- * and the client side's loop, watchdog and result helpers. Built into
+ * and the client side's loop, watchdog and result helpers (test_rpc_tls
+ * uses those too, with clients of its own made by env_open_cfg). Built into
  * sm_testutil, so only tests that use it pull it in (they link sm_rpc:
  * their names start with test_rpc).
  */
@@ -87,6 +88,7 @@ extern const uint8_t secret_a[32];
 extern const uint8_t secret_b[32];
 void on_watchdog(uv_timer_t *t);
 void run_for(env *e, uint64_t ms);
+int env_open_cfg(env *e, rpc_client_config *cfg);
 void env_open(env *e, const fake *f, const uint8_t *secret,
 	      rpc_client_config *cfg_in);
 void on_closed(void *ctx);

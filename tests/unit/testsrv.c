@@ -1,7 +1,7 @@
 /*
  * The sqlited fixture of the opcode tests (testsrv.h says what it is):
  * set-up and tear-down of the server, and the client helpers. Moved
- * verbatim from test_srv_ops.c; its functions assert (cmocka) rather than
+ * verbatim from test_srv_ops.c (setup_net added for test_rpc_client_real); its functions assert (cmocka) rather than
  * return errors.
  */
 #include <setjmp.h>
@@ -98,8 +98,9 @@ static void loop_thread(void *arg)
 }
 
 /* idle_seconds < 0: the default (300), else an alias without sessions
- * is closed at the next tick after that long (srv_alias.c). */
-int setup_cfg(void **state, int idle_seconds)
+ * is closed at the next tick after that long (srv_alias.c); net_opt NULL:
+ * srv_net's defaults. */
+int setup_net(void **state, int idle_seconds, const srv_net_options *net_opt)
 {
 	struct fx *f = calloc(1, sizeof(*f));
 	srv_alias_config acfg;
@@ -137,13 +138,21 @@ int setup_cfg(void **state, int idle_seconds)
 	assert_int_equal(dir_domain_add(f->s.dir, "example.org"), 0);
 	add_alias(f, "alice@example.org", password, f->alias_id);
 
-	srv_net_options_default(&opt);
+	if (net_opt != NULL)
+		opt = *net_opt;
+	else
+		srv_net_options_default(&opt);
 	assert_int_equal(srv_net_start(&f->s, &opt), 0);
 	assert_int_equal(uv_async_init(&f->loop, &f->stop, stop_cb), 0);
 	f->stop.data = f;
 	assert_int_equal(uv_thread_create(&f->thread, loop_thread, f), 0);
 	*state = f;
 	return 0;
+}
+
+int setup_cfg(void **state, int idle_seconds)
+{
+	return setup_net(state, idle_seconds, NULL);
 }
 
 int setup(void **state)

@@ -1,12 +1,13 @@
 /*
  * The sqlited fixture the end-to-end opcode tests share (test_srv_ops,
- * test_srv_ops_fetch, test_srv_ops_view): a real server (srv_net) on a
+ * test_srv_ops_fetch, test_srv_ops_view, and test_rpc_client_real for the
+ * libuv client): a real server (srv_net) on a
  * unix socket in a temporary directory, its loop on a thread of its own,
  * a real directory with one alias (alice@example.org, password "correct
  * horse"), Redis absent (events and the throttle fall back to memory),
  * and helpers for the blocking client rpc_sync on the test's thread.
  * Built into sm_testutil, so only tests that use it pull it in (they link
- * sm_sqlited: their names start with test_srv).
+ * sm_sqlited: their names start with test_srv or test_rpc).
  */
 #ifndef TESTSRV_H
 #define TESTSRV_H
@@ -23,6 +24,7 @@
 #include "rpc_sync.h"
 #include "srv.h"
 #include "srv_alias.h"
+#include "srv_net.h"
 
 struct fx {
 	char *dir;
@@ -43,6 +45,10 @@ struct meta {
 };
 
 extern const char password[];
+/* Starts the server (setup: the defaults; setup_cfg: idle_seconds >= 0
+ * closes an idle alias after that long; setup_net: and srv_net's options,
+ * NULL for its defaults). teardown stops it and removes its files. */
+int setup_net(void **state, int idle_seconds, const srv_net_options *net_opt);
 int setup_cfg(void **state, int idle_seconds);
 int setup(void **state);
 int teardown(void **state);
