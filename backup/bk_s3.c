@@ -113,6 +113,15 @@ static void global_init(void)
 	xmlInitParser();
 }
 
+/* At the module's load (dlopen), on the loading thread: sqlited loads it
+ * on its main thread at start when backups to S3 are scheduled, so that
+ * libcurl's and OpenSSL's one-time set-up (and OpenSSL's per-thread error
+ * state that comes with it) does not land on a pool thread. */
+__attribute__((constructor)) static void module_loaded(void)
+{
+	pthread_once(&global_once, global_init);
+}
+
 static void membuf_init(struct membuf *b, size_t limit)
 {
 	memset(b, 0, sizeof(*b));

@@ -20,6 +20,7 @@
  */
 #include "srv.h"
 #include "bk.h"
+#include "bk_target.h"
 #include "eng_error.h"
 #include "secrets.h"
 
@@ -194,6 +195,23 @@ static void job_start(uv_timer_t *t)
 	srv_backup_stage(b->srv, &b->srv->shutting_down, job_staged, b);
 }
 
+/*
+ * Backups to S3 scheduled: the S3 module (libcurl, libxml2) is loaded now,
+ * on the main thread, not by the first job on a pool thread: a missing
+ * module shows in the log at start rather than at the first night, and
+ * libcurl's one-time set-up runs here. Not fatal: the job reports again.
+ */
+static void preload_s3(const sm_config *cfg)
+{
+	bk_s3_open_fn *open_fn;
+
+	if (cfg->backup_target != NULL &&
+	    strncmp(cfg->backup_target, "s3://", 5) == 0 &&
+	    bk_s3_load(&open_fn) != 0)
+		eng_log(ENG_LOG_ERROR, "scheduled backups to %s will fail until "
+			"the S3 module is installed", cfg->backup_target);
+}
+
 int srv_backup_sched_start(srv *s, const char *config_path,
 			   srv_backup_sched **sched_r)
 {
@@ -228,6 +246,7 @@ int srv_backup_sched_start(srv *s, const char *config_path,
 	if (daily)
 		eng_log(ENG_LOG_INFO, "backups scheduled daily at %02u:%02u UTC",
 			hh, mm);
+	preload_s3(s->cfg);
 	*sched_r = b;
 	return 0;
 }
