@@ -8,7 +8,8 @@ running sqlited through /proc/PID/maps:
 - with the default configuration (embedded directory, local backups), idle
   and after a scheduled backup ran, none of those libraries is mapped;
 - a scheduled backup to an s3:// target loads the S3 module (and libcurl)
-  and stores a snapshot in the bucket (s3rver, as test_backup_s3.py);
+  and stores a snapshot in the bucket (s3rver, as test_backup_s3.py), and
+  sqlited exits cleanly (under ASan: nothing leaked);
 - a sqlited whose S3 module is missing (a copy of the binary alone in a
   directory) logs which module it lacks and where it looked, the scheduled
   backup fails cleanly and sqlited keeps serving.
@@ -76,6 +77,7 @@ class Libraries(test_admin.Admin):
             lambda: "scheduled backup: snapshot" in self.read_log(), timeout=60),
             self.read_log())
         self.assertEqual(heavy_in(mapped_libraries(self.sqlited.pid)), [])
+        self.assertEqual(self.stop_sqlited(), 0, self.read_log()[-3000:])
 
     def test_missing_s3_module_is_a_clear_error(self):
         alone = os.path.join(self.tmp, "alone")
@@ -130,6 +132,9 @@ class S3Module(test_backup_s3.BackupS3):
         self.assertFalse(any(n.startswith("libmongoc") for n in libs), libs)
         objects = self.bucket_objects()
         self.assertTrue(any(o.startswith("host1/snapshots/") for o in objects), objects)
+        # A clean exit (under ASan: no leak left by the module's libraries).
+        self.assertEqual(self.stop_sqlited(), 0, self.read_log()[-3000:])
+        self.assertNotIn("Sanitizer", self.read_log())
 
 
 # Only this file's tests, not the inherited ones.
