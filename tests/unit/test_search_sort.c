@@ -312,13 +312,14 @@ static void test_thread_writer(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_sort, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sort,
+						search_setup, search_teardown),
 		cmocka_unit_test_setup_teardown(test_thread_orderedsubject,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_thread_references, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_thread_edge_cases, setup,
-						teardown),
+						search_setup, search_teardown),
+		cmocka_unit_test_setup_teardown(test_thread_references,
+						search_setup, search_teardown),
+		cmocka_unit_test_setup_teardown(test_thread_edge_cases,
+						search_setup, search_teardown),
 		cmocka_unit_test(test_thread_writer),
 	};
 

@@ -215,17 +215,17 @@ static int setup_store(void **state, bool legacy)
 	return 0;
 }
 
-int setup(void **state)
+int search_setup(void **state)
 {
 	return setup_store(state, false);
 }
 
-int setup_fts4(void **state)
+int search_setup_fts4(void **state)
 {
 	return setup_store(state, true);
 }
 
-int teardown(void **state)
+int search_teardown(void **state)
 {
 	struct fixture *f = *state;
 

@@ -29,11 +29,12 @@ struct fixture {
 	int64_t archive;
 };
 
-/* setup: the store with the corpus; setup_fts4: the same on a store with
- * the FTS4 table of stores made before 2026-11-26. */
-int setup(void **state);
-int setup_fts4(void **state);
-int teardown(void **state);
+/* search_setup: the store with the corpus; search_setup_fts4: the same on
+ * a store with the FTS4 table of stores made before 2026-11-26. (Not
+ * setup/teardown: testsrv.c has those, in the same sm_testutil.) */
+int search_setup(void **state);
+int search_setup_fts4(void **state);
+int search_teardown(void **state);
 /* fts_docsize and fts_stat found (2 with FTS4, 0 with FTS3). */
 int fts_shadow_tables(eng_store *st);
 /* Runs a search and compares the result with the expected UIDs, in order
