@@ -636,3 +636,87 @@ int ping(env *e, const char *echo, uint32_t timeout_ms, result *r,
 	eng_buf_free(&p);
 	return rc;
 }
+
+/* ------------------------------------------------------------------ */
+/* Codec helpers (test_rpc_codec, test_rpc_codec_frames)               */
+/* ------------------------------------------------------------------ */
+
+/* Copies into an exact-size allocation so that ASan sees any overread. */
+uint8_t *exact_copy(const void *p, size_t len)
+{
+	uint8_t *c = malloc(len != 0 ? len : 1);
+
+	assert_non_null(c);
+	if (len != 0)
+		memcpy(c, p, len);
+	return c;
+}
+
+/* One frame of every kind, and some with bodies. */
+void build_stream(eng_buf *b)
+{
+	rpc_limits lim;
+	size_t m, g;
+	uint8_t nonce[32], chunk[3000];
+
+	rpc_limits_default(&lim);
+	memset(nonce, 0xa5, sizeof(nonce));
+	for (size_t i = 0; i < sizeof(chunk); i++)
+		chunk[i] = (uint8_t)(i * 7);
+
+	m = rpc_frame_begin(b, RPC_K_HELLO, 0, 0, 0);
+	rpc_put_u64(b, RPC_T_VERSION, 1);
+	rpc_put_bytes(b, RPC_T_NONCE, nonce, 32);
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+
+	m = rpc_frame_begin(b, RPC_K_AUTH, 0, 0, 0);
+	rpc_put_u64(b, RPC_T_VERSION, 1);
+	rpc_put_bytes(b, RPC_T_NONCE, nonce, 32);
+	rpc_put_str(b, RPC_T_PEER_NAME, "imap@host1");
+	rpc_put_bytes(b, RPC_T_PROOF, nonce, 32);
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+
+	m = rpc_frame_begin(b, RPC_K_AUTH_OK, 0, 0, 0);
+	rpc_put_bytes(b, RPC_T_PROOF, nonce, 32);
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+
+	m = rpc_frame_begin(b, RPC_K_REQUEST, RPC_F_BODY, RPC_OP_APPEND, 7);
+	rpc_put_bytes(b, RPC_T_SESSION, nonce, 16);
+	rpc_put_str(b, RPC_T_MAILBOX, "INBOX");
+	rpc_put_u64(b, RPC_T_SIZE, sizeof(chunk));
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+
+	m = rpc_frame_begin(b, RPC_K_DATA, 0, 0, 7);
+	eng_buf_append(b, chunk, 1000);
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+	m = rpc_frame_begin(b, RPC_K_DATA, RPC_F_END, 0, 7);
+	eng_buf_append(b, chunk + 1000, 2000);
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+
+	m = rpc_frame_begin(b, RPC_K_WINDOW, 0, 0, 7);
+	rpc_put_u64(b, RPC_T_CREDIT, 262144);
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+
+	m = rpc_frame_begin(b, RPC_K_RESPONSE, RPC_F_MORE, RPC_OP_FETCH_META, 8);
+	g = rpc_group_begin(b, RPC_T_MESSAGE);
+	rpc_put_u64(b, RPC_T_UID, 1);
+	rpc_put_s64(b, RPC_T_INTERNAL_DATE, -5);
+	rpc_group_end(b, g);
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+
+	/* an empty payload */
+	m = rpc_frame_begin(b, RPC_K_RESPONSE, 0, RPC_OP_FETCH_META, 8);
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+
+	m = rpc_frame_begin(b, RPC_K_CANCEL, 0, 0, 9);
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+
+	m = rpc_frame_begin(b, RPC_K_ERROR, 0, RPC_OP_SEARCH, 9);
+	rpc_put_u64(b, RPC_T_CODE, rpc_err_to_wire(RPC_ECANCELLED));
+	rpc_put_str(b, RPC_T_ERROR_TEXT, rpc_strerror(RPC_ECANCELLED));
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+
+	m = rpc_frame_begin(b, RPC_K_EVENT, 0, 1, 0);
+	assert_int_equal(rpc_frame_end(b, m, &lim), 0);
+}
+

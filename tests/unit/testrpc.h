@@ -2,7 +2,8 @@
  * The fixture the libuv RPC client's tests share (test_rpc_client,
  * test_rpc_client_stream, test_rpc_client_real): a fake server (testrpc.c)
  * and the client side's loop, watchdog and result helpers (test_rpc_tls
- * uses those too, with clients of its own made by env_open_cfg). Built into
+ * uses those too, with clients of its own made by env_open_cfg), and the
+ * codec tests' exact_copy and build_stream. Built into
  * sm_testutil, so only tests that use it pull it in (they link sm_rpc:
  * their names start with test_rpc).
  */
@@ -98,5 +99,10 @@ void on_result(void *ctx, int err, const rpc_view *resp);
 int total_calls(const result *r, int n);
 int ping(env *e, const char *echo, uint32_t timeout_ms, result *r,
 	 uint32_t *id_r);
+
+/* The codec tests' helpers: an exact-size copy of p (so that ASan sees
+ * any overread), and a stream of one frame of every kind appended to b. */
+uint8_t *exact_copy(const void *p, size_t len);
+void build_stream(eng_buf *b);
 
 #endif
