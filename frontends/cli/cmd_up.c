@@ -338,16 +338,9 @@ static int tcp_probe(const void *arg)
 static char *self_dir(void)
 {
 	char path[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", path, sizeof(path) - 1);
-	char *slash;
 
-	if (n <= 0)
-		return eng_strdup(".");
-	path[n] = '\0';
-	slash = strrchr(path, '/');
-	if (slash != NULL)
-		*slash = '\0';
-	return eng_strdup(path);
+	sm_fs_exe_dir(path, sizeof(path));
+	return eng_strdup(path[0] != '\0' ? path : ".");
 }
 
 /* Starts the private redis-server; 0 ready, -1 failed, 1 stop requested. */

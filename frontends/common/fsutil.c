@@ -152,3 +152,20 @@ int sm_fs_exists(const char *path)
 		return 1;
 	return errno == ENOENT ? 0 : ENG_EIO;
 }
+
+void sm_fs_exe_dir(char *out, size_t size)
+{
+	ssize_t n = readlink("/proc/self/exe", out, size - 1);
+	char *slash;
+
+	if (n <= 0 || (size_t)n >= size - 1) {
+		out[0] = '\0';
+		return;
+	}
+	out[n] = '\0';
+	slash = strrchr(out, '/');
+	if (slash != NULL)
+		*slash = '\0';
+	else
+		out[0] = '\0';
+}

@@ -38,4 +38,10 @@ int sm_fs_create_file(const char *path, const void *data, size_t len, mode_t mod
 /* 1 if path exists (any type), 0 if it does not, negative on other errors. */
 int sm_fs_exists(const char *path);
 
+/*
+ * The directory of the running executable (/proc/self/exe without its last
+ * component) into out[0..size); "" when it cannot be read or does not fit.
+ */
+void sm_fs_exe_dir(char *out, size_t size);
+
 #endif

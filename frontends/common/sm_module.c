@@ -5,6 +5,7 @@
  */
 #include "sm_module.h"
 #include "eng_error.h"
+#include "fsutil.h"
 
 #include <dlfcn.h>
 #include <limits.h>
@@ -27,27 +28,9 @@ struct candidates {
 	char fixed[PATH_MAX];  /* SEALMAIL_MODULE_DIR */
 };
 
-/* The directory of the running executable, or "" if unknown. */
-static void exe_dir(char *out, size_t size)
-{
-	ssize_t n = readlink("/proc/self/exe", out, size - 1);
-	char *slash;
-
-	if (n <= 0) {
-		out[0] = '\0';
-		return;
-	}
-	out[n] = '\0';
-	slash = strrchr(out, '/');
-	if (slash != NULL)
-		*slash = '\0';
-	else
-		out[0] = '\0';
-}
-
 static void candidate_dirs(struct candidates *c)
 {
-	exe_dir(c->exe, sizeof(c->exe));
+	sm_fs_exe_dir(c->exe, sizeof(c->exe));
 	if (c->exe[0] == '\0' ||
 	    snprintf(c->rel, sizeof(c->rel), "%s/" SEALMAIL_MODULE_RELDIR,
 		     c->exe) >= (int)sizeof(c->rel))
