@@ -1,12 +1,13 @@
 /*
  * sqlited's malloc settings (srv_malloc.h): the thread cache off through
- * a re-exec with GLIBC_TUNABLES, fastbins off, fixed trim (256 KiB) and mmap
- * thresholds.
+ * a re-exec with GLIBC_TUNABLES, two arenas per CPU, fastbins off, fixed
+ * trim (256 KiB) and mmap thresholds.
  *
  * Rules: runs before anything else in main (no thread, no open file that
  * matters: the exec keeps descriptors, and there are none yet besides the
  * standard ones); the re-exec happens at most once (the variable it sets
- * is what it checks); an administrator's glibc.malloc.tcache_count wins.
+ * is what it checks); an administrator's glibc.malloc.tcache_count and
+ * glibc.malloc.arena_max win.
  */
 #include "srv_malloc.h"
 
@@ -94,11 +95,38 @@ static void name_from_argv0(char **argv)
 }
 #endif
 
+#if defined(__GLIBC__) && !defined(SANITIZER_ALLOCATOR)
+/* Whether GLIBC_TUNABLES sets name (an administrator's choice stays). */
+static bool tunable_set(const char *name)
+{
+	const char *t = getenv("GLIBC_TUNABLES");
+	size_t n = strlen(name);
+
+	for (const char *p = t; p != NULL && (p = strstr(p, name)) != NULL; p += n) {
+		if ((p == t || p[-1] == ':') && p[n] == '=')
+			return true;
+	}
+	return false;
+}
+
+/* Two arenas per online CPU (glibc's default is eight), 2 to 32. */
+static int arenas(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	if (n < 1)
+		n = 1;
+	return n > 16 ? 32 : (int)(2 * n);
+}
+#endif
+
 void srv_malloc_tune(char **argv)
 {
 #if defined(__GLIBC__) && !defined(SANITIZER_ALLOCATOR)
 	reexec_without_tcache(argv);
 	name_from_argv0(argv);
+	if (!tunable_set("glibc.malloc.arena_max"))
+		mallopt(M_ARENA_MAX, arenas());
 	mallopt(M_MXFAST, 0);
 	mallopt(M_TRIM_THRESHOLD, 256 * 1024);
 	mallopt(M_TOP_PAD, 64 * 1024);

@@ -19,6 +19,14 @@
  *    (/proc/self/exe, same pid, same arguments) once with
  *    glibc.malloc.tcache_count=0 added; an administrator's own setting of
  *    it is kept as it is; if the exec fails, it runs on with the cache;
+ *  - two arenas per online CPU (M_ARENA_MAX; glibc's default is eight,
+ *    16 here for 32 pool threads): malloc_trim does not trim the top of
+ *    any arena but the main one, and each top may stay resident up to the
+ *    trim threshold (+ pad); after body FETCHes sqlited's anonymous memory
+ *    at rest was 9.1-9.4 MB with 16 arenas, 7.0 MB with 4 (and 7.4 MB
+ *    before the body path stopped freeing 512 KiB blocks per piece, which
+ *    kept trimming the tops), body FETCH CPU the same (bench/README.md,
+ *    "IMAP body FETCH CPU (session 5)");
  *  - no fastbins (M_MXFAST 0): a freed chunk merges with its neighbours
  *    and the top at once;
  *  - an arena's top is given back past 256 KiB (M_TRIM_THRESHOLD), 64
