@@ -1122,34 +1122,53 @@ int eng_message_header(eng_message *m, const void **data_r, size_t *len_r)
 	return 0;
 }
 
-/* One zstd decompression context per thread, made at its first chunk
- * and freed when the thread ends: not one per chunk or per message. */
-static pthread_key_t dctx_key;
-static pthread_once_t dctx_once = PTHREAD_ONCE_INIT;
+/* zstd decompression contexts (about 95 KiB each), shared by the threads:
+ * one is taken per chunk and given back, at most DCTX_KEEP are kept for
+ * the next chunk, and eng_message_free_cached frees those (sqlited: on
+ * its tick after databases are released). Was one per thread for the
+ * thread's life: 32 pool threads kept 3 MB (and the literals of the last
+ * chunk each decompressed) at rest. */
+#define DCTX_KEEP 4
 
-static void dctx_free(void *dctx)
+static pthread_mutex_t dctx_mu = PTHREAD_MUTEX_INITIALIZER;
+static ZSTD_DCtx *dctx_kept[DCTX_KEEP];
+static unsigned dctx_n;
+
+static ZSTD_DCtx *dctx_get(void)
 {
-	ZSTD_freeDCtx(dctx);
+	ZSTD_DCtx *d = NULL;
+
+	pthread_mutex_lock(&dctx_mu);
+	if (dctx_n > 0)
+		d = dctx_kept[--dctx_n];
+	pthread_mutex_unlock(&dctx_mu);
+	return d != NULL ? d : ZSTD_createDCtx();
 }
 
-static void dctx_key_init(void)
+static void dctx_put(ZSTD_DCtx *d)
 {
-	if (pthread_key_create(&dctx_key, dctx_free) != 0)
-		abort();
-}
-
-static ZSTD_DCtx *thread_dctx(void)
-{
-	ZSTD_DCtx *d;
-
-	(void)pthread_once(&dctx_once, dctx_key_init);
-	if ((d = pthread_getspecific(dctx_key)) == NULL &&
-	    (d = ZSTD_createDCtx()) != NULL &&
-	    pthread_setspecific(dctx_key, d) != 0) {
-		ZSTD_freeDCtx(d);
+	pthread_mutex_lock(&dctx_mu);
+	if (dctx_n < DCTX_KEEP) {
+		dctx_kept[dctx_n++] = d;
 		d = NULL;
 	}
-	return d;
+	pthread_mutex_unlock(&dctx_mu);
+	ZSTD_freeDCtx(d);       /* NULL: nothing */
+}
+
+unsigned eng_message_free_cached(void)
+{
+	ZSTD_DCtx *drop[DCTX_KEEP];
+	unsigned n;
+
+	pthread_mutex_lock(&dctx_mu);
+	n = dctx_n;
+	memcpy(drop, dctx_kept, n * sizeof(*drop));
+	dctx_n = 0;
+	pthread_mutex_unlock(&dctx_mu);
+	for (unsigned i = 0; i < n; i++)
+		ZSTD_freeDCtx(drop[i]);
+	return n;
 }
 
 /* The raw length chunk seq must have, from the message size. */
@@ -1175,16 +1194,12 @@ static int load_chunk_into(eng_message *m, int64_t seq, void *out,
 	sqlite3_stmt *stmt = store_prepare(st,
 		"SELECT raw_len, data FROM chunk WHERE content_id = ? AND seq = ?",
 		&err);
-	ZSTD_DCtx *dctx = thread_dctx();
+	ZSTD_DCtx *dctx;
 	int rc;
 	size_t raw_len, got;
 
 	if (stmt == NULL)
 		return err;
-	if (dctx == NULL) {
-		store_release(st, stmt);
-		return ENG_EIO;
-	}
 	sqlite3_bind_int64(stmt, 1, m->content_id);
 	sqlite3_bind_int64(stmt, 2, seq);
 	rc = sqlite3_step(stmt);
@@ -1203,9 +1218,14 @@ static int load_chunk_into(eng_message *m, int64_t seq, void *out,
 		store_release(st, stmt);
 		return ENG_ECORRUPT;
 	}
+	if ((dctx = dctx_get()) == NULL) {
+		store_release(st, stmt);
+		return ENG_EIO;
+	}
 	got = ZSTD_decompressDCtx(dctx, out, raw_len,
 				  sqlite3_column_blob(stmt, 1),
 				  (size_t)sqlite3_column_bytes(stmt, 1));
+	dctx_put(dctx);
 	store_release(st, stmt);
 	if (ZSTD_isError(got) || got != raw_len)
 		return ENG_ECORRUPT;

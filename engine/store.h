@@ -299,6 +299,10 @@ typedef struct eng_message eng_message;
 int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 		     eng_message **m_r);
 void eng_message_close(eng_message **m);
+/* Frees the zstd decompression contexts kept for the next chunk read (at
+ * most 4, ~95 KiB each; message.c); returns how many. Thread-safe; a
+ * read running meanwhile keeps its own. sqlited calls it at rest. */
+unsigned eng_message_free_cached(void);
 uint64_t eng_message_size(const eng_message *m);
 /* The MIME tree stored at append time (decoded on first use). */
 int eng_message_mime(eng_message *m, const eng_mime_part **root_r);

@@ -592,13 +592,16 @@ static void closed_cb(void *ctx, int result)
 /*
  * SQLite's page cache and statements are many small blocks in the pool
  * threads' malloc arenas: freed, they stay in the process until trimmed.
- * Once per timer tick after releases, give the free pages back.
+ * Once per timer tick after releases, free the engine's kept zstd
+ * contexts and give the free pages back.
  */
 static void release_trim(srv_aliases *as)
 {
 	if (!as->trim_pending)
 		return;
 	as->trim_pending = false;
+	/* The zstd contexts the body reads kept (message.c) go first. */
+	(void)eng_message_free_cached();
 #ifdef __GLIBC__
 	(void)malloc_trim(0);
 #endif

@@ -516,6 +516,35 @@ static void test_read_sections(void **state)
 	tu_store_check(f->st);
 }
 
+/* A chunk read keeps one zstd context for the next (not one per thread
+ * for the thread's life), and eng_message_free_cached gives it back. */
+static void test_zstd_contexts_freed(void **state)
+{
+	tu_store *f = *state;
+	char *msg = big_message(700 * 1024);
+	size_t len = strlen(msg);
+	char *back = malloc(len);
+	eng_message *m;
+	uint32_t uid;
+
+	uid = tu_store_append(f, f->inbox, msg, 0);
+	(void)eng_message_free_cached();
+	assert_int_equal(eng_message_free_cached(), 0);
+	for (int round = 0; round < 2; round++) {
+		assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+		memset(back, 0, len);
+		/* Three chunks, read one after another: one context. */
+		assert_int_equal(eng_message_read(m, 0, back, len), (long)len);
+		assert_memory_equal(back, msg, len);
+		eng_message_close(&m);
+		assert_int_equal(eng_message_free_cached(), 1);
+		assert_int_equal(eng_message_free_cached(), 0);
+	}
+	free(back);
+	free(msg);
+	tu_store_check(f->st);
+}
+
 static void test_embedded_message_sections(void **state)
 {
 	tu_store *f = *state;
@@ -621,6 +650,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_fetch_meta_inline,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_read_sections,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_zstd_contexts_freed,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_embedded_message_sections,
 						tu_store_setup, tu_store_teardown),
