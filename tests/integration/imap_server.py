@@ -52,7 +52,8 @@ Attributes and methods:
   free_port(), wait_for(pred).
 - secrets_in_log(): the passwords given to add_alias that appear in a log
   (a test asserts this is empty); sanitizer_reports() after stop(): ASan,
-  LSan and UBSan report lines of every process (empty for a clean run).
+  LSan and UBSan report lines of every process (empty for a clean run);
+  stop_checked(): stop() and assert both are empty (a tearDownClass).
 """
 import imaplib
 import os
@@ -389,6 +390,14 @@ class ImapServer(Installation, ImapdMixin):
     def secrets_in_log(self):
         log = self.log_text()
         return [s for s in self.secrets if s in log]
+
+    def stop_checked(self):
+        """stop(), then fail if a password reached a log or a sanitizer
+        reported anything (the usual tearDownClass)."""
+        self.stop()
+        assert not self.secrets_in_log(), "a password appears in a log"
+        reports = self.sanitizer_reports()
+        assert not reports, "sanitizer reports:\n" + "\n".join(reports[:20])
 
     # ---- administration and delivery ----
 

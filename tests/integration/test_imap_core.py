@@ -114,12 +114,7 @@ class ImapCore(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        srv = cls.srv
-        found = srv.secrets_in_log()
-        srv.stop()
-        assert not found, "a password appears in a log"
-        reports = srv.sanitizer_reports()
-        assert not reports, "\n".join(reports[:20])
+        cls.srv.stop_checked()
 
     def raw_login(self, tls=True, user=ALICE, pw=ALICE_PW):
         r = self.srv.raw(tls=tls)
@@ -560,12 +555,7 @@ class ImapSharedWork(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        srv = cls.srv
-        found = srv.secrets_in_log()
-        srv.stop()
-        assert not found, "a password appears in a log"
-        reports = srv.sanitizer_reports()
-        assert not reports, "\n".join(reports[:20])
+        cls.srv.stop_checked()
 
     def stats(self):
         with self.srv.rpc() as c:

@@ -165,11 +165,7 @@ class LoginBurst(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        srv = cls.srv
-        srv.stop()
-        assert not srv.secrets_in_log(), "a password appears in a log"
-        reports = srv.sanitizer_reports()
-        assert not reports, "sanitizer reports:\n" + "\n".join(reports[:20])
+        cls.srv.stop_checked()
 
     def fresh_sqlited(self, unlock_hook):
         """sqlited restarted (every alias locked) and both frontends
