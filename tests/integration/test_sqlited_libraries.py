@@ -53,6 +53,20 @@ def heavy_in(names):
     return sorted(n for n in names if n.startswith(HEAVY))
 
 
+def restart_with_backups_every_second(case, timeout):
+    """Restarts case's sqlited with a scheduled backup every second (the
+    test hook) and waits until its log says a snapshot was made."""
+    case.assertEqual(case.stop_sqlited(), 0)
+    os.environ["SEALMAIL_BACKUP_SCHEDULE_TEST_SECONDS"] = "1"
+    try:
+        case.start_sqlited()
+    finally:
+        del os.environ["SEALMAIL_BACKUP_SCHEDULE_TEST_SECONDS"]
+    case.assertTrue(test_admin.wait_for(
+        lambda: "scheduled backup: snapshot" in case.read_log(), timeout=timeout),
+        case.read_log())
+
+
 class Libraries(test_admin.Admin):
     run_cli = test_backup.Backup.run_cli
     add_aliases = test_backup.Backup.add_aliases
@@ -67,15 +81,7 @@ class Libraries(test_admin.Admin):
 
     def test_local_scheduled_backup_loads_nothing(self):
         self.add_aliases(["alice@example.org"])
-        self.assertEqual(self.stop_sqlited(), 0)
-        os.environ["SEALMAIL_BACKUP_SCHEDULE_TEST_SECONDS"] = "1"
-        try:
-            self.start_sqlited()
-        finally:
-            del os.environ["SEALMAIL_BACKUP_SCHEDULE_TEST_SECONDS"]
-        self.assertTrue(test_admin.wait_for(
-            lambda: "scheduled backup: snapshot" in self.read_log(), timeout=60),
-            self.read_log())
+        restart_with_backups_every_second(self, timeout=60)
         self.assertEqual(heavy_in(mapped_libraries(self.sqlited.pid)), [])
         self.assertEqual(self.stop_sqlited(), 0, self.read_log()[-3000:])
 
@@ -117,15 +123,7 @@ class S3Module(test_backup_s3.BackupS3):
             s = ops.unlock(c, "alice@example.org", PASSWORD.encode())
             ops.append(c, s, "INBOX", b"Subject: sched\r\n\r\nbody\r\n")
         self.assertEqual(heavy_in(mapped_libraries(self.sqlited.pid)), [])
-        self.assertEqual(self.stop_sqlited(), 0)
-        os.environ["SEALMAIL_BACKUP_SCHEDULE_TEST_SECONDS"] = "1"
-        try:
-            self.start_sqlited()
-        finally:
-            del os.environ["SEALMAIL_BACKUP_SCHEDULE_TEST_SECONDS"]
-        self.assertTrue(test_admin.wait_for(
-            lambda: "scheduled backup: snapshot" in self.read_log(), timeout=120),
-            self.read_log())
+        restart_with_backups_every_second(self, timeout=120)
         libs = mapped_libraries(self.sqlited.pid)
         self.assertIn("sealmail-bk-s3.so", libs)
         self.assertTrue(any(n.startswith("libcurl") for n in libs), libs)
