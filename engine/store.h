@@ -300,7 +300,7 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 		     eng_message **m_r);
 void eng_message_close(eng_message **m);
 /* Frees the zstd decompression contexts kept for the next chunk read (at
- * most 4, ~95 KiB each; message.c); returns how many. Thread-safe; a
+ * most 4, ~95 KiB each; message_read.c); returns how many. Thread-safe; a
  * read running meanwhile keeps its own. sqlited calls it at rest. */
 unsigned eng_message_free_cached(void);
 uint64_t eng_message_size(const eng_message *m);

@@ -1,7 +1,7 @@
 /*
  * What only engine/ may touch of an open store: the SQLite handle, the
  * transaction state and the statement helpers shared by store.c,
- * mailbox.c, message.c, flags.c and search.c.
+ * mailbox.c, message.c, message_read.c, flags.c and search.c.
  */
 #ifndef ENG_STORE_PRIVATE_H
 #define ENG_STORE_PRIVATE_H

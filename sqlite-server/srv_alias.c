@@ -600,7 +600,7 @@ static void release_trim(srv_aliases *as)
 	if (!as->trim_pending)
 		return;
 	as->trim_pending = false;
-	/* The zstd contexts the body reads kept (message.c) go first. */
+	/* The zstd contexts the body reads kept (message_read.c) go first. */
 	(void)eng_message_free_cached();
 #ifdef __GLIBC__
 	(void)malloc_trim(0);

@@ -1,0 +1,400 @@
+/*
+ * Reading messages (docs/storage.md, "chunk"): a handle on one message
+ * (eng_message_open) gives its size, its MIME tree and top-level header
+ * (read once, when first asked), and its raw bytes by offset, decompressed
+ * a chunk at a time into a cache of one chunk.
+ *
+ * Rules:
+ * - A handle holds memory only, no statement: each read prepares, steps
+ *   and releases its own, inside the caller's read snapshot, so a handle
+ *   may be kept between the pieces of a body stream.
+ * - zstd decompression contexts are shared by every thread through a
+ *   small pool and freed by eng_message_free_cached (a cached context
+ *   holds the literals of the last chunk it decompressed).
+ */
+#include "store_private.h"
+#include "eng_error.h"
+
+#include <pthread.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <zstd.h>
+
+struct eng_message {
+	eng_store *st;
+	int64_t content_id;
+	uint64_t size;
+	uint32_t chunks;
+	bool meta_loaded;           /* mime_blob and header read */
+	void *mime_blob;
+	size_t mime_len;
+	eng_mime_part *mime;
+	void *header;
+	size_t header_len;
+	int64_t cached_seq;         /* -1: nothing cached */
+	/* One chunk, in a block of exactly the largest raw length cached
+	 * (not a doubling eng_buf: a 256 KiB chunk took 512 KiB). */
+	unsigned char *cache;
+	size_t cache_cap, cache_len;
+};
+
+/* ---- reading ---- */
+
+int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
+		     eng_message **m_r)
+{
+	int err;
+	/* Columns before mime and header only: a content row whose header
+	 * spills into overflow pages is not decrypted for a body read. */
+	sqlite3_stmt *stmt = store_prepare(st,
+		"SELECT c.id, c.size, c.chunks FROM message m "
+		"JOIN content c ON c.id = m.content_id "
+		"WHERE m.mailbox_id = ? AND m.uid = ?", &err);
+	eng_message *m;
+	int rc;
+
+	*m_r = NULL;
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, mailbox_id);
+	sqlite3_bind_int64(stmt, 2, uid);
+	rc = sqlite3_step(stmt);
+	if (rc != SQLITE_ROW) {
+		store_release(st, stmt);
+		return rc == SQLITE_DONE ? ENG_ENOTFOUND :
+			store_err(st, rc, "open message");
+	}
+	m = eng_calloc(1, sizeof(*m));
+	m->st = st;
+	m->content_id = sqlite3_column_int64(stmt, 0);
+	m->size = (uint64_t)sqlite3_column_int64(stmt, 1);
+	m->chunks = (uint32_t)sqlite3_column_int64(stmt, 2);
+	m->cached_seq = -1;
+	store_release(st, stmt);
+	*m_r = m;
+	return 0;
+}
+
+/* Reads the MIME blob and the header of the content row, once. */
+static int load_meta(eng_message *m)
+{
+	int err;
+	sqlite3_stmt *stmt;
+	int rc;
+
+	if (m->meta_loaded)
+		return 0;
+	stmt = store_prepare(m->st, "SELECT mime, header FROM content "
+			     "WHERE id = ?", &err);
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, m->content_id);
+	rc = sqlite3_step(stmt);
+	if (rc != SQLITE_ROW) {
+		store_release(m->st, stmt);
+		return rc == SQLITE_DONE ? ENG_ENOTFOUND :
+			store_err(m->st, rc, "message meta");
+	}
+	m->mime_len = (size_t)sqlite3_column_bytes(stmt, 0);
+	m->mime_blob = eng_malloc(m->mime_len);
+	if (m->mime_len > 0)
+		memcpy(m->mime_blob, sqlite3_column_blob(stmt, 0), m->mime_len);
+	m->header_len = (size_t)sqlite3_column_bytes(stmt, 1);
+	m->header = eng_malloc(m->header_len);
+	if (m->header_len > 0)
+		memcpy(m->header, sqlite3_column_blob(stmt, 1), m->header_len);
+	store_release(m->st, stmt);
+	m->meta_loaded = true;
+	return 0;
+}
+
+void eng_message_close(eng_message **mp)
+{
+	eng_message *m = *mp;
+
+	if (m == NULL)
+		return;
+	*mp = NULL;
+	eng_mime_part_free(&m->mime);
+	free(m->mime_blob);
+	free(m->header);
+	free(m->cache);
+	free(m);
+}
+
+uint64_t eng_message_size(const eng_message *m)
+{
+	return m->size;
+}
+
+int eng_message_mime(eng_message *m, const eng_mime_part **root_r)
+{
+	int err;
+
+	if ((err = load_meta(m)) != 0)
+		return err;
+	if (m->mime == NULL) {
+		err = eng_mime_decode(m->mime_blob, m->mime_len, m->size,
+				      &m->mime);
+		if (err != 0) {
+			eng_log(ENG_LOG_ERROR, "stored MIME structure of content "
+				"%lld is damaged", (long long)m->content_id);
+			return ENG_ECORRUPT;
+		}
+	}
+	*root_r = m->mime;
+	return 0;
+}
+
+int eng_message_header(eng_message *m, const void **data_r, size_t *len_r)
+{
+	int err;
+
+	*data_r = NULL;
+	*len_r = 0;
+	if ((err = load_meta(m)) != 0)
+		return err;
+	*data_r = m->header;
+	*len_r = m->header_len;
+	return 0;
+}
+
+/* zstd decompression contexts (about 95 KiB each), shared by the threads:
+ * one is taken per chunk and given back, at most DCTX_KEEP are kept for
+ * the next chunk, and eng_message_free_cached frees those (sqlited: on
+ * its tick after databases are released). Was one per thread for the
+ * thread's life: 32 pool threads kept 3 MB (and the literals of the last
+ * chunk each decompressed) at rest. */
+#define DCTX_KEEP 4
+
+static pthread_mutex_t dctx_mu = PTHREAD_MUTEX_INITIALIZER;
+static ZSTD_DCtx *dctx_kept[DCTX_KEEP];
+static unsigned dctx_n;
+
+static ZSTD_DCtx *dctx_get(void)
+{
+	ZSTD_DCtx *d = NULL;
+
+	pthread_mutex_lock(&dctx_mu);
+	if (dctx_n > 0)
+		d = dctx_kept[--dctx_n];
+	pthread_mutex_unlock(&dctx_mu);
+	return d != NULL ? d : ZSTD_createDCtx();
+}
+
+static void dctx_put(ZSTD_DCtx *d)
+{
+	pthread_mutex_lock(&dctx_mu);
+	if (dctx_n < DCTX_KEEP) {
+		dctx_kept[dctx_n++] = d;
+		d = NULL;
+	}
+	pthread_mutex_unlock(&dctx_mu);
+	ZSTD_freeDCtx(d);       /* NULL: nothing */
+}
+
+unsigned eng_message_free_cached(void)
+{
+	ZSTD_DCtx *drop[DCTX_KEEP];
+	unsigned n;
+
+	pthread_mutex_lock(&dctx_mu);
+	n = dctx_n;
+	memcpy(drop, dctx_kept, n * sizeof(*drop));
+	dctx_n = 0;
+	pthread_mutex_unlock(&dctx_mu);
+	for (unsigned i = 0; i < n; i++)
+		ZSTD_freeDCtx(drop[i]);
+	return n;
+}
+
+/* The raw length chunk seq must have, from the message size. */
+static size_t chunk_raw_len(const eng_message *m, int64_t seq)
+{
+	uint64_t start = (uint64_t)seq * ENG_CHUNK_BYTES;
+	uint64_t n = m->size - start;
+
+	return n < ENG_CHUNK_BYTES ? (size_t)n : ENG_CHUNK_BYTES;
+}
+
+/*
+ * Decompresses chunk seq into out (room bytes), with the
+ * thread's zstd context. The read
+ * path below gives it the caller's buffer when the whole chunk is wanted
+ * there, and the handle's cache otherwise. *len_r is its raw length.
+ */
+static int load_chunk_into(eng_message *m, int64_t seq, void *out,
+			   size_t room, size_t *len_r)
+{
+	eng_store *st = m->st;
+	int err;
+	sqlite3_stmt *stmt = store_prepare(st,
+		"SELECT raw_len, data FROM chunk WHERE content_id = ? AND seq = ?",
+		&err);
+	ZSTD_DCtx *dctx;
+	int rc;
+	size_t raw_len, got;
+
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, m->content_id);
+	sqlite3_bind_int64(stmt, 2, seq);
+	rc = sqlite3_step(stmt);
+	if (rc != SQLITE_ROW) {
+		store_release(st, stmt);
+		/* A primary-key lookup failing with a plain SQLITE_ERROR is
+		 * SQLCipher refusing a page (HMAC mismatch): damage. */
+		if (rc == SQLITE_DONE || rc == SQLITE_ERROR) {
+			(void)store_err(st, rc, "chunk");
+			return ENG_ECORRUPT;
+		}
+		return store_err(st, rc, "chunk");
+	}
+	raw_len = (size_t)sqlite3_column_int64(stmt, 0);
+	if (raw_len > ENG_CHUNK_BYTES || raw_len > room) {
+		store_release(st, stmt);
+		return ENG_ECORRUPT;
+	}
+	if ((dctx = dctx_get()) == NULL) {
+		store_release(st, stmt);
+		return ENG_EIO;
+	}
+	got = ZSTD_decompressDCtx(dctx, out, raw_len,
+				  sqlite3_column_blob(stmt, 1),
+				  (size_t)sqlite3_column_bytes(stmt, 1));
+	dctx_put(dctx);
+	store_release(st, stmt);
+	if (ZSTD_isError(got) || got != raw_len)
+		return ENG_ECORRUPT;
+	*len_r = raw_len;
+	return 0;
+}
+
+static int load_chunk(eng_message *m, int64_t seq)
+{
+	size_t want = chunk_raw_len(m, seq);
+	int err;
+
+	m->cached_seq = -1;
+	m->cache_len = 0;
+	/* Sized to the chunk: most messages are one chunk of a few KiB,
+	 * and a block of ENG_CHUNK_BYTES per handle made a pool thread's
+	 * arena give its top back and fault it in again at every close
+	 * (bench/README.md, "IMAP body FETCH CPU (session 5)"). */
+	if (m->cache_cap < want) {
+		free(m->cache);
+		m->cache = eng_malloc(want);
+		m->cache_cap = want;
+	}
+	if ((err = load_chunk_into(m, seq, m->cache, m->cache_cap,
+				   &m->cache_len)) != 0)
+		return err;
+	m->cached_seq = seq;
+	return 0;
+}
+
+/*
+ * Reads from offset. A chunk wanted whole (the read starts at its first
+ * byte and has room for all of it) is decompressed straight into buf;
+ * any other is decompressed once into the handle's cache, where the next
+ * read of the same chunk finds it.
+ */
+long eng_message_read(eng_message *m, uint64_t offset, void *buf, size_t len)
+{
+	unsigned char *out = buf;
+	size_t done = 0;
+
+	if (len > LONG_MAX)
+		len = LONG_MAX;
+	while (done < len && offset < m->size) {
+		int64_t seq = (int64_t)(offset / ENG_CHUNK_BYTES);
+		size_t in_chunk = (size_t)(offset % ENG_CHUNK_BYTES);
+		size_t n;
+		int err;
+
+		if (seq != m->cached_seq && in_chunk == 0 &&
+		    len - done >= chunk_raw_len(m, seq)) {
+			err = load_chunk_into(m, seq, out + done, len - done, &n);
+			if (err != 0)
+				return err;
+			if (n != chunk_raw_len(m, seq))
+				return ENG_ECORRUPT;
+			done += n;
+			offset += n;
+			continue;
+		}
+		if (seq != m->cached_seq && (err = load_chunk(m, seq)) != 0)
+			return err;
+		if (in_chunk >= m->cache_len)
+			return ENG_ECORRUPT;
+		n = m->cache_len - in_chunk;
+		if (n > len - done)
+			n = len - done;
+		memcpy(out + done, m->cache + in_chunk, n);
+		done += n;
+		offset += n;
+	}
+	return (long)done;
+}
+
+int eng_message_section(eng_message *m, const char *section,
+			uint64_t *offset_r, uint64_t *len_r)
+{
+	const eng_mime_part *root, *part;
+	const char *last;
+	char *nums;
+	size_t numlen;
+	int err;
+
+	if ((err = eng_message_mime(m, &root)) != 0)
+		return err;
+	if (section == NULL || *section == '\0') {
+		*offset_r = 0;
+		*len_r = m->size;
+		return 0;
+	}
+	/* Split "1.2.TEXT" into the part number "1.2" and the text "TEXT". */
+	last = strrchr(section, '.');
+	last = last != NULL ? last + 1 : section;
+	if (*last >= '0' && *last <= '9') {
+		numlen = strlen(section);
+		last = "";
+	} else {
+		numlen = last == section ? 0 : (size_t)(last - section - 1);
+	}
+	nums = eng_strndup(section, numlen);
+	part = numlen == 0 ? root : eng_mime_find_part(root, nums);
+	free(nums);
+	if (part == NULL)
+		return ENG_ENOTFOUND;
+	if (*last == '\0') {
+		*offset_r = part->body_off;
+		*len_r = part->body_end - part->body_off;
+		return 0;
+	}
+	if (strcasecmp(last, "MIME") == 0) {
+		if (numlen == 0)
+			return ENG_EINVAL;
+		*offset_r = part->header_off;
+		*len_r = part->body_off - part->header_off;
+		return 0;
+	}
+	/* HEADER and TEXT of a part are those of its embedded message. */
+	if (numlen != 0) {
+		if (part->message == NULL)
+			return ENG_ENOTFOUND;
+		part = part->message;
+	}
+	if (strcasecmp(last, "HEADER") == 0) {
+		*offset_r = part->header_off;
+		*len_r = part->body_off - part->header_off;
+	} else if (strcasecmp(last, "TEXT") == 0) {
+		*offset_r = part->body_off;
+		*len_r = part->body_end - part->body_off;
+	} else {
+		return ENG_EINVAL;
+	}
+	return 0;
+}
