@@ -104,13 +104,7 @@ class Deflate:
 class ImapCore(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.srv = ImapServer()
-        try:
-            cls.srv.add_alias(ALICE, ALICE_PW)
-            cls.srv.add_alias(BOB, BOB_PW)
-        except BaseException:
-            cls.srv.stop()
-            raise
+        cls.srv = ImapServer().with_aliases([(ALICE, ALICE_PW), (BOB, BOB_PW)])
 
     @classmethod
     def tearDownClass(cls):

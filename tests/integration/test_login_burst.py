@@ -69,6 +69,7 @@ class BurstServer(ImapServer):
         return super()._spawn(args, name, env)
 
     def start_pop3d(self):
+        self.pop3_port = int(self.extra["pop3_port"])
         p = self._spawn([POP3D, "--config", self.conf], "pop3d")
         ok = wait_for(lambda: port_open(self.pop3_port) or p.poll() is not None)
         if not ok or p.poll() is not None:
@@ -154,14 +155,9 @@ class LoginBurst(unittest.TestCase):
                                       "argon2_memlimit_mib": "64",
                                       "argon2_opslimit": "2",
                                       "imap_max_conns_per_ip": "200"})
-        try:
-            cls.srv.pop3_port = int(cls.srv.extra["pop3_port"])
-            cls.srv.start_pop3d()
-            for i in range(N_IMAP + N_POP + 2):
-                cls.srv.add_alias(address(i), password(i))
-        except BaseException:
-            cls.srv.stop()
-            raise
+        cls.srv.with_aliases([(address(i), password(i))
+                              for i in range(N_IMAP + N_POP + 2)],
+                             prepare=BurstServer.start_pop3d)
 
     @classmethod
     def tearDownClass(cls):

@@ -70,13 +70,8 @@ def close_idle(c):
 class ReloginReleased(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.srv = ImapServer(config={"db_release_seconds": "1"})
-        try:
-            for i in range(N):
-                cls.srv.add_alias(address(i), password(i))
-        except BaseException:
-            cls.srv.stop()
-            raise
+        cls.srv = ImapServer(config={"db_release_seconds": "1"}).with_aliases(
+            [(address(i), password(i)) for i in range(N)])
 
     @classmethod
     def tearDownClass(cls):
