@@ -5,8 +5,10 @@
  * fresh cipher context and a fresh HMAC context for every 4 KiB page, each
  * looking the algorithm up by name, and takes an IV from RAND_bytes under a
  * global mutex per page written. This provider keeps, per SQLCipher context,
- * an AES-256-CBC context keyed once and an HMAC-SHA1 context keyed once
- * (re-keyed only when the key bytes change), and draws the page's reserve
+ * an AES-256-CBC context per direction keyed once and run as one CBC
+ * stream (each page's IV applied to its first block by hand), the HMAC-SHA1
+ * key's inner and outer SHA-1 states (both re-keyed only when the key
+ * bytes change), and draws the page's reserve
  * bytes (IV and filler) from a per-context libsodium generator. Cipher text
  * and HMAC are byte for byte those of the built-in provider; everything but
  * random, hmac and cipher is the built-in provider's own function.
