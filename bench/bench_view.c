@@ -8,7 +8,8 @@
  *       sqlited's data directory the same way, for an IMAP-level run)
  *
  * An sqlited runs in this process (its loop on a thread, a unix socket in
- * a temporary directory, Redis absent), as in tests/unit/testsrv.c.
+ * a temporary directory, Redis absent): tests/unit/testsrv_core.c, the
+ * unit tests' in-process server, compiled in (bench/CMakeLists.txt).
  * The alias's INBOX is filled with MESSAGES tiny messages through the
  * engine directly (one transaction: minutes less than APPEND over RPC),
  * then an rpc_sync client (the blocking client) unlocks it and times, per
@@ -39,22 +40,11 @@
 #include "srv_alias.h"
 #include "srv_net.h"
 #include "store.h"
+#include "testsrv_core.h"
 
 #define MAX_ROUNDS 64
 
-static const eng_kdf_params fast = { 1, 8192 };
 static const char password[] = "bench password";
-
-struct server {
-	char dir[64];
-	sm_config *cfg;
-	uv_loop_t loop;
-	uv_thread_t thread;
-	uv_async_t stop;
-	srv s;
-	char alias_id[DIR_ID_HEX_LEN + 1];
-	int stopped;
-};
 
 static void die(const char *what, int err)
 {
@@ -80,11 +70,6 @@ static double cpu_ms(void)
 }
 
 /* ---- the server ---- */
-
-static void db_created(void *ctx, int result)
-{
-	*(int *)ctx = result;
-}
 
 /* n tiny messages into the INBOX of the database at path (engine direct,
  * one transaction). */
@@ -126,39 +111,6 @@ static void fill(const char *path, const uint8_t *mk, unsigned n)
 		(now_ms() - t0) / 1e3);
 }
 
-/* The alias, its database, and n messages in its INBOX. */
-static void add_alias(struct server *f, unsigned n)
-{
-	dir_alias_spec spec = { 0 };
-	eng_keyring *kr;
-	uint8_t *mk, *blob;
-	size_t blob_len;
-	char path[256];
-	int result = 1, err;
-
-	if ((err = eng_keyring_create(password, strlen(password), fast, &kr,
-				      &mk)) != 0 ||
-	    (err = eng_keyring_encode(kr, &blob, &blob_len)) != 0)
-		die("keyring", err);
-	spec.kind = DIR_MAILBOX;
-	spec.keyring = blob;
-	spec.keyring_len = blob_len;
-	if ((err = dir_alias_add(f->s.dir, "big@example.org", &spec,
-				 f->alias_id)) != 0 ||
-	    (err = srv_alias_create_db(f->s.aliases, f->alias_id, mk,
-				       db_created, &result)) != 0)
-		die("alias", err);
-	while (result == 1)
-		uv_run(&f->loop, UV_RUN_ONCE);
-	if (result != 0)
-		die("create db", result);
-	snprintf(path, sizeof(path), "%s/mailboxes/%s.db", f->dir, f->alias_id);
-	fill(path, mk, n);
-	eng_secret_free(&mk);
-	eng_keyring_free(&kr);
-	free(blob);
-}
-
 /* --fill: an existing alias of a data directory (a real sqlited's, for
  * an IMAP-level run), its password in BENCH_VIEW_PASSWORD. */
 static int fill_existing(const char *data_dir, const char *address,
@@ -190,93 +142,40 @@ static int fill_existing(const char *data_dir, const char *address,
 	return 0;
 }
 
-static void aliases_closed(void *ctx)
+/* The server (tests/unit/testsrv_core.c) with the alias big@example.org
+ * and n messages in its INBOX, listening on its unix socket. */
+static void server_start(struct tsrv *t, unsigned n)
 {
-	struct server *f = ctx;
+	static char data_dir[] = "/tmp/bench-view-XXXXXX";
+	char alias_id[DIR_ID_HEX_LEN + 1], path[256];
+	uint8_t *mk = NULL;
+	int err;
 
-	srv_events_free(&f->s.events);
-	uv_close((uv_handle_t *)&f->stop, NULL);
-	f->stopped = 1;
-}
-
-static void net_stopped(void *ctx)
-{
-	struct server *f = ctx;
-
-	srv_aliases_shutdown(f->s.aliases, aliases_closed, f);
-}
-
-static void stop_cb(uv_async_t *a)
-{
-	struct server *f = a->data;
-
-	srv_net_stop(&f->s, net_stopped, f);
-}
-
-static void loop_thread(void *arg)
-{
-	struct server *f = arg;
-
-	uv_run(&f->loop, UV_RUN_DEFAULT);
-}
-
-static void server_start(struct server *f, unsigned n)
-{
-	srv_alias_config acfg;
-	srv_net_options opt;
-	char text[256], tmp[128];
-
-	snprintf(f->dir, sizeof(f->dir), "/tmp/bench-view-XXXXXX");
-	if (mkdtemp(f->dir) == NULL || eng_crypto_init() != 0)
+	if (mkdtemp(data_dir) == NULL)
 		die("setup", ENG_EIO);
-	snprintf(text, sizeof(text), "data_dir = %s\n", f->dir);
-	if (sm_config_parse(text, strlen(text), "bench.conf", &f->cfg,
-			    NULL) != 0)
-		die("config", ENG_EINVAL);
-	f->cfg->sqlited_port = 0;
-	snprintf(tmp, sizeof(tmp), "%s/tmp", f->dir);
-	mkdir(tmp, 0700);
-	uv_loop_init(&f->loop);
-	f->s.loop = &f->loop;
-	f->s.cfg = f->cfg;
-	f->s.kdf = fast;
-	f->s.tmp_dir = strdup(tmp);
-	f->s.rpc_secret = eng_secret_new(32);
-	randombytes_buf(f->s.rpc_secret, 32);
-	srv_alias_config_default(&acfg);
-	acfg.data_dir = f->dir;
-	acfg.kdf_params = fast;
-	if (srv_aliases_new(&f->loop, &acfg, &f->s.aliases) != 0 ||
-	    dir_open(NULL, f->dir, &f->s.dir) != 0 ||
-	    srv_events_new(&f->s, "redis://127.0.0.1:1", &f->s.events) != 0 ||
-	    dir_domain_add(f->s.dir, "example.org") != 0)
-		die("server", ENG_EIO);
-	add_alias(f, n);
-	srv_net_options_default(&opt);
-	if (srv_net_start(&f->s, &opt) != 0)
-		die("listen", ENG_EIO);
-	uv_async_init(&f->loop, &f->stop, stop_cb);
-	f->stop.data = f;
-	uv_thread_create(&f->thread, loop_thread, f);
+	if ((err = tsrv_init(t, data_dir, NULL)) != 0)
+		die("server", err);
+	if ((err = dir_domain_add(t->s.dir, "example.org")) != 0 ||
+	    (err = tsrv_add_alias(t, "big@example.org", password, alias_id,
+				  &mk)) != 0)
+		die("alias", err);
+	snprintf(path, sizeof(path), "%s/mailboxes/%s.db", data_dir,
+		 alias_id);
+	fill(path, mk, n);
+	eng_secret_free(&mk);
+	if ((err = tsrv_run(t, NULL)) != 0)
+		die("listen", err);
 }
 
-static void server_stop(struct server *f)
+static void server_stop(struct tsrv *t)
 {
 	char cmd[128];
 
-	uv_async_send(&f->stop);
-	uv_thread_join(&f->thread);
-	srv_net_free(&f->s);
-	srv_aliases_free(&f->s.aliases);
-	uv_run(&f->loop, UV_RUN_DEFAULT);
-	uv_loop_close(&f->loop);
-	dir_close(&f->s.dir);
-	eng_secret_free(&f->s.rpc_secret);
-	free(f->s.tmp_dir);
-	sm_config_free(&f->cfg);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	if (tsrv_stop(t) != 0)
+		fprintf(stderr, "the server did not stop cleanly\n");
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", t->dir);
 	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", f->dir);
+		fprintf(stderr, "could not remove %s\n", t->dir);
 }
 
 /* ---- the client ---- */
@@ -288,14 +187,6 @@ static void call(rpc_sync *c, uint16_t op, eng_buf *b, rpc_sync_resp *resp)
 	if (err != 0)
 		die("call", err);
 	eng_buf_reset(b);
-}
-
-static void begin(eng_buf *b, const uint8_t *s, const char *mailbox)
-{
-	eng_buf_reset(b);
-	rpc_put_bytes(b, RPC_T_SESSION, s, SRV_SESSION_BYTES);
-	if (mailbox != NULL)
-		rpc_put_str(b, RPC_T_MAILBOX, mailbox);
 }
 
 /* One MAILBOX_VIEW of INBOX: wall into *wall, CPU into *cpu. */
@@ -342,12 +233,9 @@ static void store_one(rpc_sync *c, const uint8_t *s, uint32_t uid, bool on)
 {
 	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
 	eng_buf b = ENG_BUF_INIT;
-	eng_uidset set = { 0 };
 
 	begin(&b, s, "INBOX");
-	eng_uidset_add(&set, uid, uid);
-	rpc_put_uidset(&b, RPC_T_UIDSET, &set);
-	eng_uidset_free(&set);
+	put_uidset(&b, RPC_T_UIDSET, uid, uid);
 	rpc_put_u64(&b, RPC_T_MODE, on ? RPC_MODE_ADD : RPC_MODE_REMOVE);
 	rpc_put_u64(&b, RPC_T_FLAGS, ENG_F_FLAGGED);
 	call(c, RPC_OP_STORE, &b, &resp);
@@ -375,7 +263,7 @@ static int run(unsigned n, unsigned rounds)
 	double rep[MAX_ROUNDS], app[MAX_ROUNDS], sto[MAX_ROUNDS];
 	double rep_c[MAX_ROUNDS], app_c[MAX_ROUNDS], sto_c[MAX_ROUNDS];
 	double first, first_c;
-	struct server f;
+	struct tsrv f;
 	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
 	eng_buf b = ENG_BUF_INIT;
 	uint8_t s[SRV_SESSION_BYTES];
@@ -388,7 +276,6 @@ static int run(unsigned n, unsigned rounds)
 		fprintf(stderr, "usage: bench-view [MESSAGES [ROUNDS<=64]]\n");
 		return 2;
 	}
-	memset(&f, 0, sizeof(f));
 	server_start(&f, n);
 	if (rpc_sync_connect_unix(f.cfg->sqlited_socket, f.s.rpc_secret,
 				  "bench@view", 60000, &c) != 0)

@@ -45,7 +45,7 @@ static void env_open_real(env *e, struct fx *f, const uint8_t *secret)
 
 	memset(&path_only, 0, sizeof(path_only));
 	snprintf(path_only.path, sizeof(path_only.path), "%s",
-		 f->cfg->sqlited_socket);
+		 f->srv.cfg->sqlited_socket);
 	env_open(e, &path_only, secret, NULL);
 }
 
@@ -179,7 +179,7 @@ static void test_real_server(void **state)
 	int done;
 
 	memset(pipes, 0, sizeof(pipes));
-	env_open_real(&e, f, f->s.rpc_secret);
+	env_open_real(&e, f, f->srv.s.rpc_secret);
 
 	/* PING, then 100 pipelined. */
 	assert_int_equal(ping(&e, "real", 0, &pr, NULL), 0);

@@ -563,9 +563,9 @@ static void appender_thread(void *arg)
 	struct appender *a = arg;
 	rpc_sync *c = NULL;
 
-	a->err = rpc_sync_connect_unix(a->f->cfg->sqlited_socket,
-				       a->f->s.rpc_secret, "imap@test", 20000,
-				       &c);
+	a->err = rpc_sync_connect_unix(a->f->srv.cfg->sqlited_socket,
+				       a->f->srv.s.rpc_secret, "imap@test",
+				       20000, &c);
 	for (int i = 0; i < 20 && a->err == 0; i++) {
 		char *msg, subject[32];
 

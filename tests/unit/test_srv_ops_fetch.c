@@ -499,7 +499,7 @@ static void test_fetch_body_batch(void **state)
 		assert_int_equal(append(c, s, "INBOX", msgs[i], lens[i], 0, NULL,
 					&uids[i]), 0);
 	}
-	srv_aliases_stats(f->s.aliases, &before);
+	srv_aliases_stats(f->srv.s.aliases, &before);
 	for (int i = 0; i < N; i++) {
 		begin(&b, s, "INBOX");
 		rpc_put_u64(&b, RPC_T_UID, uids[i]);
@@ -536,7 +536,7 @@ static void test_fetch_body_batch(void **state)
 			assert_true(fr.flags & RPC_F_BODY);
 		}
 	}
-	srv_aliases_stats(f->s.aliases, &after);
+	srv_aliases_stats(f->srv.s.aliases, &after);
 	for (int i = 0; i < N; i++) {
 		if (i != MISSING) {
 			assert_int_equal(got[i].len, lens[i]);
@@ -637,11 +637,11 @@ static void test_fetch_bodies(void **state)
 	uids[N] = 999999;            /* never was */
 	uids[N + 1] = uids[1];       /* asked twice */
 
-	srv_aliases_stats(f->s.aliases, &before);
+	srv_aliases_stats(f->srv.s.aliases, &before);
 	begin(&b, s, "INBOX");
 	rpc_put_uids(&b, RPC_T_UIDS, uids, N + 2);
 	assert_int_equal(call(c, RPC_OP_FETCH_BODIES, &b, &resp), 0);
-	srv_aliases_stats(f->s.aliases, &after);
+	srv_aliases_stats(f->srv.s.aliases, &after);
 	assert_int_equal(get_u(&resp.view, RPC_T_MESSAGES), N + 2);
 	split_bodies(&resp.body, uids, N + 2, got, gone);
 	for (int i = 0; i < N + 2; i++) {

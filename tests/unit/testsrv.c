@@ -1,8 +1,9 @@
 /*
  * The sqlited fixture of the opcode tests (testsrv.h says what it is):
- * set-up and tear-down of the server, and the client helpers. Moved
- * verbatim from test_srv_ops.c (setup_net added for test_rpc_client_real); its functions assert (cmocka) rather than
- * return errors.
+ * set-up and tear-down of the server (testsrv_core.c's), and the client
+ * helpers. Moved verbatim from test_srv_ops.c (setup_net added for
+ * test_rpc_client_real, setup_opts for test_srv_dir_ops); its functions
+ * assert (cmocka) rather than return errors.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,11 +11,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -32,69 +31,36 @@
 #include "testutil.h"
 #include "testsrv.h"
 
-static const eng_kdf_params fast = { 1, 8192 };
 const char password[] = "correct horse";
 
-/* ---- the server: set up on the test thread, run on its own ---- */
+/* ---- the server (testsrv_core.c), asserted on ---- */
 
-static void db_created(void *ctx, int result)
+static rpc_sync *connect_as(struct fx *f, const char *name)
 {
-	*(int *)ctx = result;
+	rpc_sync *c = NULL;
+
+	assert_int_equal(rpc_sync_connect_unix(f->srv.cfg->sqlited_socket,
+					       f->srv.s.rpc_secret, name,
+					       20000, &c), 0);
+	return c;
 }
 
-static void add_alias(struct fx *f, const char *address, const char *pw,
-		      char id_r[DIR_ID_HEX_LEN + 1])
+int setup_opts(void **state, const struct fx_options *o)
 {
-	dir_alias_spec spec = { 0 };
-	eng_keyring *kr;
-	uint8_t *mk, *blob;
-	size_t blob_len;
-	int result = 1;
+	struct fx *f = calloc(1, sizeof(*f));
 
-	assert_int_equal(eng_keyring_create(pw, strlen(pw), fast, &kr, &mk), 0);
-	assert_int_equal(eng_keyring_encode(kr, &blob, &blob_len), 0);
-	spec.kind = DIR_MAILBOX;
-	spec.keyring = blob;
-	spec.keyring_len = blob_len;
-	assert_int_equal(dir_alias_add(f->s.dir, address, &spec, id_r), 0);
-	assert_int_equal(srv_alias_create_db(f->s.aliases, id_r, mk,
-					     db_created, &result), 0);
-	while (result == 1)
-		uv_run(&f->loop, UV_RUN_ONCE);
-	assert_int_equal(result, 0);
-	eng_secret_free(&mk);
-	eng_keyring_free(&kr);
-	free(blob);
-}
-
-static void aliases_closed(void *ctx)
-{
-	struct fx *f = ctx;
-
-	srv_events_free(&f->s.events);
-	uv_close((uv_handle_t *)&f->stop, NULL);
-	f->stopped = 1;
-}
-
-static void net_stopped(void *ctx)
-{
-	struct fx *f = ctx;
-
-	srv_aliases_shutdown(f->s.aliases, aliases_closed, f);
-}
-
-static void stop_cb(uv_async_t *a)
-{
-	struct fx *f = a->data;
-
-	srv_net_stop(&f->s, net_stopped, f);
-}
-
-static void loop_thread(void *arg)
-{
-	struct fx *f = arg;
-
-	uv_run(&f->loop, UV_RUN_DEFAULT);
+	assert_non_null(f);
+	assert_int_equal(tsrv_init(&f->srv, tu_tmpdir(), &o->srv), 0);
+	if (!o->empty) {
+		assert_int_equal(dir_domain_add(f->srv.s.dir, "example.org"), 0);
+		assert_int_equal(tsrv_add_alias(&f->srv, "alice@example.org",
+						password, f->alias_id, NULL), 0);
+	}
+	assert_int_equal(tsrv_run(&f->srv, o->net), 0);
+	if (o->client != NULL)
+		f->c = connect_as(f, o->client);
+	*state = f;
+	return 0;
 }
 
 /* idle_seconds < 0: the default (300), else an alias without sessions
@@ -102,52 +68,10 @@ static void loop_thread(void *arg)
  * srv_net's defaults. */
 int setup_net(void **state, int idle_seconds, const srv_net_options *net_opt)
 {
-	struct fx *f = calloc(1, sizeof(*f));
-	srv_alias_config acfg;
-	srv_net_options opt;
-	char *text, tmp[4096];
+	struct fx_options o = { .srv = { .idle_seconds = idle_seconds },
+				.net = net_opt };
 
-	assert_int_equal(eng_crypto_init(), 0);
-	f->dir = tu_tmpdir();
-	text = malloc(strlen(f->dir) + 64);
-	sprintf(text, "data_dir = %s\n", f->dir);
-	assert_int_equal(sm_config_parse(text, strlen(text), "t.conf", &f->cfg,
-					 NULL), 0);
-	free(text);
-	f->cfg->sqlited_port = 0;
-	snprintf(tmp, sizeof(tmp), "%s/tmp", f->dir);
-	assert_int_equal(mkdir(tmp, 0700), 0);
-	assert_int_equal(uv_loop_init(&f->loop), 0);
-
-	f->s.loop = &f->loop;
-	f->s.cfg = f->cfg;
-	f->s.kdf = fast;
-	f->s.tmp_dir = strdup(tmp);
-	f->s.rpc_secret = eng_secret_new(32);
-	randombytes_buf(f->s.rpc_secret, 32);
-	srv_alias_config_default(&acfg);
-	if (idle_seconds >= 0)
-		acfg.idle_seconds = (unsigned)idle_seconds;
-	acfg.data_dir = f->dir;
-	acfg.kdf_params = fast;
-	assert_int_equal(srv_aliases_new(&f->loop, &acfg, &f->s.aliases), 0);
-	assert_int_equal(dir_open(NULL, f->dir, &f->s.dir), 0);
-	/* Nothing listens on port 1: events and throttle stay in memory. */
-	assert_int_equal(srv_events_new(&f->s, "redis://127.0.0.1:1",
-					&f->s.events), 0);
-	assert_int_equal(dir_domain_add(f->s.dir, "example.org"), 0);
-	add_alias(f, "alice@example.org", password, f->alias_id);
-
-	if (net_opt != NULL)
-		opt = *net_opt;
-	else
-		srv_net_options_default(&opt);
-	assert_int_equal(srv_net_start(&f->s, &opt), 0);
-	assert_int_equal(uv_async_init(&f->loop, &f->stop, stop_cb), 0);
-	f->stop.data = f;
-	assert_int_equal(uv_thread_create(&f->thread, loop_thread, f), 0);
-	*state = f;
-	return 0;
+	return setup_opts(state, &o);
 }
 
 int setup_cfg(void **state, int idle_seconds)
@@ -164,19 +88,10 @@ int teardown(void **state)
 {
 	struct fx *f = *state;
 
-	uv_async_send(&f->stop);
-	uv_thread_join(&f->thread);
-	assert_int_equal(f->stopped, 1);
-	srv_net_free(&f->s);
-	srv_aliases_free(&f->s.aliases);
-	uv_run(&f->loop, UV_RUN_DEFAULT);
-	assert_int_equal(uv_loop_close(&f->loop), 0);
-	dir_close(&f->s.dir);
-	eng_secret_free(&f->s.rpc_secret);
-	free(f->s.tmp_dir);
-	sm_config_free(&f->cfg);
-	tu_rmrf(f->dir);
-	free(f->dir);
+	rpc_sync_free(&f->c);
+	assert_int_equal(tsrv_stop(&f->srv), 0);
+	tu_rmrf(f->srv.dir);
+	free(f->srv.dir);
 	free(f);
 	return 0;
 }
@@ -185,12 +100,7 @@ int teardown(void **state)
 
 rpc_sync *connect_client(struct fx *f)
 {
-	rpc_sync *c = NULL;
-
-	assert_int_equal(rpc_sync_connect_unix(f->cfg->sqlited_socket,
-					       f->s.rpc_secret, "imap@test",
-					       20000, &c), 0);
-	return c;
+	return connect_as(f, "imap@test");
 }
 
 int call(rpc_sync *c, uint16_t op, eng_buf *req, rpc_sync_resp *resp)
@@ -224,30 +134,12 @@ int unlock(rpc_sync *c, const char *alias, const char *pw,
 	return err;
 }
 
-/* Starts a request payload with the session (and a mailbox). */
-void begin(eng_buf *b, const uint8_t *session, const char *mailbox)
-{
-	eng_buf_reset(b);
-	rpc_put_bytes(b, RPC_T_SESSION, session, SRV_SESSION_BYTES);
-	if (mailbox != NULL)
-		rpc_put_str(b, RPC_T_MAILBOX, mailbox);
-}
-
 uint64_t get_u(const rpc_view *v, uint32_t tag)
 {
 	uint64_t val = 0;
 
 	assert_int_equal(rpc_get_u64(v, tag, &val), 0);
 	return val;
-}
-
-void put_uidset(eng_buf *b, uint32_t tag, uint32_t lo, uint32_t hi)
-{
-	eng_uidset set = { 0 };
-
-	eng_uidset_add(&set, lo, hi);
-	rpc_put_uidset(b, tag, &set);
-	eng_uidset_free(&set);
 }
 
 /* APPEND of a message in memory; returns the error, UID in *uid_r. */
