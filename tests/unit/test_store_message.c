@@ -545,6 +545,59 @@ static void test_zstd_contexts_freed(void **state)
 	tu_store_check(f->st);
 }
 
+/* Reads in pieces of every size that matters (a chunk wanted whole goes
+ * straight into the caller's buffer, any other through the handle's
+ * one-chunk cache), and ranges at random offsets after reads that left
+ * another chunk cached: always the message's bytes, never more. */
+static void test_read_splits(void **state)
+{
+	static const size_t pieces[] = { 1, 4095, 4096, 27 * 1024,
+					 ENG_CHUNK_BYTES - 1, ENG_CHUNK_BYTES,
+					 ENG_CHUNK_BYTES + 1, 2 * ENG_CHUNK_BYTES,
+					 700 * 1024 };
+	tu_store *f = *state;
+	char *msg = big_message(600 * 1024);
+	size_t len = strlen(msg);
+	unsigned char *back = malloc(len + 64);
+	eng_message *m;
+	uint32_t uid = tu_store_append(f, f->inbox, msg, 0);
+
+	for (size_t p = 0; p < sizeof(pieces) / sizeof(pieces[0]); p++) {
+		uint64_t off = 0;
+		long n;
+
+		assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+		memset(back, 0xa5, len + 64);
+		while ((n = eng_message_read(m, off, back + off, pieces[p])) > 0)
+			off += (uint64_t)n;
+		assert_int_equal(n, 0);
+		assert_int_equal(off, len);
+		assert_memory_equal(back, msg, len);
+		assert_int_equal(back[len], 0xa5);   /* nothing past the end */
+		eng_message_close(&m);
+	}
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+	for (int i = 0; i < 300; i++) {
+		uint64_t off = randombytes_uniform((uint32_t)len + 10);
+		size_t want = i % 3 == 0 ? ENG_CHUNK_BYTES :
+			      randombytes_uniform(ENG_CHUNK_BYTES + 5000);
+		size_t expect;
+
+		if (i % 5 == 0)       /* a chunk's first byte: maybe direct */
+			off = (uint64_t)randombytes_uniform(3) * ENG_CHUNK_BYTES;
+		expect = off >= len ? 0 : len - off < want ? len - off : want;
+		memset(back, 0xa5, want + 1);
+		assert_int_equal(eng_message_read(m, off, back, want),
+				 (long)expect);
+		assert_memory_equal(back, msg + (off < len ? off : len), expect);
+		assert_int_equal(back[expect], 0xa5);
+	}
+	eng_message_close(&m);
+	free(back);
+	free(msg);
+	tu_store_check(f->st);
+}
+
 static void test_embedded_message_sections(void **state)
 {
 	tu_store *f = *state;
@@ -652,6 +705,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_read_sections,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_zstd_contexts_freed,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_read_splits,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_embedded_message_sections,
 						tu_store_setup, tu_store_teardown),
