@@ -26,6 +26,9 @@
 void imapd_sessions_gone(imapd *d);
 /* Calls imap_sessions_kick(d) from a later loop turn. */
 void imapd_kick_later(imapd *d);
+/* A command ended or a session closed: the heap is trimmed once none has
+ * for IMAP_QUIET_MS (imapd.c). */
+void imapd_activity(imapd *d);
 
 /* ---- imap_cmd_auth.c ---- */
 

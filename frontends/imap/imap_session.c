@@ -221,6 +221,7 @@ static void session_free(imap_session *s)
 	sodium_memzero(s->handle, sizeof(s->handle));
 	free(s->user);
 	free(f);
+	imapd_activity(d);
 	if (d->stopping && d->n_sessions == 0)
 		imapd_sessions_gone(d);
 }
@@ -424,6 +425,7 @@ static void finish_done(imap_cmd *cmd)
 	}
 	s->cmd = NULL;
 	cmd_free(cf);
+	imapd_activity(s->d);
 	if (after != NULL)
 		after(s);
 	if (s->state == IMAP_S_LOGOUT) {

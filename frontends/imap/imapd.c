@@ -15,8 +15,11 @@
  * it, and exit 0 once the last one is gone. A second signal exits at once
  * with 1.
  *
- * Memory: every IMAP_IDLE_SYNC_MS, when over 8 MiB of the heap are free
- * (a burst of connections ended), malloc_trim gives those pages back.
+ * Memory: the heap is trimmed (malloc_trim gives the free pages inside it
+ * back) when the process goes quiet: IMAP_QUIET_MS after the last command
+ * ended or session closed, if at least IMAP_QUIET_TRIM_BYTES of it are
+ * free; and every IMAP_IDLE_SYNC_MS when over 8 MiB are (a burst of
+ * connections ended). Under load no trim runs (the timer is pushed back).
  *
  * Events (docs/rpc.md, Events): one Redis connection in subscribe mode.
  * A channel sealmail:alias:<id> is subscribed while at least one session
@@ -60,6 +63,10 @@
 #define IMAP_IDLE_TIMEOUT_MS (31u * 60 * 1000)
 /* Free heap memory past which the idle tick gives it back (heap_trim). */
 #define IMAP_TRIM_FREE_BYTES (8u * 1024 * 1024)
+/* No command ended and no session closed for this long: the process is
+ * quiet, and the heap is trimmed when this much of it is free. */
+#define IMAP_QUIET_MS 2000u
+#define IMAP_QUIET_TRIM_BYTES (1u * 1024 * 1024)
 
 typedef struct ev_sub {
 	struct ev_sub *next;
@@ -81,6 +88,9 @@ typedef struct imap_main {
 	uv_timer_t kick;             /* imapd_kick_later */
 	uv_timer_t idle_tick;        /* IMAP_IDLE_SYNC_MS */
 	unsigned idle_ticks;
+	uv_timer_t quiet;            /* IMAP_QUIET_MS after the last activity */
+	uint64_t last_activity;      /* uv_now of the last imapd_activity */
+	unsigned long heap_trims;    /* quiet trims run (for the debug log) */
 	bool kick_pending;
 } imap_main;
 
@@ -330,12 +340,52 @@ void imapd_kick_later(imapd *d)
  * open). malloc_trim returns the free pages inside it too; it walks the
  * free lists, so only when there is much to return.
  */
-static void heap_trim(void)
+static size_t heap_trim(size_t min_free)
 {
 	struct mallinfo2 mi = mallinfo2();
 
-	if (mi.fordblks >= IMAP_TRIM_FREE_BYTES)
-		malloc_trim(0);
+	if (mi.fordblks < min_free)
+		return 0;
+	malloc_trim(0);
+	return mi.fordblks;
+}
+
+/*
+ * After the loads (a body FETCH's output batches, APPEND literals, SELECTs
+ * of big mailboxes, many sessions ending) several MB of the heap are free
+ * between live blocks, under the idle tick's 8 MiB: glibc keeps them
+ * resident for good (bench/README.md, "imapd memory after the loads").
+ * Once nothing has happened for IMAP_QUIET_MS they go back; while
+ * commands keep ending, the timer is only pushed back (imapd_activity
+ * costs a clock read per command).
+ */
+static void on_quiet(uv_timer_t *t)
+{
+	imap_main *m = t->data;
+	uint64_t since = uv_now(m->d.loop) - m->last_activity;
+	size_t freed;
+
+	if (since < IMAP_QUIET_MS) {
+		uv_timer_start(t, on_quiet, IMAP_QUIET_MS - since, 0);
+		return;
+	}
+	freed = heap_trim(IMAP_QUIET_TRIM_BYTES);
+	if (freed > 0)
+		eng_log(ENG_LOG_DEBUG, "imap: heap trim %lu after %lu ms quiet: "
+			"%zu KiB were free", ++m->heap_trims,
+			(unsigned long)since, freed / 1024);
+}
+
+void imapd_activity(imapd *d)
+{
+	imap_main *m = g_main;
+
+	(void)d;
+	if (m->dm.done || m->d.stopping)
+		return;
+	m->last_activity = uv_now(m->d.loop);
+	if (!uv_is_active((uv_handle_t *)&m->quiet))
+		uv_timer_start(&m->quiet, on_quiet, IMAP_QUIET_MS, 0);
 }
 
 static void on_idle_tick(uv_timer_t *t)
@@ -344,7 +394,7 @@ static void on_idle_tick(uv_timer_t *t)
 	bool events_up = m->ev.conn != NULL &&
 		sm_redis_conn_ready(m->ev.conn) != NULL;
 
-	heap_trim();
+	heap_trim(IMAP_TRIM_FREE_BYTES);
 	if (events_up && ++m->idle_ticks % IMAP_IDLE_EVENTS_TICKS != 0) {
 		imap_idle_keepalive(&m->d);
 		return;
@@ -376,6 +426,7 @@ static void imap_finish(void *ctx)
 	events_stop(&m->ev);
 	uv_close((uv_handle_t *)&m->kick, NULL);
 	uv_close((uv_handle_t *)&m->idle_tick, NULL);
+	uv_close((uv_handle_t *)&m->quiet, NULL);
 }
 
 void imapd_sessions_gone(imapd *d)
@@ -449,6 +500,8 @@ static void start_handles(imap_main *m)
 	m->kick.data = m;
 	uv_timer_init(loop, &m->idle_tick);
 	m->idle_tick.data = m;
+	uv_timer_init(loop, &m->quiet);
+	m->quiet.data = m;
 }
 
 int main(int argc, char **argv)
