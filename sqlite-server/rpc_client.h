@@ -241,8 +241,8 @@ int rpc_client_cancel(rpc_client *c, uint32_t id);
 
 /*
  * Reports that n bytes a data callback returned RPC_CLIENT_HOLD for are
- * consumed; the library grants the server credit for them (in batches of
- * half a window). ENG_ENOTFOUND for an unknown or finished id (harmless).
+ * consumed; the library grants the server credit for them (in whole
+ * multiples of half a window; the rest waits for more). ENG_ENOTFOUND for an unknown or finished id (harmless).
  */
 int rpc_client_consumed(rpc_client *c, uint32_t id, size_t n);
 

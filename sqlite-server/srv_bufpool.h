@@ -30,7 +30,8 @@
 #include <stdint.h>
 
 #define SRV_BUFPOOL_BYTES ((size_t)RPC_HEADER_BYTES + RPC_MAX_CHUNK_BYTES)
-#define SRV_BUFPOOL_KEEP_PER_HOLD 2
+/* A stream has two pieces read (its slots) and one in the socket. */
+#define SRV_BUFPOOL_KEEP_PER_HOLD 3
 #define SRV_BUFPOOL_KEEP 16
 
 typedef struct srv_bufpool {

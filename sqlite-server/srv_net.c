@@ -56,6 +56,8 @@
 #define NET_READ_BYTES 65536
 #define NET_CLOSE_GRACE_MS 5000
 #define NET_MAX_LISTENERS 2
+/* SO_SNDBUF of a unix socket connection (the kernel doubles it). */
+#define NET_UNIX_SNDBUF (512 * 1024)
 
 typedef struct net_peer net_peer;
 typedef struct net_req net_req;
@@ -1581,6 +1583,13 @@ static void on_connection(uv_stream_t *server, int status)
 		return;
 	}
 	if (is_unix) {
+		/* Room for a window of body stream plus frames in the kernel:
+		 * a 128 KiB piece goes in one write, not a partial one and the
+		 * rest after an EPOLLOUT wake-up (capped by net.core.wmem_max;
+		 * a refusal keeps the default). */
+		int sndbuf = NET_UNIX_SNDBUF;
+
+		(void)uv_send_buffer_size(&c->h.handle, &sndbuf);
 		snprintf(c->addr, sizeof(c->addr), "unix");
 	} else {
 		struct sockaddr_storage ss;

@@ -703,14 +703,11 @@ static void body_piece_done(void *ctx, int result)
  * last bytes with END when last (nothing is left to read), which ends the
  * request; or waits for window credit (req->on_window = again). True when
  * the next piece is to be read, of at most *window_r bytes. No work of the
- * request is queued or running when it is called. With pooled (the
- * srv_pieces buffer buf is in, RPC_HEADER_BYTES in), a piece that goes
- * whole goes in that buffer itself (srv_send_data_buf: no copy) and
- * *pooled becomes NULL.
+ * request is queued or running when it is called.
  */
 static bool piece_pump(srv_req *req, const uint8_t *buf, size_t len,
 		       size_t *sent, bool last, void (*again)(srv_req *),
-		       size_t *window_r, uint8_t **pooled)
+		       size_t *window_r)
 {
 	srv_mbop *op = req->data;
 	size_t window, n;
@@ -730,14 +727,7 @@ static bool piece_pump(srv_req *req, const uint8_t *buf, size_t len,
 		}
 		n = len - *sent < window ? len - *sent : window;
 		end = last && *sent + n == len;
-		if (pooled != NULL && *pooled != NULL && *sent == 0 && n == len) {
-			uint8_t *whole = *pooled;
-
-			*pooled = NULL;      /* the socket's now */
-			srv_send_data_buf(req, whole, n, end);
-		} else {
-			srv_send_data(req, buf + *sent, n, end);
-		}
+		srv_send_data(req, buf + *sent, n, end);
 		if (end) {
 			srv_mbop_free(&op);
 			return false;
@@ -771,7 +761,7 @@ static void body_pump(srv_req *req)
 	int err;
 
 	if (!piece_pump(req, c->piece, c->piece_len, &c->piece_sent,
-			c->left == 0, body_pump, &window, NULL))
+			c->left == 0, body_pump, &window))
 		return;
 	c->piece_want = body_piece_size(c, window);
 	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
@@ -966,24 +956,51 @@ void srv_op_fetch_body(srv_req *req)
  * Whole bodies of many messages in one body stream (docs/rpc.md): for
  * each UID of the request, in its order, a record head (rpc_bodies.h) and
  * the message's bytes, or a GONE head for a UID that has no message. The
- * stream is cut into pieces of at most the window and RPC_MAX_CHUNK_BYTES
- * regardless of where records begin, so a piece holds many small messages
- * and a 50 MB one takes many pieces. Each piece is one work item under
- * one read snapshot (the first also looks the mailbox up), and the next
- * is queued as soon as the previous one has been handed to the socket and
- * the window is open, as FETCH_BODY does; a message begun in one piece
- * keeps its handle (memory only) for the next. A piece is read into a
- * srv_pieces buffer (srv_bufpool.h) after room for a frame header, and
- * a piece that goes whole is sent as one DATA frame built in place: the
- * buffer goes to the socket, and the next piece takes another.
+ * stream is cut into pieces regardless of where records begin, so a piece
+ * holds many small messages and a 50 MB one takes many pieces. Each read
+ * is one work item under one read snapshot (the first also looks the
+ * mailbox up); a message begun in one piece keeps its handle (memory
+ * only) for the next.
+ *
+ * Read-ahead: the stream has BODIES_SLOTS piece slots, a ring. The loop
+ * sends the ready pieces, oldest first, as the window allows; whenever a
+ * slot is free and no read runs, one work item reads the free slots
+ * (BODIES_PIECE_BYTES each), while the pieces before them wait for credit
+ * or go to the socket. So credit that arrives finds a piece already read
+ * (no pool hand-off between WINDOW and DATA), and reading overlaps with
+ * sending. The first piece is the initial window (so that a stream that
+ * fits in it is one write with the RESPONSE); later ones are half of it:
+ * a client that grants credit by halves of the window (rpc_client.c) gets
+ * whole pieces, and a whole piece goes as one DATA frame built in place in
+ * its srv_pieces buffer (srv_bufpool.h): the buffer goes to the socket and
+ * the slot takes another for its next read. A piece the window cuts is
+ * sent in parts by copy.
+ *
+ * Threads: while a read runs (reading), it owns the reader state below
+ * and its fill slots (fill_at .. + n_fill, after the ready ones); the loop
+ * owns the ready slots (first .. + n_ready) and the rest. The loop reads
+ * read_all only while no read runs. A request cancelled (or whose
+ * connection went) while a read runs ends when the read is done.
  */
+#define BODIES_SLOTS 2
+#define BODIES_FIRST_BYTES (RPC_INITIAL_WINDOW_BYTES < RPC_MAX_CHUNK_BYTES ? \
+			    RPC_INITIAL_WINDOW_BYTES : RPC_MAX_CHUNK_BYTES)
+#define BODIES_PIECE_BYTES (BODIES_FIRST_BYTES / 2)
+
+struct bodies_piece {
+	uint8_t *buf;                /* srv_pieces buffer, or NULL */
+	size_t dirty;                /* bytes of buf that may hold data */
+	size_t len;                  /* the piece, at buf + RPC_HEADER_BYTES */
+	size_t sent;
+};
+
 struct bodies_ctx {
 	uint32_t *uids;
 	size_t n;
 	size_t next;                 /* next UID to begin a record for */
 	int64_t mailbox_id;
 	/* The record in progress: its head not all in pieces yet, then its
-	 * bytes with the open message (pool thread only). */
+	 * bytes with the open message (the read's). */
 	uint8_t head[RPC_BODIES_HEAD_BYTES];
 	size_t head_off, head_len;
 	uint32_t uid;
@@ -992,13 +1009,12 @@ struct bodies_ctx {
 	uint64_t pos, left;
 	bool read_all;               /* every record is in the pieces read */
 	bool held;                   /* holds srv_pieces */
-	/* The piece read (pool) and not yet all sent (loop), at
-	 * buf + RPC_HEADER_BYTES; buf NULL once handed to the socket. */
-	uint8_t *buf;
-	size_t buf_dirty;            /* bytes of buf that may hold data */
-	size_t piece_len;
-	size_t piece_sent;
-	size_t piece_want;
+	struct bodies_piece slot[BODIES_SLOTS];
+	size_t first, n_ready;       /* the loop's: ready pieces */
+	size_t fill_at, n_fill;      /* the read's: slots to fill */
+	size_t fill_want;            /* bytes per piece */
+	size_t filled;               /* pieces the read filled */
+	bool reading;                /* a read is queued or running */
 };
 
 static void bodies_ctx_free(void *p)
@@ -1007,18 +1023,13 @@ static void bodies_ctx_free(void *p)
 
 	eng_message_close(&c->m);
 	free(c->uids);
-	srv_bufpool_put(&srv_pieces, c->buf, c->buf_dirty);
+	for (size_t i = 0; i < BODIES_SLOTS; i++)
+		srv_bufpool_put(&srv_pieces, c->slot[i].buf, c->slot[i].dirty);
 	if (c->held) {
 		srv_bufpool_unhold(&srv_pieces);
 		eng_sqlite_mem_keep_big(false);
 	}
 	free(c);
-}
-
-/* The piece read, or NULL once its buffer went to the socket. */
-static uint8_t *bodies_piece(const struct bodies_ctx *c)
-{
-	return c->buf != NULL ? c->buf + RPC_HEADER_BYTES : NULL;
 }
 
 /* Begins the record of the next UID: its head, and the message open. */
@@ -1046,10 +1057,12 @@ static int bodies_begin(struct bodies_ctx *c, eng_store *st)
 	return 0;
 }
 
-/* bodies_fill's reading into piece. */
+/* Reads up to want bytes of the stream into piece (*len_r of them: fewer
+ * at its end). Pool. */
 static int bodies_fill_piece(struct bodies_ctx *c, eng_store *st,
-			     uint8_t *piece)
+			     uint8_t *piece, size_t want, size_t *len_r)
 {
+	size_t len = 0;
 	int err = 0;
 
 	/* The store was closed (and maybe reopened) since the last piece. */
@@ -1060,36 +1073,36 @@ static int bodies_fill_piece(struct bodies_ctx *c, eng_store *st,
 			return err;
 		c->m_store = st;
 	}
-	while (c->piece_len < c->piece_want) {
-		size_t room = c->piece_want - c->piece_len;
+	while (len < want) {
+		size_t room = want - len;
 
 		if (c->head_off < c->head_len) {
 			size_t k = c->head_len - c->head_off;
 
 			k = k < room ? k : room;
-			memcpy(piece + c->piece_len, c->head + c->head_off, k);
+			memcpy(piece + len, c->head + c->head_off, k);
 			c->head_off += k;
-			c->piece_len += k;
+			len += k;
+			*len_r = len;
 			continue;
 		}
 		if (c->left > 0) {
-			long got = eng_message_read(c->m, c->pos, piece +
-						    c->piece_len, room < c->left ?
-						    room : (size_t)c->left);
+			long got = eng_message_read(c->m, c->pos, piece + len,
+						    room < c->left ? room :
+						    (size_t)c->left);
 
 			if (got <= 0)
 				return got < 0 ? (int)got : ENG_ECORRUPT;
 			c->pos += (uint64_t)got;
 			c->left -= (uint64_t)got;
-			c->piece_len += (size_t)got;
+			len += (size_t)got;
+			*len_r = len;
 			if (c->left == 0)
 				eng_message_close(&c->m);
 			continue;
 		}
-		if (c->next == c->n) {
-			c->read_all = true;
+		if (c->next == c->n)
 			break;
-		}
 		if ((err = bodies_begin(c, st)) != 0)
 			return err;
 	}
@@ -1098,35 +1111,53 @@ static int bodies_fill_piece(struct bodies_ctx *c, eng_store *st,
 	return 0;
 }
 
-/* Fills the piece with c->piece_want bytes of the stream (fewer at its
- * end). Pool, inside a read snapshot. */
-static int bodies_fill(void *ctx, eng_store *st)
+/* Fills slot p with up to want bytes of the stream. Pool. */
+static int bodies_fill_slot(struct bodies_ctx *c, eng_store *st,
+			    struct bodies_piece *p, size_t want)
 {
-	struct bodies_ctx *c = ctx;
 	uint8_t *piece;
 	int err;
 
-	if (c->buf == NULL) {
-		c->buf = srv_bufpool_get(&srv_pieces);
-		c->buf_dirty = 0;
+	if (p->buf == NULL) {
+		p->buf = srv_bufpool_get(&srv_pieces);
+		p->dirty = 0;
 	}
-	piece = bodies_piece(c);
-	c->piece_len = 0;
-	c->piece_sent = 0;
-	if ((err = bodies_fill_piece(c, st, piece)) != 0) {
+	piece = p->buf + RPC_HEADER_BYTES;
+	p->len = 0;
+	p->sent = 0;
+	if ((err = bodies_fill_piece(c, st, piece, want, &p->len)) != 0) {
 		/* A read that failed may have written anywhere in it. */
-		if (c->buf_dirty < RPC_HEADER_BYTES + c->piece_want)
-			c->buf_dirty = RPC_HEADER_BYTES + c->piece_want;
+		if (p->dirty < RPC_HEADER_BYTES + want)
+			p->dirty = RPC_HEADER_BYTES + want;
 		return err;
 	}
 	/* Only the piece's bytes stay: what an earlier, longer piece left in
 	 * a buffer reused after a partial send is wiped, so the pool's wipe
 	 * of a frame's length covers everything. */
-	if (c->buf_dirty > RPC_HEADER_BYTES + c->piece_len)
-		sodium_memzero(piece + c->piece_len, c->buf_dirty -
-			       RPC_HEADER_BYTES - c->piece_len);
-	c->buf_dirty = RPC_HEADER_BYTES + c->piece_len;
+	if (p->dirty > RPC_HEADER_BYTES + p->len)
+		sodium_memzero(piece + p->len, p->dirty - RPC_HEADER_BYTES -
+			       p->len);
+	p->dirty = RPC_HEADER_BYTES + p->len;
 	return 0;
+}
+
+/* Fills the read's slots, fill_want bytes each, until the stream is all
+ * read. Pool, inside a read snapshot. */
+static int bodies_fill(void *ctx, eng_store *st)
+{
+	struct bodies_ctx *c = ctx;
+	int err = 0;
+
+	c->filled = 0;
+	while (c->filled < c->n_fill && !c->read_all) {
+		size_t i = (c->fill_at + c->filled) % BODIES_SLOTS;
+
+		if ((err = bodies_fill_slot(c, st, &c->slot[i],
+					    c->fill_want)) != 0)
+			break;
+		c->filled++;
+	}
+	return err;
 }
 
 static int fetch_bodies_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
@@ -1135,8 +1166,6 @@ static int fetch_bodies_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 
 	c->mailbox_id = mb->id;
 	rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_MESSAGES, c->n);
-	c->piece_want = RPC_INITIAL_WINDOW_BYTES < RPC_MAX_CHUNK_BYTES ?
-		RPC_INITIAL_WINDOW_BYTES : RPC_MAX_CHUNK_BYTES;
 	return bodies_fill(c, st);
 }
 
@@ -1149,28 +1178,111 @@ static int bodies_piece_work(srv_alias *a, void *ctx)
 	return piece_work(a, &c->m, bodies_fill, c);
 }
 
+/* The read is done: its pieces are ready (loop). */
 static void bodies_piece_done(void *ctx, int result)
 {
-	piece_done(ctx, result, bodies_pump);
+	srv_mbop *op = ctx;
+	struct bodies_ctx *c = op->ctx;
+
+	c->reading = false;
+	c->n_ready += c->filled;
+	c->n_fill = c->filled = 0;
+	if (result != 0) {
+		op->req->on_window = NULL;
+		srv_mbop_fail(op, result);
+		return;
+	}
+	bodies_pump(op->req);
 }
 
-/* Sends the piece read, then queues the next read or waits for credit. */
+/* Queues a read of the free slots, unless one runs or all is read. False
+ * when the request failed (and op is gone). */
+static bool bodies_read_ahead(srv_mbop *op)
+{
+	struct bodies_ctx *c = op->ctx;
+	int err;
+
+	if (c->reading || c->read_all || c->n_ready == BODIES_SLOTS)
+		return true;
+	c->fill_at = (c->first + c->n_ready) % BODIES_SLOTS;
+	c->n_fill = BODIES_SLOTS - c->n_ready;
+	c->fill_want = BODIES_PIECE_BYTES;
+	c->reading = true;
+	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
+				    bodies_piece_work, bodies_piece_done,
+				    op)) != 0) {
+		c->reading = false;
+		c->n_fill = 0;
+		op->req->on_window = NULL;
+		srv_mbop_fail(op, err);
+		return false;
+	}
+	return true;
+}
+
+/* Sends what the window allows of the oldest ready piece: false when the
+ * window is shut, or the stream ended (*ended: op is gone). */
+static bool bodies_send(srv_req *req, struct bodies_ctx *c, bool *ended)
+{
+	struct bodies_piece *p = &c->slot[c->first];
+	size_t window = srv_window(req), n;
+	bool last, end;
+
+	if (window == 0)
+		return false;
+	last = !c->reading && c->read_all && c->n_ready == 1;
+	n = p->len - p->sent < window ? p->len - p->sent : window;
+	end = last && p->sent + n == p->len;
+	if (p->sent == 0 && n == p->len && n > 0) {
+		uint8_t *whole = p->buf;
+
+		p->buf = NULL;       /* the socket's now */
+		p->dirty = 0;
+		srv_send_data_buf(req, whole, n, end);
+	} else if (n > 0 || end) {
+		srv_send_data(req, p->buf + RPC_HEADER_BYTES + p->sent, n,
+			      end);
+	}
+	if (end) {
+		*ended = true;
+		return false;
+	}
+	p->sent += n;
+	if (p->sent == p->len) {
+		c->first = (c->first + 1) % BODIES_SLOTS;
+		c->n_ready--;
+	}
+	return true;
+}
+
+/*
+ * The loop half (req->data is the mbop), run when a read is done and when
+ * credit comes: sends the ready pieces as the window allows (the last
+ * one's last bytes with END, which ends the request), waits for credit
+ * while one is left (req->on_window), and reads ahead into free slots.
+ */
 static void bodies_pump(srv_req *req)
 {
 	srv_mbop *op = req->data;
 	struct bodies_ctx *c = op->ctx;
-	size_t window;
-	int err;
+	bool ended = false;
 
-	if (!piece_pump(req, bodies_piece(c), c->piece_len, &c->piece_sent,
-			c->read_all, bodies_pump, &window, &c->buf))
+	req->on_window = NULL;
+	if (req->cancelled) {
+		/* A running read writes into c: its done ends the request. */
+		if (!c->reading)
+			srv_mbop_fail(op, RPC_ECANCELLED);
 		return;
-	c->piece_want = window < RPC_MAX_CHUNK_BYTES ? window :
-		RPC_MAX_CHUNK_BYTES;
-	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
-				    bodies_piece_work, bodies_piece_done,
-				    op)) != 0)
-		srv_mbop_fail(op, err);
+	}
+	while (c->n_ready > 0 && bodies_send(req, c, &ended))
+		;
+	if (ended) {
+		srv_mbop_free(&op);
+		return;
+	}
+	if (c->n_ready > 0)
+		req->on_window = bodies_pump;
+	bodies_read_ahead(op);
 }
 
 static void fetch_bodies_done(srv_mbop *op)
@@ -1178,13 +1290,16 @@ static void fetch_bodies_done(srv_mbop *op)
 	struct bodies_ctx *c = op->ctx;
 	srv_req *req = op->req;
 
+	c->n_ready = c->filled;
+	c->n_fill = c->filled = 0;
 	if (op->n_parts > 0)
 		eng_buf_append(&req->reply, op->parts[0].data,
 			       op->parts[0].len);
 	/* The whole stream in the first piece: RESPONSE and DATA in one
 	 * write. */
-	if (c->read_all && !req->cancelled) {
-		if (srv_reply_body_end(req, bodies_piece(c), c->piece_len)) {
+	if (c->read_all && c->n_ready == 1 && !req->cancelled) {
+		if (srv_reply_body_end(req, c->slot[0].buf + RPC_HEADER_BYTES,
+				       c->slot[0].len)) {
 			srv_mbop_free(&op);
 			return;
 		}
@@ -1209,6 +1324,9 @@ void srv_op_fetch_bodies(srv_req *req)
 	srv_bufpool_hold(&srv_pieces);
 	eng_sqlite_mem_keep_big(true);
 	c->held = true;
+	/* The first read: one piece of the initial window. */
+	c->n_fill = 1;
+	c->fill_want = BODIES_FIRST_BYTES;
 	op->ctx = c;
 	op->free_fn = bodies_ctx_free;
 	op->done_fn = fetch_bodies_done;

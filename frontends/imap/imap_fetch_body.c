@@ -24,7 +24,9 @@
  * consumed by the message being written (fetch_stream_run): each
  * record's head gives the literal's size, or says the message is gone
  * (expunged meanwhile: skipped, as a FETCH_BODY ENOTFOUND would be); the
- * credit of what is written goes back at once, or when the output drains.
+ * credit of what is written is reported at once, or when the output
+ * drains, and rpc_client grants it in whole halves of the window (the
+ * 128 KiB pieces sqlited reads ahead, docs/rpc.md FETCH_BODIES).
  * A sqlited without FETCH_BODIES answers EOPCODE before any byte: the
  * command goes on with the FETCH_BODY per message above. A lone message
  * (the last one of a chunk) takes that path too.

@@ -11,17 +11,29 @@ them with a few requests, not one per message; then all of it again with
 sqlited reached over TCP with TLS (its pieces then go out through
 SSL_write, not in their own buffers: srv_send_data_buf's other path).
 
+sqlited reads a stream ahead (a first piece of 256 KiB, then 128 KiB ones,
+two slots) and the imapd grants credit in halves of the window: messages
+whose records end at, or whose 16-byte heads straddle, those piece bounds
+(EDGE_SIZES) come out byte for byte to a client that reads slowly through
+a small receive buffer (so that the imapd's output fills, its credit is
+withheld, and sqlited's read-ahead waits on the window); a client that
+drops the connection in the middle of a stream leaves sqlited and the
+imapd serving the next one (and, in the ASan build, nothing leaked).
+
     SEALMAIL_BIN_DIR=build/bin python3 -m unittest tests/integration/test_imap_fetch_bodies.py
 """
 import os
 import re
+import socket
+import struct
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import rpcclient  # noqa: E402
-from imap_server import ImapServer, skip_unless_built  # noqa: E402
+from imap_server import ImapServer, RawImap, skip_unless_built  # noqa: E402
 from test_imap_fetch_pipeline import read_exact  # noqa: E402
 
 ADDR = "bodies@example.org"
@@ -30,6 +42,27 @@ CHUNK = 6
 # Small ones between bodies around and above the window (256 KiB).
 SIZES = [120, 33000, 256 * 1024 - 80, 256 * 1024 + 1, 5, 900 * 1024, 2000,
          3 * 1024 * 1024, 60, 70, 80, 300 * 1024, 10, 27000, 27000, 1]
+
+
+K = 1024
+HEAD = 16                    # a FETCH_BODIES record head (rpc_bodies.h)
+# Whole message sizes laid on sqlited's pieces (256 KiB, then 128 KiB):
+# the second head ends the first piece, the third straddles pieces 2 and
+# 3, the fourth record ends the fourth piece, then bodies over many pieces.
+EDGE_SIZES = [256 * K - 2 * HEAD, 128 * K - HEAD // 2, 128 * K,
+              128 * K - 3 * HEAD // 2, 1, 3 * 128 * K + 5, 128 * K + 1,
+              256 * K, 128 * K - HEAD]
+
+
+def exact_message(i, total):
+    """A message of exactly total bytes (CRLF lines of at most 100)."""
+    head = (f"Subject: edge {i}\r\nMessage-ID: <e{i}@example.org>\r\n\r\n").encode()
+    out = bytearray(head[:total])
+    k = 0
+    while len(out) < total:
+        out += b"\r\n" if k % 100 == 98 else bytes([(i * 11 + k * 7) % 94 + 33])
+        k += 1
+    return bytes(out[:total])
 
 
 def message(i, size):
@@ -79,9 +112,14 @@ class FetchBodiesTest(unittest.TestCase):
         try:
             cls.srv.add_alias(ADDR, PW)
             cls.msgs = [message(i, s) for i, s in enumerate(SIZES)]
+            cls.edges = [exact_message(i, n) for i, n in enumerate(EDGE_SIZES)]
             c = cls.srv.login(ADDR, PW)
             for raw in cls.msgs:
                 typ, _ = c.append("INBOX", None, None, raw)
+                assert typ == "OK"
+            c.create("Edges")
+            for raw in cls.edges:
+                typ, _ = c.append("Edges", None, None, raw)
                 assert typ == "OK"
             c.logout()
         except BaseException:
@@ -95,12 +133,67 @@ class FetchBodiesTest(unittest.TestCase):
     def tearDown(self):
         self.assertEqual(self.srv.sanitizer_reports(), [])
 
-    def login_raw(self, tls):
-        raw = self.srv.raw(tls=tls, timeout=60)
+    def login_raw(self, tls, mailbox=b"INBOX", raw=None):
+        raw = raw or self.srv.raw(tls=tls, timeout=60)
         raw.cmd(b"l", f'LOGIN "{ADDR}" "{PW}"'.encode())
-        lines = raw.cmd(b"s", b"SELECT INBOX")
+        lines = raw.cmd(b"s", b"SELECT " + mailbox)
         self.assertTrue(lines[-1].startswith(b"s OK"), lines[-1])
         return raw
+
+    def slow_raw(self, mailbox):
+        """A plain connection with a 4 KiB receive buffer, logged in."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(60)
+        s.connect(("127.0.0.1", self.srv.imap_port))
+        raw = RawImap(s)
+        raw.greeting = raw.line()
+        return self.login_raw(False, mailbox, raw)
+
+    def test_piece_edges_slow_reader(self):
+        # Read in small bites with pauses: the imapd's output fills, its
+        # credit is withheld, sqlited waits with pieces read ahead.
+        raw = self.slow_raw(b"Edges")
+        raw.send(b"f UID FETCH 1:* (BODY.PEEK[])\r\n")
+        data = bytearray(raw.buf)
+        raw.buf = b""
+        n = 0
+        while not re.search(rb"\r\nf (OK|NO|BAD)[^\r]*\r\n$", bytes(data[-200:])):
+            d = raw.s.recv(4096)
+            if not d:
+                raise EOFError("connection closed")
+            data += d
+            n += 1
+            if n % 16 == 0:
+                time.sleep(0.02)
+        raw.buf = bytes(data)
+        got = read_fetch(raw, b"f")
+        self.assertEqual(len(got), len(EDGE_SIZES))
+        for (seq, _, body), want in zip(got, self.edges):
+            self.assertEqual(len(body), len(want), "message %d" % seq)
+            self.assertEqual(body, want, "message %d" % seq)
+        raw.close()
+
+    def test_dropped_mid_stream(self):
+        # Clients that go away with streams in the middle (credit withheld,
+        # pieces read ahead); then the whole mailbox, byte for byte.
+        for _ in range(3):
+            raw = self.slow_raw(b"INBOX")
+            raw.send(b"f UID FETCH 1:* (BODY.PEEK[])\r\n")
+            raw.s.recv(4096)
+            raw.s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             struct.pack("ii", 1, 0))   # RST
+            raw.s.close()
+        raw = self.login_raw(False)
+        raw.send(b"f UID FETCH 1:* (BODY.PEEK[])\r\n")
+        got = read_fetch(raw, b"f")
+        self.assertEqual([d for _, _, d in got], self.msgs)
+        raw.close()
+        raw = self.login_raw(False, b"Edges")
+        raw.send(b"f UID FETCH 1:* (BODY.PEEK[])\r\n")
+        got = read_fetch(raw, b"f")
+        self.assertEqual([d for _, _, d in got], self.edges)
+        raw.close()
 
     def test_all_bodies_byte_for_byte(self):
         for tls in (False, True):
