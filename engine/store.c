@@ -16,6 +16,7 @@
 #include "eng_error.h"
 #include "keys.h"
 #include "search_private.h"
+#include "wal_vfs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -720,7 +721,9 @@ int eng_store_open(const char *path, const uint8_t *db_key,
 		}
 		flags |= SQLITE_OPEN_CREATE;
 	}
-	rc = sqlite3_open_v2(path, &st->db, flags, NULL);
+	/* WAL writes gathered per commit: engine/wal_vfs.c (needs the
+	 * synchronous = FULL that apply_settings sets). */
+	rc = sqlite3_open_v2(path, &st->db, flags, eng_wal_vfs_name());
 	if (rc != SQLITE_OK) {
 		err = store_err(st, rc, "open");
 		goto fail;

@@ -1,0 +1,407 @@
+/*
+ * The "sealmail-wal" SQLite VFS: the default VFS with the WAL file's
+ * writes gathered (bench/README.md, "APPEND CPU (2026-11-26 session 6)").
+ *
+ * SQLite writes each WAL frame with two xWrite calls (the 24-byte frame
+ * header, then the page), each one pwrite(): ~56 system calls for an
+ * APPEND of ~28 frames. Here the contiguous writes to a WAL file are
+ * copied into a buffer of the file and written with one xWrite of the
+ * underlying VFS (one pwrite) when SQLite syncs the WAL, reads it, asks
+ * its size, truncates it, closes it, or when the next write is not
+ * contiguous or would pass WAL_BUF_MAX (< 128 KiB).
+ *
+ * Rules:
+ *  - only files SQLite opens with SQLITE_OPEN_WAL are wrapped; the
+ *    database file, journals and the shared memory are the underlying
+ *    VFS's own objects, untouched (so locks and the wal-index are shared
+ *    with connections opened on the default VFS);
+ *  - safe only with synchronous = FULL (or EXTRA), which eng_store_open
+ *    always sets: then every commit syncs the WAL (xSync, which writes the
+ *    buffer first) before SQLite publishes the commit in the wal-index, so
+ *    no other connection can look for a frame that is still buffered. With
+ *    NORMAL or OFF a commit is published without a sync: never open such a
+ *    connection on this VFS;
+ *  - durability is the same: a write is on disk no later than before (the
+ *    fdatasync of the commit follows the one gathered write); a failed
+ *    gathered write fails the sync, so the COMMIT fails;
+ *  - memory: the buffer (WAL_BUF_MAX) exists only while a transaction
+ *    writes frames and is freed when it is written; without memory the
+ *    write goes straight through.
+ */
+#include "wal_vfs.h"
+#include "eng_error.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define WAL_VFS_NAME "sealmail-wal"
+/* The unix VFS writes at most 0x1ffff bytes per pwrite() (it masks the
+ * length: a longer xWrite is split, and one of a multiple of 128 KiB fails
+ * with SQLITE_FULL), so a gathered write stays below 128 KiB: 31 frames of
+ * 4 KiB pages, a whole APPEND of a ~27 KB message. */
+#define WAL_BUF_MAX 0x1ffffu
+
+struct wal_file {
+	sqlite3_file base;      /* pMethods = &wal_methods */
+	sqlite3_file *real;     /* the underlying VFS's file, after this struct */
+	unsigned char *buf;     /* bytes for [off, off + len) of the file */
+	size_t len;
+	sqlite3_int64 off;
+};
+
+static sqlite3_vfs wal_vfs;
+static sqlite3_vfs *orig_vfs;
+static const sqlite3_io_methods wal_methods;
+static _Atomic unsigned long long n_writes, n_syscalls;
+
+static size_t real_offset(void)
+{
+	/* The underlying file is placed after ours, 16-byte aligned. */
+	return (sizeof(struct wal_file) + 15u) & ~(size_t)15u;
+}
+
+/* Writes the buffered bytes (one call to the underlying xWrite). */
+static int wal_flush(struct wal_file *w)
+{
+	int rc;
+
+	if (w->len == 0)
+		return SQLITE_OK;
+	rc = w->real->pMethods->xWrite(w->real, w->buf, (int)w->len, w->off);
+	atomic_fetch_add_explicit(&n_syscalls, 1, memory_order_relaxed);
+	w->len = 0;
+	free(w->buf);
+	w->buf = NULL;
+	return rc;
+}
+
+static int wal_close(sqlite3_file *f)
+{
+	struct wal_file *w = (struct wal_file *)f;
+	int rc = wal_flush(w);
+	int rc2 = w->real->pMethods->xClose(w->real);
+
+	return rc != SQLITE_OK ? rc : rc2;
+}
+
+static int wal_read(sqlite3_file *f, void *p, int amt, sqlite3_int64 off)
+{
+	struct wal_file *w = (struct wal_file *)f;
+	int rc = wal_flush(w);
+
+	if (rc != SQLITE_OK)
+		return rc;
+	return w->real->pMethods->xRead(w->real, p, amt, off);
+}
+
+/* Room for n more bytes in the buffer (one allocation of WAL_BUF_MAX). */
+static bool wal_reserve(struct wal_file *w, size_t n)
+{
+	if (n > WAL_BUF_MAX - w->len)
+		return false;
+	if (w->buf == NULL && (w->buf = malloc(WAL_BUF_MAX)) == NULL)
+		return false;
+	return true;
+}
+
+static int wal_write(sqlite3_file *f, const void *p, int amt,
+		     sqlite3_int64 off)
+{
+	struct wal_file *w = (struct wal_file *)f;
+	int rc;
+
+	atomic_fetch_add_explicit(&n_writes, 1, memory_order_relaxed);
+	if (amt <= 0)
+		return w->real->pMethods->xWrite(w->real, p, amt, off);
+	if (w->len > 0 && off == w->off + (sqlite3_int64)w->len &&
+	    wal_reserve(w, (size_t)amt)) {
+		memcpy(w->buf + w->len, p, (size_t)amt);
+		w->len += (size_t)amt;
+		return SQLITE_OK;
+	}
+	/* Not contiguous, or no room: what is buffered goes first. */
+	if ((rc = wal_flush(w)) != SQLITE_OK)
+		return rc;
+	if (wal_reserve(w, (size_t)amt)) {
+		memcpy(w->buf, p, (size_t)amt);
+		w->len = (size_t)amt;
+		w->off = off;
+		return SQLITE_OK;
+	}
+	atomic_fetch_add_explicit(&n_syscalls, 1, memory_order_relaxed);
+	return w->real->pMethods->xWrite(w->real, p, amt, off);
+}
+
+static int wal_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+	struct wal_file *w = (struct wal_file *)f;
+	int rc = wal_flush(w);
+
+	if (rc != SQLITE_OK)
+		return rc;
+	return w->real->pMethods->xTruncate(w->real, size);
+}
+
+static int wal_sync(sqlite3_file *f, int flags)
+{
+	struct wal_file *w = (struct wal_file *)f;
+	int rc = wal_flush(w);
+
+	if (rc != SQLITE_OK)
+		return rc;
+	return w->real->pMethods->xSync(w->real, flags);
+}
+
+static int wal_file_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+	struct wal_file *w = (struct wal_file *)f;
+	int rc = wal_flush(w);
+
+	if (rc != SQLITE_OK)
+		return rc;
+	return w->real->pMethods->xFileSize(w->real, size);
+}
+
+static int wal_lock(sqlite3_file *f, int level)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xLock(w->real, level);
+}
+
+static int wal_unlock(sqlite3_file *f, int level)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xUnlock(w->real, level);
+}
+
+static int wal_check_lock(sqlite3_file *f, int *out)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xCheckReservedLock(w->real, out);
+}
+
+static int wal_file_control(sqlite3_file *f, int op, void *arg)
+{
+	struct wal_file *w = (struct wal_file *)f;
+	int rc = wal_flush(w);
+
+	if (rc != SQLITE_OK)
+		return rc;
+	return w->real->pMethods->xFileControl(w->real, op, arg);
+}
+
+static int wal_sector_size(sqlite3_file *f)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xSectorSize(w->real);
+}
+
+static int wal_device_chars(sqlite3_file *f)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xDeviceCharacteristics(w->real);
+}
+
+static int wal_shm_map(sqlite3_file *f, int pg, int pgsz, int extend,
+		       void volatile **pp)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xShmMap(w->real, pg, pgsz, extend, pp);
+}
+
+static int wal_shm_lock(sqlite3_file *f, int offset, int n, int flags)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xShmLock(w->real, offset, n, flags);
+}
+
+static void wal_shm_barrier(sqlite3_file *f)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	w->real->pMethods->xShmBarrier(w->real);
+}
+
+static int wal_shm_unmap(sqlite3_file *f, int del)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xShmUnmap(w->real, del);
+}
+
+/* No memory-mapped reads of a WAL file: SQLite falls back to xRead. */
+static int wal_fetch(sqlite3_file *f, sqlite3_int64 off, int amt, void **pp)
+{
+	(void)f;
+	(void)off;
+	(void)amt;
+	*pp = NULL;
+	return SQLITE_OK;
+}
+
+static int wal_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p)
+{
+	(void)f;
+	(void)off;
+	(void)p;
+	return SQLITE_OK;
+}
+
+static const sqlite3_io_methods wal_methods = {
+	3, wal_close, wal_read, wal_write, wal_truncate, wal_sync,
+	wal_file_size, wal_lock, wal_unlock, wal_check_lock, wal_file_control,
+	wal_sector_size, wal_device_chars, wal_shm_map, wal_shm_lock,
+	wal_shm_barrier, wal_shm_unmap, wal_fetch, wal_unfetch,
+};
+
+static int wal_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f,
+		    int flags, int *out_flags)
+{
+	struct wal_file *w = (struct wal_file *)f;
+	int rc;
+
+	(void)vfs;
+	if ((flags & SQLITE_OPEN_WAL) == 0)
+		return orig_vfs->xOpen(orig_vfs, name, f, flags, out_flags);
+	memset(w, 0, sizeof(*w));
+	w->real = (sqlite3_file *)((char *)f + real_offset());
+	rc = orig_vfs->xOpen(orig_vfs, name, w->real, flags, out_flags);
+	if (rc != SQLITE_OK) {
+		if (w->real->pMethods != NULL)
+			w->real->pMethods->xClose(w->real);
+		w->base.pMethods = NULL;
+		return rc;
+	}
+	w->base.pMethods = &wal_methods;
+	return SQLITE_OK;
+}
+
+/* The rest of the VFS is the underlying one's. */
+static int v_delete(sqlite3_vfs *v, const char *n, int sync)
+{
+	(void)v;
+	return orig_vfs->xDelete(orig_vfs, n, sync);
+}
+
+static int v_access(sqlite3_vfs *v, const char *n, int flags, int *out)
+{
+	(void)v;
+	return orig_vfs->xAccess(orig_vfs, n, flags, out);
+}
+
+static int v_full_pathname(sqlite3_vfs *v, const char *n, int len, char *out)
+{
+	(void)v;
+	return orig_vfs->xFullPathname(orig_vfs, n, len, out);
+}
+
+static void *v_dlopen(sqlite3_vfs *v, const char *n)
+{
+	(void)v;
+	return orig_vfs->xDlOpen(orig_vfs, n);
+}
+
+static void v_dlerror(sqlite3_vfs *v, int n, char *msg)
+{
+	(void)v;
+	orig_vfs->xDlError(orig_vfs, n, msg);
+}
+
+static void (*v_dlsym(sqlite3_vfs *v, void *h, const char *s))(void)
+{
+	(void)v;
+	return orig_vfs->xDlSym(orig_vfs, h, s);
+}
+
+static void v_dlclose(sqlite3_vfs *v, void *h)
+{
+	(void)v;
+	orig_vfs->xDlClose(orig_vfs, h);
+}
+
+static int v_randomness(sqlite3_vfs *v, int n, char *out)
+{
+	(void)v;
+	return orig_vfs->xRandomness(orig_vfs, n, out);
+}
+
+static int v_sleep(sqlite3_vfs *v, int us)
+{
+	(void)v;
+	return orig_vfs->xSleep(orig_vfs, us);
+}
+
+static int v_current_time(sqlite3_vfs *v, double *t)
+{
+	(void)v;
+	return orig_vfs->xCurrentTime(orig_vfs, t);
+}
+
+static int v_last_error(sqlite3_vfs *v, int n, char *s)
+{
+	(void)v;
+	return orig_vfs->xGetLastError(orig_vfs, n, s);
+}
+
+static int v_current_time64(sqlite3_vfs *v, sqlite3_int64 *t)
+{
+	(void)v;
+	return orig_vfs->xCurrentTimeInt64(orig_vfs, t);
+}
+
+static pthread_once_t wal_vfs_once = PTHREAD_ONCE_INIT;
+static bool wal_vfs_ok;
+
+static void wal_vfs_register(void)
+{
+	if ((orig_vfs = sqlite3_vfs_find(NULL)) == NULL ||
+	    orig_vfs->iVersion < 2 || orig_vfs->xCurrentTimeInt64 == NULL)
+		return;
+	wal_vfs.iVersion = 2;
+	wal_vfs.szOsFile = (int)real_offset() + orig_vfs->szOsFile;
+	wal_vfs.mxPathname = orig_vfs->mxPathname;
+	wal_vfs.zName = WAL_VFS_NAME;
+	wal_vfs.xOpen = wal_open;
+	wal_vfs.xDelete = v_delete;
+	wal_vfs.xAccess = v_access;
+	wal_vfs.xFullPathname = v_full_pathname;
+	wal_vfs.xDlOpen = v_dlopen;
+	wal_vfs.xDlError = v_dlerror;
+	wal_vfs.xDlSym = v_dlsym;
+	wal_vfs.xDlClose = v_dlclose;
+	wal_vfs.xRandomness = v_randomness;
+	wal_vfs.xSleep = v_sleep;
+	wal_vfs.xCurrentTime = v_current_time;
+	wal_vfs.xGetLastError = v_last_error;
+	wal_vfs.xCurrentTimeInt64 = v_current_time64;
+	if (sqlite3_vfs_register(&wal_vfs, 0) != SQLITE_OK) {
+		eng_log(ENG_LOG_ERROR, "sqlite: cannot register the %s VFS",
+			WAL_VFS_NAME);
+		return;
+	}
+	wal_vfs_ok = true;
+}
+
+const char *eng_wal_vfs_name(void)
+{
+	(void)pthread_once(&wal_vfs_once, wal_vfs_register);
+	return wal_vfs_ok ? WAL_VFS_NAME : NULL;
+}
+
+void eng_wal_vfs_counts(unsigned long long *writes_r,
+			unsigned long long *syscalls_r)
+{
+	*writes_r = atomic_load(&n_writes);
+	*syscalls_r = atomic_load(&n_syscalls);
+}
