@@ -226,6 +226,79 @@ static void text_byte(eng_mime_parser *p, char c)
 	}
 }
 
+/*
+ * The same as text_out for each of s[0..n): the bytes up to text_cap, in
+ * one append (text_bytes' runs: the bulk of a text part, not byte by byte).
+ */
+static void text_out_run(eng_mime_parser *p, const uint8_t *s, size_t n)
+{
+	size_t room;
+
+	if (p->text_raw.len >= p->text_cap || n == 0)
+		return;
+	room = p->text_cap - p->text_raw.len;
+	eng_buf_append(&p->text_raw, s, n < room ? n : room);
+}
+
+/* text_byte for a run of an identity-encoded part: all but the CRs. */
+static void text_ident_run(eng_mime_parser *p, const uint8_t *s, size_t n)
+{
+	while (n > 0) {
+		const uint8_t *cr = memchr(s, '\r', n);
+		size_t k = cr != NULL ? (size_t)(cr - s) : n;
+
+		text_out_run(p, s, k);
+		if (cr == NULL)
+			break;
+		s += k + 1;
+		n -= k + 1;
+	}
+}
+
+/* text_byte for a run of a base64 part: decoded 3 bytes per 4, anything
+ * outside the alphabet skipped, '=' ending the group; out in blocks. */
+static void text_b64_run(eng_mime_parser *p, const uint8_t *s, size_t n)
+{
+	uint8_t out[256];
+	size_t o = 0;
+	uint32_t acc = p->b64_acc;
+	int bits = p->b64_bits;
+
+	for (size_t i = 0; i < n; i++) {
+		uint8_t c = s[i];
+		uint32_t v;
+
+		if (c >= 'A' && c <= 'Z')
+			v = (uint32_t)(c - 'A');
+		else if (c >= 'a' && c <= 'z')
+			v = (uint32_t)(c - 'a' + 26);
+		else if (c >= '0' && c <= '9')
+			v = (uint32_t)(c - '0' + 52);
+		else if (c == '+')
+			v = 62;
+		else if (c == '/')
+			v = 63;
+		else {
+			if (c == '=')
+				bits = 0;
+			continue;
+		}
+		acc = ((acc << 6) | v) & 0xffffff;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[o++] = (uint8_t)((acc >> bits) & 0xff);
+			if (o == sizeof(out)) {
+				text_out_run(p, out, o);
+				o = 0;
+			}
+		}
+	}
+	text_out_run(p, out, o);
+	p->b64_acc = acc;
+	p->b64_bits = bits;
+}
+
 /* Body bytes of the top frame that are known not to be a boundary. */
 static void text_bytes(eng_mime_parser *p, const uint8_t *s, size_t n)
 {
@@ -235,8 +308,18 @@ static void text_bytes(eng_mime_parser *p, const uint8_t *s, size_t n)
 		text_byte(p, '\n');
 		p->text_pending_lf = false;
 	}
-	for (size_t i = 0; i < n; i++)
-		text_byte(p, (char)s[i]);
+	switch (p->cte) {
+	case CTE_IDENT:
+		text_ident_run(p, s, n);
+		break;
+	case CTE_B64:
+		text_b64_run(p, s, n);
+		break;
+	default:
+		for (size_t i = 0; i < n; i++)
+			text_byte(p, (char)s[i]);
+		break;
+	}
 }
 
 static void text_start(eng_mime_parser *p, const eng_mime_part *part)

@@ -665,6 +665,119 @@ static void test_text_decoding(void **state)
 	eng_mime_summary_clear(&sum);
 }
 
+/* body_text of msg (len bytes) with max_text_bytes max, fed in pieces of
+ * `piece` bytes (0: whole; -1: random sizes up to 1,000). */
+static void body_text_of(const char *msg, size_t len, uint32_t max, int piece,
+			 eng_buf *out)
+{
+	eng_mime_limits lim;
+	eng_mime_parser *p;
+	eng_mime_part *root;
+	eng_mime_summary sum;
+	unsigned seed = 12345;
+
+	eng_mime_limits_default(&lim);
+	lim.max_text_bytes = max;
+	p = eng_mime_parser_new(&lim);
+	for (size_t i = 0; i < len;) {
+		size_t n = piece == 0 ? len : piece > 0 ? (size_t)piece :
+			1 + (size_t)(rand_r(&seed) % 1000);
+
+		if (n > len - i)
+			n = len - i;
+		eng_mime_parser_feed(p, msg + i, n);
+		i += n;
+	}
+	eng_mime_parser_finish(p, &root, &sum);
+	eng_mime_parser_free(&p);
+	eng_buf_reset(out);
+	eng_buf_append(out, sum.body_text.data, sum.body_text.len);
+	eng_mime_part_free(&root);
+	eng_mime_summary_clear(&sum);
+}
+
+static void b64_lines(const unsigned char *in, size_t len, size_t wrap,
+		      eng_buf *out)
+{
+	static const char a[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t col = 0;
+
+	for (size_t i = 0; i < len; i += 3) {
+		uint32_t v = (uint32_t)in[i] << 16;
+		size_t n = len - i < 3 ? len - i : 3;
+
+		if (n > 1)
+			v |= (uint32_t)in[i + 1] << 8;
+		if (n > 2)
+			v |= in[i + 2];
+		eng_buf_putc(out, a[(v >> 18) & 63]);
+		eng_buf_putc(out, a[(v >> 12) & 63]);
+		eng_buf_putc(out, n > 1 ? a[(v >> 6) & 63] : '=');
+		eng_buf_putc(out, n > 2 ? a[v & 63] : '=');
+		if ((col += 4) == wrap) {
+			eng_buf_puts(out, "\r\n");
+			col = 0;
+		}
+	}
+	eng_buf_puts(out, "\r\n");
+}
+
+/*
+ * The decoded text of plain and base64 parts (lines of 76, and one line),
+ * CRLF line ends, several KB:
+ * the same whatever the pieces it arrives in (long runs go through
+ * text_bytes' bulk paths, single bytes through text_byte), equal to the
+ * text itself, and cut at max_text_bytes.
+ */
+static void test_text_runs(void **state)
+{
+	enum { TLEN = 6000 };
+	char t[TLEN + 1];
+	eng_buf msg = ENG_BUF_INIT, want = ENG_BUF_INIT, got = ENG_BUF_INIT;
+	static const int pieces[] = { 0, 1, 7, 4096, -1 };
+	unsigned seed = 99;
+	(void)state;
+
+	for (size_t i = 0; i < TLEN; i++)   /* printable ASCII, LF lines */
+		t[i] = i % 71 == 70 ? '\n' : (char)(' ' + rand_r(&seed) % 95);
+	t[TLEN] = '\0';
+	eng_buf_puts(&msg, "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+		     "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n");
+	for (size_t i = 0; i < TLEN; i++) {
+		if (t[i] == '\n')
+			eng_buf_putc(&msg, '\r');
+		eng_buf_putc(&msg, t[i]);
+	}
+	eng_buf_puts(&msg, "\r\n--b\r\nContent-Type: text/plain\r\n"
+		     "Content-Transfer-Encoding: base64\r\n\r\n");
+	b64_lines((const unsigned char *)t, TLEN, 76, &msg);
+	eng_buf_puts(&msg, "--b\r\nContent-Type: text/plain\r\n"
+		     "Content-Transfer-Encoding: base64\r\n\r\n");
+	b64_lines((const unsigned char *)t, TLEN, 0, &msg);  /* one line */
+	eng_buf_puts(&msg, "--b--\r\n");
+	eng_buf_append(&want, t, TLEN);
+	for (int i = 0; i < 2; i++) {
+		eng_buf_putc(&want, '\n');
+		eng_buf_append(&want, t, TLEN);
+	}
+	for (size_t k = 0; k < sizeof(pieces) / sizeof(pieces[0]); k++) {
+		body_text_of(msg.data, msg.len, 1024 * 1024, pieces[k], &got);
+		assert_int_equal(got.len, want.len);
+		assert_memory_equal(got.data, want.data, want.len);
+		body_text_of(msg.data, msg.len, 1000, pieces[k], &got);
+		assert_int_equal(got.len, 1000);
+		assert_memory_equal(got.data, t, 1000);
+		/* The cut inside the base64 part: both texts, the second cut. */
+		body_text_of(msg.data, msg.len, TLEN + 1 + 500, pieces[k], &got);
+		assert_int_equal(got.len, TLEN + 1 + 500);
+		assert_memory_equal(got.data, want.data, got.len);
+	}
+	eng_buf_free(&msg);
+	eng_buf_free(&want);
+	eng_buf_free(&got);
+}
+
 static void test_preview_200(void **state)
 {
 	eng_buf m = ENG_BUF_INIT;
@@ -1060,6 +1173,7 @@ int main(void)
 		cmocka_unit_test(test_many_parts),
 		cmocka_unit_test(test_huge_header),
 		cmocka_unit_test(test_text_decoding),
+		cmocka_unit_test(test_text_runs),
 		cmocka_unit_test(test_preview_200),
 		cmocka_unit_test(test_base_subject),
 		cmocka_unit_test(test_dates),
