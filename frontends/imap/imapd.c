@@ -327,18 +327,13 @@ void imapd_kick_later(imapd *d)
 }
 
 /*
- * While the Redis subscriber is up, events tell idlers when to sync and a
- * reconnect marks every view dirty: the safety-net sync runs only every
- * IMAP_IDLE_EVENTS_TICKS ticks, so sqlited can release idle mailboxes
- * (db_release_seconds) between them. Without Redis, every tick.
- */
-/*
  * After a burst of connections ended (thousands of IDLE clients gone at
  * once), their memory is free inside the heap, between live blocks:
  * glibc's free() only gives back the top of the heap, so it stayed
  * resident (~2 KiB per plain and ~16 KiB per TLS connection that was
  * open). malloc_trim returns the free pages inside it too; it walks the
- * free lists, so only when there is much to return.
+ * free lists, so only when at least min_free bytes are free. Returns the
+ * free bytes it trimmed, 0 when it did not run.
  */
 static size_t heap_trim(size_t min_free)
 {
@@ -388,6 +383,12 @@ void imapd_activity(imapd *d)
 		uv_timer_start(&m->quiet, on_quiet, IMAP_QUIET_MS, 0);
 }
 
+/*
+ * While the Redis subscriber is up, events tell idlers when to sync and a
+ * reconnect marks every view dirty: the safety-net sync runs only every
+ * IMAP_IDLE_EVENTS_TICKS ticks, so sqlited can release idle mailboxes
+ * (db_release_seconds) between them. Without Redis, every tick.
+ */
 static void on_idle_tick(uv_timer_t *t)
 {
 	imap_main *m = t->data;
