@@ -407,6 +407,7 @@ int eng_append_begin(eng_store *st, int64_t mailbox_id,
  * initialises one (hundreds of KiB, mmap'd) per chunk. At most
  * CCTX_KEEP are kept, whatever the number of threads compressing, so the
  * memory they hold stays bounded; a thread that finds none makes one.
+ * eng_append_free_cached frees the kept ones (sqlited: at rest).
  */
 #define CCTX_KEEP 4
 static pthread_mutex_t cctx_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -435,6 +436,22 @@ static void cctx_put(ZSTD_CCtx *c)
 	}
 	pthread_mutex_unlock(&cctx_lock);
 	ZSTD_freeCCtx(c);
+}
+
+unsigned eng_append_free_cached(void)
+{
+	ZSTD_CCtx *kept[CCTX_KEEP];
+	unsigned n;
+
+	pthread_mutex_lock(&cctx_lock);
+	n = cctx_n;
+	for (unsigned i = 0; i < n; i++)
+		kept[i] = cctx_free[i];
+	cctx_n = 0;
+	pthread_mutex_unlock(&cctx_lock);
+	for (unsigned i = 0; i < n; i++)
+		ZSTD_freeCCtx(kept[i]);
+	return n;
 }
 
 static int flush_chunk(eng_append *ap)

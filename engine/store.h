@@ -303,6 +303,10 @@ void eng_message_close(eng_message **m);
  * most 4, ~95 KiB each; message_read.c); returns how many. Thread-safe; a
  * read running meanwhile keeps its own. sqlited calls it at rest. */
 unsigned eng_message_free_cached(void);
+/* Frees the zstd compression contexts appends keep for the next chunk (at
+ * most 4, ~1 MiB each once used; message.c); returns how many. Thread-safe;
+ * an append running meanwhile keeps its own. sqlited calls it at rest. */
+unsigned eng_append_free_cached(void);
 uint64_t eng_message_size(const eng_message *m);
 /* The MIME tree stored at append time (decoded on first use). */
 int eng_message_mime(eng_message *m, const eng_mime_part **root_r);
