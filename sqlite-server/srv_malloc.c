@@ -1,7 +1,8 @@
 /*
  * sqlited's malloc settings (srv_malloc.h): the thread cache off through
  * a re-exec with GLIBC_TUNABLES, two arenas per CPU, fastbins off, fixed
- * trim (256 KiB) and mmap thresholds.
+ * trim (256 KiB) and mmap thresholds; SQLite's page caches without their
+ * bulk block.
  *
  * Rules: runs before anything else in main (no thread, no open file that
  * matters: the exec keeps descriptors, and there are none yet besides the
@@ -11,6 +12,7 @@
  */
 #include "srv_malloc.h"
 
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,8 +122,17 @@ static int arenas(void)
 }
 #endif
 
+/* SQLite's page caches without their first bulk block (srv_malloc.h). */
+static void sqlite_pages_on_demand(void)
+{
+	/* No buffer, no size, 0 pages: pcache1's nInitPage 0. SQLITE_MISUSE
+	 * if SQLite is initialised already: its default stays. */
+	(void)sqlite3_config(SQLITE_CONFIG_PAGECACHE, (void *)NULL, 0, 0);
+}
+
 void srv_malloc_tune(char **argv)
 {
+	sqlite_pages_on_demand();
 #if defined(__GLIBC__) && !defined(SANITIZER_ALLOCATOR)
 	reexec_without_tcache(argv);
 	name_from_argv0(argv);

@@ -35,7 +35,18 @@
  *    the size of the largest mmapped block freed (Argon2id's). 128 KiB
  *    cost body FETCH ~15% more sqlited CPU (a FETCH's buffers refaulted
  *    after each trim), 1 MiB left up to 1 MiB per arena (16) at rest.
- * Not glibc (or under a sanitizer's allocator): nothing changes.
+ * Not glibc (or under a sanitizer's allocator): nothing of the above
+ * changes. In every build:
+ *  - SQLite's page caches take their pages one by one as they fill
+ *    (SQLITE_CONFIG_PAGECACHE with no buffer and 0 pages: pcache1's
+ *    nInitPage 0). By default each database connection's cache allocated
+ *    a bulk block of 100 pages at its first page (436,808 bytes here) and
+ *    wrote a header into every one of its pages, so all of it was
+ *    resident however few pages the database had: the directory
+ *    database's 408 KiB were the largest block of sqlited at rest, and
+ *    each open alias database held one too (bench/README.md, "sqlited
+ *    memory after the loads, part 2"). Must run before SQLite's first use
+ *    (sqlite3_config refuses afterwards: the default then stays).
  */
 #ifndef SRV_MALLOC_H
 #define SRV_MALLOC_H
