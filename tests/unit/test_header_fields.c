@@ -45,12 +45,6 @@ static const char *const msgs[] = {
 };
 #define N_MSGS (sizeof(msgs) / sizeof(msgs[0]))
 
-static void quiet_log(enum eng_log_level level, const char *msg)
-{
-	(void)level;
-	(void)msg;
-}
-
 static void open_store(tu_store *f, bool create)
 {
 	eng_store_options opt;
@@ -64,7 +58,7 @@ static int setup(void **state)
 {
 	tu_store *f = calloc(1, sizeof(*f));
 
-	eng_set_log(quiet_log);
+	eng_set_log(tu_log_silent);
 	tu_store_open(f);
 	for (size_t i = 0; i < N_MSGS; i++) {
 		eng_append_opts ao;

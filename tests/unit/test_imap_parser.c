@@ -25,21 +25,10 @@
 #include "buf.h"
 #include "eng_error.h"
 #include "imap_parser.h"
+#include "testutil.h"
 
 /* A test hook defined in imap_parser.c: the capacity of its buffer. */
 extern size_t imap_parser_test_bufcap(const imap_parser *p);
-
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rng(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return rng_state;
-}
-
-enum split { SPLIT_WHOLE, SPLIT_BYTES, SPLIT_RANDOM };
 
 struct setup {
 	imap_parser_limits lim;
@@ -189,9 +178,10 @@ static imap_parser *make_parser(const struct setup *su)
 	return p;
 }
 
-static void transcript(const struct setup *su, const char *in, size_t len,
-		       enum split how, eng_buf *out)
+static void transcript(const void *ctx, const char *in, size_t len,
+		       enum tu_split how, eng_buf *out)
 {
+	const struct setup *su = ctx;
 	imap_parser *p = make_parser(su);
 	eng_buf data = ENG_BUF_INIT;
 	bool in_data = false;
@@ -201,10 +191,7 @@ static void transcript(const struct setup *su, const char *in, size_t len,
 		size_t piece = len - pos, off = 0;
 		uint8_t *copy;
 
-		if (how == SPLIT_BYTES)
-			piece = 1;
-		else if (how == SPLIT_RANDOM)
-			piece = 1 + (size_t)(rng() % (piece < 40 ? piece : 40));
+		piece = tu_split_piece(how, piece, 40);
 		copy = malloc(piece);  /* exact size: ASan sees an overread */
 		assert_non_null(copy);
 		memcpy(copy, in + pos, piece);
@@ -250,22 +237,7 @@ static void transcript(const struct setup *su, const char *in, size_t len,
 /* The transcript of in, the same under every split. */
 static char *parse_with(const struct setup *su, const char *in, size_t len)
 {
-	eng_buf whole = ENG_BUF_INIT;
-
-	transcript(su, in, len, SPLIT_WHOLE, &whole);
-	for (int round = 0; round < 25; round++) {
-		eng_buf other = ENG_BUF_INIT;
-
-		transcript(su, in, len, round == 0 ? SPLIT_BYTES : SPLIT_RANDOM, &other);
-		if (strcmp(whole.data != NULL ? whole.data : "",
-			   other.data != NULL ? other.data : "") != 0) {
-			fprintf(stderr, "whole:\n%s\nsplit %d:\n%s\n", whole.data,
-				round, other.data);
-			fail();
-		}
-		eng_buf_free(&other);
-	}
-	return whole.data != NULL ? whole.data : eng_strdup("");
+	return tu_split_same(transcript, su, in, len, 25);
 }
 
 static void expect_with(const struct setup *su, const char *in, size_t len,
@@ -828,16 +800,16 @@ static void test_mutf7_round_trip(void **state)
 	for (int round = 0; round < 2000; round++) {
 		char s[200], *enc, *dec;
 		size_t len = 0;
-		int n = (int)(rng() % 40);
+		int n = (int)(tu_rng() % 40);
 
 		for (int i = 0; i < n; i++) {
 			uint32_t cp;
 
-			switch (rng() % 4) {
-			case 0: cp = 0x20 + (uint32_t)(rng() % 0x5f); break;
-			case 1: cp = 1 + (uint32_t)(rng() % 0x7f); break;
-			case 2: cp = 0x80 + (uint32_t)(rng() % (0x10000 - 0x80)); break;
-			default: cp = 0x10000 + (uint32_t)(rng() % 0x100000); break;
+			switch (tu_rng() % 4) {
+			case 0: cp = 0x20 + (uint32_t)(tu_rng() % 0x5f); break;
+			case 1: cp = 1 + (uint32_t)(tu_rng() % 0x7f); break;
+			case 2: cp = 0x80 + (uint32_t)(tu_rng() % (0x10000 - 0x80)); break;
+			default: cp = 0x10000 + (uint32_t)(tu_rng() % 0x100000); break;
 			}
 			if (cp >= 0xd800 && cp <= 0xdfff)
 				cp = 0xe000;

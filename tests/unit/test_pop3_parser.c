@@ -24,19 +24,6 @@
 #include "../../frontends/pop3/pop3_parser.c"
 #include "../../frontends/pop3/pop3_dotstuff.c"
 
-/* A deterministic PRNG, so that a failing split can be reproduced. */
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rng(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return rng_state;
-}
-
-enum split { SPLIT_WHOLE, SPLIT_BYTES, SPLIT_RANDOM };
-
 /*
  * Feeds all of in and writes one line per result into out:
  * "<ret> <VERB|?verb_text> <argc> [arg|num]...". An AUTH with a mechanism
@@ -44,7 +31,7 @@ enum split { SPLIT_WHOLE, SPLIT_BYTES, SPLIT_RANDOM };
  * daemon does. Each piece is an exact-size copy, so ASan sees an overread.
  */
 static void transcript(pop3_parser *p, const char *in, size_t len,
-		       enum split how, eng_buf *out)
+		       enum tu_split how, eng_buf *out)
 {
 	size_t pos = 0;
 
@@ -53,10 +40,7 @@ static void transcript(pop3_parser *p, const char *in, size_t len,
 		uint8_t *copy;
 		size_t off = 0;
 
-		if (how == SPLIT_BYTES)
-			piece = 1;
-		else if (how == SPLIT_RANDOM)
-			piece = 1 + (size_t)(rng() % (piece < 64 ? piece : 64));
+		piece = tu_split_piece(how, piece, 64);
 		copy = malloc(piece);
 		assert_non_null(copy);
 		memcpy(copy, in + pos, piece);
@@ -97,31 +81,29 @@ static void transcript(pop3_parser *p, const char *in, size_t len,
 	}
 }
 
+struct limits {
+	size_t max_line, max_sasl;
+};
+
+/* transcript() on a new parser with these limits. */
+static void transcript_new(const void *ctx, const char *in, size_t len,
+			   enum tu_split how, eng_buf *out)
+{
+	const struct limits *lim = ctx;
+	pop3_parser *p = pop3_parser_new(lim->max_line, lim->max_sasl);
+
+	transcript(p, in, len, how, out);
+	pop3_parser_free(&p);
+	assert_null(p);
+}
+
 /* The transcript of in (whole), checked equal under every split. */
 static char *parse_all_limits(const char *in, size_t len, size_t max_line,
 			      size_t max_sasl)
 {
-	eng_buf whole = ENG_BUF_INIT;
-	pop3_parser *p = pop3_parser_new(max_line, max_sasl);
+	struct limits lim = { max_line, max_sasl };
 
-	transcript(p, in, len, SPLIT_WHOLE, &whole);
-	pop3_parser_free(&p);
-	assert_null(p);
-	for (int round = 0; round < 21; round++) {
-		eng_buf other = ENG_BUF_INIT;
-
-		p = pop3_parser_new(max_line, max_sasl);
-		transcript(p, in, len, round == 0 ? SPLIT_BYTES : SPLIT_RANDOM, &other);
-		pop3_parser_free(&p);
-		if (strcmp(whole.data != NULL ? whole.data : "",
-			   other.data != NULL ? other.data : "") != 0) {
-			fprintf(stderr, "whole:\n%s\nsplit %d:\n%s\n", whole.data,
-				round, other.data);
-			fail();
-		}
-		eng_buf_free(&other);
-	}
-	return whole.data != NULL ? whole.data : strdup("");
+	return tu_split_same(transcript_new, &lim, in, len, 21);
 }
 
 static char *parse_all(const char *in)
@@ -340,7 +322,7 @@ static void test_reset_and_wipe(void **state)
 
 /* Encodes in with the given split sizes (random when how is RANDOM). */
 static char *stuff(const char *in, size_t len, bool top, uint64_t n,
-		   enum split how, size_t *out_len_r)
+		   enum tu_split how, size_t *out_len_r)
 {
 	pop3_dotstuff d;
 	uint8_t *out = malloc(POP3_DOTSTUFF_MAX_OUT(len) + POP3_DOTSTUFF_FINISH_MAX + 1);
@@ -356,10 +338,7 @@ static char *stuff(const char *in, size_t len, bool top, uint64_t n,
 		uint8_t *copy;
 		size_t w;
 
-		if (how == SPLIT_BYTES)
-			piece = 1;
-		else if (how == SPLIT_RANDOM)
-			piece = 1 + (size_t)(rng() % (piece < 40 ? piece : 40));
+		piece = tu_split_piece(how, piece, 40);
 		copy = malloc(piece);
 		assert_non_null(copy);
 		memcpy(copy, in + pos, piece);
@@ -383,8 +362,9 @@ static void expect_stuff(const char *in, bool top, uint64_t n, const char *want)
 	for (int round = 0; round < 12; round++) {
 		size_t got_len;
 		char *got = stuff(in, len, top, n,
-				  round == 0 ? SPLIT_WHOLE : round == 1 ? SPLIT_BYTES :
-				  SPLIT_RANDOM, &got_len);
+				  round == 0 ? TU_SPLIT_WHOLE :
+				  round == 1 ? TU_SPLIT_BYTES : TU_SPLIT_RANDOM,
+				  &got_len);
 
 		if (got_len != want_len || memcmp(got, want, want_len) != 0) {
 			fprintf(stderr, "input: [%s]\nwant: [%s]\ngot: [%s] (round %d)\n",

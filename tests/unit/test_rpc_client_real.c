@@ -104,30 +104,14 @@ static int mem_rewind(void *ctx)
 	return 0;
 }
 
-/* Compares a download with the expected bytes, holding every chunk. */
+/* Compares a download with the expected bytes, holding every chunk
+ * (hold_sink: consumed 1 ms later). */
 typedef struct cmp_sink {
-	env *e;
+	hold_sink h;
 	const uint8_t *want;
 	size_t want_len;
-	size_t got;
-	size_t held;
-	size_t max_held;
-	uint32_t id;
 	bool mismatch;
-	bool end;
-	uv_timer_t resume;
 } cmp_sink;
-
-static void cmp_resume(uv_timer_t *t)
-{
-	cmp_sink *s = t->data;
-	size_t n = s->held;
-
-	s->held = 0;
-	if (n != 0)
-		assert_int_equal(rpc_client_consumed(s->e->c, s->id, n),
-				 s->end ? ENG_ENOTFOUND : 0);
-}
 
 static int cmp_data(void *ctx, uint32_t id, const rpc_view *head,
 		    const uint8_t *data, size_t len, bool end)
@@ -135,18 +119,10 @@ static int cmp_data(void *ctx, uint32_t id, const rpc_view *head,
 	cmp_sink *s = ctx;
 
 	(void)head;
-	s->id = id;
-	if (s->got + len > s->want_len ||
-	    memcmp(s->want + s->got, data, len) != 0)
+	if (s->h.got + len > s->want_len ||
+	    memcmp(s->want + s->h.got, data, len) != 0)
 		s->mismatch = true;
-	s->got += len;
-	s->end = end;
-	s->held += len;
-	if (s->held > s->max_held)
-		s->max_held = s->held;
-	if (!uv_is_active((uv_handle_t *)&s->resume))
-		uv_timer_start(&s->resume, cmp_resume, 1, 0);
-	return RPC_CLIENT_HOLD;
+	return hold_sink_chunk(&s->h, id, len, end);
 }
 
 static uint8_t *make_message(size_t target, size_t *len_r)
@@ -237,11 +213,9 @@ static void test_real_server(void **state)
 
 	/* FETCH_BODY back, byte for byte, with the snk holding credit. */
 	memset(&snk, 0, sizeof(snk));
-	snk.e = &e;
+	hold_sink_init(&snk.h, &e, 0, 1);
 	snk.want = msg;
 	snk.want_len = len;
-	uv_timer_init(&e.loop, &snk.resume);
-	snk.resume.data = &snk;
 	rpc_put_bytes(&p, RPC_T_SESSION, un.session, un.session_len);
 	rpc_put_str(&p, RPC_T_MAILBOX, "INBOX");
 	rpc_put_u64(&p, RPC_T_UID, ap.uid);
@@ -256,11 +230,11 @@ static void test_real_server(void **state)
 	RUN_UNTIL(&e, fb.calls == 1, 30000);
 	assert_int_equal(fb.err, 0);
 	assert_int_equal(fb.size, len);
-	assert_true(snk.end);
-	assert_int_equal(snk.got, len);
+	assert_true(snk.h.end);
+	assert_int_equal(snk.h.got, len);
 	assert_false(snk.mismatch);
-	assert_true(snk.max_held <= RPC_INITIAL_WINDOW_BYTES);
-	uv_close((uv_handle_t *)&snk.resume, watchdog_closed);
+	assert_true(snk.h.max_held <= RPC_INITIAL_WINDOW_BYTES);
+	hold_sink_close(&snk.h);
 
 	/* A wrong secret is refused by the real server too. */
 	env_open_real(&bad, f, secret_b);

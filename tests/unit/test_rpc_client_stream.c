@@ -318,30 +318,11 @@ static void test_retry_idempotent(void **state)
 /* ---- download ---- */
 
 typedef struct sink {
-	env *e;
-	uint32_t id;
-	uint64_t got;
-	uint64_t held;
-	uint64_t max_held;
+	hold_sink h;            /* held credit, consumed 2 ms later */
 	uint64_t size_head;
-	int pauses;
-	bool end;
 	bool bad_byte;
 	int after_end_calls;
-	uv_timer_t resume;
 } sink;
-
-static void on_resume(uv_timer_t *t)
-{
-	sink *s = t->data;
-	uint64_t n = s->held;
-
-	s->held = 0;
-	/* After the last chunk the request is over: ENOTFOUND, harmless. */
-	if (n != 0)
-		assert_int_equal(rpc_client_consumed(s->e->c, s->id, (size_t)n),
-				 s->end ? ENG_ENOTFOUND : 0);
-}
 
 static int sink_data(void *ctx, uint32_t id, const rpc_view *head,
 		     const uint8_t *data, size_t len, bool end)
@@ -349,27 +330,17 @@ static int sink_data(void *ctx, uint32_t id, const rpc_view *head,
 	sink *s = ctx;
 	uint64_t size = 0;
 
-	if (s->end)
+	if (s->h.end)
 		s->after_end_calls++;
-	s->id = id;
 	if (rpc_get_u64(head, RPC_T_SIZE, &size) == 0)
 		s->size_head = size;
 	for (size_t i = 0; i < len; i++) {
-		if (data[i] != pattern_byte(s->got + i))
+		if (data[i] != pattern_byte(s->h.got + i))
 			s->bad_byte = true;
 	}
-	s->got += len;
-	s->end = end;
 	/* Every chunk is held; a timer consumes them a little later, so
 	 * the server runs out of window again and again. */
-	s->held += len;
-	if (s->held > s->max_held)
-		s->max_held = s->held;
-	if (s->held >= 192 * 1024 && !uv_is_active((uv_handle_t *)&s->resume)) {
-		s->pauses++;
-		uv_timer_start(&s->resume, on_resume, 2, 0);
-	}
-	return RPC_CLIENT_HOLD;
+	return hold_sink_chunk(&s->h, id, len, end);
 }
 
 static void test_download_backpressure(void **state)
@@ -386,9 +357,7 @@ static void test_download_backpressure(void **state)
 	fake_start(&f);
 	env_open(&e, &f, secret_a, NULL);
 	memset(&s, 0, sizeof(s));
-	s.e = &e;
-	uv_timer_init(&e.loop, &s.resume);
-	s.resume.data = &s;
+	hold_sink_init(&s.h, &e, 192 * 1024, 2);
 	memset(&o, 0, sizeof(o));
 	o.data = sink_data;
 	o.data_ctx = &s;
@@ -400,17 +369,17 @@ static void test_download_backpressure(void **state)
 					    &o, on_result, &r, NULL), 0);
 	RUN_UNTIL(&e, r.calls == 1, 50000);
 	assert_int_equal(r.err, 0);
-	assert_true(s.end);
-	assert_int_equal(s.got, BIG_BODY);
+	assert_true(s.h.end);
+	assert_int_equal(s.h.got, BIG_BODY);
 	assert_int_equal(s.size_head, BIG_BODY);
 	assert_int_equal(r.size, BIG_BODY);
 	assert_false(s.bad_byte);
 	assert_int_equal(s.after_end_calls, 0);
 	/* Unconsumed bytes never passed one window: the server waited. */
-	assert_true(s.max_held <= RPC_INITIAL_WINDOW_BYTES);
-	assert_true(s.pauses > 10);
+	assert_true(s.h.max_held <= RPC_INITIAL_WINDOW_BYTES);
+	assert_true(s.h.pauses > 10);
 	assert_true(atomic_load(&f.download_stalls) > 10);
-	uv_close((uv_handle_t *)&s.resume, watchdog_closed);
+	hold_sink_close(&s.h);
 	eng_buf_free(&p);
 	env_close(&e);
 	fake_stop(&f);

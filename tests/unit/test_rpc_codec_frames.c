@@ -24,17 +24,6 @@
 #include "testrpc.h"
 #include "testutil.h"
 
-/* A deterministic PRNG, so that a failing split can be reproduced. */
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rng(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return rng_state;
-}
-
 /* ---- frames ---- */
 
 typedef struct seen_frame {
@@ -103,7 +92,7 @@ static size_t piece_all(size_t left) { return left; }
 static size_t piece_one(size_t left) { (void)left; return 1; }
 static size_t piece_random(size_t left)
 {
-	size_t p = 1 + (size_t)(rng() % 700);
+	size_t p = 1 + (size_t)(tu_rng() % 700);
 
 	return p < left ? p : left;
 }

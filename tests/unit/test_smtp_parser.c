@@ -26,18 +26,6 @@
 #include "smtp_parser.h"
 #include "smtp_reference.h"
 
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-
-static uint64_t rng(void)
-{
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return rng_state;
-}
-
-enum split { SPLIT_WHOLE, SPLIT_BYTES, SPLIT_RANDOM };
-
 /* Bytes as a readable string: \r \n \0 and others escaped. */
 static void put_escaped(eng_buf *out, const uint8_t *d, size_t n)
 {
@@ -166,8 +154,9 @@ static void handle(smtp_parser *p, session *s, const smtp_event *ev)
 	}
 }
 
-static void transcript(const smtp_limits *lim, const char *in, size_t len,
-		       enum split how, eng_buf *out)
+/* lim: the smtp_limits (NULL: the defaults), for tu_split_same. */
+static void transcript(const void *lim, const char *in, size_t len,
+		       enum tu_split how, eng_buf *out)
 {
 	smtp_parser *p = smtp_parser_new(lim);
 	session s = { ENG_BUF_INIT, ENG_BUF_INIT, SMTP_EV_NEED_MORE };
@@ -178,10 +167,7 @@ static void transcript(const smtp_limits *lim, const char *in, size_t len,
 		size_t piece = len - pos, off = 0;
 		uint8_t *copy;
 
-		if (how == SPLIT_BYTES)
-			piece = 1;
-		else if (how == SPLIT_RANDOM)
-			piece = 1 + (size_t)(rng() % (piece < 40 ? piece : 40));
+		piece = tu_split_piece(how, piece, 40);
 		copy = malloc(piece);  /* exact size: ASan sees an overread */
 		assert_non_null(copy);
 		memcpy(copy, in + pos, piece);
@@ -213,21 +199,7 @@ static void transcript(const smtp_limits *lim, const char *in, size_t len,
 
 static char *parse_all_lim(const smtp_limits *lim, const char *in, size_t len)
 {
-	eng_buf whole = ENG_BUF_INIT;
-
-	transcript(lim, in, len, SPLIT_WHOLE, &whole);
-	for (int round = 0; round < 21; round++) {
-		eng_buf other = ENG_BUF_INIT;
-
-		transcript(lim, in, len, round == 0 ? SPLIT_BYTES : SPLIT_RANDOM, &other);
-		if (strcmp(whole.data, other.data) != 0) {
-			fprintf(stderr, "whole:\n%s\nsplit %d:\n%s\n", whole.data, round,
-				other.data);
-			fail();
-		}
-		eng_buf_free(&other);
-	}
-	return whole.data;
+	return tu_split_same(transcript, lim, in, len, 21);
 }
 
 static void expect_lim(const smtp_limits *lim, const char *in, size_t len, const char *want)
@@ -667,10 +639,11 @@ static void test_data_random(void **state)
 	for (int round = 0; round < 300; round++) {
 		eng_buf body = ENG_BUF_INIT, msg = ENG_BUF_INIT;
 		unsigned err;
-		int count = 1 + (int)(rng() % 12);
+		int count = 1 + (int)(tu_rng() % 12);
 
 		for (int i = 0; i < count; i++)
-			eng_buf_puts(&body, pieces[rng() % (sizeof(pieces) / sizeof(pieces[0]))]);
+			eng_buf_puts(&body, pieces[tu_rng() % (sizeof(pieces) /
+							       sizeof(pieces[0]))]);
 		eng_buf_puts(&body, "\r\n.\r\n");
 		if (smtp_reference_data((const uint8_t *)body.data, body.len, &msg, &err) > 0)
 			expect_data(body.data, body.len);
@@ -710,5 +683,7 @@ int main(void)
 		cmocka_unit_test(test_bdat),
 	};
 
+	/* This file's own sequence of random splits and bodies. */
+	tu_rng_seed(0x2545f4914f6cdd1dull);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,16 +31,10 @@ static uint8_t pk[crypto_box_PUBLICKEYBYTES];
 static uint8_t sk[crypto_box_SECRETKEYBYTES];
 static char *dir;
 
-static void quiet_log(enum eng_log_level level, const char *msg)
-{
-	(void)level;
-	(void)msg;
-}
-
 static int setup(void **state)
 {
 	(void)state;
-	eng_set_log(quiet_log);
+	eng_set_log(tu_log_silent);
 	if (eng_crypto_init() != 0)
 		return -1;
 	crypto_box_keypair(pk, sk);

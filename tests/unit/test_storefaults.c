@@ -49,16 +49,10 @@ static uint8_t key[ENG_DBKEY_BYTES];
 static uint8_t *msgs[N_MSGS];
 static size_t msg_len[N_MSGS];
 
-static void quiet_log(enum eng_log_level level, const char *msg)
-{
-	(void)level;
-	(void)msg;
-}
-
 static int setup(void **state)
 {
 	(void)state;
-	eng_set_log(quiet_log);
+	eng_set_log(tu_log_silent);
 	if (eng_crypto_init() != 0)
 		return -1;
 	randombytes_buf(key, sizeof(key));

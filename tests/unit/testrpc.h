@@ -2,8 +2,9 @@
  * The fixture the libuv RPC client's tests share (test_rpc_client,
  * test_rpc_client_stream, test_rpc_client_real): a fake server (testrpc.c)
  * and the client side's loop, watchdog and result helpers (test_rpc_tls
- * uses those too, with clients of its own made by env_open_cfg), and the
- * codec tests' exact_copy and build_stream. Built into
+ * uses those too, with clients of its own made by env_open_cfg), a
+ * download sink that holds credit (hold_sink), and the codec tests'
+ * exact_copy and build_stream. Built into
  * sm_testutil, so only tests that use it pull it in (they link sm_rpc:
  * their names start with test_rpc).
  */
@@ -99,6 +100,33 @@ void on_result(void *ctx, int err, const rpc_view *resp);
 int total_calls(const result *r, int n);
 int ping(env *e, const char *echo, uint32_t timeout_ms, result *r,
 	 uint32_t *id_r);
+
+/* A download's data callback that holds every chunk (RPC_CLIENT_HOLD) and
+ * gives the credit back a little later (rpc_client_consumed from a timer
+ * of delay_ms, armed once threshold bytes are held; ENOTFOUND after the
+ * last chunk, when the request is over): what test_rpc_client_stream
+ * (against the fake) and test_rpc_client_real (against sqlited) check the
+ * window with. A checker embeds it, calls hold_sink_init, and returns
+ * hold_sink_chunk(...) from its callback after looking at the bytes (got
+ * is the offset of the chunk until then); hold_sink_close before
+ * env_close. */
+typedef struct hold_sink {
+	env *e;
+	uint32_t id;
+	uint64_t got;           /* bytes received */
+	uint64_t held;          /* not yet consumed */
+	uint64_t max_held;
+	uint64_t threshold;
+	uint64_t delay_ms;
+	int pauses;             /* times the timer was armed */
+	bool end;               /* the last chunk arrived */
+	uv_timer_t resume;
+} hold_sink;
+
+void hold_sink_init(hold_sink *h, env *e, uint64_t threshold,
+		    uint64_t delay_ms);
+int hold_sink_chunk(hold_sink *h, uint32_t id, size_t len, bool end);
+void hold_sink_close(hold_sink *h);
 
 /* The codec tests' helpers: an exact-size copy of p (so that ASan sees
  * any overread), and a stream of one frame of every kind appended to b. */

@@ -153,12 +153,6 @@ static const uint32_t msg_flags[N_MSGS] = {
 	ENG_F_SEEN | ENG_F_FLAGGED, 0, ENG_F_SEEN,
 };
 
-static void quiet_log(enum eng_log_level level, const char *msg)
-{
-	(void)level;
-	(void)msg;
-}
-
 /*
  * The FTS table of a store made before 2026-11-26: FTS4, with its
  * fts_docsize and fts_stat (stores are now made with FTS3, engine/store.c;
@@ -178,7 +172,7 @@ static int setup_store(void **state, bool legacy)
 	struct fixture *f = calloc(1, sizeof(*f));
 	eng_mailbox mb;
 
-	eng_set_log(quiet_log);
+	eng_set_log(tu_log_silent);
 	tu_store_open(&f->s);
 	assert_int_equal(fts_shadow_tables(f->s.st), 0);
 	if (legacy) {

@@ -1,3 +1,9 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
 #include "testutil.h"
 
 #include <ftw.h>
@@ -82,4 +88,56 @@ char *tu_source_path(const char *rel)
 	if (asprintf(&path, "%s/%s", src != NULL ? src : "..", rel) < 0)
 		abort();
 	return path;
+}
+
+void tu_log_silent(enum eng_log_level level, const char *msg)
+{
+	(void)level;
+	(void)msg;
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+void tu_rng_seed(uint64_t seed)
+{
+	rng_state = seed;
+}
+
+uint64_t tu_rng(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+size_t tu_split_piece(enum tu_split how, size_t left, size_t max)
+{
+	if (how == TU_SPLIT_BYTES)
+		return 1;
+	if (how == TU_SPLIT_RANDOM)
+		return 1 + (size_t)(tu_rng() % (left < max ? left : max));
+	return left;
+}
+
+char *tu_split_same(tu_transcript_fn *fn, const void *ctx, const char *in,
+		    size_t len, int rounds)
+{
+	eng_buf whole = ENG_BUF_INIT;
+
+	fn(ctx, in, len, TU_SPLIT_WHOLE, &whole);
+	for (int round = 0; round < rounds; round++) {
+		eng_buf other = ENG_BUF_INIT;
+
+		fn(ctx, in, len, round == 0 ? TU_SPLIT_BYTES : TU_SPLIT_RANDOM,
+		   &other);
+		if (strcmp(whole.data != NULL ? whole.data : "",
+			   other.data != NULL ? other.data : "") != 0) {
+			fprintf(stderr, "whole:\n%s\nsplit %d:\n%s\n", whole.data,
+				round, other.data);
+			fail();
+		}
+		eng_buf_free(&other);
+	}
+	return whole.data != NULL ? whole.data : strdup("");
 }
