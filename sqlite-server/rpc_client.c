@@ -53,8 +53,8 @@
 #define DEFAULT_SERVER_IN_FLIGHT 256u
 /* Uploads produce chunks only while less than this waits in libuv. */
 #define WRITE_QUEUE_BOUND (1024u * 1024)
-/* Credit is granted in multiples of this much of a download consumed. */
-#define GRANT_BYTES (RPC_INITIAL_WINDOW_BYTES / 2)
+/* A download's window at most (rpc_client_opts.recv_window). */
+#define MAX_RECV_WINDOW (16u * 1024 * 1024)
 #define READ_BUF_BYTES (64u * 1024)
 #define HASH_BUCKETS 1024u
 
@@ -105,6 +105,7 @@ struct rpc_req {
 	bool in_body;
 	uint64_t recv_window;        /* DATA bytes the server may still send */
 	uint64_t unacked;            /* consumed, not yet granted back */
+	uint64_t window_goal;        /* the window kept open (opts) */
 	bool delivered;              /* a chunk reached the data callback */
 	rpc_client_data_fn *data;
 	void *data_ctx;
@@ -717,24 +718,32 @@ out:
 
 /* ---- frames from the server ---- */
 
-/* Grants the server credit for what was consumed, in whole multiples of
- * GRANT_BYTES (the rest waits for more): sqlited reads FETCH_BODIES ahead
- * in pieces of half the window, so each grant lets whole pieces go, each
- * one DATA frame sent from its buffer without a copy (srv_ops_message.c).
- * Never a stall: what is kept back is under GRANT_BYTES, so the server's
- * window is at least the other half once everything is consumed. */
-static void grant(rpc_req *r)
+/* Sends credit for n more bytes of r's download. */
+static void send_credit(rpc_req *r, uint64_t n)
 {
-	rpc_client *c = r->c;
 	eng_buf p = ENG_BUF_INIT;
-	uint64_t n = r->unacked - r->unacked % GRANT_BYTES;
 
-	if (n == 0 || !live(c))
-		return;
 	rpc_put_u64(&p, RPC_T_CREDIT, n);
-	conn_send_frame(c->conn, RPC_K_WINDOW, 0, 0, r->id, p.data, p.len);
+	conn_send_frame(r->c->conn, RPC_K_WINDOW, 0, 0, r->id, p.data, p.len);
 	eng_buf_free(&p);
 	r->recv_window += n;
+}
+
+/* Grants the server credit for what was consumed, in whole halves of the
+ * window (the rest waits for more): sqlited reads FETCH_BODIES ahead in
+ * pieces of the size of the credit it gets, so each grant lets whole
+ * pieces go, each one DATA frame sent from its buffer without a copy
+ * (srv_ops_message.c). Never a stall: what is kept back is under half the
+ * window, so the server's window is at least the other half once
+ * everything is consumed. */
+static void grant(rpc_req *r)
+{
+	uint64_t unit = r->window_goal / 2;
+	uint64_t n = r->unacked - r->unacked % unit;
+
+	if (n == 0 || !live(r->c))
+		return;
+	send_credit(r, n);
 	r->unacked -= n;
 }
 
@@ -798,6 +807,10 @@ static void on_response(rpc_conn *conn, rpc_req *r, const rpc_frame *f)
 		r->in_body = true;
 		r->recv_window = RPC_INITIAL_WINDOW_BYTES;
 		r->unacked = 0;
+		/* A larger window asked for: the rest of it at once. */
+		if (r->window_goal > RPC_INITIAL_WINDOW_BYTES && live(c) &&
+		    r->state != RQ_ZOMBIE)
+			send_credit(r, r->window_goal - RPC_INITIAL_WINDOW_BYTES);
 		return;
 	}
 	if (r->state == RQ_ZOMBIE)
@@ -1534,6 +1547,9 @@ int rpc_client_call_ex(rpc_client *c, uint16_t opcode, const void *payload,
 	r->source_ctx = opts->source_ctx;
 	r->data = opts->data;
 	r->data_ctx = opts->data_ctx;
+	r->window_goal = opts->recv_window > RPC_INITIAL_WINDOW_BYTES ?
+		(opts->recv_window < MAX_RECV_WINDOW ? opts->recv_window :
+		 MAX_RECV_WINDOW) : RPC_INITIAL_WINDOW_BYTES;
 	/* Ids in use are skipped; 0 is never an id. */
 	do {
 		r->id = c->next_id++;

@@ -196,6 +196,11 @@ typedef struct rpc_client_opts {
 	 * requests are sent past them, so a burst of logins never holds up
 	 * the requests of users already logged in. */
 	bool may_wait;
+	/* Download: the window to keep open, 0 or at most the initial one
+	 * (256 KiB) for that; more (at most 16 MiB) is granted when the
+	 * RESPONSE with BODY arrives, and credit then goes back in halves of
+	 * it. A long stream then comes in larger pieces (FETCH_BODIES). */
+	uint32_t recv_window;
 } rpc_client_opts;
 
 /*

@@ -128,6 +128,9 @@ void srv_fail(srv_req *req, int err);
  */
 void srv_reply_body(srv_req *req);
 size_t srv_window(const srv_req *req);
+/* The smallest credit of the stream's WINDOW frames, 0 before any: how
+ * much the client lets go at a time (FETCH_BODIES sizes its pieces by it). */
+size_t srv_credit_min(const srv_req *req);
 void srv_send_data(srv_req *req, const void *data, size_t len, bool end);
 /*
  * srv_send_data of the len bytes at buf + RPC_HEADER_BYTES, where buf is

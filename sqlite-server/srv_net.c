@@ -120,6 +120,7 @@ struct net_req {
 	bool streaming;              /* RESPONSE with BODY sent */
 	uint64_t send_window;        /* download credit left */
 	uint64_t recv_window;        /* upload credit the client has left */
+	uint32_t credit_min;         /* the smallest WINDOW credit, 0: none */
 	uint8_t *payload;
 	size_t payload_len;
 	rpc_msg msg;
@@ -808,6 +809,11 @@ size_t srv_window(const srv_req *req)
 	return r->send_window > SIZE_MAX ? SIZE_MAX : (size_t)r->send_window;
 }
 
+size_t srv_credit_min(const srv_req *req)
+{
+	return ((const net_req *)req)->credit_min;
+}
+
 void srv_send_data(srv_req *req, const void *data, size_t len, bool end)
 {
 	net_req *r = to_net(req);
@@ -1275,6 +1281,8 @@ static void on_window_frame(srv_conn *c, const rpc_frame *f)
 		return;
 	}
 	r->send_window += credit;
+	if (credit > 0 && (r->credit_min == 0 || credit < r->credit_min))
+		r->credit_min = (uint32_t)credit;
 	if (r->pub.on_window != NULL && !c->paused) {
 		void (*cb)(srv_req *) = r->pub.on_window;
 

@@ -985,6 +985,9 @@ void srv_op_fetch_body(srv_req *req)
 #define BODIES_SLOTS 2
 #define BODIES_FIRST_BYTES (RPC_INITIAL_WINDOW_BYTES < RPC_MAX_CHUNK_BYTES ? \
 			    RPC_INITIAL_WINDOW_BYTES : RPC_MAX_CHUNK_BYTES)
+/* Later pieces: the client's credit (see bodies_piece_size), within
+ * these; half the initial window before any credit came. */
+#define BODIES_PIECE_MIN (64u * 1024)
 #define BODIES_PIECE_BYTES (BODIES_FIRST_BYTES / 2)
 
 struct bodies_piece {
@@ -1195,6 +1198,22 @@ static void bodies_piece_done(void *ctx, int result)
 	bodies_pump(op->req);
 }
 
+/* The size of the pieces read next: what the client grants at a time
+ * (its smallest credit), so that each grant lets whole pieces go without a
+ * copy: half the initial window with rpc_client's default, a whole chunk
+ * when it keeps a larger window (the imapd's FETCH_BODIES); within
+ * BODIES_PIECE_MIN and RPC_MAX_CHUNK_BYTES. */
+static size_t bodies_piece_size(const srv_req *req)
+{
+	size_t credit = srv_credit_min(req);
+
+	if (credit == 0)
+		return BODIES_PIECE_BYTES;
+	if (credit < BODIES_PIECE_MIN)
+		return BODIES_PIECE_MIN;
+	return credit < RPC_MAX_CHUNK_BYTES ? credit : RPC_MAX_CHUNK_BYTES;
+}
+
 /* Queues a read of the free slots, unless one runs or all is read. False
  * when the request failed (and op is gone). */
 static bool bodies_read_ahead(srv_mbop *op)
@@ -1206,7 +1225,7 @@ static bool bodies_read_ahead(srv_mbop *op)
 		return true;
 	c->fill_at = (c->first + c->n_ready) % BODIES_SLOTS;
 	c->n_fill = BODIES_SLOTS - c->n_ready;
-	c->fill_want = BODIES_PIECE_BYTES;
+	c->fill_want = bodies_piece_size(op->req);
 	c->reading = true;
 	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
 				    bodies_piece_work, bodies_piece_done,

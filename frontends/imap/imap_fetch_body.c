@@ -19,14 +19,16 @@
  * (BODY[], BODY.PEEK[], RFC822; no partial range) and at least two
  * messages are left in the chunk, one FETCH_BODIES asks for the bodies of
  * all of them (up to RPC_BODIES_MAX_UIDS): sqlited answers with one body
- * stream, a record per UID (rpc_bodies.h), under one window. Its bytes are
- * kept as they arrive with their credit withheld (at most a window) and
+ * stream, a record per UID (rpc_bodies.h), under one window of
+ * FETCH_STREAM_WINDOW (512 KiB: sqlited then reads it ahead in 256 KiB
+ * pieces, one per grant). Its bytes are kept as they arrive with their
+ * credit withheld (at most that window) and
  * consumed by the message being written (fetch_stream_run): each
  * record's head gives the literal's size, or says the message is gone
  * (expunged meanwhile: skipped, as a FETCH_BODY ENOTFOUND would be); the
  * credit of what is written is reported at once, or when the output
- * drains, and rpc_client grants it in whole halves of the window (the
- * 128 KiB pieces sqlited reads ahead, docs/rpc.md FETCH_BODIES).
+ * drains, and rpc_client grants it in whole halves of the window
+ * (docs/rpc.md FETCH_BODIES).
  * A sqlited without FETCH_BODIES answers EOPCODE before any byte: the
  * command goes on with the FETCH_BODY per message above. A lone message
  * (the last one of a chunk) takes that path too.
@@ -67,8 +69,10 @@ static int call_body(fetch_op *op, freq *r, uint16_t opcode, eng_buf *pl,
 	opts.data = on_data;
 	opts.data_ctx = r;
 	opts.retries = 1;            /* idempotent; not resent after a byte */
-	if (stream)
+	if (stream) {
 		opts.timeout_ms = FETCH_STREAM_TIMEOUT_MS;
+		opts.recv_window = FETCH_STREAM_WINDOW;
+	}
 	rc = imap_rpc_call(op->cmd, opcode, pl, &opts, fetch_on_rpc_done);
 	eng_buf_free_wipe(pl);
 	if (rc != 0) {

@@ -51,6 +51,9 @@
 #define FETCH_HEADER_COLUMN_MAX (256u * 1024)
 /* A streamed body may take long on a slow client. */
 #define FETCH_STREAM_TIMEOUT_MS (60u * 60 * 1000)
+/* The window a FETCH_BODIES stream keeps open (rpc_client_opts): sqlited
+ * reads it ahead in whole 256 KiB pieces, one per grant (half of it). */
+#define FETCH_STREAM_WINDOW (512u * 1024)
 /* Messages per FETCH_META: the command's memory is bounded by this
  * however large the set; fewer when headers or MIME structures come
  * inline (and sqlited bounds those to 16 MiB an answer). */

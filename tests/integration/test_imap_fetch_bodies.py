@@ -11,10 +11,11 @@ them with a few requests, not one per message; then all of it again with
 sqlited reached over TCP with TLS (its pieces then go out through
 SSL_write, not in their own buffers: srv_send_data_buf's other path).
 
-sqlited reads a stream ahead (a first piece of 256 KiB, then 128 KiB ones,
-two slots) and the imapd grants credit in halves of the window: messages
-whose records end at, or whose 16-byte heads straddle, those piece bounds
-(EDGE_SIZES) come out byte for byte to a client that reads slowly through
+sqlited reads a stream ahead (a first piece of 256 KiB, then pieces of the
+credit size, two slots) and the imapd keeps a 512 KiB window, granted in
+halves: messages whose records end at, or whose 16-byte heads straddle,
+piece bounds (EDGE_SIZES) come out byte for byte to a client that reads
+slowly through
 a small receive buffer (so that the imapd's output fills, its credit is
 withheld, and sqlited's read-ahead waits on the window); a client that
 drops the connection in the middle of a stream leaves sqlited and the
@@ -46,9 +47,10 @@ SIZES = [120, 33000, 256 * 1024 - 80, 256 * 1024 + 1, 5, 900 * 1024, 2000,
 
 K = 1024
 HEAD = 16                    # a FETCH_BODIES record head (rpc_bodies.h)
-# Whole message sizes laid on sqlited's pieces (256 KiB, then 128 KiB):
-# the second head ends the first piece, the third straddles pieces 2 and
-# 3, the fourth record ends the fourth piece, then bodies over many pieces.
+# Whole message sizes laid on sqlited's pieces (256 KiB, then 128 KiB
+# before any credit came, then 256 KiB): the second head ends the first
+# piece, others end or straddle 128 KiB multiples, then bodies over many
+# pieces.
 EDGE_SIZES = [256 * K - 2 * HEAD, 128 * K - HEAD // 2, 128 * K,
               128 * K - 3 * HEAD // 2, 1, 3 * 128 * K + 5, 128 * K + 1,
               256 * K, 128 * K - HEAD]

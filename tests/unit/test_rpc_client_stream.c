@@ -343,8 +343,11 @@ static int sink_data(void *ctx, uint32_t id, const rpc_view *head,
 	return hold_sink_chunk(&s->h, id, len, end);
 }
 
-static void test_download_backpressure(void **state)
+/* A download held by the sink, the window kept at window (0: the
+ * initial one; opts.recv_window). */
+static void download_backpressure(uint32_t window)
 {
+	uint64_t kept = window > 0 ? window : RPC_INITIAL_WINDOW_BYTES;
 	fake f;
 	env e;
 	result r = { 0 };
@@ -352,7 +355,6 @@ static void test_download_backpressure(void **state)
 	rpc_client_opts o;
 	eng_buf p = ENG_BUF_INIT;
 
-	(void)state;
 	fake_init(&f, secret_a);
 	fake_start(&f);
 	env_open(&e, &f, secret_a, NULL);
@@ -362,6 +364,7 @@ static void test_download_backpressure(void **state)
 	o.data = sink_data;
 	o.data_ctx = &s;
 	o.timeout_ms = 50000;
+	o.recv_window = window;
 	rpc_put_u64(&p, RPC_T_UID, 1);
 	rpc_put_u64(&p, RPC_T_WANT, RPC_WANT_BODY);
 	rpc_put_u64(&p, RPC_T_LENGTH, BIG_BODY);
@@ -375,14 +378,30 @@ static void test_download_backpressure(void **state)
 	assert_int_equal(r.size, BIG_BODY);
 	assert_false(s.bad_byte);
 	assert_int_equal(s.after_end_calls, 0);
-	/* Unconsumed bytes never passed one window: the server waited. */
-	assert_true(s.h.max_held <= RPC_INITIAL_WINDOW_BYTES);
+	/* Unconsumed bytes never passed one window: the server waited. A
+	 * larger window was granted and used. */
+	assert_true(s.h.max_held <= kept);
+	if (kept > RPC_INITIAL_WINDOW_BYTES)
+		assert_true(s.h.max_held > RPC_INITIAL_WINDOW_BYTES);
 	assert_true(s.h.pauses > 10);
 	assert_true(atomic_load(&f.download_stalls) > 10);
 	hold_sink_close(&s.h);
 	eng_buf_free(&p);
 	env_close(&e);
 	fake_stop(&f);
+}
+
+static void test_download_backpressure(void **state)
+{
+	(void)state;
+	download_backpressure(0);
+}
+
+/* rpc_client_opts.recv_window: 512 KiB kept open, credit in its halves. */
+static void test_download_larger_window(void **state)
+{
+	(void)state;
+	download_backpressure(512 * 1024);
 }
 
 /* A data callback that gives up: the request is cancelled. */
@@ -538,6 +557,7 @@ int main(void)
 		cmocka_unit_test(test_upload_source_abort),
 		cmocka_unit_test(test_retry_idempotent),
 		cmocka_unit_test(test_download_backpressure),
+		cmocka_unit_test(test_download_larger_window),
 		cmocka_unit_test(test_download_abort),
 		cmocka_unit_test(test_close_in_callback),
 		cmocka_unit_test(test_close_in_data_callback),
