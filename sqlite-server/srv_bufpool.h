@@ -30,8 +30,9 @@
 #include <stdint.h>
 
 #define SRV_BUFPOOL_BYTES ((size_t)RPC_HEADER_BYTES + RPC_MAX_CHUNK_BYTES)
-/* A stream has two pieces read (its slots) and one in the socket. */
-#define SRV_BUFPOOL_KEEP_PER_HOLD 3
+/* A stream has two pieces read (its slots) and up to two (its window,
+ * 512 KiB for the imapd) on their way to the socket. */
+#define SRV_BUFPOOL_KEEP_PER_HOLD 4
 #define SRV_BUFPOOL_KEEP 16
 
 typedef struct srv_bufpool {
