@@ -545,6 +545,49 @@ static void test_zstd_contexts_freed(void **state)
 	tu_store_check(f->st);
 }
 
+/* Chunks are written with raw literals (message.c, compress_chunk): a
+ * base64 attachment of random bytes stays about its size (Huffman coding
+ * would take a quarter off), repeated text still shrinks to almost
+ * nothing (matches are kept), and both read back byte for byte. */
+static void test_chunk_literals_raw(void **state)
+{
+	tu_store *f = *state;
+	char *msg = big_message(600 * 1024);
+	size_t len = strlen(msg), tlen;
+	char *text = malloc(300 * 1024 + 256);
+	char *back = malloc(len > 300 * 1024 + 256 ? len : 300 * 1024 + 256);
+	eng_message *m;
+	uint32_t uid, tuid;
+	int64_t raw, stored;
+
+	uid = tu_store_append(f, f->inbox, msg, 0);
+	raw = tu_sql_int(f->st, "SELECT sum(raw_len) FROM chunk");
+	stored = tu_sql_int(f->st, "SELECT sum(length(data)) FROM chunk");
+	assert_int_equal(raw, (int64_t)len);
+	assert_true(stored * 100 >= raw * 97);
+	tlen = (size_t)sprintf(text, "From: a@example.org\r\nSubject: t\r\n"
+			       "\r\n");
+	while (tlen < 300 * 1024)
+		tlen += (size_t)sprintf(text + tlen, "the same line of text, "
+					"again and again\r\n");
+	tuid = tu_store_append(f, f->inbox, text, 0);
+	stored = tu_sql_int(f->st, "SELECT sum(length(data)) FROM chunk") -
+		 stored;
+	assert_true(stored > 0 && stored * 20 < (int64_t)tlen);
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+	assert_int_equal(eng_message_read(m, 0, back, len), (long)len);
+	assert_memory_equal(back, msg, len);
+	eng_message_close(&m);
+	assert_int_equal(eng_message_open(f->st, f->inbox, tuid, &m), 0);
+	assert_int_equal(eng_message_read(m, 0, back, tlen), (long)tlen);
+	assert_memory_equal(back, text, tlen);
+	eng_message_close(&m);
+	free(back);
+	free(text);
+	free(msg);
+	tu_store_check(f->st);
+}
+
 /* Reads in pieces of every size that matters (a chunk wanted whole goes
  * straight into the caller's buffer, any other through the handle's
  * one-chunk cache), and ranges at random offsets after reads that left
@@ -707,6 +750,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_zstd_contexts_freed,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_read_splits,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_chunk_literals_raw,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_embedded_message_sections,
 						tu_store_setup, tu_store_teardown),
