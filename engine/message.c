@@ -462,8 +462,8 @@ unsigned eng_append_free_cached(void)
  * Huffman coding their literals saves about a quarter of their size, but
  * then every read decodes them at ~0.7 GB/s instead of copying them at
  * ~3.4 GB/s. Measured (bench/README.md, "zstd literals"): a body FETCH
- * costs sqlited about a fifth less CPU, for a database about a fifth
- * larger, still smaller than the raw mail. Readers need nothing: each
+ * costs sqlited 10-20% less CPU, for a database about a fifth larger
+ * (the chunks stay below the raw size). Readers need nothing: each
  * zstd block says how its literals are stored, and chunks written before
  * read as they are. A libzstd without the parameter compresses as before.
  */
