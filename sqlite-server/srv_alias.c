@@ -36,7 +36,6 @@
  */
 #include "srv_alias_private.h"
 #include "srv_keyslab.h"
-#include "srv_malloc.h"
 #include "srv_ops_view.h"
 #include "eng_error.h"
 
@@ -400,9 +399,6 @@ static int release_work(srv_alias *a, void *ctx)
 	if (a->st == NULL || a->mk == NULL)
 		return 0;
 	eng_store_close(&a->st);
-	/* What the connection freed is in this thread's arena: its top goes
-	 * back now (malloc_trim on the tick does not reach it). */
-	srv_malloc_trim_arena();
 	return 0;
 }
 

@@ -2,7 +2,7 @@
  * sqlited's malloc settings (srv_malloc.h): the thread cache off through
  * a re-exec with GLIBC_TUNABLES, two arenas per CPU, fastbins off, fixed
  * trim (256 KiB) and mmap thresholds; SQLite's page caches without their
- * bulk block; a pool thread's arena top trimmed on demand.
+ * bulk block.
  *
  * Rules: runs before anything else in main (no thread, no open file that
  * matters: the exec keeps descriptors, and there are none yet besides the
@@ -121,21 +121,6 @@ static int arenas(void)
 	return n > 16 ? 32 : (int)(2 * n);
 }
 #endif
-
-/* Past M_TRIM_THRESHOLD (256 KiB), under M_MMAP_THRESHOLD (1 MiB). */
-#define ARENA_TRIM_BYTES (512 * 1024)
-
-void srv_malloc_trim_arena(void)
-{
-#if defined(__GLIBC__) && !defined(SANITIZER_ALLOCATOR)
-	/* Through a volatile pointer: the compiler may drop a malloc/free
-	 * pair whose block is unused. The block is never written: its pages
-	 * beyond the old top are never faulted in. */
-	void *(*volatile alloc)(size_t) = malloc;
-
-	free(alloc(ARENA_TRIM_BYTES));
-#endif
-}
 
 /* SQLite's page caches without their first bulk block (srv_malloc.h). */
 static void sqlite_pages_on_demand(void)

@@ -55,19 +55,6 @@
 
 /* May not return (re-exec). argv as main's. */
 void srv_malloc_tune(char **argv);
-/*
- * Gives back the top of the calling thread's malloc arena, down to
- * M_TOP_PAD (64 KiB). malloc_trim() trims only the main arena's top: a
- * pool thread's arena top stays resident up to M_TRIM_THRESHOLD (256 KiB)
- * + M_TOP_PAD, and glibc shrinks it only when a free leaves it larger
- * than that. This frees one such block, never written (so never faulted
- * in), from this thread's arena: its top shrinks at once. At rest the 3
- * pool arenas' tops held 208-256 KiB (bench/README.md, "sqlited memory
- * after the loads, part 2"). sqlited calls it after each release, on the
- * pool thread that released. Two syscalls; nothing outside glibc's
- * allocator.
- */
-void srv_malloc_trim_arena(void);
 /* Whether this process runs without glibc's thread cache (tests). */
 bool srv_malloc_tcache_off(void);
 /* Whether srv_malloc_tune changes anything in this build: glibc, and not

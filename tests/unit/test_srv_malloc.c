@@ -11,8 +11,6 @@
  * That last one fails with glibc's defaults (each thread's cache pins
  * pages all over its arena). Skipped where glibc's allocator is not the
  * one in use (sanitizers).
- * A pool thread's arena top, which malloc_trim does not reach, goes back
- * with srv_malloc_trim_arena (glibc only).
  * In every build: an SQLite connection that reads a small database holds
  * a few pages, not the 100-page bulk block pcache1 makes by default
  * (SQLite's own count of its memory; fails without the setting).
@@ -134,45 +132,6 @@ static void test_freed_memory_goes_back(void **state)
 	assert_true(after - before < THREADS * 512);
 }
 
-/* Fills 160 KiB of the thread's arena top, frees it (the top stays: under
- * the 256 KiB trim threshold), then trims: resident KiB given back. */
-static void *top_then_trim(void *arg)
-{
-	long *given_back = arg;
-	void *b[80];
-	long before;
-
-	for (size_t i = 0; i < 80; i++) {
-		b[i] = malloc(2048);
-		memset(b[i], 0x5a, 2048);
-	}
-	for (size_t i = 80; i-- > 0;)
-		free(b[i]);
-	before = resident_kib();
-	srv_malloc_trim_arena();
-	*given_back = before - resident_kib();
-	return NULL;
-}
-
-/*
- * malloc_trim() leaves a pool thread's arena top resident (up to 256 KiB
- * + 64): srv_malloc_trim_arena, on that thread, gives it back down to
- * the 64 KiB pad. Without it nothing changes (given back 0).
- */
-static void test_trim_thread_arena(void **state)
-{
-	pthread_t t;
-	long given_back = 0;
-
-	(void)state;
-	if (!srv_malloc_tunes())
-		skip();
-	assert_int_equal(pthread_create(&t, NULL, top_then_trim, &given_back), 0);
-	pthread_join(t, NULL);
-	printf("arena top given back: %ld KiB\n", given_back);
-	assert_true(given_back >= 48);
-}
-
 static void test_tcache_off_after_reexec(void **state)
 {
 	(void)state;
@@ -258,7 +217,6 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_admin_setting_kept),
 		cmocka_unit_test(test_freed_memory_goes_back),
 		cmocka_unit_test(test_sqlite_pages_on_demand),
-		cmocka_unit_test(test_trim_thread_arena),
 	};
 
 	srv_malloc_tune(argv);
