@@ -228,6 +228,7 @@ enum rpc_tag {
 	RPC_T_ALIAS_ID = 93,         /* [bytes] the alias's directory id (hex): its event channel */
 	RPC_T_SENDER = 94,           /* [bytes] envelope sender (MAIL FROM), "" = null sender */
 	RPC_T_MAILBOX_ID = 95,       /* [u] the mailbox row's id: kept by RENAME */
+	RPC_T_PRIOR_MODSEQ = 96,     /* [u] STORE: the mailbox's HIGHESTMODSEQ before it */
 };
 
 enum rpc_store_mode { RPC_MODE_SET = 0, RPC_MODE_ADD = 1, RPC_MODE_REMOVE = 2 };

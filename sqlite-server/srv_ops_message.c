@@ -300,6 +300,10 @@ static int store_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 	eng_uidset failed = { 0 };
 	int err;
 
+	/* mb was read on the alias's queue, where no other write runs: the
+	 * mailbox's HIGHESTMODSEQ just before this STORE (docs/rpc.md). */
+	rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_PRIOR_MODSEQ,
+		    mb->highestmodseq);
 	err = eng_store_flags(st, mb->id, &c->set, c->mode, c->flags,
 			      (const char *const *)c->keywords, c->n_keywords,
 			      c->unchangedsince, &failed, store_changed_cb, op);

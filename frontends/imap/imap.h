@@ -282,6 +282,12 @@ int imap_rpc_call(imap_cmd *cmd, uint16_t opcode, const eng_buf *payload,
  * an RPC error, which is logged and ignored: the view stays as it was).
  */
 void imap_sync(imap_cmd *cmd, bool allow_expunge, void (*done)(imap_cmd *cmd));
+/* After this session's STORE (resp, whose changed messages got MODSEQs
+ * lo..hi, 0 if none): marks the view current up to hi when nothing else
+ * can have changed the mailbox meanwhile, so that the next sync does not
+ * report the session's own change again (imap_sync.c). */
+void imap_view_advance(imap_selected *sel, const rpc_view *resp,
+		       uint64_t lo, uint64_t hi);
 
 /* Sets the selected mailbox (takes sel) / leaves it (state back to AUTH). */
 void imap_select_set(imap_session *s, imap_selected *sel);

@@ -13,7 +13,7 @@
  *    written as a dummy).
  *  - The view is updated with what this session did and reported: STORE
  *    sets sel->flags of the messages it reported (and sel->highestmodseq
- *    when that is provably safe, store_advance), EXPUNGE and MOVE remove
+ *    when that is provably safe, imap_view_advance), EXPUNGE and MOVE remove
  *    the UIDs they reported as EXPUNGE/VANISHED (imap_sync ignores
  *    VANISHED UIDs that are not in the view). Otherwise sel->highestmodseq
  *    is left to imap_sync, which alone learns what else changed in
@@ -781,21 +781,6 @@ static uint64_t store_report(imap_cmd *cmd, const rpc_view *g, eng_buf *b)
 	return modseq;
 }
 
-/*
- * After this session's STORE, imap_sync would report the same changes
- * again (CHANGES since sel->highestmodseq lists them). MODSEQs come from
- * one counter per alias, one value per transaction, so when the STORE's
- * MODSEQ is sel->highestmodseq + 1 nothing else can have changed in
- * between, anywhere: the view is then current up to it. Otherwise the
- * sync repeats the FETCH (harmless, RFC 3501 7.4.1 allows it) rather than
- * risk skipping another session's change.
- */
-static void store_advance(imap_selected *sel, uint64_t lo, uint64_t hi)
-{
-	if (lo != 0 && lo == hi && hi == sel->highestmodseq + 1)
-		sel->highestmodseq = hi;
-}
-
 /* "[MODIFIED set]" for the UIDs refused by UNCHANGEDSINCE, or NULL. */
 static char *modified_code(imap_cmd *cmd, const eng_uidset *failed)
 {
@@ -861,7 +846,7 @@ static void on_store(imap_cmd *cmd, int err, const rpc_view *resp)
 	imap_write_buf(cmd->s, &b);
 	eng_buf_free(&b);
 	if (hi > 0)
-		store_advance(cmd->s->sel, lo, hi);
+		imap_view_advance(cmd->s->sel, resp, lo, hi);
 	store_answer(cmd, failed.count > 0 ? &failed : NULL);
 	eng_uidset_free(&failed);
 }

@@ -466,11 +466,9 @@ static void on_store(imap_cmd *cmd, int err, const rpc_view *resp)
 		lo = lo == 0 || m->modseq < lo ? m->modseq : lo;
 		hi = m->modseq > hi ? m->modseq : hi;
 	}
-	/* As STORE does (imap_cmd_message.c, store_advance): one MODSEQ
-	 * just above the view's means nothing else changed meanwhile, so the
-	 * view is current and the next sync does not repeat this change. */
-	if (lo != 0 && lo == hi && hi == op->s->sel->highestmodseq + 1)
-		op->s->sel->highestmodseq = hi;
+	/* As STORE does: the view is current when nothing else changed
+	 * the mailbox meanwhile, and the next sync does not repeat this. */
+	imap_view_advance(op->s->sel, resp, lo, hi);
 	fetch_pump(op);
 }
 

@@ -278,6 +278,31 @@ static void on_changes(imap_cmd *cmd, int err, const rpc_view *resp)
 	sync_finish(cf);
 }
 
+/*
+ * sqlited answers a STORE with PRIOR_MODSEQ, the mailbox's HIGHESTMODSEQ
+ * just before it (read on the alias's queue: no other write between).
+ * When that is the view's, the view is current once the STORE's own
+ * changes are applied. An older sqlited sends none: then only a STORE
+ * whose MODSEQ is the view's + 1 proves it (MODSEQs come from one counter
+ * per alias, so that fails as soon as another mailbox changed). Otherwise
+ * the sync repeats the FETCH (harmless, RFC 3501 7.4.1 allows it) rather
+ * than risk skipping another session's change.
+ */
+void imap_view_advance(imap_selected *sel, const rpc_view *resp,
+		       uint64_t lo, uint64_t hi)
+{
+	uint64_t prior;
+
+	if (sel == NULL || lo == 0 || hi <= sel->highestmodseq)
+		return;
+	if (rpc_get_u64(resp, RPC_T_PRIOR_MODSEQ, &prior) == 0) {
+		if (prior == sel->highestmodseq)
+			sel->highestmodseq = hi;
+	} else if (lo == hi && hi == sel->highestmodseq + 1) {
+		sel->highestmodseq = hi;
+	}
+}
+
 void imap_sync(imap_cmd *cmd, bool allow_expunge, void (*done)(imap_cmd *cmd))
 {
 	cmd_full *cf = cfull(cmd);

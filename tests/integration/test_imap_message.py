@@ -741,6 +741,40 @@ class MutationTest(unittest.TestCase):
             time.sleep(0.2)
         return got
 
+    def test_own_changes_not_repeated(self):
+        # Another mailbox changed first (MODSEQs come from one counter per
+        # alias, so the STORE's is not the view's + 1): this session's own
+        # STORE and FETCH BODY[] \Seen are told once, not again by the next
+        # sync; another session's change in between still is.
+        c = self.srv.login(self.addr, PW)
+        c.create("Other")
+        c.append("Other", None, None, b"Subject: other\r\n\r\nx\r\n")
+        c.logout()
+        a = self.a
+        a.ok("NOOP")
+        lines, _ = a.ok("STORE 1 +FLAGS (\\Flagged)")
+        self.assertEqual(lines, [b"* 1 FETCH (FLAGS (\\Flagged))"])
+        lines, _ = a.ok("FETCH 2 BODY[]")
+        self.assertEqual(len(untagged(lines, b"FETCH")), 1)
+        self.assertIn(b"\\Seen", lines[0])
+        time.sleep(1.0)          # our own events arrive, the view is dirty
+        for _ in range(2):
+            lines, _ = a.ok("NOOP")
+            self.assertEqual(untagged(lines, b"FETCH"), [])
+        b = Raw(self.srv, self.addr)
+        try:
+            b.ok("STORE 3 +FLAGS (\\Answered)")
+            lines, _ = a.ok("STORE 4 +FLAGS (\\Draft)")
+            got = [ln for ln in untagged(lines, b"FETCH") if ln.startswith(b"* 3 ")]
+            end = time.time() + 10
+            while not got and time.time() < end:
+                lines, _ = a.ok("NOOP")
+                got = [ln for ln in untagged(lines, b"FETCH") if ln.startswith(b"* 3 ")]
+                time.sleep(0.2)
+            self.assertEqual(got, [b"* 3 FETCH (UID %d FLAGS (\\Answered))" % self.uids[2]])
+        finally:
+            b.close()
+
     def test_concurrent_sessions(self):
         a = self.a
         b = Raw(self.srv, self.addr)
