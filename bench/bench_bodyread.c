@@ -30,24 +30,10 @@
 #include "keys.h"
 #include "store.h"
 #include "msggen.h"
+#include "bench_util.h"
 
 #define SEED 0x5ea1u
 #define MAX_ROUNDS 101
-
-static double cpu_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
 
 static void check(int err, const char *what)
 {
@@ -92,10 +78,10 @@ static void load(const char *dir, uint64_t n, const int *level)
 	msggen_seed(SEED);
 	for (uint64_t i = 0; i < n; i++) {
 		msggen_message(&g, i);
-		t = cpu_now();
+		t = bench_thread_cpu();
 		check(eng_append_message(st, inbox, g.buf, g.len, NULL, NULL,
 					 NULL), "append");
-		cpu += cpu_now() - t;
+		cpu += bench_thread_cpu() - t;
 		bytes += g.len;
 	}
 	free(g.buf);
@@ -114,7 +100,7 @@ static double read_round(const char *dir, uint64_t *msgs_r, uint64_t *bytes_r)
 	static unsigned char buf[256 * 1024];
 	int64_t inbox;
 	eng_store *st = open_store(dir, false, NULL, &inbox);
-	double t0 = cpu_now();
+	double t0 = bench_thread_cpu();
 	uint64_t in_snapshot = 0;
 
 	*msgs_r = 0;
@@ -143,7 +129,7 @@ static double read_round(const char *dir, uint64_t *msgs_r, uint64_t *bytes_r)
 		(*msgs_r)++;
 	}
 	eng_store_read_end(st);
-	t0 = cpu_now() - t0;
+	t0 = bench_thread_cpu() - t0;
 	eng_store_close(&st);
 	return t0;
 }
@@ -157,7 +143,7 @@ static void read_rounds(const char *dir, int rounds)
 		t[r] = read_round(dir, &msgs, &bytes);
 		printf("round %d: %.1f ms CPU\n", r, t[r] * 1e3);
 	}
-	qsort(t, (size_t)rounds, sizeof(t[0]), cmp_double);
+	qsort(t, (size_t)rounds, sizeof(t[0]), bench_cmp_double);
 	printf("median of %d rounds: %.1f ms CPU for %" PRIu64 " messages "
 	       "(%.1f MB): %.2f us per message, %.0f MB/s\n", rounds,
 	       t[rounds / 2] * 1e3, msgs, (double)bytes / 1e6,

@@ -39,6 +39,7 @@
 #include "store.h"
 #include "store_private.h"
 #include "msggen.h"
+#include "bench_util.h"
 
 #define SEED 0x5ea1u
 #define MAX_REPEAT 101
@@ -176,13 +177,6 @@ static void quiet_log(enum eng_log_level level, const char *msg)
 	(void)msg;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 static int rm_entry(const char *p, const struct stat *sb, int flag,
 		    struct FTW *ftw)
 {
@@ -249,7 +243,7 @@ int main(int argc, char **argv)
 	printf("%-22s %8s %12s %10s\n", "way", "hits", "first ms",
 	       "median ms");
 	for (int w = 0; w < N_WAYS; w++) {
-		qsort(t[w], (size_t)repeat, sizeof(double), cmp_double);
+		qsort(t[w], (size_t)repeat, sizeof(double), bench_cmp_double);
 		printf("%-22s %8zu %12.2f %10.2f\n", way_names[w], hits[w],
 		       first[w], t[w][repeat / 2]);
 	}

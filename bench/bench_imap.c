@@ -61,6 +61,7 @@
 
 #include "bench_imap.h"
 #include "msggen.h"
+#include "bench_util.h"
 
 struct bench_opt opt = {
 	.host = "127.0.0.1", .user_fmt = NULL, .pass = NULL, .mailbox = "INBOX",
@@ -241,16 +242,9 @@ void window_end(void)
 	g.gen_cpu1 = gen_cpu();
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 static double median_times(void)
 {
-	qsort(g.times, (size_t)g.n_times, sizeof(double), cmp_double);
+	qsort(g.times, (size_t)g.n_times, sizeof(double), bench_cmp_double);
 	return g.n_times ? g.times[g.n_times / 2] : 0;
 }
 

@@ -20,29 +20,16 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
+
 #include "cipher_provider.h"
 #include "keys.h"
 
 enum { SZ = 4096 - 48, RESERVE = 48 };
 
-static double cpu_now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 static double median(double *v, int n)
 {
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	qsort(v, (size_t)n, sizeof(*v), bench_cmp_double);
 	return v[n / 2];
 }
 
@@ -63,21 +50,21 @@ static void provider_round(const eng_sqlcipher_provider *p, int pages,
 		fprintf(stderr, "provider context failed\n");
 		exit(1);
 	}
-	t0 = cpu_now();
+	t0 = bench_thread_cpu();
 	for (int i = 0; i < pages; i++) {
 		p->random(ctx, out + SZ, RESERVE);
 		p->cipher(ctx, 1, key, 32, out + SZ, in, SZ, out);
 		p->hmac(ctx, hkey, 32, out, SZ + 16, pgno, 4, out + SZ + 16);
 	}
-	*write_ns = (cpu_now() - t0) / pages * 1e9;
-	t0 = cpu_now();
+	*write_ns = (bench_thread_cpu() - t0) / pages * 1e9;
+	t0 = bench_thread_cpu();
 	for (int i = 0; i < pages; i++) {
 		unsigned char mac[20];
 
 		p->hmac(ctx, hkey, 32, out, SZ + 16, pgno, 4, mac);
 		p->cipher(ctx, 0, key, 32, out + SZ, out, SZ, back);
 	}
-	*read_ns = (cpu_now() - t0) / pages * 1e9;
+	*read_ns = (bench_thread_cpu() - t0) / pages * 1e9;
 	if (memcmp(in, back, SZ) != 0) {
 		fprintf(stderr, "round trip differs\n");
 		exit(1);
@@ -125,7 +112,7 @@ static void sqlite_round(const char *dir, int pages, double *write_us,
 	sqlite3_exec(db, "CREATE TABLE t (id INTEGER PRIMARY KEY, b BLOB)",
 		     NULL, NULL, NULL);
 	sqlite3_prepare_v2(db, "INSERT INTO t (b) VALUES (?)", -1, &st, NULL);
-	t0 = cpu_now();
+	t0 = bench_thread_cpu();
 	for (int i = 0; i < rows; i += 100) {
 		sqlite3_exec(db, "BEGIN", NULL, NULL, NULL);
 		for (int j = 0; j < 100; j++) {
@@ -138,7 +125,7 @@ static void sqlite_round(const char *dir, int pages, double *write_us,
 	}
 	sqlite3_finalize(st);
 	sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
-	*write_us = cpu_now() - t0;
+	*write_us = bench_thread_cpu() - t0;
 	sqlite3_close(db);
 
 	db = open_keyed(path, key);
@@ -146,11 +133,11 @@ static void sqlite_round(const char *dir, int pages, double *write_us,
 	if (sqlite3_step(st) == SQLITE_ROW)
 		npages = sqlite3_column_int64(st, 0);
 	sqlite3_finalize(st);
-	t0 = cpu_now();
+	t0 = bench_thread_cpu();
 	sqlite3_prepare_v2(db, "SELECT sum(length(b)) FROM t", -1, &st, NULL);
 	sqlite3_step(st);
 	sqlite3_finalize(st);
-	*read_us = (cpu_now() - t0) / (double)npages * 1e6;
+	*read_us = (bench_thread_cpu() - t0) / (double)npages * 1e6;
 	*write_us = *write_us / (double)npages * 1e6;
 	sqlite3_close(db);
 	unlink(path);
