@@ -1646,6 +1646,13 @@ bool rpc_client_connected(const rpc_client *c)
 	return live(c);
 }
 
+void rpc_client_trim(rpc_client *c)
+{
+	if (c->conn != NULL && c->conn->rd != NULL)
+		rpc_reader_trim(c->conn->rd);
+	rpc_msg_clear(&c->scratch);
+}
+
 size_t rpc_client_in_flight(const rpc_client *c)
 {
 	return c->active.n;

@@ -266,6 +266,14 @@ int rpc_client_idem_key(char key[RPC_IDEM_KEY_CHARS + 1]);
 bool rpc_client_connected(const rpc_client *c);
 /* Requests sent and not finished (timed-out ones included), and queued. */
 size_t rpc_client_in_flight(const rpc_client *c);
+/*
+ * Gives back what the connection's reading grew to fit the largest frame
+ * and response seen (the frame buffer, wiped: it held the last body
+ * fetched; the field array of the largest response part), for a caller
+ * that has gone quiet. Between frames only; safe at any time from the
+ * loop outside the client's callbacks.
+ */
+void rpc_client_trim(rpc_client *c);
 size_t rpc_client_queued(const rpc_client *c);
 /* Bytes handed to libuv and not yet written (bounded while uploading). */
 size_t rpc_client_write_queue_bytes(const rpc_client *c);

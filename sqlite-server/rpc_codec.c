@@ -14,6 +14,7 @@
 #include "rpc_codec.h"
 #include "eng_error.h"
 
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -300,11 +301,32 @@ rpc_reader *rpc_reader_new(const rpc_limits *lim)
 	return r;
 }
 
+static void rpc_reader_trim_buf(rpc_reader *r)
+{
+	if (r->buf == NULL)
+		return;
+	sodium_memzero(r->buf, r->cap);
+	free(r->buf);
+	r->buf = NULL;
+	r->cap = 0;
+}
+
+void rpc_reader_trim(rpc_reader *r)
+{
+	if (r->hdr_have == 0 && r->have == 0)
+		rpc_reader_trim_buf(r);
+}
+
+size_t rpc_reader_capacity(const rpc_reader *r)
+{
+	return r->cap;
+}
+
 void rpc_reader_free(rpc_reader **r)
 {
 	if (*r == NULL)
 		return;
-	free((*r)->buf);
+	rpc_reader_trim_buf(*r);
 	free(*r);
 	*r = NULL;
 }
@@ -377,7 +399,7 @@ int rpc_reader_feed(rpc_reader *r, const uint8_t *data, size_t len,
 		}
 		/* payload_len passed the frame limit: the buffer is bounded. */
 		if (r->payload_len > r->cap) {
-			free(r->buf);
+			rpc_reader_trim_buf(r);   /* wiped: the last frame's bytes */
 			r->buf = eng_malloc(r->payload_len);
 			r->cap = r->payload_len;
 		}

@@ -129,6 +129,15 @@ int rpc_reader_feed(rpc_reader *r, const uint8_t *data, size_t len,
 		    size_t *consumed_r, rpc_frame *frame_r);
 /* Bytes of an unfinished frame held (0 between frames). */
 size_t rpc_reader_pending(const rpc_reader *r);
+/*
+ * Between frames, wipes and frees the buffer that frames spanning two
+ * feeds were put together in (it grows to the largest such frame, up to
+ * max_frame_bytes, and holds the last one's bytes: a message's body).
+ * With part of a frame held it does nothing. Not while a frame it
+ * returned is still in use. rpc_reader_capacity: the buffer's size.
+ */
+void rpc_reader_trim(rpc_reader *r);
+size_t rpc_reader_capacity(const rpc_reader *r);
 
 /*
  * Starts a frame at the end of b: writes the header with a length to be

@@ -364,6 +364,10 @@ static void on_quiet(uv_timer_t *t)
 		uv_timer_start(t, on_quiet, IMAP_QUIET_MS - since, 0);
 		return;
 	}
+	/* The RPC connection's frame buffer (up to 1 MiB, the last body
+	 * fetched) and field array go first, then the heap. */
+	if (m->d.rpc != NULL)
+		rpc_client_trim(m->d.rpc);
 	freed = heap_trim(IMAP_QUIET_TRIM_BYTES);
 	if (freed > 0)
 		eng_log(ENG_LOG_DEBUG, "imap: heap trim %lu after %lu ms quiet: "

@@ -182,6 +182,52 @@ static void test_reader_zero_copy(void **state)
 	eng_buf_free(&b);
 }
 
+/* A frame split over two feeds is put together in the reader's buffer;
+ * rpc_reader_trim frees it between frames, keeps it with part of a
+ * frame held, and the reader goes on whole either way. */
+static void test_reader_trim(void **state)
+{
+	eng_buf b = ENG_BUF_INIT;
+	rpc_reader *r = rpc_reader_new(NULL);
+	uint8_t big[3000];
+	rpc_frame f;
+	size_t consumed, m, half;
+	rpc_view v;
+	rpc_msg msg = RPC_MSG_INIT;
+	const uint8_t *p;
+	size_t n;
+	(void)state;
+
+	memset(big, 0x5a, sizeof(big));
+	m = rpc_frame_begin(&b, RPC_K_HELLO, 0, 0, 0);
+	rpc_put_bytes(&b, RPC_T_VERSION, big, sizeof(big));
+	assert_int_equal(rpc_frame_end(&b, m, NULL), 0);
+	half = b.len / 2;
+	for (int round = 0; round < 2; round++) {
+		assert_int_equal(rpc_reader_feed(r, (const uint8_t *)b.data,
+						 half, &consumed, &f), 0);
+		assert_int_equal(consumed, half);
+		assert_true(rpc_reader_capacity(r) >= b.len - RPC_HEADER_BYTES);
+		rpc_reader_trim(r);         /* part of a frame held: kept */
+		assert_true(rpc_reader_capacity(r) >= b.len - RPC_HEADER_BYTES);
+		assert_int_equal(rpc_reader_feed(r, (const uint8_t *)b.data +
+						 half, b.len - half, &consumed,
+						 &f), 1);
+		assert_int_equal(consumed, b.len - half);
+		assert_int_equal(rpc_decode(f.payload, f.payload_len, NULL,
+					    &msg, &v), 0);
+		assert_int_equal(rpc_get_bytes(&v, RPC_T_VERSION, &p, &n), 0);
+		assert_int_equal(n, sizeof(big));
+		assert_memory_equal(p, big, sizeof(big));
+		rpc_reader_trim(r);         /* between frames: freed */
+		assert_int_equal(rpc_reader_capacity(r), 0);
+		assert_int_equal(rpc_reader_pending(r), 0);
+	}
+	rpc_msg_clear(&msg);
+	rpc_reader_free(&r);
+	eng_buf_free(&b);
+}
+
 /* Feeds one header (and optional payload bytes); returns the result. */
 static int feed_header(const uint8_t hdr[16], const rpc_limits *lim,
 		       bool bytewise)
@@ -373,6 +419,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_reader_splits),
 		cmocka_unit_test(test_reader_zero_copy),
+		cmocka_unit_test(test_reader_trim),
 		cmocka_unit_test(test_header_errors),
 		cmocka_unit_test(test_reader_limits_switch),
 	};
