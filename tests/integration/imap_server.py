@@ -121,6 +121,12 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
+def sanitized(pid):
+    """True if the process runs with AddressSanitizer."""
+    with open(f"/proc/{pid}/maps") as f:
+        return "libasan" in f.read()
+
+
 def unverified_context():
     ctx = ssl.create_default_context()
     ctx.check_hostname = False

@@ -29,7 +29,7 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from imap_server import ImapServer, RawImap, rss_kib, unverified_context, wait_for  # noqa: E402
+from imap_server import ImapServer, RawImap, rss_kib, sanitized, unverified_context, wait_for  # noqa: E402
 import rpcclient  # noqa: E402
 
 ALICE, ALICE_PW = "alice@example.org", "alice's imap password"
@@ -53,11 +53,6 @@ def caps_of(line):
     m = re.search(rb"\[CAPABILITY ([^\]]*)\]", line)
     return m.group(1).decode().split() if m else None
 
-
-def sanitized(pid):
-    """True if the process runs with AddressSanitizer."""
-    with open(f"/proc/{pid}/maps") as f:
-        return "libasan" in f.read()
 
 
 def own_address():

@@ -24,7 +24,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from imap_server import ImapServer  # noqa: E402
+from imap_server import ImapServer, sanitized  # noqa: E402
 
 USER, PASSWORD = "trim@example.org", "heap trim password"
 N_CONNS = 8
@@ -45,10 +45,6 @@ def anon_pss_kib(pid):
                 return int(line.split()[1])
     raise RuntimeError("no Pss_Anon")
 
-
-def sanitized(pid):
-    with open(f"/proc/{pid}/maps") as f:
-        return "libasan" in f.read()
 
 
 class HeapTrim(unittest.TestCase):

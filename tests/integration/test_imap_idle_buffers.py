@@ -22,7 +22,7 @@ import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from imap_server import ImapServer, RawImap, rss_kib, unverified_context  # noqa: E402
+from imap_server import ImapServer, RawImap, rss_kib, sanitized, unverified_context  # noqa: E402
 
 USER, PASSWORD = "idler@example.org", "idle buffers password"
 BIG_BODY = b"".join(b"line %06d of a large message body, to be fetched after IDLE\r\n" % i
@@ -71,10 +71,6 @@ def more(r):
         raise EOFError("closed inside a literal")
     r.buf += d
 
-
-def sanitized(pid):
-    with open(f"/proc/{pid}/maps") as f:
-        return "libasan" in f.read()
 
 
 class IdleBuffers(unittest.TestCase):
