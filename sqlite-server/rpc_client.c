@@ -733,7 +733,7 @@ static void send_credit(rpc_req *r, uint64_t n)
  * window (the rest waits for more): sqlited reads FETCH_BODIES ahead in
  * pieces of the size of the credit it gets, so each grant lets whole
  * pieces go, each one DATA frame sent from its buffer without a copy
- * (srv_ops_message.c). Never a stall: what is kept back is under half the
+ * (srv_ops_body.c). Never a stall: what is kept back is under half the
  * window, so the server's window is at least the other half once
  * everything is consumed. */
 static void grant(rpc_req *r)

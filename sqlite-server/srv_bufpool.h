@@ -1,7 +1,7 @@
 /*
  * Piece buffers kept for reuse while body streams run.
  *
- * A FETCH_BODIES stream (srv_ops_message.c) reads its pieces (up to
+ * A FETCH_BODIES stream (srv_ops_body.c) reads its pieces (up to
  * RPC_MAX_CHUNK_BYTES each) on pool threads and sends each as one DATA
  * frame built in place in front of it: the buffer itself goes to the
  * socket and comes back here when written (srv_net.c). With sqlited's

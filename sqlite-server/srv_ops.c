@@ -1,7 +1,8 @@
 /*
  * The dispatch table: opcode -> handler. The handlers live in one file per
  * family (srv_ops_conn.c: PING, STATS, SERVER_STATUS; srv_ops_session.c:
- * UNLOCK, LOCK; srv_ops_mailbox.c, srv_ops_message.c, srv_ops_search.c, srv_ops_view.c:
+ * UNLOCK, LOCK; srv_ops_mailbox.c, srv_ops_message.c, srv_ops_body.c,
+ * srv_ops_search.c, srv_ops_view.c:
  * the mailbox opcodes; srv_ops_dir.c: DIR_LOOKUP, DELIVER and the admin
  * opcodes; srv_ops_backup.c: BACKUP_PREPARE, RESTORE_ALIAS). The pre-dispatch checks (opcode known, session, limits, body)
  * are the core's, in srv_net.c, driven by rpc_op_lookup()'s flags.

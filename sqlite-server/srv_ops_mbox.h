@@ -1,7 +1,8 @@
 /*
  * What the mailbox opcode handlers share (srv_ops_mailbox.c,
- * srv_ops_message.c, srv_ops_search.c): checking request fields on the
- * loop thread, and one way of running a request on the alias's queue.
+ * srv_ops_message.c, srv_ops_body.c, srv_ops_search.c): checking request
+ * fields on the loop thread, and one way of running a request on the
+ * alias's queue.
  *
  * An mbop is one request's work. The handler fills it on the loop thread
  * from req->args (copies only: the work never looks at req), then
@@ -97,6 +98,15 @@ void srv_mbop_fail(srv_mbop *op, int err);
  * (mailbox lookup, then run) and the loop half (answer or fail; frees op). */
 int srv_mbop_work(srv_alias *a, srv_mbop *op);
 void srv_mbop_done(srv_mbop *op, int result);
+
+/* A handler's new mbop (srv_mbop_new), or the error answered and return. */
+#define NEW_OP(op, req, with_mailbox) do { \
+	int new_err_; \
+	if (((op) = srv_mbop_new((req), (with_mailbox), &new_err_)) == NULL) { \
+		srv_fail((req), new_err_); \
+		return; \
+	} \
+} while (0)
 
 /* Where a handler's field check fails: answer and stop. */
 #define CHECK(op, expr) do { \

@@ -465,7 +465,7 @@ static void test_fetch_body_cancel(void **state)
 
 /*
  * FETCH_BODY requests pipelined for one alias share work items (body
- * batches, srv_ops_message.c): each is still answered on its own, in the
+ * batches, srv_ops_body.c): each is still answered on its own, in the
  * order sent, byte for byte, a missing UID among them with its own ERROR;
  * and fewer work items ran than requests were sent.
  */
@@ -657,7 +657,7 @@ static void test_fetch_bodies(void **state)
 		}
 		eng_buf_free(&got[i]);
 	}
-	/* 3 MB in 128 KiB pieces read ahead (srv_ops_message.c) is at most
+	/* 3 MB in 128 KiB pieces read ahead (srv_ops_body.c) is at most
 	 * 24 work items; the ten others share the first pieces. */
 	assert_true(after.work_done - before.work_done <
 		    3u * 1024 * 1024 / (RPC_MAX_CHUNK_BYTES / 2) + 3);
