@@ -179,12 +179,23 @@ void eng_msg_clear(eng_msg *msg)
 
 /* ---- content ---- */
 
+/* The content's chunks, in body_chunk (its key range) and, for a content
+ * stored before schema version 4, in chunk. */
 static int delete_chunks(eng_store *st, int64_t content_id)
 {
 	int err;
 	sqlite3_stmt *stmt = store_prepare(st,
-		"DELETE FROM chunk WHERE content_id = ?", &err);
+		"DELETE FROM body_chunk WHERE id BETWEEN ? AND ?", &err);
 
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, eng_chunk_rowid(content_id, 0));
+	sqlite3_bind_int64(stmt, 2, eng_chunk_rowid(content_id,
+						    ENG_CHUNK_SEQ_MAX - 1));
+	if ((err = store_step_done(st, stmt)) != 0)
+		return err;
+	stmt = store_prepare(st, "DELETE FROM chunk WHERE content_id = ?",
+			     &err);
 	if (stmt == NULL)
 		return err;
 	sqlite3_bind_int64(stmt, 1, content_id);
@@ -194,22 +205,21 @@ static int delete_chunks(eng_store *st, int64_t content_id)
 static int delete_content_rows(eng_store *st, int64_t content_id)
 {
 	static const char *const sqls[] = {
-		"DELETE FROM chunk WHERE content_id = ?",
 		"DELETE FROM fts WHERE docid = ?",
 		"DELETE FROM content WHERE id = ?",
 	};
-	int err;
+	int err = delete_chunks(st, content_id);
 
-	for (size_t i = 0; i < sizeof(sqls) / sizeof(sqls[0]); i++) {
+	for (size_t i = 0; err == 0 && i < sizeof(sqls) / sizeof(sqls[0]);
+	     i++) {
 		sqlite3_stmt *stmt = store_prepare(st, sqls[i], &err);
 
 		if (stmt == NULL)
 			return err;
 		sqlite3_bind_int64(stmt, 1, content_id);
-		if ((err = store_step_done(st, stmt)) != 0)
-			return err;
+		err = store_step_done(st, stmt);
 	}
-	return search_fields_delete(st, content_id);
+	return err != 0 ? err : search_fields_delete(st, content_id);
 }
 
 int store_content_unref(eng_store *st, int64_t content_id)
@@ -477,6 +487,14 @@ static size_t compress_chunk(ZSTD_CCtx *cctx, void *dst, size_t cap,
 	return ZSTD_compress2(cctx, dst, cap, src, len);
 }
 
+/*
+ * Writes the chunk as a body_chunk row (schema version 4, docs/storage.md):
+ * its zstd frame if that is below seven eighths of the raw length, else
+ * the raw bytes, which a read copies in place (message_read.c). A frame
+ * is always shorter than the raw length, so the row's length tells which
+ * it is. Most of a mailbox's bytes are base64 attachments, which zstd
+ * with raw literals leaves at 90-100% of their size.
+ */
 static int flush_chunk(eng_append *ap)
 {
 	eng_store *st = ap->st;
@@ -488,6 +506,8 @@ static int flush_chunk(eng_append *ap)
 
 	if (ap->chunk_len == 0)
 		return 0;
+	if (ap->chunks >= (uint64_t)ENG_CHUNK_SEQ_MAX)
+		return ENG_ELIMIT;
 	eng_buf_reset(&ap->zbuf);
 	eng_buf_reserve(&ap->zbuf, bound);
 	cctx = cctx_get();
@@ -498,14 +518,18 @@ static int flush_chunk(eng_append *ap)
 		eng_log(ENG_LOG_ERROR, "zstd: %s", ZSTD_getErrorName(zlen));
 		return ENG_EIO;
 	}
-	stmt = store_prepare(st, "INSERT INTO chunk (content_id, seq, raw_len, "
-			     "data) VALUES (?, ?, ?, ?)", &err);
+	stmt = store_prepare(st, "INSERT INTO body_chunk (id, data) "
+			     "VALUES (?, ?)", &err);
 	if (stmt == NULL)
 		return err;
-	sqlite3_bind_int64(stmt, 1, ap->content_id);
-	sqlite3_bind_int64(stmt, 2, ap->chunks);
-	sqlite3_bind_int64(stmt, 3, (int64_t)ap->chunk_len);
-	sqlite3_bind_blob(stmt, 4, ap->zbuf.data, (int)zlen, SQLITE_STATIC);
+	sqlite3_bind_int64(stmt, 1, eng_chunk_rowid(ap->content_id,
+						    ap->chunks));
+	if (zlen < ap->chunk_len - ap->chunk_len / 8)
+		sqlite3_bind_blob(stmt, 2, ap->zbuf.data, (int)zlen,
+				  SQLITE_STATIC);
+	else
+		sqlite3_bind_blob(stmt, 2, ap->chunk, (int)ap->chunk_len,
+				  SQLITE_STATIC);
 	if ((err = store_step_done(st, stmt)) != 0)
 		return err;
 	ap->chunks++;

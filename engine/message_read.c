@@ -1,13 +1,15 @@
 /*
  * Reading messages (docs/storage.md, "chunk"): a handle on one message
  * (eng_message_open) gives its size, its MIME tree and top-level header
- * (read once, when first asked), and its raw bytes by offset, decompressed
- * a chunk at a time into a cache of one chunk.
+ * (read once, when first asked), and its raw bytes by offset: a chunk
+ * stored raw is read in place (sqlite3_blob_read, only the bytes asked
+ * for), a zstd one is decompressed whole, into a cache of one chunk when
+ * only part of it is asked for (read_chunk).
  *
  * Rules:
- * - A handle holds memory only, no statement: each read prepares, steps
- *   and releases its own, inside the caller's read snapshot, so a handle
- *   may be kept between the pieces of a body stream.
+ * - A handle holds memory only, no statement or blob handle: each read
+ *   opens and releases its own, inside the caller's read snapshot, so a
+ *   handle may be kept between the pieces of a body stream.
  * - zstd decompression contexts are shared by every thread through a
  *   small pool and freed by eng_message_free_cached (a cached context
  *   holds the literals of the last chunk it decompressed).
@@ -219,23 +221,53 @@ static size_t chunk_raw_len(const eng_message *m, int64_t seq)
 	return n < ENG_CHUNK_BYTES ? (size_t)n : ENG_CHUNK_BYTES;
 }
 
-/*
- * Decompresses chunk seq into out (room bytes), with the
- * thread's zstd context. The read
- * path below gives it the caller's buffer when the whole chunk is wanted
- * there, and the handle's cache otherwise. *len_r is its raw length.
- */
-static int load_chunk_into(eng_message *m, int64_t seq, void *out,
-			   size_t room, size_t *len_r)
+/* Copies from byte in_chunk of the cached chunk into out (room bytes). */
+static int copy_cached(eng_message *m, size_t in_chunk, unsigned char *out,
+		       size_t room, size_t *n_r)
+{
+	size_t n;
+
+	if (in_chunk >= m->cache_len)
+		return ENG_ECORRUPT;
+	n = m->cache_len - in_chunk < room ? m->cache_len - in_chunk : room;
+	memcpy(out, m->cache + in_chunk, n);
+	*n_r = n;
+	return 0;
+}
+
+/* Maps a failed chunk read to an engine error: a plain SQLITE_ERROR on a
+ * primary-key lookup is SQLCipher refusing a page (HMAC mismatch). */
+static int chunk_err(eng_store *st, int rc)
+{
+	int err = store_err(st, rc, "chunk");
+
+	return (rc & 0xff) == SQLITE_ERROR ? ENG_ECORRUPT : err;
+}
+
+/* Decompresses a zstd frame into out, which must take exactly raw_len. */
+static int unzstd(const void *z, size_t zlen, void *out, size_t raw_len)
+{
+	ZSTD_DCtx *dctx = dctx_get();
+	size_t got;
+
+	if (dctx == NULL)
+		return ENG_EIO;
+	got = ZSTD_decompressDCtx(dctx, out, raw_len, z, zlen);
+	dctx_put(dctx);
+	return ZSTD_isError(got) || got != raw_len ? ENG_ECORRUPT : 0;
+}
+
+/* Chunk seq of a content stored before schema version 4: its zstd frame
+ * in the chunk table, decompressed into out (raw_len bytes). */
+static int load_old_chunk(eng_message *m, int64_t seq, void *out,
+			  size_t raw_len)
 {
 	eng_store *st = m->st;
 	int err;
 	sqlite3_stmt *stmt = store_prepare(st,
 		"SELECT raw_len, data FROM chunk WHERE content_id = ? AND seq = ?",
 		&err);
-	ZSTD_DCtx *dctx;
 	int rc;
-	size_t raw_len, got;
 
 	if (stmt == NULL)
 		return err;
@@ -244,63 +276,122 @@ static int load_chunk_into(eng_message *m, int64_t seq, void *out,
 	rc = sqlite3_step(stmt);
 	if (rc != SQLITE_ROW) {
 		store_release(st, stmt);
-		/* A primary-key lookup failing with a plain SQLITE_ERROR is
-		 * SQLCipher refusing a page (HMAC mismatch): damage. */
-		if (rc == SQLITE_DONE || rc == SQLITE_ERROR) {
-			(void)store_err(st, rc, "chunk");
-			return ENG_ECORRUPT;
-		}
-		return store_err(st, rc, "chunk");
+		return rc == SQLITE_DONE ? ENG_ECORRUPT : chunk_err(st, rc);
 	}
-	raw_len = (size_t)sqlite3_column_int64(stmt, 0);
-	if (raw_len > ENG_CHUNK_BYTES || raw_len > room) {
-		store_release(st, stmt);
-		return ENG_ECORRUPT;
-	}
-	if ((dctx = dctx_get()) == NULL) {
-		store_release(st, stmt);
-		return ENG_EIO;
-	}
-	got = ZSTD_decompressDCtx(dctx, out, raw_len,
-				  sqlite3_column_blob(stmt, 1),
-				  (size_t)sqlite3_column_bytes(stmt, 1));
-	dctx_put(dctx);
+	if ((uint64_t)sqlite3_column_int64(stmt, 0) != raw_len)
+		err = ENG_ECORRUPT;
+	else
+		err = unzstd(sqlite3_column_blob(stmt, 1),
+			     (size_t)sqlite3_column_bytes(stmt, 1), out, raw_len);
 	store_release(st, stmt);
-	if (ZSTD_isError(got) || got != raw_len)
-		return ENG_ECORRUPT;
-	*len_r = raw_len;
-	return 0;
-}
-
-static int load_chunk(eng_message *m, int64_t seq)
-{
-	size_t want = chunk_raw_len(m, seq);
-	int err;
-
-	m->cached_seq = -1;
-	m->cache_len = 0;
-	/* Sized to the chunk: most messages are one chunk of a few KiB,
-	 * and a block of ENG_CHUNK_BYTES per handle made a pool thread's
-	 * arena give its top back and fault it in again at every close
-	 * (bench/README.md, "IMAP body FETCH CPU (session 5)"). */
-	if (m->cache_cap < want) {
-		free(m->cache);
-		m->cache = eng_malloc(want);
-		m->cache_cap = want;
-	}
-	if ((err = load_chunk_into(m, seq, m->cache, m->cache_cap,
-				   &m->cache_len)) != 0)
-		return err;
-	m->cached_seq = seq;
-	return 0;
+	return err;
 }
 
 /*
- * Reads from offset. A chunk wanted whole (the read starts at its first
- * byte and has room for all of it) is decompressed straight into buf;
- * any other is decompressed once into the handle's cache, where the next
- * read of the same chunk finds it.
+ * Reads n bytes of blob b from off into out. A page that fails its HMAC
+ * does not fail the read that fetched it: SQLCipher zeroes it and puts
+ * the pager in its error state, which only the next page fetch reports.
+ * Zeroes are valid raw bytes (and a valid raw zstd block), so the last
+ * byte is read once more: that fetch reports the error if any page of
+ * the read was refused.
  */
+static int blob_read_checked(eng_store *st, sqlite3_blob *b, void *out,
+			     size_t n, size_t off)
+{
+	unsigned char last;
+	int rc = sqlite3_blob_read(b, out, (int)n, (int)off);
+
+	if (rc == SQLITE_OK && n > 0)
+		rc = sqlite3_blob_read(b, &last, 1, (int)(off + n - 1));
+	return rc == SQLITE_OK ? 0 : chunk_err(st, rc);
+}
+
+/* Chunk seq's zstd frame in body_chunk (blob b, zlen bytes), decompressed
+ * into out (raw_len bytes). The frame is read into a block from SQLite's
+ * allocator, which keeps big ones while a body stream runs (sqlite_mem.h). */
+static int load_blob_chunk(eng_message *m, sqlite3_blob *b, size_t zlen,
+			   void *out, size_t raw_len)
+{
+	void *z = sqlite3_malloc64(zlen);
+	int err;
+
+	if (z == NULL)
+		eng_oom(zlen);
+	err = blob_read_checked(m->st, b, z, zlen, 0);
+	if (err == 0)
+		err = unzstd(z, zlen, out, raw_len);
+	sqlite3_free(z);
+	return err;
+}
+
+/*
+ * Reads chunk seq from byte in_chunk into out (room bytes; *n_r of them).
+ * A body_chunk row (schema version 4) stored raw is read in place, just
+ * the bytes wanted, straight into out. A zstd chunk (of either table)
+ * wanted whole is decompressed straight into out; any other is
+ * decompressed once into the handle's cache, where the next read of the
+ * same chunk finds it. A chunk not in body_chunk was stored before version
+ * 4: the chunk table has it (sqlite3_blob_open fails the same way for a
+ * missing row and a refused page; the chunk table then decides).
+ */
+static int read_chunk(eng_message *m, int64_t seq, size_t in_chunk,
+		      unsigned char *out, size_t room, size_t *n_r)
+{
+	size_t raw_len = chunk_raw_len(m, seq), stored = 0;
+	sqlite3_blob *b = NULL;
+	unsigned char *dst;
+	int rc, err;
+
+	rc = sqlite3_blob_open(m->st->db, "main", "body_chunk", "data",
+			       eng_chunk_rowid(m->content_id, seq), 0, &b);
+	if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_ERROR)
+		return store_err(m->st, rc, "chunk");
+	if (b != NULL) {
+		stored = (size_t)sqlite3_blob_bytes(b);
+		if (stored == 0 || stored > raw_len) {
+			sqlite3_blob_close(b);
+			return ENG_ECORRUPT;
+		}
+	}
+	if (stored == raw_len) {
+		size_t n = raw_len - in_chunk < room ? raw_len - in_chunk : room;
+
+		err = blob_read_checked(m->st, b, out, n, in_chunk);
+		sqlite3_blob_close(b);
+		*n_r = n;
+		return err;
+	}
+	if (in_chunk == 0 && room >= raw_len) {
+		dst = out;
+	} else {
+		/* Sized to the chunk: most messages are one chunk of a few
+		 * KiB, and a block of ENG_CHUNK_BYTES per handle made a pool
+		 * thread's arena give its top back and fault it in again at
+		 * every close (bench/README.md, "IMAP body FETCH CPU
+		 * (session 5)"). */
+		m->cached_seq = -1;
+		if (m->cache_cap < raw_len) {
+			free(m->cache);
+			m->cache = eng_malloc(raw_len);
+			m->cache_cap = raw_len;
+		}
+		dst = m->cache;
+	}
+	err = b != NULL ? load_blob_chunk(m, b, stored, dst, raw_len) :
+		load_old_chunk(m, seq, dst, raw_len);
+	sqlite3_blob_close(b);          /* NULL: nothing */
+	if (err != 0)
+		return err;
+	if (dst == out) {
+		*n_r = raw_len;
+		return 0;
+	}
+	m->cached_seq = seq;
+	m->cache_len = raw_len;
+	return copy_cached(m, in_chunk, out, room, n_r);
+}
+
+/* Reads from offset, a chunk at a time (read_chunk). */
 long eng_message_read(eng_message *m, uint64_t offset, void *buf, size_t len)
 {
 	unsigned char *out = buf;
@@ -311,28 +402,17 @@ long eng_message_read(eng_message *m, uint64_t offset, void *buf, size_t len)
 	while (done < len && offset < m->size) {
 		int64_t seq = (int64_t)(offset / ENG_CHUNK_BYTES);
 		size_t in_chunk = (size_t)(offset % ENG_CHUNK_BYTES);
-		size_t n;
+		size_t n = 0;
 		int err;
 
-		if (seq != m->cached_seq && in_chunk == 0 &&
-		    len - done >= chunk_raw_len(m, seq)) {
-			err = load_chunk_into(m, seq, out + done, len - done, &n);
-			if (err != 0)
-				return err;
-			if (n != chunk_raw_len(m, seq))
-				return ENG_ECORRUPT;
-			done += n;
-			offset += n;
-			continue;
-		}
-		if (seq != m->cached_seq && (err = load_chunk(m, seq)) != 0)
+		if (seq == m->cached_seq)
+			err = copy_cached(m, in_chunk, out + done, len - done,
+					  &n);
+		else
+			err = read_chunk(m, seq, in_chunk, out + done,
+					 len - done, &n);
+		if (err != 0)
 			return err;
-		if (in_chunk >= m->cache_len)
-			return ENG_ECORRUPT;
-		n = m->cache_len - in_chunk;
-		if (n > len - done)
-			n = len - done;
-		memcpy(out + done, m->cache + in_chunk, n);
 		done += n;
 		offset += n;
 	}

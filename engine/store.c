@@ -144,6 +144,17 @@ static const char schema_v3[] =
 	"DROP TABLE header_field;"
 	"ALTER TABLE header_field_v3 RENAME TO header_field;";
 
+/* Schema version 4: chunks written from now on go to body_chunk, a rowid
+ * table keyed content id << 16 | seq (eng_chunk_rowid), each either a
+ * zstd frame or, where zstd would not save an eighth, the raw bytes.
+ * Raw ones are read in place with sqlite3_blob_read, straight into the
+ * caller's buffer (one copy, no decompression: a chunk of the WITHOUT
+ * ROWID chunk table went through SQLite's copy of its overflow pages
+ * and then zstd). Chunks written before stay where they are and read as
+ * before (message_read.c): nothing is rewritten. */
+static const char schema_v4[] =
+	"CREATE TABLE body_chunk (id INTEGER PRIMARY KEY, data BLOB NOT NULL);";
+
 /*
  * Forward migrations: migrations[i] takes a database from version i to
  * i + 1: its SQL, then its fill function (NULL: none) for what SQL alone
@@ -157,6 +168,7 @@ static const struct {
 	{ schema_v1, NULL },
 	{ schema_v2, search_fields_backfill },
 	{ schema_v3, NULL },
+	{ schema_v4, NULL },
 };
 
 static const struct {

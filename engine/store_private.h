@@ -12,10 +12,16 @@
 
 struct store_stmt_cache;
 
-#define ENG_SCHEMA_VERSION 3
+#define ENG_SCHEMA_VERSION 4
 /* Raw bytes per content chunk; each chunk is compressed on its own so that
  * a byte-range read decompresses only what it needs. */
 #define ENG_CHUNK_BYTES (256u * 1024)
+/* body_chunk rows (schema version 4) are keyed content id << 16 | seq:
+ * at most 65,536 chunks, 16 GiB, per message (message.c refuses more). */
+#define ENG_CHUNK_SEQ_BITS 16
+#define ENG_CHUNK_SEQ_MAX ((int64_t)1 << ENG_CHUNK_SEQ_BITS)
+#define eng_chunk_rowid(content_id, seq) \
+	(((int64_t)(content_id) << ENG_CHUNK_SEQ_BITS) | (int64_t)(seq))
 
 struct eng_store {
 	sqlite3 *db;

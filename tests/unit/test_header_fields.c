@@ -294,6 +294,7 @@ static void test_migration_from_version_1(void **state)
 
 	assert_int_equal(eng_store_schema_version(f->st), ENG_SCHEMA_VERSION);
 	assert_true(strlen(before) > 0);
+	tu_store_chunks_to_v3(f->st);
 	sql_exec(f->st, "DROP TABLE header_field; "
 		 "DELETE FROM schema_version WHERE version > 1");
 	assert_int_equal(eng_store_schema_version(f->st), 1);
@@ -337,11 +338,12 @@ static void test_migration_from_version_2(void **state)
 		 "content_id, value FROM header_field; DROP TABLE header_field; "
 		 "ALTER TABLE hf2 RENAME TO header_field; "
 		 "DELETE FROM schema_version WHERE version > 2");
+	tu_store_chunks_to_v3(f->st);
 	assert_int_equal(eng_store_schema_version(f->st), 2);
 	eng_store_close(&f->st);
 
 	open_store(f, false);
-	assert_int_equal(eng_store_schema_version(f->st), 3);
+	assert_int_equal(eng_store_schema_version(f->st), ENG_SCHEMA_VERSION);
 	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM sqlite_master "
 				 "WHERE name = 'header_field' AND sql LIKE "
 				 "'%PRIMARY KEY (content_id, name)%'"), 1);
@@ -363,6 +365,7 @@ static void test_migration_of_an_empty_store(void **state)
 	tu_store *f = *state;
 
 	expunge_uids(f, 1, 3);
+	tu_store_chunks_to_v3(f->st);
 	sql_exec(f->st, "DROP TABLE header_field; "
 		 "DELETE FROM schema_version WHERE version > 1");
 	eng_store_close(&f->st);

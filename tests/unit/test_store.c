@@ -468,8 +468,8 @@ static void test_content_id_reserved(void **state)
 				 "subject = 'Hello'"), 2);
 	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM fts"), 2);
 	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM content c WHERE "
-				 "c.chunks != (SELECT count(*) FROM chunk k "
-				 "WHERE k.content_id = c.id)"), 0);
+				 "c.chunks != (SELECT count(*) FROM body_chunk "
+				 "k WHERE k.id >> 16 = c.id)"), 0);
 	/* The next transaction's id follows the highest one. */
 	(void)tu_store_append(f, f->inbox, "Subject: third\r\n\r\nz\r\n", 0);
 	assert_int_equal(tu_sql_int(f->st, "SELECT max(id) FROM content"),

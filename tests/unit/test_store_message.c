@@ -276,7 +276,7 @@ static void test_copy_move_dedup(void **state)
 	assert_int_equal(eng_mailbox_delete(f->st, "Archive"), 0);
 	assert_int_equal(eng_mailbox_delete(f->st, "Trash"), 0);
 	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM content"), 0);
-	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM chunk"), 0);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM body_chunk"), 0);
 	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM fts"), 0);
 	eng_mailbox_clear(&arch);
 	tu_store_check(f->st);
@@ -306,6 +306,20 @@ static char *big_message(size_t size)
 	}
 	len += (size_t)sprintf(msg + len, "--XX--\r\n");
 	msg[len] = '\0';
+	return msg;
+}
+
+/* A text message of about size bytes that zstd shrinks to almost
+ * nothing (its chunks are stored as zstd frames). */
+static char *text_message(size_t size)
+{
+	char *msg = malloc(size + 256);
+	size_t len = (size_t)sprintf(msg, "From: a@example.org\r\n"
+				     "Subject: t\r\n\r\n");
+
+	for (unsigned i = 0; len < size; i++)
+		len += (size_t)sprintf(msg + len, "line %u of the same text, "
+				       "again and again\r\n", i % 10);
 	return msg;
 }
 
@@ -521,7 +535,7 @@ static void test_read_sections(void **state)
 static void test_zstd_contexts_freed(void **state)
 {
 	tu_store *f = *state;
-	char *msg = big_message(700 * 1024);
+	char *msg = text_message(700 * 1024);
 	size_t len = strlen(msg);
 	char *back = malloc(len);
 	eng_message *m;
@@ -545,47 +559,187 @@ static void test_zstd_contexts_freed(void **state)
 	tu_store_check(f->st);
 }
 
-/* Chunks are written with raw literals (message.c, compress_chunk): a
- * base64 attachment of random bytes stays about its size (Huffman coding
- * would take a quarter off), repeated text still shrinks to almost
- * nothing (matches are kept), and both read back byte for byte. */
-static void test_chunk_literals_raw(void **state)
+/* Reads m at many offsets and lengths, across chunk boundaries, and
+ * compares with msg. */
+static void check_ranges(eng_message *m, const char *msg, size_t len)
 {
-	tu_store *f = *state;
-	char *msg = big_message(600 * 1024);
-	size_t len = strlen(msg), tlen;
-	char *text = malloc(300 * 1024 + 256);
-	char *back = malloc(len > 300 * 1024 + 256 ? len : 300 * 1024 + 256);
-	eng_message *m;
-	uint32_t uid, tuid;
-	int64_t raw, stored;
+	static const size_t lens[] = { 1, 10, 4095, 4096, 70000,
+				       ENG_CHUNK_BYTES, ENG_CHUNK_BYTES + 3 };
+	char *back = malloc(ENG_CHUNK_BYTES + 3);
 
-	uid = tu_store_append(f, f->inbox, msg, 0);
-	raw = tu_sql_int(f->st, "SELECT sum(raw_len) FROM chunk");
-	stored = tu_sql_int(f->st, "SELECT sum(length(data)) FROM chunk");
-	assert_int_equal(raw, (int64_t)len);
-	assert_true(stored * 100 >= raw * 97);
-	tlen = (size_t)sprintf(text, "From: a@example.org\r\nSubject: t\r\n"
-			       "\r\n");
-	while (tlen < 300 * 1024)
-		tlen += (size_t)sprintf(text + tlen, "the same line of text, "
-					"again and again\r\n");
-	tuid = tu_store_append(f, f->inbox, text, 0);
-	stored = tu_sql_int(f->st, "SELECT sum(length(data)) FROM chunk") -
-		 stored;
-	assert_true(stored > 0 && stored * 20 < (int64_t)tlen);
+	for (size_t off = 0; off < len; off += 48611) {
+		for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+			size_t want = len - off < lens[i] ? len - off : lens[i];
+
+			assert_int_equal(eng_message_read(m, off, back, lens[i]),
+					 (long)want);
+			assert_memory_equal(back, msg + off, want);
+		}
+	}
+	/* The last bytes of each chunk and the first of the next. */
+	for (size_t b = ENG_CHUNK_BYTES; b < len; b += ENG_CHUNK_BYTES) {
+		assert_int_equal(eng_message_read(m, b - 3, back, 6), 6);
+		assert_memory_equal(back, msg + b - 3, 6);
+	}
+	free(back);
+}
+
+/* Message uid reads back as msg: whole, then in ranges. */
+static void check_message(tu_store *f, uint32_t uid, const char *msg,
+			  size_t len)
+{
+	char *back = malloc(len);
+	eng_message *m;
+
 	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
 	assert_int_equal(eng_message_read(m, 0, back, len), (long)len);
 	assert_memory_equal(back, msg, len);
-	eng_message_close(&m);
-	assert_int_equal(eng_message_open(f->st, f->inbox, tuid, &m), 0);
-	assert_int_equal(eng_message_read(m, 0, back, tlen), (long)tlen);
-	assert_memory_equal(back, text, tlen);
+	check_ranges(m, msg, len);
 	eng_message_close(&m);
 	free(back);
+}
+
+static int64_t stored_bytes(tu_store *f)
+{
+	return tu_sql_int(f->st, "SELECT coalesce(sum(length(data)), 0) "
+			  "FROM body_chunk");
+}
+
+/*
+ * How chunks are stored (message.c, flush_chunk): a base64 attachment of
+ * random bytes, which zstd cannot shrink by an eighth, is stored raw (its
+ * rows hold exactly its bytes); repeated text is a zstd frame of almost
+ * nothing. Both read back byte for byte, whole and in any range.
+ */
+static void test_chunk_storage(void **state)
+{
+	tu_store *f = *state;
+	char *msg = big_message(600 * 1024), *text = text_message(300 * 1024);
+	size_t len = strlen(msg), tlen = strlen(text);
+	uint32_t uid, tuid;
+	int64_t stored;
+
+	uid = tu_store_append(f, f->inbox, msg, 0);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM body_chunk"),
+			 3);
+	assert_int_equal(stored_bytes(f), (int64_t)len);
+	stored = stored_bytes(f);
+	tuid = tu_store_append(f, f->inbox, text, 0);
+	stored = stored_bytes(f) - stored;
+	assert_true(stored > 0 && stored * 20 < (int64_t)tlen);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM chunk"), 0);
+	check_message(f, uid, msg, len);
+	check_message(f, tuid, text, tlen);
 	free(text);
 	free(msg);
 	tu_store_check(f->st);
+}
+
+/* Reads the whole message uid: 0 or the error. */
+static long read_whole(tu_store *f, uint32_t uid, char *back, size_t len)
+{
+	eng_message *m;
+	long n;
+
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+	n = eng_message_read(m, 0, back, len);
+	eng_message_close(&m);
+	return n;
+}
+
+/* A body_chunk row of the wrong length is damage, never other bytes: one
+ * longer than its raw length, and a raw one cut short (it then reads as a
+ * zstd frame, which it is not). */
+static void test_chunk_damage(void **state)
+{
+	tu_store *f = *state;
+	char *msg = big_message(300 * 1024), *text = text_message(1000);
+	size_t len = strlen(msg);
+	char *back = malloc(len);
+	uint32_t uid = tu_store_append(f, f->inbox, msg, 0);
+	uint32_t tuid = tu_store_append(f, f->inbox, text, 0);
+
+	assert_int_equal(read_whole(f, uid, back, len), (long)len);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM body_chunk"),
+			 3);
+	assert_int_equal(sqlite3_exec(f->st->db, "UPDATE body_chunk SET data "
+		"= data || x'00' WHERE id & 65535 = 0", NULL, NULL, NULL),
+		SQLITE_OK);
+	assert_int_equal(read_whole(f, uid, back, len), ENG_ECORRUPT);
+	assert_int_equal(read_whole(f, tuid, back, len), ENG_ECORRUPT);
+	assert_int_equal(sqlite3_exec(f->st->db, "UPDATE body_chunk SET data "
+		"= substr(data, 1, 1000) WHERE id & 65535 = 1", NULL, NULL,
+		NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_exec(f->st->db, "DELETE FROM body_chunk "
+		"WHERE id & 65535 = 0", NULL, NULL, NULL), SQLITE_OK);
+	/* The first chunk missing; the second damaged. */
+	assert_int_equal(read_whole(f, uid, back, len), ENG_ECORRUPT);
+	{
+		eng_message *m;
+
+		assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+		assert_int_equal(eng_message_read(m, ENG_CHUNK_BYTES, back, 10),
+				 ENG_ECORRUPT);
+		eng_message_close(&m);
+	}
+	free(back);
+	free(text);
+	free(msg);
+}
+
+/*
+ * A version 3 store: its chunks in the chunk table, zstd frames all.
+ * Opening it migrates it to version 4 (body_chunk, empty) without moving
+ * anything; its messages read byte for byte, whole and in ranges; a new
+ * append goes to body_chunk; dropping an old message drops its chunks.
+ */
+static void test_version3_chunks(void **state)
+{
+	tu_store *f = *state;
+	char *msg = big_message(600 * 1024), *text = text_message(300 * 1024);
+	size_t len = strlen(msg), tlen = strlen(text);
+	char *back = malloc(len);
+	uint32_t uid = tu_store_append(f, f->inbox, msg, ENG_F_DELETED);
+	uint32_t tuid = tu_store_append(f, f->inbox, text, 0), nuid;
+	eng_store_options opt;
+	uint32_t *uids;
+	size_t n;
+
+	tu_store_chunks_to_v3(f->st);
+	assert_int_equal(sqlite3_exec(f->st->db, "DELETE FROM schema_version "
+		"WHERE version > 3", NULL, NULL, NULL), SQLITE_OK);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM chunk"), 5);
+	eng_store_close(&f->st);
+	eng_store_options_default(&opt);
+	assert_int_equal(eng_store_open(f->path, f->key, &opt, &f->st), 0);
+	assert_int_equal(eng_store_schema_version(f->st), ENG_SCHEMA_VERSION);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM body_chunk"),
+			 0);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM chunk"), 5);
+	check_message(f, uid, msg, len);
+	check_message(f, tuid, text, tlen);
+	tu_store_check(f->st);
+
+	/* New mail goes to body_chunk, next to the old. */
+	nuid = tu_store_append(f, f->inbox, TU_SIMPLE_MSG, 0);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM body_chunk"),
+			 1);
+	assert_int_equal(read_whole(f, nuid, back, len),
+			 (long)sizeof(TU_SIMPLE_MSG) - 1);
+	assert_memory_equal(back, TU_SIMPLE_MSG, sizeof(TU_SIMPLE_MSG) - 1);
+
+	/* Expunging the old big message drops its three chunk rows. */
+	assert_int_equal(eng_expunge(f->st, f->inbox, NULL, &uids, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(uids[0], uid);
+	free(uids);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM chunk"), 2);
+	assert_int_equal(read_whole(f, tuid, back, len), (long)tlen);
+	assert_memory_equal(back, text, tlen);
+	tu_store_check(f->st);
+	free(back);
+	free(text);
+	free(msg);
 }
 
 /* Reads in pieces of every size that matters (a chunk wanted whole goes
@@ -751,7 +905,11 @@ int main(void)
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_read_splits,
 						tu_store_setup, tu_store_teardown),
-		cmocka_unit_test_setup_teardown(test_chunk_literals_raw,
+		cmocka_unit_test_setup_teardown(test_chunk_storage,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_chunk_damage,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_version3_chunks,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_embedded_message_sections,
 						tu_store_setup, tu_store_teardown),

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zstd.h>
 
 #include "keys.h"
 #include "store.h"
@@ -52,6 +53,49 @@ int64_t tu_sql_int(eng_store *st, const char *sql)
 		v = sqlite3_column_int64(stmt, 0);
 	sqlite3_finalize(stmt);
 	return v;
+}
+
+void tu_store_chunks_to_v3(eng_store *st)
+{
+	sqlite3_stmt *sel, *ins;
+	size_t cap = ZSTD_compressBound(ENG_CHUNK_BYTES);
+	void *z = malloc(cap);
+
+	assert_non_null(z);
+	assert_int_equal(sqlite3_prepare_v2(st->db,
+		"SELECT b.id, b.data, c.size FROM body_chunk b "
+		"JOIN content c ON c.id = b.id >> 16", -1, &sel, NULL),
+		SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(st->db,
+		"INSERT INTO chunk (content_id, seq, raw_len, data) "
+		"VALUES (?, ?, ?, ?)", -1, &ins, NULL), SQLITE_OK);
+	while (sqlite3_step(sel) == SQLITE_ROW) {
+		int64_t id = sqlite3_column_int64(sel, 0);
+		int64_t seq = id & (ENG_CHUNK_SEQ_MAX - 1);
+		int64_t left = sqlite3_column_int64(sel, 2) -
+			       seq * ENG_CHUNK_BYTES;
+		size_t raw = left < ENG_CHUNK_BYTES ? (size_t)left :
+			     ENG_CHUNK_BYTES;
+		const void *data = sqlite3_column_blob(sel, 1);
+		size_t len = (size_t)sqlite3_column_bytes(sel, 1);
+
+		if (len == raw) {       /* stored raw: compress it */
+			len = ZSTD_compress(z, cap, data, raw, 3);
+			assert_false(ZSTD_isError(len));
+			data = z;
+		}
+		sqlite3_bind_int64(ins, 1, id >> ENG_CHUNK_SEQ_BITS);
+		sqlite3_bind_int64(ins, 2, seq);
+		sqlite3_bind_int64(ins, 3, (int64_t)raw);
+		sqlite3_bind_blob(ins, 4, data, (int)len, SQLITE_TRANSIENT);
+		assert_int_equal(sqlite3_step(ins), SQLITE_DONE);
+		sqlite3_reset(ins);
+	}
+	sqlite3_finalize(sel);
+	sqlite3_finalize(ins);
+	free(z);
+	assert_int_equal(sqlite3_exec(st->db, "DROP TABLE body_chunk", NULL,
+				      NULL, NULL), SQLITE_OK);
 }
 
 /* Moved from test_store.c (setup, teardown, check_invariants, append). */
@@ -100,6 +144,15 @@ void tu_store_check(eng_store *st)
 	assert_int_equal(tu_sql_int(st,
 		"SELECT count(*) FROM chunk WHERE content_id NOT IN "
 		"(SELECT id FROM content)"), 0);
+	assert_int_equal(tu_sql_int(st,
+		"SELECT count(*) FROM body_chunk WHERE id >> 16 NOT IN "
+		"(SELECT id FROM content)"), 0);
+	/* Every content's chunks are all there, in one table or the other. */
+	assert_int_equal(tu_sql_int(st,
+		"SELECT count(*) FROM content c WHERE c.chunks != "
+		"(SELECT count(*) FROM body_chunk b WHERE b.id BETWEEN "
+		"c.id << 16 AND (c.id << 16) + 65535) + "
+		"(SELECT count(*) FROM chunk k WHERE k.content_id = c.id)"), 0);
 	assert_int_equal(eng_store_check(st, NULL), 0);
 }
 

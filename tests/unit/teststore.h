@@ -26,6 +26,12 @@ void tu_store_close(tu_store *f);
 /* The first column of the first row of sql, or -1 without a row. */
 int64_t tu_sql_int(eng_store *st, const char *sql);
 
+/* Puts st's chunks where schema version 3 kept them: every body_chunk
+ * row becomes a chunk row holding a zstd frame (the raw ones compressed),
+ * and body_chunk is dropped. With the schema_version rows above 3 deleted,
+ * the file is what version 3 wrote. */
+void tu_store_chunks_to_v3(eng_store *st);
+
 /* For cmocka_unit_test_setup_teardown: *state is a tu_store, opened and
  * closed (and freed). */
 int tu_store_setup(void **state);
