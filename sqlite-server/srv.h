@@ -1,5 +1,5 @@
 /*
- * sqlited's server: the contract between the network core (srv_net.c:
+ * sqlited's server: the contract between the network core (srv_net*.c:
  * listeners, connections, TLS, peer authentication, framing, flow
  * control) and the opcode handlers (srv_ops_*.c).
  *
@@ -92,7 +92,7 @@ struct srv_req {
 	void (*on_window)(srv_req *req);
 	/* For the handler's own state; the core never touches it. */
 	void *data;
-	/* Core-private state follows in srv_net.c's container. */
+	/* Core-private state follows in net_req (srv_net_private.h). */
 };
 
 /* An opcode handler; see the life of a request above. */

@@ -4,7 +4,7 @@
  * A FETCH_BODIES stream (srv_ops_body.c) reads its pieces (up to
  * RPC_MAX_CHUNK_BYTES each) on pool threads and sends each as one DATA
  * frame built in place in front of it: the buffer itself goes to the
- * socket and comes back here when written (srv_net.c). With sqlited's
+ * socket and comes back here when written (srv_net_write.c). With sqlited's
  * malloc tuning (srv_malloc.h: arena tops given back past 256 KiB) a
  * fresh 256 KiB block per piece made an arena give its top back and fault
  * it in again for every piece; kept buffers are not.

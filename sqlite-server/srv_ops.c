@@ -5,7 +5,7 @@
  * srv_ops_search.c, srv_ops_view.c:
  * the mailbox opcodes; srv_ops_dir.c: DIR_LOOKUP, DELIVER and the admin
  * opcodes; srv_ops_backup.c: BACKUP_PREPARE, RESTORE_ALIAS). The pre-dispatch checks (opcode known, session, limits, body)
- * are the core's, in srv_net.c, driven by rpc_op_lookup()'s flags.
+ * are the core's, in srv_net_read.c, driven by rpc_op_lookup()'s flags.
  *
  * The handlers are declared weak so that a family that is not linked in
  * leaves its opcodes answering EOPCODE instead of failing the build.
