@@ -9,7 +9,8 @@
  * Rules:
  * - A handle holds memory only, no statement or blob handle: each read
  *   opens and releases its own, inside the caller's read snapshot, so a
- *   handle may be kept between the pieces of a body stream.
+ *   handle may be kept between the pieces of a body stream. (The store
+ *   keeps one blob handle while a snapshot lasts: chunk_blob_open.)
  * - zstd decompression contexts are shared by every thread through a
  *   small pool and freed by eng_message_free_cached (a cached context
  *   holds the literals of the last chunk it decompressed).
@@ -324,6 +325,53 @@ static int load_blob_chunk(eng_message *m, sqlite3_blob *b, size_t zlen,
 	return err;
 }
 
+void store_chunk_blob_close(eng_store *st)
+{
+	sqlite3_blob_close(st->chunk_blob);     /* NULL: nothing */
+	st->chunk_blob = NULL;
+}
+
+/*
+ * Opens chunk seq's body_chunk row: *b_r, or NULL if there is none (or its
+ * page was refused: sqlite3_blob_open fails the same way for both). Inside
+ * a read snapshot the handle is kept on the store and moved to the next
+ * row with sqlite3_blob_reopen, a seek (sqlite3_blob_open builds and runs
+ * a small program each time: 10% of sqlited's body FETCH CPU); a reopen
+ * that fails leaves it aborted, so it is closed. Give *b_r back with
+ * chunk_blob_done.
+ */
+static int chunk_blob_open(eng_message *m, int64_t seq, sqlite3_blob **b_r)
+{
+	eng_store *st = m->st;
+	sqlite3_int64 id = eng_chunk_rowid(m->content_id, seq);
+	int rc;
+
+	*b_r = NULL;
+	if (st->chunk_blob != NULL) {
+		rc = sqlite3_blob_reopen(st->chunk_blob, id);
+		if (rc == SQLITE_OK) {
+			*b_r = st->chunk_blob;
+			return 0;
+		}
+		store_chunk_blob_close(st);
+	} else {
+		rc = sqlite3_blob_open(st->db, "main", "body_chunk", "data", id,
+				       0, b_r);
+		if (rc == SQLITE_OK && st->read_tx)
+			st->chunk_blob = *b_r;
+	}
+	if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_ERROR)
+		return store_err(st, rc, "chunk");
+	return 0;
+}
+
+/* Closes b unless it is the one kept for the snapshot. */
+static void chunk_blob_done(eng_store *st, sqlite3_blob *b)
+{
+	if (b != st->chunk_blob)
+		sqlite3_blob_close(b);
+}
+
 /*
  * Reads chunk seq from byte in_chunk into out (room bytes; *n_r of them).
  * A body_chunk row (schema version 4) stored raw is read in place, just
@@ -338,18 +386,16 @@ static int read_chunk(eng_message *m, int64_t seq, size_t in_chunk,
 		      unsigned char *out, size_t room, size_t *n_r)
 {
 	size_t raw_len = chunk_raw_len(m, seq), stored = 0;
-	sqlite3_blob *b = NULL;
+	sqlite3_blob *b;
 	unsigned char *dst;
-	int rc, err;
+	int err;
 
-	rc = sqlite3_blob_open(m->st->db, "main", "body_chunk", "data",
-			       eng_chunk_rowid(m->content_id, seq), 0, &b);
-	if (rc != SQLITE_OK && (rc & 0xff) != SQLITE_ERROR)
-		return store_err(m->st, rc, "chunk");
+	if ((err = chunk_blob_open(m, seq, &b)) != 0)
+		return err;
 	if (b != NULL) {
 		stored = (size_t)sqlite3_blob_bytes(b);
 		if (stored == 0 || stored > raw_len) {
-			sqlite3_blob_close(b);
+			chunk_blob_done(m->st, b);
 			return ENG_ECORRUPT;
 		}
 	}
@@ -357,7 +403,7 @@ static int read_chunk(eng_message *m, int64_t seq, size_t in_chunk,
 		size_t n = raw_len - in_chunk < room ? raw_len - in_chunk : room;
 
 		err = blob_read_checked(m->st, b, out, n, in_chunk);
-		sqlite3_blob_close(b);
+		chunk_blob_done(m->st, b);
 		*n_r = n;
 		return err;
 	}
@@ -379,7 +425,7 @@ static int read_chunk(eng_message *m, int64_t seq, size_t in_chunk,
 	}
 	err = b != NULL ? load_blob_chunk(m, b, stored, dst, raw_len) :
 		load_old_chunk(m, seq, dst, raw_len);
-	sqlite3_blob_close(b);          /* NULL: nothing */
+	chunk_blob_done(m->st, b);
 	if (err != 0)
 		return err;
 	if (dst == out) {

@@ -420,6 +420,7 @@ void eng_store_read_end(eng_store *st)
 	if (st->read_depth <= 0 || --st->read_depth > 0 || !st->read_tx)
 		return;
 	st->read_tx = false;
+	store_chunk_blob_close(st);
 	/* Ending a read-only transaction only drops its locks; should it
 	 * fail, ROLLBACK does the same. */
 	if ((stmt = store_prepare(st, "COMMIT", &err)) == NULL ||
@@ -795,6 +796,7 @@ void eng_store_close(eng_store **stp)
 	*stp = NULL;
 	if (st->tx_depth > 0)
 		eng_store_tx_rollback(st);
+	store_chunk_blob_close(st);
 	store_stmts_free(st);
 	if (!st->broken)
 		(void)eng_store_checkpoint(st);

@@ -35,7 +35,14 @@ struct eng_store {
 	bool read_tx;               /* the outermost of them ran BEGIN */
 	bool broken;                /* I/O error or full disk seen */
 	struct store_stmt_cache *stmts;  /* store_stmt.c; NULL until used */
+	/* message_read.c: a body_chunk blob handle kept for the next chunk
+	 * (sqlite3_blob_reopen) while a read snapshot (read_tx) lasts; closed
+	 * when it ends (store_chunk_blob_close). */
+	sqlite3_blob *chunk_blob;
 };
+
+/* Closes st->chunk_blob, if open (message_read.c). */
+void store_chunk_blob_close(eng_store *st);
 
 /* A content id no row has and no other append of this transaction was
  * given (engine/message.c writes chunks under it before its row). */
