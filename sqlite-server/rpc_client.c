@@ -132,6 +132,11 @@ typedef struct rpc_conn {
 	BIO *rbio, *wbio;
 	eng_buf tls_early;           /* frames queued before the handshake ended */
 	uint8_t pbuf[16384];         /* decrypted bytes */
+	/* A DATA frame larger than what one read brought, passed on in
+	 * pieces as they arrive (on_plain): its header, and its payload
+	 * bytes still to come. */
+	rpc_frame pass;
+	size_t pass_left;
 } rpc_conn;
 
 typedef struct wreq {
@@ -1061,6 +1066,55 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	*buf = uv_buf_init((char *)conn->rbuf, sizeof(conn->rbuf));
 }
 
+/*
+ * A DATA frame whose payload is not all in the n bytes at p (its header
+ * is), for a request that takes its body: rather than put together in
+ * the reader (a copy of every byte of a streamed body), its payload goes
+ * to the data callback in pieces as they arrive, each delivered as a DATA
+ * frame of its own (END on the last), which the callback's contract
+ * allows (any split). Its window is checked here for the whole frame.
+ * Anything else (a header in pieces, another kind, an error, a zombie)
+ * is left to the reader. true: the header is taken (pass_left set).
+ */
+static bool pass_begin(rpc_conn *conn, const uint8_t *p, size_t n)
+{
+	rpc_limits lim;
+	rpc_frame f;
+	rpc_req *r;
+	size_t plen;
+
+	if (conn->state != CS_READY || n < RPC_HEADER_BYTES ||
+	    rpc_reader_pending(conn->rd) != 0)
+		return false;
+	rpc_limits_default(&lim);    /* the reader's since AUTH_OK */
+	if (rpc_header_parse(p, &lim, &f, &plen) != 0 ||
+	    f.kind != RPC_K_DATA || plen <= n - RPC_HEADER_BYTES)
+		return false;
+	r = f.request_id != 0 ? req_lookup(conn->c, f.request_id) : NULL;
+	if (r == NULL || r->state != RQ_SENT || !r->in_body ||
+	    r->data == NULL || plen > r->recv_window)
+		return false;
+	conn->pass = f;
+	conn->pass_left = plen;
+	return true;
+}
+
+/* The next piece of the frame pass_begin took: n bytes at p at most. */
+static size_t pass_piece(rpc_conn *conn, const uint8_t *p, size_t n)
+{
+	rpc_frame f = conn->pass;
+
+	if (n > conn->pass_left)
+		n = conn->pass_left;
+	conn->pass_left -= n;
+	f.payload = p;
+	f.payload_len = n;
+	if (conn->pass_left > 0)
+		f.flags &= (uint8_t)~RPC_F_END;
+	on_frame(conn, &f);
+	return n;
+}
+
 /* Frames from the plaintext stream. */
 static void on_plain(rpc_conn *conn, const uint8_t *p, size_t len)
 {
@@ -1069,8 +1123,17 @@ static void on_plain(rpc_conn *conn, const uint8_t *p, size_t len)
 	while (off < len && conn->state != CS_CLOSED) {
 		rpc_frame f;
 		size_t used = 0;
-		int rc = rpc_reader_feed(conn->rd, p + off, len - off, &used, &f);
+		int rc;
 
+		if (conn->pass_left > 0) {
+			off += pass_piece(conn, p + off, len - off);
+			continue;
+		}
+		if (pass_begin(conn, p + off, len - off)) {
+			off += RPC_HEADER_BYTES;
+			continue;
+		}
+		rc = rpc_reader_feed(conn->rd, p + off, len - off, &used, &f);
 		off += used;
 		if (rc < 0) {
 			proto_fail(conn, rc);

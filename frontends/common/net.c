@@ -21,6 +21,10 @@
  * reaches NET_FLUSH_BYTES is flushed at once. Before STARTTLS switches the
  * stream, before close_notify and a graceful close's shutdown, the batch
  * is flushed first, so the order of the bytes is the order of the writes.
+ * sm_net_write_direct (a streamed body's bytes, plaintext) skips the copy
+ * into the batch: the batch and the bytes go out in one writev at once,
+ * unless libuv still has writes queued, and only what the socket does
+ * not take is copied onto the queue.
  *
  * Connection states:
  *
@@ -50,6 +54,7 @@
 #include "eng_error.h"
 
 #include <arpa/inet.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -69,6 +74,9 @@
 #define NET_DEFAULT_MAX_PER_IP 20u
 /* A pending batch of output this large is written at once. */
 #define NET_FLUSH_BYTES (64u * 1024)
+/* sm_net_write_direct: a batch and write this large go to the socket at
+ * once from where they are; a smaller one is batched (copied). */
+#define NET_DIRECT_BYTES (8u * 1024)
 
 /*
  * Mozilla's "intermediate" configuration (ssl-config.mozilla.org, v5.7):
@@ -773,8 +781,10 @@ static void out_flush(sm_net_conn *c)
 	eng_buf b;
 
 	dirty_remove(c);
-	if (c->pend.len == 0)
+	if (c->pend.len == 0) {
+		eng_buf_free(&c->pend);  /* emptied by sm_net_write_direct */
 		return;
+	}
 	b = c->pend;
 	c->pend = (eng_buf)ENG_BUF_INIT;
 	if (c->ssl == NULL) {
@@ -813,6 +823,56 @@ void sm_net_write(sm_net_conn *c, const void *data, size_t len)
 		out_flush(c);
 	else
 		dirty_add(c);
+}
+
+/* What the socket did not take of the pending batch and data (done
+ * bytes of both went out) is copied onto the queue. The batch is empty
+ * after it (its buffer is kept for the next bytes; the flush turn frees
+ * it if none come). */
+static void direct_rest(sm_net_conn *c, const void *data, size_t len,
+			size_t done)
+{
+	size_t plen = c->pend.len, rest = plen + len - done;
+	net_write *nw;
+
+	if (rest > 0) {
+		nw = eng_malloc(sizeof(*nw) + rest);
+		nw->owned = NULL;
+		if (done < plen) {
+			memcpy(nw->data, c->pend.data + done, plen - done);
+			memcpy(nw->data + (plen - done), data, len);
+		} else {
+			memcpy(nw->data, (const char *)data + (done - plen),
+			       rest);
+		}
+		nw_send(c, nw, nw->data, rest);
+	}
+	eng_buf_reset(&c->pend);
+}
+
+void sm_net_write_direct(sm_net_conn *c, const void *data, size_t len)
+{
+	uv_buf_t b[2];
+	unsigned nb = 0;
+	int n;
+
+	if (c->ssl != NULL || c->closing || c->handles_closing ||
+	    c->pend.len + len < NET_DIRECT_BYTES || len > UINT_MAX) {
+		sm_net_write(c, data, len);
+		return;
+	}
+	if (c->pend.len > 0)
+		b[nb++] = uv_buf_init(c->pend.data, (unsigned)c->pend.len);
+	b[nb++] = uv_buf_init((char *)data, (unsigned)len);
+	/* UV_EAGAIN at once while libuv has writes queued: then it goes
+	 * after them, batched like any write. */
+	n = uv_try_write((uv_stream_t *)&c->tcp, b, nb);
+	if (n <= 0) {
+		sm_net_write(c, data, len);
+		return;
+	}
+	c->last_ms = uv_now(c->l->loop);
+	direct_rest(c, data, len, (size_t)n);
 }
 
 size_t sm_net_write_queued(const sm_net_conn *c)

@@ -173,6 +173,16 @@ bool sm_net_closing(const sm_net_conn *c);
 
 /* Queues bytes for the client (copied). Ignored while closing. */
 void sm_net_write(sm_net_conn *c, const void *data, size_t len);
+/*
+ * The same as sm_net_write (the same order, bound and accounting), for
+ * large bytes in memory the caller reuses at once (a body streamed from
+ * sqlited): on a plaintext connection with no write waiting in libuv,
+ * the pending batch and these bytes (8 KiB together at least) go to the
+ * socket in one writev from where they are, and only what the socket
+ * does not take is copied onto the queue. Under TLS, for small bytes or
+ * while libuv has writes queued, it is sm_net_write.
+ */
+void sm_net_write_direct(sm_net_conn *c, const void *data, size_t len);
 /* Bytes queued and not yet written to the socket. */
 size_t sm_net_write_queued(const sm_net_conn *c);
 /* The output queue is over max_output_bytes: stop producing until

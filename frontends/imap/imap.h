@@ -165,6 +165,10 @@ struct imap_session {
  */
 void imap_write(imap_session *s, const void *data, size_t len);
 void imap_write_buf(imap_session *s, eng_buf *b);
+/* imap_write for bytes the caller reuses at once (a streamed body): on a
+ * plaintext connection without COMPRESS they go to the socket from where
+ * they are when it takes them (sm_net_write_direct). */
+void imap_write_direct(imap_session *s, const void *data, size_t len);
 void imap_printf(imap_session *s, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 /* The output is full: a streaming writer (FETCH of big bodies) waits for

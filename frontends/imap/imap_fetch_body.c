@@ -21,9 +21,12 @@
  * all of them (up to RPC_BODIES_MAX_UIDS): sqlited answers with one body
  * stream, a record per UID (rpc_bodies.h), under one window of
  * FETCH_STREAM_WINDOW (512 KiB: sqlited then reads it ahead in 256 KiB
- * pieces, one per grant). Its bytes are kept as they arrive with their
- * credit withheld (at most that window) and
- * consumed by the message being written (fetch_stream_run): each
+ * pieces, one per grant). Its bytes are consumed by the message being
+ * written (fetch_stream_run) where they arrived, in rpc_client's read
+ * buffer (written with imap_write_direct: on a plaintext connection
+ * straight to the socket, no copy); only what cannot go yet (the output
+ * is full, or the next record waits for its message) is kept, its
+ * credit withheld (at most that window). Each
  * record's head gives the literal's size, or says the message is gone
  * (expunged meanwhile: skipped, as a FETCH_BODY ENOTFOUND would be); the
  * credit of what is written is reported at once, or when the output
@@ -240,7 +243,7 @@ static int b_data(fetch_op *op, uint32_t id, const rpc_view *head,
 		}
 		if (len > 0) {
 			fetch_out_flush(op); /* the literal's head first */
-			imap_write(op->s, data, len);
+			imap_write_direct(op->s, data, len);
 		}
 		break;
 	case BM_BUFFER:
@@ -536,7 +539,7 @@ static int item_adopt(fetch_op *op, const imap_fetch_item *it)
 		put_literal_head(op, it, a->size, false);
 		if (a->data.len > 0) {
 			fetch_out_flush(op); /* the literal's head first */
-			imap_write(op->s, a->data.data, a->data.len);
+			imap_write_direct(op->s, a->data.data, a->data.len);
 		}
 	}
 	if (a->err != 0 || a->ended) {
@@ -605,6 +608,7 @@ static int stream_fill(fetch_op *op)
 	free(st->uids);
 	free(st->msgs);
 	eng_buf_reset(&st->buf);
+	st->in_len = 0;
 	st->uids = eng_malloc(n * sizeof(*st->uids));
 	st->msgs = eng_malloc(n * sizeof(*st->msgs));
 	st->n = 0;
@@ -678,6 +682,30 @@ static void stream_item_end(fetch_op *op, int err)
 	op->repump = true;
 }
 
+/* The stream's bytes not consumed yet, in order: those kept in buf, then
+ * those of the DATA being delivered (read in place). */
+static const uint8_t *stream_next(const fstream *st, size_t *n_r)
+{
+	if (st->off < st->buf.len) {
+		*n_r = st->buf.len - st->off;
+		return (const uint8_t *)st->buf.data + st->off;
+	}
+	*n_r = st->in_len;
+	return st->in;
+}
+
+/* n bytes of stream_next's are consumed. */
+static void stream_take(fstream *st, size_t n)
+{
+	if (st->off < st->buf.len) {
+		st->off += n;
+	} else {
+		st->in += n;
+		st->in_len -= n;
+	}
+	st->to_credit += n;
+}
+
 /*
  * Gives the attached item what has arrived of its record: the literal's
  * head, then its bytes as far as the output takes them. Stops at the
@@ -691,7 +719,8 @@ void fetch_stream_run(fetch_op *op)
 	const imap_fetch_item *it = &op->spec.items[op->item];
 
 	while (st->attached) {
-		size_t n = st->buf.len - st->off, used;
+		size_t n, used;
+		const uint8_t *p = stream_next(st, &n);
 		uint32_t expect = 0;
 		rpc_bodies_ev ev;
 		int rc;
@@ -707,8 +736,7 @@ void fetch_stream_run(fetch_op *op)
 		if (!st->rd.in_body)
 			expect = st->rd.records < st->n ?
 				st->uids[st->rd.records] : 0;
-		rc = rpc_bodies_step(&st->rd, (const uint8_t *)st->buf.data +
-				     st->off, n, 0, expect, &used, &ev);
+		rc = rpc_bodies_step(&st->rd, p, n, 0, expect, &used, &ev);
 		if (rc != 0) {
 			/* A record sqlited should not have sent: nothing of
 			 * this stream can be trusted from here on. */
@@ -716,8 +744,7 @@ void fetch_stream_run(fetch_op *op)
 			stream_item_end(op, rc);
 			break;
 		}
-		st->off += used;
-		st->to_credit += used;
+		stream_take(st, used);
 		if (ev.kind == RPC_BODIES_HEAD && ev.head.gone) {
 			stream_item_end(op, ENG_ENOTFOUND);
 			break;
@@ -728,7 +755,7 @@ void fetch_stream_run(fetch_op *op)
 			put_literal_head(op, it, ev.head.size, false);
 		} else if (ev.kind == RPC_BODIES_DATA) {
 			fetch_out_flush(op); /* the literal's head first */
-			imap_write(op->s, ev.data, ev.len);
+			imap_write_direct(op->s, ev.data, ev.len);
 		}
 		if (ev.kind != RPC_BODIES_NEED && ev.rec_end) {
 			stream_item_end(op, 0);
@@ -742,8 +769,23 @@ void fetch_stream_run(fetch_op *op)
 	stream_credit(op);
 }
 
-/* Bytes of the stream: kept (credit withheld until consumed), and given
- * to the item waiting for them. */
+/* What stream_data's DATA left unconsumed is kept (its credit withheld:
+ * at most the window); the in-place view ends. */
+static void stream_keep(fstream *st, bool wanted)
+{
+	if (wanted && st->in_len > 0) {
+		if (st->off > 0 && st->off == st->buf.len) {
+			eng_buf_reset(&st->buf);
+			st->off = 0;
+		}
+		eng_buf_append(&st->buf, st->in, st->in_len);
+	}
+	st->in = NULL;
+	st->in_len = 0;
+}
+
+/* Bytes of the stream: given in place to the item waiting for them, the
+ * rest kept (credit withheld until consumed). */
 static int stream_data(freq *r, uint32_t id, const uint8_t *data, size_t len,
 		       bool end)
 {
@@ -753,11 +795,8 @@ static int stream_data(freq *r, uint32_t id, const uint8_t *data, size_t len,
 	st->has_id = true;
 	st->id = id;
 	st->got_any = true;
-	if (st->off > 0 && st->off == st->buf.len) {
-		eng_buf_reset(&st->buf);
-		st->off = 0;
-	}
-	eng_buf_append(&st->buf, data, len);
+	st->in = data;
+	st->in_len = len;
 	if (end) {
 		st->ended = true;
 		st->busy = false;
@@ -770,6 +809,7 @@ static int stream_data(freq *r, uint32_t id, const uint8_t *data, size_t len,
 	fetch_stream_run(op);
 	if (op->repump)
 		fetch_pump(op);
+	stream_keep(st, !op->finished && !op->aborted);
 	op->inflight--;
 	if (op->finished || op->aborted) {
 		if (op->inflight == 0)

@@ -146,6 +146,10 @@ typedef struct fstream {
 	bool attached;               /* the current item takes the record */
 	eng_buf buf;                 /* arrived, from off on not consumed */
 	size_t off;
+	/* While stream_data runs: its DATA not consumed yet, read in place
+	 * after buf's bytes (what is left is appended to buf). */
+	const uint8_t *in;
+	size_t in_len;
 	size_t to_credit;            /* consumed, credit not yet given */
 } fstream;
 

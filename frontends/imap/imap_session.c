@@ -104,6 +104,16 @@ void imap_write(imap_session *s, const void *data, size_t len)
 	}
 }
 
+void imap_write_direct(imap_session *s, const void *data, size_t len)
+{
+	if (s->zout != NULL || s->c == NULL) {
+		imap_write(s, data, len);
+		return;
+	}
+	if (!sm_net_closing(s->c) && len > 0)
+		sm_net_write_direct(s->c, data, len);
+}
+
 void imap_write_buf(imap_session *s, eng_buf *b)
 {
 	imap_write(s, b->data, b->len);
