@@ -482,6 +482,9 @@ static size_t compress_chunk(ZSTD_CCtx *cctx, void *dst, size_t cap,
 {
 	ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters);
 	ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level);
+	/* XXH64 of the content, checked by every decompression: a zeroed
+	 * page inside a raw literal block would decode (store_zero_block). */
+	ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1);
 	(void)ZSTD_CCtx_setParameter(cctx, ZSTD_c_literalCompressionMode,
 				     ZSTD_lcm_uncompressed);
 	return ZSTD_compress2(cctx, dst, cap, src, len);
@@ -489,8 +492,8 @@ static size_t compress_chunk(ZSTD_CCtx *cctx, void *dst, size_t cap,
 
 /*
  * Writes the chunk as a body_chunk row (schema version 4, docs/storage.md):
- * its zstd frame if that is below seven eighths of the raw length, else
- * the raw bytes, which a read copies in place (message_read.c). A frame
+ * its zstd frame if that is below seven eighths of the raw length (or the
+ * chunk holds a block of zeroes), else the raw bytes, which a read copies in place (message_read.c). A frame
  * is always shorter than the raw length, so the row's length tells which
  * it is. Most of a mailbox's bytes are base64 attachments, which zstd
  * with raw literals leaves at 90-100% of their size.
@@ -524,7 +527,12 @@ static int flush_chunk(eng_append *ap)
 		return err;
 	sqlite3_bind_int64(stmt, 1, eng_chunk_rowid(ap->content_id,
 						    ap->chunks));
-	if (zlen < ap->chunk_len - ap->chunk_len / 8)
+	/* A chunk with a block of zeroes is never raw: a reader takes such a
+	 * block in raw bytes for a zeroed page (store_zero_block); zstd
+	 * shrinks the block to a few bytes, so its frame is shorter. */
+	if (zlen < ap->chunk_len - ap->chunk_len / 8 ||
+	    (zlen < ap->chunk_len &&
+	     store_zero_block(ap->chunk, ap->chunk_len, 0)))
 		sqlite3_bind_blob(stmt, 2, ap->zbuf.data, (int)zlen,
 				  SQLITE_STATIC);
 	else

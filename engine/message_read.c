@@ -325,6 +325,19 @@ static int load_blob_chunk(eng_message *m, sqlite3_blob *b, size_t zlen,
 	return err;
 }
 
+bool store_zero_block(const unsigned char *p, size_t len, size_t at)
+{
+	size_t b = (at + ENG_ZERO_BLOCK - 1) / ENG_ZERO_BLOCK * ENG_ZERO_BLOCK;
+
+	for (; b + ENG_ZERO_BLOCK <= at + len; b += ENG_ZERO_BLOCK) {
+		const unsigned char *q = p + (b - at);
+
+		if (q[0] == 0 && memcmp(q, q + 1, ENG_ZERO_BLOCK - 1) == 0)
+			return true;
+	}
+	return false;
+}
+
 void store_chunk_blob_close(eng_store *st)
 {
 	sqlite3_blob_close(st->chunk_blob);     /* NULL: nothing */
@@ -375,7 +388,8 @@ static void chunk_blob_done(eng_store *st, sqlite3_blob *b)
 /*
  * Reads chunk seq from byte in_chunk into out (room bytes; *n_r of them).
  * A body_chunk row (schema version 4) stored raw is read in place, just
- * the bytes wanted, straight into out. A zstd chunk (of either table)
+ * the bytes wanted, straight into out, and checked for a zeroed page
+ * (store_zero_block: a short read within a chunk may miss one). A zstd chunk (of either table)
  * wanted whole is decompressed straight into out; any other is
  * decompressed once into the handle's cache, where the next read of the
  * same chunk finds it. A chunk not in body_chunk was stored before version
@@ -404,6 +418,8 @@ static int read_chunk(eng_message *m, int64_t seq, size_t in_chunk,
 
 		err = blob_read_checked(m->st, b, out, n, in_chunk);
 		chunk_blob_done(m->st, b);
+		if (err == 0 && store_zero_block(out, n, in_chunk))
+			err = ENG_ECORRUPT;     /* a zeroed page */
 		*n_r = n;
 		return err;
 	}

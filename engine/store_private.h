@@ -41,6 +41,19 @@ struct eng_store {
 	sqlite3_blob *chunk_blob;
 };
 
+/*
+ * SQLCipher decrypts a page that is all zeroes on disk to zeroes without an
+ * error (it takes it for a short read past the end of the file). Raw chunk
+ * bytes are therefore checked, as they are read, for a block of
+ * ENG_ZERO_BLOCK zeroes at a multiple of ENG_ZERO_BLOCK from the chunk's
+ * start, which the 4,044 payload bytes of a zeroed overflow page always
+ * hold; a chunk that holds such a block is stored as a zstd frame, whose
+ * checksum catches the same damage. store_zero_block: p (len bytes) starts
+ * at byte at of its chunk; true if it holds such a block.
+ */
+#define ENG_ZERO_BLOCK 1024
+bool store_zero_block(const unsigned char *p, size_t len, size_t at);
+
 /* Closes st->chunk_blob, if open (message_read.c). */
 void store_chunk_blob_close(eng_store *st);
 
