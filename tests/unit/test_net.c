@@ -3,7 +3,8 @@
  * served on the test's loop (main thread), and clients in a second thread
  * with blocking sockets and OpenSSL: implicit TLS with a clean close
  * (close_notify), a STARTTLS upgrade whose pipelined plaintext is
- * discarded, backpressure on a client that does not read (plain and TLS),
+ * discarded, backpressure on a client that does not read (plain and TLS,
+ * written by sm_net_write and by sm_net_write_direct),
  * the per-IP limit (with and without a limit_reply), the idle timeout, a
  * certificate reload, an idle connection holding no buffer (plain, TLS,
  * after STARTTLS, after big answers) and held input re-offered after
@@ -95,11 +96,35 @@ typedef struct fixture {
 	atomic_int close_idle;
 	atomic_size_t max_queued;
 	atomic_bool client_ok;
+	bool direct;                 /* BIG writes with sm_net_write_direct */
 } fixture;
 
 static fixture *g_f;
 
 /* ---- the server side ---- */
+
+/* The i-th byte of a BIG answer written with sm_net_write_direct: where
+ * it is in the answer shows (a byte lost, repeated or out of order). */
+static char bp_byte(size_t i)
+{
+	return (char)('a' + (i * 7 + i / 4099) % 26);
+}
+
+/* n bytes of a direct BIG answer (g_f->produced of it written): the
+ * first 100 batched by sm_net_write, the rest given to
+ * sm_net_write_direct from a buffer overwritten at once (what the socket
+ * did not take must have been copied). */
+static void big_direct(sm_net_conn *c, size_t n)
+{
+	char buf[16384];
+	size_t k = n < 100 ? n : 100;
+
+	for (size_t i = 0; i < n; i++)
+		buf[i] = bp_byte(g_f->produced + i);
+	sm_net_write(c, buf, k);
+	sm_net_write_direct(c, buf + k, n - k);
+	memset(buf, '?', n);
+}
 
 static void big_pump(sm_net_conn *c, srv_conn_state *st)
 {
@@ -109,7 +134,10 @@ static void big_pump(sm_net_conn *c, srv_conn_state *st)
 	while (st->big_left > 0 && !sm_net_write_blocked(c)) {
 		size_t n = st->big_left < sizeof(chunk) ? st->big_left : sizeof(chunk);
 
-		sm_net_write(c, chunk, n);
+		if (g_f->direct)
+			big_direct(c, n);
+		else
+			sm_net_write(c, chunk, n);
 		st->big_left -= n;
 		g_f->produced += n;
 		if (sm_net_write_queued(c) > g_f->max_queued)
@@ -859,7 +887,8 @@ static size_t bp_wait_blocked(fixture *f)
 	return f->produced;
 }
 
-/* Reads n bytes of 'x' in 4 KiB reads, over plain (ssl NULL) or TLS. */
+/* Reads n bytes of 'x' (f->direct: bp_byte's) in 4 KiB reads, over
+ * plain (ssl NULL) or TLS. */
 static bool bp_read_all(int fd, SSL *ssl, size_t n)
 {
 	char buf[4096];
@@ -873,7 +902,7 @@ static bool bp_read_all(int fd, SSL *ssl, size_t n)
 		if (r <= 0)
 			return false;
 		for (ssize_t i = 0; i < r; i++)
-			if (buf[i] != 'x')
+			if (buf[i] != (g_f->direct ? bp_byte(got + (size_t)i) : 'x'))
 				return false;
 		got += (size_t)r;
 	}
@@ -963,6 +992,24 @@ static void test_backpressure(void **state)
 static void test_backpressure_tls(void **state)
 {
 	bp_test(*state, true);
+}
+
+/* The same with sm_net_write_direct (partial writes of the batch and the
+ * bytes, writes while libuv has some queued; TLS: sm_net_write's path). */
+static void test_backpressure_direct(void **state)
+{
+	fixture *f = *state;
+
+	f->direct = true;
+	bp_test(f, false);
+}
+
+static void test_backpressure_direct_tls(void **state)
+{
+	fixture *f = *state;
+
+	f->direct = true;
+	bp_test(f, true);
 }
 
 /* ---- per-IP limit, idle timeout ---- */
@@ -1182,6 +1229,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_hold_resume, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_backpressure_tls, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_backpressure_direct, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_backpressure_direct_tls, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_idle_timeout, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limit_reply, setup, teardown),
