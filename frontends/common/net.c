@@ -21,10 +21,11 @@
  * reaches NET_FLUSH_BYTES is flushed at once. Before STARTTLS switches the
  * stream, before close_notify and a graceful close's shutdown, the batch
  * is flushed first, so the order of the bytes is the order of the writes.
- * sm_net_write_direct (a streamed body's bytes, plaintext) skips the copy
- * into the batch: the batch and the bytes go out in one writev at once,
- * unless libuv still has writes queued, and only what the socket does
- * not take is copied onto the queue.
+ * sm_net_write_direct (a streamed body's bytes) skips the copy into the
+ * batch: in plaintext the batch and the bytes go out in one writev at
+ * once, unless libuv still has writes queued, and only what the socket
+ * does not take is copied onto the queue; under TLS both go through
+ * SSL_write from where they are, their records in one write.
  *
  * Connection states:
  *
@@ -708,13 +709,17 @@ static void tls_flush(sm_net_conn *c)
 		wire_write_owned(c, &c->tls_out);
 }
 
-/* Plaintext through TLS (after the handshake) to the socket. */
-static void tls_send(sm_net_conn *c, const void *data, size_t len)
+/* Plaintext through TLS (after the handshake) into records, left in
+ * tls_out (written once it holds 64 KiB, before more). false: the
+ * connection failed. */
+static bool tls_put(sm_net_conn *c, const void *data, size_t len)
 {
 	while (len > 0 && !c->handles_closing) {
 		int chunk = len > 65536 ? 65536 : (int)len;
 		int n;
 
+		if (c->tls_out.len >= 65536)
+			tls_flush(c);
 		/* the records: the plaintext and 22 bytes per 16 KiB record */
 		eng_buf_reserve(&c->tls_out, (size_t)chunk + 256);
 		n = SSL_write(c->ssl, data, chunk);
@@ -722,12 +727,42 @@ static void tls_send(sm_net_conn *c, const void *data, size_t len)
 		if (n <= 0) {
 			ERR_clear_error();
 			conn_abort(c, SM_NET_TLS_ERROR);
-			return;
+			return false;
 		}
 		data = (const char *)data + n;
 		len -= (size_t)n;
-		tls_flush(c);
 	}
+	return !c->handles_closing;
+}
+
+/* Plaintext through TLS (after the handshake) to the socket. */
+static void tls_send(sm_net_conn *c, const void *data, size_t len)
+{
+	if (tls_put(c, data, len))
+		tls_flush(c);
+}
+
+static void dirty_add(sm_net_conn *c);
+
+/* sm_net_write_direct under TLS: the batch, then the bytes, through
+ * SSL_write from where they are (not copied into the batch first); their
+ * records wait in tls_out, like a batch, for 64 KiB or the loop turn. */
+static void tls_direct(sm_net_conn *c, const void *data, size_t len)
+{
+	eng_buf b = c->pend;
+	bool ok = true;
+
+	c->pend = (eng_buf)ENG_BUF_INIT;
+	if (b.len > 0)
+		ok = tls_put(c, b.data, b.len);
+	eng_buf_free(&b);
+	if (!ok || !tls_put(c, data, len))
+		return;
+	if (c->tls_out.len >= NET_FLUSH_BYTES ||
+	    c->out_bytes + c->tls_out.len > c->l->cfg.max_output_bytes)
+		tls_flush(c);
+	else
+		dirty_add(c);
 }
 
 static void on_flush_turn(sm_net_listener *l);
@@ -782,7 +817,10 @@ static void out_flush(sm_net_conn *c)
 
 	dirty_remove(c);
 	if (c->pend.len == 0) {
-		eng_buf_free(&c->pend);  /* emptied by sm_net_write_direct */
+		/* emptied by sm_net_write_direct; under TLS its records */
+		eng_buf_free(&c->pend);
+		if (c->ssl != NULL)
+			tls_flush(c);
 		return;
 	}
 	b = c->pend;
@@ -819,7 +857,8 @@ void sm_net_write(sm_net_conn *c, const void *data, size_t len)
 	/* A full batch, or one that fills the queue (the producer is told
 	 * to stop: sm_net_write_blocked), goes out now. */
 	if (c->pend.len >= NET_FLUSH_BYTES ||
-	    c->out_bytes + c->pend.len > c->l->cfg.max_output_bytes)
+	    c->out_bytes + c->tls_out.len + c->pend.len >
+	    c->l->cfg.max_output_bytes)
 		out_flush(c);
 	else
 		dirty_add(c);
@@ -856,9 +895,14 @@ void sm_net_write_direct(sm_net_conn *c, const void *data, size_t len)
 	unsigned nb = 0;
 	int n;
 
-	if (c->ssl != NULL || c->closing || c->handles_closing ||
-	    c->pend.len + len < NET_DIRECT_BYTES || len > UINT_MAX) {
+	if (c->closing || c->handles_closing || len > UINT_MAX ||
+	    c->pend.len + len < NET_DIRECT_BYTES ||
+	    (c->ssl != NULL && !c->tls_done)) {
 		sm_net_write(c, data, len);
+		return;
+	}
+	if (c->ssl != NULL) {
+		tls_direct(c, data, len);
 		return;
 	}
 	if (c->pend.len > 0)
@@ -877,7 +921,7 @@ void sm_net_write_direct(sm_net_conn *c, const void *data, size_t len)
 
 size_t sm_net_write_queued(const sm_net_conn *c)
 {
-	return c->out_bytes + c->tls_early.len + c->pend.len;
+	return c->out_bytes + c->tls_out.len + c->tls_early.len + c->pend.len;
 }
 
 bool sm_net_write_blocked(const sm_net_conn *c)

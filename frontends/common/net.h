@@ -179,8 +179,10 @@ void sm_net_write(sm_net_conn *c, const void *data, size_t len);
  * sqlited): on a plaintext connection with no write waiting in libuv,
  * the pending batch and these bytes (8 KiB together at least) go to the
  * socket in one writev from where they are, and only what the socket
- * does not take is copied onto the queue. Under TLS, for small bytes or
- * while libuv has writes queued, it is sm_net_write.
+ * does not take is copied onto the queue (while libuv has writes queued,
+ * it is sm_net_write). Under TLS the batch and the bytes go through
+ * SSL_write from where they are, their records in one write. Small
+ * bytes, and before the TLS handshake ends: sm_net_write.
  */
 void sm_net_write_direct(sm_net_conn *c, const void *data, size_t len);
 /* Bytes queued and not yet written to the socket. */

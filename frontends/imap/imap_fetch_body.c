@@ -126,8 +126,9 @@ static void put_literal_head(fetch_op *op, const imap_fetch_item *it,
 	eng_buf *b = &op->line;
 
 	put_label(op, it);
-	eng_buf_printf(b, " %s{%llu}\r\n", literal8 ? "~" : "",
-		       (unsigned long long)size);
+	eng_buf_puts(b, literal8 ? " ~{" : " {");
+	imap_fetch_put_uint(b, size);
+	eng_buf_puts(b, "}\r\n");
 }
 
 /* A literal from memory, with the item's partial range applied. */

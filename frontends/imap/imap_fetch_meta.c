@@ -179,10 +179,14 @@ void fetch_put_prefix(fetch_op *op, const fmsg *m, const fslot *sl)
 
 	op->msg_mark = b->len;
 	op->msg_open = true;
-	eng_buf_printf(b, "* %u FETCH (", m->seq);
+	eng_buf_puts(b, "* ");
+	imap_fetch_put_uint(b, m->seq);
+	eng_buf_puts(b, " FETCH (");
 	mark = b->len;
-	if (op->cmd->uid || (a & IMAP_FA_UID))
-		eng_buf_printf(b, " UID %u", m->uid);
+	if (op->cmd->uid || (a & IMAP_FA_UID)) {
+		eng_buf_puts(b, " UID ");
+		imap_fetch_put_uint(b, m->uid);
+	}
 	if ((a & IMAP_FA_FLAGS) || m->flags_changed)
 		put_flags(op, m, b);
 	if (a & IMAP_FA_INTERNALDATE) {

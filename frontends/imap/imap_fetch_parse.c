@@ -452,6 +452,18 @@ void imap_fetch_item_rpc_section(const imap_fetch_item *it, char *out,
 		 it->part[0] != '\0' && t[0] != '\0' ? "." : "", t);
 }
 
+void imap_fetch_put_uint(eng_buf *b, uint64_t v)
+{
+	char tmp[20];
+	size_t i = sizeof(tmp);
+
+	do {
+		tmp[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v > 0);
+	eng_buf_append(b, tmp + i, sizeof(tmp) - i);
+}
+
 void imap_fetch_item_label(const imap_fetch_item *it, eng_buf *out)
 {
 	static const char *const kinds[] = { "BODY", "BINARY", "BINARY.SIZE" };
@@ -460,7 +472,9 @@ void imap_fetch_item_label(const imap_fetch_item *it, eng_buf *out)
 		eng_buf_puts(out, it->rfc822_name);
 		return;
 	}
-	eng_buf_printf(out, "%s[%s", kinds[it->kind], it->part);
+	eng_buf_puts(out, kinds[it->kind]);
+	eng_buf_putc(out, '[');
+	eng_buf_puts(out, it->part);
 	if (it->text != IMAP_FT_ALL) {
 		if (it->part[0] != '\0')
 			eng_buf_putc(out, '.');

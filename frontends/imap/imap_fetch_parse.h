@@ -102,6 +102,8 @@ void imap_fetch_spec_clear(imap_fetch_spec *spec);
 /* True if the item sets \Seen (a non-PEEK body or binary fetch). */
 bool imap_fetch_item_sets_seen(const imap_fetch_item *it);
 
+/* v in decimal, without printf (a FETCH writes a few per message). */
+void imap_fetch_put_uint(eng_buf *b, uint64_t v);
 /* The section as sqlited names it ("1.2.HEADER", "TEXT", "" ...): the
  * HEADER.FIELDS forms ask for the header; BINARY for the part. */
 void imap_fetch_item_rpc_section(const imap_fetch_item *it, char *out,

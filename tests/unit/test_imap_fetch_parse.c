@@ -78,6 +78,26 @@ static void label_of(const imap_fetch_item *it, char *out, size_t n)
 	eng_buf_free(&b);
 }
 
+/* imap_fetch_put_uint against printf's %llu. */
+static void test_put_uint(void **state)
+{
+	static const uint64_t v[] = { 0, 1, 9, 10, 99, 100, 27000, 4294967295u,
+				      4294967296u, UINT64_MAX - 1, UINT64_MAX };
+	eng_buf b = ENG_BUF_INIT;
+	char want[32];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		eng_buf_reset(&b);
+		eng_buf_putc(&b, '{');
+		imap_fetch_put_uint(&b, v[i]);
+		eng_buf_putc(&b, '}');
+		snprintf(want, sizeof(want), "{%llu}", (unsigned long long)v[i]);
+		assert_string_equal(b.data, want);
+	}
+	eng_buf_free(&b);
+}
+
 static void test_macros(void **state)
 {
 	imap_fetch_spec spec;
@@ -502,6 +522,7 @@ int main(void)
 		cmocka_unit_test(test_qp),
 		cmocka_unit_test(test_unknown_cte),
 		cmocka_unit_test(test_preview),
+		cmocka_unit_test(test_put_uint),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, teardown);
