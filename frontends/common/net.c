@@ -78,6 +78,8 @@
 /* sm_net_write_direct: a batch and write this large go to the socket at
  * once from where they are; a smaller one is batched (copied). */
 #define NET_DIRECT_BYTES (8u * 1024)
+/* The plaintext of a full TLS record (OpenSSL's max_send_fragment). */
+#define NET_TLS_RECORD 16384u
 
 /*
  * Mozilla's "intermediate" configuration (ssl-config.mozilla.org, v5.7):
@@ -744,25 +746,43 @@ static void tls_send(sm_net_conn *c, const void *data, size_t len)
 
 static void dirty_add(sm_net_conn *c);
 
-/* sm_net_write_direct under TLS: the batch, then the bytes, through
- * SSL_write from where they are (not copied into the batch first); their
- * records wait in tls_out, like a batch, for 64 KiB or the loop turn. */
+/*
+ * sm_net_write_direct under TLS: the records are those of one batch of
+ * everything (full ones, no small record per write), but most of the
+ * bytes go through SSL_write from where they are: the batch takes the
+ * first of them up to a record's end and goes, then the whole records
+ * of the bytes, and their tail becomes the batch (to be followed by
+ * what is written next). The records wait in tls_out, like a batch, for
+ * 64 KiB or the loop turn.
+ */
 static void tls_direct(sm_net_conn *c, const void *data, size_t len)
 {
-	eng_buf b = c->pend;
-	bool ok = true;
+	const char *p = data;
+	size_t k = (NET_TLS_RECORD - c->pend.len % NET_TLS_RECORD) %
+		NET_TLS_RECORD;
+	size_t whole;
+	eng_buf b;
+	bool ok;
 
-	c->pend = (eng_buf)ENG_BUF_INIT;
-	if (b.len > 0)
-		ok = tls_put(c, b.data, b.len);
-	eng_buf_free(&b);
-	if (!ok || !tls_put(c, data, len))
+	if (k >= len) {
+		sm_net_write(c, data, len);
 		return;
+	}
+	eng_buf_append(&c->pend, p, k);
+	p += k;
+	len -= k;
+	whole = len - len % NET_TLS_RECORD;
+	b = c->pend;
+	c->pend = (eng_buf)ENG_BUF_INIT;
+	ok = tls_put(c, b.data, b.len) && tls_put(c, p, whole);
+	eng_buf_free(&b);
+	if (!ok)
+		return;
+	eng_buf_append(&c->pend, p + whole, len - whole);
 	if (c->tls_out.len >= NET_FLUSH_BYTES ||
 	    c->out_bytes + c->tls_out.len > c->l->cfg.max_output_bytes)
 		tls_flush(c);
-	else
-		dirty_add(c);
+	dirty_add(c);
 }
 
 static void on_flush_turn(sm_net_listener *l);
