@@ -388,8 +388,13 @@ static void chunk_blob_done(eng_store *st, sqlite3_blob *b)
 /*
  * Reads chunk seq from byte in_chunk into out (room bytes; *n_r of them).
  * A body_chunk row (schema version 4) stored raw is read in place, just
- * the bytes wanted, straight into out, and checked for a zeroed page
- * (store_zero_block: a short read within a chunk may miss one). A zstd chunk (of either table)
+ * the bytes wanted, straight into out, when the read takes the chunk to
+ * its end, and checked for a zeroed page (store_zero_block: a short read
+ * within a chunk may miss one). A read that stops inside the chunk (a
+ * body stream's piece ends there) takes the whole chunk into the cache,
+ * as for zstd: the rest then comes from memory, even if the message is
+ * expunged before the stream's next piece is read (each piece is its own
+ * snapshot; test_imap_clients test_expunge_while_a_fetch_streams). A zstd chunk (of either table)
  * wanted whole is decompressed straight into out; any other is
  * decompressed once into the handle's cache, where the next read of the
  * same chunk finds it. A chunk not in body_chunk was stored before version
@@ -413,8 +418,8 @@ static int read_chunk(eng_message *m, int64_t seq, size_t in_chunk,
 			return ENG_ECORRUPT;
 		}
 	}
-	if (stored == raw_len) {
-		size_t n = raw_len - in_chunk < room ? raw_len - in_chunk : room;
+	if (stored == raw_len && room >= raw_len - in_chunk) {
+		size_t n = raw_len - in_chunk;
 
 		err = blob_read_checked(m->st, b, out, n, in_chunk);
 		chunk_blob_done(m->st, b);
@@ -439,8 +444,13 @@ static int read_chunk(eng_message *m, int64_t seq, size_t in_chunk,
 		}
 		dst = m->cache;
 	}
-	err = b != NULL ? load_blob_chunk(m, b, stored, dst, raw_len) :
-		load_old_chunk(m, seq, dst, raw_len);
+	if (b == NULL)
+		err = load_old_chunk(m, seq, dst, raw_len);
+	else if (stored < raw_len)
+		err = load_blob_chunk(m, b, stored, dst, raw_len);
+	else if ((err = blob_read_checked(m->st, b, dst, raw_len, 0)) == 0 &&
+		 store_zero_block(dst, raw_len, 0))
+		err = ENG_ECORRUPT;
 	chunk_blob_done(m->st, b);
 	if (err != 0)
 		return err;

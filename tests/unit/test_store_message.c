@@ -682,6 +682,38 @@ static void test_zero_blocks(void **state)
 	tu_store_check(f->st);
 }
 
+/*
+ * A read that stops inside a raw chunk takes the whole chunk into the
+ * handle's cache: the rest of it reads back exact after the message is
+ * expunged (a body stream reads each piece in its own snapshot).
+ */
+static void test_read_rest_after_expunge(void **state)
+{
+	tu_store *f = *state;
+	char *msg = big_message(200 * 1024);
+	size_t len = strlen(msg);
+	char *back = malloc(len);
+	uint32_t uid = tu_store_append(f, f->inbox, msg, ENG_F_DELETED);
+	uint32_t *uids;
+	size_t n;
+	eng_message *m;
+
+	assert_int_equal(stored_bytes(f), (int64_t)len);       /* raw */
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+	assert_int_equal(eng_message_read(m, 0, back, 1000), 1000);
+	assert_int_equal(eng_expunge(f->st, f->inbox, NULL, &uids, &n), 0);
+	assert_int_equal(n, 1);
+	free(uids);
+	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM body_chunk"),
+			 0);
+	assert_int_equal(eng_message_read(m, 1000, back + 1000, len),
+			 (long)(len - 1000));
+	assert_memory_equal(back, msg, len);
+	eng_message_close(&m);
+	free(back);
+	free(msg);
+}
+
 /* Reads the whole message uid: 0 or the error. */
 static long read_whole(tu_store *f, uint32_t uid, char *back, size_t len)
 {
@@ -965,6 +997,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_read_splits,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_chunk_storage,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_read_rest_after_expunge,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_zero_blocks,
 						tu_store_setup, tu_store_teardown),
