@@ -33,10 +33,11 @@ Attributes and methods:
   ImapServer(config={"max_message_bytes": "1048576"}).
 - add_alias(address, password): `sealmail domain add` (once per domain) and
   `sealmail alias add --password-stdin`.
-- with_aliases(aliases, prepare=None) -> self: the usual setUpClass after the
+- with_aliases(aliases, prepare=None, then=None) -> self: the usual setUpClass after the
   constructor: prepare(srv) if given (e.g. another daemon), then add_alias()
-  of each (address, password); on any failure stop() and re-raise (a
-  tearDownClass does not run when setUpClass fails).
+  of each (address, password), then then(srv) if given (e.g. APPENDs that
+  fill the mailboxes); on any failure stop() and re-raise (a tearDownClass
+  does not run when setUpClass fails).
 - connect(tls=True, port=None): an imaplib.IMAP4_SSL (certificate not
   verified) on imaps_port, or imaplib.IMAP4 (plaintext, loopback, so LOGIN is
   allowed) on imap_port; not logged in.
@@ -426,16 +427,19 @@ class ImapServer(Installation, ImapdMixin):
         self.secrets.append(password)
         self.cli("alias", "add", address, "--password-stdin", stdin=password + "\n")
 
-    def with_aliases(self, aliases, prepare=None):
+    def with_aliases(self, aliases, prepare=None, then=None):
         """prepare(self) if given, then add_alias() of each (address,
-        password); on failure stop() and re-raise, since tearDownClass does
-        not run when setUpClass fails. Returns self, for
+        password), then then(self) if given (filling the mailboxes); on
+        failure stop() and re-raise, since tearDownClass does not run when
+        setUpClass fails. Returns self, for
         cls.srv = ImapServer(...).with_aliases([...])."""
         try:
             if prepare is not None:
                 prepare(self)
             for address, password in aliases:
                 self.add_alias(address, password)
+            if then is not None:
+                then(self)
         except BaseException:
             self.stop()
             raise

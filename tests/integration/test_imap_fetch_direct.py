@@ -78,18 +78,16 @@ class FetchDirectTest(unittest.TestCase):
     def setUpClass(cls):
         if not skip_unless_built():
             raise unittest.SkipTest("binaries not built")
-        cls.srv = ImapServer(config={"max_message_bytes": str(16 * 1024 * 1024)})
-        try:
-            cls.srv.add_alias(ADDR, PW)
-            cls.msgs = [exact_message(i, n) for i, n in enumerate(SIZES)]
-            c = cls.srv.login(ADDR, PW)
+        cls.msgs = [exact_message(i, n) for i, n in enumerate(SIZES)]
+
+        def fill(srv):
+            c = srv.login(ADDR, PW)
             for raw in cls.msgs:
                 typ, _ = c.append("INBOX", None, None, raw)
                 assert typ == "OK"
             c.logout()
-        except BaseException:
-            cls.srv.stop()
-            raise
+        cls.srv = ImapServer(config={"max_message_bytes": str(16 * 1024 * 1024)}
+                             ).with_aliases([(ADDR, PW)], then=fill)
 
     @classmethod
     def tearDownClass(cls):
