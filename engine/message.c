@@ -493,9 +493,9 @@ static size_t compress_chunk(ZSTD_CCtx *cctx, void *dst, size_t cap,
 /*
  * Writes the chunk as a body_chunk row (schema version 4, docs/storage.md):
  * its zstd frame if that is below seven eighths of the raw length (or the
- * chunk holds a block of zeroes), else the raw bytes, which a read copies in place (message_read.c). A frame
- * is always shorter than the raw length, so the row's length tells which
- * it is. Most of a mailbox's bytes are base64 attachments, which zstd
+ * chunk holds a block of zeroes), else the raw bytes, which a read copies
+ * in place (message_read.c). A frame is always shorter than the raw
+ * length, so the row's length tells which it is. Most of a mailbox's bytes are base64 attachments, which zstd
  * with raw literals leaves at 90-100% of their size.
  */
 static int flush_chunk(eng_append *ap)
