@@ -341,7 +341,20 @@ class ImapServer(Installation, ImapdMixin):
                                                          "rpc_secret"))
         self._start_redis()
         self.start_sqlited()
-        self.imapd = self._start_imapd(self.conf, self.imaps_port, self.imap_port, "imapd")
+        for attempt in range(3):
+            try:
+                self.imapd = self._start_imapd(self.conf, self.imaps_port,
+                                               self.imap_port, "imapd")
+                break
+            except RuntimeError as e:
+                # free_port() gives a port back before the imapd binds it:
+                # another test run (CI runs the plain and the ASan suites
+                # at once) may take it meanwhile. New ports, once more.
+                if attempt == 2 or "address already in use" not in str(e):
+                    raise
+                self.imaps_port, self.imap_port = free_port(), free_port()
+                self._write_conf(self.conf, self.imaps_port, self.imap_port,
+                                 self.extra)
 
     def _write_conf(self, path, imaps_port, imap_port, extra):
         with open(self.conf) as f:
