@@ -32,7 +32,15 @@
  *    srv_sessions_end_alias before ALIAS_REMOVE / RESTORE_ALIAS) and when
  *    a work item finds the alias closed after an I/O error; only a full
  *    unlock whose open ran after the last close (close_gen unchanged)
- *    records a verifier again and clears a->closing.
+ *    records a verifier again and clears a->closing;
+ *  - a->gen (the write generation) changes after every work item that
+ *    did not declare itself read-only (srv_alias_work_read_only), before
+ *    its done callback answers, and whenever a close is queued; values
+ *    come from the table's clock, never reused by another alias entry.
+ *    So while nothing of the alias is queued or running, an answer
+ *    recorded by a read-only item that started at generation a->gen is
+ *    of the store's current state (srv_alias_quiet_gen; the MAILBOX_VIEW
+ *    loop path, srv_ops_view.c).
  */
 #include "srv_alias_private.h"
 #include "srv_keyslab.h"
@@ -42,12 +50,15 @@
 #include <errno.h>
 #include <malloc.h>
 #include <sodium.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #define QUEUE_MAX 1024
+
+static atomic_uint_fast64_t tables_made;
 
 struct work_item {
 	struct work_item *next;
@@ -112,6 +123,12 @@ srv_alias *alias_find(srv_aliases *as, const char *id)
 	return a;
 }
 
+/* A new write generation for a (loop thread). */
+static void alias_bump(srv_alias *a)
+{
+	a->gen = ++a->owner->gen_clock;
+}
+
 srv_alias *alias_get(srv_aliases *as, const char *id)
 {
 	srv_alias *a = alias_find(as, id);
@@ -126,6 +143,7 @@ srv_alias *alias_get(srv_aliases *as, const char *id)
 	    asprintf(&a->spool_dir, "%s/spool/%s", as->data_dir, id) < 0)
 		eng_oom(0);
 	a->last_used_ms = uv_now(as->loop);
+	alias_bump(a);
 	b = hash_str(id) % ALIAS_BUCKETS;
 	a->hash_next = as->buckets[b];
 	as->buckets[b] = a;
@@ -183,10 +201,12 @@ static void work_cb(uv_work_t *req)
 	 * again (store.h): reopen it now, with the key we still hold, so the
 	 * next request finds a working store (or a locked alias). */
 	if (a->st != NULL && eng_store_needs_reopen(a->st)) {
+		a->run_read_only = false;
 		eng_store_close(&a->st);
 		if (a->mk != NULL && alias_open(a, a->mk, false) != 0) {
 			eng_log(ENG_LOG_ERROR, "alias %s: cannot reopen its "
 				"database after an I/O error", a->id);
+			srv_view_cache_forget(a->id);
 			alias_keys_free(a);
 		}
 	}
@@ -199,6 +219,9 @@ static void after_work_cb(uv_work_t *req, int status)
 
 	a->running = false;
 	a->owner->work_done++;
+	/* Before the answer: a request sent after it sees the change. */
+	if (!a->run_read_only || status == UV_ECANCELED)
+		alias_bump(a);
 	/* The item may have closed it (an I/O error it could not reopen
 	 * from, srv_alias_close_now): MK is gone, so are the verifiers. An
 	 * open queued earlier that runs later reopens it and re-arms them. */
@@ -229,6 +252,8 @@ static void queue_start(srv_alias *a)
 		a->tail = NULL;
 	a->queued--;
 	a->running = true;
+	a->run_gen = a->gen;
+	a->run_read_only = false;
 	w->req.data = w;
 	if (uv_queue_work(a->owner->loop, &w->req, work_cb, after_work_cb) != 0) {
 		/* Cannot happen with a valid loop; fail the item, not the loop. */
@@ -289,6 +314,29 @@ eng_store *srv_alias_store(srv_alias *a)
 			a->reopened = true;
 	}
 	return a->st;
+}
+
+bool srv_alias_quiet_gen(srv_aliases *as, const char *alias_id,
+			 uint64_t *gen_r)
+{
+	srv_alias *a = alias_find(as, alias_id);
+
+	/* The loop may read a->st and a->mk: nothing of a runs. */
+	if (a == NULL || as->shutting_down || a->running || a->queued > 0 ||
+	    a->closing || a->st == NULL || a->mk == NULL)
+		return false;
+	*gen_r = a->gen;
+	return true;
+}
+
+uint64_t srv_alias_work_gen(const srv_alias *a)
+{
+	return a->run_gen;
+}
+
+void srv_alias_work_read_only(srv_alias *a)
+{
+	a->run_read_only = true;
 }
 
 const char *srv_alias_id(const srv_alias *a)
@@ -480,6 +528,7 @@ static void alias_mark_closing(srv_alias *a)
 	verifiers_clear(a);
 	a->closing = true;
 	a->close_gen++;
+	alias_bump(a);
 }
 
 static int close_submit(srv_aliases *as, srv_alias *a, srv_done_fn *done,
@@ -700,6 +749,9 @@ int srv_aliases_new(uv_loop_t *loop, const srv_alias_config *cfg,
 	}
 	as = eng_calloc(1, sizeof(*as));
 	as->loop = loop;
+	/* Generations unique in the process (the view cache is shared by
+	 * every table: tests make several). */
+	as->gen_clock = (uint64_t)atomic_fetch_add(&tables_made, 1) << 40;
 	as->cfg = *cfg;
 	as->data_dir = eng_strdup(cfg->data_dir);
 	as->verifier_key = eng_secret_new(32);

@@ -89,6 +89,18 @@ void srv_aliases_free(srv_aliases **aliases);
 int srv_alias_submit(srv_aliases *aliases, const char *alias_id,
 		     srv_work_fn *work, srv_done_fn *done, void *ctx);
 
+/*
+ * Loop thread: true and the alias's write generation in *gen_r if a
+ * request for it may be answered from what a read-only work item of
+ * that generation recorded: the alias is open (store and keys), no close
+ * is pending, the table is not shutting down, and nothing of the alias
+ * is queued or running, so no write is in flight. The generation changes
+ * after every work item not declared read-only (before its done callback
+ * runs) and when a close is queued.
+ */
+bool srv_alias_quiet_gen(srv_aliases *aliases, const char *alias_id,
+			 uint64_t *gen_r);
+
 /* ---- sessions ---- */
 
 /* Called with the result of an unlock: 0 and a session handle, or
@@ -161,6 +173,12 @@ int srv_alias_create_db(srv_aliases *aliases, const char *alias_id,
  * fails, the keys being kept for the next try. */
 eng_store *srv_alias_store(srv_alias *a);
 const char *srv_alias_id(const srv_alias *a);
+/* The alias's write generation when the running item started: nothing
+ * was written between it and the item's first read. */
+uint64_t srv_alias_work_gen(const srv_alias *a);
+/* The running item wrote nothing (reads only): the generation stays when
+ * it ends. Only for an item all of whose work is read-only. */
+void srv_alias_work_read_only(srv_alias *a);
 /* data_dir/spool/<id>: where mail for it is sealed while locked. */
 const char *srv_alias_spool_dir(const srv_alias *a);
 /*

@@ -41,6 +41,16 @@ struct srv_alias {
 	struct work_item *head, *tail;
 	unsigned queued;
 	bool running;
+	/* The write generation (srv_alias_quiet_gen): a new value from the
+	 * table's clock after every work item not declared read-only, when
+	 * sessions are ended, and when the entry is made. */
+	uint64_t gen;
+	/* gen when the running item started (queue_start writes it before the
+	 * item runs; the item reads it: srv_alias_work_gen). */
+	uint64_t run_gen;
+	/* The running item wrote nothing (set by it on the pool through
+	 * srv_alias_work_read_only, read by after_work_cb). */
+	bool run_read_only;
 	unsigned sessions;
 	uint64_t last_used_ms;
 	/* Verifiers of passwords that opened this alias while it is open (see
@@ -99,6 +109,7 @@ struct srv_aliases {
 	uint64_t fast_unlocks;
 	uint64_t kdf_unlocks;          /* Argon2id runs started (STATS unlocks_kdf) */
 	uint64_t releases, reopens;
+	uint64_t gen_clock;            /* the last generation given (alias_bump) */
 	bool trim_pending;             /* a release freed memory: malloc_trim */
 	eng_keyring *dummy;            /* same cost as real ones: see srv_unlock */
 	uint8_t *verifier_key;         /* secret memory; random per process */

@@ -308,6 +308,7 @@ int srv_mbop_work(srv_alias *a, srv_mbop *op)
 	 * resolved the session. */
 	if (st == NULL)
 		return RPC_ENOSESSION;
+	op->alias_gen = srv_alias_work_gen(a);
 	if (!op->lookup)
 		return op->run(op, st, NULL);
 	if (op->read_only && (err = eng_store_read_begin(st)) != 0)
@@ -326,7 +327,13 @@ int srv_mbop_work(srv_alias *a, srv_mbop *op)
 
 static int mbop_work(srv_alias *a, void *ctx)
 {
-	return srv_mbop_work(a, ctx);
+	srv_mbop *op = ctx;
+
+	/* The item is this one mbop: if it only reads, the alias's write
+	 * generation stays (srv_alias_quiet_gen). */
+	if (op->read_only)
+		srv_alias_work_read_only(a);
+	return srv_mbop_work(a, op);
 }
 
 void srv_mbop_done(srv_mbop *op, int result)

@@ -68,6 +68,9 @@ struct srv_mbop {
 	bool read_only;
 	bool check_uidvalidity;
 	uint32_t uidvalidity;
+	/* The alias's write generation when the work item started
+	 * (srv_alias_work_gen; set by srv_mbop_work, 0 before). */
+	uint64_t alias_gen;
 	srv_mbop_run_fn *run;
 	/* If set, called on the loop after a successful run instead of
 	 * sending the parts (FETCH_BODY streams); it owns op from then on. */

@@ -28,6 +28,10 @@ struct srv_view_stats {
 	uint64_t hits;      /* answered from an entry of the same state */
 	uint64_t patched;   /* an older entry patched with the changes since */
 	uint64_t scanned;   /* every message row read */
+	/* MAILBOX_VIEW answered on the loop thread from the entry of the
+	 * alias's current write generation (no work queued), or not (it went
+	 * to the pool: hits, patched or scanned above tell how). */
+	uint64_t loop_hits, loop_misses;
 	size_t entries;     /* entries now held for the alias asked about */
 };
 
