@@ -1,6 +1,6 @@
 /*
  * The client side of sqlited's transport security (docs/rpc.md,
- * "Transport and its security"), shared by both clients (rpc_client.c on
+ * "Transport and its security"), shared by both clients (rpc_client*.c on
  * libuv, rpc_sync.c blocking), so that they apply one policy:
  *
  *  - TLS 1.2 or 1.3; under 1.2 only ECDHE with AES-GCM or ChaCha20-Poly1305

@@ -360,7 +360,7 @@ static void download_backpressure(uint32_t window)
 	env_open(&e, &f, secret_a, NULL);
 	memset(&s, 0, sizeof(s));
 	/* Consumed once half the initial window is held: a DATA frame
-	 * larger than a read comes in pieces of any size (rpc_client.c
+	 * larger than a read comes in pieces of any size (rpc_client_read.c
 	 * pass_begin), so at a stall (held + ungranted = the window, and
 	 * less than half of it ungranted) more than half is held. */
 	/* Held 2 ms, the fake server under ASan and a loaded CI machine did
