@@ -245,7 +245,18 @@ int store_content_unref(eng_store *st, int64_t content_id)
 	if (rc != SQLITE_ROW)
 		return rc == SQLITE_DONE ? ENG_ECORRUPT :
 			store_err(st, rc, "unref");
-	return refs > 0 ? 0 : delete_content_rows(st, content_id);
+	if (refs > 0)
+		return 0;
+	/* A body stream still reads it (content_pin.c): its last unpin, or
+	 * the next open, deletes it. */
+	if (store_content_pinned(st, content_id))
+		return store_content_orphan(st);
+	return delete_content_rows(st, content_id);
+}
+
+int store_content_delete(eng_store *st, int64_t content_id)
+{
+	return delete_content_rows(st, content_id);
 }
 
 static int content_ref(eng_store *st, int64_t content_id)

@@ -132,6 +132,22 @@ uint64_t eng_message_size(const eng_message *m)
 	return m->size;
 }
 
+int64_t eng_message_content_id(const eng_message *m)
+{
+	return m->content_id;
+}
+
+int64_t store_message_content(const eng_message *m, eng_store **st_r)
+{
+	*st_r = m->st;
+	return m->content_id;
+}
+
+void eng_message_rebind(eng_message *m, eng_store *st)
+{
+	m->st = st;
+}
+
 int eng_message_mime(eng_message *m, const eng_mime_part **root_r)
 {
 	int err;

@@ -7,7 +7,8 @@
  *    message rows, and meta 'modseq' >= every MODSEQ stored anywhere;
  *  - mailbox.uidnext > every UID the mailbox has had;
  *  - content.refs equals the number of message rows that point at it;
- *    a content row with refs == 0 does not exist;
+ *    a content row with refs == 0 exists only while a body stream pins
+ *    it, or until the next open after a crash (content_pin.c);
  *  - a spool id in spool_applied has its message committed.
  */
 #include "store_private.h"
@@ -766,6 +767,9 @@ int eng_store_open(const char *path, const uint8_t *db_key,
 	if ((err = apply_pragmas(st)) != 0)
 		goto fail;
 	if (version < ENG_SCHEMA_VERSION && (err = migrate(st, version)) != 0)
+		goto fail;
+	/* Contents a body stream pinned when a crash came (content_pin.c). */
+	if ((err = store_content_sweep(st)) != 0)
 		goto fail;
 	*st_r = st;
 	return 0;

@@ -327,6 +327,29 @@ long eng_message_read(eng_message *m, uint64_t offset, void *buf, size_t len);
 int eng_message_section(eng_message *m, const char *section,
 			uint64_t *offset_r, uint64_t *len_r);
 
+/*
+ * Content pins (engine/content_pin.c): a body stream that reads a message
+ * in pieces, each in its own read snapshot, pins its content so that an
+ * EXPUNGE between pieces leaves the bytes in the file (refs = 0, counted
+ * by no mailbox nor the quota) until the last pin goes; unpinning with the
+ * store deletes them if still unreferenced (in its own transaction: not
+ * inside a read snapshot); without the store (NULL, or another file), the
+ * next open of the file does. Pins are per process and outlive the store
+ * handle: after the store was closed and reopened, eng_message_rebind lets
+ * the open message read through the new handle. Thread-safe registry; the
+ * store calls run with the store's owner.
+ */
+typedef struct eng_content_pin eng_content_pin;
+eng_content_pin *eng_message_pin(const eng_message *m);
+int64_t eng_content_pin_id(const eng_content_pin *pin);
+/* Ends *pin (NULL is a no-op); 0 or the error of the deletion. */
+int eng_content_unpin(eng_content_pin **pin, eng_store *st);
+/* The message's content id (RFC 8474 EMAILID). */
+int64_t eng_message_content_id(const eng_message *m);
+/* m reads through st from now on: st is the same file reopened, and m's
+ * content is pinned (else it may be gone: reads fail with ENG_ECORRUPT). */
+void eng_message_rebind(eng_message *m, eng_store *st);
+
 enum eng_store_mode { ENG_STORE_SET, ENG_STORE_ADD, ENG_STORE_REMOVE };
 
 /*

@@ -115,4 +115,20 @@ int store_content_unref(eng_store *st, int64_t content_id);
 /* Appends "AND (...)" limiting column `uid` to set; binds nothing. */
 void store_uidset_sql(const eng_uidset *set, eng_buf *sql);
 
+/* ---- content pins (content_pin.c; eng_message_pin in store.h) ---- */
+
+/* The content id of m and, in *st_r, its store (message_read.c). */
+int64_t store_message_content(const eng_message *m, eng_store **st_r);
+/* Deletes a content row with its chunks, fts row and header fields
+ * (message.c), inside the caller's transaction. */
+int store_content_delete(eng_store *st, int64_t content_id);
+/* True while some pin of this process holds (st's file, content_id). */
+bool store_content_pinned(eng_store *st, int64_t content_id);
+/* Records that an orphan (refs = 0, pinned) was left: meta
+ * content_orphans = 1, in the caller's transaction. */
+int store_content_orphan(eng_store *st);
+/* At open: deletes the orphans no pin holds, if meta content_orphans says
+ * there may be some (own transaction). */
+int store_content_sweep(eng_store *st);
+
 #endif

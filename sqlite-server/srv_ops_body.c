@@ -13,6 +13,15 @@
  * of FETCH_BODY requests pipelined for one alias share one work item
  * (body batches, below). FETCH_BODIES streams the whole bodies of many
  * messages, one record after the other, in pieces read the same way.
+ *
+ * Expunge between pieces: a message still open when a work item ends
+ * (a piece ended inside it) has its content pinned (store.h,
+ * eng_message_pin): an EXPUNGE that runs between the pieces leaves its
+ * bytes in the file, so the stream ends with the bytes it promised; the
+ * pin goes when the message is read to its end (or the request ends) and
+ * the content with it if nothing references it any more. The pin
+ * outlives a release of the store: the handle reads on through the
+ * reopened one (eng_message_rebind).
  */
 #include "srv_ops_mbox.h"
 #include "eng_error.h"
@@ -52,9 +61,14 @@ struct body_ctx {
 	int64_t mailbox_id;
 	uint64_t pos;                /* next byte of the message to read */
 	uint64_t left;               /* bytes still to read */
-	/* The open message and the store it belongs to (pool thread only). */
+	/* The open message and the store it belongs to (pool thread only);
+	 * its content pinned while it stays open between work items. */
 	eng_message *m;
 	eng_store *m_store;
+	eng_content_pin *pin;
+	/* Where the pin goes when the request ends with it (body_ctx_free). */
+	srv_aliases *aliases;
+	char alias_id[SRV_ALIAS_ID_MAX + 1];
 	/* The piece read (pool) and not yet all sent (loop). */
 	uint8_t *piece;
 	size_t piece_cap;            /* bytes allocated at piece */
@@ -63,11 +77,75 @@ struct body_ctx {
 	size_t piece_want;
 };
 
+/* ---- pins of the message a stream has open (both opcodes) ---- */
+
+/*
+ * At the end of a work item (pool, outside its read snapshot: an unpin
+ * may delete; a is NULL only where there is no pin yet): *pin follows the open message m: the pin of a message no
+ * longer open goes (with the content, if it was expunged meanwhile), and
+ * a message left open is pinned. An unpin that fails to delete leaves the
+ * orphan to the next open of the store (logged).
+ */
+static void stream_pin_sync(srv_alias *a, eng_message *m,
+			    eng_content_pin **pin)
+{
+	if (*pin != NULL && (m == NULL || eng_content_pin_id(*pin) !=
+				  eng_message_content_id(m))) {
+		int err = eng_content_unpin(pin, srv_alias_store(a));
+
+		if (err != 0)
+			eng_log(ENG_LOG_WARN, "unpin: %s", eng_strerror(err));
+	}
+	if (m != NULL && *pin == NULL)
+		*pin = eng_message_pin(m);
+}
+
+/* The message was opened on another store (the alias was released and
+ * reopened since): the pinned handle reads on through st. Pool. */
+static void stream_rebind(eng_message *m, eng_store **m_store, eng_store *st)
+{
+	if (m != NULL && *m_store != st) {
+		eng_message_rebind(m, st);
+		*m_store = st;
+	}
+}
+
+static int unpin_work(srv_alias *a, void *ctx)
+{
+	eng_content_pin *pin = ctx;
+
+	return eng_content_unpin(&pin, srv_alias_store(a));
+}
+
+static void unpin_done(void *ctx, int result)
+{
+	(void)ctx;
+	(void)result;
+}
+
+/*
+ * A request that ends with a pin (cancelled, failed, its connection gone):
+ * the unpin runs on the alias's queue, which can delete; if it cannot be
+ * queued, the registry drops the pin and the next open deletes an orphan.
+ */
+static void stream_unpin_later(srv_aliases *aliases, const char *alias_id,
+			       eng_content_pin **pin)
+{
+	if (*pin == NULL)
+		return;
+	if (aliases != NULL && srv_alias_submit(aliases, alias_id, unpin_work,
+						unpin_done, *pin) == 0)
+		*pin = NULL;
+	else
+		(void)eng_content_unpin(pin, NULL);
+}
+
 static void body_ctx_free(void *p)
 {
 	struct body_ctx *c = p;
 
 	eng_message_close(&c->m);
+	stream_unpin_later(c->aliases, c->alias_id, &c->pin);
 	free(c->section);
 	free(c->piece);
 	free(c);
@@ -177,9 +255,12 @@ static int fetch_body_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 		return ENG_ELIMIT;
 	/* The first piece, in the window every stream starts with. */
 	c->piece_want = body_piece_size(c, RPC_INITIAL_WINDOW_BYTES);
-	if (c->piece_want > 0)
-		return body_read_piece(c);
-	eng_message_close(&c->m);
+	if (c->piece_want > 0 && (err = body_read_piece(c)) != 0)
+		return err;
+	if (c->left == 0)
+		eng_message_close(&c->m);
+	/* No pin yet: this only pins (inside the snapshot is fine). */
+	stream_pin_sync(NULL, c->m, &c->pin);
 	return 0;
 }
 
@@ -222,8 +303,8 @@ static int body_fill(void *ctx, eng_store *st)
 	struct body_ctx *c = ctx;
 	int err = 0;
 
-	if (c->m == NULL || c->m_store != st) {
-		eng_message_close(&c->m);
+	stream_rebind(c->m, &c->m_store, st);
+	if (c->m == NULL) {
 		if ((err = eng_message_open(st, c->mailbox_id, c->uid,
 					    &c->m)) == 0)
 			c->m_store = st;
@@ -236,8 +317,10 @@ static void body_pump(srv_req *req);
 static int body_piece_work(srv_alias *a, void *ctx)
 {
 	struct body_ctx *c = ((srv_mbop *)ctx)->ctx;
+	int err = piece_work(a, &c->m, body_fill, c);
 
-	return piece_work(a, &c->m, body_fill, c);
+	stream_pin_sync(a, c->m, &c->pin);
+	return err;
 }
 
 static void body_piece_done(void *ctx, int result)
@@ -478,6 +561,8 @@ void srv_op_fetch_body(srv_req *req)
 	op->ctx = c;
 	op->free_fn = body_ctx_free;
 	op->done_fn = fetch_body_done;
+	c->aliases = op->srv->aliases;
+	memcpy(c->alias_id, op->alias_id, sizeof(c->alias_id));
 	op->read_only = true;
 	CHECK(op, srv_arg_u64(&req->args, RPC_T_UID, true, UINT32_MAX, &uid));
 	if (uid == 0)
@@ -558,6 +643,10 @@ struct bodies_ctx {
 	eng_message *m;
 	eng_store *m_store;
 	uint64_t pos, left;
+	/* m's content, pinned while m stays open between reads. */
+	eng_content_pin *pin;
+	srv_aliases *aliases;
+	char alias_id[SRV_ALIAS_ID_MAX + 1];
 	bool read_all;               /* every record is in the pieces read */
 	bool held;                   /* holds srv_pieces */
 	struct bodies_piece slot[BODIES_SLOTS];
@@ -573,6 +662,7 @@ static void bodies_ctx_free(void *p)
 	struct bodies_ctx *c = p;
 
 	eng_message_close(&c->m);
+	stream_unpin_later(c->aliases, c->alias_id, &c->pin);
 	free(c->uids);
 	for (size_t i = 0; i < BODIES_SLOTS; i++)
 		srv_bufpool_put(&srv_pieces, c->slot[i].buf, c->slot[i].dirty);
@@ -616,14 +706,8 @@ static int bodies_fill_piece(struct bodies_ctx *c, eng_store *st,
 	size_t len = 0;
 	int err = 0;
 
-	/* The store was closed (and maybe reopened) since the last piece. */
-	if (c->m != NULL && c->m_store != st) {
-		eng_message_close(&c->m);
-		if ((err = eng_message_open(st, c->mailbox_id, c->uid,
-					    &c->m)) != 0)
-			return err;
-		c->m_store = st;
-	}
+	/* The store was closed and reopened since the last piece. */
+	stream_rebind(c->m, &c->m_store, st);
 	while (len < want) {
 		size_t room = want - len;
 
@@ -714,10 +798,13 @@ static int bodies_fill(void *ctx, eng_store *st)
 static int fetch_bodies_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 {
 	struct bodies_ctx *c = op->ctx;
+	int err;
 
 	c->mailbox_id = mb->id;
 	rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_MESSAGES, c->n);
-	return bodies_fill(c, st);
+	err = bodies_fill(c, st);
+	stream_pin_sync(NULL, c->m, &c->pin);   /* no pin yet: pins only */
+	return err;
 }
 
 static void bodies_pump(srv_req *req);
@@ -725,8 +812,10 @@ static void bodies_pump(srv_req *req);
 static int bodies_piece_work(srv_alias *a, void *ctx)
 {
 	struct bodies_ctx *c = ((srv_mbop *)ctx)->ctx;
+	int err = piece_work(a, &c->m, bodies_fill, c);
 
-	return piece_work(a, &c->m, bodies_fill, c);
+	stream_pin_sync(a, c->m, &c->pin);
+	return err;
 }
 
 /* The read is done: its pieces are ready (loop). */
@@ -897,6 +986,8 @@ void srv_op_fetch_bodies(srv_req *req)
 	op->ctx = c;
 	op->free_fn = bodies_ctx_free;
 	op->done_fn = fetch_bodies_done;
+	c->aliases = op->srv->aliases;
+	memcpy(c->alias_id, op->alias_id, sizeof(c->alias_id));
 	op->read_only = true;
 	/* The count is checked before anything is allocated for it. */
 	CHECK(op, rpc_get_uids(&req->args, RPC_T_UIDS, &p, &n));

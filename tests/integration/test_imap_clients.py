@@ -34,7 +34,10 @@ installation's self-signed certificate.
   OK, every body fetched identical, no flag update lost (each session owns a
   keyword it sets and clears on shared messages); afterwards each session's view
   (after NOOP) equals a fresh SELECT's, which equals the expected state, and no
-  daemon log has a sanitizer report.
+  daemon log has a sanitizer report. A slow reader's FETCH while another
+  session expunges: of 40 one-chunk messages, and of one 6 MiB message (24
+  chunks, kept by its content pin until the stream ends: byte-exact, the
+  connection survives, and the content is deleted afterwards).
 
 A client missing from the machine skips its test class. Passwords never appear
 in assertion messages; client configuration files live in a 0700 temp dir.
@@ -45,6 +48,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -834,6 +838,66 @@ class ConcurrencyTest(_Base):
                              f"UID {uid}: {len(lit)} bytes instead of {len(sent[uid])} "
                              f"({len(lits)} of 40 answered)")
         r.close()
+        c.logout()
+
+    def test_expunge_while_a_multichunk_body_streams(self):
+        """A 6 MiB message (24 chunks of 256 KiB) is expunged by another session
+        after its literal has begun: the literal still comes whole and
+        byte-exact, the connection goes on, and the content is gone afterwards
+        (the same bytes appended again get a new EMAILID, not the old row)."""
+        rnd = random.Random(23)
+        c = self.login()
+        c.create("Huge")
+        blob = rnd.getrandbits(8 * 4608 * 1024).to_bytes(4608 * 1024, "little")
+        raw = (b"Subject: huge\r\nMessage-ID: <huge@example.org>\r\n\r\n"
+               + base64.encodebytes(blob).replace(b"\n", b"\r\n"))
+        self.assertGreater(len(raw), 6 * 1024 * 1024)
+
+        def append(data):
+            typ, resp = c.append("Huge", None, None, data)
+            self.assertEqual(typ, "OK")
+            return int(re.search(rb"APPENDUID \d+ (\d+)", resp[0]).group(1))
+
+        def emailid(uid):
+            typ, data = c.uid("FETCH", str(uid), "(EMAILID)")
+            self.assertEqual(typ, "OK", data)
+            return re.search(rb"EMAILID \((M\d+)\)", data[0]).group(1)
+
+        uid = append(raw)
+        append(b"Subject: after\r\n\r\nso that the huge one's id is not the last\r\n")
+        c.select("Huge")
+        old_id = emailid(uid)
+        r = self.srv.raw()
+        # A small receive buffer: the server stalls early in the literal.
+        r.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        self.assertTrue(r.cmd(b"l", b'LOGIN "%s" "%s"' % (self.ADDR.encode(),
+                                                         self.PW.encode()))[-1]
+                        .startswith(b"l OK"), "login refused")
+        self.assertTrue(r.cmd(b"s", b"SELECT Huge")[-1].startswith(b"s OK"))
+        r.send(b"f UID FETCH %d (BODY.PEEK[])\r\n" % uid)
+        line = r.line()
+        self.assertRegex(line, rb"\{%d\}$" % len(raw))
+        while len(r.buf) < 64 * 1024:        # the literal has begun
+            r.buf += r.s.recv(65536)
+        time.sleep(0.5)                      # and stalls on the full buffers
+        self.assertEqual(c.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Deleted)")[0],
+                         "OK")
+        self.assertEqual(c.expunge()[0], "OK")
+        while len(r.buf) < len(raw):
+            d = r.s.recv(1 << 20)
+            if not d:
+                self.fail(f"connection closed after {len(r.buf)} of {len(raw)} bytes")
+            r.buf += d
+        lit, r.buf = r.buf[:len(raw)], r.buf[len(raw):]
+        self.assertEqual(sha(lit), sha(raw), "the literal's bytes differ")
+        self.assertTrue(r.until_tagged(b"f")[-1].startswith(b"f OK"))
+        self.assertTrue(r.cmd(b"n", b"NOOP")[-1].startswith(b"n OK"),
+                        "the connection did not survive")
+        r.close()
+        # The stream's end deleted the content: no dedup onto the old row.
+        new_uid = append(raw)
+        c.select("Huge")
+        self.assertNotEqual(emailid(new_uid), old_id)
         c.logout()
 
 
