@@ -37,31 +37,21 @@ def message(i):
 class SelectAfterChangeTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.srv = ImapServer().with_aliases([(ALICE, ALICE_PW)])
-        try:
-            cls.second = cls.srv.start_imapd()
-        except BaseException:
-            cls.srv.stop()
-            raise
+        def second_imapd(srv):
+            cls.second = srv.start_imapd()     # the writer's other imapd
+
+        cls.srv = ImapServer().with_aliases([(ALICE, ALICE_PW)], then=second_imapd)
 
     @classmethod
     def tearDownClass(cls):
         cls.srv.stop()
 
-    def setUp(self):
-        self.clients = []
-
     def tearDown(self):
-        for c in self.clients:
-            try:
-                c.logout()
-            except Exception:
-                pass
         self.assertEqual(self.srv.sanitizer_reports(), [])
 
     def login(self, port=None):
         c = self.srv.login(ALICE, ALICE_PW, port=port)
-        self.clients.append(c)
+        self.addCleanup(c.shutdown)
         return c
 
     # ---- the reader's view and the model ----
