@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """IMAP sessions after IDLE, and what idle connections cost.
 
-An idle connection gives its buffers back (net.c: the input, output and TLS
+An idle connection gives its buffers back (net*.c: the input, output and TLS
 record buffers are freed when drained, one BIO per TLS connection;
 imap_parser_trim when IDLE starts; imap_printf formats on the stack), so
 everything after an IDLE allocates them again. These tests drive that over
