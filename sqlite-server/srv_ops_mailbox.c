@@ -433,6 +433,7 @@ void srv_op_mailbox_list(srv_req *req)
 	CHECK(op, err == RPC_EMISSING ? 0 : err);
 	/* A non-NULL ctx is the flag; nothing to free. */
 	op->ctx = subscribed ? (void *)op : NULL;
+	op->read_only = true;     /* a SELECT after it stays on the loop */
 	srv_mbop_submit(op, list_run);
 }
 
@@ -566,6 +567,7 @@ void srv_op_mailbox_status(srv_req *req)
 		srv_fail(req, err);
 		return;
 	}
+	op->read_only = true;
 	srv_mbop_submit(op, status_run);
 }
 
@@ -594,5 +596,6 @@ void srv_op_quota_get(srv_req *req)
 		srv_fail(req, err);
 		return;
 	}
+	op->read_only = true;
 	srv_mbop_submit(op, quota_run);
 }

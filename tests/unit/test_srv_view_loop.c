@@ -199,6 +199,14 @@ static void test_view_loop_same_bytes(void **state)
 	assert_int_equal(view(f, c, s, "L", 0, 'l', &l), 0);
 	same_bytes(&p, &l);
 	res_free(&l);
+	/* Reads declared read-only (MAILBOX_STATUS, MAILBOX_LIST, QUOTA_GET)
+	 * leave the generation: the loop still answers. */
+	op_call(c, s, RPC_OP_MAILBOX_STATUS, "L", 0, 0, 0, NULL, NULL);
+	op_call(c, s, RPC_OP_MAILBOX_LIST, NULL, 0, 0, 0, NULL, NULL);
+	op_call(c, s, RPC_OP_QUOTA_GET, NULL, 0, 0, 0, NULL, NULL);
+	assert_int_equal(view(f, c, s, "L", 0, 'l', &l), 0);
+	same_bytes(&p, &l);
+	res_free(&l);
 	res_free(&p);
 	/* INBOX asked as "inbox": the canonical name is the entry's. */
 	append_n(c, s, "INBOX", 2, 0);
