@@ -11,6 +11,10 @@
  *   opens and releases its own, inside the caller's read snapshot, so a
  *   handle may be kept between the pieces of a body stream. (The store
  *   keeps one blob handle while a snapshot lasts: chunk_blob_open.)
+ * - eng_message_cursor opens the messages of one read of many (FETCH_BODIES)
+ *   by stepping one statement; it lives inside one read snapshot, where a
+ *   message's content id cannot change (a content id is reused only after
+ *   a delete, which no snapshot sees).
  * - zstd decompression contexts are shared by every thread through a
  *   small pool and freed by eng_message_free_cached (a cached context
  *   holds the literals of the last chunk it decompressed).
@@ -45,6 +49,19 @@ struct eng_message {
 
 /* ---- reading ---- */
 
+/* A handle on content_id (the columns the open statements read). */
+static eng_message *message_new(eng_store *st, sqlite3_stmt *stmt, int col)
+{
+	eng_message *m = eng_calloc(1, sizeof(*m));
+
+	m->st = st;
+	m->content_id = sqlite3_column_int64(stmt, col);
+	m->size = (uint64_t)sqlite3_column_int64(stmt, col + 1);
+	m->chunks = (uint32_t)sqlite3_column_int64(stmt, col + 2);
+	m->cached_seq = -1;
+	return m;
+}
+
 int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 		     eng_message **m_r)
 {
@@ -55,7 +72,6 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 		"SELECT c.id, c.size, c.chunks FROM message m "
 		"JOIN content c ON c.id = m.content_id "
 		"WHERE m.mailbox_id = ? AND m.uid = ?", &err);
-	eng_message *m;
 	int rc;
 
 	*m_r = NULL;
@@ -69,15 +85,115 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 		return rc == SQLITE_DONE ? ENG_ENOTFOUND :
 			store_err(st, rc, "open message");
 	}
-	m = eng_calloc(1, sizeof(*m));
-	m->st = st;
-	m->content_id = sqlite3_column_int64(stmt, 0);
-	m->size = (uint64_t)sqlite3_column_int64(stmt, 1);
-	m->chunks = (uint32_t)sqlite3_column_int64(stmt, 2);
-	m->cached_seq = -1;
+	*m_r = message_new(st, stmt, 0);
 	store_release(st, stmt);
-	*m_r = m;
 	return 0;
+}
+
+/* ---- the cursor (store.h: eng_message_cursor) ---- */
+
+/* A UID this far past the cursor's row is searched for, not stepped to
+ * (a sparse UID set over a large mailbox steps no rows it skips). */
+#define CURSOR_STEP_MAX 64u
+
+/*
+ * The statement walks the rows with uid >= bound by ascending UID; it is
+ * on the row uid (at_end: past the last). Every row in [bound, uid) was
+ * stepped over, so a UID asked for in that range (and not below the last
+ * one asked for) does not exist.
+ */
+struct eng_message_cursor {
+	eng_store *st;
+	int64_t mailbox_id;
+	sqlite3_stmt *stmt;          /* NULL until the first search */
+	uint32_t bound, last;
+	uint32_t uid;
+	bool at_end;
+};
+
+eng_message_cursor *eng_message_cursor_new(eng_store *st, int64_t mailbox_id)
+{
+	eng_message_cursor *c = eng_calloc(1, sizeof(*c));
+
+	c->st = st;
+	c->mailbox_id = mailbox_id;
+	return c;
+}
+
+/* One step: the next row, or the end. */
+static int cursor_step(eng_message_cursor *c)
+{
+	int rc = sqlite3_step(c->stmt);
+
+	if (rc == SQLITE_ROW) {
+		c->uid = (uint32_t)sqlite3_column_int64(c->stmt, 0);
+		return 0;
+	}
+	c->at_end = true;
+	if (rc == SQLITE_DONE)
+		return 0;
+	/* The statement is left for close; the next UID searches again. */
+	c->last = 0;
+	c->bound = UINT32_MAX;
+	return store_err(c->st, rc, "open messages");
+}
+
+/* Puts the statement on the first row with uid >= uid. */
+static int cursor_seek(eng_message_cursor *c, uint32_t uid)
+{
+	int err;
+
+	if (c->stmt == NULL) {
+		c->stmt = store_prepare(c->st,
+			"SELECT m.uid, c.id, c.size, c.chunks FROM message m "
+			"JOIN content c ON c.id = m.content_id "
+			"WHERE m.mailbox_id = ? AND m.uid >= ? ORDER BY m.uid",
+			&err);
+		if (c->stmt == NULL)
+			return err;
+	} else {
+		sqlite3_reset(c->stmt);
+	}
+	sqlite3_bind_int64(c->stmt, 1, c->mailbox_id);
+	sqlite3_bind_int64(c->stmt, 2, uid);
+	c->bound = uid;
+	c->at_end = false;
+	return cursor_step(c);
+}
+
+int eng_message_cursor_open_uid(eng_message_cursor *c, uint32_t uid,
+				eng_message **m_r)
+{
+	int err = 0;
+
+	*m_r = NULL;
+	if (c->stmt == NULL || uid < c->bound || uid < c->last)
+		err = cursor_seek(c, uid);
+	c->last = uid;
+	while (err == 0 && !c->at_end && c->uid < uid) {
+		if (uid - c->uid > CURSOR_STEP_MAX)
+			err = cursor_seek(c, uid);
+		else
+			err = cursor_step(c);
+	}
+	if (err != 0)
+		return err;
+	if (c->at_end || c->uid != uid)
+		return ENG_ENOTFOUND;
+	*m_r = message_new(c->st, c->stmt, 1);
+	return 0;
+}
+
+void eng_message_cursor_close(eng_message_cursor **cp)
+{
+	eng_message_cursor *c = *cp;
+
+	if (c == NULL)
+		return;
+	*cp = NULL;
+	if (c->stmt != NULL)
+		store_release(c->st, c->stmt);
+	free(c);
 }
 
 /* Reads the MIME blob and the header of the content row, once. */
@@ -109,6 +225,13 @@ static int load_meta(eng_message *m)
 	if (m->header_len > 0)
 		memcpy(m->header, sqlite3_column_blob(stmt, 1), m->header_len);
 	store_release(m->st, stmt);
+	/* A zeroed page under the header reads as zeroes (zero_check.c). */
+	if ((err = store_header_verify(m, m->header, m->header_len)) != 0) {
+		free(m->mime_blob);
+		free(m->header);
+		m->mime_blob = m->header = NULL;
+		return err;
+	}
 	m->meta_loaded = true;
 	return 0;
 }

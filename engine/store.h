@@ -299,6 +299,21 @@ typedef struct eng_message eng_message;
 int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 		     eng_message **m_r);
 void eng_message_close(eng_message **m);
+/*
+ * Opening many messages of one mailbox by ascending UID inside one read
+ * snapshot (a FETCH_BODIES read): the cursor steps one statement over the
+ * mailbox's message rows joined to their content instead of a search per
+ * message. eng_message_cursor_open_uid is eng_message_open for the next
+ * UID (ENG_ENOTFOUND: no such message); a UID below the last one, or far
+ * past the row the cursor is on, searches again. The cursor holds a
+ * statement: close it before the snapshot ends (eng_store_read_end).
+ * The handles it gives are ordinary ones (eng_message_close).
+ */
+typedef struct eng_message_cursor eng_message_cursor;
+eng_message_cursor *eng_message_cursor_new(eng_store *st, int64_t mailbox_id);
+int eng_message_cursor_open_uid(eng_message_cursor *c, uint32_t uid,
+				eng_message **m_r);
+void eng_message_cursor_close(eng_message_cursor **c);
 /* Frees the zstd decompression contexts kept for the next chunk read (at
  * most 4, ~95 KiB each; message_read.c); returns how many. Thread-safe; a
  * read running meanwhile keeps its own. sqlited calls it at rest. */

@@ -647,6 +647,8 @@ struct bodies_ctx {
 	eng_content_pin *pin;
 	srv_aliases *aliases;
 	char alias_id[SRV_ALIAS_ID_MAX + 1];
+	/* Opens the records' messages during one read (bodies_fill). */
+	eng_message_cursor *cur;
 	bool read_all;               /* every record is in the pieces read */
 	bool held;                   /* holds srv_pieces */
 	struct bodies_piece slot[BODIES_SLOTS];
@@ -663,6 +665,7 @@ static void bodies_ctx_free(void *p)
 
 	eng_message_close(&c->m);
 	stream_unpin_later(c->aliases, c->alias_id, &c->pin);
+	eng_message_cursor_close(&c->cur);
 	free(c->uids);
 	for (size_t i = 0; i < BODIES_SLOTS; i++)
 		srv_bufpool_put(&srv_pieces, c->slot[i].buf, c->slot[i].dirty);
@@ -673,12 +676,17 @@ static void bodies_ctx_free(void *p)
 	free(c);
 }
 
-/* Begins the record of the next UID: its head, and the message open. */
+/* Begins the record of the next UID: its head, and the message open
+ * (the read's cursor: the imapd asks in ascending order; any other
+ * order is searched for UID by UID). */
 static int bodies_begin(struct bodies_ctx *c, eng_store *st)
 {
 	rpc_bodies_head h = { .uid = c->uids[c->next++] };
-	int err = eng_message_open(st, c->mailbox_id, h.uid, &c->m);
+	int err;
 
+	if (c->cur == NULL)
+		c->cur = eng_message_cursor_new(st, c->mailbox_id);
+	err = eng_message_cursor_open_uid(c->cur, h.uid, &c->m);
 	if (err == ENG_ENOTFOUND) {
 		h.gone = true;       /* expunged, or never was */
 		err = 0;
@@ -792,6 +800,7 @@ static int bodies_fill(void *ctx, eng_store *st)
 			break;
 		c->filled++;
 	}
+	eng_message_cursor_close(&c->cur);      /* before the snapshot ends */
 	return err;
 }
 
