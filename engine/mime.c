@@ -73,6 +73,7 @@ struct eng_mime_parser {
 	bool parts_full;
 	bool finished;
 	eng_mime_part *root;
+	bool root_header_done; /* root->body_off is final */
 	eng_mime_summary sum;
 	bool sum_taken;
 	/* Text extraction of the top (leaf) frame. */
@@ -605,6 +606,8 @@ static void header_done(eng_mime_parser *p, uint64_t body_off, bool cut)
 	eng_mime_part *part = f->part;
 
 	part->body_off = part->body_end = body_off;
+	if (part == p->root)
+		p->root_header_done = true;
 	f->lf_at_body = p->n_lf + (cut ? 0 : 1);
 	parse_header(p, f);
 	eng_buf_free(&f->hdr);
@@ -923,6 +926,14 @@ void eng_mime_parser_feed(eng_mime_parser *p, const void *data, size_t len)
 		}
 		feed_byte(p, s[i++]);
 	}
+}
+
+bool eng_mime_parser_body_off(const eng_mime_parser *p, uint64_t *body_off_r)
+{
+	if (!p->root_header_done)
+		return false;
+	*body_off_r = p->root->body_off;
+	return true;
 }
 
 /* RFC 8970 preview: the first 200 characters of the text, white space

@@ -131,6 +131,9 @@ typedef struct eng_mime_parser eng_mime_parser;
 eng_mime_parser *eng_mime_parser_new(const eng_mime_limits *limits);
 /* Feeds the next bytes; never fails. */
 void eng_mime_parser_feed(eng_mime_parser *p, const void *data, size_t len);
+/* Once the top-level header has ended (its blank line fed, or a limit cut
+ * it): true, with where its body starts (the header's length). */
+bool eng_mime_parser_body_off(const eng_mime_parser *p, uint64_t *body_off_r);
 /*
  * Ends the input. Hands over the tree and the summary (both owned by the
  * caller) and frees nothing else; the parser must still be freed.

@@ -595,8 +595,13 @@ void mime_utf8_sanitize(const char *in, size_t len, eng_buf *out)
 			continue;
 		}
 		if (c < 0x80) {
-			eng_buf_putc(out, (char)c);
-			i++;
+			/* A run of ASCII (NULs dropped) in one append. */
+			size_t j = i + 1;
+
+			while (j < len && s[j] != 0 && s[j] < 0x80)
+				j++;
+			eng_buf_append(out, s + i, j - i);
+			i = j;
 			continue;
 		}
 		if (c >= 0xc2 && c <= 0xdf) {

@@ -131,4 +131,8 @@ int store_content_orphan(eng_store *st);
  * there may be some (own transaction). */
 int store_content_sweep(eng_store *st);
 
+/* Whether message.c's sample of a chunk (len bytes) says zstd at level
+ * would not save an eighth of it, so that it is stored raw untried. */
+bool store_chunk_sample_raw(const void *chunk, size_t len, int level);
+
 #endif

@@ -161,6 +161,10 @@ typedef struct srv_body_reader srv_body_reader;
 int srv_body_open(srv_body *b, srv_body_reader **r_r);
 /* Like eng_spool_read: count, 0 at a verified end, or ENG_ECORRUPT. */
 long srv_body_read(srv_body_reader *r, void *buf, size_t len);
+/* Like srv_body_read, at most max bytes, but *p_r points at them: into a
+ * body held in memory (no copy), else into a buffer of the reader's (valid
+ * until the next call or the reader's free). */
+long srv_body_next(srv_body_reader *r, size_t max, const void **p_r);
 void srv_body_reader_free(srv_body_reader **r);
 
 /*

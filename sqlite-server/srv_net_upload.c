@@ -25,6 +25,8 @@ struct srv_body_reader {
 	eng_spool_reader *r;
 	const srv_body *mem;         /* or reading a body held in memory */
 	size_t off;
+	uint8_t *buf;                /* srv_body_next's, for a file */
+	size_t buf_cap;
 };
 
 static void upload_kick(net_upload *up);
@@ -122,11 +124,35 @@ long srv_body_read(srv_body_reader *r, void *buf, size_t len)
 	return eng_spool_read(r->r, buf, len);
 }
 
+long srv_body_next(srv_body_reader *r, size_t max, const void **p_r)
+{
+	size_t left;
+
+	if (r->mem == NULL) {
+		if (r->buf == NULL || r->buf_cap < max) {
+			free(r->buf);
+			r->buf = eng_malloc(max);
+			r->buf_cap = max;
+		}
+		*p_r = r->buf;
+		return eng_spool_read(r->r, r->buf, max);
+	}
+	left = r->mem->mem.len - r->off;
+	if (max > left)
+		max = left;
+	if (max > LONG_MAX)
+		max = LONG_MAX;
+	*p_r = r->mem->mem.data + r->off;
+	r->off += max;
+	return (long)max;
+}
+
 void srv_body_reader_free(srv_body_reader **r)
 {
 	if (r == NULL || *r == NULL)
 		return;
 	eng_spool_reader_free(&(*r)->r);
+	free((*r)->buf);
 	free(*r);
 	*r = NULL;
 }

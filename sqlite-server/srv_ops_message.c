@@ -47,7 +47,7 @@ static int append_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 	eng_append *ap = NULL;
 	uint32_t uid;
 	uint64_t modseq;
-	uint8_t *buf;
+	const void *p;
 	eng_buf *b;
 	long n;
 	int err;
@@ -58,12 +58,11 @@ static int append_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 		srv_body_reader_free(&r);
 		return err;
 	}
-	buf = eng_malloc(APPEND_READ_BYTES);
-	while ((n = srv_body_read(r, buf, APPEND_READ_BYTES)) > 0) {
-		if ((err = eng_append_write(ap, buf, (size_t)n)) != 0)
+	/* A body held in memory is appended from where it is. */
+	while ((n = srv_body_next(r, APPEND_READ_BYTES, &p)) > 0) {
+		if ((err = eng_append_write(ap, p, (size_t)n)) != 0)
 			break;
 	}
-	free(buf);
 	srv_body_reader_free(&r);
 	if (err == 0 && n < 0)
 		err = (int)n;

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "mime.h"
+#include "mime_private.h"
 #include "eng_error.h"
 #include "testutil.h"
 
@@ -1158,6 +1159,89 @@ static void test_python_corpus(void **state)
 	globfree(&g);
 }
 
+/* mime_utf8_sanitize byte by byte, as it was before ASCII runs went in
+ * one append: the reference for test_utf8_sanitize. */
+static void sanitize_ref(const unsigned char *s, size_t len, eng_buf *out)
+{
+	for (size_t i = 0; i < len;) {
+		unsigned char c = s[i];
+		size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ?
+			3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+		uint32_t cp = n == 2 ? c & 0x1fu : n == 3 ? c & 0x0fu : c & 0x07u;
+		bool ok = n != 0 && i + n <= len;
+
+		if (c == 0 || c < 0x80) {
+			if (c != 0)
+				eng_buf_putc(out, (char)c);
+			i++;
+			continue;
+		}
+		for (size_t k = 1; ok && k < n; k++) {
+			ok = (s[i + k] & 0xc0) == 0x80;
+			cp = (cp << 6) | (s[i + k] & 0x3fu);
+		}
+		if (ok && ((n == 3 && (cp < 0x800 || (cp >= 0xd800 &&
+						     cp <= 0xdfff))) ||
+			   (n == 4 && (cp < 0x10000 || cp > 0x10ffff))))
+			ok = false;
+		if (ok)
+			eng_buf_append(out, s + i, n);
+		else
+			eng_buf_puts(out, "\xef\xbf\xbd");
+		i += ok ? n : 1;
+	}
+}
+
+/* UTF-8 sanitising (mime_header.c): ASCII runs, NULs, valid and broken
+ * sequences, cut at every length; same bytes as byte by byte. */
+static void test_utf8_sanitize(void **state)
+{
+	static const char *const fixed[] = {
+		"plain ascii", "a\0b\0\0c", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80",
+		"\xc3", "\xe2\x82", "\xed\xa0\x80 surrogate", "\xc0\xaf overlong",
+		"\xf4\x90\x80\x80 too big", "\x80\x80 stray", "x\xff\xfey",
+	};
+	static const unsigned char alpha[] = { 'a', ' ', 0, 0x7f, 0x80, 0xbf,
+		0xc2, 0xc3, 0xdf, 0xe0, 0xed, 0xef, 0xf0, 0xf4, 0xf5, 0xff };
+	unsigned char buf[64];
+	uint32_t x = 99;
+
+	(void)state;
+	for (size_t f = 0; f < sizeof(fixed) / sizeof(fixed[0]); f++) {
+		size_t len = strlen(fixed[f]) + (f == 1 ? 5 : 0);
+
+		for (size_t cut = 0; cut <= len; cut++) {
+			eng_buf a = ENG_BUF_INIT, b = ENG_BUF_INIT;
+
+			mime_utf8_sanitize(fixed[f], cut, &a);
+			sanitize_ref((const unsigned char *)fixed[f], cut, &b);
+			assert_int_equal(a.len, b.len);
+			if (a.len > 0)
+				assert_memory_equal(a.data, b.data, a.len);
+			eng_buf_free(&a);
+			eng_buf_free(&b);
+		}
+	}
+	for (int round = 0; round < 20000; round++) {
+		eng_buf a = ENG_BUF_INIT, b = ENG_BUF_INIT;
+		size_t len = (x >> 8) % sizeof(buf);
+
+		for (size_t i = 0; i < len; i++) {
+			x = x * 1103515245u + 12345u;
+			buf[i] = (x >> 20) & 1 ? alpha[(x >> 16) % sizeof(alpha)] :
+				(unsigned char)('a' + (x >> 24) % 26);
+		}
+		x = x * 1103515245u + 12345u;
+		mime_utf8_sanitize((const char *)buf, len, &a);
+		sanitize_ref(buf, len, &b);
+		assert_int_equal(a.len, b.len);
+		if (a.len > 0)
+			assert_memory_equal(a.data, b.data, a.len);
+		eng_buf_free(&a);
+		eng_buf_free(&b);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1183,6 +1267,7 @@ int main(void)
 		cmocka_unit_test(test_line_endings),
 		cmocka_unit_test(test_adversarial_linear),
 		cmocka_unit_test(test_python_corpus),
+		cmocka_unit_test(test_utf8_sanitize),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -642,6 +642,135 @@ static void test_chunk_storage(void **state)
 }
 
 /*
+ * The sample that spares a chunk the trial compression (message.c,
+ * sample_says_raw): random base64 is judged raw, text is not, a chunk
+ * below 16 KiB is always tried; a chunk that is half text (the header and
+ * a text part) and half random base64 saves more than an eighth with
+ * zstd, so the sample must not judge it raw: it is stored as a frame and
+ * reads back exact, as does a message of random base64 stored untried.
+ */
+static void test_chunk_sample(void **state)
+{
+	tu_store *f = *state;
+	char *rnd = big_message(ENG_CHUNK_BYTES + 4096);
+	char *text = text_message(ENG_CHUNK_BYTES + 4096);
+	char *mixed = malloc(ENG_CHUNK_BYTES + 8192);
+	size_t half = ENG_CHUNK_BYTES / 2, len;
+	int64_t stored;
+	uint32_t uid;
+
+	assert_true(store_chunk_sample_raw(rnd + 512, ENG_CHUNK_BYTES, 3));
+	assert_true(store_chunk_sample_raw(rnd + 512, 16 * 1024, 3));
+	assert_false(store_chunk_sample_raw(rnd + 512, 16 * 1024 - 1, 3));
+	assert_false(store_chunk_sample_raw(text, ENG_CHUNK_BYTES, 3));
+
+	/* Text for the first half of the chunk, random base64 after. */
+	memcpy(mixed, text, half);
+	memcpy(mixed + half, rnd + 512, ENG_CHUNK_BYTES - half);
+	assert_false(store_chunk_sample_raw(mixed, ENG_CHUNK_BYTES, 3));
+	len = ENG_CHUNK_BYTES;
+	mixed[len] = '\0';
+	assert_int_equal(eng_append_message(f->st, f->inbox, mixed, len, NULL,
+					    &uid, NULL), 0);
+	stored = stored_bytes(f);
+	assert_true(stored < (int64_t)(len - len / 8));
+	check_message(f, uid, mixed, len);
+
+	/* Random base64 over two chunks: both raw, exact. */
+	len = strlen(rnd);
+	uid = tu_store_append(f, f->inbox, rnd, 0);
+	assert_int_equal(stored_bytes(f) - stored, (int64_t)len);
+	check_message(f, uid, rnd, len);
+	free(mixed);
+	free(text);
+	free(rnd);
+	tu_store_check(f->st);
+}
+
+/* Appends msg through eng_append_write in pieces of step bytes (0:
+ * pieces of 1 to 97 bytes by turns); returns the UID. */
+static uint32_t append_in_pieces(tu_store *f, const char *msg, size_t len,
+				 size_t step)
+{
+	eng_append *ap;
+	uint32_t uid;
+	size_t n;
+
+	assert_int_equal(eng_append_begin(f->st, f->inbox, NULL, &ap), 0);
+	for (size_t off = 0, i = 0; off < len; off += n, i++) {
+		n = step != 0 ? step : 1 + (i * 37) % 97;
+		if (n > len - off)
+			n = len - off;
+		assert_int_equal(eng_append_write(ap, msg + off, n), 0);
+	}
+	assert_int_equal(eng_append_commit(&ap, &uid, NULL), 0);
+	return uid;
+}
+
+/*
+ * content.header is the top-level header with its blank line, however
+ * the bytes arrive (message.c captures them only until the parser saw the
+ * header end): CRLF and LF messages, a blank line split across pieces, a
+ * message that is all header, one whose header ends in its last byte.
+ */
+static void test_header_capture(void **state)
+{
+	/* hlen 0: all of it is header (then a line goes in front to make
+	 * each copy unique, else a suffix to the body does). */
+	static const struct {
+		const char *msg;
+		size_t hlen;
+	} cases[] = {
+		{ "From: a@example.org\r\nSubject: s\r\n\r\nbody\r\n", 35 },
+		{ "From: a@example.org\nSubject: s\n\nbody\nmore\n", 32 },
+		{ "From: a@example.org\r\nSubject: only a header\r\n", 0 },
+		{ "Subject: x\r\n\r\n", 14 },
+		{ "Subject: x\r\n\r\n\r\n\r\nbody after blank lines", 14 },
+	};
+	static const size_t steps[] = { 1, 2, 3, 7, 4096, 0 };
+	tu_store *f = *state;
+	char *big = big_message(300 * 1024);
+
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		for (size_t s = 0; s < sizeof(steps) / sizeof(steps[0]); s++) {
+			char *msg = malloc(strlen(cases[c].msg) + 32);
+			size_t hlen, len = (size_t)(cases[c].hlen == 0 ?
+				sprintf(msg, "X-N: %zu\r\n%s", s, cases[c].msg) :
+				sprintf(msg, "%s%zu", cases[c].msg, s));
+			uint32_t uid = append_in_pieces(f, msg, len, steps[s]);
+			eng_message *m;
+			const void *hdr;
+
+			assert_int_equal(eng_message_open(f->st, f->inbox, uid,
+							  &m), 0);
+			assert_int_equal(eng_message_header(m, &hdr, &hlen), 0);
+			assert_int_equal(hlen, cases[c].hlen == 0 ? len :
+					 cases[c].hlen);
+			assert_memory_equal(hdr, msg, hlen);
+			eng_message_close(&m);
+			free(msg);
+		}
+	}
+	/* A big message in 1,000-byte pieces: the header alone, exact. */
+	{
+		uint32_t uid = append_in_pieces(f, big, strlen(big), 1000);
+		const char *end = strstr(big, "\r\n\r\n") + 4;
+		eng_message *m;
+		const void *hdr;
+		size_t hlen;
+
+		assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+		assert_int_equal(eng_message_header(m, &hdr, &hlen), 0);
+		assert_int_equal(hlen, (size_t)(end - big));
+		assert_memory_equal(hdr, big, hlen);
+		check_message(f, uid, big, strlen(big));
+		eng_message_close(&m);
+	}
+	free(big);
+	tu_store_check(f->st);
+}
+
+/*
  * Zero blocks (store_private.h): a run of 2,047 zeroes holds an aligned
  * block wherever it starts, a shorter one may not; the offset of p in its
  * chunk counts. A chunk holding one is stored as a zstd frame, however
@@ -999,6 +1128,10 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_chunk_storage,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_read_rest_after_expunge,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_chunk_sample,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_header_capture,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_zero_blocks,
 						tu_store_setup, tu_store_teardown),
