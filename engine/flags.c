@@ -93,6 +93,24 @@ static void read_blob(sqlite3_stmt *stmt, int col, const void **data_r,
 		*data_r = "";
 }
 
+/* The header (column 10) into msg; one that holds a zero block is checked
+ * against the message's chunks (zero_check.c): 0 or ENG_ECORRUPT. */
+static int read_header(eng_store *st, sqlite3_stmt *stmt, int64_t mailbox_id,
+		       eng_msg *msg)
+{
+	eng_message *m;
+	int err;
+
+	read_blob(stmt, 10, &msg->header, &msg->header_len);
+	if (!store_zero_block(msg->header, msg->header_len, 0))
+		return 0;
+	if ((err = eng_message_open(st, mailbox_id, msg->uid, &m)) != 0)
+		return err;
+	err = store_header_verify(m, msg->header, msg->header_len);
+	eng_message_close(&m);
+	return err;
+}
+
 int eng_fetch_meta(eng_store *st, int64_t mailbox_id, const eng_uidset *uids,
 		   uint64_t changedsince, eng_msg_cb *cb, void *ctx)
 {
@@ -123,8 +141,12 @@ int eng_fetch_meta_want(eng_store *st, int64_t mailbox_id,
 			eng_msg_clear(&msg);
 			continue;
 		}
-		if (want & ENG_FETCH_WANT_HEADER)
-			read_blob(stmt, 10, &msg.header, &msg.header_len);
+		if ((want & ENG_FETCH_WANT_HEADER) &&
+		    (ret = read_header(st, stmt, mailbox_id, &msg)) != 0) {
+			eng_msg_clear(&msg);
+			store_release(st, stmt);
+			return ret;
+		}
 		if (want & ENG_FETCH_WANT_MIME)
 			read_blob(stmt, 11, &msg.mime, &msg.mime_len);
 		ret = cb(ctx, &msg);

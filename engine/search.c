@@ -235,6 +235,22 @@ static const eng_buf *needle_arg(sqlite3_context *ctx, sqlite3_value **argv,
 	return tmp;
 }
 
+/*
+ * True (and the call fails with SQLITE_CORRUPT, which the statement
+ * reports as ENG_ECORRUPT) when the text holds a zero block: a zeroed page
+ * under it (zero_check.c; the writer never stores one).
+ */
+static bool text_zeroed(sqlite3_context *ctx, sqlite3_value *v)
+{
+	const unsigned char *text = sqlite3_value_blob(v);
+
+	if (text == NULL ||
+	    !store_zero_block(text, (size_t)sqlite3_value_bytes(v), 0))
+		return false;
+	sqlite3_result_error_code(ctx, SQLITE_CORRUPT);
+	return true;
+}
+
 /* sm_header_has(header text, field name, string). */
 static void fn_header_has(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
@@ -245,6 +261,8 @@ static void fn_header_has(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 	bool found;
 
 	(void)argc;
+	if (text_zeroed(ctx, argv[0]))
+		return;
 	if (text == NULL || field == NULL || *field == '\0') {
 		sqlite3_result_int(ctx, 0);
 		return;
@@ -266,6 +284,8 @@ static void fn_contains(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 	bool found;
 
 	(void)argc;
+	if (text_zeroed(ctx, argv[0]))
+		return;
 	needle = needle_arg(ctx, argv, 1, &tmp);
 	found = search_folded_contains(text != NULL ? text : "",
 				       text != NULL ?

@@ -131,8 +131,15 @@ int store_content_orphan(eng_store *st);
  * there may be some (own transaction). */
 int store_content_sweep(eng_store *st);
 
-/* Whether message.c's sample of a chunk (len bytes) says zstd at level
- * would not save an eighth of it, so that it is stored raw untried. */
-bool store_chunk_sample_raw(const void *chunk, size_t len, int level);
+/* ---- zeroed pages under long values (zero_check.c) ---- */
+
+/* header (len bytes) was read from m's content.header: 0, or
+ * ENG_ECORRUPT when it holds a zero block (store_zero_block) that the
+ * message's own first bytes, read from its checked chunks, do not. */
+int store_header_verify(eng_message *m, const void *header, size_t len);
+/* Search text about to be indexed: if it holds a zero block, out gets a
+ * copy with every NUL a space, and true (the readers take such a block for
+ * a zeroed page). */
+bool store_text_unzero(const void *text, size_t len, eng_buf *out);
 
 #endif
