@@ -142,4 +142,8 @@ int store_header_verify(eng_message *m, const void *header, size_t len);
  * a zeroed page). */
 bool store_text_unzero(const void *text, size_t len, eng_buf *out);
 
+/* Whether message.c's sample of a chunk (len bytes) says zstd at level
+ * would not save an eighth of it, so that it is stored raw untried. */
+bool store_chunk_sample_raw(const void *chunk, size_t len, int level);
+
 #endif
