@@ -37,7 +37,8 @@ installation's self-signed certificate.
   daemon log has a sanitizer report. A slow reader's FETCH while another
   session expunges: of 40 one-chunk messages, and of one 6 MiB message (24
   chunks, kept by its content pin until the stream ends: byte-exact, the
-  connection survives, and the content is deleted afterwards).
+  connection survives, and the content is deleted afterwards; the same through
+  FETCH_BODIES; and when the reader disconnects mid-literal instead).
 
 A client missing from the machine skips its test class. Passwords never appear
 in assertion messages; client configuration files live in a 0700 temp dir.
@@ -854,6 +855,49 @@ class ConcurrencyTest(_Base):
         FETCH_BODIES): the first, begun, comes whole; the second comes whole
         or is skipped; both contents are gone afterwards."""
         self._expunge_mid_stream("Huge2", 2)
+
+    def test_client_gone_mid_stream_after_expunge(self):
+        """The reader of a 6 MiB literal disconnects after another session
+        expunged the message: the stream ends with its content pinned (the
+        unpin is queued on the alias) and the content is deleted all the same;
+        the daemons go on serving."""
+        rnd = random.Random(31)
+        c = self.login()
+        c.create("Gone")
+        blob = rnd.getrandbits(8 * 4608 * 1024).to_bytes(4608 * 1024, "little")
+        raw = (b"Subject: gone\r\nMessage-ID: <gone@example.org>\r\n\r\n"
+               + base64.encodebytes(blob).replace(b"\n", b"\r\n"))
+        typ, resp = c.append("Gone", None, None, raw)
+        self.assertEqual(typ, "OK")
+        uid = int(re.search(rb"APPENDUID \d+ (\d+)", resp[0]).group(1))
+        typ, _ = c.append("Gone", None, None, b"Subject: after Gone\r\n\r\nlater id\r\n")
+        self.assertEqual(typ, "OK")
+        c.select("Gone")
+        typ, data = c.uid("FETCH", str(uid), "(EMAILID)")
+        old_id = re.search(rb"EMAILID \((M\d+)\)", data[0]).group(1)
+        r = self.srv.raw()
+        r.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        self.assertTrue(r.cmd(b"l", b'LOGIN "%s" "%s"' % (self.ADDR.encode(),
+                                                         self.PW.encode()))[-1]
+                        .startswith(b"l OK"), "login refused")
+        self.assertTrue(r.cmd(b"s", b"SELECT Gone")[-1].startswith(b"s OK"))
+        r.send(b"f UID FETCH %d (BODY.PEEK[])\r\n" % uid)
+        self.assertRegex(r.line(), rb"\{%d\}$" % len(raw))
+        time.sleep(0.5)
+        self.assertEqual(c.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Deleted)")[0], "OK")
+        self.assertEqual(c.expunge()[0], "OK")
+        r.close()                            # gone in the middle of the literal
+        time.sleep(1.0)                      # the imapd sees it and cancels
+        typ, resp = c.append("Gone", None, None, raw)
+        self.assertEqual(typ, "OK")
+        new_uid = int(re.search(rb"APPENDUID \d+ (\d+)", resp[0]).group(1))
+        c.select("Gone")
+        typ, data = c.uid("FETCH", str(new_uid), "(EMAILID BODY.PEEK[])")
+        self.assertEqual(typ, "OK")
+        self.assertNotEqual(re.search(rb"EMAILID \((M\d+)\)", data[0][0]).group(1),
+                            old_id, "the expunged content outlived its stream")
+        self.assertEqual(sha(data[0][1]), sha(raw))
+        c.logout()
 
     def _expunge_mid_stream(self, mailbox, n):
         rnd = random.Random(23 + n)
