@@ -102,16 +102,47 @@ static void read_rest(eng_message *m, char *back, size_t len)
 	}
 }
 
+/* What a stream holds when an EXPUNGE comes between its pieces: a message
+ * of MSG_BYTES marked \Deleted, open and pinned after its first piece. */
+struct stream {
+	char *msg, *back;
+	size_t len;
+	uint32_t uid;
+	eng_content_pin *pin;
+	eng_message *m;
+};
+
+static void stream_begin(tu_store *f, struct stream *s)
+{
+	s->msg = random_message(&s->len);
+	s->back = malloc(s->len);
+	s->uid = tu_store_append(f, f->inbox, s->msg, ENG_F_DELETED);
+	s->m = open_pinned(f, s->uid, s->back, &s->pin);
+}
+
+/* Reads the rest, checks every byte, closes the message (pin kept). */
+static void stream_read_rest(struct stream *s)
+{
+	read_rest(s->m, s->back, s->len);
+	assert_memory_equal(s->back, s->msg, s->len);
+	eng_message_close(&s->m);
+}
+
+static void stream_free(struct stream *s)
+{
+	eng_message_close(&s->m);
+	assert_null(s->pin);
+	free(s->back);
+	free(s->msg);
+}
+
 static void test_pin_keeps_expunged_content(void **state)
 {
 	tu_store *f = *state;
-	size_t len;
-	char *msg = random_message(&len), *back = malloc(len);
-	uint32_t uid = tu_store_append(f, f->inbox, msg, ENG_F_DELETED);
+	struct stream s;
 	uint64_t used = 1;
-	eng_content_pin *pin;
-	eng_message *m = open_pinned(f, uid, back, &pin);
 
+	stream_begin(f, &s);
 	assert_true(count_rows(f, "body_chunk") >= 5);
 	expunge(f, 1);
 	/* Kept, but counted nowhere. */
@@ -120,42 +151,34 @@ static void test_pin_keeps_expunged_content(void **state)
 	assert_int_equal(used, 0);
 	assert_int_equal(tu_sql_int(f->st, "SELECT value FROM meta "
 				    "WHERE key = 'content_orphans'"), 1);
-	read_rest(m, back, len);
-	assert_memory_equal(back, msg, len);
-	eng_message_close(&m);
+	stream_read_rest(&s);
 	/* The last unpin deletes it, with every row of it. */
-	assert_int_equal(eng_content_unpin(&pin, f->st), 0);
-	assert_null(pin);
+	assert_int_equal(eng_content_unpin(&s.pin, f->st), 0);
 	assert_int_equal(count_rows(f, "content"), 0);
 	assert_int_equal(count_rows(f, "body_chunk"), 0);
 	assert_int_equal(count_rows(f, "fts"), 0);
 	tu_store_check(f->st);
-	free(back);
-	free(msg);
+	stream_free(&s);
 }
 
 /* Two pins of one content: the first unpin keeps it. */
 static void test_two_pins(void **state)
 {
 	tu_store *f = *state;
-	size_t len;
-	char *msg = random_message(&len), *back = malloc(len);
-	uint32_t uid = tu_store_append(f, f->inbox, msg, ENG_F_DELETED);
-	eng_content_pin *pin1, *pin2;
-	eng_message *m1 = open_pinned(f, uid, back, &pin1);
-	eng_message *m2 = open_pinned(f, uid, back, &pin2);
+	struct stream s;
+	eng_content_pin *pin2;
+	eng_message *m2;
 
+	stream_begin(f, &s);
+	m2 = open_pinned(f, s.uid, s.back, &pin2);
 	expunge(f, 1);
-	eng_message_close(&m1);
-	assert_int_equal(eng_content_unpin(&pin1, f->st), 0);
-	assert_int_equal(count_rows(f, "content"), 1);
-	read_rest(m2, back, len);
-	assert_memory_equal(back, msg, len);
 	eng_message_close(&m2);
 	assert_int_equal(eng_content_unpin(&pin2, f->st), 0);
+	assert_int_equal(count_rows(f, "content"), 1);
+	stream_read_rest(&s);
+	assert_int_equal(eng_content_unpin(&s.pin, f->st), 0);
 	assert_int_equal(count_rows(f, "content"), 0);
-	free(back);
-	free(msg);
+	stream_free(&s);
 }
 
 /* The store is closed and reopened between pieces (sqlited's release):
@@ -164,42 +187,32 @@ static void test_two_pins(void **state)
 static void test_pin_outlives_reopen(void **state)
 {
 	tu_store *f = *state;
-	size_t len;
-	char *msg = random_message(&len), *back = malloc(len);
-	uint32_t uid = tu_store_append(f, f->inbox, msg, ENG_F_DELETED);
-	eng_content_pin *pin;
-	eng_message *m = open_pinned(f, uid, back, &pin);
+	struct stream s;
 
+	stream_begin(f, &s);
 	expunge(f, 1);
 	reopen(f);
 	assert_int_equal(count_rows(f, "content"), 1);
-	eng_message_rebind(m, f->st);
-	read_rest(m, back, len);
-	assert_memory_equal(back, msg, len);
-	eng_message_close(&m);
-	assert_int_equal(eng_content_unpin(&pin, f->st), 0);
+	eng_message_rebind(s.m, f->st);
+	stream_read_rest(&s);
+	assert_int_equal(eng_content_unpin(&s.pin, f->st), 0);
 	assert_int_equal(count_rows(f, "content"), 0);
 	assert_int_equal(count_rows(f, "body_chunk"), 0);
 	tu_store_check(f->st);
-	free(back);
-	free(msg);
+	stream_free(&s);
 }
 
 /* An orphan whose pin went without the store (a crash, a stream ended
  * off the store's thread) is deleted by the next open, which also clears
- * the meta key; an open without it does not scan. */
+ * the meta key. */
 static void test_sweep_at_open(void **state)
 {
 	tu_store *f = *state;
-	size_t len;
-	char *msg = random_message(&len), *back = malloc(len);
-	uint32_t uid = tu_store_append(f, f->inbox, msg, ENG_F_DELETED);
-	eng_content_pin *pin;
-	eng_message *m = open_pinned(f, uid, back, &pin);
+	struct stream s;
 
+	stream_begin(f, &s);
 	expunge(f, 1);
-	eng_message_close(&m);
-	assert_int_equal(eng_content_unpin(&pin, NULL), 0);
+	assert_int_equal(eng_content_unpin(&s.pin, NULL), 0);
 	assert_int_equal(count_rows(f, "content"), 1);
 	reopen(f);
 	assert_int_equal(count_rows(f, "content"), 0);
@@ -207,8 +220,7 @@ static void test_sweep_at_open(void **state)
 	assert_int_equal(tu_sql_int(f->st, "SELECT value FROM meta "
 				    "WHERE key = 'content_orphans'"), 0);
 	tu_store_check(f->st);
-	free(back);
-	free(msg);
+	stream_free(&s);
 }
 
 /* A delivery of the same bytes while the orphan is pinned takes it back
@@ -216,29 +228,27 @@ static void test_sweep_at_open(void **state)
 static void test_dedup_takes_orphan_back(void **state)
 {
 	tu_store *f = *state;
-	size_t len;
-	char *msg = random_message(&len), *back = malloc(len);
-	uint32_t uid = tu_store_append(f, f->inbox, msg, ENG_F_DELETED);
-	eng_content_pin *pin;
-	eng_message *m = open_pinned(f, uid, back, &pin), *m2;
-	int64_t id = eng_content_pin_id(pin);
+	struct stream s;
+	int64_t id;
 	uint32_t uid2;
+	eng_message *m2;
 
+	stream_begin(f, &s);
+	id = eng_content_pin_id(s.pin);
 	expunge(f, 1);
-	uid2 = tu_store_append(f, f->inbox, msg, 0);
+	uid2 = tu_store_append(f, f->inbox, s.msg, 0);
 	assert_int_equal(tu_sql_int(f->st, "SELECT id FROM content"), id);
 	assert_int_equal(tu_sql_int(f->st, "SELECT refs FROM content"), 1);
-	eng_message_close(&m);
-	assert_int_equal(eng_content_unpin(&pin, f->st), 0);
+	eng_message_close(&s.m);
+	assert_int_equal(eng_content_unpin(&s.pin, f->st), 0);
 	assert_int_equal(count_rows(f, "content"), 1);
-	memset(back, 0, len);
+	memset(s.back, 0, s.len);
 	assert_int_equal(eng_message_open(f->st, f->inbox, uid2, &m2), 0);
-	assert_int_equal(eng_message_read(m2, 0, back, len), (long)len);
-	assert_memory_equal(back, msg, len);
+	assert_int_equal(eng_message_read(m2, 0, s.back, s.len), (long)s.len);
+	assert_memory_equal(s.back, s.msg, s.len);
 	eng_message_close(&m2);
 	tu_store_check(f->st);
-	free(back);
-	free(msg);
+	stream_free(&s);
 }
 
 int main(void)
