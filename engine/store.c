@@ -768,9 +768,11 @@ int eng_store_open(const char *path, const uint8_t *db_key,
 		goto fail;
 	if (version < ENG_SCHEMA_VERSION && (err = migrate(st, version)) != 0)
 		goto fail;
-	/* Contents a body stream pinned when a crash came (content_pin.c). */
+	/* Contents a body stream pinned when a crash came (content_pin.c);
+	 * a failure (a full disk) leaves them for the next open. */
 	if ((err = store_content_sweep(st)) != 0)
-		goto fail;
+		eng_log(ENG_LOG_WARN, "%s: orphaned contents left: %s", path,
+			eng_strerror(err));
 	*st_r = st;
 	return 0;
 fail:
