@@ -336,6 +336,21 @@ static int mbop_work(srv_alias *a, void *ctx)
 	return srv_mbop_work(a, op);
 }
 
+/* A part into req's reply: the buffers swapped when the reply is empty
+ * (a big answer is not copied once more on the loop), else appended. */
+static void part_to_reply(srv_req *req, eng_buf *part)
+{
+	eng_buf tmp;
+
+	if (req->reply.len > 0) {
+		eng_buf_append(&req->reply, part->data, part->len);
+		return;
+	}
+	tmp = req->reply;
+	req->reply = *part;
+	*part = tmp;
+}
+
 void srv_mbop_done(srv_mbop *op, int result)
 {
 	srv_req *req = op->req;
@@ -353,13 +368,11 @@ void srv_mbop_done(srv_mbop *op, int result)
 		return;
 	}
 	for (size_t i = 0; i + 1 < op->n_parts; i++) {
-		eng_buf_append(&req->reply, op->parts[i].data,
-			       op->parts[i].len);
+		part_to_reply(req, &op->parts[i]);
 		srv_reply_more(req);
 	}
 	if (op->n_parts > 0)
-		eng_buf_append(&req->reply, op->parts[op->n_parts - 1].data,
-			       op->parts[op->n_parts - 1].len);
+		part_to_reply(req, &op->parts[op->n_parts - 1]);
 	srv_reply(req);
 	srv_mbop_free(&op);
 }
