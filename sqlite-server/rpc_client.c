@@ -12,6 +12,7 @@
 #include "rpc_client_private.h"
 #include "eng_error.h"
 #include "keys.h"
+#include "net_addr.h"
 #include "rpc_tls.h"
 
 #include <netinet/in.h>
@@ -50,7 +51,7 @@ int rpc_client_new(uv_loop_t *loop, const rpc_client_config *cfg,
 		    uv_ip6_addr(cfg->host, cfg->port, (struct sockaddr_in6 *)&ss) != 0)
 			return ENG_EINVAL;
 		/* AUTH in the clear is for loopback only. */
-		if (!rpc_tls_addr_loopback((struct sockaddr *)&ss) &&
+		if (!sm_net_addr_loopback((struct sockaddr *)&ss) &&
 		    cfg->tls == NULL)
 			return ENG_EPERM;
 	} else if (cfg->unix_path[0] == '\0' ||
@@ -60,7 +61,7 @@ int rpc_client_new(uv_loop_t *loop, const rpc_client_config *cfg,
 	if (eng_crypto_init() != 0)
 		return ENG_EIO;
 	if (cfg->host != NULL && cfg->tls != NULL &&
-	    (cfg->tls->always || !rpc_tls_addr_loopback((struct sockaddr *)&ss))) {
+	    (cfg->tls->always || !sm_net_addr_loopback((struct sockaddr *)&ss))) {
 		rc = rpc_tls_ctx_new(cfg->tls, &ssl_ctx);
 		if (rc != 0)
 			return rc;

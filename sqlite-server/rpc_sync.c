@@ -10,6 +10,7 @@
 #include "rpc_sync.h"
 
 #include "eng_error.h"
+#include "net_addr.h"
 #include "rpc_auth.h"
 #include "rpc_proto.h"
 #include "rpc_tls.h"
@@ -163,7 +164,7 @@ static int tcp_connect(const char *host, uint16_t port, int timeout_ms,
 	if (getaddrinfo(host, portstr, &hints, &res) != 0)
 		return ENG_ENOTFOUND;
 	for (ai = res; ai != NULL; ai = ai->ai_next) {
-		bool loopback = rpc_tls_addr_loopback(ai->ai_addr);
+		bool loopback = sm_net_addr_loopback(ai->ai_addr);
 
 		if (!loopback && tls == NULL) {
 			rc = ENG_EPERM;

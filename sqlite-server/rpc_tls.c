@@ -7,31 +7,12 @@
 #include "rpc_proto.h"
 
 #include <arpa/inet.h>
-#include <netinet/in.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 #include <string.h>
 
 /* The server's TLS 1.2 list (srv_net.c); TLS 1.3 suites are all AEAD. */
 #define RPC_TLS12_CIPHERS "ECDHE+AESGCM:ECDHE+CHACHA20"
-
-bool rpc_tls_addr_loopback(const struct sockaddr *sa)
-{
-	if (sa->sa_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-
-		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-	}
-	if (sa->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-
-		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
-			return true;
-		return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) &&
-		       in6->sin6_addr.s6_addr[12] == 127;
-	}
-	return false;
-}
 
 static void log_ssl_errors(const char *what, const char *file)
 {

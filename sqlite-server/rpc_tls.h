@@ -15,8 +15,9 @@
  *  - Optionally the client presents cert_file / key_file (mutual TLS).
  *
  * When TLS is used: always to an address outside loopback (127.0.0.0/8,
- * ::1, ::ffff:127.x); on loopback only when `always` is set (a server
- * with sqlited_tls = always). A unix socket never uses TLS.
+ * ::1, ::ffff:127.x: sm_net_addr_loopback, net_addr.h); on loopback only
+ * when `always` is set (a server with sqlited_tls = always). A unix
+ * socket never uses TLS.
  */
 #ifndef RPC_TLS_H
 #define RPC_TLS_H
@@ -37,9 +38,6 @@ typedef struct rpc_tls_config {
 	/* TLS on loopback too (sqlited_tls = always). */
 	bool always;
 } rpc_tls_config;
-
-/* True for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
-bool rpc_tls_addr_loopback(const struct sockaddr *sa);
 
 /*
  * A client SSL_CTX with the policy above, trusting cfg->ca_file and

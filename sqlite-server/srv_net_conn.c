@@ -13,7 +13,8 @@
  */
 #include "srv_net_private.h"
 
-#include <arpa/inet.h>
+#include "net_addr.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,24 +60,6 @@ void net_peer_put(net_state *n, net_peer **pp)
 }
 
 /* ---- accepting ---- */
-
-static bool sockaddr_loopback(const struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-
-		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-	}
-	if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-
-		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
-			return true;
-		return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) &&
-		       in6->sin6_addr.s6_addr[12] == 127;
-	}
-	return false;
-}
 
 static void send_hello(srv_conn *c)
 {
@@ -141,7 +124,8 @@ void net_on_connection(uv_stream_t *server, int status)
 		else
 			uv_ip4_name((struct sockaddr_in *)&ss, c->addr, sizeof(c->addr));
 		uv_tcp_nodelay(&c->h.tcp, 1);
-		need_tls = n->opt.tls_always || !sockaddr_loopback(&ss);
+		need_tls = n->opt.tls_always ||
+			   !sm_net_addr_loopback((const struct sockaddr *)&ss);
 	}
 	if (n->stopping) {
 		net_conn_close(c, false);

@@ -14,6 +14,7 @@
 #include "net_private.h"
 
 #include "eng_error.h"
+#include "net_addr.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -113,24 +114,6 @@ void smnet_listener_maybe_free(sm_net_listener *l)
 	uv_close((uv_handle_t *)&l->kick_timer, on_flush_handle_closed);
 }
 
-static bool addr_loopback(const struct sockaddr_storage *ss)
-{
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-
-		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-	}
-	if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-
-		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
-			return true;
-		return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) &&
-		       in6->sin6_addr.s6_addr[12] == 127;
-	}
-	return false;
-}
-
 /*
  * A connection over a limit: a plaintext listener with a limit_reply
  * writes it and closes gracefully (the line reaches the client before the
@@ -179,7 +162,7 @@ static void on_connection(uv_stream_t *server, int status)
 		uv_ip6_name((struct sockaddr_in6 *)&ss, c->addr, sizeof(c->addr));
 	else
 		uv_ip4_name((struct sockaddr_in *)&ss, c->addr, sizeof(c->addr));
-	c->loopback = addr_loopback(&ss);
+	c->loopback = sm_net_addr_loopback((const struct sockaddr *)&ss);
 	if (!ip_admit(l, c->addr)) {
 		eng_log(ENG_LOG_WARN, "%s: %s: too many connections, refused",
 			l->name, c->addr);

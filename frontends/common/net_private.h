@@ -12,6 +12,8 @@
  *                writes, the socket writes and their backpressure
  *   net_tls.c    TLS: the server context, the connection's BIO, records
  *                in and out
+ *   net_addr.c   the loopback check (net_addr.h), shared with sqlited and
+ *                the RPC clients
  * What one file calls in another carries the prefix smnet_ (sm_net_ is the
  * public API); everything else is static in its file.
  *
