@@ -172,6 +172,7 @@ int rpc_client_call_ex(rpc_client *c, uint16_t opcode, const void *payload,
 	r->body_len = opts->body_len;
 	r->source = opts->source;
 	r->rewind = opts->rewind;
+	r->source_size = opts->source_size;
 	r->source_ctx = opts->source_ctx;
 	r->data = opts->data;
 	r->data_ctx = opts->data_ctx;

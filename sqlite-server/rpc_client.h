@@ -150,6 +150,11 @@ typedef long rpc_client_source_fn(void *ctx, uint8_t *buf, size_t len);
 #define RPC_CLIENT_WAIT (-1000000L)
 /* Restarts the source from the first byte (for a retry); 0 or < 0. */
 typedef int rpc_client_rewind_fn(void *ctx);
+/* Optional: at most how many bytes the source gives now. The DATA frame is
+ * allocated for that many, not for the most allowed (256 KiB per frame
+ * made the imapd's heap grow and shrink each APPEND); when it says 0, the
+ * source is asked for 0 bytes and must end (0) or wait. */
+typedef size_t rpc_client_source_size_fn(void *ctx);
 
 /* What a data callback returns to keep the bytes' credit (see below). */
 #define RPC_CLIENT_HOLD 1
@@ -182,6 +187,7 @@ typedef struct rpc_client_opts {
 	size_t body_len;
 	rpc_client_source_fn *source;
 	rpc_client_rewind_fn *rewind;   /* needed for retries with a source */
+	rpc_client_source_size_fn *source_size;     /* optional */
 	void *source_ctx;
 	/* Download: where the body goes. Without it a body is discarded. */
 	rpc_client_data_fn *data;

@@ -32,6 +32,12 @@ static bool send_chunk(rpc_req *r)
 		max = (size_t)r->send_window;
 	if (max == 0 || r->source_waiting)
 		return false;
+	if (r->source != NULL && r->source_size != NULL) {
+		size_t have = r->source_size(r->source_ctx);
+
+		if (have < max)
+			max = have;
+	}
 	/* Exactly the frame's size: eng_buf would round up to a power of 2. */
 	b.cap = RPC_HEADER_BYTES + max + 1;
 	b.data = eng_malloc(b.cap);

@@ -94,6 +94,7 @@ struct rpc_req {
 	size_t body_off;
 	rpc_client_source_fn *source;
 	rpc_client_rewind_fn *rewind;
+	rpc_client_source_size_fn *source_size;
 	void *source_ctx;
 	uint64_t send_window;
 	bool source_waiting;         /* the source said RPC_CLIENT_WAIT */

@@ -180,6 +180,15 @@ static long append_source(void *ctx, uint8_t *buf, size_t len)
 	return RPC_CLIENT_WAIT;
 }
 
+/* At most what append_source gives now (the DATA frame's size); 0 when
+ * it can only end or wait. */
+static size_t append_source_size(void *ctx)
+{
+	append_op *op = ctx;
+
+	return op->owner == op->n_done ? op->wr - op->rd : 0;
+}
+
 static void on_append_rpc(imap_cmd *cmd, int err, const rpc_view *resp);
 
 /* Starts the RPC of msgs[n_done] once the previous one is finished. */
@@ -208,6 +217,7 @@ static void start_next(imap_cmd *cmd)
 	memset(&opts, 0, sizeof(opts));
 	opts.has_body = true;
 	opts.source = append_source;
+	opts.source_size = append_source_size;
 	opts.source_ctx = op;
 	op->rpc_running = true;
 	op->waiting = false;

@@ -137,7 +137,23 @@ typedef struct gated_src {
 	bool waiting;
 	uint32_t id;
 	uv_timer_t timer;
+	/* With gated_size: the frame is sized by it, so the source is asked
+	 * for exactly what gated_size said (0 at its end or while shut). */
+	bool sized;
+	int asked_other;
 } gated_src;
+
+static size_t gated_have(const gated_src *g)
+{
+	uint64_t left = g->inner.total - g->inner.off;
+
+	return !g->open || left == 0 ? 0 : left < 65536 ? (size_t)left : 65536;
+}
+
+static size_t gated_size(void *ctx)
+{
+	return gated_have(ctx);
+}
 
 static long gated_read(void *ctx, uint8_t *buf, size_t len)
 {
@@ -146,6 +162,8 @@ static long gated_read(void *ctx, uint8_t *buf, size_t len)
 
 	if (g->waiting)
 		g->asked_while_waiting++;
+	if (g->sized && len != gated_have(g))
+		g->asked_other++;
 	if (g->inner.off == g->inner.total)
 		return 0;                    /* the end needs no arrival */
 	if (!g->open) {
@@ -172,7 +190,7 @@ static void on_gate_timer(uv_timer_t *t)
 		assert_int_equal(rpc_client_source_ready(g->inner.c, g->id), 0);
 }
 
-static void test_upload_source_wait(void **state)
+static void run_source_wait(bool sized)
 {
 	fake f;
 	env e;
@@ -183,7 +201,6 @@ static void test_upload_source_wait(void **state)
 	uint8_t h[32];
 	const uint64_t total = 2 * MIB + 12345;
 
-	(void)state;
 	fake_init(&f, secret_a);
 	fake_start(&f);
 	env_open(&e, &f, secret_a, NULL);
@@ -197,6 +214,9 @@ static void test_upload_source_wait(void **state)
 	o.has_body = true;
 	o.source = gated_read;
 	o.source_ctx = &g;
+	g.sized = sized;
+	if (sized)
+		o.source_size = gated_size;
 	o.timeout_ms = 50000;
 	rpc_put_str(&p, RPC_T_MAILBOX, "INBOX");
 	rpc_put_u64(&p, RPC_T_SIZE, total);
@@ -213,12 +233,27 @@ static void test_upload_source_wait(void **state)
 	/* It waited between arrivals and was never asked while waiting. */
 	assert_true(g.waits > 0);
 	assert_int_equal(g.asked_while_waiting, 0);
+	assert_int_equal(g.asked_other, 0);
 	/* A finished id is not an upload any more. */
 	assert_int_equal(rpc_client_source_ready(e.c, g.id), ENG_ENOTFOUND);
 	uv_close((uv_handle_t *)&g.timer, NULL);
 	eng_buf_free(&p);
 	env_close(&e);
 	fake_stop(&f);
+}
+
+static void test_upload_source_wait(void **state)
+{
+	(void)state;
+	run_source_wait(false);
+}
+
+/* The same with source_size: every DATA frame as big as what the source
+ * has, the END frame empty; the body arrives whole. */
+static void test_upload_source_sized(void **state)
+{
+	(void)state;
+	run_source_wait(true);
 }
 
 static void test_upload_source_abort(void **state)
@@ -562,6 +597,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_upload_source),
 		cmocka_unit_test(test_upload_source_wait),
+		cmocka_unit_test(test_upload_source_sized),
 		cmocka_unit_test(test_upload_source_abort),
 		cmocka_unit_test(test_retry_idempotent),
 		cmocka_unit_test(test_download_backpressure),
