@@ -331,27 +331,26 @@ def rss_kib(pid, field="VmRSS"):
 class FetchTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.srv = ImapServer(config={"max_message_bytes": str(64 * 1024 * 1024)})
-        try:
-            cls.srv.add_alias(ADDR, PW)
-            cls.corpus = []              # (name, raw)
-            if os.path.isdir(PY_DATA):
-                for name in sorted(os.listdir(PY_DATA)):
-                    if name.startswith("msg_") and name.endswith(".txt"):
-                        with open(os.path.join(PY_DATA, name), "rb") as f:
-                            cls.corpus.append((name, f.read()))
-            cls.nested, cls.blob = nested_message()
-            cls.big, cls.big_blob = big_base64()
-            for name, raw in (("alternative", ALTERNATIVE), ("nested", cls.nested),
-                              ("html_only", HTML_ONLY), ("big_b64", cls.big),
-                              ("eightbit", EIGHTBIT), ("malformed", MALFORMED),
-                              ("unknown_cte", UNKNOWN_CTE)):
-                cls.corpus.append((name, raw))
+        cls.corpus = []              # (name, raw)
+        if os.path.isdir(PY_DATA):
+            for name in sorted(os.listdir(PY_DATA)):
+                if name.startswith("msg_") and name.endswith(".txt"):
+                    with open(os.path.join(PY_DATA, name), "rb") as f:
+                        cls.corpus.append((name, f.read()))
+        cls.nested, cls.blob = nested_message()
+        cls.big, cls.big_blob = big_base64()
+        for name, raw in (("alternative", ALTERNATIVE), ("nested", cls.nested),
+                          ("html_only", HTML_ONLY), ("big_b64", cls.big),
+                          ("eightbit", EIGHTBIT), ("malformed", MALFORMED),
+                          ("unknown_cte", UNKNOWN_CTE)):
+            cls.corpus.append((name, raw))
+
+        def fill(srv):
             for _, raw in cls.corpus:
-                cls.srv.deliver(ADDR, raw)
+                srv.deliver(ADDR, raw)
             # The spool is drained into INBOX in no particular order: find
             # each message's sequence number by its bytes.
-            c = cls.srv.login(ADDR, PW)
+            c = srv.login(ADDR, PW)
             c.select("INBOX")
             typ, data = c.fetch("1:*", "BODY.PEEK[]")
             c.logout()
@@ -365,9 +364,8 @@ class FetchTest(unittest.TestCase):
                         cls.seqs[name] = seq
                         taken.add(seq)
                         break
-        except BaseException:
-            cls.srv.stop()
-            raise
+        cls.srv = ImapServer(config={"max_message_bytes": str(64 * 1024 * 1024)}
+                             ).with_aliases([(ADDR, PW)], then=fill)
 
     @classmethod
     def tearDownClass(cls):

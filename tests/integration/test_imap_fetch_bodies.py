@@ -110,12 +110,11 @@ class FetchBodiesTest(unittest.TestCase):
     def setUpClass(cls):
         if not skip_unless_built():
             raise unittest.SkipTest("binaries not built")
-        cls.srv = ImapServer(config=cls.server_config(), fetch_chunk=CHUNK)
-        try:
-            cls.srv.add_alias(ADDR, PW)
-            cls.msgs = [message(i, s) for i, s in enumerate(SIZES)]
-            cls.edges = [exact_message(i, n) for i, n in enumerate(EDGE_SIZES)]
-            c = cls.srv.login(ADDR, PW)
+        cls.msgs = [message(i, s) for i, s in enumerate(SIZES)]
+        cls.edges = [exact_message(i, n) for i, n in enumerate(EDGE_SIZES)]
+
+        def fill(srv):
+            c = srv.login(ADDR, PW)
             for raw in cls.msgs:
                 typ, _ = c.append("INBOX", None, None, raw)
                 assert typ == "OK"
@@ -124,9 +123,8 @@ class FetchBodiesTest(unittest.TestCase):
                 typ, _ = c.append("Edges", None, None, raw)
                 assert typ == "OK"
             c.logout()
-        except BaseException:
-            cls.srv.stop()
-            raise
+        cls.srv = ImapServer(config=cls.server_config(), fetch_chunk=CHUNK
+                             ).with_aliases([(ADDR, PW)], then=fill)
 
     @classmethod
     def tearDownClass(cls):

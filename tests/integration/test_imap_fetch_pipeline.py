@@ -72,12 +72,10 @@ class FetchPipelineTest(unittest.TestCase):
     def setUpClass(cls):
         if not skip_unless_built():
             raise unittest.SkipTest("binaries not built")
-        cls.srv = ImapServer(config={"max_message_bytes": str(16 * 1024 * 1024)},
-                             fetch_chunk=5)
-        try:
-            cls.srv.add_alias(ADDR, PW)
-            cls.msgs = [message(i, s) for i, s in enumerate(SIZES)]
-            c = cls.srv.login(ADDR, PW)
+        cls.msgs = [message(i, s) for i, s in enumerate(SIZES)]
+
+        def fill(srv):
+            c = srv.login(ADDR, PW)
             for raw in cls.msgs:
                 typ, _ = c.append("INBOX", None, None, raw)
                 assert typ == "OK"
@@ -86,9 +84,8 @@ class FetchPipelineTest(unittest.TestCase):
             cls.uids = [int(x) for x in data[0].split()]
             c.logout()
             assert len(cls.uids) == len(cls.msgs)
-        except BaseException:
-            cls.srv.stop()
-            raise
+        cls.srv = ImapServer(config={"max_message_bytes": str(16 * 1024 * 1024)},
+                             fetch_chunk=5).with_aliases([(ADDR, PW)], then=fill)
 
     @classmethod
     def tearDownClass(cls):
