@@ -39,6 +39,9 @@ installation's self-signed certificate.
   chunks, kept by its content pin until the stream ends: byte-exact, the
   connection survives, and the content is deleted afterwards; the same through
   FETCH_BODIES; and when the reader disconnects mid-literal instead).
+- ReleaseTest: sqlited with db_release_seconds 1 releases the alias's database
+  while a stalled stream's message is expunged: the stream reads on through the
+  reopened store, byte-exact.
 
 A client missing from the machine skips its test class. Passwords never appear
 in assertion messages; client configuration files live in a 0700 temp dir.
@@ -667,7 +670,80 @@ class CrossProcessTest(_Base):
 
 # ---- concurrency ----
 
-class ConcurrencyTest(_Base):
+class _MidStreamExpunge:
+    """A body stream whose messages are expunged between its pieces."""
+
+    def _expunge_mid_stream(self, mailbox, n, stall=0.0):
+        """n messages of 6 MiB fetched by a slow reader while another session
+        expunges them (then stall seconds more of no work for the alias)."""
+        rnd = random.Random(23 + n)
+        c = self.login()
+        c.create(mailbox)
+        raws = []
+        for i in range(n):
+            blob = rnd.getrandbits(8 * 4608 * 1024).to_bytes(4608 * 1024, "little")
+            raws.append(b"Subject: huge %d\r\nMessage-ID: <huge%d.%d@example.org>\r\n\r\n"
+                        % (i, n, i) + base64.encodebytes(blob).replace(b"\n", b"\r\n"))
+            self.assertGreater(len(raws[-1]), 6 * 1024 * 1024)
+
+        def append(data):
+            typ, resp = c.append(mailbox, None, None, data)
+            self.assertEqual(typ, "OK")
+            return int(re.search(rb"APPENDUID \d+ (\d+)", resp[0]).group(1))
+
+        def emailid(uid):
+            typ, data = c.uid("FETCH", str(uid), "(EMAILID)")
+            self.assertEqual(typ, "OK", data)
+            return re.search(rb"EMAILID \((M\d+)\)", data[0]).group(1)
+
+        uids = [append(raw) for raw in raws]
+        by_uid = dict(zip(uids, raws))
+        # A later content (not a dedup of another test's): max(id) stays.
+        append(b"Subject: after %s\r\n\r\nso that the huge ones' ids are not the last\r\n"
+               % mailbox.encode())
+        c.select(mailbox)
+        old_ids = [emailid(uid) for uid in uids]
+        uidset = ",".join(map(str, uids))
+        r = self.srv.raw()
+        # A small receive buffer: the server stalls early in the literal.
+        r.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        self.assertTrue(r.cmd(b"l", b'LOGIN "%s" "%s"' % (self.ADDR.encode(),
+                                                         self.PW.encode()))[-1]
+                        .startswith(b"l OK"), "login refused")
+        self.assertTrue(r.cmd(b"s", b"SELECT %s" % mailbox.encode())[-1]
+                        .startswith(b"s OK"))
+        r.send(b"f UID FETCH %s (BODY.PEEK[])\r\n" % uidset.encode())
+        line = r.line()
+        self.assertRegex(line, rb"\{%d\}$" % len(raws[0]))
+        while len(r.buf) < 64 * 1024:        # the literal has begun
+            r.buf += r.s.recv(65536)
+        time.sleep(0.5)                      # and stalls on the full buffers
+        self.assertEqual(c.uid("STORE", uidset, "+FLAGS.SILENT", "(\\Deleted)")[0], "OK")
+        self.assertEqual(c.expunge()[0], "OK")
+        time.sleep(stall)
+        try:
+            tagged, lits = read_literal_response(r, b"f", first=line)
+        except EOFError:
+            self.fail("the connection closed in the middle of the FETCH")
+        self.assertTrue(tagged.startswith(b"f OK"), tagged)
+        self.assertGreater(len(lits), 0)
+        for meta, lit in lits:
+            uid = uid_of(meta)
+            self.assertEqual(sha(lit), sha(by_uid[uid]),
+                             f"UID {uid}: {len(lit)} bytes instead of {len(by_uid[uid])}")
+        self.assertEqual(uid_of(lits[0][0]), uids[0])
+        self.assertTrue(r.cmd(b"n", b"NOOP")[-1].startswith(b"n OK"),
+                        "the connection did not survive")
+        r.close()
+        # The streams' end deleted the contents: no dedup onto the old rows.
+        for raw, old_id in zip(raws, old_ids):
+            new_uid = append(raw)
+            c.select(mailbox)
+            self.assertNotEqual(emailid(new_uid), old_id)
+        c.logout()
+
+
+class ConcurrencyTest(_MidStreamExpunge, _Base):
     SESSIONS, SECONDS, SHARED = 20, 20.0, 30
 
     def test_twenty_sessions_mixed_load(self):
@@ -899,71 +975,26 @@ class ConcurrencyTest(_Base):
         self.assertEqual(sha(data[0][1]), sha(raw))
         c.logout()
 
-    def _expunge_mid_stream(self, mailbox, n):
-        rnd = random.Random(23 + n)
-        c = self.login()
-        c.create(mailbox)
-        raws = []
-        for i in range(n):
-            blob = rnd.getrandbits(8 * 4608 * 1024).to_bytes(4608 * 1024, "little")
-            raws.append(b"Subject: huge %d\r\nMessage-ID: <huge%d.%d@example.org>\r\n\r\n"
-                        % (i, n, i) + base64.encodebytes(blob).replace(b"\n", b"\r\n"))
-            self.assertGreater(len(raws[-1]), 6 * 1024 * 1024)
 
-        def append(data):
-            typ, resp = c.append(mailbox, None, None, data)
-            self.assertEqual(typ, "OK")
-            return int(re.search(rb"APPENDUID \d+ (\d+)", resp[0]).group(1))
+class ReleaseTest(_MidStreamExpunge, _Base):
+    """sqlited releases an alias's database connection after 1 s without work
+    (db_release_seconds): a stalled stream's next piece reads through the
+    reopened store (eng_message_rebind), its pinned content kept by the
+    reopen's orphan sweep."""
 
-        def emailid(uid):
-            typ, data = c.uid("FETCH", str(uid), "(EMAILID)")
-            self.assertEqual(typ, "OK", data)
-            return re.search(rb"EMAILID \((M\d+)\)", data[0]).group(1)
-
-        uids = [append(raw) for raw in raws]
-        by_uid = dict(zip(uids, raws))
-        # A later content (not a dedup of another test's): max(id) stays.
-        append(b"Subject: after %s\r\n\r\nso that the huge ones' ids are not the last\r\n"
-               % mailbox.encode())
-        c.select(mailbox)
-        old_ids = [emailid(uid) for uid in uids]
-        uidset = ",".join(map(str, uids))
-        r = self.srv.raw()
-        # A small receive buffer: the server stalls early in the literal.
-        r.s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
-        self.assertTrue(r.cmd(b"l", b'LOGIN "%s" "%s"' % (self.ADDR.encode(),
-                                                         self.PW.encode()))[-1]
-                        .startswith(b"l OK"), "login refused")
-        self.assertTrue(r.cmd(b"s", b"SELECT %s" % mailbox.encode())[-1]
-                        .startswith(b"s OK"))
-        r.send(b"f UID FETCH %s (BODY.PEEK[])\r\n" % uidset.encode())
-        line = r.line()
-        self.assertRegex(line, rb"\{%d\}$" % len(raws[0]))
-        while len(r.buf) < 64 * 1024:        # the literal has begun
-            r.buf += r.s.recv(65536)
-        time.sleep(0.5)                      # and stalls on the full buffers
-        self.assertEqual(c.uid("STORE", uidset, "+FLAGS.SILENT", "(\\Deleted)")[0], "OK")
-        self.assertEqual(c.expunge()[0], "OK")
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = ImapServer(config={"db_release_seconds": "1"})
         try:
-            tagged, lits = read_literal_response(r, b"f", first=line)
-        except EOFError:
-            self.fail("the connection closed in the middle of the FETCH")
-        self.assertTrue(tagged.startswith(b"f OK"), tagged)
-        self.assertGreater(len(lits), 0)
-        for meta, lit in lits:
-            uid = uid_of(meta)
-            self.assertEqual(sha(lit), sha(by_uid[uid]),
-                             f"UID {uid}: {len(lit)} bytes instead of {len(by_uid[uid])}")
-        self.assertEqual(uid_of(lits[0][0]), uids[0])
-        self.assertTrue(r.cmd(b"n", b"NOOP")[-1].startswith(b"n OK"),
-                        "the connection did not survive")
-        r.close()
-        # The streams' end deleted the contents: no dedup onto the old rows.
-        for raw, old_id in zip(raws, old_ids):
-            new_uid = append(raw)
-            c.select(mailbox)
-            self.assertNotEqual(emailid(new_uid), old_id)
-        c.logout()
+            cls.srv.add_alias(cls.ADDR, cls.PW)
+        except BaseException:
+            cls.srv.stop()
+            raise
+        cls.tmp = tempfile.mkdtemp(prefix="smclients-")
+
+    def test_release_while_an_expunged_body_streams(self):
+        self._expunge_mid_stream("Released", 1, stall=3.5)
+
 
 if __name__ == "__main__":
     unittest.main()
