@@ -197,10 +197,11 @@ def log_is_clean(test, srv):
 
 class _Base(unittest.TestCase):
     ADDR, PW = "alice@example.org", "alice-interop-pw-1"
+    CONFIG = None                    # sealmail.conf keys for ImapServer
 
     @classmethod
     def setUpClass(cls):
-        cls.srv = ImapServer()
+        cls.srv = ImapServer(config=cls.CONFIG)
         try:
             cls.srv.add_alias(cls.ADDR, cls.PW)
         except BaseException:
@@ -982,15 +983,7 @@ class ReleaseTest(_MidStreamExpunge, _Base):
     reopened store (eng_message_rebind), its pinned content kept by the
     reopen's orphan sweep."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = ImapServer(config={"db_release_seconds": "1"})
-        try:
-            cls.srv.add_alias(cls.ADDR, cls.PW)
-        except BaseException:
-            cls.srv.stop()
-            raise
-        cls.tmp = tempfile.mkdtemp(prefix="smclients-")
+    CONFIG = {"db_release_seconds": "1"}
 
     def test_release_while_an_expunged_body_streams(self):
         self._expunge_mid_stream("Released", 1, stall=3.5)
