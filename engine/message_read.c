@@ -33,7 +33,6 @@ struct eng_message {
 	eng_store *st;
 	int64_t content_id;
 	uint64_t size;
-	uint32_t chunks;
 	bool meta_loaded;           /* mime_blob and header read */
 	void *mime_blob;
 	size_t mime_len;
@@ -49,15 +48,15 @@ struct eng_message {
 
 /* ---- reading ---- */
 
-/* A handle on content_id (the columns the open statements read). */
-static eng_message *message_new(eng_store *st, sqlite3_stmt *stmt, int col)
+/* A handle on content content_id of size bytes. */
+static eng_message *message_new(eng_store *st, int64_t content_id,
+				uint64_t size)
 {
 	eng_message *m = eng_calloc(1, sizeof(*m));
 
 	m->st = st;
-	m->content_id = sqlite3_column_int64(stmt, col);
-	m->size = (uint64_t)sqlite3_column_int64(stmt, col + 1);
-	m->chunks = (uint32_t)sqlite3_column_int64(stmt, col + 2);
+	m->content_id = content_id;
+	m->size = size;
 	m->cached_seq = -1;
 	return m;
 }
@@ -69,7 +68,7 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 	/* Columns before mime and header only: a content row whose header
 	 * spills into overflow pages is not decrypted for a body read. */
 	sqlite3_stmt *stmt = store_prepare(st,
-		"SELECT c.id, c.size, c.chunks FROM message m "
+		"SELECT c.id, c.size FROM message m "
 		"JOIN content c ON c.id = m.content_id "
 		"WHERE m.mailbox_id = ? AND m.uid = ?", &err);
 	int rc;
@@ -85,7 +84,8 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 		return rc == SQLITE_DONE ? ENG_ENOTFOUND :
 			store_err(st, rc, "open message");
 	}
-	*m_r = message_new(st, stmt, 0);
+	*m_r = message_new(st, sqlite3_column_int64(stmt, 0),
+			   (uint64_t)sqlite3_column_int64(stmt, 1));
 	store_release(st, stmt);
 	return 0;
 }
@@ -97,6 +97,12 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 #define CURSOR_STEP_MAX 64u
 
 /*
+ * The message rows alone, no content row: message.size is the content's
+ * size (both are the appended bytes' length; COPY copies it), and a
+ * content row's leaf page (its MIME blob and header beside the size) was
+ * one page to read and decrypt per message. A message row always has its
+ * content (store.c's invariants: refs).
+ *
  * The statement walks the rows with uid >= bound by ascending UID; it is
  * on the row uid (at_end: past the last). Every row in [bound, uid) was
  * stepped over, so a UID asked for in that range (and not below the last
@@ -145,10 +151,8 @@ static int cursor_seek(eng_message_cursor *c, uint32_t uid)
 
 	if (c->stmt == NULL) {
 		c->stmt = store_prepare(c->st,
-			"SELECT m.uid, c.id, c.size, c.chunks FROM message m "
-			"JOIN content c ON c.id = m.content_id "
-			"WHERE m.mailbox_id = ? AND m.uid >= ? ORDER BY m.uid",
-			&err);
+			"SELECT uid, content_id, size FROM message "
+			"WHERE mailbox_id = ? AND uid >= ? ORDER BY uid", &err);
 		if (c->stmt == NULL)
 			return err;
 	} else {
@@ -180,7 +184,8 @@ int eng_message_cursor_open_uid(eng_message_cursor *c, uint32_t uid,
 		return err;
 	if (c->at_end || c->uid != uid)
 		return ENG_ENOTFOUND;
-	*m_r = message_new(c->st, c->stmt, 1);
+	*m_r = message_new(c->st, sqlite3_column_int64(c->stmt, 1),
+			   (uint64_t)sqlite3_column_int64(c->stmt, 2));
 	return 0;
 }
 

@@ -302,8 +302,8 @@ void eng_message_close(eng_message **m);
 /*
  * Opening many messages of one mailbox by ascending UID inside one read
  * snapshot (a FETCH_BODIES read): the cursor steps one statement over the
- * mailbox's message rows joined to their content instead of a search per
- * message. eng_message_cursor_open_uid is eng_message_open for the next
+ * mailbox's message rows (no content row: the size is the message row's)
+ * instead of a search per message. eng_message_cursor_open_uid is eng_message_open for the next
  * UID (ENG_ENOTFOUND: no such message); a UID below the last one, or far
  * past the row the cursor is on, searches again. The cursor holds a
  * statement: close it before the snapshot ends (eng_store_read_end).
