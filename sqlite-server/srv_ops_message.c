@@ -200,6 +200,9 @@ void srv_op_fetch_meta(srv_req *req)
 			      RPC_WANT_MIME | RPC_WANT_HEADER, &c->want));
 	if (c->want & RPC_WANT_BODY)
 		CHECK(op, ENG_EINVAL);
+	/* Reads only: one snapshot, and a SELECT after it stays on the
+	 * loop (srv_ops_view.c). */
+	op->read_only = true;
 	srv_mbop_submit(op, fetch_meta_run);
 }
 
@@ -232,6 +235,7 @@ void srv_op_changes(srv_req *req)
 	op->free_fn = meta_ctx_free;
 	CHECK(op, srv_arg_u64(&req->args, RPC_T_MODSEQ, true, UINT64_MAX,
 			      &c->since));
+	op->read_only = true;    /* as FETCH_META */
 	srv_mbop_submit(op, changes_run);
 }
 
