@@ -5,8 +5,9 @@
  * ENG_ENOTFOUND for the same UIDs) whatever the order and the gaps: UIDs
  * expunged singly and in runs longer than the cursor steps over, UIDs
  * asked twice or going back, past the mailbox's last UID (another
- * mailbox's rows must not show), messages of several chunks, and a new
- * cursor in the next snapshot after an expunge between the two.
+ * mailbox's rows must not show), messages of several chunks, copies in
+ * another mailbox, and a new cursor in the next snapshot after an expunge
+ * between the two.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -185,6 +186,35 @@ static void test_any_order(void **state)
 	eng_message_cursor_close(&cur);
 }
 
+/* COPY puts the source rows' size on the new ones: messages copied from
+ * INBOX (the several-chunk ones among them) open the same through the
+ * cursor in the destination, at their new UIDs. */
+static void test_copied(void **state)
+{
+	tu_store *f = *state;
+	eng_uidset set = { 0 };
+	uint32_t *src, *dst;
+	size_t n;
+	int64_t copies;
+	eng_message_cursor *cur;
+
+	fill(f);
+	assert_int_equal(eng_mailbox_create(f->st, "Copies", 0, &copies), 0);
+	eng_uidset_add(&set, 1, N);
+	assert_int_equal(eng_message_copy(f->st, f->inbox, &set, copies, false,
+					  &src, &dst, &n), 0);
+	assert_int_equal(n, N - expunged_count());
+	assert_int_equal(eng_store_read_begin(f->st), 0);
+	cur = eng_message_cursor_new(f->st, copies);
+	for (size_t i = 0; i < n; i++)
+		assert_int_equal(open_both(f->st, copies, cur, dst[i]), 0);
+	eng_message_cursor_close(&cur);
+	eng_store_read_end(f->st);
+	free(src);
+	free(dst);
+	eng_uidset_free(&set);
+}
+
 /*
  * The way FETCH_BODIES uses it: a cursor per snapshot. Messages expunged
  * between two snapshots are found in the first and not in the second;
@@ -235,6 +265,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_ascending,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_any_order,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_copied,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_snapshots,
 						tu_store_setup, tu_store_teardown),
