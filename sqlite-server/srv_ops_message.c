@@ -424,6 +424,10 @@ static int expunge_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 	size_t n = 0;
 	int err;
 
+	/* mb was read on the alias's queue: the mailbox's HIGHESTMODSEQ just
+	 * before this EXPUNGE, as for STORE (docs/rpc.md). */
+	rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_PRIOR_MODSEQ,
+		    mb->highestmodseq);
 	if ((err = eng_expunge(st, mb->id, c->has_set ? &c->set : NULL, &uids,
 			       &n)) != 0)
 		return err;

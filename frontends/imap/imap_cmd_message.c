@@ -12,10 +12,11 @@
  *    THREAD answer (a UID outside the view is dropped, or in THREAD
  *    written as a dummy).
  *  - The view is updated with what this session did and reported: STORE
- *    sets sel->flags of the messages it reported (and sel->highestmodseq
- *    when that is provably safe, imap_view_advance), EXPUNGE and MOVE remove
+ *    sets sel->flags of the messages it reported, EXPUNGE and MOVE remove
  *    the UIDs they reported as EXPUNGE/VANISHED (imap_sync ignores
- *    VANISHED UIDs that are not in the view). Otherwise sel->highestmodseq
+ *    VANISHED UIDs that are not in the view); STORE and EXPUNGE also move
+ *    sel->highestmodseq when that is provably safe (imap_view_advance:
+ *    the answer's PRIOR_MODSEQ is the view's). Otherwise sel->highestmodseq
  *    is left to imap_sync, which alone learns what else changed in
  *    between; sqlited's event for our own write marks the view dirty.
  *  - EXPUNGE answers are written in ascending order with the numbers as
@@ -1088,6 +1089,7 @@ static void on_expunge(imap_cmd *cmd, int err, const rpc_view *resp)
 {
 	uint32_t *uids = NULL;
 	size_t n = 0;
+	uint64_t hms;
 
 	if (aborted(cmd))
 		return;
@@ -1099,6 +1101,13 @@ static void on_expunge(imap_cmd *cmd, int err, const rpc_view *resp)
 	}
 	report_expunged(cmd->s, uids, n);
 	free(uids);
+	/* Every message the EXPUNGE removed existed at PRIOR_MODSEQ, so if
+	 * that was the view's it is in the view and was just reported: the
+	 * view is current at the answer's HIGHESTMODSEQ. Without this the
+	 * sync after the next command told our own later STORE again
+	 * whenever the EXPUNGE's event came in after that STORE. */
+	if (rpc_get_u64(resp, RPC_T_HIGHESTMODSEQ, &hms) == 0)
+		imap_view_advance(cmd->s->sel, resp, hms, hms);
 	finish(cmd, IMAP_OK, NULL, "Expunge completed");
 }
 

@@ -252,7 +252,7 @@ static void test_messages(void **state)
 	rpc_sync *c = connect_client(f);
 	struct meta m[16];
 	uint32_t uids[16], dest[16], uid;
-	uint64_t modseq_before_move;
+	uint64_t modseq_before_move, stored_modseq;
 	char *msg;
 	size_t n;
 
@@ -459,11 +459,25 @@ static void test_messages(void **state)
 	rpc_put_u64(&b, RPC_T_MODE, RPC_MODE_ADD);
 	rpc_put_u64(&b, RPC_T_FLAGS, 8);
 	assert_int_equal(call(c, RPC_OP_STORE, &b, &resp), 0);
+	{
+		/* The STORE's MODSEQ is the EXPUNGE's PRIOR_MODSEQ: nothing
+		 * wrote between them (the imapd's view moves on it). */
+		rpc_iter it;
+		const rpc_field *msg_f;
+		rpc_view g;
+
+		rpc_iter_init(&it, &resp.view);
+		assert_non_null(msg_f = rpc_iter_next(&it, RPC_T_MESSAGE));
+		g = rpc_field_group(msg_f);
+		stored_modseq = get_u(&g, RPC_T_MODSEQ);
+	}
 	begin(&b, s, "INBOX");
 	assert_int_equal(call(c, RPC_OP_EXPUNGE, &b, &resp), 0);
 	assert_int_equal(get_uids(&resp.view, RPC_T_UIDS, uids, 16), 1);
 	assert_int_equal(uids[0], 3);
 	assert_true(get_u(&resp.view, RPC_T_HIGHESTMODSEQ) > modseq_before_move);
+	assert_int_equal(get_u(&resp.view, RPC_T_PRIOR_MODSEQ), stored_modseq);
+	assert_true(get_u(&resp.view, RPC_T_HIGHESTMODSEQ) > stored_modseq);
 	begin(&b, s, "INBOX");
 	rpc_put_u64(&b, RPC_T_MODSEQ, modseq_before_move);
 	assert_int_equal(call(c, RPC_OP_CHANGES, &b, &resp), 0);
