@@ -229,6 +229,8 @@ enum rpc_tag {
 	RPC_T_SENDER = 94,           /* [bytes] envelope sender (MAIL FROM), "" = null sender */
 	RPC_T_MAILBOX_ID = 95,       /* [u] the mailbox row's id: kept by RENAME */
 	RPC_T_PRIOR_MODSEQ = 96,     /* [u] STORE: the mailbox's HIGHESTMODSEQ before it */
+	RPC_T_VIEW_HELD = 97,        /* [group] MAILBOX_VIEW: the row of a view the caller holds */
+	RPC_T_VIEW_UNCHANGED = 98,   /* [u] 0/1 MAILBOX_VIEW: it is current, no UIDSET/FLAG_RUNS */
 };
 
 enum rpc_store_mode { RPC_MODE_SET = 0, RPC_MODE_ADD = 1, RPC_MODE_REMOVE = 2 };

@@ -7,6 +7,7 @@
 #include "srv_net.h"
 #include "srv_private.h"
 #include "srv_outbound.h"
+#include "srv_ops_view.h"
 
 #include <string.h>
 
@@ -66,7 +67,9 @@ void srv_op_stats(srv_req *req)
 {
 	srv *s = req->srv;
 	eng_buf *b = &req->reply;
+	struct srv_view_stats vs;
 
+	srv_view_cache_stats(NULL, &vs);
 	put_stat(b, "connections", s->connections);
 	put_stat(b, "connections_open", srv_net_open_connections(s));
 	put_stat(b, "requests", s->requests);
@@ -76,6 +79,7 @@ void srv_op_stats(srv_req *req)
 	put_stat(b, "bytes_out", s->bytes_out);
 	put_alias_stats(s, b);
 	put_stat(b, "outbound_queued", srv_outbound_queued(s->outbound));
+	put_stat(b, "views_unchanged", vs.unchanged);
 	srv_reply(req);
 }
 

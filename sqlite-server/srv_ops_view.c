@@ -60,6 +60,16 @@
  * sent. Otherwise (or for another UIDVALIDITY) the request takes the
  * pool as before. Rule kept: a change answered to any client before a
  * MAILBOX_VIEW is sent is in that view's answer.
+ *
+ * A view the client holds. A re-SELECT sends VIEW_HELD: the mailbox row
+ * (MAILBOX_ID, UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, MESSAGES) of a view
+ * it still has exactly as it was built. When the row this answer is made
+ * of is that row, the answer is MESSAGES, MAILBOX_INFO, the keywords and
+ * VIEW_UNCHANGED, without ranges or runs: by the cache key's argument
+ * above (and MAILBOX_ID with UIDVALIDITY naming one mailbox for good)
+ * the same row is the same UIDs and flags. The row compared is the one
+ * the answer carries, so the rule above holds as it does for the full
+ * answer; whichever path answers (loop, cache, patch, read).
  */
 #include "srv_ops_mbox.h"
 #include "srv_ops_view.h"
@@ -163,6 +173,41 @@ static int keyword_cb(void *ctx, const char *name)
 }
 
 /* ---- the cache of answers ---- */
+
+/* VIEW_HELD of the request (op->ctx), NULL if none or incomplete. */
+struct view_held {
+	uint64_t mailbox_id, highestmodseq;
+	uint32_t uidvalidity, uidnext, messages;
+};
+
+static struct view_held *held_parse(const rpc_view *args)
+{
+	struct view_held h, *copy;
+	rpc_view g;
+
+	if (rpc_get_group(args, RPC_T_VIEW_HELD, &g) != 0 ||
+	    rpc_get_u64(&g, RPC_T_MAILBOX_ID, &h.mailbox_id) != 0 ||
+	    rpc_get_u32(&g, RPC_T_UIDVALIDITY, &h.uidvalidity) != 0 ||
+	    rpc_get_u32(&g, RPC_T_UIDNEXT, &h.uidnext) != 0 ||
+	    rpc_get_u64(&g, RPC_T_HIGHESTMODSEQ, &h.highestmodseq) != 0 ||
+	    rpc_get_u32(&g, RPC_T_MESSAGES, &h.messages) != 0)
+		return NULL;
+	copy = eng_malloc(sizeof(*copy));
+	*copy = h;
+	return copy;
+}
+
+/* The caller holds the view of mb's row. */
+static bool held_is(const srv_mbop *op, const eng_mailbox *mb)
+{
+	const struct view_held *h = op->ctx;
+
+	return h != NULL && h->mailbox_id == (uint64_t)mb->id &&
+		h->uidvalidity == mb->uidvalidity &&
+		h->uidnext == mb->uidnext &&
+		h->highestmodseq == mb->highestmodseq &&
+		h->messages == mb->messages;
+}
 
 static struct view_entry {
 	bool used;
@@ -595,8 +640,9 @@ static int view_patch(eng_store *st, const eng_mailbox *mb,
 
 /* The answer: MESSAGES and MAILBOX_INFO first (the scalars belong in the
  * first part), the keywords (NUL-terminated names in kw), the ranges and
- * the runs. */
-static void view_answer(srv_mbop *op, const eng_mailbox *mb, uint64_t n,
+ * the runs; VIEW_UNCHANGED instead of these if the caller holds them
+ * (then true). */
+static bool view_answer(srv_mbop *op, const eng_mailbox *mb, uint64_t n,
 			const eng_buf *kw, const eng_buf *ranges,
 			const eng_buf *runs)
 {
@@ -609,8 +655,13 @@ static void view_answer(srv_mbop *op, const eng_mailbox *mb, uint64_t n,
 		rpc_put_str(srv_mbop_part(op, 1, len + 8), RPC_T_KEYWORD, k);
 		off += len + 1;
 	}
+	if (held_is(op, mb)) {
+		rpc_put_u64(srv_mbop_part(op, 1, 11), RPC_T_VIEW_UNCHANGED, 1);
+		return true;
+	}
 	put_packed(op, RPC_T_UIDSET, ranges);
 	put_packed(op, RPC_T_FLAG_RUNS, runs);
+	return false;
 }
 
 /* The answer from the cached view of k's state, written from the entry
@@ -626,7 +677,8 @@ static bool view_cache_answer(srv_mbop *op, const eng_mailbox *mb,
 
 		if (!e->used || memcmp(&e->key, k, sizeof(*k)) != 0)
 			continue;
-		view_answer(op, mb, e->n, kw, &e->ranges, &e->runs);
+		view_stats.unchanged += view_answer(op, mb, e->n, kw,
+						    &e->ranges, &e->runs);
 		e->last_use = ++view_clock;
 		hit = true;
 		view_stats.hits++;
@@ -656,7 +708,11 @@ static int view_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 		err = view_read(st, mb, &c);
 	if (err == 0) {
 		view_cache_put(&key, &c, op, mb);
-		view_answer(op, mb, c.n, &c.keywords, &c.ranges, &c.runs);
+		if (view_answer(op, mb, c.n, &c.keywords, &c.ranges, &c.runs)) {
+			pthread_mutex_lock(&view_lock);
+			view_stats.unchanged++;
+			pthread_mutex_unlock(&view_lock);
+		}
 	}
 out:
 	eng_buf_free(&c.ranges);
@@ -691,8 +747,9 @@ static bool view_loop_answer(srv_mbop *op)
 		if (op->check_uidvalidity &&
 		    e->info.uidvalidity != op->uidvalidity)
 			break;
-		view_answer(op, &e->info, e->n, &e->keywords, &e->ranges,
-			    &e->runs);
+		view_stats.unchanged += view_answer(op, &e->info, e->n,
+						    &e->keywords, &e->ranges,
+						    &e->runs);
 		e->last_use = ++view_clock;
 		hit = true;
 	}
@@ -716,6 +773,8 @@ void srv_op_mailbox_view(srv_req *req)
 	/* One read snapshot on the pool, and the alias's write generation
 	 * stays after it (what view_loop_answer relies on). */
 	op->read_only = true;
+	op->ctx = held_parse(&req->args);
+	op->free_fn = free;
 	if (view_loop_answer(op)) {
 		srv_mbop_done(op, 0);
 		return;

@@ -32,6 +32,8 @@ struct srv_view_stats {
 	 * alias's current write generation (no work queued), or not (it went
 	 * to the pool: hits, patched or scanned above tell how). */
 	uint64_t loop_hits, loop_misses;
+	/* Answered VIEW_UNCHANGED (the caller's VIEW_HELD), on either path. */
+	uint64_t unchanged;
 	size_t entries;     /* entries now held for the alias asked about */
 };
 

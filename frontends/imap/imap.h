@@ -128,6 +128,16 @@ typedef struct imap_selected {
 	/* The flags the session last reported, parallel to uids (the \Recent
 	 * bit is never set: Sealmail reports no \Recent, as IMAP4rev2 does). */
 	uint32_t *flags;
+	/* The MAILBOX_INFO row uids and flags were expanded from, while they
+	 * are still exactly that state (held.valid): whatever changes them
+	 * clears it. A re-SELECT sends it as VIEW_HELD and keeps the arrays if
+	 * sqlited answers that the view is unchanged (imap_cmd_select.c). */
+	struct imap_view_held {
+		bool valid;
+		uint64_t mailbox_id, highestmodseq;
+		uint32_t uidvalidity, uidnext, messages;
+		size_t first_unseen;     /* in flags: 0 if every one is \Seen */
+	} held;
 	bool dirty;                  /* something changed since the last sync */
 	/* SEARCHRES (RFC 5182): the saved result "$", ascending UIDs. */
 	uint32_t *saved;

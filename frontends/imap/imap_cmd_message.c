@@ -319,6 +319,7 @@ static void report_expunged(imap_session *s, const uint32_t *uids, size_t n)
 		w++;
 	}
 	sel->n = w;
+	sel->held.valid = false;
 	imap_write_buf(s, &b);
 	eng_buf_free(&b);
 	free(gone);
@@ -761,6 +762,7 @@ static uint64_t store_report(imap_cmd *cmd, const rpc_view *g, eng_buf *b)
 	(void)rpc_get_u64(g, RPC_T_MODSEQ, &modseq);
 	if (s->sel->flags != NULL)
 		s->sel->flags[seq - 1] = flags;
+	s->sel->held.valid = false;
 	/* RFC 7162 3.1.3: under CONDSTORE even .SILENT reports the MODSEQ. */
 	if (op->silent && !condstore)
 		return modseq;

@@ -20,6 +20,14 @@
  *   as the messages (or before them, from an older sqlited: a change in
  *   between is then reported again by the next sync rather than lost).
  *   "* OK [MAILBOXID (id)]" follows HIGHESTMODSEQ.
+ *
+ * A re-SELECT of a mailbox whose view the session has not changed since
+ * it was built (imap_selected.held: nothing was applied to its arrays)
+ * sends that view's MAILBOX_INFO row as VIEW_HELD; when the row sqlited
+ * answers with is the same, it sends VIEW_UNCHANGED instead of the ranges
+ * and runs (docs/rpc.md) and the arrays are kept as they are: no
+ * expansion of 100,000 UIDs and flags. An older sqlited ignores the
+ * field and sends the whole view.
  */
 #include "imap_mailbox.h"
 
@@ -53,6 +61,10 @@ typedef struct select_op {
 	 * select_new_view), NULL if none. */
 	uint32_t *spare_uids, *spare_flags;
 	size_t spare_cap;
+	/* The row of the view left, if its arrays are still that state
+	 * (held.valid), and its number of messages. */
+	struct imap_view_held held;
+	size_t held_n;
 	/* Sequence number of the first message without \Seen, 0 if none. */
 	size_t first_unseen;
 	/* What follows MAILBOX_STATUS: MAILBOX_VIEW or FETCH_META (an older
@@ -217,12 +229,27 @@ static void select_leave(imap_session *s, select_op *op)
 	op->spare_uids = old->uids;
 	op->spare_flags = old->flags;
 	op->spare_cap = old->cap;
+	op->held = old->held;
+	op->held_n = old->n;
 	old->uids = old->flags = NULL;
 	old->n = old->cap = 0;
 	imap_select_clear(s);
 	if (s->enabled & (IMAP_EN_QRESYNC | IMAP_EN_REV2))
 		imap_printf(s, "* OK [CLOSED] Previous mailbox is now "
 			    "closed\r\n");
+}
+
+/* VIEW_HELD: the row of the view whose arrays op keeps. */
+static void put_held(eng_buf *pl, const struct imap_view_held *h)
+{
+	size_t mark = rpc_group_begin(pl, RPC_T_VIEW_HELD);
+
+	rpc_put_u64(pl, RPC_T_MAILBOX_ID, h->mailbox_id);
+	rpc_put_u64(pl, RPC_T_UIDVALIDITY, h->uidvalidity);
+	rpc_put_u64(pl, RPC_T_UIDNEXT, h->uidnext);
+	rpc_put_u64(pl, RPC_T_HIGHESTMODSEQ, h->highestmodseq);
+	rpc_put_u64(pl, RPC_T_MESSAGES, h->messages);
+	rpc_group_end(pl, mark);
 }
 
 void imap_cmd_select(imap_cmd *cmd)
@@ -257,6 +284,8 @@ void imap_cmd_select(imap_cmd *cmd)
 	cmd->op = op;
 	imap_rpc_begin(s, &op->pl);
 	rpc_put_str(&op->pl, RPC_T_MAILBOX, name);
+	if (op->held.valid)
+		put_held(&op->pl, &op->held);
 	imap_mbx_call(cmd, RPC_OP_MAILBOX_VIEW, &op->pl, on_select_view,
 		      select_free);
 }
@@ -533,22 +562,67 @@ static int view_flags(const rpc_view *resp, imap_selected *sel,
 	return done == sel->n ? 0 : ENG_EIO;
 }
 
-/* The view from MAILBOX_VIEW: MESSAGES, UIDSET ranges, FLAG_RUNS,
- * KEYWORD*; the counts must agree. */
+/* The n messages of the UIDSET ranges and FLAG_RUNS into a new view. Its
+ * row is kept as held when the answer is the first request's (the row
+ * and the messages of one state) and MESSAGES agrees with it. */
+static int select_fill_view(select_op *op, uint64_t n, const rpc_view *resp)
+{
+	const imap_mbx_info *in = &op->info;
+	uint64_t counted = 0;
+	int err;
+
+	if (view_uids(resp, NULL, &counted) != 0 || counted != n)
+		return ENG_EIO;
+	op->sel = select_new_view(op, (size_t)n);
+	if ((err = view_uids(resp, op->sel, &counted)) != 0 ||
+	    (err = view_flags(resp, op->sel, &op->first_unseen)) != 0)
+		return err;
+	if (op->after_status == 0 && in->mailbox_id != 0 && n == in->messages)
+		op->sel->held = (struct imap_view_held){
+			.valid = true, .mailbox_id = in->mailbox_id,
+			.highestmodseq = in->highestmodseq,
+			.uidvalidity = in->uidvalidity, .uidnext = in->uidnext,
+			.messages = in->messages,
+			.first_unseen = op->first_unseen,
+		};
+	return 0;
+}
+
+/* VIEW_UNCHANGED: the arrays of the view left are the view; only if it
+ * was asked for and the row is the one held. */
+static int select_keep_view(select_op *op, uint64_t n)
+{
+	const struct imap_view_held *h = &op->held;
+	const imap_mbx_info *in = &op->info;
+
+	if (!h->valid || n != op->held_n || n != h->messages ||
+	    in->mailbox_id != h->mailbox_id ||
+	    in->uidvalidity != h->uidvalidity || in->uidnext != h->uidnext ||
+	    in->highestmodseq != h->highestmodseq || in->messages != n)
+		return ENG_EIO;
+	op->sel = select_new_view(op, (size_t)n);
+	op->sel->n = (size_t)n;
+	op->sel->held = *h;
+	op->first_unseen = h->first_unseen;
+	return 0;
+}
+
+/* The view from MAILBOX_VIEW: MESSAGES, UIDSET ranges, FLAG_RUNS (or
+ * VIEW_UNCHANGED), KEYWORD*; the counts must agree. */
 static int select_build_view(select_op *op, const rpc_view *resp)
 {
-	uint64_t n = 0, counted = 0;
+	uint64_t n = 0, unchanged = 0;
 	const rpc_field *f;
 	rpc_iter it;
 	int err;
 
 	if (rpc_get_u64(resp, RPC_T_MESSAGES, &n) != 0 ||
-	    n > IMAP_SELECT_MAX_MESSAGES ||
-	    view_uids(resp, NULL, &counted) != 0 || counted != n)
+	    n > IMAP_SELECT_MAX_MESSAGES)
 		return ENG_EIO;
-	op->sel = select_new_view(op, (size_t)n);
-	if ((err = view_uids(resp, op->sel, &counted)) != 0 ||
-	    (err = view_flags(resp, op->sel, &op->first_unseen)) != 0)
+	(void)rpc_get_u64(resp, RPC_T_VIEW_UNCHANGED, &unchanged);
+	err = unchanged ? select_keep_view(op, n) :
+		select_fill_view(op, n, resp);
+	if (err != 0)
 		return err;
 	rpc_iter_init(&it, resp);
 	while ((f = rpc_iter_next(&it, RPC_T_KEYWORD)) != NULL)
@@ -791,6 +865,7 @@ static void select_fetches(imap_cmd *cmd, const rpc_view *resp)
 		rpc_get_u32(&g, RPC_T_FLAGS, &flags);
 		rpc_get_u64(&g, RPC_T_MODSEQ, &modseq);
 		sel->flags[seq - 1] = flags & ENG_F_ALL;
+		sel->held.valid = false;
 		eng_buf_printf(&b, "* %u FETCH (UID %u FLAGS ", seq, uid);
 		rpc_iter_init(&ki, &g);
 		while ((k = rpc_iter_next(&ki, RPC_T_KEYWORD)) != NULL &&

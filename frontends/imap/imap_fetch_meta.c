@@ -434,6 +434,7 @@ static void view_update(fetch_op *op, const fmsg *m)
 
 	if (m->seq > 0 && m->seq <= sel->n && sel->flags != NULL)
 		sel->flags[m->seq - 1] = m->flags;
+	sel->held.valid = false;
 }
 
 static void on_store(imap_cmd *cmd, int err, const rpc_view *resp)

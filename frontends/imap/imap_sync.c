@@ -83,6 +83,7 @@ static void report_expunges(imap_session *s, imap_selected *sel, const eng_uidse
 		w++;
 	}
 	sel->n = w;
+	sel->held.valid = false;
 }
 
 /* Index of the first UID >= uid in the map. */
@@ -122,6 +123,7 @@ static void map_append(imap_selected *sel, uint32_t uid, uint32_t flags)
 	sel->uids[sel->n] = uid;
 	sel->flags[sel->n] = flags;
 	sel->n++;
+	sel->held.valid = false;
 }
 
 static int cmp_u32(const void *a, const void *b)
@@ -200,6 +202,7 @@ static void report_flags(imap_session *s, imap_selected *sel, const rpc_view *re
 		while ((kf = rpc_iter_next(&ki, RPC_T_KEYWORD)) != NULL && i < nk)
 			kw[i++] = eng_strndup((const char *)kf->data, (size_t)kf->u);
 		sel->flags[seq - 1] = flags;
+		sel->held.valid = false;
 		eng_buf_printf(&b, "* %u FETCH (UID %u FLAGS ", seq, uid);
 		imap_put_flags(&b, flags, (const char *const *)kw, i);
 		if (condstore)

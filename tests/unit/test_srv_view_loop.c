@@ -6,7 +6,9 @@
  * CREATE of the name, SUBSCRIBE) is in the next view, which the pool
  * answers; a view sent while another item of the alias is queued takes
  * the pool; and a locked alias is never answered from what was kept.
- * Which path answered is read from srv_view_cache_stats.
+ * Which path answered is read from srv_view_cache_stats. VIEW_HELD (a
+ * view the client holds) gets VIEW_UNCHANGED on every path exactly when
+ * its row is the mailbox's, and the whole view after any write.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -44,6 +46,27 @@ static void res_free(struct view_res *r)
 	memset(r, 0, sizeof(*r));
 }
 
+/* MAILBOX_VIEW of the request b: the error and the answer in *resp;
+ * asserts it took path how ('l', 'p'). The counters before and after
+ * into *a and *z. */
+static int view_call(struct fx *f, rpc_sync *c, eng_buf *b, char how,
+		     rpc_sync_resp *resp, struct srv_view_stats *a,
+		     struct srv_view_stats *z)
+{
+	int err;
+
+	srv_view_cache_stats(f->alias_id, a);
+	err = call(c, RPC_OP_MAILBOX_VIEW, b, resp);
+	srv_view_cache_stats(f->alias_id, z);
+	assert_int_equal(z->loop_hits - a->loop_hits, how == 'l');
+	assert_int_equal(z->loop_misses - a->loop_misses, how == 'p');
+	/* The loop reads nothing: the pool's counters stay. */
+	if (how == 'l')
+		assert_int_equal(z->hits + z->patched + z->scanned,
+				 a->hits + a->patched + a->scanned);
+	return err;
+}
+
 /* MAILBOX_VIEW of mailbox (UIDVALIDITY uv if not 0): the error, and on
  * success the answer in *r; asserts it took path how ('l', 'p'). */
 static int view(struct fx *f, rpc_sync *c, const uint8_t *s,
@@ -59,15 +82,7 @@ static int view(struct fx *f, rpc_sync *c, const uint8_t *s,
 	begin(&b, s, mailbox);
 	if (uv != 0)
 		rpc_put_u64(&b, RPC_T_UIDVALIDITY, uv);
-	srv_view_cache_stats(f->alias_id, &a);
-	err = call(c, RPC_OP_MAILBOX_VIEW, &b, &resp);
-	srv_view_cache_stats(f->alias_id, &z);
-	assert_int_equal(z.loop_hits - a.loop_hits, how == 'l');
-	assert_int_equal(z.loop_misses - a.loop_misses, how == 'p');
-	/* The loop reads nothing: the pool's counters stay. */
-	if (how == 'l')
-		assert_int_equal(z.hits + z.patched + z.scanned,
-				 a.hits + a.patched + a.scanned);
+	err = view_call(f, c, &b, how, &resp, &a, &z);
 	if (err == 0) {
 		memset(r, 0, sizeof(*r));
 		eng_buf_append(&r->payload, resp.payload.data,
@@ -458,6 +473,133 @@ static void test_view_loop_queued(void **state)
 	rpc_sync_free(&c);
 }
 
+/* ---- VIEW_HELD: a view the client holds ---- */
+
+/* A mailbox row as VIEW_HELD carries it (in the order of held_tags). */
+struct row {
+	uint64_t v[5];
+};
+
+static const uint32_t held_tags[5] = {
+	RPC_T_MAILBOX_ID, RPC_T_UIDVALIDITY, RPC_T_UIDNEXT,
+	RPC_T_HIGHESTMODSEQ, RPC_T_MESSAGES,
+};
+
+/*
+ * MAILBOX_VIEW of mailbox holding h (NULL: no VIEW_HELD; drop: a tag
+ * left out of the group, 0 none), asserted to take path how ('l', 'p'):
+ * 1 if the answer is VIEW_UNCHANGED (then without a range or a run), 0
+ * if it is the whole view; the answer's row into *r.
+ */
+static int view_held(struct fx *f, rpc_sync *c, const uint8_t *s,
+		     const char *mailbox, const struct row *h, uint32_t drop,
+		     char how, struct row *r)
+{
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	struct srv_view_stats a, z;
+	eng_buf b = ENG_BUF_INIT;
+	rpc_view info;
+	int unchanged;
+
+	begin(&b, s, mailbox);
+	if (h != NULL) {
+		size_t mark = rpc_group_begin(&b, RPC_T_VIEW_HELD);
+
+		for (size_t i = 0; i < 5; i++)
+			if (held_tags[i] != drop)
+				rpc_put_u64(&b, held_tags[i], h->v[i]);
+		rpc_group_end(&b, mark);
+	}
+	assert_int_equal(view_call(f, c, &b, how, &resp, &a, &z), 0);
+	assert_int_equal(rpc_get_group(&resp.view, RPC_T_MAILBOX_INFO, &info),
+			 0);
+	for (size_t i = 0; i < 5; i++)
+		r->v[i] = get_u(&info, held_tags[i]);
+	assert_int_equal(get_u(&resp.view, RPC_T_MESSAGES), r->v[4]);
+	unchanged = rpc_count(&resp.view, RPC_T_VIEW_UNCHANGED) > 0;
+	assert_int_equal(z.unchanged - a.unchanged, unchanged);
+	if (unchanged) {
+		assert_int_equal(get_u(&resp.view, RPC_T_VIEW_UNCHANGED), 1);
+		assert_int_equal(rpc_count(&resp.view, RPC_T_UIDSET), 0);
+		assert_int_equal(rpc_count(&resp.view, RPC_T_FLAG_RUNS), 0);
+	} else {
+		assert_true(rpc_count(&resp.view, RPC_T_UIDSET) > 0);
+		assert_true(rpc_count(&resp.view, RPC_T_FLAG_RUNS) > 0);
+	}
+	/* The keywords come either way. */
+	assert_true(rpc_count(&resp.view, RPC_T_KEYWORD) > 0);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	return unchanged;
+}
+
+static void same_row(const struct row *x, const struct row *y)
+{
+	assert_memory_equal(x->v, y->v, sizeof(x->v));
+}
+
+/* VIEW_UNCHANGED on the loop, from the pool's cache and from a read of
+ * every row when the row held is the mailbox's; the whole view when any
+ * of its fields differs or is missing, and after each write of another
+ * session (then VIEW_UNCHANGED again for the new row). */
+static void test_view_held(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync *c1 = connect_client(f), *c2 = connect_client(f);
+	uint8_t s1[SRV_SESSION_BYTES], s2[SRV_SESSION_BYTES];
+	struct row r0, r, x;
+
+	assert_int_equal(unlock(c1, "alice@example.org", password, s1), 0);
+	assert_int_equal(unlock(c2, "alice@example.org", password, s2), 0);
+	op_call(c2, s2, RPC_OP_MAILBOX_CREATE, "H", 0, 0, 0, NULL, NULL);
+	append_n(c2, s2, "H", 6, ENG_F_SEEN);
+	append_n(c2, s2, "H", 4, 0);
+	op_call(c2, s2, RPC_OP_STORE, "H", 2, 2, ENG_F_FLAGGED, "$Kw", NULL);
+	assert_int_equal(view_held(f, c1, s1, "H", NULL, 0, 'p', &r0), 0);
+	assert_int_equal(r0.v[4], 10);
+	assert_int_equal(view_held(f, c1, s1, "H", &r0, 0, 'l', &r), 1);
+	same_row(&r, &r0);
+	touch(c1, s1);                                    /* the pool's cache */
+	assert_int_equal(view_held(f, c1, s1, "H", &r0, 0, 'p', &r), 1);
+	srv_view_cache_forget(f->alias_id);               /* every row read */
+	assert_int_equal(view_held(f, c1, s1, "H", &r0, 0, 'p', &r), 1);
+	same_row(&r, &r0);
+	for (size_t i = 0; i < 5; i++) {
+		x = r0;
+		x.v[i]++;
+		assert_int_equal(view_held(f, c1, s1, "H", &x, 0, 'l', &r), 0);
+		x.v[i] -= 2;
+		assert_int_equal(view_held(f, c1, s1, "H", &x, 0, 'l', &r), 0);
+		assert_int_equal(view_held(f, c1, s1, "H", &r0, held_tags[i],
+					   'l', &r), 0);
+		same_row(&r, &r0);
+	}
+	for (int w = 0; w < 5; w++) {
+		if (w == 0)
+			op_call(c2, s2, RPC_OP_STORE, "H", 7, 7, ENG_F_SEEN,
+				NULL, NULL);
+		else if (w == 1)
+			append_n(c2, s2, "H", 1, ENG_F_SEEN);
+		else if (w == 2)
+			op_call(c2, s2, RPC_OP_STORE, "H", 3, 3, 0, "$Other",
+				NULL);
+		else if (w == 3)
+			op_call(c2, s2, RPC_OP_STORE, "H", 9, 9, ENG_F_DELETED,
+				NULL, NULL);
+		else
+			op_call(c2, s2, RPC_OP_EXPUNGE, "H", 0, 0, 0, NULL,
+				NULL);
+		assert_int_equal(view_held(f, c1, s1, "H", &r0, 0, 'p', &r), 0);
+		assert_true(r.v[3] > r0.v[3]);
+		assert_int_equal(view_held(f, c1, s1, "H", &r, 0, 'l', &x), 1);
+		same_row(&x, &r);
+		r0 = r;
+	}
+	assert_int_equal(r0.v[4], 10);
+	rpc_sync_free(&c1);
+	rpc_sync_free(&c2);
+}
+
 /* ---- a locked alias ---- */
 
 /* After the last LOCK the alias is closed (keys wiped, its views
@@ -523,6 +665,8 @@ int main(void)
 						teardown_blocker),
 		cmocka_unit_test_setup_teardown(test_view_loop_locked,
 						setup_closing, teardown),
+		cmocka_unit_test_setup_teardown(test_view_held, setup,
+						teardown),
 	};
 
 	return cmocka_run_group_tests(tests, 0, NULL);
