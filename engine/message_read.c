@@ -65,12 +65,12 @@ int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,
 		     eng_message **m_r)
 {
 	int err;
-	/* Columns before mime and header only: a content row whose header
-	 * spills into overflow pages is not decrypted for a body read. */
+	/* The message row alone, as the cursor reads it (below): the content
+	 * row's leaf page is read only if the MIME tree or header is asked
+	 * for (load_meta). */
 	sqlite3_stmt *stmt = store_prepare(st,
-		"SELECT c.id, c.size FROM message m "
-		"JOIN content c ON c.id = m.content_id "
-		"WHERE m.mailbox_id = ? AND m.uid = ?", &err);
+		"SELECT content_id, size FROM message "
+		"WHERE mailbox_id = ? AND uid = ?", &err);
 	int rc;
 
 	*m_r = NULL;

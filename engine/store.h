@@ -293,7 +293,8 @@ int eng_append_message(eng_store *st, int64_t mailbox_id, const void *data,
 /* An opened message: content, MIME structure and header. */
 typedef struct eng_message eng_message;
 
-/* Opening reads the size only: the MIME tree and the header are read at
+/* Opening reads the message row only (its size is the content's; no
+ * content row): the MIME tree and the header are read at
  * their first use (a whole-body read never needs them), which must come
  * while the message exists (ENG_ENOTFOUND after its content is gone). */
 int eng_message_open(eng_store *st, int64_t mailbox_id, uint32_t uid,

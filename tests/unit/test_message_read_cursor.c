@@ -7,7 +7,9 @@
  * asked twice or going back, past the mailbox's last UID (another
  * mailbox's rows must not show), messages of several chunks, copies in
  * another mailbox, and a new cursor in the next snapshot after an expunge
- * between the two.
+ * between the two. Neither reads the content row to open a message (its
+ * leaf page was one page to read and decrypt per message): only the MIME
+ * tree and the header need it.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -259,6 +261,42 @@ static void test_snapshots(void **state)
 	eng_store_read_end(f->st);
 }
 
+/* A message whose content row is gone (a test-only damage) opens, with
+ * the message row's size, and reads its bytes from the chunks, through
+ * eng_message_open and the cursor alike; its header does not. */
+static void test_open_without_content_row(void **state)
+{
+	static const char msg[] = "Subject: row\r\n\r\nbody bytes\r\n";
+	tu_store *f = *state;
+	uint32_t uid = tu_store_append(f, f->inbox, msg, 0);
+	eng_message_cursor *cur;
+	eng_message *m;
+	char sql[96], buf[sizeof(msg)];
+	const void *hdr;
+	size_t hdr_len;
+
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+	snprintf(sql, sizeof(sql), "DELETE FROM content WHERE id = %lld",
+		 (long long)eng_message_content_id(m));
+	eng_message_close(&m);
+	assert_int_equal(sqlite3_exec(f->st->db, sql, NULL, NULL, NULL),
+			 SQLITE_OK);
+	assert_int_equal(sqlite3_changes(f->st->db), 1);
+
+	assert_int_equal(eng_store_read_begin(f->st), 0);
+	cur = eng_message_cursor_new(f->st, f->inbox);
+	assert_int_equal(open_both(f->st, f->inbox, cur, uid), 0);
+	eng_message_cursor_close(&cur);
+	assert_int_equal(eng_message_open(f->st, f->inbox, uid, &m), 0);
+	assert_int_equal(eng_message_size(m), sizeof(msg) - 1);
+	assert_int_equal(eng_message_read(m, 0, buf, sizeof(buf)),
+			 (long)sizeof(msg) - 1);
+	assert_memory_equal(buf, msg, sizeof(msg) - 1);
+	assert_int_equal(eng_message_header(m, &hdr, &hdr_len), ENG_ENOTFOUND);
+	eng_message_close(&m);
+	eng_store_read_end(f->st);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -269,6 +307,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_copied,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_snapshots,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_open_without_content_row,
 						tu_store_setup, tu_store_teardown),
 	};
 
