@@ -542,7 +542,7 @@ static int copy_row(eng_store *st, int64_t dst, int64_t rowid,
 	sqlite3_stmt *stmt;
 	int64_t new_rowid;
 
-	if ((err = store_mailbox_next_uid(st, dst, &uid)) != 0)
+	if ((err = store_mailbox_uidnext(st, dst, &uid)) != 0)
 		return err;
 	stmt = store_prepare(st, "INSERT INTO message (mailbox_id, uid, modseq, "
 		"flags, internal_date, save_date, size, content_id, thread_id) "
@@ -574,10 +574,8 @@ static int copy_row(eng_store *st, int64_t dst, int64_t rowid,
 	sqlite3_bind_int64(stmt, 1, msg->content_id);
 	if ((err = store_step_done(st, stmt)) != 0)
 		return err;
-	if ((err = store_mailbox_account(st, dst, 1,
-					 (msg->flags & ENG_F_SEEN) ? 0 : 1,
-					 (msg->flags & ENG_F_DELETED) ? 1 : 0,
-					 (int64_t)msg->size, modseq)) != 0)
+	if ((err = store_mailbox_added(st, dst, uid, msg->flags,
+				       (int64_t)msg->size, modseq)) != 0)
 		return err;
 	*uid_r = uid;
 	return 0;

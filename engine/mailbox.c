@@ -112,33 +112,44 @@ int store_mailbox_id(eng_store *st, const char *name, int64_t *id_r,
 	return rc == SQLITE_DONE ? ENG_ENOTFOUND : store_err(st, rc, "mailbox");
 }
 
-int store_mailbox_account(eng_store *st, int64_t mailbox_id,
-			  int64_t d_messages, int64_t d_unseen,
-			  int64_t d_deleted, int64_t d_size, uint64_t modseq)
+/* uidnext 0 leaves UIDNEXT as it is. */
+static int account(eng_store *st, int64_t mailbox_id, int64_t uidnext,
+		   int64_t d_messages, int64_t d_unseen, int64_t d_deleted,
+		   int64_t d_size, uint64_t modseq)
 {
 	int err;
-	/* OR FAIL, here and for uidnext: on one row the same as the default
-	 * ABORT, but SQLite (3.15) then runs no statement journal, which
-	 * copied and encrypted the mailbox's page for each APPEND. */
+	/* OR FAIL: on one row the same as the default ABORT, but SQLite
+	 * (3.15) then runs no statement journal, which copied and encrypted
+	 * the mailbox's page for each APPEND. */
 	sqlite3_stmt *stmt = store_prepare(st,
-		"UPDATE OR FAIL mailbox SET messages = messages + ?, "
-		"unseen = unseen + ?, deleted = deleted + ?, size = size + ?, "
+		"UPDATE OR FAIL mailbox SET uidnext = max(uidnext, ?), "
+		"messages = messages + ?, unseen = unseen + ?, "
+		"deleted = deleted + ?, size = size + ?, "
 		"highestmodseq = max(highestmodseq, ?) WHERE id = ?", &err);
 
 	if (stmt == NULL)
 		return err;
-	sqlite3_bind_int64(stmt, 1, d_messages);
-	sqlite3_bind_int64(stmt, 2, d_unseen);
-	sqlite3_bind_int64(stmt, 3, d_deleted);
-	sqlite3_bind_int64(stmt, 4, d_size);
-	sqlite3_bind_int64(stmt, 5, (int64_t)modseq);
-	sqlite3_bind_int64(stmt, 6, mailbox_id);
+	sqlite3_bind_int64(stmt, 1, uidnext);
+	sqlite3_bind_int64(stmt, 2, d_messages);
+	sqlite3_bind_int64(stmt, 3, d_unseen);
+	sqlite3_bind_int64(stmt, 4, d_deleted);
+	sqlite3_bind_int64(stmt, 5, d_size);
+	sqlite3_bind_int64(stmt, 6, (int64_t)modseq);
+	sqlite3_bind_int64(stmt, 7, mailbox_id);
 	if ((err = store_step_done(st, stmt)) != 0)
 		return err;
 	return sqlite3_changes(st->db) == 1 ? 0 : ENG_ENOTFOUND;
 }
 
-int store_mailbox_next_uid(eng_store *st, int64_t mailbox_id, uint32_t *uid_r)
+int store_mailbox_account(eng_store *st, int64_t mailbox_id,
+			  int64_t d_messages, int64_t d_unseen,
+			  int64_t d_deleted, int64_t d_size, uint64_t modseq)
+{
+	return account(st, mailbox_id, 0, d_messages, d_unseen, d_deleted,
+		       d_size, modseq);
+}
+
+int store_mailbox_uidnext(eng_store *st, int64_t mailbox_id, uint32_t *uid_r)
 {
 	int err;
 	sqlite3_stmt *stmt = store_prepare(st,
@@ -158,16 +169,21 @@ int store_mailbox_next_uid(eng_store *st, int64_t mailbox_id, uint32_t *uid_r)
 	/* UIDs are 32-bit; a mailbox that ran out needs a new UIDVALIDITY. */
 	if (uid >= UINT32_MAX)
 		return ENG_ELIMIT;
-	stmt = store_prepare(st, "UPDATE OR FAIL mailbox SET uidnext = ? "
-			     "WHERE id = ?", &err);
-	if (stmt == NULL)
-		return err;
-	sqlite3_bind_int64(stmt, 1, uid + 1);
-	sqlite3_bind_int64(stmt, 2, mailbox_id);
-	if ((err = store_step_done(st, stmt)) != 0)
-		return err;
 	*uid_r = (uint32_t)uid;
 	return 0;
+}
+
+/*
+ * UIDNEXT, the counters and HIGHESTMODSEQ of a new message in one UPDATE
+ * of the row: APPEND wrote it twice (UIDNEXT, then the counters), COPY
+ * twice per message.
+ */
+int store_mailbox_added(eng_store *st, int64_t mailbox_id, uint32_t uid,
+			uint32_t flags, int64_t size, uint64_t modseq)
+{
+	return account(st, mailbox_id, (int64_t)uid + 1, 1,
+		       (flags & ENG_F_SEEN) ? 0 : 1,
+		       (flags & ENG_F_DELETED) ? 1 : 0, size, modseq);
 }
 
 static int next_uidvalidity(eng_store *st, uint32_t *uidvalidity_r)

@@ -889,14 +889,18 @@ static int assign_thread(eng_store *st, const eng_mime_summary *sum,
 	return 0;
 }
 
+/* The sum over the mailboxes is read only when there is a limit. */
 static int check_quota(eng_store *st, uint64_t size)
 {
-	uint64_t used, limit;
-	int err = eng_quota_get(st, &used, &limit, NULL);
+	int64_t limit = 0;
+	uint64_t used;
+	int err = store_meta_get_int(st, "quota_bytes", &limit);
 
-	if (err != 0)
+	if (err != 0 || limit == 0)
 		return err;
-	return limit != 0 && used + size > limit ? ENG_EQUOTA : 0;
+	if ((err = eng_quota_get(st, &used, NULL, NULL)) != 0)
+		return err;
+	return used + size > (uint64_t)limit ? ENG_EQUOTA : 0;
 }
 
 static int insert_message(eng_append *ap, int64_t content_id, int64_t thread,
@@ -908,7 +912,7 @@ static int insert_message(eng_append *ap, int64_t content_id, int64_t thread,
 	sqlite3_stmt *stmt;
 	int err;
 
-	if ((err = store_mailbox_next_uid(st, ap->mailbox_id, &uid)) != 0 ||
+	if ((err = store_mailbox_uidnext(st, ap->mailbox_id, &uid)) != 0 ||
 	    (err = store_tx_modseq(st, &modseq)) != 0)
 		return err;
 	stmt = store_prepare(st, "INSERT INTO message (mailbox_id, uid, modseq, "
@@ -933,10 +937,8 @@ static int insert_message(eng_append *ap, int64_t content_id, int64_t thread,
 				      (const char *const *)ap->keywords,
 				      ap->n_keywords)) != 0)
 		return err;
-	if ((err = store_mailbox_account(st, ap->mailbox_id, 1,
-					 (ap->flags & ENG_F_SEEN) ? 0 : 1,
-					 (ap->flags & ENG_F_DELETED) ? 1 : 0,
-					 (int64_t)ap->size, modseq)) != 0)
+	if ((err = store_mailbox_added(st, ap->mailbox_id, uid, ap->flags,
+				       (int64_t)ap->size, modseq)) != 0)
 		return err;
 	*uid_r = uid;
 	*modseq_r = modseq;

@@ -97,8 +97,14 @@ int store_mailbox_id(eng_store *st, const char *name, int64_t *id_r,
 int store_mailbox_account(eng_store *st, int64_t mailbox_id,
 			  int64_t d_messages, int64_t d_unseen,
 			  int64_t d_deleted, int64_t d_size, uint64_t modseq);
-/* Takes the next UID of a mailbox (bumps UIDNEXT). */
-int store_mailbox_next_uid(eng_store *st, int64_t mailbox_id, uint32_t *uid_r);
+/* The UID a new message of the mailbox gets (its UIDNEXT); ENG_ELIMIT
+ * when UIDs ran out. Read only: store_mailbox_added moves UIDNEXT on. */
+int store_mailbox_uidnext(eng_store *st, int64_t mailbox_id, uint32_t *uid_r);
+/* Counts a message just inserted under uid (from store_mailbox_uidnext,
+ * in the same transaction): UIDNEXT = uid + 1, one more message (unseen,
+ * deleted by its flags), size bytes more, HIGHESTMODSEQ raised to modseq. */
+int store_mailbox_added(eng_store *st, int64_t mailbox_id, uint32_t uid,
+			uint32_t flags, int64_t size, uint64_t modseq);
 
 /* Looks up or creates keyword ids (IMAP keywords are case-insensitive). */
 int store_keyword_id(eng_store *st, const char *name, bool create,

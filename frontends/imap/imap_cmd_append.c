@@ -35,9 +35,12 @@
  * drops mid-command, the upload in flight is cancelled (nothing of it is
  * stored) but messages already committed stay.
  *
- * Every APPEND carries an IDEMPOTENCY_KEY; it is not retried after a
- * dropped sqlited connection (the client's bytes are not kept to resend):
- * the client gets NO [UNAVAILABLE] and appends again.
+ * An APPEND is not retried after a dropped sqlited connection (the
+ * client's bytes are not kept to resend): the client gets NO [UNAVAILABLE]
+ * and appends again, under a new command. So it carries no
+ * IDEMPOTENCY_KEY: no retry could present it, and each one cost sqlited a
+ * lookup and a row in its idempotency table (a page written per APPEND,
+ * in a table nothing prunes).
  */
 #include "imap_mailbox.h"
 
@@ -197,7 +200,6 @@ static void start_next(imap_cmd *cmd)
 	append_op *op = cmd->op;
 	append_msg *m;
 	rpc_client_opts opts;
-	char key[RPC_IDEM_KEY_CHARS + 1];
 	int rc;
 
 	if (op->rpc_running || op_failed(op) || op->n_done >= op->n_msgs)
@@ -212,8 +214,6 @@ static void start_next(imap_cmd *cmd)
 		rpc_put_str(&op->pl, RPC_T_KEYWORD, m->kw[i]);
 	if (m->internal_date > 0)
 		rpc_put_s64(&op->pl, RPC_T_INTERNAL_DATE, m->internal_date);
-	if (rpc_client_idem_key(key) == 0)
-		rpc_put_str(&op->pl, RPC_T_IDEMPOTENCY_KEY, key);
 	memset(&opts, 0, sizeof(opts));
 	opts.has_body = true;
 	opts.source = append_source;

@@ -2,7 +2,8 @@
  * Messages in the mailbox store: append, fetch, flags, copy/move and dedup,
  * expunge and changes since MODSEQ, FETCH_META with the header and MIME
  * blobs inline, sections (embedded messages too), the header and MIME tree
- * read lazily, and thread ids. The fixture and the invariants of
+ * read lazily, thread ids, and the mailbox row's UIDNEXT, HIGHESTMODSEQ
+ * and counts after each kind of change. The fixture and the invariants of
  * engine/store.c are teststore.c's.
  */
 #include <setjmp.h>
@@ -280,6 +281,99 @@ static void test_copy_move_dedup(void **state)
 	assert_int_equal(tu_sql_int(f->st, "SELECT count(*) FROM fts"), 0);
 	eng_mailbox_clear(&arch);
 	tu_store_check(f->st);
+}
+
+/* The mailbox row after each change: UIDNEXT, HIGHESTMODSEQ and the counts
+ * (tu_store_check recounts them from the message rows). */
+static void expect_mailbox(tu_store *f, const char *name, uint32_t uidnext,
+			   uint64_t highestmodseq, uint32_t messages,
+			   uint32_t unseen, uint32_t deleted)
+{
+	eng_mailbox mb;
+
+	assert_int_equal(eng_mailbox_get(f->st, name, &mb), 0);
+	assert_int_equal(mb.uidnext, uidnext);
+	assert_int_equal(mb.highestmodseq, highestmodseq);
+	assert_int_equal(mb.messages, messages);
+	assert_int_equal(mb.unseen, unseen);
+	assert_int_equal(mb.deleted, deleted);
+	eng_mailbox_clear(&mb);
+	tu_store_check(f->st);
+}
+
+static uint64_t append_modseq(tu_store *f, const char *msg, uint32_t flags,
+			      uint32_t want_uid)
+{
+	eng_append_opts o = { .flags = flags };
+	uint32_t uid = 0;
+	uint64_t modseq = 0;
+
+	assert_int_equal(eng_append_message(f->st, f->inbox, msg, strlen(msg),
+					    &o, &uid, &modseq), 0);
+	assert_int_equal(uid, want_uid);
+	return modseq;
+}
+
+static void test_mailbox_accounting(void **state)
+{
+	tu_store *f = *state;
+	eng_uidset set = { 0 };
+	eng_mailbox arch;
+	uint32_t *src, *dst, *gone;
+	size_t n;
+	uint64_t m;
+
+	m = append_modseq(f, TU_SIMPLE_MSG, 0, 1);
+	expect_mailbox(f, "INBOX", 2, m, 1, 1, 0);
+	m = append_modseq(f, TU_SIMPLE_MSG, ENG_F_SEEN, 2);   /* same content */
+	expect_mailbox(f, "INBOX", 3, m, 2, 1, 0);
+	m = append_modseq(f, "Subject: d\r\n\r\nd\r\n",
+			  ENG_F_SEEN | ENG_F_DELETED, 3);
+	expect_mailbox(f, "INBOX", 4, m, 3, 1, 1);
+	m = append_modseq(f, "Subject: e\r\n\r\ne\r\n", ENG_F_DELETED, 4);
+	expect_mailbox(f, "INBOX", 5, m, 4, 2, 2);
+
+	/* COPY 1:4 to Archive: UIDs 1..4 there, the counts as in INBOX. */
+	assert_int_equal(eng_mailbox_get(f->st, "Archive", &arch), 0);
+	eng_uidset_add(&set, 1, 4);
+	assert_int_equal(eng_message_copy(f->st, f->inbox, &set, arch.id, false,
+					  &src, &dst, &n), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(dst[3], 4);
+	free(src);
+	free(dst);
+	m = (uint64_t)tu_sql_int(f->st, "SELECT max(modseq) FROM message");
+	expect_mailbox(f, "Archive", 5, m, 4, 2, 2);
+	expect_mailbox(f, "INBOX", 5, m - 1, 4, 2, 2);
+
+	/* MOVE Archive 1:2 back to INBOX: UIDs 5 and 6. */
+	eng_uidset_free(&set);
+	eng_uidset_add(&set, 1, 2);
+	assert_int_equal(eng_message_copy(f->st, arch.id, &set, f->inbox, true,
+					  &src, &dst, &n), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(dst[0], 5);
+	assert_int_equal(dst[1], 6);
+	free(src);
+	free(dst);
+	m = (uint64_t)tu_sql_int(f->st, "SELECT value FROM meta "
+				 "WHERE key = 'modseq'");
+	expect_mailbox(f, "INBOX", 7, m, 6, 3, 2);
+	expect_mailbox(f, "Archive", 5, m, 2, 1, 2);
+
+	/* EXPUNGE INBOX: UIDs 3 and 4 (\Deleted) go, UIDNEXT stays. */
+	assert_int_equal(eng_expunge(f->st, f->inbox, NULL, &gone, &n), 0);
+	assert_int_equal(n, 2);
+	free(gone);
+	m = (uint64_t)tu_sql_int(f->st, "SELECT value FROM meta "
+				 "WHERE key = 'modseq'");
+	expect_mailbox(f, "INBOX", 7, m, 4, 2, 0);
+
+	/* The next APPEND takes UIDNEXT, never an expunged UID. */
+	m = append_modseq(f, "Subject: f\r\n\r\nf\r\n", 0, 7);
+	expect_mailbox(f, "INBOX", 8, m, 5, 3, 0);
+	eng_uidset_free(&set);
+	eng_mailbox_clear(&arch);
 }
 
 /* A deterministic message of about size bytes, multipart with a large
@@ -1144,6 +1238,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_thread_ids,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_message_lazy_meta,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_mailbox_accounting,
 						tu_store_setup, tu_store_teardown),
 	};
 

@@ -137,7 +137,16 @@ void tu_store_check(eng_store *st)
 	assert_int_equal(tu_sql_int(st,
 		"SELECT count(*) FROM mailbox b WHERE b.uidnext <= "
 		"(SELECT coalesce(max(uid), 0) FROM message m WHERE "
-		"m.mailbox_id = b.id)"), 0);
+		"m.mailbox_id = b.id) OR b.uidnext <= "
+		"(SELECT coalesce(max(uid), 0) FROM expunged e WHERE "
+		"e.mailbox_id = b.id)"), 0);
+	/* HIGHESTMODSEQ covers every change the mailbox logged. */
+	assert_int_equal(tu_sql_int(st,
+		"SELECT count(*) FROM mailbox b WHERE b.highestmodseq < "
+		"(SELECT coalesce(max(modseq), 0) FROM message m WHERE "
+		"m.mailbox_id = b.id) OR b.highestmodseq < "
+		"(SELECT coalesce(max(modseq), 0) FROM expunged e WHERE "
+		"e.mailbox_id = b.id)"), 0);
 	assert_int_equal(tu_sql_int(st,
 		"SELECT count(*) FROM message WHERE modseq > "
 		"(SELECT value FROM meta WHERE key = 'modseq')"), 0);
