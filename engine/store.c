@@ -617,8 +617,9 @@ static int classify_notadb(eng_store *st, const uint8_t *db_key)
 	int rc = SQLITE_NOTADB;
 
 	probe.db = NULL;
-	if (sqlite3_open_v2(st->path, &probe.db, SQLITE_OPEN_READWRITE, NULL) ==
-	    SQLITE_OK && apply_settings(&probe, db_key) == 0)
+	if (sqlite3_open_v2(st->path, &probe.db, SQLITE_OPEN_READWRITE,
+			    eng_sealed_vfs_name()) == SQLITE_OK &&
+	    apply_settings(&probe, db_key) == 0)
 		rc = sqlite3_exec(probe.db, "PRAGMA user_version", NULL, NULL,
 				  NULL) & 0xff;
 	sqlite3_close(probe.db);
@@ -735,9 +736,11 @@ int eng_store_open(const char *path, const uint8_t *db_key,
 		}
 		flags |= SQLITE_OPEN_CREATE;
 	}
-	/* WAL writes gathered per commit: engine/wal_vfs.c (needs the
-	 * synchronous = FULL that apply_settings sets). */
-	rc = sqlite3_open_v2(path, &st->db, flags, eng_wal_vfs_name());
+	/* WAL writes gathered per commit, and for an encrypted store pages
+	 * of zeroes refused: engine/wal_vfs.c (needs the synchronous = FULL
+	 * that apply_pragmas sets). */
+	rc = sqlite3_open_v2(path, &st->db, flags, st->opt.plaintext ?
+			     eng_wal_vfs_name() : eng_sealed_vfs_name());
 	if (rc != SQLITE_OK) {
 		err = store_err(st, rc, "open");
 		goto fail;

@@ -1,26 +1,47 @@
 /*
- * The "sealmail-wal" SQLite VFS: the default VFS with the WAL file's
- * writes gathered (bench/README.md, "APPEND CPU (2026-11-26 session 6)").
+ * Two SQLite VFSes over the default one (unix):
  *
- * SQLite writes each WAL frame with two xWrite calls (the 24-byte frame
- * header, then the page), each one pwrite(): ~56 system calls for an
- * APPEND of ~28 frames. Here the contiguous writes to a WAL file are
- * copied into a buffer of the file and written with one xWrite of the
- * underlying VFS (one pwrite) when SQLite syncs the WAL, reads it, asks
- * its size, truncates it, closes it, or when the next write is not
- * contiguous or would pass WAL_BUF_MAX (< 128 KiB).
+ * "sealmail-wal" gathers the WAL file's writes (bench/README.md, "APPEND
+ * CPU (2026-11-26 session 6)"). SQLite writes each WAL frame with two
+ * xWrite calls (the 24-byte frame header, then the page), each one
+ * pwrite(): ~56 system calls for an APPEND of ~28 frames. Here the
+ * contiguous writes to a WAL file are copied into a buffer of the file and
+ * written with one xWrite of the underlying VFS (one pwrite) when SQLite
+ * syncs the WAL, reads it, asks its size, truncates it, closes it, or when
+ * the next write is not contiguous or would pass WAL_BUF_MAX (< 128 KiB).
+ *
+ * "sealmail-sealed", for encrypted stores only, does the same and also
+ * refuses all-zero pages (docs/storage.md, "Damaged pages under raw
+ * bytes"). SQLCipher 3.4.1 takes a page that is all zeroes for a short
+ * read and decrypts it to zeroes without checking its HMAC, so a page
+ * zeroed on disk read silently as zeroes. Below the codec every page of an
+ * encrypted database is ciphertext, and an all-zero one has probability
+ * 2^-32768: a whole-page read of the database file (a power of two of
+ * 512..65536 bytes at a multiple of it) or of a WAL frame's page (the
+ * bytes after its 24-byte header) that succeeds with nothing but zeroes
+ * fails with SQLITE_CORRUPT, an error of the statement (ENG_ECORRUPT).
+ * A read past the end (SQLITE_IOERR_SHORT_READ, zero-filled) stays what
+ * it is: SQLite reads such pages legitimately. Plaintext stores must not
+ * use it: a plain page of zeroes is legal (the last overflow page of a
+ * blob of zeroes). WAL recovery reads whole frames (header and page): a
+ * zeroed frame fails its checksum there and ends the WAL, as before.
+ * The check stops at the first non-zero byte, byte 0 of almost every page.
  *
  * Rules:
- *  - only files SQLite opens with SQLITE_OPEN_WAL are wrapped; the
- *    database file, journals and the shared memory are the underlying
- *    VFS's own objects, untouched (so locks and the wal-index are shared
- *    with connections opened on the default VFS);
- *  - safe only with synchronous = FULL (or EXTRA), which eng_store_open
- *    always sets: then every commit syncs the WAL (xSync, which writes the
- *    buffer first) before SQLite publishes the commit in the wal-index, so
- *    no other connection can look for a frame that is still buffered. With
- *    NORMAL or OFF a commit is published without a sync: never open such a
- *    connection on this VFS;
+ *  - only the WAL file and, on "sealmail-sealed", the main database file
+ *    are wrapped, and every io method of a wrapped file goes to the
+ *    underlying file (one the underlying VFS opened), so locks and the
+ *    wal-index (xShm*, which SQLite calls on the database file) stay the
+ *    underlying VFS's, shared with connections opened on the default VFS;
+ *    journals and temporary files are the underlying VFS's own objects;
+ *  - no memory-mapped reads (xFetch maps nothing; SQLCipher turns mmap off
+ *    for an encrypted database anyway): every page comes through xRead;
+ *  - gathering is safe only with synchronous = FULL (or EXTRA), which
+ *    eng_store_open always sets: then every commit syncs the WAL (xSync,
+ *    which writes the buffer first) before SQLite publishes the commit in
+ *    the wal-index, so no other connection can look for a frame that is
+ *    still buffered. With NORMAL or OFF a commit is published without a
+ *    sync: never open such a connection on these VFSes;
  *  - durability is the same: a write is on disk no later than before (the
  *    fdatasync of the commit follows the one gathered write); a failed
  *    gathered write fails the sync, so the COMMIT fails;
@@ -39,6 +60,9 @@
 #include <string.h>
 
 #define WAL_VFS_NAME "sealmail-wal"
+#define SEALED_VFS_NAME "sealmail-sealed"
+#define WAL_HDR 32          /* the WAL file's header */
+#define WAL_FRAME_HDR 24    /* each frame's header, before its page */
 /* The unix VFS writes at most 0x1ffff bytes per pwrite() (it masks the
  * length: a longer xWrite is split, and one of a multiple of 128 KiB fails
  * with SQLITE_FULL), so a gathered write stays below 128 KiB: 31 frames of
@@ -51,11 +75,12 @@ struct wal_file {
 	unsigned char *buf;     /* bytes for [off, off + len) of the file */
 	size_t len;
 	sqlite3_int64 off;
+	bool sealed;            /* opened on "sealmail-sealed" */
 };
 
-static sqlite3_vfs wal_vfs;
+static sqlite3_vfs wal_vfs, sealed_vfs;
 static sqlite3_vfs *orig_vfs;
-static const sqlite3_io_methods wal_methods;
+static const sqlite3_io_methods wal_methods, db_methods;
 static _Atomic unsigned long long n_writes, n_syscalls;
 
 static size_t real_offset(void)
@@ -88,6 +113,23 @@ static int wal_close(sqlite3_file *f)
 	return rc != SQLITE_OK ? rc : rc2;
 }
 
+/* A page size SQLite could use: a power of two, 512 to 65536. */
+static bool page_sized(int amt)
+{
+	return amt >= 512 && amt <= 65536 && (amt & (amt - 1)) == 0;
+}
+
+/* An encrypted page is never all zeroes (see the top of the file). */
+static int zero_page_check(const unsigned char *p, int amt)
+{
+	for (int i = 0; i < amt; i++)
+		if (p[i] != 0)
+			return SQLITE_OK;
+	eng_log(ENG_LOG_ERROR, "sqlite: a page of zeroes in an encrypted "
+		"database");
+	return SQLITE_CORRUPT;
+}
+
 static int wal_read(sqlite3_file *f, void *p, int amt, sqlite3_int64 off)
 {
 	struct wal_file *w = (struct wal_file *)f;
@@ -95,7 +137,13 @@ static int wal_read(sqlite3_file *f, void *p, int amt, sqlite3_int64 off)
 
 	if (rc != SQLITE_OK)
 		return rc;
-	return w->real->pMethods->xRead(w->real, p, amt, off);
+	rc = w->real->pMethods->xRead(w->real, p, amt, off);
+	/* A frame's page: at 32 + k * (24 + amt) + 24. */
+	if (rc == SQLITE_OK && w->sealed && page_sized(amt) &&
+	    off >= WAL_HDR + WAL_FRAME_HDR &&
+	    (off - WAL_HDR - WAL_FRAME_HDR) % (amt + WAL_FRAME_HDR) == 0)
+		rc = zero_page_check(p, amt);
+	return rc;
 }
 
 /* Room for n more bytes in the buffer (one allocation of WAL_BUF_MAX). */
@@ -164,6 +212,61 @@ static int wal_file_size(sqlite3_file *f, sqlite3_int64 *size)
 	if (rc != SQLITE_OK)
 		return rc;
 	return w->real->pMethods->xFileSize(w->real, size);
+}
+
+/* The main database file on "sealmail-sealed": reads checked, the rest
+ * the underlying file's. */
+static int db_close(sqlite3_file *f)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xClose(w->real);
+}
+
+static int db_read(sqlite3_file *f, void *p, int amt, sqlite3_int64 off)
+{
+	struct wal_file *w = (struct wal_file *)f;
+	int rc = w->real->pMethods->xRead(w->real, p, amt, off);
+
+	if (rc == SQLITE_OK && page_sized(amt) && off % amt == 0)
+		rc = zero_page_check(p, amt);
+	return rc;
+}
+
+static int db_write(sqlite3_file *f, const void *p, int amt,
+		    sqlite3_int64 off)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xWrite(w->real, p, amt, off);
+}
+
+static int db_truncate(sqlite3_file *f, sqlite3_int64 size)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xTruncate(w->real, size);
+}
+
+static int db_sync(sqlite3_file *f, int flags)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xSync(w->real, flags);
+}
+
+static int db_file_size(sqlite3_file *f, sqlite3_int64 *size)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xFileSize(w->real, size);
+}
+
+static int db_file_control(sqlite3_file *f, int op, void *arg)
+{
+	struct wal_file *w = (struct wal_file *)f;
+
+	return w->real->pMethods->xFileControl(w->real, op, arg);
 }
 
 static int wal_lock(sqlite3_file *f, int level)
@@ -240,7 +343,7 @@ static int wal_shm_unmap(sqlite3_file *f, int del)
 	return w->real->pMethods->xShmUnmap(w->real, del);
 }
 
-/* No memory-mapped reads of a WAL file: SQLite falls back to xRead. */
+/* No memory-mapped reads: SQLite falls back to xRead. */
 static int wal_fetch(sqlite3_file *f, sqlite3_int64 off, int amt, void **pp)
 {
 	(void)f;
@@ -265,16 +368,25 @@ static const sqlite3_io_methods wal_methods = {
 	wal_shm_barrier, wal_shm_unmap, wal_fetch, wal_unfetch,
 };
 
+static const sqlite3_io_methods db_methods = {
+	3, db_close, db_read, db_write, db_truncate, db_sync,
+	db_file_size, wal_lock, wal_unlock, wal_check_lock, db_file_control,
+	wal_sector_size, wal_device_chars, wal_shm_map, wal_shm_lock,
+	wal_shm_barrier, wal_shm_unmap, wal_fetch, wal_unfetch,
+};
+
 static int wal_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f,
 		    int flags, int *out_flags)
 {
 	struct wal_file *w = (struct wal_file *)f;
+	bool sealed = vfs == &sealed_vfs;
 	int rc;
 
-	(void)vfs;
-	if ((flags & SQLITE_OPEN_WAL) == 0)
+	if ((flags & SQLITE_OPEN_WAL) == 0 &&
+	    (!sealed || (flags & SQLITE_OPEN_MAIN_DB) == 0))
 		return orig_vfs->xOpen(orig_vfs, name, f, flags, out_flags);
 	memset(w, 0, sizeof(*w));
+	w->sealed = sealed;
 	w->real = (sqlite3_file *)((char *)f + real_offset());
 	rc = orig_vfs->xOpen(orig_vfs, name, w->real, flags, out_flags);
 	if (rc != SQLITE_OK) {
@@ -283,7 +395,8 @@ static int wal_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f,
 		w->base.pMethods = NULL;
 		return rc;
 	}
-	w->base.pMethods = &wal_methods;
+	w->base.pMethods = (flags & SQLITE_OPEN_WAL) ? &wal_methods :
+						       &db_methods;
 	return SQLITE_OK;
 }
 
@@ -361,42 +474,54 @@ static int v_current_time64(sqlite3_vfs *v, sqlite3_int64 *t)
 }
 
 static pthread_once_t wal_vfs_once = PTHREAD_ONCE_INIT;
-static bool wal_vfs_ok;
+static bool wal_vfs_ok, sealed_vfs_ok;
+
+static bool vfs_register(sqlite3_vfs *v, const char *name)
+{
+	v->iVersion = 2;
+	v->szOsFile = (int)real_offset() + orig_vfs->szOsFile;
+	v->mxPathname = orig_vfs->mxPathname;
+	v->zName = name;
+	v->xOpen = wal_open;
+	v->xDelete = v_delete;
+	v->xAccess = v_access;
+	v->xFullPathname = v_full_pathname;
+	v->xDlOpen = v_dlopen;
+	v->xDlError = v_dlerror;
+	v->xDlSym = v_dlsym;
+	v->xDlClose = v_dlclose;
+	v->xRandomness = v_randomness;
+	v->xSleep = v_sleep;
+	v->xCurrentTime = v_current_time;
+	v->xGetLastError = v_last_error;
+	v->xCurrentTimeInt64 = v_current_time64;
+	if (sqlite3_vfs_register(v, 0) != SQLITE_OK) {
+		eng_log(ENG_LOG_ERROR, "sqlite: cannot register the %s VFS",
+			name);
+		return false;
+	}
+	return true;
+}
 
 static void wal_vfs_register(void)
 {
 	if ((orig_vfs = sqlite3_vfs_find(NULL)) == NULL ||
 	    orig_vfs->iVersion < 2 || orig_vfs->xCurrentTimeInt64 == NULL)
 		return;
-	wal_vfs.iVersion = 2;
-	wal_vfs.szOsFile = (int)real_offset() + orig_vfs->szOsFile;
-	wal_vfs.mxPathname = orig_vfs->mxPathname;
-	wal_vfs.zName = WAL_VFS_NAME;
-	wal_vfs.xOpen = wal_open;
-	wal_vfs.xDelete = v_delete;
-	wal_vfs.xAccess = v_access;
-	wal_vfs.xFullPathname = v_full_pathname;
-	wal_vfs.xDlOpen = v_dlopen;
-	wal_vfs.xDlError = v_dlerror;
-	wal_vfs.xDlSym = v_dlsym;
-	wal_vfs.xDlClose = v_dlclose;
-	wal_vfs.xRandomness = v_randomness;
-	wal_vfs.xSleep = v_sleep;
-	wal_vfs.xCurrentTime = v_current_time;
-	wal_vfs.xGetLastError = v_last_error;
-	wal_vfs.xCurrentTimeInt64 = v_current_time64;
-	if (sqlite3_vfs_register(&wal_vfs, 0) != SQLITE_OK) {
-		eng_log(ENG_LOG_ERROR, "sqlite: cannot register the %s VFS",
-			WAL_VFS_NAME);
-		return;
-	}
-	wal_vfs_ok = true;
+	wal_vfs_ok = vfs_register(&wal_vfs, WAL_VFS_NAME);
+	sealed_vfs_ok = vfs_register(&sealed_vfs, SEALED_VFS_NAME);
 }
 
 const char *eng_wal_vfs_name(void)
 {
 	(void)pthread_once(&wal_vfs_once, wal_vfs_register);
 	return wal_vfs_ok ? WAL_VFS_NAME : NULL;
+}
+
+const char *eng_sealed_vfs_name(void)
+{
+	(void)pthread_once(&wal_vfs_once, wal_vfs_register);
+	return sealed_vfs_ok ? SEALED_VFS_NAME : NULL;
 }
 
 void eng_wal_vfs_counts(unsigned long long *writes_r,

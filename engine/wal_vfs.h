@@ -5,6 +5,9 @@
  * contiguous writes of a transaction and hands them to the kernel in one
  * pwritev() before the WAL's sync (and before anything that reads or sizes
  * the file). Nothing is synced later than before: xSync writes first.
+ * "sealmail-sealed" is the same VFS for encrypted stores, which also fails
+ * a read of an all-zero page (SQLCipher 3.4.1 would decrypt it to zeroes
+ * without an error) with SQLITE_CORRUPT.
  * See engine/wal_vfs.c for the rules.
  */
 #ifndef SEALMAIL_ENGINE_WAL_VFS_H
@@ -18,6 +21,9 @@
  * opens with the default VFS, the same files).
  */
 const char *eng_wal_vfs_name(void);
+
+/* The same for "sealmail-sealed": never for a plaintext database. */
+const char *eng_sealed_vfs_name(void);
 
 /* Counters of this process, for tests and benchmarks: write calls SQLite
  * made on WAL files, and write system calls this layer issued for them. */
