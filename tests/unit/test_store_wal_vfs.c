@@ -5,7 +5,9 @@
  * the same store, not closing the first, reads it); a transaction larger
  * than the gathering buffer (a 700 KB incompressible message: several
  * gathered writes and a chunk across two 256 KiB chunks) reads back byte
- * for byte; the store is opened on that VFS.
+ * for byte; the VFS is registered. The store, encrypted, is on
+ * "sealmail-sealed", the same VFS with pages of zeroes refused
+ * (test_store_zeropage).
  */
 #include <setjmp.h>
 #include <stdarg.h>
