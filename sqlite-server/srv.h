@@ -149,6 +149,17 @@ void srv_send_data_buf(srv_req *req, uint8_t *buf, size_t len, bool end);
  * srv_reply_body() only and the handler goes on as after it.
  */
 bool srv_reply_body_end(srv_req *req, const void *data, size_t len);
+/*
+ * srv_reply_body_end of the len bytes at buf + at, where buf is a
+ * srv_pieces buffer and at is 2 * RPC_HEADER_BYTES + req->reply.len: both
+ * frames are built in place in front of the bytes and buf itself goes to
+ * the socket (no copy). Where srv_reply_body_end would copy (TLS) it
+ * does. True when the answer is sent: buf is given up (to the socket or
+ * back to the pool). False as srv_reply_body_end's false: the caller
+ * keeps buf.
+ */
+bool srv_reply_body_end_buf(srv_req *req, uint8_t *buf, size_t at,
+			    size_t len);
 
 /*
  * A received request body: a temporary file sealed to an ephemeral key

@@ -1,10 +1,11 @@
 /*
  * Piece buffers kept for reuse while body streams run.
  *
- * A FETCH_BODIES stream (srv_ops_body.c) reads its pieces (up to
- * RPC_MAX_CHUNK_BYTES each) on pool threads and sends each as one DATA
- * frame built in place in front of it: the buffer itself goes to the
- * socket and comes back here when written (srv_net_write.c). With sqlited's
+ * A FETCH_BODIES or FETCH_BODY stream (srv_ops_body.c) reads its pieces
+ * (up to RPC_MAX_CHUNK_BYTES each) on pool threads and sends each as one
+ * DATA frame built in place in front of it (a FETCH_BODY's first piece
+ * with its RESPONSE frame too): the buffer itself goes to the socket and
+ * comes back here when written (srv_net_write.c). With sqlited's
  * malloc tuning (srv_malloc.h: arena tops given back past 256 KiB) a
  * fresh 256 KiB block per piece made an arena give its top back and fault
  * it in again for every piece; kept buffers are not.
@@ -43,7 +44,7 @@ typedef struct srv_bufpool {
 	size_t out;                  /* taken and not given back */
 } srv_bufpool;
 
-/* The process's pool of piece buffers (FETCH_BODIES and srv_net). */
+/* The process's pool of piece buffers (the body streams and srv_net). */
 extern srv_bufpool srv_pieces;
 
 void srv_bufpool_init(srv_bufpool *p);

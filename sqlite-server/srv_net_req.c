@@ -311,6 +311,33 @@ bool srv_reply_body_end(srv_req *req, const void *data, size_t len)
 	return true;
 }
 
+bool srv_reply_body_end_buf(srv_req *req, uint8_t *buf, size_t at,
+			    size_t len)
+{
+	net_req *r = to_net(req);
+	size_t head = RPC_HEADER_BYTES + req->reply.len;
+
+	if (at != head + RPC_HEADER_BYTES || at + len > SRV_BUFPOOL_BYTES ||
+	    !net_req_live(r) || req->conn->ssl != NULL ||
+	    req->conn->paused || len > RPC_INITIAL_WINDOW_BYTES ||
+	    rpc_frame_header(buf, RPC_K_RESPONSE, RPC_F_BODY,
+			     req->op->opcode, req->id, req->reply.len) != 0 ||
+	    rpc_frame_header(buf + head, RPC_K_DATA, RPC_F_END, 0, req->id,
+			     len) != 0) {
+		if (!srv_reply_body_end(req, buf + at, len))
+			return false;
+		srv_bufpool_put(&srv_pieces, buf, at + len);
+		return true;
+	}
+	memcpy(buf + RPC_HEADER_BYTES, req->reply.data, req->reply.len);
+	r->streaming = true;
+	r->send_window = RPC_INITIAL_WINDOW_BYTES - len;
+	net_wire_queue(req->conn, buf, at + len, W_POOLED);
+	eng_buf_reset(&req->reply);
+	net_req_free(r);
+	return true;
+}
+
 /* Output drained below the bound: streams with credit may go on. */
 void net_resume_streams(srv_conn *c)
 {

@@ -14,6 +14,16 @@
  * (body batches, below). FETCH_BODIES streams the whole bodies of many
  * messages, one record after the other, in pieces read the same way.
  *
+ * Pieces are read into buffers of the piece pool (srv_bufpool.h), which
+ * a FETCH_BODY holds while it runs: the first piece after room for the
+ * RESPONSE and DATA frame heads, so that a body within the first window
+ * goes to the socket in its own buffer, both frames built in front of it
+ * (srv_reply_body_end_buf), and a later piece that the window lets go
+ * whole goes as one DATA frame built in place (srv_send_data_buf). No
+ * per-message allocation or copy of the bytes on the loop: a fresh
+ * buffer per message refaulted its pages (the arena's top is given back,
+ * srv_malloc.h) and its copy cost the loop a memmove.
+ *
  * Expunge between pieces: a message still open when a work item ends
  * (a piece ended inside it) has its content pinned (store.h,
  * eng_message_pin): an EXPUNGE that runs between the pieces leaves its
@@ -69,9 +79,13 @@ struct body_ctx {
 	/* Where the pin goes when the request ends with it (body_ctx_free). */
 	srv_aliases *aliases;
 	char alias_id[SRV_ALIAS_ID_MAX + 1];
-	/* The piece read (pool) and not yet all sent (loop). */
-	uint8_t *piece;
-	size_t piece_cap;            /* bytes allocated at piece */
+	/* The piece read (pool) and not yet all sent (loop): piece_len bytes
+	 * at buf + at, buf a srv_pieces buffer or NULL; dirty: the bytes of
+	 * buf that may hold data (wiped when it goes back). */
+	uint8_t *buf;
+	size_t at;
+	size_t dirty;
+	bool held;                   /* holds srv_pieces */
 	size_t piece_len;
 	size_t piece_sent;
 	size_t piece_want;
@@ -147,28 +161,30 @@ static void body_ctx_free(void *p)
 	eng_message_close(&c->m);
 	stream_unpin_later(c->aliases, c->alias_id, &c->pin);
 	free(c->section);
-	free(c->piece);
+	srv_bufpool_put(&srv_pieces, c->buf, c->dirty);
+	if (c->held)
+		srv_bufpool_unhold(&srv_pieces);
 	free(c);
 }
 
-/* Reads c->piece_want bytes at c->pos with the open message into the
- * piece buffer; the handle is closed once the last byte is read. Pool. */
+/* Reads c->piece_want bytes at c->pos with the open message to c->at
+ * of a piece buffer; the handle is closed once the last byte is read.
+ * Pool. */
 static int body_read_piece(struct body_ctx *c)
 {
+	uint8_t *piece;
 	int err = 0;
 
-	/* As large as the piece (at most RPC_MAX_CHUNK_BYTES): most bodies
-	 * are a few KiB, and a batch holds one piece per request. */
-	if (c->piece_cap < c->piece_want) {
-		free(c->piece);
-		c->piece = eng_malloc(c->piece_want);
-		c->piece_cap = c->piece_want;
+	if (c->buf == NULL) {
+		c->buf = srv_bufpool_get(&srv_pieces);
+		c->dirty = 0;
 	}
+	piece = c->buf + c->at;
 	c->piece_len = 0;
 	c->piece_sent = 0;
 	while (c->piece_len < c->piece_want) {
 		long n = eng_message_read(c->m, c->pos + c->piece_len,
-					  c->piece + c->piece_len,
+					  piece + c->piece_len,
 					  c->piece_want - c->piece_len);
 
 		if (n < 0) {
@@ -186,19 +202,34 @@ static int body_read_piece(struct body_ctx *c)
 	if (err == 0) {
 		c->pos += c->piece_len;
 		c->left -= c->piece_len;
+		/* Only this piece's bytes stay (a buffer kept after a send
+		 * by copy held a longer one): the wipe of what goes to the
+		 * socket covers them all. */
+		if (c->dirty > c->at + c->piece_len)
+			sodium_memzero(piece + c->piece_len,
+				       c->dirty - c->at - c->piece_len);
+		c->dirty = c->at + c->piece_len;
+	} else if (c->dirty < c->at + c->piece_want) {
+		c->dirty = c->at + c->piece_want;
 	}
 	if (err != 0 || c->left == 0)
 		eng_message_close(&c->m);
 	return err;
 }
 
-/* The piece size for a window: within the buffer and what is left. */
+/* The piece size for a window: within the buffer (after c->at) and what
+ * is left. */
 static size_t body_piece_size(const struct body_ctx *c, size_t window)
 {
 	size_t n = window < RPC_MAX_CHUNK_BYTES ? window : RPC_MAX_CHUNK_BYTES;
 
+	if (n > SRV_BUFPOOL_BYTES - c->at)
+		n = SRV_BUFPOOL_BYTES - c->at;
 	return n > c->left ? (size_t)c->left : n;
 }
+
+/* The RESPONSE payloads that go in front of the first piece. */
+#define BODY_REPLY_IN_PLACE 4096u
 
 static int fetch_body_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 {
@@ -253,7 +284,11 @@ static int fetch_body_run(srv_mbop *op, eng_store *st, eng_mailbox *mb)
 	/* Everything in one RESPONSE: the body's frame is not multi. */
 	if (op->n_parts > 1)
 		return ENG_ELIMIT;
-	/* The first piece, in the window every stream starts with. */
+	/* The first piece, in the window every stream starts with, after
+	 * room for the RESPONSE (a small one: SIZE alone, or with a small
+	 * MIME and HEADER) and the DATA head. */
+	c->at = op->parts[0].len <= BODY_REPLY_IN_PLACE ?
+		2 * RPC_HEADER_BYTES + op->parts[0].len : RPC_HEADER_BYTES;
 	c->piece_want = body_piece_size(c, RPC_INITIAL_WINDOW_BYTES);
 	if (c->piece_want > 0 && (err = body_read_piece(c)) != 0)
 		return err;
@@ -383,7 +418,11 @@ static bool piece_pump(srv_req *req, const uint8_t *buf, size_t len,
 	return true;
 }
 
-/* Sends the piece read, then queues the next read or waits for credit. */
+/*
+ * Sends the piece read, then queues the next read (into the buffer's
+ * DATA frame place) or waits for credit. A piece at that place that the
+ * window lets go whole goes in its buffer; the rest by copy.
+ */
 static void body_pump(srv_req *req)
 {
 	srv_mbop *op = req->data;
@@ -391,9 +430,26 @@ static void body_pump(srv_req *req)
 	size_t window;
 	int err;
 
-	if (!piece_pump(req, c->piece, c->piece_len, &c->piece_sent,
-			c->left == 0, body_pump, &window))
+	if (c->at == RPC_HEADER_BYTES && c->piece_sent == 0 &&
+	    c->piece_len > 0 && !req->cancelled &&
+	    c->piece_len <= srv_window(req)) {
+		uint8_t *whole = c->buf;
+		bool end = c->left == 0;
+
+		c->buf = NULL;               /* the socket's now */
+		c->dirty = 0;
+		c->piece_sent = c->piece_len;
+		srv_send_data_buf(req, whole, c->piece_len, end);
+		if (end) {
+			srv_mbop_free(&op);
+			return;
+		}
+	}
+	if (!piece_pump(req, c->buf != NULL ? c->buf + c->at : NULL,
+			c->piece_len, &c->piece_sent, c->left == 0, body_pump,
+			&window))
 		return;
+	c->at = RPC_HEADER_BYTES;
 	c->piece_want = body_piece_size(c, window);
 	if ((err = srv_alias_submit(op->srv->aliases, op->alias_id,
 				    body_piece_work, body_piece_done, op)) != 0)
@@ -405,17 +461,28 @@ static void fetch_body_done(srv_mbop *op)
 	struct body_ctx *c = op->ctx;
 	srv_req *req = op->req;
 
-	if (op->n_parts > 0)
-		eng_buf_append(&req->reply, op->parts[0].data,
-			       op->parts[0].len);
+	/* The one part is the reply (a request's reply is empty till now). */
+	if (op->n_parts > 0) {
+		eng_buf tmp = req->reply;
+
+		req->reply = op->parts[0];
+		op->parts[0] = tmp;
+	}
 	if (!(c->want & RPC_WANT_BODY)) {
 		srv_reply(req);
 		srv_mbop_free(&op);
 		return;
 	}
-	/* The whole body in hand: RESPONSE and DATA in one write. */
+	/* The whole body in hand: RESPONSE and DATA in one write, from the
+	 * piece's buffer. */
 	if (c->left == 0 && !req->cancelled) {
-		if (srv_reply_body_end(req, c->piece, c->piece_len)) {
+		bool sent = c->buf == NULL ? srv_reply_body_end(req, NULL, 0) :
+			srv_reply_body_end_buf(req, c->buf, c->at,
+					       c->piece_len);
+
+		if (sent) {
+			c->buf = NULL;
+			c->dirty = 0;
 			srv_mbop_free(&op);
 			return;
 		}
@@ -561,6 +628,8 @@ void srv_op_fetch_body(srv_req *req)
 	op->ctx = c;
 	op->free_fn = body_ctx_free;
 	op->done_fn = fetch_body_done;
+	srv_bufpool_hold(&srv_pieces);
+	c->held = true;
 	c->aliases = op->srv->aliases;
 	memcpy(c->alias_id, op->alias_id, sizeof(c->alias_id));
 	op->read_only = true;

@@ -26,6 +26,7 @@
 #include "rpc_sync.h"
 #include "srv.h"
 #include "srv_alias.h"
+#include "srv_bufpool.h"
 #include "srv_net.h"
 #include "srv_ops_view.h"
 #include "testutil.h"
@@ -205,4 +206,17 @@ size_t get_messages(const rpc_view *v, struct meta *out, size_t max)
 		n++;
 	}
 	return n;
+}
+
+void pieces_wait_idle(void)
+{
+	size_t kept = 1, out = 1;
+
+	for (int i = 0; i < 500 && (kept != 0 || out != 0); i++) {
+		srv_bufpool_counts(&srv_pieces, &kept, &out);
+		if (kept != 0 || out != 0)
+			usleep(10000);
+	}
+	assert_int_equal(out, 0);
+	assert_int_equal(kept, 0);
 }

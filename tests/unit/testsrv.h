@@ -72,5 +72,8 @@ int append(rpc_sync *c, const uint8_t *session, const char *mailbox,
 char *small_message(const char *subject, const char *msgid,
 		    const char *references, const char *body);
 size_t get_messages(const rpc_view *v, struct meta *out, size_t max);
+/* Waits (up to 5 s) until the process's piece pool has nothing out and
+ * nothing kept, as once no body stream runs, and checks it. */
+void pieces_wait_idle(void);
 
 #endif
