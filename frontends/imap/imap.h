@@ -18,7 +18,7 @@
  *   imap_cmd_mailbox.c CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE STATUS
  *                      UNSELECT CLOSE CHECK GETQUOTA GETQUOTAROOT and the
  *                      table of the mailbox commands (imap_mailbox.h)
- *   imap_cmd_select.c  SELECT EXAMINE, the view (sequence map, flags)
+ *   imap_cmd_select.c  SELECT EXAMINE, the view (sequence map)
  *   imap_cmd_list.c    LIST LSUB
  *   imap_cmd_append.c  APPEND
  *   imap_cmd_fetch.c   FETCH, UID FETCH (+ BODYSTRUCTURE, BINARY, PREVIEW):
@@ -122,21 +122,22 @@ typedef struct imap_selected {
 	uint32_t uidvalidity;
 	uint32_t uidnext;
 	uint64_t highestmodseq;      /* what this session has reported */
-	uint32_t *uids;              /* uids[i] = UID of sequence number i+1 */
+	/* uids[i] = UID of sequence number i+1. The view keeps no flags:
+	 * every FLAGS the session reports, and every SEARCH on them, comes
+	 * from sqlited's answer to that command. */
+	uint32_t *uids;
 	size_t n;
 	size_t cap;
-	/* The flags the session last reported, parallel to uids (the \Recent
-	 * bit is never set: Sealmail reports no \Recent, as IMAP4rev2 does). */
-	uint32_t *flags;
-	/* The MAILBOX_INFO row uids and flags were expanded from, while they
-	 * are still exactly that state (held.valid): whatever changes them
-	 * clears it. A re-SELECT sends it as VIEW_HELD and keeps the arrays if
-	 * sqlited answers that the view is unchanged (imap_cmd_select.c). */
+	/* The MAILBOX_INFO row uids were expanded from, while the view is
+	 * still exactly that state (held.valid): whatever changes it clears
+	 * it, a flag change too (first_unseen depends on the flags). A
+	 * re-SELECT sends it as VIEW_HELD and keeps uids if sqlited answers
+	 * that the view is unchanged (imap_cmd_select.c). */
 	struct imap_view_held {
 		bool valid;
 		uint64_t mailbox_id, highestmodseq;
 		uint32_t uidvalidity, uidnext, messages;
-		size_t first_unseen;     /* in flags: 0 if every one is \Seen */
+		size_t first_unseen;     /* [UNSEEN n]: 0 if all are \Seen */
 	} held;
 	bool dirty;                  /* something changed since the last sync */
 	/* SEARCHRES (RFC 5182): the saved result "$", ascending UIDs. */
@@ -307,9 +308,9 @@ void imap_view_advance(imap_selected *sel, const rpc_view *resp,
 void imap_select_set(imap_session *s, imap_selected *sel);
 void imap_select_clear(imap_session *s);
 void imap_selected_free(imap_selected *sel);
-/* imap_cmd_select.c: takes a view's uids and flags arrays (cap entries
- * each) for a later SELECT to reuse, or frees them. */
-void imap_view_arrays_put(uint32_t *uids, uint32_t *flags, size_t cap);
+/* imap_cmd_select.c: takes a view's uids array (cap entries) for a later
+ * SELECT to reuse, or frees it. */
+void imap_view_uids_put(uint32_t *uids, size_t cap);
 
 /*
  * APPEND streaming (imap_cmd_append.c; called by imap_input.c). The
@@ -363,6 +364,13 @@ int imap_seqset_to_uids(const imap_session *s, const imap_arg *arg, bool uid,
 			eng_uidset *set_r);
 /* Sequence number of uid in the view, 0 if absent (binary search). */
 uint32_t imap_seq_of_uid(const imap_selected *sel, uint32_t uid);
+/* The FLAG_RUNS fields of a MAILBOX_VIEW answer (docs/rpc.md), read
+ * without expanding them (the view keeps no flags): ENG_EIO unless they
+ * are well formed and cover exactly n messages, each run at least one;
+ * else *first_unseen_r = the sequence number of the first message without
+ * \Seen, 0 if none (SELECT's [UNSEEN n]). */
+int imap_flag_runs_first_unseen(const rpc_view *resp, size_t n,
+				size_t *first_unseen_r);
 
 /* An astring argument (atom, quoted or literal) as a C string; NULL for a
  * list, NIL, or a literal containing NUL. */

@@ -11,10 +11,10 @@
  *    copied or expunged by UID, and never appears in a SEARCH, SORT or
  *    THREAD answer (a UID outside the view is dropped, or in THREAD
  *    written as a dummy).
- *  - The view is updated with what this session did and reported: STORE
- *    sets sel->flags of the messages it reported, EXPUNGE and MOVE remove
- *    the UIDs they reported as EXPUNGE/VANISHED (imap_sync ignores
- *    VANISHED UIDs that are not in the view); STORE and EXPUNGE also move
+ *  - The view is updated with what this session did and reported: EXPUNGE
+ *    and MOVE remove the UIDs they reported as EXPUNGE/VANISHED (imap_sync
+ *    ignores VANISHED UIDs that are not in the view), STORE ends the
+ *    view's held row (a flag change does: imap.h); STORE and EXPUNGE move
  *    sel->highestmodseq when that is provably safe (imap_view_advance:
  *    the answer's PRIOR_MODSEQ is the view's). Otherwise sel->highestmodseq
  *    is left to imap_sync, which alone learns what else changed in
@@ -313,10 +313,7 @@ static void report_expunged(imap_session *s, const uint32_t *uids, size_t n)
 			k++;
 			continue;
 		}
-		sel->uids[w] = sel->uids[i];
-		if (sel->flags != NULL)
-			sel->flags[w] = sel->flags[i];
-		w++;
+		sel->uids[w++] = sel->uids[i];
 	}
 	sel->n = w;
 	sel->held.valid = false;
@@ -743,8 +740,8 @@ static void free_strv(char **v, size_t n)
 	free(v);
 }
 
-/* One changed message: the view's flags, and the FETCH unless silent.
- * Returns its new MODSEQ (0 when it is not in the view). */
+/* One changed message: the FETCH unless silent. Returns its new MODSEQ
+ * (0 when it is not in the view). */
 static uint64_t store_report(imap_cmd *cmd, const rpc_view *g, eng_buf *b)
 {
 	msg_op *op = cmd->op;
@@ -760,9 +757,7 @@ static uint64_t store_report(imap_cmd *cmd, const rpc_view *g, eng_buf *b)
 		return 0;
 	(void)rpc_get_u32(g, RPC_T_FLAGS, &flags);
 	(void)rpc_get_u64(g, RPC_T_MODSEQ, &modseq);
-	if (s->sel->flags != NULL)
-		s->sel->flags[seq - 1] = flags;
-	s->sel->held.valid = false;
+	s->sel->held.valid = false;      /* first_unseen may change */
 	/* RFC 7162 3.1.3: under CONDSTORE even .SILENT reports the MODSEQ. */
 	if (op->silent && !condstore)
 		return modseq;

@@ -1,8 +1,10 @@
 /*
  * SELECT and EXAMINE, and the session's view of the selected mailbox that
- * they build: the sequence-number map (UIDs in order), the flags of each
- * message, the keywords; the table and the other mailbox commands are in
- * imap_cmd_mailbox.c (imap_mailbox.h: what they share).
+ * they build: the sequence-number map (UIDs in order); the table and the
+ * other mailbox commands are in imap_cmd_mailbox.c (imap_mailbox.h: what
+ * they share). The view keeps no flags (FETCH, SEARCH and the syncs report
+ * sqlited's): of the flag runs SELECT only checks that they cover every
+ * message and finds the first without \Seen, for [UNSEEN n].
  *
  * SELECT / EXAMINE (RFC 9051 6.3.2, RFC 3501 6.3.1, RFC 7162):
  *   leave the selected mailbox first ("* OK [CLOSED]" under QRESYNC or
@@ -22,12 +24,12 @@
  *   "* OK [MAILBOXID (id)]" follows HIGHESTMODSEQ.
  *
  * A re-SELECT of a mailbox whose view the session has not changed since
- * it was built (imap_selected.held: nothing was applied to its arrays)
- * sends that view's MAILBOX_INFO row as VIEW_HELD; when the row sqlited
- * answers with is the same, it sends VIEW_UNCHANGED instead of the ranges
- * and runs (docs/rpc.md) and the arrays are kept as they are: no
- * expansion of 100,000 UIDs and flags. An older sqlited ignores the
- * field and sends the whole view.
+ * it was built (imap_selected.held: no change was applied to it) sends
+ * that view's MAILBOX_INFO row as VIEW_HELD; when the row sqlited answers
+ * with is the same, it sends VIEW_UNCHANGED instead of the ranges and
+ * runs (docs/rpc.md) and the UIDs are kept as they are: no expansion of
+ * 100,000 UIDs. An older sqlited ignores the field and sends the whole
+ * view.
  */
 #include "imap_mailbox.h"
 
@@ -40,7 +42,7 @@
 
 /* Distinct keywords listed in FLAGS / PERMANENTFLAGS at most. */
 #define SELECT_KEYWORDS_MAX 1000
-/* Messages in a selected mailbox at most (8 bytes each in the view). */
+/* Messages in a selected mailbox at most (4 bytes each in the view). */
 #define IMAP_SELECT_MAX_MESSAGES (1u << 24)
 
 /* ---- SELECT, EXAMINE ---- */
@@ -57,12 +59,12 @@ typedef struct select_op {
 	bool q_has_known;
 	imap_mbx_info info;
 	imap_selected *sel;
-	/* The arrays of the view the session left (reused, see
+	/* The UIDs array of the view the session left (reused, see
 	 * select_new_view), NULL if none. */
-	uint32_t *spare_uids, *spare_flags;
+	uint32_t *spare_uids;
 	size_t spare_cap;
-	/* The row of the view left, if its arrays are still that state
-	 * (held.valid), and its number of messages. */
+	/* The row of the view left, if it is still that state (held.valid),
+	 * and its number of messages. */
 	struct imap_view_held held;
 	size_t held_n;
 	/* Sequence number of the first message without \Seen, 0 if none. */
@@ -87,7 +89,7 @@ static void select_free(imap_cmd *cmd)
 	imap_mbx_info_clear(&op->info);
 	if (op->sel != NULL)
 		imap_selected_free(op->sel);
-	imap_view_arrays_put(op->spare_uids, op->spare_flags, op->spare_cap);
+	imap_view_uids_put(op->spare_uids, op->spare_cap);
 	for (size_t i = 0; i < op->n_kw; i++)
 		free(op->kw[i]);
 	free(op->kw);
@@ -159,40 +161,38 @@ static void on_select_status(imap_cmd *cmd, int err, const rpc_view *resp);
 static void on_select_view(imap_cmd *cmd, int err, const rpc_view *resp);
 
 /*
- * Spare view arrays, shared by the sessions of this imapd: the arrays of
- * a view that ends (imap_selected_free) wait here for the next SELECT, so
+ * Spare UIDs arrays, shared by the sessions of this imapd: the array of a
+ * view that ends (imap_selected_free) waits here for the next SELECT, so
  * a session's first SELECT of a big mailbox writes into memory the
  * process has rather than faulting in fresh pages. The imapd runs on one
- * loop: no lock. At most SPARE_MAX pairs and SPARE_MAX_BYTES in all;
- * past that they are freed.
+ * loop: no lock. At most SPARE_MAX arrays and SPARE_MAX_BYTES in all
+ * (half a million UIDs); past that they are freed.
  */
 #define SPARE_MAX 4
-#define SPARE_MAX_BYTES (4u << 20)
+#define SPARE_MAX_BYTES (2u << 20)
 
 static struct spare {
-	uint32_t *uids, *flags;
+	uint32_t *uids;
 	size_t cap;
 } spares[SPARE_MAX];
 static size_t n_spares, spare_bytes;
 
-void imap_view_arrays_put(uint32_t *uids, uint32_t *flags, size_t cap)
+void imap_view_uids_put(uint32_t *uids, size_t cap)
 {
-	size_t bytes = cap * 2 * sizeof(uint32_t);
+	size_t bytes = cap * sizeof(uint32_t);
 
-	if (uids == NULL || flags == NULL || n_spares == SPARE_MAX ||
+	if (uids == NULL || n_spares == SPARE_MAX ||
 	    bytes > SPARE_MAX_BYTES - spare_bytes) {
 		free(uids);
-		free(flags);
 		return;
 	}
 	spares[n_spares].uids = uids;
-	spares[n_spares].flags = flags;
 	spares[n_spares].cap = cap;
 	n_spares++;
 	spare_bytes += bytes;
 }
 
-/* The spare pair that best takes n messages into op (the smallest that
+/* The spare array that best takes n messages into op (the smallest that
  * holds n, else the biggest), if there is one. */
 static void spare_take(select_op *op, size_t n)
 {
@@ -211,15 +211,15 @@ static void spare_take(select_op *op, size_t n)
 	if (best == SPARE_MAX)
 		return;
 	op->spare_uids = spares[best].uids;
-	op->spare_flags = spares[best].flags;
 	op->spare_cap = spares[best].cap;
-	spare_bytes -= spares[best].cap * 2 * sizeof(uint32_t);
+	spare_bytes -= spares[best].cap * sizeof(uint32_t);
 	spares[best] = spares[--n_spares];
 }
 
-/* Leaves the selected mailbox, keeping its arrays in op for the new view:
- * a SELECT of 100,000 messages then writes into memory it already has
- * instead of faulting in 800 KB of fresh pages (and unmapping the old). */
+/* Leaves the selected mailbox, keeping its UIDs array in op for the new
+ * view: a SELECT of 100,000 messages then writes into memory it already
+ * has instead of faulting in 400 KB of fresh pages (and unmapping the
+ * old). */
 static void select_leave(imap_session *s, select_op *op)
 {
 	imap_selected *old = s->sel;
@@ -227,11 +227,10 @@ static void select_leave(imap_session *s, select_op *op)
 	if (old == NULL)
 		return;
 	op->spare_uids = old->uids;
-	op->spare_flags = old->flags;
 	op->spare_cap = old->cap;
 	op->held = old->held;
 	op->held_n = old->n;
-	old->uids = old->flags = NULL;
+	old->uids = NULL;
 	old->n = old->cap = 0;
 	imap_select_clear(s);
 	if (s->enabled & (IMAP_EN_QRESYNC | IMAP_EN_REV2))
@@ -239,7 +238,7 @@ static void select_leave(imap_session *s, select_op *op)
 			    "closed\r\n");
 }
 
-/* VIEW_HELD: the row of the view whose arrays op keeps. */
+/* VIEW_HELD: the row of the view whose UIDs op keeps. */
 static void put_held(eng_buf *pl, const struct imap_view_held *h)
 {
 	size_t mark = rpc_group_begin(pl, RPC_T_VIEW_HELD);
@@ -275,8 +274,7 @@ void imap_cmd_select(imap_cmd *cmd)
 	}
 	if ((name = imap_mbx_name_arg(cmd, &cmd->args[0])) == NULL) {
 		/* Answered: cmd is gone, only op is left to free. */
-		imap_view_arrays_put(op->spare_uids, op->spare_flags,
-				     op->spare_cap);
+		imap_view_uids_put(op->spare_uids, op->spare_cap);
 		free(op);
 		return;
 	}
@@ -369,12 +367,12 @@ static void keyword_note(select_op *op, const rpc_field *f)
 	op->kw[op->n_kw++] = eng_strndup(k, f->u);
 }
 
-/* The new view, before its messages are known (n: how many). The arrays
- * of the view the session left (else a spare pair) are reused when their
- * size fits (at most
- * twice what is needed, so a session does not keep a big mailbox's memory
- * for a small one), else resized: realloc keeps the pages it can. A few
- * spare places take the next messages without a move. */
+/* The new view, before its messages are known (n: how many). The UIDs
+ * array of the view the session left (else a spare one) is reused when
+ * its size fits (at most twice what is needed, so a session does not keep
+ * a big mailbox's memory for a small one), else resized: realloc keeps
+ * the pages it can. A few spare places take the next messages without a
+ * move. */
 static imap_selected *select_new_view(select_op *op, size_t n)
 {
 	imap_selected *sel = eng_calloc(1, sizeof(*sel));
@@ -392,8 +390,7 @@ static imap_selected *select_new_view(select_op *op, size_t n)
 	sel->highestmodseq = op->info.highestmodseq;
 	sel->cap = cap;
 	sel->uids = eng_realloc(op->spare_uids, cap * sizeof(*sel->uids));
-	sel->flags = eng_realloc(op->spare_flags, cap * sizeof(*sel->flags));
-	op->spare_uids = op->spare_flags = NULL;
+	op->spare_uids = NULL;
 	op->spare_cap = 0;
 	return sel;
 }
@@ -419,9 +416,7 @@ static int select_build(select_op *op, const rpc_view *resp)
 		    (sel->n > 0 && uid <= sel->uids[sel->n - 1]))
 			return ENG_EIO;
 		rpc_get_u32(&g, RPC_T_FLAGS, &flags);
-		sel->uids[sel->n] = uid;
-		sel->flags[sel->n] = flags & ENG_F_ALL;
-		sel->n++;
+		sel->uids[sel->n++] = uid;
 		if (op->first_unseen == 0 && (flags & ENG_F_SEEN) == 0)
 			op->first_unseen = sel->n;
 		rpc_iter_init(&ki, &g);
@@ -435,9 +430,9 @@ static int select_build(select_op *op, const rpc_view *resp)
 }
 
 /*
- * Expanding a view into the per-message arrays is what a SELECT of a big
- * mailbox costs the imapd (100,000 messages: 800 KB written), so these
- * write several values a step rather than one value a loop turn.
+ * Expanding a view's UID ranges into the sequence map is what a SELECT of
+ * a big mailbox costs the imapd (100,000 messages: 400 KB written), so
+ * fill_seq writes several UIDs a step rather than one a loop turn.
  */
 
 /* The i-th big-endian u32 of a packed field (rpc_uids_at, inlined). */
@@ -471,26 +466,6 @@ static void fill_seq(uint32_t *out, uint32_t first, size_t n)
 	}
 	for (; k < n; k++)
 		out[k] = first + (uint32_t)k;
-}
-
-/* out[k] = v for k < n, sixteen a turn from four vectors, like fill_seq;
- * while room (>= n) allows, the last turn writes past n too (the next
- * runs overwrite it), so a run of 5 to 16 is one turn. 100,000 flags in
- * runs of 7 on average took 56 us with sixteen stores and copies of them
- * (memmove), this 27; in runs of 20, 39 and 14; one run, 7 either way. */
-static void fill_same(uint32_t *out, uint32_t v, size_t n, size_t room)
-{
-	const uid_vec x = { v, v, v, v };
-	size_t k = 0;
-
-	for (; k < n && room - k >= 16; k += 16) {
-		memcpy(out + k, &x, sizeof(x));
-		memcpy(out + k + 4, &x, sizeof(x));
-		memcpy(out + k + 8, &x, sizeof(x));
-		memcpy(out + k + 12, &x, sizeof(x));
-	}
-	for (; k < n; k++)
-		out[k] = v;
 }
 
 /* The UIDs of MAILBOX_VIEW's UIDSET fields (ascending, disjoint ranges)
@@ -528,49 +503,10 @@ static int view_uids(const rpc_view *resp, imap_selected *sel, uint64_t *n_r)
 	return 0;
 }
 
-/* The FLAG_RUNS fields: exactly sel->n flags into sel->flags; the first
- * message without \Seen into *first_unseen_r (0: none). */
-static int view_flags(const rpc_view *resp, imap_selected *sel,
-		      size_t *first_unseen_r)
-{
-	size_t done = 0;
-	uint32_t *out = sel->flags;
-	const rpc_field *f;
-	rpc_iter it;
-
-	rpc_iter_init(&it, resp);
-	while ((f = rpc_iter_next(&it, RPC_T_FLAG_RUNS)) != NULL) {
-		if (f->type != RPC_W_BYTES || f->u % 8 != 0)
-			return ENG_EIO;
-		const uint8_t *p = f->data, *end = f->data + f->u;
-
-		for (; p < end; p += 8) {
-			uint32_t len = be32_at(p, 0);
-			uint32_t flags = be32_at(p, 1) & ENG_F_ALL;
-
-			if (len == 0 || len > sel->n - done)
-				return ENG_EIO;
-			if (*first_unseen_r == 0 && (flags & ENG_F_SEEN) == 0)
-				*first_unseen_r = done + 1;
-			if (len <= 4 && sel->n - done >= 4) {
-				/* Short runs (scattered flags): four stores
-				 * without a branch per message; the next runs
-				 * overwrite what is past this one. */
-				out[done] = out[done + 1] = flags;
-				out[done + 2] = out[done + 3] = flags;
-			} else {
-				fill_same(out + done, flags, len,
-					  sel->n - done);
-			}
-			done += len;
-		}
-	}
-	return done == sel->n ? 0 : ENG_EIO;
-}
-
-/* The n messages of the UIDSET ranges and FLAG_RUNS into a new view. Its
- * row is kept as held when the answer is the first request's (the row
- * and the messages of one state) and MESSAGES agrees with it. */
+/* The n messages of the UIDSET ranges into a new view, the FLAG_RUNS
+ * checked and read for [UNSEEN n]. Its row is kept as held when the
+ * answer is the first request's (the row and the messages of one state)
+ * and MESSAGES agrees with it. */
 static int select_fill_view(select_op *op, uint64_t n, const rpc_view *resp)
 {
 	const imap_mbx_info *in = &op->info;
@@ -581,7 +517,8 @@ static int select_fill_view(select_op *op, uint64_t n, const rpc_view *resp)
 		return ENG_EIO;
 	op->sel = select_new_view(op, (size_t)n);
 	if ((err = view_uids(resp, op->sel, &counted)) != 0 ||
-	    (err = view_flags(resp, op->sel, &op->first_unseen)) != 0)
+	    (err = imap_flag_runs_first_unseen(resp, op->sel->n,
+					       &op->first_unseen)) != 0)
 		return err;
 	if (op->after_status == 0 && in->mailbox_id != 0 && n == in->messages)
 		op->sel->held = (struct imap_view_held){
@@ -594,8 +531,8 @@ static int select_fill_view(select_op *op, uint64_t n, const rpc_view *resp)
 	return 0;
 }
 
-/* VIEW_UNCHANGED: the arrays of the view left are the view; only if it
- * was asked for and the row is the one held. */
+/* VIEW_UNCHANGED: the UIDs of the view left are the view; only if it was
+ * asked for and the row is the one held. */
 static int select_keep_view(select_op *op, uint64_t n)
 {
 	const struct imap_view_held *h = &op->held;
@@ -844,7 +781,7 @@ static int select_vanished(imap_cmd *cmd, const rpc_view *resp)
 }
 
 /* "* n FETCH (UID u FLAGS (...) MODSEQ (m))" for changed messages still
- * in the view; the view's flags are updated. */
+ * in the view; a flag change ends the view's held row (its first_unseen). */
 static void select_fetches(imap_cmd *cmd, const rpc_view *resp)
 {
 	select_op *op = cmd->op;
@@ -870,7 +807,6 @@ static void select_fetches(imap_cmd *cmd, const rpc_view *resp)
 			continue;
 		rpc_get_u32(&g, RPC_T_FLAGS, &flags);
 		rpc_get_u64(&g, RPC_T_MODSEQ, &modseq);
-		sel->flags[seq - 1] = flags & ENG_F_ALL;
 		sel->held.valid = false;
 		eng_buf_printf(&b, "* %u FETCH (UID %u FLAGS ", seq, uid);
 		rpc_iter_init(&ki, &g);

@@ -427,16 +427,6 @@ static void meta_read(const fetch_op *op, fmeta_chunk *ch, const rpc_view *g,
 		meta_blob(&ch->blobs, g, RPC_T_HEADER, &m->hdr_off, &m->hdr_len);
 }
 
-/* The session's view learns the flags this command set. */
-static void view_update(fetch_op *op, const fmsg *m)
-{
-	imap_selected *sel = op->s->sel;
-
-	if (m->seq > 0 && m->seq <= sel->n && sel->flags != NULL)
-		sel->flags[m->seq - 1] = m->flags;
-	sel->held.valid = false;
-}
-
 static void on_store(imap_cmd *cmd, int err, const rpc_view *resp)
 {
 	fetch_op *op = cmd->op;
@@ -467,7 +457,8 @@ static void on_store(imap_cmd *cmd, int err, const rpc_view *resp)
 		rpc_get_u32(&g, RPC_T_FLAGS, &m->flags);
 		rpc_get_u64(&g, RPC_T_MODSEQ, &m->modseq);
 		m->flags_changed = true;
-		view_update(op, m);
+		/* The view's held row had another first_unseen. */
+		op->s->sel->held.valid = false;
 		lo = lo == 0 || m->modseq < lo ? m->modseq : lo;
 		hi = m->modseq > hi ? m->modseq : hi;
 	}

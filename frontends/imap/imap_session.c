@@ -259,7 +259,7 @@ void imap_selected_free(imap_selected *sel)
 	if (sel == NULL)
 		return;
 	free(sel->name);
-	imap_view_arrays_put(sel->uids, sel->flags, sel->cap);
+	imap_view_uids_put(sel->uids, sel->cap);
 	free(sel->saved);
 	free(sel);
 }

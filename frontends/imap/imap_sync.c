@@ -78,9 +78,7 @@ static void report_expunges(imap_session *s, imap_selected *sel, const eng_uidse
 	for (size_t i = 0; i < sel->n; i++) {
 		if (eng_uidset_contains(vanished, sel->uids[i]))
 			continue;
-		sel->uids[w] = sel->uids[i];
-		sel->flags[w] = sel->flags[i];
-		w++;
+		sel->uids[w++] = sel->uids[i];
 	}
 	sel->n = w;
 	sel->held.valid = false;
@@ -113,16 +111,13 @@ static bool map_has_any(const imap_selected *sel, const eng_uidset *set)
 	return false;
 }
 
-static void map_append(imap_selected *sel, uint32_t uid, uint32_t flags)
+static void map_append(imap_selected *sel, uint32_t uid)
 {
 	if (sel->n == sel->cap) {
 		sel->cap = sel->cap ? sel->cap * 2 : 64;
 		sel->uids = eng_realloc(sel->uids, sel->cap * sizeof(*sel->uids));
-		sel->flags = eng_realloc(sel->flags, sel->cap * sizeof(*sel->flags));
 	}
-	sel->uids[sel->n] = uid;
-	sel->flags[sel->n] = flags;
-	sel->n++;
+	sel->uids[sel->n++] = uid;
 	sel->held.valid = false;
 }
 
@@ -144,23 +139,20 @@ static void report_new(imap_session *s, imap_selected *sel, const rpc_view *resp
 
 	if (n == 0)
 		return;
-	fresh = eng_calloc(n * 2, sizeof(*fresh));
+	fresh = eng_calloc(n, sizeof(*fresh));
 	rpc_iter_init(&it, resp);
 	while ((fl = rpc_iter_next(&it, RPC_T_MESSAGE)) != NULL && k < n) {
 		rpc_view g = rpc_field_group(fl);
-		uint32_t uid, flags = 0;
+		uint32_t uid;
 
 		if (rpc_get_u32(&g, RPC_T_UID, &uid) != 0 || uid <= last)
 			continue;
-		rpc_get_u32(&g, RPC_T_FLAGS, &flags);
-		fresh[2 * k] = uid;
-		fresh[2 * k + 1] = flags;
-		k++;
+		fresh[k++] = uid;
 	}
-	qsort(fresh, k, 2 * sizeof(*fresh), cmp_u32);
+	qsort(fresh, k, sizeof(*fresh), cmp_u32);
 	for (size_t i = 0; i < k; i++)
-		if (i == 0 || fresh[2 * i] != fresh[2 * (i - 1)])
-			map_append(sel, fresh[2 * i], fresh[2 * i + 1]);
+		if (i == 0 || fresh[i] != fresh[i - 1])
+			map_append(sel, fresh[i]);
 	if (k > 0) {
 		if (sel->uidnext <= sel->uids[sel->n - 1])
 			sel->uidnext = sel->uids[sel->n - 1] + 1;
@@ -201,8 +193,7 @@ static void report_flags(imap_session *s, imap_selected *sel, const rpc_view *re
 		rpc_iter_init(&ki, &g);
 		while ((kf = rpc_iter_next(&ki, RPC_T_KEYWORD)) != NULL && i < nk)
 			kw[i++] = eng_strndup((const char *)kf->data, (size_t)kf->u);
-		sel->flags[seq - 1] = flags;
-		sel->held.valid = false;
+		sel->held.valid = false;    /* first_unseen may change */
 		eng_buf_printf(&b, "* %u FETCH (UID %u FLAGS ", seq, uid);
 		imap_put_flags(&b, flags, (const char *const *)kw, i);
 		if (condstore)

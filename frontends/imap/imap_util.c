@@ -1,7 +1,7 @@
 /*
  * Helpers every IMAP command file shares (the "Helpers" of imap.h):
  * sequence sets, argument accessors, mailbox names, string / flag / date
- * writers and parsers. I/O-free: nothing here talks to a socket or to
+ * writers and parsers, and the reading of SELECT's flag runs. I/O-free: nothing here talks to a socket or to
  * sqlited, so it lives in sm_imap beside the parser and is unit tested on
  * its own (tests/unit/test_imap_util.c).
  *
@@ -40,6 +40,7 @@
 #include "imap.h"
 
 #include "eng_error.h"
+#include "rpc_proto.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,6 +217,34 @@ uint32_t imap_seq_of_uid(const imap_selected *sel, uint32_t uid)
 		else
 			hi = mid;
 	}
+	return 0;
+}
+
+int imap_flag_runs_first_unseen(const rpc_view *resp, size_t n,
+				size_t *first_unseen_r)
+{
+	size_t done = 0, first_unseen = 0;
+	const rpc_field *f;
+	rpc_iter it;
+
+	rpc_iter_init(&it, resp);
+	while ((f = rpc_iter_next(&it, RPC_T_FLAG_RUNS)) != NULL) {
+		if (f->type != RPC_W_BYTES || f->u % 8 != 0)
+			return ENG_EIO;
+		for (size_t i = 0; i < f->u / 4; i += 2) {
+			uint32_t len = rpc_uids_at(f->data, i);
+
+			if (len == 0 || len > n - done)
+				return ENG_EIO;
+			if (first_unseen == 0 &&
+			    (rpc_uids_at(f->data, i + 1) & ENG_F_SEEN) == 0)
+				first_unseen = done + 1;
+			done += len;
+		}
+	}
+	if (done != n)
+		return ENG_EIO;
+	*first_unseen_r = first_unseen;
 	return 0;
 }
 

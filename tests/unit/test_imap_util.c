@@ -3,7 +3,8 @@
  * selected mailbox (sequence numbers, UIDs, "*", "$", ranges written
  * backwards, errors), mailbox names (modified UTF-7 and UTF-8, INBOX
  * folding, every refused form), strings (quoted or literal), flags and
- * keywords, and dates both ways.
+ * keywords, dates both ways, and SELECT's flag runs (the first message
+ * without \Seen, malformed runs refused).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 
 #include "eng_error.h"
 #include "imap.h"
+#include "rpc_proto.h"
 
 /* ---- Fixtures ---- */
 
@@ -585,6 +587,107 @@ static void test_dates(void **state)
 	eng_buf_free(&b);
 }
 
+/* ---- SELECT's flag runs ---- */
+
+/* A MAILBOX_VIEW answer whose FLAG_RUNS are runs[] ((count, flags) pairs),
+ * the first split of them in one field and the rest in a second (none if
+ * split == n_runs); then imap_flag_runs_first_unseen over n messages. */
+static int runs_check(const uint32_t (*runs)[2], size_t n_runs, size_t split,
+		      size_t n, size_t *first_unseen_r)
+{
+	eng_buf b = ENG_BUF_INIT, field = ENG_BUF_INIT;
+	rpc_msg msg = RPC_MSG_INIT;
+	rpc_view root;
+	int err;
+
+	rpc_put_u64(&b, RPC_T_MESSAGES, n);
+	for (size_t i = 0; i < n_runs; i++) {
+		for (int k = 0; k < 2; k++) {
+			uint8_t be[4] = { runs[i][k] >> 24, runs[i][k] >> 16,
+					  runs[i][k] >> 8, runs[i][k] };
+
+			eng_buf_append(&field, be, 4);
+		}
+		if (i + 1 == split || i + 1 == n_runs) {
+			rpc_put_bytes(&b, RPC_T_FLAG_RUNS, field.data, field.len);
+			eng_buf_reset(&field);
+		}
+	}
+	assert_int_equal(rpc_decode((const uint8_t *)b.data, b.len, NULL, &msg,
+				    &root), 0);
+	err = imap_flag_runs_first_unseen(&root, n, first_unseen_r);
+	rpc_msg_clear(&msg);
+	eng_buf_free(&field);
+	eng_buf_free(&b);
+	return err;
+}
+
+#define RUNS(r) (r), sizeof(r) / sizeof((r)[0])
+
+static void test_flag_runs_first_unseen(void **state)
+{
+	const uint32_t seen = ENG_F_SEEN;
+	const uint32_t at_start[][2] = { { 3, 0 }, { 2, seen } };
+	const uint32_t in_middle[][2] = { { 2, seen }, { 1, seen | ENG_F_FLAGGED },
+		{ 4, ENG_F_ANSWERED }, { 1, 0 } };
+	const uint32_t at_end[][2] = { { 99999, seen }, { 1, ENG_F_DELETED } };
+	const uint32_t none[][2] = { { 5, seen }, { 5, seen | ENG_F_DRAFT } };
+	const uint32_t zero_run[][2] = { { 0, 0 }, { 5, seen } };
+	const uint32_t huge_run[][2] = { { 2, seen }, { UINT32_MAX, 0 } };
+	size_t fu = 0;
+	(void)state;
+
+	assert_int_equal(runs_check(RUNS(at_start), 2, 5, &fu), 0);
+	assert_int_equal(fu, 1);
+	for (size_t split = 1; split <= 4; split++) {
+		fu = 77;
+		assert_int_equal(runs_check(RUNS(in_middle), split, 8, &fu), 0);
+		assert_int_equal(fu, 4);
+	}
+	assert_int_equal(runs_check(RUNS(at_end), 1, 100000, &fu), 0);
+	assert_int_equal(fu, 100000);
+	assert_int_equal(runs_check(RUNS(none), 2, 10, &fu), 0);
+	assert_int_equal(fu, 0);
+	fu = 77;
+	assert_int_equal(runs_check(NULL, 0, 0, 0, &fu), 0);
+	assert_int_equal(fu, 0);
+
+	/* Runs over or under n, an empty run, a count past what is left:
+	 * refused, *first_unseen_r untouched. */
+	fu = 77;
+	assert_int_equal(runs_check(RUNS(none), 2, 9, &fu), ENG_EIO);
+	assert_int_equal(runs_check(RUNS(none), 2, 11, &fu), ENG_EIO);
+	assert_int_equal(runs_check(at_start, 1, 1, 5, &fu), ENG_EIO);
+	assert_int_equal(runs_check(NULL, 0, 0, 1, &fu), ENG_EIO);
+	assert_int_equal(runs_check(RUNS(zero_run), 2, 5, &fu), ENG_EIO);
+	assert_int_equal(runs_check(RUNS(huge_run), 2, 5, &fu), ENG_EIO);
+	assert_int_equal(fu, 77);
+}
+
+/* A FLAG_RUNS field that is not whole (count, flags) pairs, or not bytes. */
+static void test_flag_runs_malformed(void **state)
+{
+	static const uint8_t twelve[12] = { 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1 };
+	eng_buf b = ENG_BUF_INIT;
+	rpc_msg msg = RPC_MSG_INIT;
+	rpc_view root;
+	size_t fu = 77;
+	(void)state;
+
+	rpc_put_bytes(&b, RPC_T_FLAG_RUNS, twelve, sizeof(twelve));
+	assert_int_equal(rpc_decode((const uint8_t *)b.data, b.len, NULL, &msg,
+				    &root), 0);
+	assert_int_equal(imap_flag_runs_first_unseen(&root, 1, &fu), ENG_EIO);
+	eng_buf_reset(&b);
+	rpc_put_u64(&b, RPC_T_FLAG_RUNS, 1);
+	assert_int_equal(rpc_decode((const uint8_t *)b.data, b.len, NULL, &msg,
+				    &root), 0);
+	assert_int_equal(imap_flag_runs_first_unseen(&root, 1, &fu), ENG_EIO);
+	assert_int_equal(fu, 77);
+	rpc_msg_clear(&msg);
+	eng_buf_free(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -599,6 +702,8 @@ int main(void)
 		cmocka_unit_test(test_put_flags),
 		cmocka_unit_test(test_parse_flags),
 		cmocka_unit_test(test_dates),
+		cmocka_unit_test(test_flag_runs_first_unseen),
+		cmocka_unit_test(test_flag_runs_malformed),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
