@@ -339,12 +339,46 @@ static EVP_MD_CTX *sha256_new(void)
 	return c;
 }
 
-static int append_begin(eng_store *st, int64_t mailbox_id,
+/*
+ * The mailbox, which must exist and be selectable: ap->mailbox_id, or the
+ * one named (then ap->mailbox_id is set). uidvalidity_r may be NULL.
+ */
+static int append_mailbox(eng_append *ap, const char *name,
+			  uint32_t *uidvalidity_r)
+{
+	int err, rc;
+	bool noselect = false;
+	sqlite3_stmt *q = store_prepare(ap->st, name != NULL ?
+		"SELECT noselect, id, uidvalidity FROM mailbox WHERE name = ?" :
+		"SELECT noselect, id, uidvalidity FROM mailbox WHERE id = ?",
+		&err);
+
+	if (q == NULL)
+		return err;
+	if (name != NULL)
+		sqlite3_bind_text(q, 1, name, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_int64(q, 1, ap->mailbox_id);
+	rc = sqlite3_step(q);
+	if (rc == SQLITE_ROW) {
+		noselect = sqlite3_column_int(q, 0) != 0;
+		ap->mailbox_id = sqlite3_column_int64(q, 1);
+		if (uidvalidity_r != NULL)
+			*uidvalidity_r = (uint32_t)sqlite3_column_int64(q, 2);
+	}
+	store_release(ap->st, q);
+	if (rc != SQLITE_ROW)
+		return rc == SQLITE_DONE ? ENG_ENOTFOUND :
+			store_err(ap->st, rc, "append");
+	return noselect ? ENG_EPERM : 0;
+}
+
+/* By mailbox_id, or by name when name is not NULL. */
+static int append_begin(eng_store *st, int64_t mailbox_id, const char *name,
 			const eng_append_opts *opts, const char *spool_id,
-			eng_append **ap_r)
+			eng_append **ap_r, uint32_t *uidvalidity_r)
 {
 	eng_append *ap;
-	bool noselect = false;
 	int err;
 
 	*ap_r = NULL;
@@ -384,6 +418,8 @@ static int append_begin(eng_store *st, int64_t mailbox_id,
 		append_free(ap);
 		return err;
 	}
+	if ((err = append_mailbox(ap, name, uidvalidity_r)) != 0)
+		goto fail;
 	if (ap->idempotency_key != NULL) {
 		err = idempotency_lookup(st, ap->idempotency_key, &ap->dup_uid,
 					 &ap->dup_modseq);
@@ -394,32 +430,6 @@ static int append_begin(eng_store *st, int64_t mailbox_id,
 		}
 		if (err != ENG_ENOTFOUND)
 			goto fail;
-	}
-	/* The mailbox must exist and be selectable. */
-	{
-		int64_t check_id = 0;
-		sqlite3_stmt *q = store_prepare(st, "SELECT noselect FROM "
-						"mailbox WHERE id = ?", &err);
-		int rc;
-
-		if (q == NULL)
-			goto fail;
-		sqlite3_bind_int64(q, 1, mailbox_id);
-		rc = sqlite3_step(q);
-		if (rc == SQLITE_ROW) {
-			noselect = sqlite3_column_int(q, 0) != 0;
-			check_id = mailbox_id;
-		}
-		store_release(st, q);
-		if (rc != SQLITE_ROW) {
-			err = rc == SQLITE_DONE ? ENG_ENOTFOUND :
-				store_err(st, rc, "append");
-			goto fail;
-		}
-		if (noselect || check_id == 0) {
-			err = ENG_EPERM;
-			goto fail;
-		}
 	}
 	if ((err = store_content_id_reserve(st, &ap->content_id)) != 0)
 		goto fail;
@@ -437,7 +447,24 @@ fail:
 int eng_append_begin(eng_store *st, int64_t mailbox_id,
 		     const eng_append_opts *opts, eng_append **ap_r)
 {
-	return append_begin(st, mailbox_id, opts, NULL, ap_r);
+	return append_begin(st, mailbox_id, NULL, opts, NULL, ap_r, NULL);
+}
+
+int eng_append_begin_name(eng_store *st, const char *name,
+			  const eng_append_opts *opts, eng_append **ap_r,
+			  int64_t *mailbox_id_r, uint32_t *uidvalidity_r)
+{
+	char *canon;
+	int err;
+
+	*ap_r = NULL;
+	if ((err = eng_mailbox_name_check(name, &canon)) != 0)
+		return err;
+	err = append_begin(st, 0, canon, opts, NULL, ap_r, uidvalidity_r);
+	free(canon);
+	if (err == 0 && mailbox_id_r != NULL)
+		*mailbox_id_r = (*ap_r)->mailbox_id;
+	return err;
 }
 
 /*
@@ -1117,7 +1144,7 @@ static int drain_one(eng_store *st, int64_t inbox, const char *dir,
 		return err;
 	eng_spool_reader_meta(r, &opts.internal_date, &opts.flags);
 	opts.flags &= ENG_F_ALL;
-	if ((err = append_begin(st, inbox, &opts, id, &ap)) != 0) {
+	if ((err = append_begin(st, inbox, NULL, &opts, id, &ap, NULL)) != 0) {
 		eng_spool_reader_free(&r);
 		return err;
 	}

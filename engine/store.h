@@ -277,9 +277,17 @@ typedef struct eng_append_opts {
 
 typedef struct eng_append eng_append;
 
-/* Starts an append; the message streams in with eng_append_write(). */
+/* Starts an append; the message streams in with eng_append_write(). The
+ * mailbox must exist (ENG_ENOTFOUND) and be selectable (ENG_EPERM). */
 int eng_append_begin(eng_store *st, int64_t mailbox_id,
 		     const eng_append_opts *opts, eng_append **ap_r);
+/* The same for the mailbox named (as eng_mailbox_get finds it), looked up
+ * inside the append's own transaction: a caller that has only the name
+ * needs no lookup, and no read transaction, of its own. mailbox_id_r and
+ * uidvalidity_r (either may be NULL) get the mailbox's. */
+int eng_append_begin_name(eng_store *st, const char *name,
+			  const eng_append_opts *opts, eng_append **ap_r,
+			  int64_t *mailbox_id_r, uint32_t *uidvalidity_r);
 /* ENG_ELIMIT past max_message_bytes (the append is then only abortable). */
 int eng_append_write(eng_append *ap, const void *data, size_t len);
 /* Stores the message durably; frees *ap whatever the result. */

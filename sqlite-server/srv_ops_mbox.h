@@ -61,7 +61,8 @@ struct srv_mbop {
 	/* The mailbox the request names (canonical), or NULL. */
 	char *mailbox;
 	/* Look the mailbox up before run (false: CREATE, SUBSCRIBE, whose
-	 * mailbox need not exist). */
+	 * mailbox need not exist, and APPEND, which looks it up in its own
+	 * transaction). */
 	bool lookup;
 	/* The work only reads: the lookup and run share one read snapshot
 	 * (eng_store_read_begin), one lock instead of one per statement. */

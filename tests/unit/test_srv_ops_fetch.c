@@ -123,6 +123,37 @@ static void test_append_fetch(void **state)
 				 ENG_EINVAL);
 		assert_int_equal(append(c, s, "Nowhere", "x\r\n", 3, 0, NULL,
 					&uid2), ENG_ENOTFOUND);
+	}
+
+	/* The append looks the mailbox up itself (the name as any lookup
+	 * takes it) and checks a UIDVALIDITY sent with it. */
+	{
+		rpc_sync_call_opts opts = { .has_body = true, .body = "y\r\n",
+					    .body_len = 3 };
+		uint64_t uidvalidity;
+
+		begin(&b, s, "inbox");
+		rpc_put_u64(&b, RPC_T_SIZE, 3);
+		assert_int_equal(rpc_sync_call_ex(c, RPC_OP_APPEND, b.data,
+						  b.len, &opts, &resp), 0);
+		uidvalidity = get_u(&resp.view, RPC_T_UIDVALIDITY);
+		assert_int_equal(get_u(&resp.view, RPC_T_UID), uid + 1);
+		rpc_sync_resp_clear(&resp);
+		begin(&b, s, "INBOX");
+		rpc_put_u64(&b, RPC_T_SIZE, 3);
+		rpc_put_u64(&b, RPC_T_UIDVALIDITY, uidvalidity + 1);
+		assert_int_equal(rpc_sync_call_ex(c, RPC_OP_APPEND, b.data,
+						  b.len, &opts, &resp),
+				 ENG_EMODIFIED);
+		begin(&b, s, "INBOX");
+		rpc_put_u64(&b, RPC_T_SIZE, 3);
+		rpc_put_u64(&b, RPC_T_UIDVALIDITY, uidvalidity);
+		assert_int_equal(rpc_sync_call_ex(c, RPC_OP_APPEND, b.data,
+						  b.len, &opts, &resp), 0);
+		assert_int_equal(get_u(&resp.view, RPC_T_UID), uid + 2);
+		assert_int_equal(get_u(&resp.view, RPC_T_UIDVALIDITY),
+				 uidvalidity);
+		rpc_sync_resp_clear(&resp);
 		begin(&b, s, "INBOX");
 		rpc_put_u64(&b, RPC_T_SIZE, 0);
 		assert_int_equal(call(c, RPC_OP_APPEND, &b, &resp), ENG_EINVAL);

@@ -376,6 +376,46 @@ static void test_mailbox_accounting(void **state)
 	eng_mailbox_clear(&arch);
 }
 
+/* eng_append_begin_name: the mailbox as eng_mailbox_get finds it, its id
+ * and UIDVALIDITY out, the same refusals as by id. */
+static void test_append_by_name(void **state)
+{
+	tu_store *f = *state;
+	eng_append *ap = NULL;
+	eng_mailbox mb;
+	int64_t id = 0;
+	uint32_t uidvalidity = 0, uid = 0;
+	uint64_t modseq = 0;
+
+	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
+	assert_int_equal(eng_append_begin_name(f->st, "inbox", NULL, &ap, &id,
+					       &uidvalidity), 0);
+	assert_int_equal(id, f->inbox);
+	assert_int_equal(uidvalidity, mb.uidvalidity);
+	eng_mailbox_clear(&mb);
+	assert_int_equal(eng_append_write(ap, TU_SIMPLE_MSG,
+					  strlen(TU_SIMPLE_MSG)), 0);
+	assert_int_equal(eng_append_commit(&ap, &uid, &modseq), 0);
+	assert_int_equal(uid, 1);
+	expect_mailbox(f, "INBOX", 2, modseq, 1, 1, 0);
+
+	assert_int_equal(eng_append_begin_name(f->st, "Nowhere", NULL, &ap,
+					       NULL, NULL), ENG_ENOTFOUND);
+	assert_null(ap);
+	assert_int_equal(eng_append_begin_name(f->st, "a//b", NULL, &ap, NULL,
+					       NULL), ENG_EINVAL);
+	assert_null(ap);
+	/* A parent left as \Noselect by the deletion of it. */
+	assert_int_equal(eng_mailbox_create(f->st, "P/C", 0, NULL), 0);
+	assert_int_equal(eng_mailbox_delete(f->st, "P"), 0);
+	assert_int_equal(eng_append_begin_name(f->st, "P", NULL, &ap, NULL,
+					       NULL), ENG_EPERM);
+	assert_null(ap);
+	/* Nothing was left open: the next append commits. */
+	tu_store_append(f, f->inbox, "Subject: g\r\n\r\ng\r\n", 0);
+	tu_store_check(f->st);
+}
+
 /* A deterministic message of about size bytes, multipart with a large
  * base64 attachment so that it spans several chunks. */
 static char *big_message(size_t size)
@@ -1240,6 +1280,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_message_lazy_meta,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_mailbox_accounting,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_append_by_name,
 						tu_store_setup, tu_store_teardown),
 	};
 
