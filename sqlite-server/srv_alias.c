@@ -151,6 +151,8 @@ srv_alias *alias_get(srv_aliases *as, const char *id)
 	return a;
 }
 
+static void mailbox_forget(srv_alias *a);
+
 static void alias_unlink_free(srv_aliases *as, srv_alias *a)
 {
 	srv_alias **pp = &as->buckets[hash_str(a->id) % ALIAS_BUCKETS];
@@ -159,6 +161,7 @@ static void alias_unlink_free(srv_aliases *as, srv_alias *a)
 		pp = &(*pp)->hash_next;
 	*pp = a->hash_next;
 	as->n_aliases--;
+	mailbox_forget(a);
 	free(a->db_path);
 	free(a->spool_dir);
 	free(a);
@@ -339,6 +342,34 @@ void srv_alias_work_read_only(srv_alias *a)
 	a->run_read_only = true;
 }
 
+static void mailbox_forget(srv_alias *a)
+{
+	eng_mailbox_clear(&a->mb);
+	free(a->mb_key);
+	a->mb_key = NULL;
+	a->mb_gen = 0;
+}
+
+int srv_alias_mailbox_get(srv_alias *a, const char *name, eng_mailbox *mb_r)
+{
+	int err;
+
+	if (a->mb_gen != 0 && a->mb_gen == a->run_gen &&
+	    strcmp(a->mb_key, name) == 0) {
+		*mb_r = a->mb;
+		mb_r->name = eng_strdup(a->mb.name);
+		return 0;
+	}
+	mailbox_forget(a);
+	if ((err = eng_mailbox_get(a->st, name, mb_r)) != 0)
+		return err;
+	a->mb = *mb_r;
+	a->mb.name = eng_strdup(mb_r->name);
+	a->mb_key = eng_strdup(name);
+	a->mb_gen = a->run_gen;
+	return 0;
+}
+
 const char *srv_alias_id(const srv_alias *a)
 {
 	return a->id;
@@ -421,6 +452,7 @@ int alias_open(srv_alias *a, const uint8_t *mk, bool create)
 void alias_close(srv_alias *a)
 {
 	srv_view_cache_forget(a->id);   /* no UIDs/flags after the keys go */
+	mailbox_forget(a);              /* nor a mailbox name */
 	eng_store_close(&a->st);
 	alias_keys_free(a);
 }

@@ -179,6 +179,15 @@ uint64_t srv_alias_work_gen(const srv_alias *a);
 /* The running item wrote nothing (reads only): the generation stays when
  * it ends. Only for an item all of whose work is read-only. */
 void srv_alias_work_read_only(srv_alias *a);
+/*
+ * eng_mailbox_get for a read of the running item: the answer of an
+ * earlier lookup of the same name is given again while the alias's
+ * generation is the one that lookup ran at (no item wrote since: the
+ * mailbox row is as it was), so consecutive read-only items (a FETCH_BODY
+ * per message) look their mailbox up once. Only while the running item
+ * has written nothing. eng_mailbox_clear *mb_r after.
+ */
+int srv_alias_mailbox_get(srv_alias *a, const char *name, eng_mailbox *mb_r);
 /* data_dir/spool/<id>: where mail for it is sealed while locked. */
 const char *srv_alias_spool_dir(const srv_alias *a);
 /*

@@ -37,6 +37,11 @@ struct srv_alias {
 	uint8_t *mk;
 	uint8_t *sk;
 	bool reopened;                 /* srv_alias_store reopened it */
+	/* The mailbox a read looked up last (srv_alias_mailbox_get): of the
+	 * store as it was at generation mb_gen (0: none), asked as mb_key. */
+	eng_mailbox mb;
+	char *mb_key;
+	uint64_t mb_gen;
 	/* Loop thread. */
 	struct work_item *head, *tail;
 	unsigned queued;

@@ -553,6 +553,9 @@ static int body_batch_work(srv_alias *a, void *ctx)
 	b->started = true;
 	n = b->n;
 	pthread_mutex_unlock(&b->mu);
+	/* FETCH_BODY only reads (its pins are in memory): the generation
+	 * stays, and with it the mailbox looked up (srv_alias.h). */
+	srv_alias_work_read_only(a);
 	snapshot = st != NULL && eng_store_read_begin(st) == 0;
 	for (size_t i = 0; i < n; i++) {
 		/* After an I/O error the store must be reopened first (the

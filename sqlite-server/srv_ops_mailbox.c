@@ -313,7 +313,10 @@ int srv_mbop_work(srv_alias *a, srv_mbop *op)
 		return op->run(op, st, NULL);
 	if (op->read_only && (err = eng_store_read_begin(st)) != 0)
 		return err;
-	if ((err = eng_mailbox_get(st, op->mailbox, &mb)) == 0) {
+	/* A read looks up as the item before it did (srv_alias.h). */
+	err = op->read_only ? srv_alias_mailbox_get(a, op->mailbox, &mb) :
+		eng_mailbox_get(st, op->mailbox, &mb);
+	if (err == 0) {
 		if (op->check_uidvalidity && mb.uidvalidity != op->uidvalidity)
 			err = ENG_EMODIFIED;
 		else

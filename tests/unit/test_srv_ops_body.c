@@ -5,8 +5,9 @@
  * cuts them. Byte for byte at every size around the first piece's bound,
  * under credit that cuts the pieces, with a large reply in front of the
  * body, over byte ranges, across an EXPUNGE in the middle of the stream;
- * pipelined requests of several mailboxes in one batch. Every piece buffer
- * comes back to the pool.
+ * pipelined requests of several mailboxes in one batch; writes between
+ * reads that look a mailbox up once. Every piece buffer comes back to the
+ * pool.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -373,6 +374,103 @@ static void test_body_batch_mailboxes(void **state)
 	rpc_sync_free(&c);
 }
 
+/* FETCH_BODY of uid in mailbox (UIDVALIDITY uv unless 0): 0 and its
+ * bytes equal to msg, or the error. */
+static int fetch_in(rpc_sync *c, const uint8_t *s, const char *mailbox,
+		    uint32_t uid, uint64_t uv, const char *msg, size_t len)
+{
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	eng_buf b = ENG_BUF_INIT;
+	int err;
+
+	begin(&b, s, mailbox);
+	rpc_put_u64(&b, RPC_T_UID, uid);
+	rpc_put_u64(&b, RPC_T_WANT, RPC_WANT_BODY);
+	if (uv != 0)
+		rpc_put_u64(&b, RPC_T_UIDVALIDITY, uv);
+	err = call(c, RPC_OP_FETCH_BODY, &b, &resp);
+	if (err == 0) {
+		assert_int_equal(resp.body.len, len);
+		assert_memory_equal(resp.body.data, msg, len);
+	}
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	return err;
+}
+
+static uint64_t status_messages(rpc_sync *c, const uint8_t *s,
+				const char *mailbox)
+{
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	eng_buf b = ENG_BUF_INIT;
+	rpc_view info;
+	uint64_t n;
+
+	begin(&b, s, mailbox);
+	assert_int_equal(call(c, RPC_OP_MAILBOX_STATUS, &b, &resp), 0);
+	assert_int_equal(rpc_get_group(&resp.view, RPC_T_MAILBOX_INFO, &info),
+			 0);
+	n = get_u(&info, RPC_T_MESSAGES);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	return n;
+}
+
+/*
+ * Reads look their mailbox up once while nothing writes (srv_alias.h,
+ * srv_alias_mailbox_get): every write between them is seen. STATUS after
+ * an APPEND counts it; after a RENAME the old name is gone and the new
+ * one serves; after DELETE and CREATE of the same name the old
+ * UIDVALIDITY is refused and the old UID is gone.
+ */
+static void test_body_mailbox_changes(void **state)
+{
+	struct fx *f = *state;
+	rpc_sync *c = connect_client(f);
+	rpc_sync_resp resp = RPC_SYNC_RESP_INIT;
+	uint8_t s[SRV_SESSION_BYTES];
+	eng_buf b = ENG_BUF_INIT;
+	char *msg = message(3000, 7);
+	uint64_t uv, uv2;
+	uint32_t uid, uid2;
+
+	assert_int_equal(unlock(c, "alice@example.org", password, s), 0);
+	begin(&b, s, "Other");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_CREATE, &b, &resp), 0);
+	uv = get_u(&resp.view, RPC_T_UIDVALIDITY);
+	assert_int_equal(append(c, s, "Other", msg, 3000, 0, NULL, &uid), 0);
+	assert_int_equal(fetch_in(c, s, "Other", uid, uv, msg, 3000), 0);
+	assert_int_equal(status_messages(c, s, "Other"), 1);
+	assert_int_equal(append(c, s, "Other", msg, 3000, 0, NULL, &uid2), 0);
+	assert_int_equal(status_messages(c, s, "Other"), 2);
+	assert_int_equal(fetch_in(c, s, "Other", uid2, uv, msg, 3000), 0);
+
+	begin(&b, s, "Other");
+	rpc_put_str(&b, RPC_T_NEW_NAME, "Moved");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_RENAME, &b, &resp), 0);
+	assert_int_equal(fetch_in(c, s, "Other", uid, 0, msg, 3000),
+			 ENG_ENOTFOUND);
+	assert_int_equal(fetch_in(c, s, "Moved", uid, uv, msg, 3000), 0);
+
+	begin(&b, s, "Moved");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_DELETE, &b, &resp), 0);
+	assert_int_equal(fetch_in(c, s, "Moved", uid, 0, msg, 3000),
+			 ENG_ENOTFOUND);
+	begin(&b, s, "Moved");
+	assert_int_equal(call(c, RPC_OP_MAILBOX_CREATE, &b, &resp), 0);
+	uv2 = get_u(&resp.view, RPC_T_UIDVALIDITY);
+	assert_true(uv2 != uv);
+	assert_int_equal(fetch_in(c, s, "Moved", uid, uv, msg, 3000),
+			 ENG_EMODIFIED);
+	assert_int_equal(fetch_in(c, s, "Moved", uid, 0, msg, 3000),
+			 ENG_ENOTFOUND);
+	assert_int_equal(status_messages(c, s, "Moved"), 0);
+	free(msg);
+	rpc_sync_resp_clear(&resp);
+	eng_buf_free(&b);
+	rpc_sync_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -382,6 +480,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_body_expunge_mid_stream,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_body_batch_mailboxes, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_body_mailbox_changes, setup,
 						teardown),
 	};
 
