@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 #include <uv.h>
 
 #include "config.h"
@@ -28,7 +27,6 @@
 #include "rpc_sync.h"
 #include "srv.h"
 #include "srv_alias.h"
-#include "srv_bufpool.h"
 #include "srv_net.h"
 #include "srv_ops_view.h"
 #include "testutil.h"
@@ -724,21 +722,6 @@ static void test_fetch_bodies(void **state)
 	rpc_sync_free(&c);
 }
 
-/* The process's piece pool once no stream runs: nothing out, nothing
- * kept (the server thread ends a cancelled stream on its own time). */
-static void wait_pieces_idle(void)
-{
-	size_t kept = 1, out = 1;
-
-	for (int i = 0; i < 500 && (kept != 0 || out != 0); i++) {
-		srv_bufpool_counts(&srv_pieces, &kept, &out);
-		if (kept != 0 || out != 0)
-			usleep(10000);
-	}
-	assert_int_equal(out, 0);
-	assert_int_equal(kept, 0);
-}
-
 /*
  * FETCH_BODIES given up by the client after 300 KB, three times in a row,
  * while sqlited has pieces read ahead and waiting for credit: each stream
@@ -778,7 +761,7 @@ static void test_fetch_bodies_cancel_read_ahead(void **state)
 						  b.len, &opts, &resp),
 				 ENG_ELIMIT);
 		assert_true(taken >= 300000 && taken < lens[0]);
-		wait_pieces_idle();
+		pieces_wait_idle();
 	}
 	begin(&b, s, "INBOX");
 	rpc_put_uids(&b, RPC_T_UIDS, uids, N);
@@ -791,7 +774,7 @@ static void test_fetch_bodies_cancel_read_ahead(void **state)
 		eng_buf_free(&got[i]);
 		free(msgs[i]);
 	}
-	wait_pieces_idle();
+	pieces_wait_idle();
 	rpc_sync_resp_clear(&resp);
 	eng_buf_free(&b);
 	rpc_sync_free(&c);
