@@ -972,6 +972,31 @@ static int insert_message(eng_append *ap, int64_t content_id, int64_t thread,
 	return 0;
 }
 
+/*
+ * Deletes the idempotency records older than ENG_IDEMPOTENCY_TTL_SECONDS
+ * (store.h: far past any retry), in the keyed append's own transaction, at
+ * most once a day per open store. No index on created: the scan reads only
+ * the keys of the last 14 days, once a day, where an index would cost
+ * every keyed append a page.
+ */
+static int idempotency_prune(eng_store *st, int64_t now)
+{
+	sqlite3_stmt *stmt;
+	int err;
+
+	if (st->idem_pruned != 0 && now >= st->idem_pruned &&
+	    now - st->idem_pruned < 24 * 3600)
+		return 0;
+	stmt = store_prepare(st, "DELETE FROM idempotency WHERE created < ?",
+			     &err);
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, now - ENG_IDEMPOTENCY_TTL_SECONDS);
+	if ((err = store_step_done(st, stmt)) == 0)
+		st->idem_pruned = now;
+	return err;
+}
+
 static int record_keys(eng_append *ap, uint32_t uid, uint64_t modseq)
 {
 	eng_store *st = ap->st;
@@ -979,6 +1004,8 @@ static int record_keys(eng_append *ap, uint32_t uid, uint64_t modseq)
 	int err;
 
 	if (ap->idempotency_key != NULL) {
+		if ((err = idempotency_prune(st, (int64_t)time(NULL))) != 0)
+			return err;
 		stmt = store_prepare(st, "INSERT INTO idempotency (key, "
 				     "mailbox_id, uid, modseq, created) "
 				     "VALUES (?, ?, ?, ?, ?)", &err);

@@ -270,10 +270,24 @@ typedef struct eng_append_opts {
 	/*
 	 * If set, a second append with the same key (up to 128 bytes) stores
 	 * nothing and answers with the UID of the first: a retry after a
-	 * dropped connection never stores a message twice.
+	 * dropped connection never stores a message twice. The record of a
+	 * key is kept ENG_IDEMPOTENCY_TTL_SECONDS.
 	 */
 	const char *idempotency_key;
 } eng_append_opts;
+
+/*
+ * How long a key's record is kept. A key is presented again only by the
+ * resends of one request after a dropped connection (rpc_client retries).
+ * The longest such window in use is the MX's DELIVER (docs/mx.md): 5
+ * resends (MX_DELIVER_RETRIES) of at most 60 s each (MX_DELIVER_TIMEOUT_MS),
+ * about 6 minutes; the MX has no queue, and a sender's own retry is a new
+ * SMTP transaction with a new key. 14 days is that window with a margin
+ * of thousands, and survives a clock set back by days. sqlited's DELIVER
+ * records (data_dir/delivered/) use the same rule. A keyed append deletes
+ * the older records at most once a day per open store.
+ */
+#define ENG_IDEMPOTENCY_TTL_SECONDS (14 * 24 * 3600)
 
 typedef struct eng_append eng_append;
 

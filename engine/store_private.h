@@ -39,6 +39,7 @@ struct eng_store {
 	 * (sqlite3_blob_reopen) while a read snapshot (read_tx) lasts; closed
 	 * when it ends (store_chunk_blob_close). */
 	sqlite3_blob *chunk_blob;
+	int64_t idem_pruned;        /* last idempotency prune, 0: none */
 };
 
 /*

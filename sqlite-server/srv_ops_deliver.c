@@ -20,7 +20,9 @@
  * is still in the spool, and the drain skips it if it was already moved
  * into INBOX (spool_applied): exactly once. Records are
  * data_dir/delivered/<alias id>/<BLAKE2b-256 of the key, hex>, and are
- * pruned after DELIVER_KEY_TTL_SECONDS (longer than any MX retries).
+ * pruned after ENG_IDEMPOTENCY_TTL_SECONDS (store.h: 14 days, against
+ * about 6 minutes of MX resends) by the record writes whose hash starts
+ * with a zero byte (1 in 256: the directory is read that often).
  *
  * Forwarding (kind forward, or both): after the mailbox copy (if any),
  * one entry for all the alias's targets goes into the sealed outbound
@@ -37,6 +39,7 @@
 #include "eng_fs.h"
 #include "keys.h"
 #include "spool.h"
+#include "store.h"
 #include "srv_outbound.h"
 
 #include <dirent.h>
@@ -56,7 +59,6 @@ srv_handler_fn srv_op_deliver;
 #define IDEMPOTENCY_KEY_MAX 128
 /* An envelope sender: RFC 5321's path is at most 256 octets. */
 #define SENDER_MAX 512
-#define DELIVER_KEY_TTL_SECONDS (14 * 24 * 3600)
 #define BODY_CHUNK (64u * 1024)
 
 static int mkdir_0700(const char *path)
@@ -121,15 +123,15 @@ char *srv_dir_key_path(const char *data_dir, const char *alias_id,
 	return path;
 }
 
-/* Removes records older than the TTL; once in a while, never an error. */
+/* Removes the records older than the TTL by their mtime; never an error. */
 static void key_prune(const char *dir_path)
 {
 	DIR *d;
 	struct dirent *e;
 	struct stat st;
-	time_t cutoff = time(NULL) - DELIVER_KEY_TTL_SECONDS;
+	time_t cutoff = time(NULL) - ENG_IDEMPOTENCY_TTL_SECONDS;
 
-	if (randombytes_uniform(256) != 0 || (d = opendir(dir_path)) == NULL)
+	if ((d = opendir(dir_path)) == NULL)
 		return;
 	while ((e = readdir(d)) != NULL) {
 		if (e->d_name[0] == '.')
@@ -168,7 +170,7 @@ static int key_record(const char *data_dir, const char *alias_id,
 		err = eng_fsync_dir(dir_path);
 	if (err != 0)
 		(void)unlink(path);
-	else
+	else if (strncmp(strrchr(path, '/') + 1, "00", 2) == 0)
 		key_prune(dir_path);
 out:
 	free(top);

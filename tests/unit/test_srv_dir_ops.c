@@ -12,11 +12,13 @@
 #include <cmocka.h>
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -30,6 +32,7 @@
 #include "srv.h"
 #include "srv_alias.h"
 #include "srv_net.h"
+#include "store.h"
 #include "testsrv.h"
 #include "testutil.h"
 
@@ -550,6 +553,84 @@ static void test_deliver_idempotent_locked(void **state)
 	assert_int_equal(spool_count(f, "alice@example.org"), 3);
 }
 
+/* data_dir/delivered/<alice's id>/<BLAKE2b-256 of key, hex>; a key made
+ * from stem whose hash starts (zero) or does not start with a zero byte. */
+static char *record_path(struct fx *f, char *key, const char *stem,
+			 bool zero)
+{
+	char id[DIR_ID_HEX_LEN + 1], hex[65], *path;
+	uint8_t h[32];
+
+	for (int i = 0;; i++) {
+		snprintf(key, 64, "%s %d", stem, i);
+		crypto_generichash(h, sizeof(h), (const uint8_t *)key,
+				   strlen(key), NULL, 0);
+		if ((h[0] == 0) == zero)
+			break;
+	}
+	sodium_bin2hex(hex, sizeof(hex), h, sizeof(h));
+	alias_id(f, "alice@example.org", id);
+	assert_true(asprintf(&path, "%s/delivered/%s/%s", f->srv.dir, id,
+			     hex) > 0);
+	return path;
+}
+
+static void age(const char *path, time_t seconds)
+{
+	struct timespec t[2] = {
+		{ .tv_sec = time(NULL) - seconds },
+		{ .tv_sec = time(NULL) - seconds },
+	};
+
+	assert_int_equal(utimensat(AT_FDCWD, path, t, 0), 0);
+}
+
+/* Records older than ENG_IDEMPOTENCY_TTL_SECONDS are removed by the next
+ * record whose hash starts with a zero byte; a younger one still answers a
+ * retry; nothing else goes. */
+static void test_deliver_records_pruned(void **state)
+{
+	struct fx *f = *state;
+	char old_key[64], young_key[64], prune_key[64];
+	char *old_path, *young_path, *prune_path;
+	struct stat st;
+
+	add_alice(f);
+	old_path = record_path(f, old_key, "old", false);
+	young_path = record_path(f, young_key, "young", false);
+	prune_path = record_path(f, prune_key, "prune", true);
+	assert_int_equal(deliver(f, "alice@example.org", "a\r\n", old_key,
+				 NULL), 0);
+	assert_int_equal(deliver(f, "alice@example.org", "b\r\n", young_key,
+				 NULL), 0);
+	assert_int_equal(deliver(f, "alice@example.org", "c\r\n", NULL,
+				 NULL), 0);
+	age(old_path, ENG_IDEMPOTENCY_TTL_SECONDS + 60);
+	age(young_path, ENG_IDEMPOTENCY_TTL_SECONDS - 3600);
+	assert_int_equal(deliver(f, "alice@example.org", "d\r\n", prune_key,
+				 NULL), 0);
+	assert_int_equal(stat(old_path, &st), -1);
+	assert_int_equal(stat(young_path, &st), 0);
+	assert_int_equal(stat(prune_path, &st), 0);
+	assert_int_equal(spool_count(f, "alice@example.org"), 4);
+	/* The young key's retry is answered from its record, which is not
+	 * written again (its mtime stays old). */
+	age(young_path, ENG_IDEMPOTENCY_TTL_SECONDS - 3600);
+	assert_int_equal(deliver(f, "alice@example.org", "b\r\n", young_key,
+				 NULL), 0);
+	assert_int_equal(stat(young_path, &st), 0);
+	assert_true(st.st_mtime < time(NULL) - ENG_IDEMPOTENCY_TTL_SECONDS +
+		    3600 + 60);
+	/* The old key is unknown again: recorded anew. */
+	assert_int_equal(deliver(f, "alice@example.org", "a\r\n", old_key,
+				 NULL), 0);
+	assert_int_equal(stat(old_path, &st), 0);
+	assert_int_equal(spool_count(f, "alice@example.org"), 4);
+	free(old_path);
+	free(young_path);
+	free(prune_path);
+}
+
 static void test_deliver_plus_catchall_unknown(void **state)
 {
 	struct fx *f = *state;
@@ -816,6 +897,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_deliver_open_and_idempotent,
 						setup_empty, teardown),
 		cmocka_unit_test_setup_teardown(test_deliver_idempotent_locked,
+						setup_empty, teardown),
+		cmocka_unit_test_setup_teardown(test_deliver_records_pruned,
 						setup_empty, teardown),
 		cmocka_unit_test_setup_teardown(test_deliver_plus_catchall_unknown,
 						setup_empty, teardown),

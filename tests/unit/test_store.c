@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cipher_provider.h"
 #include "eng_error.h"
@@ -253,6 +254,76 @@ static void test_idempotency_and_tx(void **state)
 	}
 	assert_int_equal(eng_append_message(f->st, 99999, TU_SIMPLE_MSG, 10, NULL,
 					    &uid1, NULL), ENG_ENOTFOUND);
+	tu_store_check(f->st);
+}
+
+/* Sets the created time of idempotency key to now - age. */
+static void idem_age(tu_store *f, const char *key, int64_t age)
+{
+	char *sql = sqlite3_mprintf("UPDATE idempotency SET created = %lld "
+				    "WHERE key = %Q", (long long)(time(NULL) -
+				    age), key);
+
+	assert_int_equal(sqlite3_exec(f->st->db, sql, NULL, NULL, NULL),
+			 SQLITE_OK);
+	assert_int_equal(sqlite3_changes(f->st->db), 1);
+	sqlite3_free(sql);
+}
+
+static int64_t count_rows(tu_store *f, const char *sql)
+{
+	sqlite3_stmt *stmt;
+	int64_t n;
+
+	assert_int_equal(sqlite3_prepare_v2(f->st->db, sql, -1, &stmt, NULL),
+			 SQLITE_OK);
+	assert_int_equal(sqlite3_step(stmt), SQLITE_ROW);
+	n = sqlite3_column_int64(stmt, 0);
+	sqlite3_finalize(stmt);
+	return n;
+}
+
+/* Keyed append with key; its UID. */
+static uint32_t keyed(tu_store *f, const char *key)
+{
+	eng_append_opts o = { .idempotency_key = key };
+	uint32_t uid;
+
+	assert_int_equal(eng_append_message(f->st, f->inbox, TU_SIMPLE_MSG,
+					    strlen(TU_SIMPLE_MSG), &o, &uid,
+					    NULL), 0);
+	return uid;
+}
+
+/* Records older than ENG_IDEMPOTENCY_TTL_SECONDS go with the first keyed
+ * append of a day; a younger one still answers a retry; nothing else goes. */
+static void test_idempotency_prune(void **state)
+{
+	tu_store *f = *state;
+	uint32_t old_uid, young_uid, uid;
+
+	old_uid = keyed(f, "old");
+	young_uid = keyed(f, "young");
+	tu_store_append(f, f->inbox, "Subject: plain\r\n\r\nx\r\n", 0);
+	idem_age(f, "old", ENG_IDEMPOTENCY_TTL_SECONDS + 60);
+	idem_age(f, "young", ENG_IDEMPOTENCY_TTL_SECONDS - 3600);
+	/* Pruned already today (the first keyed append): both stay. */
+	keyed(f, "new1");
+	assert_int_equal(count_rows(f, "SELECT count(*) FROM idempotency"), 3);
+	/* A day later (the last prune moved back): the old one goes. */
+	f->st->idem_pruned -= 24 * 3600;
+	keyed(f, "new2");
+	assert_int_equal(count_rows(f, "SELECT count(*) FROM idempotency "
+				    "WHERE key = 'old'"), 0);
+	assert_int_equal(count_rows(f, "SELECT count(*) FROM idempotency"), 3);
+	assert_int_equal(count_rows(f, "SELECT count(*) FROM message"), 5);
+	/* The young key still dedups: the first UID, nothing stored. */
+	assert_int_equal(keyed(f, "young"), young_uid);
+	assert_int_equal(count_rows(f, "SELECT count(*) FROM message"), 5);
+	/* The pruned key is new again. */
+	uid = keyed(f, "old");
+	assert_true(uid > old_uid);
+	assert_int_equal(count_rows(f, "SELECT count(*) FROM message"), 6);
 	tu_store_check(f->st);
 }
 
@@ -576,6 +647,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_tx_lost_inside_nested,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_idempotency_and_tx,
+						tu_store_setup, tu_store_teardown),
+		cmocka_unit_test_setup_teardown(test_idempotency_prune,
 						tu_store_setup, tu_store_teardown),
 		cmocka_unit_test_setup_teardown(test_quota_and_limits,
 						tu_store_setup, tu_store_teardown),
