@@ -1,6 +1,6 @@
 /*
- * Appending messages; content rows, chunks, deduplication, keywords, the
- * spool drain (reading is message_read.c).
+ * Appending messages; content rows, chunks, deduplication, the spool
+ * drain (reading is message_read.c, keywords keywords.c).
  *
  * Content is stored once per alias: a content row per distinct SHA-256 of
  * the raw message, with a reference count (one per message row), the MIME
@@ -64,110 +64,6 @@ struct eng_append {
 	EVP_MD_CTX *sha;            /* SHA-256 of the raw bytes */
 	eng_mime_parser *parser;
 };
-
-/* ---- keywords ---- */
-
-static bool keyword_ok(const char *kw)
-{
-	size_t len = strlen(kw);
-
-	if (len == 0 || len > ENG_KEYWORD_MAX || kw[0] == '\\')
-		return false;
-	/* IMAP atom characters only: no specials, no controls, no 8-bit. */
-	for (const unsigned char *p = (const unsigned char *)kw; *p; p++) {
-		if (*p <= 0x20 || *p >= 0x7f || strchr("(){%*\"\\]", *p) != NULL)
-			return false;
-	}
-	return true;
-}
-
-int store_keyword_id(eng_store *st, const char *name, bool create,
-		     int64_t *id_r)
-{
-	int err;
-	sqlite3_stmt *stmt;
-	int rc;
-
-	if (!keyword_ok(name))
-		return ENG_EINVAL;
-	stmt = store_prepare(st, "SELECT id FROM keyword WHERE name = ?", &err);
-	if (stmt == NULL)
-		return err;
-	sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
-	rc = sqlite3_step(stmt);
-	if (rc == SQLITE_ROW)
-		*id_r = sqlite3_column_int64(stmt, 0);
-	store_release(st, stmt);
-	if (rc == SQLITE_ROW)
-		return 0;
-	if (rc != SQLITE_DONE)
-		return store_err(st, rc, "keyword");
-	if (!create)
-		return ENG_ENOTFOUND;
-	stmt = store_prepare(st, "INSERT INTO keyword (name) VALUES (?)", &err);
-	if (stmt == NULL)
-		return err;
-	sqlite3_bind_text(stmt, 1, name, -1, SQLITE_STATIC);
-	if ((err = store_step_done(st, stmt)) != 0)
-		return err;
-	*id_r = sqlite3_last_insert_rowid(st->db);
-	return 0;
-}
-
-int store_set_keywords(eng_store *st, int64_t message_rowid,
-		       const char *const *keywords, size_t n)
-{
-	int err;
-	sqlite3_stmt *stmt = store_prepare(st,
-		"DELETE FROM message_keyword WHERE message_id = ?", &err);
-
-	if (stmt == NULL)
-		return err;
-	sqlite3_bind_int64(stmt, 1, message_rowid);
-	if ((err = store_step_done(st, stmt)) != 0)
-		return err;
-	for (size_t i = 0; i < n; i++) {
-		int64_t kw;
-
-		if ((err = store_keyword_id(st, keywords[i], true, &kw)) != 0)
-			return err;
-		stmt = store_prepare(st, "INSERT OR IGNORE INTO message_keyword "
-				     "(message_id, keyword_id) VALUES (?, ?)",
-				     &err);
-		if (stmt == NULL)
-			return err;
-		sqlite3_bind_int64(stmt, 1, message_rowid);
-		sqlite3_bind_int64(stmt, 2, kw);
-		if ((err = store_step_done(st, stmt)) != 0)
-			return err;
-	}
-	return 0;
-}
-
-int store_load_keywords(eng_store *st, int64_t message_rowid, eng_msg *msg)
-{
-	int err;
-	sqlite3_stmt *stmt = store_prepare(st,
-		"SELECT k.name FROM message_keyword mk JOIN keyword k "
-		"ON k.id = mk.keyword_id WHERE mk.message_id = ? ORDER BY k.id",
-		&err);
-	size_t n = 0;
-	int rc;
-
-	msg->keywords = NULL;
-	if (stmt == NULL)
-		return err;
-	sqlite3_bind_int64(stmt, 1, message_rowid);
-	while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-		msg->keywords = eng_realloc(msg->keywords,
-					    (n + 2) * sizeof(char *));
-		msg->keywords[n++] = eng_strdup(
-			(const char *)sqlite3_column_text(stmt, 0));
-		msg->keywords[n] = NULL;
-	}
-	store_release(st, stmt);
-	return rc == SQLITE_DONE ? 0 : store_err(st, rc, "keywords");
-}
 
 void eng_msg_clear(eng_msg *msg)
 {
@@ -390,7 +286,7 @@ static int append_begin(eng_store *st, int64_t mailbox_id, const char *name,
 		      strlen(opts->idempotency_key) > IDEMPOTENCY_KEY_MAX)))
 			return ENG_EINVAL;
 		for (size_t i = 0; i < opts->n_keywords; i++) {
-			if (!keyword_ok(opts->keywords[i]))
+			if (!store_keyword_ok(opts->keywords[i]))
 				return ENG_EINVAL;
 		}
 	}

@@ -107,6 +107,9 @@ int store_mailbox_uidnext(eng_store *st, int64_t mailbox_id, uint32_t *uid_r);
 int store_mailbox_added(eng_store *st, int64_t mailbox_id, uint32_t uid,
 			uint32_t flags, int64_t size, uint64_t modseq);
 
+/* A keyword name IMAP allows: an atom of at most ENG_KEYWORD_MAX bytes,
+ * not a system flag (keywords.c). */
+bool store_keyword_ok(const char *kw);
 /* Looks up or creates keyword ids (IMAP keywords are case-insensitive). */
 int store_keyword_id(eng_store *st, const char *name, bool create,
 		     int64_t *id_r);
