@@ -1033,6 +1033,51 @@ int eng_append_message(eng_store *st, int64_t mailbox_id, const void *data,
 
 /* ---- the spool ---- */
 
+/*
+ * spool_applied holds the id of every entry drained, so that no entry is
+ * delivered twice: its file can outlive the commit (a crash before
+ * eng_spool_remove) or come back (a keyed DELIVER's resend, within the
+ * MX's ~6 minutes, rewrites the same name: srv_ops_deliver.c). A row is
+ * deleted once both are past: applied (the commit's time(NULL)) is older
+ * than ENG_IDEMPOTENCY_TTL_SECONDS and the id is not in the drain's
+ * listing of the spool. The drain does it in the transaction of the
+ * first entry it moves, at most once a day per open store; only such
+ * transactions add rows, so the table holds about 15 days of entries.
+ */
+struct spool_prune {
+	char (*ids)[ENG_SPOOL_ID_LEN + 1];    /* the listing */
+	size_t n_ids;
+	int64_t now;
+};
+
+/* No index on applied: the statement reads the ~15 days of rows once a
+ * day, where an index would cost every drained entry a page. The ids are
+ * hex (eng_spool_list checks them), so they go into the SQL as they are. */
+static int spool_applied_prune(eng_store *st, const struct spool_prune *p)
+{
+	eng_buf sql = ENG_BUF_INIT;
+	sqlite3_stmt *stmt;
+	int err;
+
+	eng_buf_puts(&sql, "DELETE FROM spool_applied WHERE applied < ? AND "
+		     "id NOT IN (");
+	for (size_t i = 0; i < p->n_ids; i++)
+		eng_buf_printf(&sql, "%s'%s'", i == 0 ? "" : ",", p->ids[i]);
+	eng_buf_puts(&sql, ")");
+	stmt = store_prepare_once(st, sql.data, &err);
+	eng_buf_free(&sql);
+	if (stmt == NULL)
+		return err;
+	sqlite3_bind_int64(stmt, 1, p->now - ENG_IDEMPOTENCY_TTL_SECONDS);
+	return store_step_done(st, stmt);
+}
+
+static bool spool_prune_due(const eng_store *st, int64_t now)
+{
+	return st->spool_pruned == 0 || now < st->spool_pruned ||
+	       now - st->spool_pruned >= 24 * 3600;
+}
+
 static int spool_applied(eng_store *st, const char *id, bool *yes_r)
 {
 	int err;
@@ -1051,15 +1096,18 @@ static int spool_applied(eng_store *st, const char *id, bool *yes_r)
 	return 0;
 }
 
+/* Moves entry id into INBOX; prune (may be NULL): spool_applied_prune in
+ * the same transaction. */
 static int drain_one(eng_store *st, int64_t inbox, const char *dir,
-		     const char *id, const uint8_t *sk, uint32_t *uid_r,
+		     const char *id, const uint8_t *sk,
+		     const struct spool_prune *prune, uint32_t *uid_r,
 		     uint64_t *modseq_r)
 {
 	eng_spool_reader *r;
 	eng_append *ap;
 	eng_append_opts opts;
 	char buf[65536];
-	long n;
+	long n = 0;
 	int err;
 
 	memset(&opts, 0, sizeof(opts));
@@ -1071,10 +1119,10 @@ static int drain_one(eng_store *st, int64_t inbox, const char *dir,
 		eng_spool_reader_free(&r);
 		return err;
 	}
-	while ((n = eng_spool_read(r, buf, sizeof(buf))) > 0) {
-		if ((err = eng_append_write(ap, buf, (size_t)n)) != 0)
-			break;
-	}
+	if (prune != NULL)
+		err = spool_applied_prune(st, prune);
+	while (err == 0 && (n = eng_spool_read(r, buf, sizeof(buf))) > 0)
+		err = eng_append_write(ap, buf, (size_t)n);
 	eng_spool_reader_free(&r);
 	sodium_memzero(buf, sizeof(buf));
 	if (n < 0 || err != 0) {
@@ -1088,8 +1136,9 @@ int eng_store_drain_spool(eng_store *st, const char *spool_dir,
 			  const uint8_t *sk, eng_drain_cb *cb, void *ctx,
 			  size_t *n_r)
 {
-	char (*ids)[ENG_SPOOL_ID_LEN + 1] = NULL;
-	size_t n_ids = 0, delivered = 0;
+	struct spool_prune prune = { NULL, 0, (int64_t)time(NULL) };
+	bool prune_due = spool_prune_due(st, prune.now);
+	size_t delivered = 0;
 	int64_t inbox;
 	int err;
 
@@ -1097,37 +1146,43 @@ int eng_store_drain_spool(eng_store *st, const char *spool_dir,
 		*n_r = 0;
 	if ((err = store_mailbox_id(st, "INBOX", &inbox, NULL)) != 0)
 		return err;
-	if ((err = eng_spool_list(spool_dir, &ids, &n_ids)) != 0)
+	if ((err = eng_spool_list(spool_dir, &prune.ids, &prune.n_ids)) != 0)
 		return err == ENG_ENOTFOUND ? 0 : err;
-	for (size_t i = 0; i < n_ids; i++) {
+	for (size_t i = 0; i < prune.n_ids; i++) {
+		const char *id = prune.ids[i];
 		bool done = false;
 		uint32_t uid;
 		uint64_t modseq;
 
-		if ((err = spool_applied(st, ids[i], &done)) != 0)
+		if ((err = spool_applied(st, id, &done)) != 0)
 			break;
 		if (!done) {
-			err = drain_one(st, inbox, spool_dir, ids[i], sk, &uid,
+			err = drain_one(st, inbox, spool_dir, id, sk,
+					prune_due ? &prune : NULL, &uid,
 					&modseq);
 			if (err == ENG_ECORRUPT || err == ENG_EAUTH) {
 				/* Leave it for the operator; never drop mail. */
 				eng_log(ENG_LOG_ERROR, "spool entry %s cannot "
-					"be opened: %s; left in place", ids[i],
+					"be opened: %s; left in place", id,
 					eng_strerror(err));
 				err = 0;
 				continue;
 			}
 			if (err != 0)
 				break;
+			if (prune_due) {
+				st->spool_pruned = prune.now;
+				prune_due = false;
+			}
 			delivered++;
 			if (cb != NULL)
 				cb(ctx, "INBOX", uid, modseq);
 		}
 		/* Committed: now the file may go. */
-		if ((err = eng_spool_remove(spool_dir, ids[i])) != 0)
+		if ((err = eng_spool_remove(spool_dir, id)) != 0)
 			break;
 	}
-	free(ids);
+	free(prune.ids);
 	if (n_r != NULL)
 		*n_r = delivered;
 	return err;

@@ -40,6 +40,7 @@ struct eng_store {
 	 * when it ends (store_chunk_blob_close). */
 	sqlite3_blob *chunk_blob;
 	int64_t idem_pruned;        /* last idempotency prune, 0: none */
+	int64_t spool_pruned;       /* last spool_applied prune, 0: none */
 };
 
 /*

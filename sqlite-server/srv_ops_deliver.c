@@ -18,11 +18,13 @@
  * entry is named by a hash of the alias id and the key (srv_key_id),
  * so the retry writes the same entry again: it replaces the entry if it
  * is still in the spool, and the drain skips it if it was already moved
- * into INBOX (spool_applied): exactly once. Records are
- * data_dir/delivered/<alias id>/<BLAKE2b-256 of the key, hex>, and are
- * pruned after ENG_IDEMPOTENCY_TTL_SECONDS (store.h: 14 days, against
- * about 6 minutes of MX resends) by the record writes whose hash starts
- * with a zero byte (1 in 256: the directory is read that often).
+ * into INBOX (spool_applied, whose row lives ENG_IDEMPOTENCY_TTL_SECONDS
+ * and while the entry is in the spool: engine/message.c): exactly once.
+ * Records are data_dir/delivered/<alias id>/<BLAKE2b-256 of the key,
+ * hex>, and are pruned after ENG_IDEMPOTENCY_TTL_SECONDS (store.h: 14
+ * days, against about 6 minutes of MX resends) by the record writes whose
+ * hash starts with a zero byte (1 in 256: the directory is read that
+ * often).
  *
  * Forwarding (kind forward, or both): after the mailbox copy (if any),
  * one entry for all the alias's targets goes into the sealed outbound
