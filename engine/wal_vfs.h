@@ -30,4 +30,9 @@ const char *eng_sealed_vfs_name(void);
 void eng_wal_vfs_counts(unsigned long long *writes_r,
 			unsigned long long *syscalls_r);
 
+/* Pages of main database files read from their map (see wal_vfs.c), and
+ * reads whose copy from the map faulted and went to pread() instead. */
+void eng_wal_vfs_map_counts(unsigned long long *reads_r,
+			    unsigned long long *faults_r);
+
 #endif

@@ -25,6 +25,7 @@
 #include "keys.h"
 #include "store.h"
 #include "store_private.h"
+#include "teststore.h"
 #include "testutil.h"
 
 #define PAGE 4096
@@ -132,17 +133,6 @@ static int open_with(const char *path, const uint8_t *k, bool create,
 	return eng_store_open(path, k, &opt, st_r);
 }
 
-static int64_t inbox_id(eng_store *st)
-{
-	eng_mailbox mb;
-	int64_t id;
-
-	assert_int_equal(eng_mailbox_get(st, "INBOX", &mb), 0);
-	id = mb.id;
-	eng_mailbox_clear(&mb);
-	return id;
-}
-
 /* A closed (checkpointed) database holding msgs[] as UIDs 1..N_MSGS. */
 static char *make_db(const char *name)
 {
@@ -151,7 +141,7 @@ static char *make_db(const char *name)
 	int64_t inbox;
 
 	assert_int_equal(open_with(path, key, true, false, &st), 0);
-	inbox = inbox_id(st);
+	inbox = tu_inbox_id(st);
 	for (int i = 0; i < N_MSGS; i++) {
 		uint32_t uid;
 
@@ -614,7 +604,7 @@ static void check_canary(bool plaintext)
 		       "%s plan\r\n\r\nThe word is %s, said twice.\r\n",
 		       canary, canary);
 	assert_int_equal(open_with(path, key, true, plaintext, &st), 0);
-	assert_int_equal(eng_append_message(st, inbox_id(st), msg, (size_t)len,
+	assert_int_equal(eng_append_message(st, tu_inbox_id(st), msg, (size_t)len,
 					    NULL, NULL, NULL), 0);
 	/* Still open: the message is in the WAL only. */
 	if (asprintf(&wal, "%s-wal", path) < 0)
@@ -684,7 +674,7 @@ static void test_malformed_messages(void **state)
 	n++;
 
 	assert_int_equal(open_with(path, key, true, false, &st), 0);
-	inbox = inbox_id(st);
+	inbox = tu_inbox_id(st);
 	for (size_t i = 0; i < n; i++) {
 		uint32_t uid = 0;
 		int err;
@@ -744,7 +734,7 @@ static void test_disk_full(void **state)
 	}
 	path = path_in(mnt, "full.db");
 	assert_int_equal(open_with(path, key, true, false, &st), 0);
-	inbox = inbox_id(st);
+	inbox = tu_inbox_id(st);
 	/* Incompressible 100 KB messages until the disk says no. */
 	while (n_acked < 64) {
 		uint8_t *m = malloc(100 * 1024);
@@ -780,7 +770,7 @@ static void test_disk_full(void **state)
 		copy_file(wal, copy_wal, -1);
 	assert_int_equal(umount2(mnt, MNT_DETACH), 0);
 	assert_int_equal(open_with(copy, key, false, false, &st), 0);
-	inbox = inbox_id(st);
+	inbox = tu_inbox_id(st);
 	{
 		eng_mailbox mb;
 

@@ -42,6 +42,17 @@ void tu_store_close(tu_store *f)
 	free(f->path);
 }
 
+int64_t tu_inbox_id(eng_store *st)
+{
+	eng_mailbox mb;
+	int64_t id;
+
+	assert_int_equal(eng_mailbox_get(st, "INBOX", &mb), 0);
+	id = mb.id;
+	eng_mailbox_clear(&mb);
+	return id;
+}
+
 int64_t tu_sql_int(eng_store *st, const char *sql)
 {
 	sqlite3_stmt *stmt;

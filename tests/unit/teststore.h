@@ -23,6 +23,8 @@ typedef struct tu_store {
 void tu_store_open(tu_store *f);
 /* Closes the store and removes its directory; f itself is not freed. */
 void tu_store_close(tu_store *f);
+/* INBOX's id in st (asserts it is there). */
+int64_t tu_inbox_id(eng_store *st);
 /* The first column of the first row of sql, or -1 without a row. */
 int64_t tu_sql_int(eng_store *st, const char *sql);
 
