@@ -256,6 +256,7 @@ dc_pids() { dovecot_master_pid "$1"; }
 # ---- running the loads ----
 : > "$RESULTS"
 port_of() { case $1 in sealmail) echo "$SM_PORT" ;; dovecot) echo "$DC_PORT" ;; dovecot-crypt) echo "$DCC_PORT" ;; esac; }
+tls_port_of() { case $1 in sealmail) echo "$SM_TLS" ;; dovecot) echo "$DC_TLS" ;; dovecot-crypt) echo "$DCC_TLS" ;; esac; }
 pids_of() {
 	case $1 in
 	sealmail) echo "$SM_PIDS" ;;
@@ -264,11 +265,13 @@ pids_of() {
 	dovecot-crypt) dc_pids "$DCC" ;;
 	esac
 }
-# run LOAD SERVER bench-imap-args...: one RESULT line into $RESULTS
+# run LOAD SERVER bench-imap-args...: one RESULT line into $RESULTS (with
+# --tls among the args: to the server's implicit-TLS port)
 run() {
-	local load=$1 srv=$2 out
+	local load=$1 srv=$2 out port
 	shift 2
-	out=$("$BIN/bench-imap" "$@" --port "$(port_of "$srv")" --pass "$PASSWORD" \
+	if [[ " $* " == *" --tls "* ]]; then port=$(tls_port_of "$srv"); else port=$(port_of "$srv"); fi
+	out=$("$BIN/bench-imap" "$@" --port "$port" --pass "$PASSWORD" \
 		--pids "$(pids_of "$srv")") || { log "$load on $srv FAILED"; return 0; }
 	out=$(grep '^RESULT' <<<"$out" | tail -1)
 	echo "$load $srv $out" >> "$RESULTS"
@@ -352,6 +355,9 @@ if ! skip fetch; then
 	# a single FETCH of the bodies moved 2x between runs with other
 	# work on the machine (bench/README.md, ninth run).
 	each fetch_bodies fetchbody --user "$U_BENCH" --repeat 5 --max-seconds 10
+	# The same over TLS (implicit, TLS 1.3 from both): what mail clients
+	# do; both servers then also encrypt every byte they send.
+	each fetch_bodies_tls fetchbody --tls --user "$U_BENCH" --repeat 5 --max-seconds 10
 fi
 if ! skip search; then
 	each search_header search --user "$U_BENCH" --query 'FROM "Kowalski"' --repeat 5

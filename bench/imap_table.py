@@ -126,6 +126,7 @@ def main():
         ("UID FETCH 1:* (FLAGS BODY.PEEK[HEADER]), s (median; lower is better)",
          "fetch_headers", "median_s"),
         ("UID FETCH 1:* BODY.PEEK[], MB/s", "fetch_bodies", "value"),
+        ("UID FETCH 1:* BODY.PEEK[] over TLS, MB/s", "fetch_bodies_tls", "value"),
         ("SEARCH FROM \"Kowalski\", ms (median; lower is better)", "search_header", "value"),
         ("first SEARCH FROM, ms (lower is better)", "search_header", "first_ms"),
         ("SEARCH BODY \"zeppelin\", ms (median; lower is better)", "search_body", "value"),
@@ -154,6 +155,7 @@ def main():
               ("APPEND, 20 clients, 20 mailboxes (per message)", "fill_mix"),
               ("header FETCH (per message)", "fetch_headers"),
               ("body FETCH (per message)", "fetch_bodies"),
+              ("body FETCH over TLS (per message)", "fetch_bodies_tls"),
               ("mixed workload (per command)", "mixed"),
               ("first login", "login_first"), ("repeated login", "login_repeat"))])
     print("\n| run | server | wall s | server CPU % of a core | generator CPU % of a core "
