@@ -30,7 +30,7 @@
  * "sealmail-sealed" also reads the main database file through a read-only
  * map of it, the unix VFS's own (SQLITE_FCNTL_MMAP_SIZE on the underlying
  * file, then its xFetch): a page read is a memcpy from the map instead of
- * a pread(), ~12% of sqlited's CPU in a body FETCH (bench/README.md,
+ * a pread(), ~10% of sqlited's CPU in a body FETCH (bench/README.md,
  * "Database pages read through a map"). The map holds ciphertext only, as
  * the file does. It covers the file as it was when mapped; a read past
  * that maps again if the file has grown since (a checkpoint's writes go
