@@ -1040,9 +1040,10 @@ int eng_append_message(eng_store *st, int64_t mailbox_id, const void *data,
  * MX's ~6 minutes, rewrites the same name: srv_ops_deliver.c). A row is
  * deleted once both are past: applied (the commit's time(NULL)) is older
  * than ENG_IDEMPOTENCY_TTL_SECONDS and the id is not in the drain's
- * listing of the spool. The drain does it in the transaction of the
- * first entry it moves, at most once a day per open store; only such
- * transactions add rows, so the table holds about 15 days of entries.
+ * listing of the spool. The drain does it after listing, at most once a
+ * day per open store, in a transaction of its own: best effort, so that a
+ * delete that fails (logged; tried again a day later) never keeps an
+ * entry from being delivered. The table holds about 15 days of entries.
  */
 struct spool_prune {
 	char (*ids)[ENG_SPOOL_ID_LEN + 1];    /* the listing */
@@ -1064,12 +1065,20 @@ static int spool_applied_prune(eng_store *st, const struct spool_prune *p)
 	for (size_t i = 0; i < p->n_ids; i++)
 		eng_buf_printf(&sql, "%s'%s'", i == 0 ? "" : ",", p->ids[i]);
 	eng_buf_puts(&sql, ")");
-	stmt = store_prepare_once(st, sql.data, &err);
+	if ((err = eng_store_tx_begin(st)) != 0)
+		goto out;
+	if ((stmt = store_prepare_once(st, sql.data, &err)) != NULL) {
+		sqlite3_bind_int64(stmt, 1,
+				   p->now - ENG_IDEMPOTENCY_TTL_SECONDS);
+		err = store_step_done(st, stmt);
+	}
+	if (err == 0)
+		err = eng_store_tx_commit(st);
+	else
+		eng_store_tx_rollback(st);
+out:
 	eng_buf_free(&sql);
-	if (stmt == NULL)
-		return err;
-	sqlite3_bind_int64(stmt, 1, p->now - ENG_IDEMPOTENCY_TTL_SECONDS);
-	return store_step_done(st, stmt);
+	return err;
 }
 
 static bool spool_prune_due(const eng_store *st, int64_t now)
@@ -1096,11 +1105,9 @@ static int spool_applied(eng_store *st, const char *id, bool *yes_r)
 	return 0;
 }
 
-/* Moves entry id into INBOX; prune (may be NULL): spool_applied_prune in
- * the same transaction. */
+/* Moves entry id into INBOX. */
 static int drain_one(eng_store *st, int64_t inbox, const char *dir,
-		     const char *id, const uint8_t *sk,
-		     const struct spool_prune *prune, uint32_t *uid_r,
+		     const char *id, const uint8_t *sk, uint32_t *uid_r,
 		     uint64_t *modseq_r)
 {
 	eng_spool_reader *r;
@@ -1119,8 +1126,6 @@ static int drain_one(eng_store *st, int64_t inbox, const char *dir,
 		eng_spool_reader_free(&r);
 		return err;
 	}
-	if (prune != NULL)
-		err = spool_applied_prune(st, prune);
 	while (err == 0 && (n = eng_spool_read(r, buf, sizeof(buf))) > 0)
 		err = eng_append_write(ap, buf, (size_t)n);
 	eng_spool_reader_free(&r);
@@ -1137,7 +1142,6 @@ int eng_store_drain_spool(eng_store *st, const char *spool_dir,
 			  size_t *n_r)
 {
 	struct spool_prune prune = { NULL, 0, (int64_t)time(NULL) };
-	bool prune_due = spool_prune_due(st, prune.now);
 	size_t delivered = 0;
 	int64_t inbox;
 	int err;
@@ -1148,6 +1152,14 @@ int eng_store_drain_spool(eng_store *st, const char *spool_dir,
 		return err;
 	if ((err = eng_spool_list(spool_dir, &prune.ids, &prune.n_ids)) != 0)
 		return err == ENG_ENOTFOUND ? 0 : err;
+	if (spool_prune_due(st, prune.now)) {
+		st->spool_pruned = prune.now;
+		if ((err = spool_applied_prune(st, &prune)) != 0)
+			eng_log(ENG_LOG_WARN, "spool_applied: old rows not "
+				"deleted (%s); tried again in a day",
+				eng_strerror(err));
+		err = 0;
+	}
 	for (size_t i = 0; i < prune.n_ids; i++) {
 		const char *id = prune.ids[i];
 		bool done = false;
@@ -1157,8 +1169,7 @@ int eng_store_drain_spool(eng_store *st, const char *spool_dir,
 		if ((err = spool_applied(st, id, &done)) != 0)
 			break;
 		if (!done) {
-			err = drain_one(st, inbox, spool_dir, id, sk,
-					prune_due ? &prune : NULL, &uid,
+			err = drain_one(st, inbox, spool_dir, id, sk, &uid,
 					&modseq);
 			if (err == ENG_ECORRUPT || err == ENG_EAUTH) {
 				/* Leave it for the operator; never drop mail. */
@@ -1170,10 +1181,6 @@ int eng_store_drain_spool(eng_store *st, const char *spool_dir,
 			}
 			if (err != 0)
 				break;
-			if (prune_due) {
-				st->spool_pruned = prune.now;
-				prune_due = false;
-			}
 			delivered++;
 			if (cb != NULL)
 				cb(ctx, "INBOX", uid, modseq);

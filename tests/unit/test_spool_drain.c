@@ -147,7 +147,7 @@ static void row(struct fx *fx, const char *id, spool_id id_r, int64_t secs)
 	age(fx, id != NULL ? id : id_r, secs);
 }
 
-/* Drains one new entry: the prune runs in its transaction. */
+/* Drains one new entry: the prune runs first, in its own transaction. */
 static void drain_new(struct fx *fx)
 {
 	drained(fx, NULL, NULL);
@@ -181,8 +181,8 @@ static void test_old_row_pruned(void **state)
 /*
  * A crash between the drain's commit and the file's removal leaves an
  * entry already delivered; if the next drain comes after the TTL, its row
- * is old but must stay (the file is listed after the entry whose
- * transaction prunes), and the entry is removed, not delivered again.
+ * is old but must stay (the file is in the listing the prune keeps), and
+ * the entry is removed, not delivered again.
  */
 static void test_old_row_with_file_kept(void **state)
 {
@@ -225,6 +225,29 @@ static void test_keyed_resend_after_prune(void **state)
 	kept(fx, keyed_id);
 }
 
+/*
+ * A prune that fails is logged and skipped: every entry is delivered all
+ * the same, and the next day's drain prunes. Here its DELETE, which lists
+ * the spool's 40 ids, is longer than the connection's SQL length limit.
+ */
+static void test_failed_prune_still_delivers(void **state)
+{
+	struct fx *fx = *state;
+	int limit;
+
+	orphan(fx);
+	for (int i = 0; i < 40; i++)
+		put(fx, NULL, NULL);
+	limit = sqlite3_limit(fx->s.st->db, SQLITE_LIMIT_SQL_LENGTH, 1200);
+	assert_int_equal(drain(fx), 40);
+	sqlite3_limit(fx->s.st->db, SQLITE_LIMIT_SQL_LENGTH, limit);
+	assert_true(has_row(fx, fx->orphan));
+	fx->s.st->spool_pruned -= 24 * 3600;
+	drain_new(fx);
+	assert_int_equal(messages(fx), 42);
+	tu_store_check(fx->s.st);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -236,6 +259,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_keyed_resend_after_prune,
 						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_failed_prune_still_delivers, setup, teardown),
 	};
 
 	eng_set_log(tu_log_silent);
