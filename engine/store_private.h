@@ -108,6 +108,12 @@ int store_mailbox_uidnext(eng_store *st, int64_t mailbox_id, uint32_t *uid_r);
 int store_mailbox_added(eng_store *st, int64_t mailbox_id, uint32_t uid,
 			uint32_t flags, int64_t size, uint64_t modseq);
 
+/* eng_append_begin for the spool drain (spool_drain.c): the commit also
+ * records spool_id in spool_applied (message.c). */
+int store_append_begin_spool(eng_store *st, int64_t mailbox_id,
+			     const eng_append_opts *opts, const char *spool_id,
+			     eng_append **ap_r);
+
 /* A keyword name IMAP allows: an atom of at most ENG_KEYWORD_MAX bytes,
  * not a system flag (keywords.c). */
 bool store_keyword_ok(const char *kw);
