@@ -23,7 +23,9 @@
 # Environment (defaults in brackets): N [10000] messages in the big mailbox;
 # BIG [0] also fill a second mailbox (user big) to BIG messages for the
 # SELECT figure; FILL_CONNS [10] Sealmail's fill connections; T [15] seconds of the
-# timed loads; NMIX [20] mixed-workload users (and connections); NFIRST
+# timed loads; NMIX [20] mixed-workload users (and connections); NMULTI
+# [20] users (and connections) of the APPEND into many mailboxes, each
+# client into its own user's INBOX, MULTI_EACH [500] messages each; NFIRST
 # [20] users for the first-login figure; NIDLE [500] users the IDLE
 # connections are spread over (20 each at 10,000); IDLE_N
 # ["1000 10000"] IDLE connection counts; ONLY ["sealmail dovecot
@@ -60,6 +62,8 @@ N=${N:-10000}
 BIG=${BIG:-0}
 T=${T:-15}
 NMIX=${NMIX:-20}
+NMULTI=${NMULTI:-20}
+MULTI_EACH=${MULTI_EACH:-500}
 NFIRST=${NFIRST:-20}
 NIDLE=${NIDLE:-500}
 IDLE_N=${IDLE_N:-"1000 10000"}
@@ -124,6 +128,9 @@ free_port() {
 
 USERS=(bench)
 for i in $(seq -f %02g 1 "$NMIX"); do USERS+=("mix$i"); done
+if ! skip append; then
+	for i in $(seq -f %02g 1 "$NMULTI"); do USERS+=("multi$i"); done
+fi
 for i in $(seq -f %02g 1 "$NFIRST"); do USERS+=("first$i"); done
 if ! skip idle; then
 	for i in $(seq -f %03g 1 "$NIDLE"); do USERS+=("idle$i"); done
@@ -332,6 +339,11 @@ if ! skip append; then
 	# the mixed workload's mailboxes: 100 messages each (not a figure)
 	each fill_mix append --user "mix%02d@$DOMAIN" --users "$NMIX" --conns "$NMIX" \
 		--first "$N" --count $((NMIX * 100))
+	# APPEND into many mailboxes (a database each in Sealmail): long
+	# enough to be steady (the 100 each of fill_mix, 1-2 s, moved the
+	# ratio 0.93-2.29 between runs: bench/README.md, session 10)
+	each append_multi append --user "multi%02d@$DOMAIN" --users "$NMULTI" \
+		--conns "$NMULTI" --first $((N + NMIX * 100)) --count $((NMULTI * MULTI_EACH))
 else
 	if ! skip select || ! skip fetch || ! skip search; then
 		fill_each "$U_BENCH" 0 "$N"

@@ -117,7 +117,7 @@ def main():
     rows = [
         ("APPEND msgs/s, 1 client", "append_1", "value"),
         ("APPEND msgs/s, 10 clients, one mailbox", "append_10", "value"),
-        ("APPEND msgs/s, 20 clients, 20 mailboxes", "fill_mix", "value"),
+        ("APPEND msgs/s, 20 clients, 20 mailboxes", "append_multi", "value"),
         (f"SELECT of {n} msgs, ms (median of 5; lower is better)", "select_10k", "value"),
         (f"first SELECT of {n} msgs, ms (lower is better)", "select_10k", "first_ms"),
         ("SELECT of the big mailbox, ms (median of 5; lower is better)", "select_big", "value"),
@@ -152,7 +152,7 @@ def main():
           [(name, [cpu_per_1000(res, ld, s) for s in SERVERS]) for name, ld in (
               ("APPEND, 1 client (per message)", "append_1"),
               ("APPEND, 10 clients (per message)", "append_10"),
-              ("APPEND, 20 clients, 20 mailboxes (per message)", "fill_mix"),
+              ("APPEND, 20 clients, 20 mailboxes (per message)", "append_multi"),
               ("header FETCH (per message)", "fetch_headers"),
               ("body FETCH (per message)", "fetch_bodies"),
               ("body FETCH over TLS (per message)", "fetch_bodies_tls"),
