@@ -20,7 +20,6 @@
 void tu_store_open(tu_store *f)
 {
 	eng_store_options opt;
-	eng_mailbox mb;
 
 	assert_int_equal(eng_crypto_init(), 0);
 	f->dir = tu_tmpdir();
@@ -29,9 +28,7 @@ void tu_store_open(tu_store *f)
 	eng_store_options_default(&opt);
 	opt.create = true;
 	assert_int_equal(eng_store_open(f->path, f->key, &opt, &f->st), 0);
-	assert_int_equal(eng_mailbox_get(f->st, "INBOX", &mb), 0);
-	f->inbox = mb.id;
-	eng_mailbox_clear(&mb);
+	f->inbox = tu_inbox_id(f->st);
 }
 
 void tu_store_close(tu_store *f)
