@@ -19,7 +19,8 @@
  * so the retry writes the same entry again: it replaces the entry if it
  * is still in the spool, and the drain skips it if it was already moved
  * into INBOX (spool_applied, whose row lives ENG_IDEMPOTENCY_TTL_SECONDS
- * and while the entry is in the spool: engine/message.c): exactly once.
+ * and while the entry is in the spool: engine/spool_drain.c): exactly
+ * once.
  * Records are data_dir/delivered/<alias id>/<BLAKE2b-256 of the key,
  * hex>, and are pruned after ENG_IDEMPOTENCY_TTL_SECONDS (store.h: 14
  * days, against about 6 minutes of MX resends) by the record writes whose
