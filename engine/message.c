@@ -887,8 +887,7 @@ static int idempotency_prune(eng_store *st, int64_t now)
 	sqlite3_stmt *stmt;
 	int err;
 
-	if (st->idem_pruned != 0 && now >= st->idem_pruned &&
-	    now - st->idem_pruned < 24 * 3600)
+	if (!store_prune_due(st->idem_pruned, now))
 		return 0;
 	stmt = store_prepare(st, "DELETE FROM idempotency WHERE created < ?",
 			     &err);

@@ -61,12 +61,6 @@ out:
 	return err;
 }
 
-static bool spool_prune_due(const eng_store *st, int64_t now)
-{
-	return st->spool_pruned == 0 || now < st->spool_pruned ||
-	       now - st->spool_pruned >= 24 * 3600;
-}
-
 static int spool_applied(eng_store *st, const char *id, bool *yes_r)
 {
 	int err;
@@ -132,7 +126,7 @@ int eng_store_drain_spool(eng_store *st, const char *spool_dir,
 		return err;
 	if ((err = eng_spool_list(spool_dir, &prune.ids, &prune.n_ids)) != 0)
 		return err == ENG_ENOTFOUND ? 0 : err;
-	if (spool_prune_due(st, prune.now)) {
+	if (store_prune_due(st->spool_pruned, prune.now)) {
 		st->spool_pruned = prune.now;
 		if ((err = spool_applied_prune(st, &prune)) != 0)
 			eng_log(ENG_LOG_WARN, "spool_applied: old rows not "

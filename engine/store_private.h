@@ -108,6 +108,13 @@ int store_mailbox_uidnext(eng_store *st, int64_t mailbox_id, uint32_t *uid_r);
 int store_mailbox_added(eng_store *st, int64_t mailbox_id, uint32_t uid,
 			uint32_t flags, int64_t size, uint64_t modseq);
 
+/* A daily prune (idempotency keys, spool_applied) last done at last (0:
+ * never) is due at now: a day has passed, or the clock went back. */
+static inline bool store_prune_due(int64_t last, int64_t now)
+{
+	return last == 0 || now < last || now - last >= 24 * 3600;
+}
+
 /* eng_append_begin for the spool drain (spool_drain.c): the commit also
  * records spool_id in spool_applied (message.c). */
 int store_append_begin_spool(eng_store *st, int64_t mailbox_id,
