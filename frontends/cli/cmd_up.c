@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -41,6 +42,8 @@
 
 #define MAX_PORTS 3
 #define READY_TIMEOUT_MS 10000
+/* One readiness connect (tcp_probe); wait_ready retries every 50 ms. */
+#define PROBE_CONNECT_MS 100
 #define STOP_TIMEOUT_S 10
 #define BACKOFF_MAX_S 60
 
@@ -302,7 +305,13 @@ struct tcp_target {
 	int port;
 };
 
-/* Connects to listen_address:port (loopback when it is a wildcard). */
+/*
+ * Connects to listen_address:port (loopback when it is a wildcard), for at
+ * most PROBE_CONNECT_MS. A blocking connect() to a port that another
+ * process holds without accepting (its backlog full, so SYNs are dropped)
+ * waits out the kernel's SYN retries, about 2 minutes, and SIGTERM and
+ * Ctrl-C (taken by sigtimedwait in wait_ready) wait behind it.
+ */
 static int tcp_probe(const void *arg)
 {
 	const struct tcp_target *t = arg;
@@ -328,9 +337,18 @@ static int tcp_probe(const void *arg)
 			  &s4->sin_addr);
 		len = sizeof(*s4);
 	}
-	if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+	if ((fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0)
 		return -1;
 	ret = connect(fd, (struct sockaddr *)&ss, len) == 0 ? 0 : -1;
+	if (ret != 0 && errno == EINPROGRESS) {
+		struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+		socklen_t elen = sizeof(int);
+		int err = -1;
+
+		if (poll(&pfd, 1, PROBE_CONNECT_MS) == 1 &&
+		    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err == 0)
+			ret = 0;
+	}
 	close(fd);
 	return ret;
 }

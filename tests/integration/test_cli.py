@@ -346,6 +346,59 @@ class TestUp(Base):
         p.send_signal(signal.SIGTERM)
         self.assertEqual(p.wait(timeout=15), 0)
 
+    def test_sigterm_while_a_port_is_held_without_accepting(self):
+        """A service port held by another process that never accepts: its
+        SYNs are dropped once its backlog is full, so a blocking readiness
+        connect() would wait ~2 minutes with SIGTERM queued behind it."""
+        pop3d = os.path.join(BIN_DIR, "sealmail-pop3d")
+        if not os.access(pop3d, os.X_OK):
+            self.skipTest("sealmail-pop3d is not built")
+        data, conf, _ = self.init()
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        held.listen(0)
+        queued = socket.create_connection(held.getsockname(), timeout=5)  # backlog full
+        port = held.getsockname()[1]
+        lines = []
+        for line in read(conf).splitlines():
+            key = line.split("=", 1)[0].strip() if "=" in line and not line.startswith("#") else None
+            if key == "pop3s_port":
+                line = f"pop3s_port = {port}"
+            elif key is not None and key.endswith("_port"):
+                line = f"{key} = 0"
+            elif key == "listen_address":
+                line = "listen_address = 127.0.0.1"
+            lines.append(line)
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        p = subprocess.Popen([SEALMAIL, "up", "--config", conf], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        out = []
+        reader = threading.Thread(target=lambda: out.extend(p.stdout), daemon=True)
+        reader.start()
+        try:
+            # pop3d fails to listen and exits; `up` probes the port meanwhile
+            for _ in range(100):
+                if any("address already in use" in ln for ln in out):
+                    break
+                time.sleep(0.05)
+            time.sleep(1)
+            p.send_signal(signal.SIGTERM)
+            try:
+                rc = p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.fail("sealmail up did not stop on SIGTERM:\n" + "".join(out))
+            self.assertIn(rc, (0, 1), "".join(out))
+            self.assertFalse(any(pid_alive(k) for k in children_of(p.pid)))
+        finally:
+            if p.poll() is None:   # never leave a stray process behind
+                p.kill()
+            p.wait()
+            reader.join(10)
+            p.stdout.close()
+            queued.close()
+            held.close()
+
 
 if __name__ == "__main__":
     unittest.main()
