@@ -147,12 +147,21 @@ class Pop3(unittest.TestCase):
         self.assertEqual(r.returncode, 0, "init failed: " + r.stderr)
         self.pop3s_port, self.pop3_port = free_port(), free_port()
         self.rewrite_conf()
-        try:
-            self.start_up()
-        except BaseException:
-            self.stop_up()   # tearDown does not run after a failed setUp
-            self._tmp.cleanup()
-            raise
+        for attempt in range(3):
+            try:
+                self.start_up()
+                break
+            except BaseException as e:
+                self.stop_up()   # tearDown does not run after a failed setUp
+                # free_port() gives a port back before pop3d binds it:
+                # another test run (CI runs the plain and the ASan suites
+                # at once) may take it meanwhile. New ports, once more, as
+                # imap_server.py does for the imapd.
+                if attempt == 2 or "address already in use" not in str(e):
+                    self._tmp.cleanup()
+                    raise
+                self.pop3s_port, self.pop3_port = free_port(), free_port()
+                self.rewrite_conf()
         self.cli("domain", "add", "example.org")
         self.cli("alias", "add", USER, "--password-stdin", stdin=PASSWORD + "\n")
         self.cli("alias", "add", BOB, "--password-stdin", stdin=BOB_PASSWORD + "\n")
